@@ -1,0 +1,17 @@
+"""kddiag: find out why knowledge distillation did not work.
+
+Measures the three levels of knowledge a teacher passes to a student (Tang et al. 2020,
+arXiv 2002.03532) — knowledge of the universe, domain knowledge, instance-specific knowledge —
+and turns the measurements into a ranked diagnosis.
+"""
+__version__ = "0.1.0"
+SCHEMA_VERSION = "1.0"
+
+__all__ = ["__version__", "SCHEMA_VERSION", "inspect"]
+
+
+def inspect(*args, **kwargs):
+    """Run a full inspection; see :func:`kddiag.pipeline.inspect`."""
+    from kddiag.pipeline import inspect as _inspect
+
+    return _inspect(*args, **kwargs)
