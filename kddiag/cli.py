@@ -1,0 +1,162 @@
+"""The ``kddiag`` command line: a thin layer over :mod:`kddiag.pipeline`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kddiag import __version__
+from kddiag.errors import KddiagError
+
+FINDING_IDS = ("healthy", "teacher-overconfident", "teacher-label-smoothed", "temperature-mismatch",
+               "capacity-gap", "teacher-weak", "teacher-wrong-on-transfer", "class-order-mismatch",
+               "structure-not-transferred")
+EXIT_ERROR, EXIT_GATED = 1, 3
+
+
+class KddiagGroup(click.Group):
+    """Shows kddiag's own errors as one line on stderr with exit code 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KddiagError as error:
+            click.echo(f"kddiag: error: {error}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=KddiagGroup)
+@click.version_option(__version__, prog_name="kddiag")
+def main():
+    """Diagnose why knowledge distillation did not work (Tang et al. 2020's three levels)."""
+
+
+def _fail_on(value: str | None) -> str | float | None:
+    if value is None or value in FINDING_IDS:
+        return value
+    try:
+        severity = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a severity in [0, 1] or a finding id ({', '.join(FINDING_IDS)}); "
+                                 f"got '{value}'") from None
+    if not 0 <= severity <= 1:
+        raise click.BadParameter(f"severity must be in [0, 1]; got {severity}")
+    return severity
+
+
+def _finish(report, *, out: str | None, as_json: bool, fail_on) -> None:
+    """Print the summary (or JSON), write the report files, and apply --fail-on."""
+    from kddiag.pipeline import write_outputs
+    from kddiag.report.json import render_json
+    from kddiag.report.text import render_text
+
+    written = write_outputs(report, out) if out else {}
+    click.echo(render_json(report) if as_json else render_text(report))
+    for path in written.values():
+        click.echo(f"wrote {path}", err=as_json)
+    gating = [f for f in report.diagnosis.findings
+              if f.id != "healthy" and (f.id == fail_on if isinstance(fail_on, str) else f.severity >= fail_on)]
+    if fail_on is not None and gating:
+        click.echo(f"kddiag: --fail-on {fail_on}: " + ", ".join(f"{f.id} ({f.severity:.2f})" for f in gating),
+                   err=True)
+        sys.exit(EXIT_GATED)
+
+
+_output_options = [
+    click.option("--out", type=click.Path(file_okay=False), help="Directory for report.json and report.html."),
+    click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."),
+    click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
+                 help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
+]
+
+
+def output_options(command):
+    for option in reversed(_output_options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("teacher")
+@click.argument("student")
+@click.option("--data", help="Held-out eval set: .pt/.npz file with x, y, or a built-in name (digits, hierarchy).")
+@click.option("--transfer-data", help="The set the student was distilled on (usually the training set).")
+@click.option("--baseline", help="A student of the same kind trained without KD.")
+@click.option("--teacher-arch", help="Architecture for a teacher state dict: package.module:callable or mlp:IN-...-OUT.")
+@click.option("--student-arch", help="Architecture for a student state dict.")
+@click.option("--baseline-arch", help="Architecture for a baseline state dict.")
+@click.option("--temperature", type=float, help="Distillation temperature τ used to train the student.")
+@click.option("--alpha", type=float, help="Weight of the soft (KD) term in the student's loss, in [0, 1].")
+@click.option("--classes", help="JSON file with class names and groups: {\"names\": [...], \"groups\": [...]}.")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading whole pickled models (runs code from the file).")
+@click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear).")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes.")
+@click.option("--device", help="Torch device (default: CUDA when present, else CPU).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@output_options
+def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_on, **options):
+    """Inspect a TEACHER / STUDENT pair and say why distillation helped or not."""
+    from kddiag.pipeline import inspect as run_inspect
+    from kddiag.types import InspectOptions
+
+    report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
+                         options=InspectOptions(**options))
+    _finish(report, out=out, as_json=as_json, fail_on=fail_on)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="kddiag-report", show_default=True,
+              help="Directory for report.json and report.html.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
+@click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
+              help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id.")
+def demo(out, as_json, fail_on):
+    """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
+    from kddiag.demo import demo_report
+
+    _finish(demo_report(), out=out, as_json=as_json, fail_on=fail_on)
+
+
+@main.command("case-study")
+@click.argument("name", required=False)
+@click.option("--list", "list_only", is_flag=True, help="List the case studies.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--quick", is_flag=True, help="One seed, fewer epochs: a smoke test.")
+@click.option("--out", type=click.Path(file_okay=False), help="Directory for tables and reports "
+              "(default: case_studies/results).")
+def case_study(name, list_only, seeds, quick, out):
+    """Run a case study reproducing a published KD failure (see case_studies/README.md)."""
+    studies = _case_studies()
+    if list_only or name is None:
+        for study_name, module in studies.items():
+            summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+            click.echo(f"{study_name:24s} {summary}")
+        return
+    if name not in studies:
+        raise KddiagError(f"unknown case study '{name}'; available: {', '.join(studies)}")
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise KddiagError(f"--seeds: expected comma-separated integers; got '{seeds}'") from None
+    kwargs = {"seeds": seed_list[:1] if quick else seed_list, "quick": quick}
+    if out:
+        kwargs["out_dir"] = Path(out)
+    studies[name].main(**kwargs)
+
+
+def _case_studies() -> dict:
+    """The registry of case_studies/ (they live beside the package in the source tree)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "case_studies" / "__init__.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from case_studies import STUDIES
+    except ImportError as error:
+        raise KddiagError(f"case studies not found ({error}); they ship with the source tree: "
+                          "clone the repository and install it with pip install -e .") from None
+    return STUDIES
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The one module that calls across stages: load → collect → measure → diagnose → render."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kddiag.errors import KddiagError
+from kddiag.types import (
+    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
+    InspectOptions, LoadedModel, Report, Setting, Settings,
+)
+
+
+def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any = None,
+            baseline: Any = None, options: InspectOptions = InspectOptions()) -> Report:
+    """Measure what ``teacher`` passed to ``student`` and diagnose why distillation fell short.
+
+    ``teacher``, ``student``, ``baseline``: a checkpoint path, an ``nn.Module`` or a ``LoadedModel``.
+    ``data`` (held-out eval set) and ``transfer_data`` (the set the student was distilled on): a file
+    path, a built-in name (``digits``, ``hierarchy:train``, ...) or a ``Dataset``; at least one.
+
+    >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
+    >>> report.diagnosis.findings[0].id
+    """
+    from kddiag.collect import collect_outputs
+    from kddiag.diagnosis import diagnose
+    from kddiag.measure import measure
+
+    _validate_options(options)
+    if data is None and transfer_data is None:
+        raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
+    models = {
+        "teacher": _as_model(teacher, "teacher", options.teacher_arch, options),
+        "student": _as_model(student, "student", options.student_arch, options),
+    }
+    if baseline is not None:
+        models["baseline"] = _as_model(baseline, "baseline", options.baseline_arch, options)
+    datasets = {name: _as_dataset(source, role)
+                for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
+                if source is not None}
+
+    sets = [
+        collect_outputs(dataset, teacher=models["teacher"], student=models["student"],
+                        baseline=models.get("baseline"), set_name=name, batch_size=options.batch_size,
+                        device=options.device, feature_layer=options.feature_layer, progress=options.progress)
+        for name, dataset in datasets.items()
+    ]
+    n_classes = sets[0].teacher.logits.shape[1]
+    for outputs in sets[1:]:
+        if outputs.teacher.logits.shape[1] != n_classes:
+            raise KddiagError(f"the {outputs.dataset} set gives {outputs.teacher.logits.shape[1]} classes "
+                              f"but the {sets[0].dataset} set gives {n_classes}")
+    class_info = _class_info(options, datasets, n_classes)
+    settings = _settings(options, models["student"].metadata, models["teacher"].metadata)
+    measurements = measure(sets, settings=settings, class_info=class_info)
+    diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
+    inputs = tuple(
+        [InputInfo(role, m.source, m.format, n_classes=n_classes) for role, m in models.items()]
+        + [InputInfo(name, ds.name, _dataset_format(ds.name), n_samples=len(ds.labels))
+           for name, ds in datasets.items()]
+        + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
+    )
+    return Report(inputs=inputs, settings=settings, class_info=class_info,
+                  measurements=measurements, diagnosis=diagnosis, n_classes=n_classes)
+
+
+def write_outputs(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Render ``report.json`` and ``report.html`` in memory, then write each atomically into ``out_dir``."""
+    from kddiag.report.html import render_html
+    from kddiag.report.json import render_json, write_atomic
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KddiagError(f"--out '{out_dir}': exists and is not a directory")
+    rendered = {"json": ("report.json", render_json(report)), "html": ("report.html", render_html(report))}
+    try:
+        return {kind: write_atomic(out_dir / name, text) for kind, (name, text) in rendered.items()}
+    except OSError as error:
+        raise KddiagError(f"--out '{out_dir}': cannot write the report ({error.strerror or error})") from None
+
+
+def _validate_options(options: InspectOptions) -> None:
+    if options.temperature is not None and not options.temperature > 0:
+        raise KddiagError(f"--temperature must be > 0; got {options.temperature}")
+    if options.alpha is not None and not 0 <= options.alpha <= 1:
+        raise KddiagError(f"--alpha must be in [0, 1]; got {options.alpha}")
+    if options.batch_size < 1:
+        raise KddiagError(f"--batch-size must be a positive integer; got {options.batch_size}")
+
+
+def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions) -> LoadedModel:
+    if isinstance(source, LoadedModel):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        from kddiag.loading import load_model
+
+        return load_model(source, arch=arch, trust_pickle=options.trust_pickle, role=role)
+    import torch
+
+    if isinstance(source, torch.nn.Module):
+        return LoadedModel(source="<in-memory>", format="module", module=source)
+    raise KddiagError(f"{role}: expected a checkpoint path, an nn.Module or a LoadedModel; "
+                      f"got {type(source).__name__}")
+
+
+def _as_dataset(source: Any, role: str) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        from kddiag.data import load_dataset
+
+        return load_dataset(str(source), role=role)
+    raise KddiagError(f"--{role}: expected a file path, a built-in data set name or a Dataset; "
+                      f"got {type(source).__name__}")
+
+
+def _class_info(options: InspectOptions, datasets: dict[str, Dataset], n_classes: int) -> ClassInfo:
+    """Class names/groups from --classes, else from the data set; checked against the class count."""
+    if options.classes:
+        from kddiag.loading import load_class_info
+
+        info, origin = load_class_info(options.classes), f"--classes '{options.classes}'"
+    else:
+        info = next((ds.class_info for ds in datasets.values()
+                     if ds.class_info.names or ds.class_info.groups), ClassInfo())
+        origin = "the data set's class information"
+    for field_name in ("names", "groups"):
+        values = getattr(info, field_name)
+        if values is not None and len(values) != n_classes:
+            raise KddiagError(f"{origin} has {len(values)} class {field_name} but the models "
+                              f"have {n_classes} classes")
+    return info
+
+
+def _settings(options: InspectOptions, *metadata: dict) -> Settings:
+    """Each setting from the command line, else the student's (then teacher's) checkpoint, else guessed."""
+    def pick(name: str, given: float | None, default: float) -> Setting:
+        if given is not None:
+            return Setting(float(given), "cli")
+        for meta in metadata:
+            if meta.get(name) is not None:
+                return Setting(float(meta[name]), "checkpoint")
+        return Setting(default, "guessed")
+
+    settings = Settings(temperature=pick("temperature", options.temperature, DEFAULT_TEMPERATURE),
+                        alpha=pick("alpha", options.alpha, DEFAULT_ALPHA))
+    if not settings.temperature.value > 0 or not 0 <= settings.alpha.value <= 1:
+        raise KddiagError(f"checkpoint metadata holds invalid settings: temperature "
+                          f"{settings.temperature.value}, alpha {settings.alpha.value}")
+    return settings
+
+
+def _dataset_format(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    return suffix.lstrip(".") if suffix in (".pt", ".npz", ".pth") else "builtin"
