@@ -1,0 +1,73 @@
+"""Benchmark: what does ``kddiag inspect`` cost beyond the forward passes it cannot avoid?
+
+Run: ``python benchmarks/bench_inspect.py``. Prints, measured side by side in one run:
+1. the bare forward passes of teacher and student over a data set (batched, inference mode) vs
+   ``kddiag.inspect`` on the same data (one pass with feature hooks + every measurement + diagnosis),
+   and their ratio (target ≤ 1.15×);
+2. the measurement step alone on 50,000 × 1,000 random logits (target ≤ 1 s on 2 cores).
+Each timing is the median of ``--repeats`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from kddiag.measure import measure
+from kddiag.models import MLP
+from kddiag.pipeline import inspect
+from kddiag.types import ClassInfo, Dataset, InspectOptions, ModelOutputs, SetOutputs, Settings
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_forward(models, x, batch_size):
+    for model in models:
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-samples", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n, n_features, n_classes, batch = args.n_samples, 784, 100, 512
+    x = torch.randn(n, n_features)
+    labels = rng.integers(0, n_classes, n)
+    teacher, student = MLP((n_features, 2048, 2048, n_classes)), MLP((n_features, 256, n_classes))
+    data = Dataset("random", x, labels)
+    options = InspectOptions(batch_size=batch, temperature=4.0, alpha=0.9)
+    print(f"torch threads: {torch.get_num_threads()}; data: {n} x {n_features}, {n_classes} classes")
+
+    forward = median_time(lambda: bare_forward((teacher, student), x, batch), args.repeats)
+    full = median_time(lambda: inspect(teacher, student, data=data, options=options), args.repeats)
+    print(f"bare forward passes (teacher + student): {forward:7.3f} s")
+    print(f"kddiag inspect, same data:               {full:7.3f} s")
+    print(f"ratio inspect / forward:                 {full / forward:7.2f}x  (target <= 1.15x)")
+
+    n, c = 50_000, 1_000
+    t_logits, s_logits = rng.normal(0, 3, (n, c)), rng.normal(0, 3, (n, c))
+    big_labels = rng.integers(0, c, n)
+    outputs = [SetOutputs("eval", big_labels, ModelOutputs(t_logits), ModelOutputs(s_logits))]
+    settings = Settings()
+    measure_time = median_time(lambda: measure(outputs, settings=settings, class_info=ClassInfo()), args.repeats)
+    print(f"measurements on {n} x {c} logits:       {measure_time:7.3f} s  (target <= 1 s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Every cut-off the diagnosis rules use, in one place.
+
+None of the papers defines diagnostic cut-offs (LITERATURE.md §6): each value below is kddiag's own,
+set from the stated reasoning or probe and to be recalibrated on the case studies (DESIGN.md §5).
+A rule fires when a value is past its threshold; its severity grows until the value reaches the
+matching ``*_FULL`` constant, where that piece of evidence counts in full.
+"""
+from __future__ import annotations
+
+# ------------------------------------------------------------------ severity scale
+SEVERITY_MIN = 0.3  # a rule just past its threshold: a real finding, but the mildest one
+SEVERITY_MAX = 0.9  # an ordinary rule with every piece of evidence at full strength
+SUPPORT_WEIGHT = 0.4  # share of the severity carried by corroborating (not required) evidence
+CLASS_ORDER_SEVERITY_MIN = 0.95  # class-order-mismatch outranks every other rule: it invalidates them
+
+# ------------------------------------------------------------------ class-order-mismatch (level 0)
+# Set by reasoning: a relabelling that wins 25 points of agreement cannot come from a weak student's
+# scattered confusions; Stanton et al. 2021 report 77-86 % test agreement for working students.
+CLASS_ORDER_GAIN_MIN = 0.25  # permuted_agreement − agreement
+CLASS_ORDER_GAIN_FULL = 0.6
+CLASS_ORDER_PERMUTED_AGREEMENT_MIN = 0.5  # after relabelling, a student that does follow its teacher
+
+# ------------------------------------------------------------------ teacher-weak (level 0)
+# Yuan et al. 2020: a teacher no better than the student still helps, but only by label smoothing.
+TEACHER_WEAK_MARGIN = 0.02  # teacher accuracy must beat max(student, baseline) by 2 points (eval)
+TEACHER_WEAK_MARGIN_FULL = -0.05  # teacher 5 points below the best other model
+# Normalized accuracy κ = (accuracy − 1/C)/(1 − 1/C): 0 at chance, 1 when perfect.
+NEAR_CHANCE_NORMALIZED_ACCURACY = 0.2  # below: a near-chance teacher (Yuan's 1-epoch De-KD teacher)
+NEAR_CHANCE_NORMALIZED_ACCURACY_FULL = 0.0
+
+# ------------------------------------------------------------------ teacher-label-smoothed (level 2)
+# DESIGN.md §3 probe on small MLPs: LS (ε = 0.25) teacher content at τ = 1 ≈ 0.07 and logit spread
+# ≈ 0.12-0.15; the plain teacher 0.66-0.76 and 0.28-0.36 (Müller et al. 2019: LS equalizes the
+# wrong-class logits). Both cut-offs sit between the two groups.
+LS_CONTENT_MAX = 0.3  # domain.teacher_dark_knowledge_content (τ = 1)
+LS_CONTENT_FULL = 0.05
+LS_SPREAD_MAX = 0.2  # domain.teacher_nontarget_logit_spread (free of τ)
+LS_SPREAD_FULL = 0.1
+# The flatness of a teacher that barely beats chance is ignorance, not label smoothing (teacher-weak).
+LS_TEACHER_MIN_NORMALIZED_ACCURACY = 0.5
+# Chandrasegaran et al. 2022: an LS teacher distils as well as a plain one at τ = 1 and worse as τ
+# rises (ResNet-18 student: 71.7 at τ = 1, 68.9 at τ = 2, 67.8 at τ = 3 vs 71.5/71.4/69.7 plain).
+LS_TEMPERATURE_FULL = 4.0
+
+# ------------------------------------------------------------------ informative targets (level 1)
+# The band that docs/metrics.md uses for universe.temperature_whatif's informative_range, reused so
+# that the rules and the what-if agree: 0.05 ≤ ε_eff ≤ 0.6·(C − 1)/C and saturation_share ≤ 0.5.
+INFORMATIVE_SMOOTHING_MIN = 0.05
+INFORMATIVE_SOFT_FRACTION = 0.6  # of (C − 1)/C, the ε_eff of uniform targets
+INFORMATIVE_SATURATION_MAX = 0.5
+SOFT_FULL_FRACTION = 0.95  # ε_eff at 95 % of uniform: targets carry nothing
+SHARP_SATURATION_FULL = 0.95
+SHARP_SMOOTHING_FULL = 0.005
+# Dark knowledge "≈ 0" at the distillation τ (DESIGN.md §3 probe: plain teacher at τ = 40 → 0.002).
+FLAT_CONTENT_AT_TEMPERATURE_MAX = 0.05
+FLAT_CONTENT_AT_TEMPERATURE_FULL = 0.005
+
+# ------------------------------------------------------------------ teacher-overconfident (levels 1, 3)
+# Near one-hot targets on the transfer set: stricter than the informative band's sharp edge.
+# ε_eff ≤ 0.02 is less smoothing than any label-smoothing strength Müller et al. 2019 use (ε ≥ 0.05).
+OVERCONFIDENT_SATURATION_MIN = 0.5
+OVERCONFIDENT_SMOOTHING_MAX = 0.02
+# Memorization: targets on held-out data softer than on the transfer set by 5 points of ε_eff
+# (Cho & Hariharan 2019's over-trained teacher; reasoning, to be calibrated).
+SOFTNESS_GAP_MIN = 0.05
+SOFTNESS_GAP_FULL = 0.2
+# Guo et al. 2017: T* > 1 means over-confident; Müller et al. 2019 Table 3 fit T = 1.4-1.9 for
+# over-confident networks, so 1.3 leaves room for noise around 1.
+FITTED_TEMPERATURE_MIN = 1.3
+FITTED_TEMPERATURE_FULL = 2.5
+# Flat rescaling (Tang et al. 2020, level 3): untrained-student weights with CV below 0.1 treat
+# every example alike.
+FLAT_RESCALING_CV_MAX = 0.1
+FLAT_RESCALING_CV_FULL = 0.01
+
+# ------------------------------------------------------------------ capacity-gap (levels 0, 2)
+# Cho & Hariharan 2019, Mirzadeh et al. 2020: the student cannot mimic a much larger teacher.
+# A student that follows its teacher agrees with it on the data it was distilled on far above
+# Stanton et al. 2021's 77-86 % test agreement; below 85 % on the transfer set it does not follow.
+CAPACITY_AGREEMENT_MAX = 0.85
+CAPACITY_AGREEMENT_FULL = 0.5
+CAPACITY_ACCURACY_GAP_MIN = 0.03  # teacher − student accuracy: clearly better teacher
+CAPACITY_ACCURACY_GAP_FULL = 0.15
+CAPACITY_KL_MIN = 0.05  # mean KL(p‖q) at τ in nats, corroborating
+CAPACITY_KL_FULL = 0.5
+KD_GAIN_MIN = 0.0  # kd_gain ≤ 0: KD did not help at all (corroborating, counts in full)
+
+# ------------------------------------------------------------------ teacher-wrong-on-transfer (level 3)
+# BAN 2018's confidence weighting and DESIGN.md §3: a teacher that contradicts the label on more than
+# a tenth of the transfer set pushes the student, with weight α, toward the wrong classes there.
+TEACHER_TRANSFER_ERROR_MAX = 0.1
+TEACHER_TRANSFER_ERROR_FULL = 0.4
+# A teacher is rarely worse on the data it was distilled on than on held-out data: 2 points worse
+# points to noisy transfer labels or a pipeline mismatch.
+TRANSFER_ERROR_EXCESS_MIN = 0.02
+TRANSFER_ERROR_EXCESS_FULL = 0.1
+
+# ------------------------------------------------------------------ structure-not-transferred (level 2)
+# Tang et al. 2020 level 2: KD should make the student's class-similarity matrix match the teacher's
+# better than a student trained without KD does (Spearman of the off-diagonal entries).
+STRUCTURE_GAIN_MIN = 0.05  # student score − baseline score
+STRUCTURE_GAIN_FULL = -0.2
+STRUCTURE_SCORE_MIN = 0.3  # absolute fallback without a baseline
+STRUCTURE_SCORE_FULL = 0.0

@@ -1,0 +1,384 @@
+"""Shared pieces of the metric modules: input checks and the one softmax pass every metric reuses.
+
+Public metric functions check their inputs once (``check_*``) and then work on
+:class:`SoftmaxStats`: per-example summaries of ``p = softmax(logits / temperature)`` split at the
+label into the target probability ``p_y`` and the non-target distribution
+``r = p_{k≠y} / (1 − p_y)``. Everything is computed in log-space from logits (logsumexp), so
+probabilities that underflow never turn into ``log(0)``; ``log(1 − p_y)`` comes from the
+logsumexp over the non-target logits, never from ``1 − p_y``.
+
+The pass runs over blocks of rows in a few threads (numpy releases the GIL), so a
+50,000 × 1,000 matrix is never copied whole; per-block results are combined in block order,
+so results do not depend on the number of threads.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from kddiag.errors import KddiagError
+
+_BLOCK_ELEMENTS = 1 << 17  # rows per block ≈ this / n_classes: a block stays in the CPU cache
+_TINY_NONTARGET = 1e-280  # below this the non-target sum is recomputed with its own shift
+N_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+
+
+# ---------------------------------------------------------------- input checks (public edge)
+
+def check_logits(logits, *, name: str = "logits") -> np.ndarray:
+    """``logits`` as a finite float32/float64 array of shape (n_samples, n_classes), n_classes ≥ 2."""
+    arr = np.asarray(logits)
+    if arr.ndim != 2:
+        raise KddiagError(f"{name} must be (n_samples, n_classes); got an array of shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 2:
+        raise KddiagError(f"{name} must have at least 1 sample and 2 classes; got shape {arr.shape}")
+    if arr.dtype not in (np.float32, np.float64):
+        if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
+            raise KddiagError(f"{name} must be real numbers; got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+    check_finite(arr, name=name)
+    return arr
+
+
+def check_finite(arr: np.ndarray, *, name: str) -> None:
+    """Raise unless every entry is finite (a finite sum proves it; only a non-finite sum needs the full check)."""
+    if np.isfinite(np.einsum("ijklmnop"[:arr.ndim] + "->", arr, dtype=np.float64)):
+        return
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise KddiagError(f"{name} must be finite; got {arr[tuple(where)]} at index {tuple(int(i) for i in where)}")
+
+
+def check_labels(labels, *, n_samples: int, n_classes: int | None, name: str = "labels") -> np.ndarray:
+    """``labels`` as int64 of shape (n_samples,), each in [0, n_classes) (n_classes None: any id ≥ 0)."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise KddiagError(f"{name} must be (n_samples,) = ({n_samples},) to match the logits; got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise KddiagError(f"{name} must be integer class ids; got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    upper = np.iinfo(np.int64).max if n_classes is None else n_classes
+    if arr.size and (arr.min() < 0 or arr.max() >= upper):
+        bad = arr[(arr < 0) | (arr >= upper)][0]
+        raise KddiagError(f"{name} must be class ids in [0, {upper}); got {bad}")
+    return arr
+
+
+def check_pair(teacher_logits, student_logits, *, names: tuple[str, str] = ("teacher logits", "student logits")
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Two logit matrices over the same samples and the same classes."""
+    first, second = check_logits(teacher_logits, name=names[0]), check_logits(student_logits, name=names[1])
+    if first.shape[1] != second.shape[1]:
+        raise KddiagError(f"{names[0]} have {first.shape[1]} classes but {names[1]} have {second.shape[1]}; "
+                          "both must be (n_samples, n_classes)")
+    if first.shape[0] != second.shape[0]:
+        raise KddiagError(f"{names[0]} have {first.shape[0]} samples but {names[1]} have {second.shape[0]}; "
+                          "both must be (n_samples, n_classes) on the same examples")
+    return first, second
+
+
+def check_temperature(temperature) -> float:
+    """A finite temperature > 0."""
+    value = float(temperature)
+    if not np.isfinite(value) or value <= 0:
+        raise KddiagError(f"temperature must be a finite number > 0; got {temperature}")
+    return value
+
+
+def check_alpha(alpha) -> float:
+    """The weight of the soft term, in [0, 1]."""
+    value = float(alpha)
+    if not 0.0 <= value <= 1.0:
+        raise KddiagError(f"alpha (the weight of the soft KD term) must be in [0, 1]; got {alpha}")
+    return value
+
+
+def check_n_bins(n_bins) -> int:
+    """A bin count ≥ 1."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise KddiagError(f"n_bins must be an integer ≥ 1; got {n_bins!r}")
+    return int(n_bins)
+
+
+def check_values(values, *, name: str, n_samples: int | None = None) -> np.ndarray:
+    """A finite 1-D float64 array (per-example values), optionally of a given length."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise KddiagError(f"{name} must be a non-empty 1-D array; got shape {arr.shape}")
+    if n_samples is not None and arr.shape[0] != n_samples:
+        raise KddiagError(f"{name} must have {n_samples} values, one per example; got {arr.shape[0]}")
+    check_finite(arr, name=name)
+    return arr
+
+
+# ---------------------------------------------------------------- block map
+
+class Workspace:
+    """Scratch arrays of one worker thread, reused block after block.
+
+    Allocating block-sized temporaries costs page faults every time; every large intermediate of a
+    block kernel goes into one of these instead (``out=``).
+    """
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self._shape = (rows, cols)
+        self._arrays: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+    def array(self, name: str, n_rows: int, dtype=np.float64) -> np.ndarray:
+        """The first ``n_rows`` rows of the scratch array ``name``."""
+        key = (name, np.dtype(dtype))
+        if key not in self._arrays:
+            self._arrays[key] = np.empty(self._shape, dtype=dtype)
+        return self._arrays[key][:n_rows]
+
+
+def block_rows(n_classes: int) -> int:
+    """Rows per block so that a block of float64 stays in the CPU cache."""
+    return max(1, _BLOCK_ELEMENTS // max(1, n_classes))
+
+
+def map_blocks(fn: Callable[[int, int, Workspace], dict], n_samples: int, n_classes: int) -> list[dict]:
+    """``[fn(start, stop, workspace) for each block of rows]`` in block order, in up to ``N_THREADS`` threads.
+
+    Each thread takes every N-th block and owns one :class:`Workspace`; results do not depend on the
+    number of threads.
+    """
+    step = block_rows(n_classes)
+    bounds = [(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
+    n_workers = min(N_THREADS, len(bounds))
+
+    def work(k: int) -> list[dict]:
+        space = Workspace(step, n_classes)
+        return [fn(start, stop, space) for start, stop in bounds[k::n_workers]]
+
+    if n_workers == 1:
+        return work(0)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        per_worker = list(pool.map(work, range(n_workers)))
+    results: list = [None] * len(bounds)
+    for k, part in enumerate(per_worker):
+        results[k::n_workers] = part
+    return results
+
+
+def load_rows(source: np.ndarray, start: int, stop: int, space: Workspace, name: str,
+              order: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of ``source`` (of ``source[order]`` when given) as float64, copied only when needed."""
+    n_rows = stop - start
+    if order is None:
+        block = source[start:stop]
+        if block.dtype == np.float64:
+            return block
+        return _copy_into(space.array(name, n_rows), block)
+    index = order[start:stop]
+    if source.dtype == np.float64:
+        return np.take(source, index, axis=0, out=space.array(name, n_rows), mode="clip")
+    native = np.take(source, index, axis=0, out=space.array(name, n_rows, source.dtype), mode="clip")
+    return _copy_into(space.array(name, n_rows), native)
+
+
+def _copy_into(out: np.ndarray, block: np.ndarray) -> np.ndarray:
+    np.copyto(out, block)
+    return out
+
+
+def _concat(parts: list[dict], key: str, order: np.ndarray | None = None) -> np.ndarray:
+    """Per-block arrays joined; with ``order``, put back from sorted into the original example order."""
+    joined = np.concatenate([part[key] for part in parts])
+    if order is None:
+        return joined
+    out = np.empty_like(joined)
+    out[order] = joined
+    return out
+
+
+# ---------------------------------------------------------------- the softmax pass
+
+@dataclass(frozen=True)
+class ClassSums:
+    """Class-level sums of p¹ and r over examples (for S_out and class-wise ECE); see :func:`softmax_stats`.
+
+    ``high_*`` list the entries p_ik above ``high_threshold`` (e.g. all bins of p_k but the first),
+    so a class-wise binning never touches the (n_samples, n_classes) matrix again.
+    """
+
+    prob_sum: np.ndarray  # (n_classes,) Σ_i p_ik
+    nontarget_sum: np.ndarray  # (n_classes, n_classes): row c = Σ_{i: y_i = c} r_i (r_iy = 0)
+    high_threshold: float
+    high_rows: np.ndarray  # (m,) example index
+    high_cols: np.ndarray  # (m,) class index
+    high_prob: np.ndarray  # (m,) p_ik > high_threshold
+
+
+@dataclass(frozen=True)
+class SoftmaxStats:
+    """Per-example summaries of p = softmax(logits / τ) split at the label y; every array is (n_samples,).
+
+    r = p_{k≠y} / (1 − p_y) is the non-target distribution. Optional cross terms compare with a
+    second model's q = softmax(other / τ) (same τ): ``cross_entropy`` H(p, q) = −Σ p log q and
+    ``nontarget_cross_entropy`` H(r, r^q).
+    """
+
+    temperature: float
+    n_classes: int
+    prediction: np.ndarray  # argmax_k logits (does not depend on τ)
+    log_norm: np.ndarray  # logsumexp_k z_k/τ
+    nontarget_log_norm: np.ndarray  # logsumexp_{k≠y} z_k/τ
+    target_log_prob: np.ndarray  # log p_y
+    nontarget_log_mass: np.ndarray  # log(1 − p_y)
+    max_log_prob: np.ndarray  # log max_k p_k
+    entropy: np.ndarray  # H(p), nats
+    nontarget_entropy: np.ndarray  # H(r), nats
+    nontarget_sum_sq: np.ndarray  # Σ_{k≠y} p_k²
+    cross_entropy: np.ndarray | None = None
+    nontarget_cross_entropy: np.ndarray | None = None
+    class_sums: ClassSums | None = None
+
+    @property
+    def target_prob(self) -> np.ndarray:
+        """p_y."""
+        return np.exp(self.target_log_prob)
+
+    @property
+    def nontarget_mass(self) -> np.ndarray:
+        """1 − p_y, exact even where p_y rounds to 1."""
+        return np.exp(self.nontarget_log_mass)
+
+    def kl_divergence(self) -> np.ndarray:
+        """KL(p ‖ q) = H(p, q) − H(p) per example (needs the cross terms)."""
+        return np.maximum(self.cross_entropy - self.entropy, 0.0)
+
+    def nontarget_kl_divergence(self) -> np.ndarray:
+        """KL(r ‖ r^q) = H(r, r^q) − H(r) per example (needs the cross terms)."""
+        return np.maximum(self.nontarget_cross_entropy - self.nontarget_entropy, 0.0)
+
+
+_PER_EXAMPLE = ("prediction", "log_norm", "nontarget_log_norm", "target_log_prob", "nontarget_log_mass",
+                "max_log_prob", "entropy", "nontarget_entropy", "nontarget_sum_sq")
+
+
+def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0,
+                  versus: tuple[np.ndarray, SoftmaxStats] | None = None,
+                  class_sums_threshold: float | None = None) -> SoftmaxStats:
+    """One pass over ``logits`` (n_samples, n_classes): the :class:`SoftmaxStats` at ``temperature``.
+
+    ``versus=(other_logits, other_stats)`` (other_stats at the same τ) adds the cross terms;
+    ``class_sums_threshold`` adds :class:`ClassSums` listing the probabilities above it (1.0: none).
+    With class sums the blocks run over the examples sorted by label, so each block's class sums
+    are sums over runs of rows. Inputs must be valid (``check_*``): this is the private workhorse
+    behind the public metric functions.
+
+    Log-space throughout: t = (z − max z)/τ, e = exp(t); the non-target sum Σ_{k≠y} e_k is taken with
+    the target zeroed (no cancellation), and recomputed with its own maximum as shift where it
+    underflows, so log(1 − p_y) and r stay exact when the target dominates.
+    """
+    n_samples, n_classes = logits.shape
+    inv_t = 1.0 / temperature
+    other, other_stats = versus if versus is not None else (None, None)
+    want_sums = class_sums_threshold is not None
+    order = np.argsort(labels, kind="stable") if want_sums else None
+    ordered = (lambda a: a) if order is None else (lambda a: a[order])
+    block_labels = ordered(labels)
+    if other is not None:
+        other_log_norm, other_nontarget_log_norm = ordered(other_stats.log_norm), ordered(other_stats.nontarget_log_norm)
+
+    def block(start: int, stop: int, space: Workspace) -> dict:
+        n_rows = stop - start
+        y, rows = block_labels[start:stop], np.arange(n_rows)
+        z = load_rows(logits, start, stop, space, "z", order)
+        pred = z.argmax(axis=1)
+        shift = z[rows, pred]
+        t = np.subtract(z, shift[:, None], out=space.array("t", n_rows))
+        if inv_t != 1.0:
+            t *= inv_t
+        t_y = t[rows, y]
+        e = np.exp(t, out=space.array("e", n_rows))
+        e_y = e[rows, y]
+        e[rows, y] = 0.0
+        s_nt = e.sum(axis=1)
+        nt_off = np.zeros(n_rows)
+        bad = np.flatnonzero(s_nt < _TINY_NONTARGET)
+        if bad.size:  # the target dominates: shift the non-target part by its own maximum
+            tb = t[bad]
+            tb[np.arange(bad.size), y[bad]] = -np.inf
+            nt_off[bad] = tb.max(axis=1)
+            e[bad] = np.exp(tb - nt_off[bad, None])
+            s_nt[bad] = e[bad].sum(axis=1)
+        nt_scale = np.exp(nt_off)  # e_k · nt_scale = exp(t_k) for k ≠ y
+        s_full = e_y + s_nt * nt_scale
+        log_s, log_s_nt = np.log(s_full), np.log(s_nt)
+        r_mean_t = np.einsum("ij,ij->i", e, t) / s_nt  # E_r[t]
+        p_mean_t = (s_nt * nt_scale * r_mean_t + e_y * t_y) / s_full  # E_p[t]
+        out = {
+            "prediction": pred,
+            "log_norm": shift * inv_t + log_s,
+            "nontarget_log_norm": shift * inv_t + nt_off + log_s_nt,
+            "target_log_prob": t_y - log_s,
+            "nontarget_log_mass": nt_off + log_s_nt - log_s,
+            "max_log_prob": -log_s,
+            "entropy": log_s - p_mean_t,
+            "nontarget_entropy": nt_off + log_s_nt - r_mean_t,
+            "nontarget_sum_sq": np.einsum("ij,ij->i", e, e) * (nt_scale / s_full) ** 2,
+        }
+        if other is not None:
+            b = load_rows(other, start, stop, space, "z", order)  # z is no longer needed
+            b_y = b[rows, y] * inv_t
+            r_mean_b = np.einsum("ij,ij->i", e, b) * inv_t / s_nt
+            p_mean_b = (s_nt * nt_scale * r_mean_b + e_y * b_y) / s_full
+            out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
+            out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
+        if want_sums:
+            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, rows, space,
+                                         class_sums_threshold))
+        return out
+
+    parts = map_blocks(block, n_samples, n_classes)
+    fields = {key: _concat(parts, key, order) for key in _PER_EXAMPLE}
+    if other is not None:
+        fields["cross_entropy"] = _concat(parts, "cross_entropy", order)
+        fields["nontarget_cross_entropy"] = _concat(parts, "nontarget_cross_entropy", order)
+    if want_sums:
+        fields["class_sums"] = _join_class_sums(parts, order, n_classes, class_sums_threshold)
+    return SoftmaxStats(temperature=temperature, n_classes=n_classes, **fields)
+
+
+def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, threshold) -> dict:
+    """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed)."""
+    n_rows, n_classes = e.shape
+    r = np.divide(e, s_nt[:, None], out=space.array("p", n_rows))
+    run_start = np.flatnonzero(np.concatenate(([True], y[1:] != y[:-1])))
+    nontarget_sum = np.add.reduceat(r, run_start, axis=0)  # one row per class present in the block
+    p = np.multiply(e, nontarget_scale[:, None], out=r)
+    p[rows, y] = target_prob
+    high = np.greater(p, threshold, out=space.array("high", n_rows, bool))
+    flat = np.flatnonzero(high) if high.any() else np.zeros(0, dtype=np.int64)
+    return {"n_rows": n_rows, "classes": y[run_start], "nontarget_sum": nontarget_sum, "prob_sum": p.sum(axis=0),
+            "high_local": flat, "high_prob": p.ravel()[flat]}
+
+
+def _join_class_sums(parts: list[dict], order: np.ndarray, n_classes: int, threshold: float) -> ClassSums:
+    nontarget_sum = np.zeros((n_classes, n_classes))
+    prob_sum = np.zeros(n_classes)
+    rows, cols, start = [], [], 0
+    for part in parts:
+        nontarget_sum[part["classes"]] += part["nontarget_sum"]
+        prob_sum += part["prob_sum"]
+        rows.append(order[start + part["high_local"] // n_classes])
+        cols.append(part["high_local"] % n_classes)
+        start += part["n_rows"]
+    return ClassSums(prob_sum=prob_sum, nontarget_sum=nontarget_sum, high_threshold=threshold,
+                     high_rows=np.concatenate(rows), high_cols=np.concatenate(cols),
+                     high_prob=np.concatenate([part["high_prob"] for part in parts]))
+
+
+def subsample_indices(n_samples: int, max_samples: int, *, seed: int = 0) -> np.ndarray:
+    """All indices when n_samples ≤ max_samples, else a sorted fixed-seed sample of max_samples."""
+    if n_samples <= max_samples:
+        return np.arange(n_samples)
+    return np.sort(np.random.default_rng(seed).choice(n_samples, size=max_samples, replace=False))

@@ -1,0 +1,211 @@
+"""Level 2 — domain knowledge: how much class-relationship structure the outputs and weights carry.
+
+r = p_{k≠y} / (1 − p_y) is the non-target distribution. A label-smoothed teacher makes its wrong-class
+logits nearly equal (Müller et al. 2019, "When Does Label Smoothing Help?"), so r becomes flat and the
+non-target logit spread drops. Class-similarity matrices come from outputs (S_out) or from the
+logit-layer weights (S_w, Tang et al. 2020); linear CKA follows Kornblith et al. 2019
+("Similarity of Neural Network Representations Revisited").
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from kddiag.errors import KddiagError
+from kddiag.metrics._common import (SoftmaxStats, Workspace, check_labels, check_logits, check_temperature,
+                                    map_blocks, softmax_stats)
+
+
+def dark_knowledge_content(logits, labels, *, temperature: float = 1.0) -> float | None:
+    """mean KL(r ‖ U_{C−1}) / log(C − 1), in [0, 1]; r from softmax(z/τ). None when C = 2 (r is a point mass).
+
+    KL(r ‖ U) = log(C − 1) − H(r), with H(r) from log-probabilities (logsumexp over the non-target logits).
+    Near 0: the wrong-class mass is flat (no class structure); read it with mean(1 − p_y).
+    """
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return dark_knowledge_content_of(softmax_stats(logits, labels, temperature=check_temperature(temperature)))
+
+
+def nontarget_logit_spread(logits, labels) -> float | None:
+    """mean_i std_{k≠y}(z_ik) / (z_iy − mean_{k≠y} z_ik) over examples with a positive margin; None if none has one.
+
+    Population std (ddof = 0). Free of τ. Label smoothing drives it toward 0 (Müller et al. 2019).
+    """
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return nontarget_logit_spread_of(logits, labels)
+
+
+def output_similarity(logits, labels) -> np.ndarray:
+    """S_out (n_classes, n_classes): S[c, k] = mean of r_k over examples of class c (τ = 1), then (S + Sᵀ)/2, diagonal 0.
+
+    Rows and columns of classes with no example are NaN.
+    """
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return output_similarity_of(softmax_stats(logits, labels, class_sums_threshold=1.0), labels)
+
+
+def weight_similarity(weight) -> np.ndarray:
+    """S_w (n_classes, n_classes): cosine similarity of the logit-layer weight rows ŵ_iᵀŵ_j (Tang et al. 2020).
+
+    ``weight`` is (n_classes, n_features). A zero row gives NaN similarities.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    if weight.ndim != 2 or weight.shape[0] < 2:
+        raise KddiagError(f"logit-layer weight must be (n_classes, n_features) with n_classes ≥ 2; got shape {weight.shape}")
+    if not np.all(np.isfinite(weight)):
+        raise KddiagError("logit-layer weight must be finite")
+    return weight_similarity_of(weight)
+
+
+def similarity_transfer_score(teacher_similarity, student_similarity) -> float | None:
+    """Spearman correlation of the off-diagonal entries (i < j) of two class-similarity matrices.
+
+    Pairs with a NaN in either matrix are skipped; None when fewer than 3 pairs remain or one side is constant.
+    """
+    first, second = _check_similarity(teacher_similarity, "teacher similarity"), _check_similarity(
+        student_similarity, "student similarity")
+    if first.shape != second.shape:
+        raise KddiagError(f"teacher similarity is {first.shape} but student similarity is {second.shape}; "
+                          "both must be (n_classes, n_classes)")
+    return similarity_transfer_score_of(first, second)
+
+
+def group_recovery(similarity, groups) -> float | None:
+    """AUROC of the off-diagonal similarities (i < j) for separating same-group from different-group class pairs.
+
+    0.5 = no structure, 1 = every same-group pair is more similar than every different-group pair.
+    None when all pairs are on one side (one group, or every class its own group).
+    """
+    similarity = _check_similarity(similarity, "similarity")
+    groups = np.asarray(groups)
+    if groups.shape != (similarity.shape[0],):
+        raise KddiagError(f"class groups must give one group per class ({similarity.shape[0]}); got shape {groups.shape}")
+    return group_recovery_of(similarity, groups)
+
+
+def linear_cka(teacher_features, student_features) -> float | None:
+    """Linear CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F·‖YᵀY‖_F) on column-centred features (Kornblith et al. 2019).
+
+    ``teacher_features`` (n_samples, d1), ``student_features`` (n_samples, d2); O(n·d²). None if a
+    side has no variance.
+    """
+    first = _check_features(teacher_features, "teacher features")
+    second = _check_features(student_features, "student features")
+    if first.shape[0] != second.shape[0]:
+        raise KddiagError(f"teacher features have {first.shape[0]} samples but student features have "
+                          f"{second.shape[0]}; both must be (n_samples, n_features) on the same examples")
+    return linear_cka_of(first, second)
+
+
+# ---------------------------------------------------------------- on valid input
+
+def dark_knowledge_content_of(stats: SoftmaxStats) -> float | None:
+    """mean (log(C − 1) − H(r)) / log(C − 1)."""
+    return _mean(dark_knowledge_per_example(stats))
+
+
+def dark_knowledge_per_example(stats: SoftmaxStats) -> np.ndarray | None:
+    """KL(r ‖ U_{C−1}) / log(C − 1) per example; None when C = 2."""
+    if stats.n_classes < 3:
+        return None
+    log_rest = np.log(stats.n_classes - 1)
+    return np.clip((log_rest - stats.nontarget_entropy) / log_rest, 0.0, 1.0)
+
+
+def nontarget_logit_spread_of(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """See :func:`nontarget_logit_spread`."""
+    n_classes = logits.shape[1]
+
+    def block(start: int, stop: int, space: Workspace) -> dict:
+        rows, y = np.arange(stop - start), labels[start:stop]
+        d = space.array("d", stop - start)
+        np.copyto(d, logits[start:stop])
+        target = d[rows, y]
+        d[rows, y] = 0.0
+        mean = d.sum(axis=1) / (n_classes - 1)
+        d -= mean[:, None]
+        d[rows, y] = 0.0
+        std = np.sqrt(np.einsum("ij,ij->i", d, d) / (n_classes - 1))
+        margin = target - mean
+        keep = margin > 0
+        return {"sum": float(np.sum(std[keep] / margin[keep])), "count": int(keep.sum())}
+
+    parts = map_blocks(block, *logits.shape)
+    count = sum(p["count"] for p in parts)
+    return sum(p["sum"] for p in parts) / count if count else None
+
+
+def output_similarity_of(stats: SoftmaxStats, labels: np.ndarray) -> np.ndarray:
+    """S_out from the τ = 1 stats with class sums; see :func:`output_similarity`."""
+    count = np.bincount(labels, minlength=stats.n_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = stats.class_sums.nontarget_sum / count[:, None]
+    mean[count == 0] = np.nan
+    similarity = (mean + mean.T) / 2.0
+    np.fill_diagonal(similarity, 0.0)
+    return similarity
+
+
+def weight_similarity_of(weight: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the rows of ``weight``."""
+    norm = np.linalg.norm(weight, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = weight / norm[:, None]
+    unit[norm == 0] = np.nan
+    return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def similarity_transfer_score_of(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Spearman of the i < j entries; see :func:`similarity_transfer_score`."""
+    upper = np.triu_indices(first.shape[0], k=1)
+    a, b = first[upper], second[upper]
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def group_recovery_of(similarity: np.ndarray, groups: np.ndarray) -> float | None:
+    """AUROC of same-group vs different-group pairs; see :func:`group_recovery`."""
+    upper = np.triu_indices(similarity.shape[0], k=1)
+    score = similarity[upper]
+    same = groups[upper[0]] == groups[upper[1]]
+    keep = np.isfinite(score)
+    score, same = score[keep], same[keep]
+    if same.all() or not same.any():
+        return None
+    return float(roc_auc_score(same, score))
+
+
+def linear_cka_of(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Feature-space linear CKA of column-centred features."""
+    x = first - first.mean(axis=0)
+    y = second - second.mean(axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    norm = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(cross / norm) if norm > 0 else None
+
+
+def _check_similarity(matrix, name: str) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
+        raise KddiagError(f"{name} must be a square (n_classes, n_classes) matrix; got shape {matrix.shape}")
+    return matrix
+
+
+def _check_features(features, name: str) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise KddiagError(f"{name} must be (n_samples, n_features) with at least 2 samples; got shape {features.shape}")
+    if not np.all(np.isfinite(features)):
+        raise KddiagError(f"{name} must be finite")
+    return features
+
+
+def _mean(values: np.ndarray | None) -> float | None:
+    return None if values is None else float(np.mean(values))

@@ -1,0 +1,130 @@
+"""Level 0 — outcome: accuracy, teacher↔student fidelity, bootstrap intervals, class relabelling.
+
+Fidelity follows Stanton et al. 2021 ("Does Knowledge Distillation Really Work?", Eqs. 2–3): top-1
+agreement and the mean predictive KL(p ‖ q) of teacher and student.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from kddiag.errors import KddiagError
+from kddiag.metrics._common import (N_THREADS, check_labels, check_logits, check_pair, check_temperature,
+                                    check_values, softmax_stats)
+
+N_RESAMPLES = 1000
+_MAX_CATEGORIES = 16  # values with at most this many distinct levels are resampled by category counts
+_INDEX_BLOCK = 1 << 20  # indices drawn per block of resamples
+
+
+def accuracy(logits, labels) -> float:
+    """mean 1{argmax_k logits = y}.
+
+    >>> accuracy(np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 0]))
+    0.5
+    """
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def top1_agreement(teacher_logits, student_logits) -> float:
+    """mean 1{argmax z = argmax s} (Stanton et al. 2021, Eq. 2)."""
+    teacher_logits, student_logits = check_pair(teacher_logits, student_logits)
+    return agreement_of(teacher_logits.argmax(axis=1), student_logits.argmax(axis=1))
+
+
+def kl_divergence(teacher_logits, student_logits, *, temperature: float = 1.0) -> np.ndarray:
+    """Per-example KL(p ‖ q), p = softmax(z/τ), q = softmax(s/τ), in nats; shape (n_samples,).
+
+    Computed from log-probabilities (logsumexp), finite for any finite logits (Stanton et al. 2021, Eq. 3).
+    """
+    teacher_logits, student_logits = check_pair(teacher_logits, student_logits)
+    temperature = check_temperature(temperature)
+    split = np.zeros(teacher_logits.shape[0], dtype=np.int64)  # the target/non-target split does not matter here
+    student = softmax_stats(student_logits, split, temperature=temperature)
+    teacher = softmax_stats(teacher_logits, split, temperature=temperature, versus=(student_logits, student))
+    return teacher.kl_divergence()
+
+
+def mean_kl_divergence(teacher_logits, student_logits, *, temperature: float = 1.0) -> float:
+    """mean over examples of KL(p ‖ q) at ``temperature``, nats."""
+    return float(np.mean(kl_divergence(teacher_logits, student_logits, temperature=temperature)))
+
+
+def bootstrap_ci(values, *, n_resamples: int = N_RESAMPLES, confidence: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-example ``values`` (n_samples,).
+
+    Resamples examples with replacement ``n_resamples`` times (fixed ``seed``); for a paired
+    difference pass the per-example differences (e.g. correct_student − correct_baseline), so
+    both members of a pair are always drawn together. Values with few distinct levels (0/1
+    correctness, −1/0/1 differences) are resampled exactly through multinomial counts per level,
+    which has the same distribution as resampling examples; other values by drawing indices.
+    """
+    values = check_values(values, name="values")
+    if not 0.0 < confidence < 1.0:
+        raise KddiagError(f"confidence must be in (0, 1); got {confidence}")
+    if int(n_resamples) < 1:
+        raise KddiagError(f"n_resamples must be ≥ 1; got {n_resamples}")
+    means = _bootstrap_means(values, int(n_resamples), seed)
+    lo, hi = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
+    return float(lo), float(hi)
+
+
+def _bootstrap_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of ``n_resamples`` bootstrap resamples of ``values``."""
+    n = values.size
+    levels, counts = np.unique(values, return_counts=True)
+    if levels.size <= _MAX_CATEGORIES:
+        draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_resamples)
+        return draws @ levels / n
+    per_block = max(1, _INDEX_BLOCK // n)
+    starts = list(range(0, n_resamples, per_block))
+    seeds = np.random.SeedSequence(seed).spawn(len(starts))
+
+    def block(i: int) -> np.ndarray:
+        size = min(per_block, n_resamples - starts[i])
+        index = np.random.default_rng(seeds[i]).integers(0, n, size=(size, n), dtype=np.int32 if n < 2**31 else np.int64)
+        return values[index].mean(axis=1)
+
+    if N_THREADS == 1 or len(starts) == 1:
+        return np.concatenate([block(i) for i in range(len(starts))])
+    with ThreadPoolExecutor(max_workers=N_THREADS) as pool:
+        return np.concatenate(list(pool.map(block, range(len(starts)))))
+
+
+def class_permutation(teacher_logits, student_logits) -> np.ndarray:
+    """π (n_classes,) with student class k ↔ teacher class π[k], maximizing top-1 agreement.
+
+    Hungarian assignment (scipy ``linear_sum_assignment``) on the confusion matrix of
+    argmax z (rows) against argmax s (columns).
+    """
+    teacher_logits, student_logits = check_pair(teacher_logits, student_logits)
+    return permutation_of(teacher_logits.argmax(axis=1), student_logits.argmax(axis=1), teacher_logits.shape[1])
+
+
+def permuted_agreement(teacher_logits, student_logits) -> float:
+    """Top-1 agreement after relabelling the student's predictions by :func:`class_permutation`."""
+    teacher_logits, student_logits = check_pair(teacher_logits, student_logits)
+    teacher_pred, student_pred = teacher_logits.argmax(axis=1), student_logits.argmax(axis=1)
+    permutation = permutation_of(teacher_pred, student_pred, teacher_logits.shape[1])
+    return agreement_of(teacher_pred, permutation[student_pred])
+
+
+# ---------------------------------------------------------------- on predictions (valid input)
+
+def agreement_of(first_pred: np.ndarray, second_pred: np.ndarray) -> float:
+    """mean 1{first = second}."""
+    return float(np.mean(first_pred == second_pred))
+
+
+def permutation_of(teacher_pred: np.ndarray, student_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Hungarian relabelling of the student's predictions; see :func:`class_permutation`."""
+    confusion = np.bincount(teacher_pred * n_classes + student_pred, minlength=n_classes * n_classes)
+    teacher_class, student_class = linear_sum_assignment(confusion.reshape(n_classes, n_classes), maximize=True)
+    permutation = np.empty(n_classes, dtype=np.int64)
+    permutation[student_class] = teacher_class
+    return permutation

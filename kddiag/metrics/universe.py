@@ -1,0 +1,284 @@
+"""Level 1 — knowledge of the universe: calibration, and how soft the teacher's targets are.
+
+Calibration follows Guo et al. 2017 ("On Calibration of Modern Neural Networks"): ECE and MCE on
+equal-width bins of the max probability, bins (lo, hi] as in Guo / torchmetrics, and the
+temperature T* that minimizes the NLL. Softness follows Müller et al. 2019 ("When Does Label
+Smoothing Help?"): a teacher whose targets put mass ε on wrong classes acts like label smoothing
+of strength γ = ε·C/(C − 1).
+
+Public functions take logits; the ``*_of`` helpers take :class:`SoftmaxStats` (valid input assumed)
+so :func:`kddiag.measure.measure` runs the softmax once per model and temperature.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kddiag.metrics._common import (ClassSums, SoftmaxStats, Workspace, check_labels, check_logits, check_n_bins,
+                                    check_temperature, load_rows, map_blocks, softmax_stats, subsample_indices)
+
+N_BINS = 15
+HISTOGRAM_BINS = 20
+SATURATION = 0.99  # p_y above this counts as a saturated (one-hot) target
+TEMPERATURE_BOUNDS = (0.01, 100.0)  # T* is searched in this range
+_PREFIT_ELEMENTS = 1 << 20  # T* is first fitted on a subsample of about this many logits
+_BETA_RTOL = 1e-5  # Newton on 1/T stops when a step changes it by less than this (final error ≪ rtol)
+
+
+# ---------------------------------------------------------------- calibration
+
+def expected_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
+    """ECE = Σ_m (|B_m|/n)·|acc(B_m) − conf(B_m)| over equal-width bins (lo, hi] of max_k p¹_k (Guo 2017, Eq. 3)."""
+    stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
+    return ece_of(stats, labels, n_bins=n_bins)
+
+
+def adaptive_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
+    """ECE over equal-mass bins: examples sorted by (max p¹, correctness), split into n_bins groups whose sizes differ by ≤ 1."""
+    stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
+    return adaptive_ece_of(stats, labels, n_bins=n_bins)
+
+
+def maximum_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
+    """MCE = max_m |acc(B_m) − conf(B_m)| over the non-empty equal-width bins (Guo 2017)."""
+    stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
+    return mce_of(stats, labels, n_bins=n_bins)
+
+
+def classwise_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
+    """mean over classes k of the ECE of p¹_k against 1{y = k}, equal-width bins (lo, hi] over all examples."""
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    n_bins = check_n_bins(n_bins)
+    stats = softmax_stats(logits, labels, class_sums_threshold=bin_edges(n_bins)[1])
+    return classwise_ece_of(stats.class_sums, labels, n_bins=n_bins)
+
+
+def reliability_bins(logits, labels, *, n_bins: int = N_BINS) -> dict:
+    """Reliability diagram data: ``{"bin_edges", "bin_confidence", "bin_accuracy", "bin_count"}``.
+
+    Equal-width bins of max p¹; an empty bin has confidence and accuracy None.
+    """
+    stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
+    return reliability_of(stats, labels, n_bins=n_bins)
+
+
+def nll_loss(logits, labels) -> float:
+    """mean −log p¹_y, nats (log-softmax by logsumexp: finite for any finite logits)."""
+    stats, labels, _ = _calibration_input(logits, labels, N_BINS)
+    return nll_of(stats)
+
+
+def brier_loss(logits, labels) -> float:
+    """Multi-class Brier score: mean Σ_k (p¹_k − 1{y = k})², computed as (1 − p_y)² + Σ_{k≠y} p_k²."""
+    stats, labels, _ = _calibration_input(logits, labels, N_BINS)
+    return brier_of(stats)
+
+
+def fitted_temperature(logits, labels) -> float:
+    """T* = argmin_T mean −log softmax(z/T)_y over T in [0.01, 100] (temperature scaling, Guo 2017).
+
+    T* > 1: over-confident. The NLL is convex in β = 1/T (its second derivative is Var_p(z)), so a
+    safeguarded Newton iteration on β converges fast: first on a fixed-seed subsample of about 1M
+    logits, then polished on all examples. At a bound (e.g. separable data) the bound is returned.
+    """
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return fitted_temperature_of(logits, labels)
+
+
+def _calibration_input(logits, labels, n_bins) -> tuple[SoftmaxStats, np.ndarray, int]:
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return softmax_stats(logits, labels), labels, check_n_bins(n_bins)
+
+
+def bin_edges(n_bins: int) -> np.ndarray:
+    """Edges of n_bins equal-width bins on [0, 1]."""
+    return np.linspace(0.0, 1.0, n_bins + 1)
+
+
+def bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each value in [0, 1]: bin m holds (m/M, (m+1)/M]; 0 falls in bin 0."""
+    return np.searchsorted(bin_edges(n_bins)[1:-1], values, side="left")
+
+
+def _binned(stats: SoftmaxStats, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, confidence sum, correct count) per equal-width bin of the max probability."""
+    confidence = np.exp(stats.max_log_prob)
+    correct = (stats.prediction == labels).astype(np.float64)
+    index = bin_index(confidence, n_bins)
+    return (np.bincount(index, minlength=n_bins), np.bincount(index, weights=confidence, minlength=n_bins),
+            np.bincount(index, weights=correct, minlength=n_bins))
+
+
+def ece_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
+    """ECE from the τ = 1 stats; see :func:`expected_calibration_error`."""
+    _, confidence, correct = _binned(stats, labels, n_bins)
+    return float(np.abs(correct - confidence).sum() / labels.size)
+
+
+def mce_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
+    """MCE from the τ = 1 stats; see :func:`maximum_calibration_error`."""
+    count, confidence, correct = _binned(stats, labels, n_bins)
+    filled = count > 0
+    return float(np.max(np.abs(correct[filled] - confidence[filled]) / count[filled]))
+
+
+def adaptive_ece_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
+    """Adaptive ECE from the τ = 1 stats; see :func:`adaptive_calibration_error`."""
+    confidence = np.exp(stats.max_log_prob)
+    correct = (stats.prediction == labels).astype(np.float64)
+    order = np.lexsort((correct, confidence))
+    group = np.arange(labels.size) * n_bins // labels.size
+    gap = np.bincount(group, weights=correct[order] - confidence[order], minlength=n_bins)
+    return float(np.abs(gap).sum() / labels.size)
+
+
+def classwise_ece_of(sums: ClassSums, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
+    """Class-wise ECE from :class:`ClassSums` (threshold = first bin edge); see :func:`classwise_calibration_error`.
+
+    Only entries above the first bin edge are binned one by one; the first bin of class k holds
+    the rest, so its sums are the class totals minus the other bins.
+    """
+    n_classes, n = sums.prob_sum.size, labels.size
+    cell = sums.high_cols * n_bins + bin_index(sums.high_prob, n_bins)
+    hit = (labels[sums.high_rows] == sums.high_cols).astype(np.float64)
+    confidence = np.bincount(cell, weights=sums.high_prob, minlength=n_classes * n_bins).reshape(n_classes, n_bins)
+    correct = np.bincount(cell, weights=hit, minlength=n_classes * n_bins).reshape(n_classes, n_bins)
+    confidence[:, 0] = sums.prob_sum - confidence[:, 1:].sum(axis=1)
+    correct[:, 0] = np.bincount(labels, minlength=n_classes) - correct[:, 1:].sum(axis=1)
+    return float(np.mean(np.abs(correct - confidence).sum(axis=1) / n))
+
+
+def reliability_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> dict:
+    """Reliability diagram data from the τ = 1 stats; see :func:`reliability_bins`."""
+    count, confidence, correct = _binned(stats, labels, n_bins)
+    filled = count > 0
+    safe = np.where(filled, count, 1)
+    return {"bin_edges": bin_edges(n_bins).tolist(),
+            "bin_confidence": [float(c) if f else None for c, f in zip(confidence / safe, filled)],
+            "bin_accuracy": [float(a) if f else None for a, f in zip(correct / safe, filled)],
+            "bin_count": count.astype(int).tolist()}
+
+
+def nll_of(stats: SoftmaxStats) -> float:
+    """mean −log p_y."""
+    return float(-np.mean(stats.target_log_prob))
+
+
+def brier_of(stats: SoftmaxStats) -> float:
+    """mean (1 − p_y)² + Σ_{k≠y} p_k²."""
+    return float(np.mean(stats.nontarget_mass**2 + stats.nontarget_sum_sq))
+
+
+def fitted_temperature_of(logits: np.ndarray, labels: np.ndarray) -> float:
+    """T* for valid input; see :func:`fitted_temperature`."""
+    n_samples, n_classes = logits.shape
+    beta = 1.0
+    if n_samples * n_classes > 2 * _PREFIT_ELEMENTS:
+        rows = subsample_indices(n_samples, max(2, _PREFIT_ELEMENTS // n_classes))
+        beta = _newton_inverse_temperature(np.asarray(logits[rows]), labels[rows], beta)
+    return float(1.0 / _newton_inverse_temperature(logits, labels, beta))
+
+
+def _newton_inverse_temperature(logits: np.ndarray, labels: np.ndarray, beta: float) -> float:
+    """Root of d/dβ NLL(β) in [1/T_max, 1/T_min]: Newton steps, bisection in log β when a step leaves the bracket."""
+    lo, hi = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]
+    beta = min(max(beta, lo), hi)
+    for _ in range(200):
+        slope, curvature = _nll_slope_curvature(logits, labels, beta)
+        if slope == 0.0:
+            return beta
+        if slope > 0:
+            hi = beta
+        else:
+            lo = beta
+        step = beta - slope / curvature if curvature > 0 else np.nan
+        if not lo <= step <= hi:
+            step = float(np.sqrt(lo * hi))
+        if abs(step - beta) <= _BETA_RTOL * beta:
+            return step
+        beta = step
+    return beta
+
+
+def _nll_slope_curvature(logits: np.ndarray, labels: np.ndarray, beta: float) -> tuple[float, float]:
+    """First and second derivative in β of mean_i [logsumexp(β z_i) − β z_iy]: mean E_p[z] − z_y and mean Var_p(z)."""
+
+    def block(start: int, stop: int, space: Workspace) -> dict:
+        n_rows = stop - start
+        z, rows = load_rows(logits, start, stop, space, "z"), np.arange(n_rows)
+        d = np.subtract(z, z.max(axis=1)[:, None], out=space.array("d", n_rows))
+        e = np.exp(np.multiply(d, beta, out=space.array("e", n_rows)), out=space.array("e", n_rows))
+        total = e.sum(axis=1)
+        ed = np.multiply(e, d, out=e)
+        mean = ed.sum(axis=1) / total
+        second = np.einsum("ij,ij->i", ed, d) / total
+        return {"slope": float(np.sum(mean - d[rows, labels[start:stop]])),
+                "curvature": float(np.sum(np.maximum(second - mean**2, 0.0)))}
+
+    parts = map_blocks(block, logits.shape[0], logits.shape[1])
+    n = logits.shape[0]
+    return sum(p["slope"] for p in parts) / n, sum(p["curvature"] for p in parts) / n
+
+
+# ---------------------------------------------------------------- softness of the targets at τ
+
+def effective_smoothing(teacher_logits, labels, *, temperature: float) -> float:
+    """ε_eff = mean(1 − p_y), p = softmax(z/τ): the wrong-class mass of the targets."""
+    return effective_smoothing_of(_softness_input(teacher_logits, labels, temperature))
+
+
+def equivalent_smoothing(teacher_logits, labels, *, temperature: float) -> float:
+    """Müller et al. 2019's equivalent label-smoothing factor γ = ε_eff·C/(C − 1)."""
+    return equivalent_smoothing_of(_softness_input(teacher_logits, labels, temperature))
+
+
+def saturation_share(teacher_logits, labels, *, temperature: float) -> float:
+    """Share of examples whose target is near one-hot: p_y > 0.99 at τ."""
+    return saturation_share_of(_softness_input(teacher_logits, labels, temperature))
+
+
+def target_entropy(teacher_logits, *, temperature: float) -> float:
+    """mean H(p) = −Σ_k p_k log p_k at τ, nats (from log-probabilities)."""
+    teacher_logits = check_logits(teacher_logits, name="teacher logits")
+    split = np.zeros(teacher_logits.shape[0], dtype=np.int64)  # H(p) does not depend on the labels
+    return target_entropy_of(softmax_stats(teacher_logits, split, temperature=check_temperature(temperature)))
+
+
+def target_confidence_histogram(teacher_logits, labels, *, temperature: float, n_bins: int = HISTOGRAM_BINS) -> dict:
+    """``{"bin_edges", "counts"}`` of p_y at τ, n_bins equal-width bins on [0, 1] (last bin closed)."""
+    stats = _softness_input(teacher_logits, labels, temperature)
+    return target_confidence_histogram_of(stats, n_bins=check_n_bins(n_bins))
+
+
+def _softness_input(teacher_logits, labels, temperature) -> SoftmaxStats:
+    teacher_logits = check_logits(teacher_logits, name="teacher logits")
+    labels = check_labels(labels, n_samples=teacher_logits.shape[0], n_classes=teacher_logits.shape[1])
+    return softmax_stats(teacher_logits, labels, temperature=check_temperature(temperature))
+
+
+def effective_smoothing_of(stats: SoftmaxStats) -> float:
+    """mean(1 − p_y)."""
+    return float(np.mean(stats.nontarget_mass))
+
+
+def equivalent_smoothing_of(stats: SoftmaxStats) -> float:
+    """ε_eff·C/(C − 1)."""
+    return effective_smoothing_of(stats) * stats.n_classes / (stats.n_classes - 1)
+
+
+def saturation_share_of(stats: SoftmaxStats) -> float:
+    """mean 1{p_y > 0.99}."""
+    return float(np.mean(stats.target_log_prob > np.log(SATURATION)))
+
+
+def target_entropy_of(stats: SoftmaxStats) -> float:
+    """mean H(p)."""
+    return float(np.mean(stats.entropy))
+
+
+def target_confidence_histogram_of(stats: SoftmaxStats, *, n_bins: int = HISTOGRAM_BINS) -> dict:
+    """Histogram of p_y; see :func:`target_confidence_histogram`."""
+    counts, edges = np.histogram(stats.target_prob, bins=n_bins, range=(0.0, 1.0))
+    return {"bin_edges": edges.tolist(), "counts": counts.astype(int).tolist()}

@@ -1,0 +1,476 @@
+"""Figures of an inspection: each ``plot_*`` draws measured results, never recomputes a metric.
+
+Every function takes a :class:`~kddiag.types.Report` (or just its
+:class:`~kddiag.types.Measurements`; class names, groups and the distillation τ then are unknown)
+and draws on ``ax`` (or ``fig`` for multi-panel figures), creating one when none is given.
+A metric that is absent or unavailable gives a panel that says "not available: <reason>".
+matplotlib and seaborn are imported inside the functions; nothing is shown or saved here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from kddiag.types import EVAL, TRANSFER, ClassInfo, Measurements, Metric, Report, Settings
+
+MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
+SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}
+MODELS = ("teacher", "student", "baseline")
+SATURATION_THRESHOLD = 0.99  # p_y above this counts as saturated (docs/metrics.md, saturation_share)
+LOW_WEIGHT_THRESHOLD = 0.5  # rescaling weights below this count as down-weighted
+MAX_SCATTER_POINTS = 3000
+MAX_TICK_LABELS = 30
+SIMILARITY_KINDS = (("output_similarity", "output-based (τ = 1)", None),
+                    ("weight_similarity", "weight-based (cosine)", "weights"))
+
+
+# ---------------------------------------------------------------- level 0 — outcome
+
+def plot_accuracy(report: Report | Measurements, *, ax=None):
+    """Accuracy of teacher, student and baseline with 95% bootstrap intervals, per data set."""
+    measurements, _, _ = _unpack(report)
+    ax = _new_axes(ax, figsize=(6.0, 3.2))
+    ax.set_title("Accuracy (95% bootstrap interval)", loc="left")
+    points = [(model, dataset, measurements.get("outcome", f"{model}_accuracy", dataset))
+              for model in MODELS for dataset in (TRANSFER, EVAL)]
+    points = [(m, d, metric) for m, d, metric in points if _has_value(metric)]
+    if not points:
+        return _not_available(ax, _reason(measurements, "outcome", "teacher_accuracy", "no accuracy measured"))
+    models = [m for m in MODELS if any(p[0] == m for p in points)]
+    offsets = {TRANSFER: -0.15, EVAL: 0.15}
+    markers = {TRANSFER: "s", EVAL: "o"}  # hollow squares: transfer set; filled circles: eval set
+    for model, dataset, metric in points:
+        y = models.index(model) + offsets[dataset]
+        value = float(metric.value)
+        if metric.ci is not None:
+            ax.plot(metric.ci, [y, y], color=MODEL_COLORS[model], lw=2, alpha=0.6)
+        ax.plot([value], [y], marker=markers[dataset], ms=7, color=MODEL_COLORS[model], ls="none",
+                mfc="white" if dataset == TRANSFER else MODEL_COLORS[model])
+        ax.annotate(f"{value:.3f}", (value, y), xytext=(0, 6), textcoords="offset points", fontsize=8, ha="center")
+    for dataset in (TRANSFER, EVAL):
+        if any(d == dataset for _, d, _ in points):
+            ax.plot([], [], marker=markers[dataset], ls="none", color="black",
+                    mfc="white" if dataset == TRANSFER else "black", label=f"{dataset} set")
+    ax.set_yticks(range(len(models)), models)
+    ax.set_ylim(len(models) - 0.5, -0.5)
+    lo = min(min(float(m.value), m.ci[0] if m.ci else 1.0) for *_, m in points)
+    left = max(0.0, lo - 0.05)
+    ax.set_xlim(left, 1.0 + 0.04 * (1.0 - left))  # room for the label of a perfect score
+    ax.set_xlabel("accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8, frameon=False,
+              borderaxespad=0.2, handletextpad=0.3)
+    return ax
+
+
+# ---------------------------------------------------------------- level 1 — universe
+
+def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=None):
+    """Reliability diagram of teacher and student on ``dataset``: accuracy vs confidence per bin,
+    the diagonal of perfect calibration, bin counts as light bars and each model's ECE in the legend."""
+    measurements, _, _ = _unpack(report)
+    ax = _new_axes(ax, figsize=(5.0, 4.6))
+    ax.set_title(f"Reliability diagram ({dataset} set)")
+    curves = {m: measurements.get("universe", f"{m}_reliability", dataset) for m in ("teacher", "student")}
+    curves = {m: metric for m, metric in curves.items() if _has_value(metric)}
+    if not curves:
+        return _not_available(ax, _reason(measurements, "universe", "teacher_reliability",
+                                          f"no reliability bins on the {dataset} set", dataset))
+    counts_ax = ax.twinx()
+    max_share, width_share = 0.0, 0.5 / len(curves)
+    for i, (model, metric) in enumerate(curves.items()):
+        edges = _floats(metric.value["bin_edges"])
+        confidence = _floats(metric.value["bin_confidence"])
+        accuracy = _floats(metric.value["bin_accuracy"])
+        counts = np.nan_to_num(_floats(metric.value["bin_count"]))
+        share = counts / max(counts.sum(), 1.0)
+        max_share = max(max_share, float(share.max(initial=0.0)))
+        widths = np.diff(edges)
+        counts_ax.bar(edges[:-1] + widths * (0.25 + i * width_share), share, width=widths * width_share,
+                      align="edge", color=MODEL_COLORS[model], alpha=0.3, linewidth=0)
+        ece = measurements.value("universe", f"{model}_ece", dataset)
+        label = model if ece is None else f"{model} (ECE {float(ece):.3f})"
+        filled = ~np.isnan(confidence) & ~np.isnan(accuracy) & (counts > 0)
+        ax.plot(confidence[filled], accuracy[filled], marker="o", ms=4, color=MODEL_COLORS[model], label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="perfect calibration")
+    max_share = max(max_share, 1e-9)
+    counts_ax.set_ylim(0, max_share / 0.3)  # the bars fill the bottom 30% of the plot
+    counts_ax.set_yticks([0, max_share / 2, max_share], [f"{100 * v:.0f}%" for v in (0, max_share / 2, max_share)])
+    counts_ax.set_ylabel("share of examples per bin (bars)", color="#666666", fontsize=8, loc="bottom")
+    counts_ax.tick_params(axis="y", labelsize=7, colors="#666666")
+    ax.set_zorder(counts_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max probability, τ = 1)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def plot_target_confidence(report: Report | Measurements, *, ax=None):
+    """Histogram of the teacher's target probability p_y at τ, transfer set vs eval set, with the
+    saturation threshold 0.99 marked. Uses ``universe.target_confidence_histogram`` per set, else
+    bins the per-example ``teacher_target_confidence`` arrays."""
+    measurements, _, settings = _unpack(report)
+    ax = _new_axes(ax, figsize=(5.6, 4.0))
+    tau = "" if settings is None else f" (τ = {settings.temperature.value:g})"
+    ax.set_title(f"Teacher target confidence p_y{tau}")
+    drawn = 0
+    for dataset in (TRANSFER, EVAL):
+        edges, counts = _target_histogram(measurements, dataset)
+        if edges is None:
+            continue
+        share = counts / max(counts.sum(), 1.0)
+        saturated = measurements.value("universe", "saturation_share", dataset)
+        label = f"{dataset} set (n = {int(counts.sum())}"
+        label += ")" if saturated is None else f", {100 * float(saturated):.0f}% saturated)"
+        ax.stairs(share, edges, fill=True, alpha=0.35, color=SET_COLORS[dataset])
+        ax.stairs(share, edges, color=SET_COLORS[dataset], lw=1.5, label=label)
+        drawn += 1
+    if not drawn:
+        return _not_available(ax, _reason(measurements, "universe", "target_confidence_histogram",
+                                          "no target confidences measured"))
+    ax.axvline(SATURATION_THRESHOLD, color="black", ls="--", lw=1, label=f"saturation p_y > {SATURATION_THRESHOLD}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("teacher probability of the true class, p_y")
+    ax.set_ylabel("share of examples")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def plot_temperature_whatif(report: Report | Measurements, *, fig=None):
+    """What the teacher's targets would look like at other temperatures (``universe.temperature_whatif``):
+    effective smoothing, saturated share, dark-knowledge content and rescaling-weight CV vs τ (log axis),
+    the informative range shaded and the distillation τ marked."""
+    measurements, _, settings = _unpack(report)
+    fig = _new_figure(fig, figsize=(13.0, 3.4))
+    axes = fig.subplots(1, 4)
+    metric = measurements.get("universe", "temperature_whatif")
+    panels = (("effective_smoothing", "effective smoothing ε_eff"),
+              ("saturation_share", "saturated share (p_y > 0.99)"),
+              ("dark_knowledge_content", "dark-knowledge content"),
+              ("rescaling_weight_cv", "rescaling weight CV (untrained)"))
+    if not _has_value(metric):
+        reason = _reason(measurements, "universe", "temperature_whatif", "no temperature what-if measured")
+        for ax, (_, title) in zip(axes, panels):
+            ax.set_title(title, fontsize=10)
+            _not_available(ax, reason)
+        return fig
+    whatif = metric.value
+    temperatures = _floats(whatif["temperatures"])
+    informative = whatif.get("informative_range")
+    for ax, (key, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        if whatif.get(key) is None:
+            _not_available(ax, f"{key} not in temperature_whatif")
+            continue
+        if informative:
+            ax.axvspan(float(informative[0]), float(informative[1]), color="#009E73", alpha=0.12,
+                       label="informative range")
+        ax.plot(temperatures, _floats(whatif[key]), marker="o", ms=3, color=MODEL_COLORS["teacher"])
+        if settings is not None:
+            tau = settings.temperature
+            ax.axvline(tau.value, color=MODEL_COLORS["student"], lw=1.5, ls="--",
+                       label=f"distillation τ = {tau.value:g}" + (" (guessed)" if tau.guessed else ""))
+        for level in _whatif_thresholds(key, report):
+            ax.axhline(level, color="#009E73", lw=0.8, ls=":", label="bounds of the informative range")
+        _plain_log_axis(ax, temperatures)
+        ax.set_xlabel("temperature τ")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    legend = {}
+    for ax in axes:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    labels, handles = list(legend), list(legend.values())
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.suptitle(f"Temperature what-if: the teacher's targets over τ ({metric.dataset} set)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return fig
+
+
+# ---------------------------------------------------------------- level 2 — domain
+
+def plot_class_similarity(report: Report | Measurements, *, fig=None):
+    """Class-similarity heatmaps of teacher, student and baseline side by side, output-based (top row)
+    and weight-based (bottom row, when measured or marked unavailable), all in one class order: average-
+    linkage clustering of the teacher's matrix. Known class groups are drawn as colour strips. The
+    colour scale is shared per row and ends at the 99th percentile of the off-diagonal values."""
+    import seaborn as sns
+
+    measurements, class_info, _ = _unpack(report)
+    kinds = [(kind, title, dataset) for kind, title, dataset in SIMILARITY_KINDS
+             if kind == "output_similarity" or _any_metric(measurements, kind, dataset)]
+    fig = _new_figure(fig, figsize=(4.6 * len(MODELS) + 0.8, 4.4 * len(kinds)))
+    grid = fig.add_gridspec(len(kinds), len(MODELS) + 1, width_ratios=[1.0] * len(MODELS) + [0.05])
+
+    order = _shared_class_order(measurements)
+    n_classes = len(order) if order is not None else 0
+    names = _class_names(class_info, n_classes)
+    grouped = class_info.groups is not None and len(class_info.groups) == n_classes
+    for row, (kind, kind_title, dataset) in enumerate(kinds):
+        matrices = {m: measurements.get("domain", f"{m}_{kind}", dataset) for m in MODELS}
+        present = {m: _floats(metric.value) for m, metric in matrices.items() if _has_value(metric)}
+        present = {m: mat for m, mat in present.items() if mat.shape == (n_classes, n_classes)}
+        values = np.concatenate([_off_diagonal(mat) for mat in present.values()]) if present else np.zeros(0)
+        values = np.abs(values[np.isfinite(values)])
+        vmax = float(np.percentile(values, 99)) if values.size else 1.0
+        vmax = vmax if vmax > 0 else 1.0
+        clipped = bool(values.size) and float(values.max()) > vmax
+        signed = kind == "weight_similarity"
+        cbar_ax = fig.add_subplot(grid[row, -1]) if present else None
+        for col, model in enumerate(MODELS):
+            ax = fig.add_subplot(grid[row, col])
+            measured_on = "" if matrices[model] is None or dataset else f", {matrices[model].dataset} set"
+            ax.set_title(f"{model} — {kind_title}{measured_on}", fontsize=10, color=MODEL_COLORS[model], pad=16)
+            if model not in present:
+                default = f"no {model} {kind.replace('_', ' ')} measured"
+                _not_available(ax, _reason(measurements, "domain", f"{model}_{kind}", default, dataset))
+                continue
+            mat = present[model][np.ix_(order, order)]
+            mask = np.eye(n_classes, dtype=bool) | ~np.isfinite(mat)
+            sns.heatmap(mat, ax=ax, mask=mask, square=True, cmap="RdBu_r" if signed else "viridis",
+                        vmin=-vmax if signed else 0.0, vmax=vmax, cbar=cbar_ax is not None, cbar_ax=cbar_ax,
+                        cbar_kws={"label": "cosine similarity" if signed else "mean non-target probability",
+                                  "extend": ("both" if signed else "max") if clipped else "neither"},
+                        xticklabels=False, yticklabels=False)
+            cbar_ax = None  # one colour bar per row
+            ax.set_facecolor("#dddddd")
+            _class_ticks(ax, [names[i] for i in order])
+            if grouped:
+                _group_strips(ax, np.asarray(class_info.groups)[order])
+    fig.suptitle("Class similarity in one shared class order (clustered on the teacher; diagonal grey"
+                 + ("; edge strips: known class groups)" if grouped else ")"), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=3.0)  # room for the strips and titles below tick labels
+    return fig
+
+
+def similarity_rows(report: Report | Measurements) -> int:
+    """How many heatmap rows :func:`plot_class_similarity` draws (for sizing its figure)."""
+    measurements, _, _ = _unpack(report)
+    return sum(1 for kind, _, dataset in SIMILARITY_KINDS
+               if kind == "output_similarity" or _any_metric(measurements, kind, dataset))
+
+
+# ---------------------------------------------------------------- level 3 — instance
+
+def plot_rescaling_vs_difficulty(report: Report | Measurements, *, dataset: str | None = None,
+                                 max_points: int = MAX_SCATTER_POINTS, ax=None):
+    """Per-example gradient rescaling weight w vs example difficulty on the transfer set (else the eval
+    set): the untrained-student w (the teacher's own contribution) and the trained student's w.
+    At most ``max_points`` examples (fixed random subsample); the Spearman correlation is the
+    ``instance.rescaling_difficulty_correlation`` metric."""
+    measurements, _, _ = _unpack(report)
+    ax = _new_axes(ax, figsize=(5.6, 4.4))
+    arrays = measurements.arrays
+    if dataset is None:
+        dataset = TRANSFER if f"{TRANSFER}/difficulty" in arrays else EVAL
+    difficulty = arrays.get(f"{dataset}/difficulty")
+    weights = {"teacher": arrays.get(f"{dataset}/untrained_rescaling_weight"),
+               "student": arrays.get(f"{dataset}/rescaling_weight")}
+    weights = {m: w for m, w in weights.items() if w is not None}
+    ax.set_title(f"Rescaling weight vs difficulty ({dataset} set)")
+    if difficulty is None or not weights:
+        return _not_available(ax, _reason(measurements, "instance", "rescaling_difficulty_correlation",
+                                          f"no per-example rescaling weights or difficulty on the {dataset} set",
+                                          dataset))
+    difficulty = np.asarray(difficulty, dtype=float)
+    rng = np.random.default_rng(0)
+    keep = np.arange(difficulty.size)
+    if keep.size > max_points:
+        keep = np.sort(rng.choice(keep, size=max_points, replace=False))
+    x = difficulty[keep]
+    jittered = np.unique(x[np.isfinite(x)]).size <= 20
+    if jittered:  # discrete difficulty (k-NN disagreement): spread the points for display only
+        span = float(np.ptp(x[np.isfinite(x)])) if np.isfinite(x).any() else 1.0
+        x = x + rng.uniform(-0.015, 0.015, size=x.size) * (span or 1.0)
+    labels = {"teacher": "teacher alone (untrained student)", "student": "trained student"}
+    for model, w in weights.items():
+        ax.scatter(x, np.asarray(w, dtype=float)[keep], s=6, alpha=0.35, color=MODEL_COLORS[model],
+                   label=labels[model], linewidths=0)
+    shown_w = np.concatenate([np.asarray(w, dtype=float)[keep] for w in weights.values()])
+    shown_w = shown_w[np.isfinite(shown_w)]
+    if shown_w.size and np.percentile(np.abs(shown_w), 99) > 20 * max(float(np.median(np.abs(shown_w))), 1.0):
+        ax.set_yscale("symlog", linthresh=1.0)  # heavy tail (near-saturated students): keep the bulk readable
+    ax.axhline(1.0, color="black", lw=1, ls="--", label="plain cross-entropy (w = 1)")
+    ax.axhline(LOW_WEIGHT_THRESHOLD, color="black", lw=0.8, ls=":", label=f"down-weighted (w < {LOW_WEIGHT_THRESHOLD})")
+    rho = measurements.value("instance", "rescaling_difficulty_correlation", dataset)
+    source = measurements.value("instance", "difficulty_source", dataset)
+    title = f"Rescaling weight vs difficulty ({dataset} set)"
+    if rho is not None:
+        title += f"\nSpearman ρ(w untrained, −difficulty) = {float(rho):.3f}"
+    ax.set_title(title, fontsize=10)
+    xlabel = {"baseline_loss": "difficulty: baseline student's loss (nats)",
+              "knn_disagreement_features": "difficulty: k-NN label disagreement (teacher features)",
+              "knn_disagreement_logits": "difficulty: k-NN label disagreement (teacher logits)"}
+    ax.set_xlabel(xlabel.get(source, "difficulty") + (" (jittered)" if jittered else ""))
+    ax.set_ylabel("rescaling weight w")
+    shown = f"{keep.size:,} of {difficulty.size:,} examples" if keep.size < difficulty.size else f"{keep.size:,} examples"
+    ax.text(0.99, 0.01, shown, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#666666")
+    legend = ax.legend(loc="best", fontsize=7, markerscale=2)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1.0)
+    return ax
+
+
+# ---------------------------------------------------------------- helpers
+
+def _whatif_thresholds(key: str, report: Report | Measurements) -> tuple[float, ...]:
+    """The bounds that define the informative range (docs/metrics.md, temperature_whatif)."""
+    if key == "saturation_share":
+        return (0.5,)
+    if key == "effective_smoothing" and isinstance(report, Report) and report.n_classes > 1:
+        return (0.05, 0.6 * (report.n_classes - 1) / report.n_classes)
+    return ()
+
+
+def _plain_log_axis(ax, values: np.ndarray) -> None:
+    """A log x axis labelled with plain numbers (0.5, 1, 2, 4, …) instead of powers of ten."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    finite = values[np.isfinite(values) & (values > 0)]
+    if not finite.size:
+        return
+    candidates = [0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+    ticks = [t for t in candidates if finite.min() / 1.01 <= t <= finite.max() * 1.01]
+    ax.xaxis.set_major_locator(FixedLocator(ticks or list(finite[[0, -1]])))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _unpack(report: Report | Measurements) -> tuple[Measurements, ClassInfo, Settings | None]:
+    if isinstance(report, Report):
+        return report.measurements, report.class_info, report.settings
+    if isinstance(report, Measurements):
+        return report, ClassInfo(), None
+    raise TypeError(f"plot functions take a kddiag Report or Measurements; got {type(report).__name__}")
+
+
+def _new_axes(ax, *, figsize):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _new_figure(fig, *, figsize):
+    if fig is not None:
+        return fig
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=figsize)
+
+
+def _any_metric(measurements: Measurements, kind: str, dataset: str | None) -> bool:
+    """Whether any model has the similarity matrix ``kind``, measured or marked unavailable."""
+    return any(measurements.get("domain", f"{m}_{kind}", dataset) is not None for m in MODELS)
+
+
+def _has_value(metric: Metric | None) -> bool:
+    return metric is not None and metric.value is not None
+
+
+def _reason(measurements: Measurements, section: str, name: str, default: str, dataset: str | None = None) -> str:
+    """Why a metric cannot be drawn: its ``unavailable`` message, else ``default``."""
+    metric = measurements.get(section, name, dataset)
+    if metric is not None and metric.unavailable:
+        return metric.unavailable
+    return default
+
+
+def _not_available(ax, reason: str):
+    """Turn ``ax`` into a panel that says why there is nothing to draw."""
+    import textwrap
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("#cccccc")
+    ax.text(0.5, 0.5, textwrap.fill(f"not available: {reason}", 36), ha="center", va="center",
+            transform=ax.transAxes, fontsize=9, color="#555555")
+    return ax
+
+
+def _floats(value: Any) -> np.ndarray:
+    """A metric value (list, nested list, None entries) as a float array, None → NaN."""
+    return np.array(value, dtype=float)
+
+
+def _target_histogram(measurements: Measurements, dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    metric = measurements.get("universe", "target_confidence_histogram", dataset)
+    if _has_value(metric):
+        return _floats(metric.value["bin_edges"]), np.nan_to_num(_floats(metric.value["counts"]))
+    confidence = measurements.arrays.get(f"{dataset}/teacher_target_confidence")
+    if confidence is None:
+        return None, None
+    counts, edges = np.histogram(np.asarray(confidence, dtype=float), bins=20, range=(0.0, 1.0))
+    return edges, counts.astype(float)
+
+
+def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
+    return matrix[~np.eye(matrix.shape[0], dtype=bool)]
+
+
+def _shared_class_order(measurements: Measurements) -> np.ndarray | None:
+    """Leaf order of average-linkage clustering on the teacher's similarity matrix (output-based,
+    else weight-based; any model's if the teacher has none), as display order for every heatmap."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    candidates = [("teacher_output_similarity", None), ("teacher_weight_similarity", "weights")]
+    candidates += [(f"{m}_{k}", ds) for m in ("student", "baseline")
+                   for k, ds in (("output_similarity", None), ("weight_similarity", "weights"))]
+    for name, dataset in candidates:
+        metric = measurements.get("domain", name, dataset)
+        if not _has_value(metric):
+            continue
+        similarity = np.nan_to_num(_floats(metric.value))
+        if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+            continue
+        n = similarity.shape[0]
+        if n < 3:
+            return np.arange(n)
+        similarity = (similarity + similarity.T) / 2
+        distance = _off_diagonal(similarity).max() - similarity
+        np.fill_diagonal(distance, 0.0)
+        tree = linkage(squareform(np.clip(distance, 0.0, None), checks=False), method="average",
+                       optimal_ordering=n <= 200)
+        return leaves_list(tree)
+    return None
+
+
+def _class_names(class_info: ClassInfo, n_classes: int) -> list[str]:
+    if class_info.names is not None and len(class_info.names) == n_classes:
+        return [str(name) for name in class_info.names]
+    return [str(i) for i in range(n_classes)]
+
+
+def _class_ticks(ax, names: list[str]) -> None:
+    """Class names at cell centres, every k-th one beyond ``MAX_TICK_LABELS`` classes."""
+    step = max(1, math.ceil(len(names) / MAX_TICK_LABELS))
+    positions = np.arange(0, len(names), step)
+    fontsize = 8 if len(names) <= 15 else 6
+    ax.set_xticks(positions + 0.5, [names[i] for i in positions], rotation=90, fontsize=fontsize)
+    ax.set_yticks(positions + 0.5, [names[i] for i in positions], rotation=0, fontsize=fontsize)
+    ax.tick_params(length=0, pad=8)
+
+
+def _group_strips(ax, groups: np.ndarray) -> None:
+    """A colour strip per known class group just outside the left and top edges of a heatmap."""
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
+    palette = matplotlib.colormaps["tab20"]
+    ids = {g: i for i, g in enumerate(sorted(set(groups.tolist())))}
+    n = len(groups)
+    thickness = n * 0.03
+    for i, group in enumerate(groups):
+        color = palette(ids[group] % 20)
+        ax.add_patch(Rectangle((-thickness, i), thickness, 1, color=color, clip_on=False, lw=0))
+        ax.add_patch(Rectangle((i, -thickness), 1, thickness, color=color, clip_on=False, lw=0))

@@ -1,0 +1,235 @@
+"""The self-contained HTML report: one file, inline CSS, figures as base64 PNG, no external URLs.
+
+:func:`render_html` fills ``templates/report.html.j2`` (package data, autoescaped) and returns the
+string; writing it (atomically) is the caller's job (:func:`kddiag.report.json.write_atomic`).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Any, Callable
+
+from kddiag import __version__
+from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_reliability,
+                             plot_rescaling_vs_difficulty, plot_target_confidence, plot_temperature_whatif,
+                             similarity_rows)
+from kddiag.report.json import report_to_dict
+from kddiag.report.text import (LEVEL_CODES, evidence_summary, format_cell, format_number, headline_table,
+                                problem_findings, severity_word)
+from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER, Report
+
+DPI = 100
+LEVEL_INTROS = {
+    "outcome": "What distillation achieved: accuracy of each model, how closely the student follows the "
+               "teacher, and the gain over a student trained without KD.",
+    "universe": "Soft targets act as label smoothing. How calibrated is the teacher, and how soft are the "
+                "targets the student actually saw — on the transfer set, at the distillation τ?",
+    "domain": "The teacher's wrong-class mass encodes which classes resemble each other. Is that structure "
+              "there, and did the student's geometry take it on (better than the baseline's)?",
+    "instance": "The teacher rescales each example's gradient by its difficulty. How unequal are the "
+                "weights, and do they track independent difficulty?",
+}
+_SCHEME = re.compile(r"\b(?:https?|ftp)://", re.IGNORECASE)
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML document (a string; nothing is written)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("kddiag.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, finalize=_without_scheme, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**_context(report))
+
+
+def summarize_value(value: Any) -> str:
+    """A metric value in a few words: numbers formatted, matrices as 'R×C matrix', long lists counted."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return format_number(value)
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {_summarize_part(part, brief=True)}" for key, part in value.items())
+    if isinstance(value, (list, tuple)):
+        return _summarize_part(list(value))
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------- context
+
+def _context(report: Report) -> dict:
+    data = report_to_dict(report)
+    measurements = report.measurements
+    level_figures: dict[str, list[dict]] = {
+        "outcome": [_axes_figure("Accuracy per model and data set", plot_accuracy, report, (6.4, 3.0))],
+        "universe": [_axes_figure("Reliability diagram", plot_reliability, report, (5.2, 4.6),
+                                  dataset=_reliability_set(report)),
+                     _axes_figure("Teacher target confidence", plot_target_confidence, report, (5.6, 4.6))],
+        "domain": [_figure("Class similarity", plot_class_similarity, report, _similarity_size(report))],
+        "instance": [_axes_figure("Rescaling weight vs difficulty", plot_rescaling_vs_difficulty, report,
+                                  (6.0, 4.6))],
+    }
+    levels = [{"id": section, "code": LEVEL_CODES[section], "title": LEVEL_TITLES[section],
+               "intro": LEVEL_INTROS[section], "figures": level_figures[section],
+               "table": headline_table(measurements, section)} for section in SECTIONS]
+    return {
+        "version": __version__,
+        "n_classes": report.n_classes,
+        "inputs": [i.to_dict() for i in report.inputs],
+        "settings": _settings(report),
+        "findings": [_finding(f) for f in problem_findings(report)],
+        "healthy": next((_finding(f) for f in report.diagnosis.findings if f.id == "healthy"), None),
+        "not_checked": data["not_checked"],
+        "levels": levels,
+        "hardest": _hardest_examples(report),
+        "whatif_figure": _figure("Temperature what-if", plot_temperature_whatif, report, (13.0, 3.6)),
+        "whatif_summary": _whatif_summary(report),
+        "fidelity": _fidelity_rows(report),
+        "classes": _class_summary(report),
+        "metrics": [{"section": section, "name": name, "dataset": dataset,
+                     "value": summarize_value(leaf.get("value")),
+                     "ci": "[{}, {}]".format(*(format_number(v) for v in leaf["ci95"])) if leaf.get("ci95") else "",
+                     "unavailable": leaf.get("unavailable", "")}
+                    for section, names in data["metrics"].items()
+                    for name, by_set in names.items() for dataset, leaf in by_set.items()],
+    }
+
+
+def _finding(finding) -> dict:
+    return {"id": finding.id, "title": finding.title, "severity": finding.severity,
+            "severity_word": severity_word(finding.severity), "summary": evidence_summary(finding),
+            "levels": [{"code": LEVEL_CODES.get(level, level), "name": level} for level in finding.levels],
+            "evidence": [{"metric": e.metric, "dataset": e.dataset, "value": format_number(e.value),
+                          "rule": "" if e.threshold is None else f"{e.comparison} {format_number(e.threshold)}"}
+                         for e in finding.evidence],
+            "explanation": finding.explanation, "advice": finding.advice}
+
+
+def _settings(report: Report) -> list[dict]:
+    sources = {"cli": "command line", "checkpoint": "student checkpoint", "guessed": "guessed (default)"}
+    return [{"name": name, "symbol": symbol, "value": f"{s.value:g}", "guessed": s.guessed,
+             "source": sources.get(s.source, s.source)}
+            for name, symbol, s in (("temperature", "τ", report.settings.temperature),
+                                    ("alpha", "α", report.settings.alpha))]
+
+
+def _fidelity_rows(report: Report) -> list[dict]:
+    rows = (("top-1 agreement teacher ↔ student", "agreement"),
+            ("top-1 agreement teacher ↔ baseline", "baseline_agreement"),
+            ("agreement after class relabelling", "permuted_agreement"),
+            ("KL(teacher ‖ student) at τ = 1, nats", "kl_teacher_student"),
+            ("KL(teacher ‖ student) at τ, nats", "kl_teacher_student_at_temperature"))
+    out = []
+    for label, name in rows:
+        cells = {ds: report.measurements.get("outcome", name, ds) for ds in (TRANSFER, EVAL)}
+        if any(metric is not None for metric in cells.values()):
+            out.append({"label": label, "name": name, **{ds: format_cell(m) for ds, m in cells.items()}})
+    return out
+
+
+def _hardest_examples(report: Report) -> dict | None:
+    """The hardest examples table of the instance section (transfer set first)."""
+    for dataset in (TRANSFER, EVAL):
+        metric = report.measurements.get("instance", "hardest_examples", dataset)
+        if metric is None or not metric.value or not all(isinstance(row, dict) for row in metric.value):
+            continue
+        columns = list(dict.fromkeys(key for row in metric.value for key in row))
+        names = report.class_info.names
+        rows = [[_example_cell(key, row.get(key), names) for key in columns] for row in metric.value]
+        return {"dataset": dataset, "columns": [c.replace("_", " ") for c in columns], "rows": rows}
+    return None
+
+
+def _example_cell(key: str, value: Any, names) -> str:
+    is_class = ("label" in key or "prediction" in key) and isinstance(value, int) and not isinstance(value, bool)
+    if is_class and names is not None and 0 <= value < len(names) and names[value] != str(value):
+        return f"{value} ({names[value]})"
+    return format_number(value)
+
+
+def _whatif_summary(report: Report) -> str:
+    metric = report.measurements.get("universe", "temperature_whatif")
+    if metric is None or metric.value is None:
+        return ""
+    tau = report.settings.temperature
+    guessed = " (guessed)" if tau.guessed else ""
+    informative = metric.value.get("informative_range")
+    if not informative:
+        return (f"No τ on the grid gives informative targets for this teacher on the {metric.dataset} set; "
+                f"distillation τ = {tau.value:g}{guessed}.")
+    lo, hi = (float(v) for v in informative)
+    where = "inside" if lo <= tau.value <= hi else "below" if tau.value < lo else "above"
+    return (f"Targets are informative (0.05 ≤ ε_eff ≤ 0.6·(C−1)/C and at most half saturated) for "
+            f"τ ∈ [{lo:g}, {hi:g}] on the {metric.dataset} set; the distillation τ = {tau.value:g}{guessed} "
+            f"is {where} that range.")
+
+
+def _class_summary(report: Report) -> str:
+    info = report.class_info
+    parts = []
+    if info.names:
+        shown = ", ".join(info.names[:12]) + (f", … ({len(info.names)} in all)" if len(info.names) > 12 else "")
+        parts.append(f"names: {shown}")
+    if info.groups:
+        parts.append(f"{len(set(info.groups))} known class groups")
+    return "; ".join(parts) or "no class names or groups given"
+
+
+def _reliability_set(report: Report) -> str:
+    has_eval = report.measurements.get("universe", "teacher_reliability", EVAL) is not None
+    has_transfer = report.measurements.get("universe", "teacher_reliability", TRANSFER) is not None
+    return TRANSFER if has_transfer and not has_eval else EVAL
+
+
+def _similarity_size(report: Report) -> tuple[float, float]:
+    panel = 4.6 if report.n_classes <= 30 else 6.2
+    return (panel * 3 + 0.8, panel * similarity_rows(report) + 0.4)
+
+
+# ---------------------------------------------------------------- figures
+
+def _axes_figure(title: str, plot: Callable, report: Report, size: tuple[float, float], **options) -> dict:
+    def draw(fig):
+        plot(report, ax=fig.add_subplot(), **options)
+        fig.tight_layout()
+    return _render(title, draw, size)
+
+
+def _figure(title: str, plot: Callable, report: Report, size: tuple[float, float]) -> dict:
+    return _render(title, lambda fig: plot(report, fig=fig), size)
+
+
+def _render(title: str, draw: Callable, size: tuple[float, float]) -> dict:
+    """Draw on a fresh Agg figure and return it as a PNG data URI; a drawing error becomes a note."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI)
+    FigureCanvasAgg(fig)
+    try:
+        draw(fig)
+    except (ValueError, TypeError, KeyError, IndexError) as error:  # malformed metric value: say so, keep the report
+        return {"title": title, "uri": None, "error": f"{type(error).__name__}: {error}"}
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"title": title, "uri": uri, "error": None}
+
+
+def _summarize_part(value: Any, *, brief: bool = False) -> str:
+    if not isinstance(value, list):
+        return summarize_value(value)
+    if value and all(isinstance(row, (list, tuple)) for row in value):
+        return f"{len(value)}×{len(value[0])} matrix"
+    if value and all(isinstance(row, dict) for row in value):
+        return f"{len(value)} entries"
+    if len(value) <= (2 if brief else 6):
+        return "[" + ", ".join(format_number(v) for v in value) + "]"
+    if brief:
+        return f"{len(value)} values"
+    return f"{len(value)} values: [" + ", ".join(format_number(v) for v in value[:3]) + ", …]"
+
+
+def _without_scheme(value: Any) -> Any:
+    """Jinja finalize hook: text from the report never carries a URL scheme into the page."""
+    if isinstance(value, str) and not value.startswith("data:image/png;base64,"):
+        return _SCHEME.sub("", value)
+    return value

@@ -1,0 +1,433 @@
+"""The diagnosis rules on hand-built measurements: each fires on its failure case and only there."""
+from __future__ import annotations
+
+import pytest
+
+from kddiag.diagnosis import diagnose
+from kddiag.diagnosis import rules as rules_module
+from kddiag.diagnosis.rules import RULES
+from kddiag.errors import KddiagError
+from kddiag.types import EVAL, SECTIONS, TRANSFER, Measurements, Setting, Settings
+from measurement_builder import N_CLASSES, SETTINGS, WEIGHTS, build, numbers_in, settings, whatif
+
+RULE_IDS = {rule_id for rule_id, _ in RULES}
+
+
+def run(measurements: Measurements, settings_: Settings = SETTINGS, n_classes: int = N_CLASSES):
+    return diagnose(measurements, settings=settings_, n_classes=n_classes)
+
+
+def ids(diagnosis) -> list[str]:
+    return [finding.id for finding in diagnosis.findings]
+
+
+def finding(diagnosis, rule_id: str):
+    (match,) = [f for f in diagnosis.findings if f.id == rule_id]
+    return match
+
+
+def evidence_of(found, metric: str):
+    return [e for e in found.evidence if e.metric == metric]
+
+
+# Each failure case as an edit of the healthy run: (changes, drop, settings).
+CASES = {
+    "class-order": ({("outcome", "agreement", TRANSFER): 0.12,
+                     ("outcome", "permuted_agreement", TRANSFER): 0.91,
+                     ("outcome", "class_permutation", TRANSFER): [1, 0, 2, 3, 5, 4, 6, 7, 8, 9],
+                     ("outcome", "student_accuracy", EVAL): 0.1,
+                     ("outcome", "kd_gain", EVAL): -0.75,
+                     ("domain", "output_similarity_transfer_score", TRANSFER): 0.05,
+                     ("domain", "weight_similarity_transfer_score", WEIGHTS): 0.02}, (), SETTINGS),
+    "teacher-weak": ({("outcome", "teacher_accuracy", EVAL): 0.86}, (), SETTINGS),
+    "near-chance-teacher": ({("outcome", "teacher_accuracy", EVAL): 0.12,
+                             ("outcome", "teacher_accuracy", TRANSFER): 0.13,
+                             ("instance", "teacher_error_rate", TRANSFER): 0.87,
+                             ("domain", "teacher_dark_knowledge_content", TRANSFER): 0.03,
+                             ("domain", "teacher_nontarget_logit_spread", TRANSFER): 0.1}, (), SETTINGS),
+    "label-smoothed": ({("domain", "teacher_dark_knowledge_content", TRANSFER): 0.07,
+                        ("domain", "teacher_nontarget_logit_spread", TRANSFER): 0.13}, (), SETTINGS),
+    "plain-teacher-too-high-tau": ({("universe", "effective_smoothing", TRANSFER): 0.88,
+                                    ("universe", "saturation_share", TRANSFER): 0.0,
+                                    ("domain", "dark_knowledge_content_at_temperature", TRANSFER): 0.002,
+                                    ("domain", "teacher_nontarget_logit_spread", TRANSFER): 0.29},
+                                   (), settings(temperature=40.0)),
+    "tau-too-low": ({("universe", "saturation_share", TRANSFER): 0.8,
+                     ("universe", "effective_smoothing", TRANSFER): 0.02,
+                     ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.05},
+                    (), settings(temperature=1.0)),
+    "overconfident-memorized": ({("universe", "saturation_share", TRANSFER): 0.9,
+                                 ("universe", "effective_smoothing", TRANSFER): 0.004,
+                                 ("universe", "effective_smoothing", EVAL): 0.154,
+                                 ("universe", "softness_gap", TRANSFER): 0.15,
+                                 ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.02,
+                                 ("universe", "temperature_whatif", TRANSFER): whatif((8.0, 16.0))},
+                                (), SETTINGS),
+    "overconfident-at-every-tau": ({("universe", "saturation_share", TRANSFER): 0.9,
+                                    ("universe", "effective_smoothing", TRANSFER): 0.004,
+                                    ("universe", "temperature_whatif", TRANSFER): whatif(None)},
+                                   (), SETTINGS),
+    "capacity-gap": ({("outcome", "agreement", TRANSFER): 0.7,
+                      ("outcome", "permuted_agreement", TRANSFER): 0.71,
+                      ("outcome", "teacher_accuracy", EVAL): 0.95,
+                      ("outcome", "student_accuracy", EVAL): 0.8,
+                      ("outcome", "kl_teacher_student_at_temperature", TRANSFER): 0.3,
+                      ("outcome", "kd_gain", EVAL): -0.01}, (), SETTINGS),
+    "teacher-wrong-on-transfer": ({("instance", "teacher_error_rate", TRANSFER): 0.25}, (), SETTINGS),
+    "structure-not-transferred": ({("domain", "output_similarity_transfer_score", TRANSFER): 0.4,
+                                   ("domain", "weight_similarity_transfer_score", WEIGHTS): 0.3},
+                                  (), SETTINGS),
+    "structure-no-baseline": ({("domain", "output_similarity_transfer_score", TRANSFER): 0.2,
+                               ("domain", "weight_similarity_transfer_score", WEIGHTS): 0.25},
+                              (("domain", "baseline_output_similarity_transfer_score"),
+                               ("domain", "baseline_weight_similarity_transfer_score")), SETTINGS),
+}
+EXPECTED = {
+    "class-order": "class-order-mismatch",
+    "teacher-weak": "teacher-weak",
+    "near-chance-teacher": "teacher-weak",
+    "label-smoothed": "teacher-label-smoothed",
+    "plain-teacher-too-high-tau": "temperature-mismatch",
+    "tau-too-low": "temperature-mismatch",
+    "overconfident-memorized": "teacher-overconfident",
+    "overconfident-at-every-tau": "teacher-overconfident",
+    "capacity-gap": "capacity-gap",
+    "teacher-wrong-on-transfer": "teacher-wrong-on-transfer",
+    "structure-not-transferred": "structure-not-transferred",
+    "structure-no-baseline": "structure-not-transferred",
+}
+
+
+def run_case(name: str):
+    changes, drop, settings_ = CASES[name]
+    measurements = build(changes, drop=drop)
+    return measurements, run(measurements, settings_)
+
+
+# ---------------------------------------------------------------- every rule, healthy run
+
+def test_every_rule_has_a_case():
+    assert set(EXPECTED.values()) == RULE_IDS
+    assert len(RULES) == len(RULE_IDS)
+
+
+def test_healthy_run_gives_only_healthy_with_the_checked_numbers():
+    measurements = build()
+    diagnosis = run(measurements)
+    (only,) = diagnosis.findings
+    assert only.id == "healthy" and only.severity == 0.0 and only.levels == ()
+    assert diagnosis.not_checked == ()
+    shown = {e.metric: e for e in only.evidence}
+    assert shown["outcome.kd_gain"].value == 0.03 and shown["outcome.kd_gain"].comparison == ">="
+    assert shown["outcome.agreement"].value == 0.94 and shown["outcome.agreement"].dataset == TRANSFER
+    assert shown["domain.teacher_dark_knowledge_content"].value == 0.7
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rule_fires_on_its_case(case):
+    measurements, diagnosis = run_case(case)
+    assert EXPECTED[case] in ids(diagnosis)
+    assert "healthy" not in ids(diagnosis)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_findings_are_well_formed_and_evidence_is_measured(case):
+    measurements, diagnosis = run_case(case)
+    measured = numbers_in(measurements)
+    for found in diagnosis.findings:
+        assert found.id in RULE_IDS
+        assert 0.0 < found.severity <= 1.0
+        assert set(found.levels) <= set(SECTIONS) and found.levels
+        assert found.title and found.explanation and found.advice
+        assert found.evidence
+        for evidence in found.evidence:
+            assert evidence.value in measured, (found.id, evidence)
+            section, name = evidence.metric.split(".")[:2]
+            assert section in SECTIONS
+            assert evidence.comparison in {"<", "<=", ">", ">="}
+            assert evidence.threshold is not None
+            holds = {"<": evidence.value < evidence.threshold, "<=": evidence.value <= evidence.threshold,
+                     ">": evidence.value > evidence.threshold, ">=": evidence.value >= evidence.threshold}
+            assert holds[evidence.comparison], (found.id, evidence)
+
+
+# ---------------------------------------------------------------- class-order-mismatch
+
+def test_class_order_mismatch_ranks_first_reports_moves_and_suppresses_capacity_gap():
+    measurements, diagnosis = run_case("class-order")
+    first = diagnosis.findings[0]
+    assert first.id == "class-order-mismatch" and first.severity >= 0.95
+    assert "student 0 → teacher 1" in first.advice and "student 1 → teacher 0" in first.advice
+    assert "student 4 → teacher 5" in first.advice and "student 2 →" not in first.advice
+    assert {"capacity-gap", "structure-not-transferred"}.isdisjoint(ids(diagnosis))
+    suppressed = {rule for rule, reason in diagnosis.not_checked if "class-order-mismatch" in reason}
+    assert suppressed == {"capacity-gap", "structure-not-transferred"}
+
+
+def test_without_the_relabelling_the_same_disagreement_is_a_capacity_gap():
+    changes = dict(CASES["class-order"][0])
+    changes[("outcome", "permuted_agreement", TRANSFER)] = 0.2  # no relabelling restores agreement
+    changes[("outcome", "student_accuracy", EVAL)] = 0.5
+    diagnosis = run(build(changes))
+    assert "class-order-mismatch" not in ids(diagnosis)
+    assert "capacity-gap" in ids(diagnosis)
+
+
+def test_identity_permutation_is_not_a_class_order_mismatch():
+    changes = dict(CASES["class-order"][0])
+    changes[("outcome", "class_permutation", TRANSFER)] = list(range(N_CLASSES))
+    assert "class-order-mismatch" not in ids(run(build(changes)))
+
+
+# ---------------------------------------------------------------- teacher-weak
+
+def test_teacher_weak_compares_with_the_best_other_model_and_grades():
+    _, diagnosis = run_case("teacher-weak")
+    found = finding(diagnosis, "teacher-weak")
+    (teacher,) = evidence_of(found, "outcome.teacher_accuracy")
+    assert teacher.value == 0.86 and teacher.threshold == pytest.approx(0.90) and teacher.dataset == EVAL
+    assert evidence_of(found, "outcome.student_accuracy")[0].value == 0.88
+    assert "0.28" in found.advice  # the label smoothing that matches this teacher's targets
+    worse = run(build({("outcome", "teacher_accuracy", EVAL): 0.80}))
+    assert finding(worse, "teacher-weak").severity > found.severity
+    assert "capacity-gap" not in ids(diagnosis)
+
+
+def test_near_chance_teacher_is_weak_not_label_smoothed():
+    _, diagnosis = run_case("near-chance-teacher")
+    assert ids(diagnosis)[0] == "teacher-weak"
+    assert finding(diagnosis, "teacher-weak").severity == pytest.approx(0.9)
+    assert "teacher-label-smoothed" not in ids(diagnosis)
+    assert "structure-not-transferred" not in ids(diagnosis)
+
+
+# ---------------------------------------------------------------- teacher-label-smoothed
+
+def test_label_smoothed_teacher_advice_and_severity_depend_on_tau():
+    measurements, at_four = run_case("label-smoothed")
+    found = finding(at_four, "teacher-label-smoothed")
+    assert "τ = 1" in found.advice and "structure-not-transferred" not in ids(at_four)
+    at_one = finding(run(measurements, settings(temperature=1.0)), "teacher-label-smoothed")
+    assert at_one.severity < found.severity
+
+
+def test_plain_teacher_at_too_high_tau_is_a_temperature_mismatch_not_label_smoothing():
+    measurements, diagnosis = run_case("plain-teacher-too-high-tau")
+    assert "teacher-label-smoothed" not in ids(diagnosis)
+    found = finding(diagnosis, "temperature-mismatch")
+    assert "too high" in found.title
+    assert "between 2 and 8" in found.advice
+    assert evidence_of(found, "domain.dark_knowledge_content_at_temperature")[0].value == 0.002
+    (band,) = evidence_of(found, "universe.temperature_whatif.informative_range")
+    assert band.value == 8.0 and band.threshold == 40.0 and band.comparison == "<"
+
+
+def test_label_smoothed_needs_both_flat_logits_and_flat_probabilities():
+    flat_probabilities_only = build({("domain", "teacher_dark_knowledge_content", TRANSFER): 0.07})
+    assert "teacher-label-smoothed" not in ids(run(flat_probabilities_only))
+
+
+# ---------------------------------------------------------------- temperature-mismatch / overconfident
+
+def test_tau_too_low_is_a_setting_problem_when_the_teacher_is_not_memorizing():
+    _, diagnosis = run_case("tau-too-low")
+    found = finding(diagnosis, "temperature-mismatch")
+    assert "too low" in found.title and "between 2 and 8" in found.advice
+    assert "2 is the closest" in found.advice
+    assert "teacher-overconfident" not in ids(diagnosis)
+
+
+def test_memorizing_teacher_is_overconfident_and_advice_names_the_higher_tau():
+    _, diagnosis = run_case("overconfident-memorized")
+    found = finding(diagnosis, "teacher-overconfident")
+    assert evidence_of(found, "universe.softness_gap")[0].value == 0.15
+    assert "Raising τ to about 8" in found.advice and "memorization" in found.advice
+    assert "temperature-mismatch" not in ids(diagnosis)  # the teacher is at fault; its advice names τ
+    without_gap = build({**CASES["overconfident-memorized"][0], ("universe", "softness_gap", TRANSFER): 0.01})
+    assert "teacher-overconfident" not in ids(run(without_gap))
+
+
+def test_teacher_one_hot_at_every_tau_is_overconfident_not_a_temperature_problem():
+    _, diagnosis = run_case("overconfident-at-every-tau")
+    assert "teacher-overconfident" in ids(diagnosis)
+    assert "temperature-mismatch" not in ids(diagnosis)
+    assert "No τ on the grid (up to 32)" in finding(diagnosis, "teacher-overconfident").explanation
+
+
+def test_overconfident_on_held_out_data_suggests_the_calibrated_tau():
+    changes = {**CASES["overconfident-memorized"][0], ("universe", "softness_gap", TRANSFER): 0.01,
+               ("universe", "teacher_fitted_temperature", EVAL): 2.0}
+    found = finding(run(build(changes)), "teacher-overconfident")
+    assert "τ ≈ 8" in found.advice
+    assert evidence_of(found, "universe.teacher_fitted_temperature")[0].value == 2.0
+
+
+def test_more_memorization_means_more_severe():
+    base = CASES["overconfident-memorized"][0]
+    mild_gap = {**base, ("universe", "softness_gap", TRANSFER): 0.06}
+    mild = finding(run(build(mild_gap)), "teacher-overconfident")
+    strong = finding(run(build(base)), "teacher-overconfident")
+    assert mild.severity < strong.severity
+
+
+def test_guessed_temperature_is_flagged_in_the_advice():
+    changes, drop, _ = CASES["tau-too-low"]
+    diagnosis = run(build(changes, drop=drop), settings(temperature=1.0, source="guessed"))
+    assert "was guessed" in finding(diagnosis, "temperature-mismatch").advice
+
+
+# ---------------------------------------------------------------- capacity-gap
+
+def test_capacity_gap_severity_rises_with_the_accuracy_gap():
+    _, diagnosis = run_case("capacity-gap")
+    wide = finding(diagnosis, "capacity-gap")
+    assert evidence_of(wide, "outcome.kd_gain")[0].value == -0.01
+    assert evidence_of(wide, "outcome.kl_teacher_student_at_temperature")[0].value == 0.3
+    narrow = finding(run(build({**CASES["capacity-gap"][0], ("outcome", "student_accuracy", EVAL): 0.9})),
+                     "capacity-gap")
+    assert narrow.severity < wide.severity
+    assert "teacher assistant" in wide.advice
+
+
+def test_no_capacity_gap_when_the_teacher_is_not_clearly_better():
+    changes = {**CASES["capacity-gap"][0], ("outcome", "student_accuracy", EVAL): 0.94}
+    assert "capacity-gap" not in ids(run(build(changes)))
+
+
+# ---------------------------------------------------------------- teacher-wrong-on-transfer
+
+def test_teacher_wrong_on_transfer_is_worse_when_held_out_accuracy_contradicts_it():
+    _, diagnosis = run_case("teacher-wrong-on-transfer")
+    suspicious = finding(diagnosis, "teacher-wrong-on-transfer")
+    assert evidence_of(suspicious, "outcome.teacher_accuracy")[0].dataset == EVAL
+    assert "pipeline" in suspicious.advice and "lower α (now 0.9)" in suspicious.advice
+    plain = finding(run(build({("instance", "teacher_error_rate", TRANSFER): 0.25,
+                               ("outcome", "teacher_accuracy", EVAL): 0.7,
+                               ("outcome", "student_accuracy", EVAL): 0.6,
+                               ("outcome", "baseline_accuracy", EVAL): 0.6})),
+                    "teacher-wrong-on-transfer")
+    assert plain.severity < suspicious.severity
+    few_errors = build({("instance", "teacher_error_rate", TRANSFER): 0.05})
+    assert "teacher-wrong-on-transfer" not in ids(run(few_errors))
+
+
+# ---------------------------------------------------------------- structure-not-transferred
+
+def test_structure_compared_with_the_baseline():
+    _, diagnosis = run_case("structure-not-transferred")
+    found = finding(diagnosis, "structure-not-transferred")
+    (score,) = evidence_of(found, "domain.output_similarity_transfer_score")
+    assert score.value == 0.4 and score.threshold == pytest.approx(0.5)
+    assert diagnosis.not_checked == ()
+
+
+def test_structure_silent_when_the_weight_geometry_did_transfer():
+    changes = {("domain", "output_similarity_transfer_score", TRANSFER): 0.4}
+    assert "structure-not-transferred" not in ids(run(build(changes)))
+
+
+def test_structure_silent_when_the_teacher_has_no_structure():
+    changes = {**CASES["structure-not-transferred"][0],
+               ("domain", "teacher_dark_knowledge_content", TRANSFER): 0.1}
+    assert "structure-not-transferred" not in ids(run(build(changes)))
+
+
+def test_structure_without_baseline_uses_an_absolute_threshold_and_says_so():
+    _, diagnosis = run_case("structure-no-baseline")
+    assert "structure-not-transferred" in ids(diagnosis)
+    notes = [reason for rule, reason in diagnosis.not_checked if rule == "structure-not-transferred"]
+    assert notes and all("baseline" in note for note in notes)
+    fine = run(build(drop=CASES["structure-no-baseline"][1]))
+    assert ids(fine) == ["healthy"]
+    assert any(rule == "structure-not-transferred" and "baseline" in reason
+               for rule, reason in fine.not_checked)
+
+
+# ---------------------------------------------------------------- partial inputs
+
+def test_logits_mode_without_weights_reports_what_was_not_checked():
+    reason = "logits mode: no logit-layer weights"
+    measurements = build(drop=(WEIGHTS,), unavailable={
+        ("domain", "weight_similarity_transfer_score", WEIGHTS): reason,
+        ("domain", "feature_cka", TRANSFER): "logits mode: no features"})
+    diagnosis = run(measurements)
+    assert ids(diagnosis) == ["healthy"]
+    assert any(rule == "structure-not-transferred" and reason in why for rule, why in diagnosis.not_checked)
+
+
+def test_no_baseline_is_noted_not_an_error():
+    measurements = build(drop=(("outcome", "baseline_accuracy"), ("outcome", "kd_gain"),
+                               ("domain", "baseline_output_similarity_transfer_score"),
+                               ("domain", "baseline_weight_similarity_transfer_score")))
+    diagnosis = run(measurements)
+    assert ids(diagnosis) == ["healthy"]
+    noted = {rule for rule, _ in diagnosis.not_checked}
+    assert {"teacher-weak", "structure-not-transferred"} <= noted
+
+
+def test_no_transfer_set_falls_back_to_eval_and_lists_the_rest():
+    diagnosis = run(build(drop=(TRANSFER,)))
+    assert ids(diagnosis) == ["healthy"]
+    reasons = dict(diagnosis.not_checked)
+    assert "teacher-wrong-on-transfer" in reasons and "temperature-mismatch" in reasons
+    assert any("checked on the eval set instead" in why for rule, why in diagnosis.not_checked
+               if rule == "teacher-overconfident")
+
+
+def test_rules_check_the_eval_set_when_there_is_no_transfer_set():
+    changes = {("domain", "teacher_dark_knowledge_content", EVAL): 0.07,
+               ("domain", "teacher_nontarget_logit_spread", EVAL): 0.13}
+    diagnosis = run(build(changes, drop=(TRANSFER,)))
+    found = finding(diagnosis, "teacher-label-smoothed")
+    assert {e.dataset for e in found.evidence} == {EVAL}
+
+
+def test_nothing_measured_gives_no_verdict_and_every_rule_not_checked():
+    diagnosis = run(Measurements(metrics=()))
+    assert diagnosis.findings == ()
+    assert {rule for rule, _ in diagnosis.not_checked} == RULE_IDS
+
+
+# ---------------------------------------------------------------- ranking
+
+def test_ranking_is_by_severity_and_deterministic():
+    changes = {**CASES["label-smoothed"][0], **CASES["teacher-wrong-on-transfer"][0],
+               **CASES["capacity-gap"][0]}
+    first, second = run(build(changes)), run(build(changes))
+    assert first.to_dict() == second.to_dict()
+    severities = [f.severity for f in first.findings]
+    assert severities == sorted(severities, reverse=True) and len(severities) >= 3
+
+
+def test_severity_ties_are_broken_by_rule_order(monkeypatch):
+    changes = {("domain", "teacher_dark_knowledge_content", TRANSFER): 0.01,
+               ("domain", "teacher_nontarget_logit_spread", TRANSFER): 0.05,
+               ("instance", "teacher_error_rate", TRANSFER): 0.5}
+    diagnosis = run(build(changes))
+    tied = [f for f in diagnosis.findings if f.id in ("teacher-label-smoothed", "teacher-wrong-on-transfer")]
+    assert tied[0].severity == tied[1].severity
+    assert [f.id for f in tied] == ["teacher-label-smoothed", "teacher-wrong-on-transfer"]
+    monkeypatch.setattr(rules_module, "RULES", tuple(reversed(RULES)))
+    flipped = [f.id for f in run(build(changes)).findings if f.id in ("teacher-label-smoothed",
+                                                                     "teacher-wrong-on-transfer")]
+    assert flipped == ["teacher-wrong-on-transfer", "teacher-label-smoothed"]
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_classes": 1}, "n_classes must be an integer of at least 2; got 1"),
+    ({"n_classes": 2.5}, "n_classes must be an integer"),
+    ({"settings": Settings(temperature=Setting(0.0, "cli"))},
+     "settings.temperature must be a positive number"),
+    ({"settings": Settings(alpha=Setting(1.5, "cli"))}, r"settings.alpha must be a number in \[0, 1\]"),
+])
+def test_bad_arguments_raise_a_clear_error(kwargs, message):
+    arguments = {"settings": SETTINGS, "n_classes": N_CLASSES, **kwargs}
+    with pytest.raises(KddiagError, match=message):
+        diagnose(build(), **arguments)
+
+
+def test_measurements_of_the_wrong_type_raise():
+    with pytest.raises(KddiagError, match="measurements must be a kddiag.types.Measurements; got dict"):
+        diagnose({}, settings=SETTINGS, n_classes=N_CLASSES)

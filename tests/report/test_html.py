@@ -1,0 +1,145 @@
+"""The HTML report: self-contained, every section, every finding and metric, escaped, small enough."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from kddiag.report.html import render_html, summarize_value
+from kddiag.report.json import report_to_dict
+from kddiag.types import Diagnosis, Evidence, Finding
+
+from ._fixtures import NO_WEIGHTS, build_logits_only_report, build_report
+
+SECTION_IDS = ("verdict", "outcome", "universe", "domain", "instance", "temperature", "fidelity", "inputs",
+               "metrics")
+
+
+class _Collector(HTMLParser):
+    """Element ids, finding ids, image sources and every tag/attribute of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.findings, self.images, self.tags = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if "data-finding-id" in attrs:
+            self.findings.append(attrs["data-finding-id"])
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+
+def _parse(html: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(html)
+    return collector
+
+
+@pytest.fixture(scope="module")
+def full():
+    return build_report()
+
+
+@pytest.fixture(scope="module")
+def full_html(full):
+    return render_html(full)
+
+
+@pytest.fixture(scope="module")
+def logits_html():
+    return render_html(build_logits_only_report())
+
+
+def test_self_contained(full_html, logits_html):
+    for html in (full_html, logits_html):
+        assert not re.search(r"https?://", html, re.IGNORECASE)
+        page = _parse(html)
+        assert not [t for t, a in page.tags if t == "script"]
+        assert not [t for t, a in page.tags if t == "link"]
+        assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+        assert all(not any(k in ("src", "href") and v and re.match(r"[a-z]+:", v) and not v.startswith("data:")
+                           for k, v in attrs.items()) for _, attrs in page.tags)
+
+
+def test_every_section_in_order(full_html, logits_html):
+    for html in (full_html, logits_html):
+        ids = _parse(html).ids
+        assert all(section in ids for section in SECTION_IDS)
+        assert [ids.index(s) for s in SECTION_IDS] == sorted(ids.index(s) for s in SECTION_IDS)
+
+
+def test_lists_the_same_findings_as_the_json(full, full_html):
+    expected = [f["id"] for f in report_to_dict(full)["findings"]]
+    assert _parse(full_html).findings == expected
+    for finding in full.diagnosis.findings:
+        assert finding.advice.replace("'", "&#39;") in full_html
+        for evidence in finding.evidence:
+            assert evidence.metric in full_html
+    for rule, _ in full.diagnosis.not_checked:
+        assert rule in full_html
+
+
+def test_logits_only_report_renders_not_available_and_healthy(logits_html):
+    assert _parse(logits_html).findings == []
+    assert "Verdict: healthy" in logits_html
+    assert NO_WEIGHTS in logits_html  # in the full metrics table
+    assert "no transfer set given" in logits_html
+
+
+def test_an_explicit_healthy_finding_is_listed_like_in_the_json(full):
+    healthy = Finding("healthy", (), 0.0, "KD is doing what it should", (), "All levels transfer.", "")
+    report = dataclasses.replace(full, diagnosis=Diagnosis((healthy,)))
+    html = render_html(report)
+    assert _parse(html).findings == [f["id"] for f in report_to_dict(report)["findings"]] == ["healthy"]
+    assert "Verdict: healthy" in html
+
+
+def test_every_metric_is_in_the_full_table(full, full_html):
+    metrics = report_to_dict(full)["metrics"]
+    table = full_html[full_html.index('id="metrics"'):]
+    for names in metrics.values():
+        for name in names:
+            assert f">{name}<" in table
+    assert f"{full.n_classes}×{full.n_classes} matrix" in table
+    assert "10 entries" in table  # hardest_examples
+
+
+def test_guessed_settings_are_marked(full_html):
+    inputs = full_html[full_html.index('id="inputs"'):full_html.index('id="metrics"')]
+    assert "guessed" in inputs and "--temperature" in inputs
+
+
+def test_report_text_is_escaped_and_carries_no_urls(full):
+    hostile = Finding("teacher-weak", ("outcome",), 0.5, "<script>alert(1)</script>",
+                      (Evidence("outcome.teacher_accuracy", 0.5, 0.6, "eval", "<"),),
+                      "See https://arxiv.org/abs/2002.03532 for details.", "Use a <b>better</b> teacher.")
+    html = render_html(dataclasses.replace(full, diagnosis=Diagnosis((hostile,))))
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;better&lt;/b&gt;" in html
+    assert "arxiv.org/abs/2002.03532" in html and "https://" not in html
+
+
+def test_hundred_classes_stays_under_five_megabytes():
+    report = build_report(n_classes=100, n_transfer=1000, n_eval=500)
+    html = render_html(report)
+    assert len(html.encode("utf-8")) < 5_000_000
+    assert len(_parse(html).images) == 6
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([[0.0, 1.0], [1.0, 0.0]], "2×2 matrix"),
+    (list(range(10)), "10 values: [0, 1, 2, …]"),
+    ([1, 2], "[1, 2]"),
+    ({"bin_edges": [0.0, 0.5, 1.0], "counts": [3, 4]}, "bin_edges: 3 values; counts: [3, 4]"),
+    ([{"index": 1}, {"index": 2}], "2 entries"),
+    (None, "—"),
+    (0.12345, "0.123"),
+])
+def test_summarize_value(value, expected):
+    assert summarize_value(value) == expected

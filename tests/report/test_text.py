@@ -1,0 +1,95 @@
+"""The terminal summary: verdict first, every finding named, one table per level, ≤ 100 columns."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kddiag.report.text import WIDTH, format_number, headline_table, render_text
+from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Measurements, Metric, Setting, Settings
+
+from ._fixtures import NO_BASELINE, NO_FEATURES, build_logits_only_report, build_report
+
+
+@pytest.fixture(scope="module")
+def full():
+    return build_report()
+
+
+@pytest.fixture(scope="module")
+def logits_only():
+    return build_logits_only_report()
+
+
+def test_summary_starts_with_the_verdict_and_names_every_finding(full):
+    text = render_text(full)
+    lines = text.splitlines()
+    assert lines[0].startswith("Verdict: ")
+    assert full.diagnosis.findings[0].title in lines[0]
+    for rank, finding in enumerate(full.diagnosis.findings, start=1):
+        line = lines[rank]
+        assert finding.id in line
+        assert f"{finding.severity:.2f}" in line
+        assert format_number(finding.evidence[0].value) in line  # the key number
+
+
+def test_findings_come_before_the_level_tables(full):
+    text = render_text(full)
+    first_table = min(text.index(title) for title in LEVEL_TITLES.values())
+    assert all(text.index(f.id) < first_table for f in full.diagnosis.findings)
+
+
+def test_every_line_fits_in_100_columns(full, logits_only):
+    long_title = Finding("teacher-overconfident", ("universe", "instance"), 0.9, "x" * 300,
+                         (Evidence("universe.saturation_share", 0.97, 0.5, "transfer"),), "e", "a")
+    report = dataclasses.replace(full, diagnosis=Diagnosis((long_title,)))
+    wide_ci = Metric("outcome", "kd_gain", "transfer", -0.01234, ci=(-0.0234, -0.00612))
+    wide = dataclasses.replace(full, measurements=Measurements(full.measurements.metrics + (wide_ci,)))
+    for r in (full, logits_only, report, wide):
+        assert max(len(line) for line in render_text(r).splitlines()) <= WIDTH
+
+
+def test_one_table_per_level_with_the_measured_sets(full):
+    text = render_text(full)
+    for title in LEVEL_TITLES.values():
+        assert title in text
+    table = headline_table(full.measurements, "outcome")
+    accuracy = [row for row in table.rows if row[0] == "accuracy"]
+    assert [row[1] for row in accuracy] == ["transfer", "eval"]
+    teacher_eval = full.measurements.value("outcome", "teacher_accuracy", "eval")
+    assert accuracy[1][2].startswith(f"{teacher_eval:.3f} [")  # value and its bootstrap interval
+    assert f"{teacher_eval:.3f} [" in text
+
+
+def test_healthy_when_no_rule_fired(logits_only):
+    text = render_text(logits_only)
+    assert text.startswith("Verdict: healthy")
+    healthy = Finding("healthy", (), 0.0, "KD is doing what it should", (), "", "")
+    explicit = dataclasses.replace(logits_only, diagnosis=Diagnosis((healthy,)))
+    assert render_text(explicit).startswith("Verdict: healthy")
+
+
+def test_unavailable_metrics_say_why(logits_only):
+    text = render_text(logits_only)
+    assert f"n/a: {NO_BASELINE}" in text
+    assert f"n/a: {NO_FEATURES}" in text
+    for section in LEVEL_TITLES:  # nothing was measured on a transfer set
+        assert {row[1] for row in headline_table(logits_only.measurements, section).rows} <= {"eval", "weights"}
+
+
+def test_guessed_settings_and_not_checked_are_marked(full, logits_only):
+    text = render_text(full)
+    settings = text[text.index("Settings"):]
+    assert "temperature τ = 4   GUESSED" in settings
+    assert "alpha α = 0.9   from the student checkpoint" in settings
+    sure = dataclasses.replace(full, settings=Settings(Setting(2.0, "cli"), Setting(0.5, "cli")))
+    assert "GUESSED" not in render_text(sure)
+    for rule, reason in logits_only.diagnosis.not_checked:
+        assert f"{rule}: {reason}" in render_text(logits_only)
+
+
+@pytest.mark.parametrize("value, expected", [(0.91234, "0.912"), (1234.5, "1234.5"), (2e-5, "2.00e-05"),
+                                             (0.0, "0.000"), (None, "—"), (float("nan"), "nan"), (7, "7"),
+                                             ("baseline_loss", "baseline_loss"), (3e5, "3.00e+05")])
+def test_format_number(value, expected):
+    assert format_number(value) == expected
