@@ -55,16 +55,18 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on) -> None:
     click.echo(render_json(report) if as_json else render_text(report))
     for path in written.values():
         click.echo(f"wrote {path}", err=as_json)
+    if fail_on is None:
+        return
     gating = [f for f in report.diagnosis.findings
               if f.id != "healthy" and (f.id == fail_on if isinstance(fail_on, str) else f.severity >= fail_on)]
-    if fail_on is not None and gating:
+    if gating:
         click.echo(f"kddiag: --fail-on {fail_on}: " + ", ".join(f"{f.id} ({f.severity:.2f})" for f in gating),
                    err=True)
         sys.exit(EXIT_GATED)
 
 
 _output_options = [
-    click.option("--out", type=click.Path(file_okay=False), help="Directory for report.json and report.html."),
+    click.option("--out", help="Directory for report.json and report.html."),
     click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."),
     click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
                  help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
@@ -106,7 +108,7 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="kddiag-report", show_default=True,
+@click.option("--out", default="kddiag-report", show_default=True,
               help="Directory for report.json and report.html.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
 @click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
@@ -123,7 +125,7 @@ def demo(out, as_json, fail_on):
 @click.option("--list", "list_only", is_flag=True, help="List the case studies.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--quick", is_flag=True, help="One seed, fewer epochs: a smoke test.")
-@click.option("--out", type=click.Path(file_okay=False), help="Directory for tables and reports "
+@click.option("--out", help="Directory for tables and reports "
               "(default: case_studies/results).")
 def case_study(name, list_only, seeds, quick, out):
     """Run a case study reproducing a published KD failure (see case_studies/README.md)."""

@@ -349,17 +349,28 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
 
 
 def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, threshold) -> dict:
-    """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed)."""
+    """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed).
+
+    p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i, so both sums are products of a
+    small weight matrix with ``e`` (BLAS), and p is never formed.
+    """
     n_rows, n_classes = e.shape
-    r = np.divide(e, s_nt[:, None], out=space.array("p", n_rows))
-    run_start = np.flatnonzero(np.concatenate(([True], y[1:] != y[:-1])))
-    nontarget_sum = np.add.reduceat(r, run_start, axis=0)  # one row per class present in the block
-    p = np.multiply(e, nontarget_scale[:, None], out=r)
-    p[rows, y] = target_prob
-    high = np.greater(p, threshold, out=space.array("high", n_rows, bool))
+    new_run = np.concatenate(([True], y[1:] != y[:-1]))
+    run_start = np.flatnonzero(new_run)
+    weights = np.zeros((run_start.size, n_rows))
+    weights[np.cumsum(new_run) - 1, rows] = 1.0 / s_nt
+    nontarget_sum = weights @ e  # one row per class present in the block
+    prob_sum = nontarget_scale @ e + np.bincount(y, weights=target_prob, minlength=n_classes)
+    with np.errstate(divide="ignore"):  # scale 0: those p underflowed, none is listed
+        # a hair below the threshold: over-listed entries are binned by their own p afterwards
+        bound = threshold * (1.0 - 1e-9) / nontarget_scale
+    high = np.greater(e, bound[:, None], out=space.array("high", n_rows, bool))
     flat = np.flatnonzero(high) if high.any() else np.zeros(0, dtype=np.int64)
-    return {"n_rows": n_rows, "classes": y[run_start], "nontarget_sum": nontarget_sum, "prob_sum": p.sum(axis=0),
-            "high_local": flat, "high_prob": p.ravel()[flat]}
+    high_prob = e.ravel()[flat] * nontarget_scale[flat // n_classes]
+    target_high = np.flatnonzero(target_prob > threshold)
+    flat = np.concatenate((flat, target_high * n_classes + y[target_high]))
+    return {"n_rows": n_rows, "classes": y[run_start], "nontarget_sum": nontarget_sum, "prob_sum": prob_sum,
+            "high_local": flat, "high_prob": np.concatenate((high_prob, target_prob[target_high]))}
 
 
 def _join_class_sums(parts: list[dict], order: np.ndarray, n_classes: int, threshold: float) -> ClassSums:

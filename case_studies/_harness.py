@@ -1,0 +1,295 @@
+"""What every case study shares: its data, the run over seeds, kddiag's verdicts, and the written results.
+
+A study module has a docstring with ``Claim:`` and ``Source:`` lines and a ``run_seed(ctx) -> rows``
+function that trains what it needs for one seed, records kddiag's verdicts through ``ctx.inspect``
+and returns its numbers as ``{row: {column: value}}``; ``run_study`` repeats it over seeds, reduces
+each cell to mean ± standard deviation, checks the claim and writes ``<study>.json`` and ``<study>.md``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from case_studies._training import save_checkpoint, use_few_threads
+from kddiag.types import ClassInfo, Dataset
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# --- data --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """One draw of a data set: the transfer set the students learn from and a held-out eval set."""
+
+    train: Dataset
+    test: Dataset
+    extra: Dataset | None = None  # more labelled data, for teachers that see more than the student
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.train.labels.max()) + 1
+
+    @property
+    def n_features(self) -> int:
+        return int(self.train.x.shape[1])
+
+
+def hierarchy_task(seed: int, *, n_train_per_class: int = 30, n_test_per_class: int = 100,
+                   n_extra_per_class: int = 0, n_groups: int = 4, classes_per_group: int = 5,
+                   n_features: int = 32, noise: float = 1.0) -> Task:
+    """kddiag's synthetic class hierarchy (known super-classes), drawn afresh for each seed.
+
+    Few training examples per class, so the student over-fits and the teacher's soft targets matter.
+    """
+    from kddiag.data import make_class_hierarchy
+
+    per_class = n_train_per_class + n_extra_per_class + n_test_per_class
+    x, y, groups = make_class_hierarchy(n_groups=n_groups, classes_per_group=classes_per_group,
+                                        n_features=n_features, n_per_class=per_class, noise=noise, seed=seed)
+    info = ClassInfo(names=tuple(f"g{g}/c{k}" for k, g in enumerate(groups.tolist())),
+                     groups=tuple(groups.tolist()))
+    order = [np.flatnonzero(y == c) for c in range(len(groups))]
+    cuts = np.cumsum([n_train_per_class, n_extra_per_class])
+    parts = [np.sort(np.concatenate([idx[lo:hi] for idx in order]))
+             for lo, hi in ((0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], None))]
+    name = f"hierarchy(seed={seed}, noise={noise})"
+    sets = [Dataset(f"{name}:{part}", torch.from_numpy(x[idx]), y[idx], info)
+            for part, idx in zip(("train", "extra", "test"), parts)]
+    return Task(train=sets[0], test=sets[2], extra=sets[1] if n_extra_per_class else None)
+
+
+def digits_task(seed: int, *, n_train_per_class: int = 30) -> Task:
+    """scikit-learn's digits: ``n_train_per_class`` images per class drawn from ``digits:train``; eval on ``digits:test``."""
+    from kddiag.data import load_dataset
+
+    train, test = load_dataset("digits:train"), load_dataset("digits:test")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(train.labels == c))[:n_train_per_class]
+                                  for c in range(10)]))
+    subset = Dataset(f"digits:train[{n_train_per_class}/class, seed={seed}]", train.x[idx], train.labels[idx],
+                     train.class_info)
+    return Task(train=subset, test=test)
+
+
+# --- one seed of one study -----------------------------------------------------------------------
+
+# Scalar metrics kept with every verdict, so that a confusion can be explained from the JSON alone.
+KEPT_METRICS = (
+    ("outcome", "teacher_accuracy", "eval"), ("outcome", "student_accuracy", "eval"),
+    ("outcome", "baseline_accuracy", "eval"), ("outcome", "kd_gain", "eval"),
+    ("outcome", "agreement", "transfer"), ("outcome", "agreement", "eval"),
+    ("outcome", "permuted_agreement", "transfer"), ("outcome", "kl_teacher_student_at_temperature", "transfer"),
+    ("universe", "effective_smoothing", "transfer"), ("universe", "effective_smoothing", "eval"),
+    ("universe", "saturation_share", "transfer"), ("universe", "softness_gap", "transfer"),
+    ("universe", "teacher_fitted_temperature", "eval"),
+    ("domain", "teacher_dark_knowledge_content", "transfer"), ("domain", "dark_knowledge_content_at_temperature", "transfer"),
+    ("domain", "teacher_nontarget_logit_spread", "transfer"),
+    ("domain", "output_similarity_transfer_score", "eval"), ("domain", "baseline_output_similarity_transfer_score", "eval"),
+    ("domain", "weight_similarity_transfer_score", "weights"),
+    ("domain", "baseline_weight_similarity_transfer_score", "weights"),
+    ("domain", "teacher_group_recovery", "eval"), ("domain", "student_group_recovery", "eval"),
+    ("domain", "baseline_group_recovery", "eval"),
+    ("instance", "untrained_rescaling_weight_cv", "transfer"), ("instance", "teacher_error_rate", "transfer"),
+    ("instance", "teacher_error_rate", "eval"), ("instance", "nckd_weight", "transfer"),
+)
+
+
+@dataclass
+class Context:
+    """One seed of one study: where its checkpoints and reports go, and the verdicts it collected."""
+
+    study: str
+    seed: int
+    quick: bool
+    out_dir: Path
+    keep_html: bool  # write an HTML report per scenario (done for the first seed only)
+    verdicts: list[dict] = field(default_factory=list)
+
+    def epochs(self, n: int) -> int:
+        """A training length, shortened in quick mode (a smoke test, not a result)."""
+        return max(5, n // 4) if self.quick else n
+
+    def save(self, model, name: str, *, temperature: float | None = None, alpha: float | None = None) -> Path:
+        """Save a checkpoint kddiag can load by itself: state dict, built-in arch and KD settings."""
+        path = self.out_dir / "checkpoints" / self.study / f"seed{self.seed}" / f"{name}.pt"
+        return save_checkpoint(model, path, temperature=temperature, alpha=alpha)
+
+    def inspect(self, scenario: str, true_cause: str, *, teacher: Path, student: Path, task: Task,
+                baseline: Path | None = None, benchmark: bool = True):
+        """Run ``kddiag.inspect`` on saved checkpoints and record its verdict against the true cause."""
+        import kddiag
+        from kddiag.pipeline import write_outputs
+
+        report = kddiag.inspect(str(teacher), str(student), data=task.test, transfer_data=task.train,
+                                baseline=None if baseline is None else str(baseline))
+        html = None
+        if self.keep_html:
+            with tempfile.TemporaryDirectory() as tmp:
+                written = write_outputs(report, tmp)
+                html = self.out_dir / "html" / self.study / f"{scenario}.html"
+                html.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(written["html"]), html)
+        findings = report.diagnosis.findings
+        self.verdicts.append({
+            "study": self.study, "scenario": scenario, "true_cause": true_cause, "seed": self.seed,
+            "verdict": findings[0].id if findings else "healthy",
+            "findings": [{"id": f.id, "severity": round(float(f.severity), 3),
+                          "evidence": [e.to_dict() for e in f.evidence]} for f in findings],
+            "metrics": _kept_metrics(report.measurements),
+            "html": None if html is None else str(html.relative_to(self.out_dir)),
+            "benchmark": benchmark,
+        })
+        return report
+
+    def severity(self, scenario: str, finding_id: str) -> float:
+        """Severity of ``finding_id`` in this seed's verdict on ``scenario`` (0 when it did not fire)."""
+        verdict = next(v for v in reversed(self.verdicts) if v["scenario"] == scenario)
+        return next((f["severity"] for f in verdict["findings"] if f["id"] == finding_id), 0.0)
+
+
+def _kept_metrics(measurements) -> dict[str, float | None]:
+    out = {}
+    for section, name, dataset in KEPT_METRICS:
+        value = measurements.value(section, name, dataset)
+        out[f"{section}.{name}@{dataset}"] = round(float(value), 4) if isinstance(value, (int, float)) else None
+    return out
+
+
+# --- the claim checks ----------------------------------------------------------------------------
+
+Rows = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One testable part of a study's claim, and whether it held here."""
+
+    statement: str
+    holds: bool
+    evidence: str
+
+    def to_dict(self) -> dict:
+        return {"statement": self.statement, "holds": self.holds, "evidence": self.evidence}
+
+
+def difference(per_seed: list[Rows], a: tuple[str, str], b: tuple[str, str]) -> tuple[float, float]:
+    """Mean and standard deviation over seeds of the paired difference cell ``a`` − cell ``b``."""
+    diffs = np.array([rows[a[0]][a[1]] - rows[b[0]][b[1]] for rows in per_seed])
+    return float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
+
+
+def compare(statement: str, per_seed: list[Rows], a: tuple[str, str], b: tuple[str, str], *,
+            relation: str, scale: float = 100.0, unit: str = " pt") -> Check:
+    """A check on a paired difference d = a − b over seeds.
+
+    ``relation``: '>' (d > 0 beyond noise: mean > std), '>=' (not worse beyond noise: mean ≥ −std),
+    '<=' (not better beyond noise: mean ≤ std), '<' (d < 0 beyond noise: mean < −std).
+    """
+    mean, std = difference(per_seed, a, b)
+    holds = {">": mean > std, ">=": mean >= -std, "<=": mean <= std, "<": mean < -std}[relation]
+    evidence = (f"{a[0]} [{a[1]}] − {b[0]} [{b[1]}] = {scale * mean:+.1f} ± {scale * std:.1f}{unit} "
+                f"over {len(per_seed)} seed(s)")
+    return Check(statement, bool(holds), evidence)
+
+
+# --- the run over seeds and the written results -------------------------------------------------
+
+def claim_and_source(doc: str) -> tuple[str, str]:
+    """The ``Claim:`` and ``Source:`` paragraphs of a study's docstring."""
+    found = {}
+    for key in ("Claim", "Source"):
+        match = re.search(rf"^{key}:\s*(.+?)(?:\n\s*\n|\Z)", doc, flags=re.M | re.S)
+        found[key] = " ".join(match.group(1).split()) if match else ""
+    return found["Claim"], found["Source"]
+
+
+def run_study(module_name: str, doc: str, *, run_seed: Callable[[Context], Rows],
+              checks: Callable[[list[Rows]], list[Check]], seeds, quick: bool, out_dir: Path | None) -> dict:
+    """Run ``run_seed`` for every seed, check the claim, write ``<study>.json`` and ``<study>.md``; return the result."""
+    study = module_name.rsplit(".", 1)[-1].replace("_", "-")
+    seeds = tuple(seeds)[:1] if quick else tuple(seeds)
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / ("quick" if quick else "")
+    use_few_threads()
+    start = time.perf_counter()
+    per_seed, verdicts = [], []
+    for i, seed in enumerate(seeds):
+        ctx = Context(study=study, seed=seed, quick=quick, out_dir=out_dir, keep_html=i == 0)
+        per_seed.append(run_seed(ctx))
+        verdicts += ctx.verdicts
+    claim, source = claim_and_source(doc)
+    results = checks(per_seed)
+    result = {
+        "study": study, "claim": claim, "source": source, "seeds": list(seeds), "quick": quick,
+        "seconds": round(time.perf_counter() - start, 1),
+        "table": summarize(per_seed), "checks": [c.to_dict() for c in results],
+        "reproduced": all(c.holds for c in results), "verdicts": verdicts,
+    }
+    write_results(result, out_dir)
+    print(render_markdown(result, brief=True))
+    return result
+
+
+def summarize(per_seed: list[Rows]) -> dict:
+    """``{row: {column: {'mean', 'std', 'values'}}}`` over seeds (sample std; 0 for one seed)."""
+    table: dict = {}
+    for row, columns in per_seed[0].items():
+        table[row] = {}
+        for column in columns:
+            values = np.array([rows[row][column] for rows in per_seed], dtype=float)
+            table[row][column] = {"mean": round(float(np.mean(values)), 4),
+                                  "std": round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 4),
+                                  "values": [round(float(v), 4) for v in values]}
+    return table
+
+
+def write_results(result: dict, out_dir: Path) -> dict[str, Path]:
+    """Write ``<study>.json`` and ``<study>.md`` atomically into ``out_dir``."""
+    from kddiag.report.json import write_atomic
+
+    name = result["study"]
+    return {"json": write_atomic(out_dir / f"{name}.json", json.dumps(result, indent=1) + "\n"),
+            "md": write_atomic(out_dir / f"{name}.md", render_markdown(result))}
+
+
+def render_markdown(result: dict, *, brief: bool = False) -> str:
+    """The study's claim, its table as mean ± std over seeds, the checks and kddiag's verdicts."""
+    seeds = ", ".join(map(str, result["seeds"]))
+    lines = [f"## {result['study']}" + ("  (quick mode: a smoke test, not a result)" if result["quick"] else ""),
+             "", f"**Claim.** {result['claim']}", "", f"**Source.** {result['source']}", "",
+             f"Seeds {seeds}; {result['seconds']:.0f} s. Cells: mean ± standard deviation over seeds.", ""]
+    if not brief:
+        lines += _markdown_table(result["table"]) + [""]
+    lines += ["| check | holds | evidence |", "|---|---|---|"]
+    lines += [f"| {c['statement']} | {'yes' if c['holds'] else '**no**'} | {c['evidence']} |" for c in result["checks"]]
+    lines += ["", f"**Reproduced here:** {'yes' if result['reproduced'] else 'no (see the checks that fail)'}", ""]
+    if result["verdicts"]:
+        lines += ["| scenario | true cause | kddiag's verdict per seed (top finding) |", "|---|---|---|"]
+        by_scenario: dict = {}
+        for v in result["verdicts"]:
+            by_scenario.setdefault((v["scenario"], v["true_cause"]), []).append(v["verdict"])
+        for (scenario, cause), found in by_scenario.items():
+            marks = ", ".join(f if f == cause else f"**{f}**" for f in found)
+            lines.append(f"| {scenario} | {cause} | {marks} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _markdown_table(table: dict) -> list[str]:
+    columns: list[str] = []
+    for cells in table.values():
+        columns += [c for c in cells if c not in columns]
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row, cells in table.items():
+        values = [f"{cells[c]['mean']:.3f} ± {cells[c]['std']:.3f}" if c in cells else "" for c in columns]
+        lines.append(f"| {row} | " + " | ".join(values) + " |")
+    return lines

@@ -1,0 +1,204 @@
+"""The ``kddiag`` command line, end to end with click's CliRunner: every input format, every bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kddiag.cli import main
+from kddiag.data import load_dataset
+from kddiag.demo import BASELINE, STUDENT, TEACHER
+from kddiag.loading import load_model
+
+DIGITS = ["--data", "digits:test", "--transfer-data", "digits:train"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kddiag: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def demo_modules():
+    return {role: load_model(path, role=role).module for role, path in
+            (("teacher", TEACHER), ("student", STUDENT), ("baseline", BASELINE))}
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory, demo_modules):
+    """The demo pair saved in every supported format."""
+    root = tmp_path_factory.mktemp("formats")
+    teacher, student = demo_modules["teacher"], demo_modules["student"]
+    example = (load_dataset("digits:test").x[:4],)
+    dynamic = {"x": {0: torch.export.Dim("batch")}}
+    paths = {}
+    for role, model in (("teacher", teacher), ("student", student)):
+        paths[f"{role}.pt2"] = root / f"{role}.pt2"
+        torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), paths[f"{role}.pt2"])
+        paths[f"{role}_sd.pt"] = root / f"{role}_sd.pt"
+        torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
+                   paths[f"{role}_sd.pt"])
+        data = {name: load_dataset(f"digits:{split}") for name, split in (("eval", "test"), ("transfer", "train"))}
+        with torch.inference_mode():
+            logits = {name: model(d.x).numpy() for name, d in data.items()}
+        paths[f"{role}_logits.npz"] = root / f"{role}_logits.npz"
+        np.savez(paths[f"{role}_logits.npz"], eval=logits["eval"], transfer=logits["transfer"])
+    test = load_dataset("digits:test")
+    paths["labels.npz"] = root / "labels.npz"
+    np.savez(paths["labels.npz"], y=test.labels)
+    paths["pickled.pt"] = root / "pickled.pt"
+    torch.save(teacher, paths["pickled.pt"])
+    return paths
+
+
+def test_demo_writes_json_and_html(tmp_path):
+    result = run("demo", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["metrics"]) == {"outcome", "universe", "domain", "instance"}
+    assert report["findings"], "a verdict is always given"
+    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+    assert "report.json" in result.output and report["findings"][0]["id"] in result.output
+
+
+def test_inspect_demo_paths_json_output(tmp_path):
+    result = run("inspect", TEACHER, STUDENT, *DIGITS, "--baseline", BASELINE, "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["inputs"]["settings"]["temperature"] == {"value": 4.0, "source": "checkpoint", "guessed": False}
+    assert report["metrics"]["outcome"]["kd_gain"]["eval"]["value"] is not None
+    assert report["metrics"]["domain"]["feature_cka"]["transfer"]["value"] is not None
+
+
+@pytest.mark.parametrize("pair, extra", [
+    (("teacher.pt2", "student.pt2"), []),
+    (("teacher_sd.pt", "student_sd.pt"), ["--teacher-arch", "mlp:64-256-256-10", "--student-arch", "mlp:64-12-10"]),
+])
+def test_inspect_model_formats(formats, pair, extra):
+    result = run("inspect", formats[pair[0]], formats[pair[1]], *DIGITS, *extra, "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["inputs"]["settings"]["temperature"]["guessed"] is True
+    weight_score = report["metrics"]["domain"]["weight_similarity_transfer_score"]["weights"]
+    assert weight_score["value"] is not None
+
+
+def test_inspect_logits_pair_marks_weight_metrics_unavailable(formats):
+    result = run("inspect", formats["teacher_logits.npz"], formats["student_logits.npz"], *DIGITS,
+                 "--temperature", "4", "--alpha", "0.9", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    files = {f["role"]: f["format"] for f in report["inputs"]["files"]}
+    assert files["teacher"] == files["student"] == "logits"
+    weight_score = report["metrics"]["domain"]["weight_similarity_transfer_score"]["weights"]
+    assert weight_score["value"] is None and weight_score["unavailable"]
+    assert report["metrics"]["outcome"]["agreement"]["eval"]["value"] > 0.8
+
+
+def test_logits_pair_with_labels_only_data_file(formats):
+    result = run("inspect", formats["teacher_logits.npz"], formats["student_logits.npz"],
+                 "--data", formats["labels.npz"], "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_fail_on_severity_and_id_gate_the_exit_code(tmp_path):
+    report = json.loads(run("demo", "--out", tmp_path, "--json").stdout)
+    top = report["findings"][0]
+    if top["id"] == "healthy":
+        assert run("demo", "--out", tmp_path, "--fail-on", "0").exit_code == 0
+        assert run("demo", "--out", tmp_path, "--fail-on", "capacity-gap").exit_code == 0
+    else:
+        assert run("demo", "--out", tmp_path, "--fail-on", top["id"]).exit_code == 3
+    assert run("demo", "--out", tmp_path, "--fail-on", "nonsense").exit_code == 2
+
+
+@pytest.mark.parametrize("make_args, fragments", [
+    (lambda p: ["missing.pt", STUDENT], ["teacher", "missing.pt"]),
+    (lambda p: [TEACHER, p["corrupt.pt"]], ["student", "corrupt.pt"]),
+    (lambda p: [TEACHER, p["weights.xyz"]], ["student", "weights.xyz"]),
+    (lambda p: [p["pickled.pt"], STUDENT], ["teacher", "--trust-pickle"]),
+    (lambda p: [p["teacher_sd.pt"], STUDENT], ["teacher", "--teacher-arch"]),
+    (lambda p: [TEACHER, p["three_class_logits.npy"]], ["classes"]),
+    (lambda p: [TEACHER, p["nan_logits.npy"]], ["student", "NaN"]),
+    (lambda p: [p["wrong_input.pt2"], STUDENT], ["teacher", "64"]),
+])
+def test_bad_model_inputs_give_one_line(tmp_path, formats, make_args, fragments):
+    bad = dict(formats)
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00not a checkpoint")
+    (tmp_path / "weights.xyz").write_bytes(b"something")
+    np.save(tmp_path / "three_class_logits.npy", np.zeros((540, 3)))
+    nan = np.zeros((540, 10))
+    nan[5, 2] = np.nan
+    np.save(tmp_path / "nan_logits.npy", nan)
+    torch.export.save(torch.export.export(torch.nn.Linear(7, 10), (torch.zeros(2, 7),)), tmp_path / "wrong_input.pt2")
+    bad.update({name: tmp_path / name for name in
+                ("corrupt.pt", "weights.xyz", "three_class_logits.npy", "nan_logits.npy", "wrong_input.pt2")})
+    out = tmp_path / "out"
+    result = run("inspect", *make_args(bad), "--data", "digits:test", "--out", out, "--no-progress")
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("write, fragments", [
+    (lambda p: np.savez(p, x=np.zeros((0, 64)), y=np.zeros(0, dtype=int)), ["empty"]),
+    (lambda p: np.savez(p, x=np.zeros((5, 64), dtype=np.float32), y=np.array([0, 1, 2, 3, 17])), ["label"]),
+])
+def test_bad_data_gives_one_line(tmp_path, write, fragments):
+    path = tmp_path / "data.npz"
+    write(path)
+    result = run("inspect", TEACHER, STUDENT, "--data", path, "--out", tmp_path / "out", "--no-progress")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--temperature", "0"], ["--temperature"]),
+    (["--alpha", "1.5"], ["--alpha"]),
+    (["--data", "no-such-builtin"], ["--data"]),
+])
+def test_bad_options_give_one_line(args, fragments):
+    data = [] if "--data" in args else ["--data", "digits:test"]
+    assert_one_line_error(run("inspect", TEACHER, STUDENT, *data, *args, "--no-progress"), *fragments)
+
+
+def test_no_data_gives_one_line():
+    assert_one_line_error(run("inspect", TEACHER, STUDENT), "--data")
+
+
+def test_out_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(run("inspect", TEACHER, STUDENT, "--data", "digits:test", "--out", tmp_path / "file",
+                              "--no-progress"), "--out")
+
+
+def test_failed_render_leaves_no_partial_output(tmp_path, monkeypatch):
+    import kddiag.report.html as html
+
+    def broken(report):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(html, "render_html", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        CliRunner().invoke(main, ["demo", "--out", str(out)], catch_exceptions=False)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_case_study_list():
+    result = run("case-study", "--list")
+    assert result.exit_code == 0, result.output
+    assert "label" in result.output.lower()
+
+
+def test_version_and_help_are_fast_imports():
+    assert run("--version").exit_code == 0
+    assert "inspect" in run("--help").output
