@@ -254,9 +254,10 @@ def teacher_weak(m: Measurements, context: RuleContext) -> Finding | None:
     baseline = _maybe(m, "outcome", "baseline_accuracy", (teacher.dataset,))
     if baseline is None:
         context.not_checked("no baseline student: the teacher was compared with the KD student only")
-    others = [r for r in (student, baseline) if r is not None]
+    # The student trained alone is the bar a teacher must clear; a KD student that matches its
+    # teacher is a success, so the KD student is the reference only when there is no baseline.
+    best = baseline if baseline is not None else student
     evidence, grades, sentences = [], [], []
-    best = max(others, key=lambda r: r.value, default=None)
     if best is not None and teacher.value < best.value + TEACHER_WEAK_MARGIN:
         model = best.metric.split(".")[1].removesuffix("_accuracy")
         evidence += [teacher.evidence(_r(best.value + TEACHER_WEAK_MARGIN), "<"),

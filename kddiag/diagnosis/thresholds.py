@@ -22,7 +22,7 @@ CLASS_ORDER_PERMUTED_AGREEMENT_MIN = 0.5  # after relabelling, a student that do
 
 # ------------------------------------------------------------------ teacher-weak (level 0)
 # Yuan et al. 2020: a teacher no better than the student still helps, but only by label smoothing.
-TEACHER_WEAK_MARGIN = 0.02  # teacher accuracy must beat max(student, baseline) by 2 points (eval)
+TEACHER_WEAK_MARGIN = 0.02  # teacher accuracy must beat the baseline (else the student) by 2 points (eval)
 TEACHER_WEAK_MARGIN_FULL = -0.05  # teacher 5 points below the best other model
 # Normalized accuracy κ = (accuracy − 1/C)/(1 − 1/C): 0 at chance, 1 when perfect.
 NEAR_CHANCE_NORMALIZED_ACCURACY = 0.2  # below: a near-chance teacher (Yuan's 1-epoch De-KD teacher)

@@ -181,12 +181,12 @@ def test_identity_permutation_is_not_a_class_order_mismatch():
 
 # ---------------------------------------------------------------- teacher-weak
 
-def test_teacher_weak_compares_with_the_best_other_model_and_grades():
+def test_teacher_weak_compares_with_the_baseline_and_grades():
     _, diagnosis = run_case("teacher-weak")
     found = finding(diagnosis, "teacher-weak")
     (teacher,) = evidence_of(found, "outcome.teacher_accuracy")
-    assert teacher.value == 0.86 and teacher.threshold == pytest.approx(0.90) and teacher.dataset == EVAL
-    assert evidence_of(found, "outcome.student_accuracy")[0].value == 0.88
+    assert teacher.value == 0.86 and teacher.threshold == pytest.approx(0.87) and teacher.dataset == EVAL
+    assert evidence_of(found, "outcome.baseline_accuracy")[0].value == 0.85
     assert "0.28" in found.advice  # the label smoothing that matches this teacher's targets
     worse = run(build({("outcome", "teacher_accuracy", EVAL): 0.80}))
     assert finding(worse, "teacher-weak").severity > found.severity
@@ -431,3 +431,14 @@ def test_bad_arguments_raise_a_clear_error(kwargs, message):
 def test_measurements_of_the_wrong_type_raise():
     with pytest.raises(KddiagError, match="measurements must be a kddiag.types.Measurements; got dict"):
         diagnose({}, settings=SETTINGS, n_classes=N_CLASSES)
+
+
+def test_a_kd_student_that_matches_its_teacher_does_not_make_the_teacher_weak():
+    changes = {("outcome", "teacher_accuracy", EVAL): 0.90, ("outcome", "student_accuracy", EVAL): 0.90}
+    assert "teacher-weak" not in ids(run(build(changes)))
+
+
+def test_without_a_baseline_the_teacher_is_compared_with_the_student():
+    diagnosis = run(build({("outcome", "teacher_accuracy", EVAL): 0.86},
+                          drop=[("outcome", "baseline_accuracy", EVAL)]))
+    assert evidence_of(finding(diagnosis, "teacher-weak"), "outcome.student_accuracy")[0].value == 0.88
