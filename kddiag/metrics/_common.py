@@ -188,13 +188,13 @@ def _copy_into(out: np.ndarray, block: np.ndarray) -> np.ndarray:
     return out
 
 
-def _concat(parts: list[dict], key: str, order: np.ndarray | None = None) -> np.ndarray:
-    """Per-block arrays joined; with ``order``, put back from sorted into the original example order."""
+def _concat(parts: list[dict], key: str, unsort: np.ndarray | None = None) -> np.ndarray:
+    """Per-block arrays joined; with ``unsort``, the block-order entry i goes to position unsort[i]."""
     joined = np.concatenate([part[key] for part in parts])
-    if order is None:
+    if unsort is None:
         return joined
     out = np.empty_like(joined)
-    out[order] = joined
+    out[unsort] = joined
     return out
 
 
@@ -238,6 +238,7 @@ class SoftmaxStats:
     nontarget_sum_sq: np.ndarray  # Σ_{k≠y} p_k²
     cross_entropy: np.ndarray | None = None
     nontarget_cross_entropy: np.ndarray | None = None
+    logit_spread: np.ndarray | None = None  # std_{k≠y} z_k / (z_y − mean_{k≠y} z_k); NaN where that margin ≤ 0
     class_sums: ClassSums | None = None
 
     @property
@@ -264,11 +265,13 @@ _PER_EXAMPLE = ("prediction", "log_norm", "nontarget_log_norm", "target_log_prob
 
 
 def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0,
-                  versus: tuple[np.ndarray, SoftmaxStats] | None = None,
-                  class_sums_threshold: float | None = None) -> SoftmaxStats:
+                  rows: np.ndarray | None = None, versus: tuple[np.ndarray, SoftmaxStats] | None = None,
+                  class_sums_threshold: float | None = None, logit_spread: bool = False) -> SoftmaxStats:
     """One pass over ``logits`` (n_samples, n_classes): the :class:`SoftmaxStats` at ``temperature``.
 
-    ``versus=(other_logits, other_stats)`` (other_stats at the same τ) adds the cross terms;
+    ``rows`` restricts it to those examples (a subsample), read in place without copying the logits.
+    ``versus=(other_logits, other_stats)`` (other_stats at the same τ and rows) adds the cross terms;
+    ``logit_spread`` adds the non-target logit spread (free of τ: a ratio of logit differences);
     ``class_sums_threshold`` adds :class:`ClassSums` listing the probabilities above it (1.0: none).
     With class sums the blocks run over the examples sorted by label, so each block's class sums
     are sums over runs of rows. Inputs must be valid (``check_*``): this is the private workhorse
@@ -278,29 +281,34 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     the target zeroed (no cancellation), and recomputed with its own maximum as shift where it
     underflows, so log(1 − p_y) and r stay exact when the target dominates.
     """
-    n_samples, n_classes = logits.shape
+    n_classes = logits.shape[1]
     inv_t = 1.0 / temperature
     other, other_stats = versus if versus is not None else (None, None)
     want_sums = class_sums_threshold is not None
-    order = np.argsort(labels, kind="stable") if want_sums else None
-    ordered = (lambda a: a) if order is None else (lambda a: a[order])
-    block_labels = ordered(labels)
+    out_labels = labels if rows is None else labels[rows]
+    n_samples = out_labels.size
+    # block order: ``unsort`` maps it to output positions, ``order`` to rows of ``logits``
+    unsort = np.argsort(out_labels, kind="stable") if want_sums else None
+    order = unsort if rows is None else (rows if unsort is None else rows[unsort])
+    ordered = (lambda a: a) if unsort is None else (lambda a: a[unsort])
+    block_labels = ordered(out_labels)
     if other is not None:
-        other_log_norm, other_nontarget_log_norm = ordered(other_stats.log_norm), ordered(other_stats.nontarget_log_norm)
+        other_log_norm = ordered(other_stats.log_norm)
+        other_nontarget_log_norm = ordered(other_stats.nontarget_log_norm)
 
     def block(start: int, stop: int, space: Workspace) -> dict:
         n_rows = stop - start
-        y, rows = block_labels[start:stop], np.arange(n_rows)
+        y, row = block_labels[start:stop], np.arange(n_rows)
         z = load_rows(logits, start, stop, space, "z", order)
         pred = z.argmax(axis=1)
-        shift = z[rows, pred]
+        shift = z[row, pred]
         t = np.subtract(z, shift[:, None], out=space.array("t", n_rows))
         if inv_t != 1.0:
             t *= inv_t
-        t_y = t[rows, y]
+        t_y = t[row, y]
         e = np.exp(t, out=space.array("e", n_rows))
-        e_y = e[rows, y]
-        e[rows, y] = 0.0
+        e_y = e[row, y]
+        e[row, y] = 0.0
         s_nt = e.sum(axis=1)
         nt_off = np.zeros(n_rows)
         bad = np.flatnonzero(s_nt < _TINY_NONTARGET)
@@ -326,25 +334,35 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
             "nontarget_entropy": nt_off + log_s_nt - r_mean_t,
             "nontarget_sum_sq": np.einsum("ij,ij->i", e, e) * (nt_scale / s_full) ** 2,
         }
+        if logit_spread:  # std and margin are ratios of differences of t = (z − max z)/τ: same as on z
+            mean = (t.sum(axis=1) - t_y) / (n_classes - 1)
+            d = np.subtract(t, mean[:, None], out=space.array("d", n_rows))
+            d[row, y] = 0.0
+            margin = t_y - mean
+            std = np.sqrt(np.einsum("ij,ij->i", d, d) / (n_classes - 1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out["logit_spread"] = np.where(margin > 0, std / margin, np.nan)
         if other is not None:
             b = load_rows(other, start, stop, space, "z", order)  # z is no longer needed
-            b_y = b[rows, y] * inv_t
+            b_y = b[row, y] * inv_t
             r_mean_b = np.einsum("ij,ij->i", e, b) * inv_t / s_nt
             p_mean_b = (s_nt * nt_scale * r_mean_b + e_y * b_y) / s_full
             out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
             out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
         if want_sums:
-            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, rows, space,
+            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, row, space,
                                          class_sums_threshold))
         return out
 
     parts = map_blocks(block, n_samples, n_classes)
-    fields = {key: _concat(parts, key, order) for key in _PER_EXAMPLE}
+    fields = {key: _concat(parts, key, unsort) for key in _PER_EXAMPLE}
     if other is not None:
-        fields["cross_entropy"] = _concat(parts, "cross_entropy", order)
-        fields["nontarget_cross_entropy"] = _concat(parts, "nontarget_cross_entropy", order)
+        fields["cross_entropy"] = _concat(parts, "cross_entropy", unsort)
+        fields["nontarget_cross_entropy"] = _concat(parts, "nontarget_cross_entropy", unsort)
+    if logit_spread:
+        fields["logit_spread"] = _concat(parts, "logit_spread", unsort)
     if want_sums:
-        fields["class_sums"] = _join_class_sums(parts, order, n_classes, class_sums_threshold)
+        fields["class_sums"] = _join_class_sums(parts, unsort, n_classes, class_sums_threshold)
     return SoftmaxStats(temperature=temperature, n_classes=n_classes, **fields)
 
 
@@ -352,16 +370,19 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, thr
     """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed).
 
     p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i, so both sums are products of a
-    small weight matrix with ``e`` (BLAS), and p is never formed.
+    small weight matrix with ``e``, and p is never formed.
     """
     n_rows, n_classes = e.shape
     new_run = np.concatenate(([True], y[1:] != y[:-1]))
     run_start = np.flatnonzero(new_run)
-    weights = np.zeros((run_start.size, n_rows))
-    weights[np.cumsum(new_run) - 1, rows] = 1.0 / s_nt
-    nontarget_sum = weights @ e  # one row per class present in the block
-    prob_sum = nontarget_scale @ e + np.bincount(y, weights=target_prob, minlength=n_classes)
-    with np.errstate(divide="ignore"):  # scale 0: those p underflowed, none is listed
+    weights = np.zeros((run_start.size + 1, n_rows))
+    weights[np.cumsum(new_run) - 1, rows] = 1.0 / s_nt  # one row per class present in the block …
+    weights[-1] = nontarget_scale  # … and one for Σ_i p_ik
+    # einsum, not BLAS: BLAS would start its own threads inside each worker thread
+    sums = np.einsum("ki,ij->kj", weights, e)
+    nontarget_sum = sums[:-1]
+    prob_sum = sums[-1] + np.bincount(y, weights=target_prob, minlength=n_classes)
+    with np.errstate(divide="ignore", over="ignore"):  # scale 0: those p underflowed, none is listed
         # a hair below the threshold: over-listed entries are binned by their own p afterwards
         bound = threshold * (1.0 - 1e-9) / nontarget_scale
     high = np.greater(e, bound[:, None], out=space.array("high", n_rows, bool))
@@ -373,14 +394,14 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, thr
             "high_local": flat, "high_prob": np.concatenate((high_prob, target_prob[target_high]))}
 
 
-def _join_class_sums(parts: list[dict], order: np.ndarray, n_classes: int, threshold: float) -> ClassSums:
+def _join_class_sums(parts: list[dict], unsort: np.ndarray, n_classes: int, threshold: float) -> ClassSums:
     nontarget_sum = np.zeros((n_classes, n_classes))
     prob_sum = np.zeros(n_classes)
     rows, cols, start = [], [], 0
     for part in parts:
         nontarget_sum[part["classes"]] += part["nontarget_sum"]
         prob_sum += part["prob_sum"]
-        rows.append(order[start + part["high_local"] // n_classes])
+        rows.append(unsort[start + part["high_local"] // n_classes])
         cols.append(part["high_local"] % n_classes)
         start += part["n_rows"]
     return ClassSums(prob_sum=prob_sum, nontarget_sum=nontarget_sum, high_threshold=threshold,
@@ -393,3 +414,29 @@ def subsample_indices(n_samples: int, max_samples: int, *, seed: int = 0) -> np.
     if n_samples <= max_samples:
         return np.arange(n_samples)
     return np.sort(np.random.default_rng(seed).choice(n_samples, size=max_samples, replace=False))
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Spearman rank correlation: Pearson correlation of average ranks (as scipy's ``spearmanr``).
+
+    None when a side is constant.
+    """
+    a, b = average_ranks(first), average_ranks(second)
+    a -= a.mean()
+    b -= b.mean()
+    norm = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    return float(np.clip(np.dot(a, b) / norm, -1.0, 1.0)) if norm > 0 else None
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (``scipy.stats.rankdata(method="average")``)."""
+    order = np.argsort(values)
+    ordered = values[order]
+    new = np.empty(values.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], values.size)
+    ranks = np.empty(values.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks

@@ -9,12 +9,11 @@ logit-layer weights (S_w, Tang et al. 2020); linear CKA follows Kornblith et al.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (SoftmaxStats, Workspace, check_labels, check_logits, check_temperature,
-                                    map_blocks, softmax_stats)
+from kddiag.metrics._common import (SoftmaxStats, check_labels, check_logits, check_temperature, softmax_stats,
+                                    spearman)
 
 
 def dark_knowledge_content(logits, labels, *, temperature: float = 1.0) -> float | None:
@@ -29,17 +28,17 @@ def dark_knowledge_content(logits, labels, *, temperature: float = 1.0) -> float
 
 
 def nontarget_logit_spread(logits, labels) -> float | None:
-    """mean_i std_{k≠y}(z_ik) / (z_iy − mean_{k≠y} z_ik) over examples with a positive margin; None if none has one.
+    """mean_i std_{k≠y}(z_ik) / (z_iy − mean_{k≠y} z_ik) over examples with a positive margin (None if none).
 
     Population std (ddof = 0). Free of τ. Label smoothing drives it toward 0 (Müller et al. 2019).
     """
     logits = check_logits(logits)
     labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
-    return nontarget_logit_spread_of(logits, labels)
+    return nontarget_logit_spread_of(softmax_stats(logits, labels, logit_spread=True))
 
 
 def output_similarity(logits, labels) -> np.ndarray:
-    """S_out (n_classes, n_classes): S[c, k] = mean of r_k over examples of class c (τ = 1), then (S + Sᵀ)/2, diagonal 0.
+    """S_out (n_classes, n_classes): S[c, k] = mean of r_k over examples of class c (τ = 1), (S + Sᵀ)/2, diagonal 0.
 
     Rows and columns of classes with no example are NaN.
     """
@@ -55,7 +54,8 @@ def weight_similarity(weight) -> np.ndarray:
     """
     weight = np.asarray(weight, dtype=np.float64)
     if weight.ndim != 2 or weight.shape[0] < 2:
-        raise KddiagError(f"logit-layer weight must be (n_classes, n_features) with n_classes ≥ 2; got shape {weight.shape}")
+        raise KddiagError("logit-layer weight must be (n_classes, n_features) with n_classes ≥ 2; "
+                          f"got shape {weight.shape}")
     if not np.all(np.isfinite(weight)):
         raise KddiagError("logit-layer weight must be finite")
     return weight_similarity_of(weight)
@@ -83,7 +83,8 @@ def group_recovery(similarity, groups) -> float | None:
     similarity = _check_similarity(similarity, "similarity")
     groups = np.asarray(groups)
     if groups.shape != (similarity.shape[0],):
-        raise KddiagError(f"class groups must give one group per class ({similarity.shape[0]}); got shape {groups.shape}")
+        raise KddiagError(f"class groups must give one group per class ({similarity.shape[0]}); "
+                          f"got shape {groups.shape}")
     return group_recovery_of(similarity, groups)
 
 
@@ -116,27 +117,10 @@ def dark_knowledge_per_example(stats: SoftmaxStats) -> np.ndarray | None:
     return np.clip((log_rest - stats.nontarget_entropy) / log_rest, 0.0, 1.0)
 
 
-def nontarget_logit_spread_of(logits: np.ndarray, labels: np.ndarray) -> float | None:
-    """See :func:`nontarget_logit_spread`."""
-    n_classes = logits.shape[1]
-
-    def block(start: int, stop: int, space: Workspace) -> dict:
-        rows, y = np.arange(stop - start), labels[start:stop]
-        d = space.array("d", stop - start)
-        np.copyto(d, logits[start:stop])
-        target = d[rows, y]
-        d[rows, y] = 0.0
-        mean = d.sum(axis=1) / (n_classes - 1)
-        d -= mean[:, None]
-        d[rows, y] = 0.0
-        std = np.sqrt(np.einsum("ij,ij->i", d, d) / (n_classes - 1))
-        margin = target - mean
-        keep = margin > 0
-        return {"sum": float(np.sum(std[keep] / margin[keep])), "count": int(keep.sum())}
-
-    parts = map_blocks(block, *logits.shape)
-    count = sum(p["count"] for p in parts)
-    return sum(p["sum"] for p in parts) / count if count else None
+def nontarget_logit_spread_of(stats: SoftmaxStats) -> float | None:
+    """Mean of the per-example spread over examples with a positive margin (stats with ``logit_spread``)."""
+    keep = np.isfinite(stats.logit_spread)
+    return float(np.mean(stats.logit_spread[keep])) if keep.any() else None
 
 
 def output_similarity_of(stats: SoftmaxStats, labels: np.ndarray) -> np.ndarray:
@@ -167,7 +151,7 @@ def similarity_transfer_score_of(first: np.ndarray, second: np.ndarray) -> float
     a, b = a[keep], b[keep]
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    return float(spearmanr(a, b).statistic)
+    return spearman(a, b)
 
 
 def group_recovery_of(similarity: np.ndarray, groups: np.ndarray) -> float | None:
@@ -183,11 +167,11 @@ def group_recovery_of(similarity: np.ndarray, groups: np.ndarray) -> float | Non
 
 
 def linear_cka_of(first: np.ndarray, second: np.ndarray) -> float | None:
-    """Feature-space linear CKA of column-centred features."""
+    """Feature-space linear CKA of column-centred features, products in the input dtype, norms in float64."""
     x = first - first.mean(axis=0)
     y = second - second.mean(axis=0)
-    cross = np.linalg.norm(y.T @ x) ** 2
-    norm = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    cross = np.linalg.norm((y.T @ x).astype(np.float64)) ** 2
+    norm = np.linalg.norm((x.T @ x).astype(np.float64)) * np.linalg.norm((y.T @ y).astype(np.float64))
     return float(cross / norm) if norm > 0 else None
 
 

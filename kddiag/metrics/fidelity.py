@@ -5,18 +5,15 @@ agreement and the mean predictive KL(p ‖ q) of teacher and student.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (N_THREADS, check_labels, check_logits, check_pair, check_temperature,
-                                    check_values, softmax_stats)
+from kddiag.metrics._common import (Workspace, check_labels, check_logits, check_pair, check_temperature,
+                                    check_values, map_blocks, softmax_stats)
 
 N_RESAMPLES = 1000
 _MAX_CATEGORIES = 16  # values with at most this many distinct levels are resampled by category counts
-_INDEX_BLOCK = 1 << 20  # indices drawn per block of resamples
 
 
 def accuracy(logits, labels) -> float:
@@ -75,25 +72,21 @@ def bootstrap_ci(values, *, n_resamples: int = N_RESAMPLES, confidence: float = 
 
 
 def _bootstrap_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Means of ``n_resamples`` bootstrap resamples of ``values``."""
+    """Means of ``n_resamples`` bootstrap resamples of ``values`` (deterministic for a seed)."""
     n = values.size
     levels, counts = np.unique(values, return_counts=True)
     if levels.size <= _MAX_CATEGORIES:
         draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_resamples)
         return draws @ levels / n
-    per_block = max(1, _INDEX_BLOCK // n)
-    starts = list(range(0, n_resamples, per_block))
-    seeds = np.random.SeedSequence(seed).spawn(len(starts))
 
-    def block(i: int) -> np.ndarray:
-        size = min(per_block, n_resamples - starts[i])
-        index = np.random.default_rng(seeds[i]).integers(0, n, size=(size, n), dtype=np.int32 if n < 2**31 else np.int64)
-        return values[index].mean(axis=1)
+    def block(start: int, stop: int, space: Workspace) -> dict:
+        uniform = np.random.default_rng([seed, start]).random(out=space.array("u", stop - start))
+        index = space.array("i", stop - start, np.int64)
+        np.copyto(index, np.multiply(uniform, n, out=uniform), casting="unsafe")  # floor(u·n)
+        drawn = np.take(values, index, out=space.array("v", stop - start), mode="clip")
+        return {"mean": drawn.mean(axis=1)}
 
-    if N_THREADS == 1 or len(starts) == 1:
-        return np.concatenate([block(i) for i in range(len(starts))])
-    with ThreadPoolExecutor(max_workers=N_THREADS) as pool:
-        return np.concatenate(list(pool.map(block, range(len(starts)))))
+    return np.concatenate([part["mean"] for part in map_blocks(block, n_resamples, n)])
 
 
 def class_permutation(teacher_logits, student_logits) -> np.ndarray:

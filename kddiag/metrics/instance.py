@@ -11,17 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
-from sklearn.neighbors import NearestNeighbors
 
 from kddiag.errors import KddiagError
 from kddiag.metrics._common import (SoftmaxStats, check_alpha, check_labels, check_logits, check_pair,
-                                    check_temperature, check_values, softmax_stats)
+                                    check_temperature, check_values, softmax_stats, spearman)
 
 N_NEIGHBORS = 10
 LOW_WEIGHT = 0.5  # an example is down-weighted when w < this
 N_HARDEST = 10
+_KNN_BLOCK = 1 << 20  # distances computed per block of query rows
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class DecoupledKD:
 
 
 def rescaling_weights(teacher_logits, student_logits, labels, *, temperature: float, alpha: float) -> np.ndarray:
-    """Per-example w = [(1−α)(q¹_y − 1) + ατ(q_y − p_y)] / (q¹_y − 1) for the trained student; (n_samples,).
+    """Per-example w = [(1−α)(q¹_y − 1) + ατ(q_y − p_y)] / (q¹_y − 1), trained student; (n_samples,).
 
     Computed as (1−α) + ατ·[(1 − q_y) − (1 − p_y)]/(1 − q¹_y) from log(1 − ·) (logsumexp over
     non-target logits), so it stays exact where the student is confident. Where the student's own
@@ -80,11 +79,12 @@ def knn_label_disagreement(features, labels, *, n_neighbors: int = N_NEIGHBORS) 
     """Difficulty per example: share of its k nearest neighbours (Euclidean, itself excluded) with another label.
 
     ``features`` (n_samples, n_features), e.g. teacher penultimate features or logits; k is capped at n − 1.
-    Brute-force search (scikit-learn ``NearestNeighbors``): O(n²·d).
+    Exact brute-force search, O(n²·d), as scikit-learn's ``NearestNeighbors(algorithm="brute")``.
     """
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] < 2:
-        raise KddiagError(f"features must be (n_samples, n_features) with at least 2 samples; got shape {features.shape}")
+        raise KddiagError("features must be (n_samples, n_features) with at least 2 samples; "
+                          f"got shape {features.shape}")
     if features.dtype not in (np.float32, np.float64):
         features = features.astype(np.float64)
     if not np.all(np.isfinite(features)):
@@ -161,7 +161,8 @@ def rescaling_weights_of(teacher: SoftmaxStats, student: SoftmaxStats, student_o
 def untrained_rescaling_weights_of(teacher: SoftmaxStats, *, alpha: float) -> np.ndarray:
     """(1−α) + ατ(p_y − 1/C)·C/(C − 1)."""
     n_classes = teacher.n_classes
-    return (1.0 - alpha) + alpha * teacher.temperature * (teacher.target_prob - 1.0 / n_classes) * n_classes / (n_classes - 1)
+    excess = (teacher.target_prob - 1.0 / n_classes) * n_classes / (n_classes - 1)
+    return (1.0 - alpha) + alpha * teacher.temperature * excess
 
 
 def coefficient_of_variation_of(weights: np.ndarray) -> float | None:
@@ -172,12 +173,22 @@ def coefficient_of_variation_of(weights: np.ndarray) -> float | None:
     return float(np.std(weights) / abs(mean)) if mean != 0 else None
 
 
-def knn_label_disagreement_of(features: np.ndarray, labels: np.ndarray, *, n_neighbors: int = N_NEIGHBORS) -> np.ndarray:
-    """See :func:`knn_label_disagreement`."""
-    k = min(n_neighbors, features.shape[0] - 1)
-    search = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(features)
-    neighbours = search.kneighbors(return_distance=False)  # X=None: each point is not its own neighbour
-    return np.mean(labels[neighbours] != labels[:, None], axis=1)
+def knn_label_disagreement_of(features: np.ndarray, labels: np.ndarray, *,
+                              n_neighbors: int = N_NEIGHBORS) -> np.ndarray:
+    """See :func:`knn_label_disagreement`: exact brute force, ‖a‖² − 2a·b + ‖b‖² by BLAS in row blocks."""
+    x = np.asarray(features, dtype=np.float64)
+    n_samples = x.shape[0]
+    k = min(n_neighbors, n_samples - 1)
+    norms = np.einsum("ij,ij->i", x, x)
+    out = np.empty(n_samples)
+    step = max(1, _KNN_BLOCK // n_samples)
+    for start in range(0, n_samples, step):
+        stop = min(start + step, n_samples)
+        distance = norms[start:stop, None] - 2.0 * (x[start:stop] @ x.T) + norms[None, :]
+        distance[np.arange(stop - start), np.arange(start, stop)] = np.inf  # not its own neighbour
+        nearest = np.argpartition(distance, k - 1, axis=1)[:, :k]
+        out[start:stop] = np.mean(labels[nearest] != labels[start:stop, None], axis=1)
+    return out
 
 
 def rescaling_difficulty_correlation_of(weights: np.ndarray, difficulty: np.ndarray) -> float | None:
@@ -186,7 +197,7 @@ def rescaling_difficulty_correlation_of(weights: np.ndarray, difficulty: np.ndar
     w, d = weights[keep], difficulty[keep]
     if w.size < 3 or np.ptp(w) == 0 or np.ptp(d) == 0:
         return None
-    return float(spearmanr(w, -d).statistic)
+    return spearman(w, -d)
 
 
 def confidence_error_auroc_of(teacher_one: SoftmaxStats, student_pred: np.ndarray, labels: np.ndarray) -> float | None:

@@ -20,20 +20,20 @@ N_BINS = 15
 HISTOGRAM_BINS = 20
 SATURATION = 0.99  # p_y above this counts as a saturated (one-hot) target
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # T* is searched in this range
-_PREFIT_ELEMENTS = 1 << 20  # T* is first fitted on a subsample of about this many logits
-_BETA_RTOL = 1e-5  # Newton on 1/T stops when a step changes it by less than this (final error ≪ rtol)
+FIT_MAX_ELEMENTS = 1 << 22  # T* is fitted on a fixed-seed subsample of at most this many logits
+_BETA_RTOL = 1e-7  # Newton on 1/T stops when a step changes it by less than this
 
 
 # ---------------------------------------------------------------- calibration
 
 def expected_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
-    """ECE = Σ_m (|B_m|/n)·|acc(B_m) − conf(B_m)| over equal-width bins (lo, hi] of max_k p¹_k (Guo 2017, Eq. 3)."""
+    """ECE = Σ_m (|B_m|/n)·|acc(B_m) − conf(B_m)|, equal-width bins (lo, hi] of max_k p¹_k (Guo 2017, Eq. 3)."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
     return ece_of(stats, labels, n_bins=n_bins)
 
 
 def adaptive_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
-    """ECE over equal-mass bins: examples sorted by (max p¹, correctness), split into n_bins groups whose sizes differ by ≤ 1."""
+    """ECE over equal-mass bins: examples sorted by (max p¹, correctness), split by ``np.array_split``."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
     return adaptive_ece_of(stats, labels, n_bins=n_bins)
 
@@ -78,8 +78,10 @@ def fitted_temperature(logits, labels) -> float:
     """T* = argmin_T mean −log softmax(z/T)_y over T in [0.01, 100] (temperature scaling, Guo 2017).
 
     T* > 1: over-confident. The NLL is convex in β = 1/T (its second derivative is Var_p(z)), so a
-    safeguarded Newton iteration on β converges fast: first on a fixed-seed subsample of about 1M
-    logits, then polished on all examples. At a bound (e.g. separable data) the bound is returned.
+    safeguarded Newton iteration on β finds the minimum; at a bound (e.g. separable data) the bound
+    is returned. Sets larger than 2²² logits (4,194 examples × 1,000 classes) are fitted on a
+    fixed-seed subsample of that size, as temperature scaling is usually fitted on a few thousand
+    held-out examples (Guo 2017).
     """
     logits = check_logits(logits)
     labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
@@ -129,7 +131,8 @@ def adaptive_ece_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_
     confidence = np.exp(stats.max_log_prob)
     correct = (stats.prediction == labels).astype(np.float64)
     order = np.lexsort((correct, confidence))
-    group = np.arange(labels.size) * n_bins // labels.size
+    size, extra = divmod(labels.size, n_bins)  # as np.array_split: the first `extra` bins hold one more
+    group = np.repeat(np.arange(n_bins), [size + 1] * extra + [size] * (n_bins - extra))
     gap = np.bincount(group, weights=correct[order] - confidence[order], minlength=n_bins)
     return float(np.abs(gap).sum() / labels.size)
 
@@ -173,53 +176,63 @@ def brier_of(stats: SoftmaxStats) -> float:
 
 def fitted_temperature_of(logits: np.ndarray, labels: np.ndarray) -> float:
     """T* for valid input; see :func:`fitted_temperature`."""
-    n_samples, n_classes = logits.shape
-    beta = 1.0
-    if n_samples * n_classes > 2 * _PREFIT_ELEMENTS:
-        rows = subsample_indices(n_samples, max(2, _PREFIT_ELEMENTS // n_classes))
-        beta = _newton_inverse_temperature(np.asarray(logits[rows]), labels[rows], beta)
-    return float(1.0 / _newton_inverse_temperature(logits, labels, beta))
+    rows = subsample_indices(logits.shape[0], max(2, FIT_MAX_ELEMENTS // logits.shape[1]))
+    if rows.size == logits.shape[0]:
+        return float(1.0 / _newton_inverse_temperature(logits, labels, None))
+    return float(1.0 / _newton_inverse_temperature(logits, labels[rows], rows))
 
 
-def _newton_inverse_temperature(logits: np.ndarray, labels: np.ndarray, beta: float) -> float:
-    """Root of d/dβ NLL(β) in [1/T_max, 1/T_min]: Newton steps, bisection in log β when a step leaves the bracket."""
+def _newton_inverse_temperature(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray | None) -> float:
+    """Root in [1/T_max, 1/T_min] of the NLL's derivative in β on ``logits[rows]`` (the NLL is convex in β).
+
+    Safeguarded Newton from β = 1 (as Numerical Recipes' ``rtsafe``): a step that leaves the bracket
+    or shrinks too slowly is replaced by the bound it heads to, tried once (the answer when the
+    derivative keeps its sign there, e.g. separable data), then by bisection in log β.
+    """
     lo, hi = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]
-    beta = min(max(beta, lo), hi)
+    tried = set()
+    beta, step_last, step_before = 1.0, np.inf, np.inf
     for _ in range(200):
-        slope, curvature = _nll_slope_curvature(logits, labels, beta)
+        slope, curvature = _nll_slope_curvature(logits, labels, rows, beta)
         if slope == 0.0:
             return beta
         if slope > 0:
             hi = beta
         else:
             lo = beta
-        step = beta - slope / curvature if curvature > 0 else np.nan
-        if not lo <= step <= hi:
-            step = float(np.sqrt(lo * hi))
-        if abs(step - beta) <= _BETA_RTOL * beta:
-            return step
-        beta = step
+        newton = beta - slope / curvature if curvature > 0 else np.nan
+        if lo < newton < hi and abs(newton - beta) <= 0.5 * step_before:
+            target = newton
+        else:
+            bound = hi if slope < 0 else lo
+            target = bound if bound not in tried else float(np.sqrt(lo * hi))
+            tried.add(bound)
+        if abs(target - beta) <= _BETA_RTOL * beta:
+            return target
+        step_before, step_last = step_last, abs(target - beta)
+        beta = target
     return beta
 
 
-def _nll_slope_curvature(logits: np.ndarray, labels: np.ndarray, beta: float) -> tuple[float, float]:
-    """First and second derivative in β of mean_i [logsumexp(β z_i) − β z_iy]: mean E_p[z] − z_y and mean Var_p(z)."""
+def _nll_slope_curvature(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray | None, beta: float
+                         ) -> tuple[float, float]:
+    """First and second derivative in β of mean_i [logsumexp(β z_i) − β z_iy] over ``logits[rows]``
+    (all rows when None; ``labels`` already of those rows): mean E_p[z] − z_y and mean Var_p(z)."""
 
     def block(start: int, stop: int, space: Workspace) -> dict:
         n_rows = stop - start
-        z, rows = load_rows(logits, start, stop, space, "z"), np.arange(n_rows)
+        z = load_rows(logits, start, stop, space, "z", rows)
         d = np.subtract(z, z.max(axis=1)[:, None], out=space.array("d", n_rows))
         e = np.exp(np.multiply(d, beta, out=space.array("e", n_rows)), out=space.array("e", n_rows))
         total = e.sum(axis=1)
         ed = np.multiply(e, d, out=e)
         mean = ed.sum(axis=1) / total
         second = np.einsum("ij,ij->i", ed, d) / total
-        return {"slope": float(np.sum(mean - d[rows, labels[start:stop]])),
+        return {"slope": float(np.sum(mean - d[np.arange(n_rows), labels[start:stop]])),
                 "curvature": float(np.sum(np.maximum(second - mean**2, 0.0)))}
 
-    parts = map_blocks(block, logits.shape[0], logits.shape[1])
-    n = logits.shape[0]
-    return sum(p["slope"] for p in parts) / n, sum(p["curvature"] for p in parts) / n
+    parts = map_blocks(block, labels.size, logits.shape[1])
+    return sum(p["slope"] for p in parts) / labels.size, sum(p["curvature"] for p in parts) / labels.size
 
 
 # ---------------------------------------------------------------- softness of the targets at τ

@@ -1,0 +1,145 @@
+"""The shared softmax pass and input checks (kddiag/metrics/_common.py) against scipy and brute force."""
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+from scipy.stats import rankdata, spearmanr
+
+from kddiag.errors import KddiagError
+from kddiag.metrics import _common
+from kddiag.metrics._common import (average_ranks, check_labels, check_logits, check_pair, softmax_stats,
+                                    spearman)
+
+from ._helpers import log_probs, logits_and_labels, nontarget_distribution, nontarget_log_mass
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 0.3])
+def test_softmax_stats_match_scipy(temperature):
+    teacher, student, y = logits_and_labels(seed=1)
+    rows = np.arange(len(y))
+    student_stats = softmax_stats(student, y, temperature=temperature)
+    stats = softmax_stats(teacher, y, temperature=temperature, versus=(student, student_stats),
+                          class_sums_threshold=1 / 15, logit_spread=True)
+    lp, lq = log_probs(teacher, temperature), log_probs(student, temperature)
+    p = np.exp(lp)
+    r, r_s = nontarget_distribution(teacher, y, temperature), nontarget_distribution(student, y, temperature)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_r, log_rs = np.log(r), np.log(r_s)
+        r_log_r, r_log_ratio = r * log_r, r * (log_r - log_rs)
+    nt = r > 0
+    np.testing.assert_allclose(stats.target_log_prob, lp[rows, y], atol=1e-12)
+    np.testing.assert_allclose(stats.nontarget_log_mass, nontarget_log_mass(teacher, y, temperature), atol=1e-12)
+    np.testing.assert_allclose(stats.max_log_prob, lp.max(axis=1), atol=1e-12)
+    np.testing.assert_allclose(stats.entropy, -(p * lp).sum(axis=1), atol=1e-12)
+    np.testing.assert_allclose(stats.nontarget_entropy, -np.where(nt, r_log_r, 0).sum(axis=1), atol=1e-12)
+    np.testing.assert_allclose(stats.kl_divergence(), (p * (lp - lq)).sum(axis=1), atol=1e-12)
+    np.testing.assert_allclose(stats.nontarget_kl_divergence(), np.where(nt, r_log_ratio, 0).sum(axis=1),
+                               atol=1e-12)
+    masked = np.where(nt, p, 0)
+    np.testing.assert_allclose(stats.nontarget_sum_sq, (masked**2).sum(axis=1), atol=1e-14)
+    np.testing.assert_array_equal(stats.prediction, teacher.argmax(axis=1))
+    sums = stats.class_sums
+    np.testing.assert_allclose(sums.prob_sum, p.sum(axis=0), atol=1e-10)
+    expected = np.zeros((6, 6))
+    for i, c in enumerate(y):
+        expected[c] += r[i]
+    np.testing.assert_allclose(sums.nontarget_sum, expected, atol=1e-10)
+    listed = {(int(i), int(k)) for i, k in zip(sums.high_rows, sums.high_cols)}
+    assert listed == {(int(i), int(k)) for i, k in zip(*np.nonzero(p > 1 / 15))}
+    np.testing.assert_allclose(sums.high_prob, p[sums.high_rows, sums.high_cols], atol=1e-12)
+
+
+def test_logit_spread_matches_loop():
+    teacher, _, y = logits_and_labels(seed=2)
+    stats = softmax_stats(teacher, y, temperature=3.0, logit_spread=True)
+    for i in range(len(y)):
+        rest = np.delete(teacher[i], y[i])
+        margin = teacher[i, y[i]] - rest.mean()
+        expected = rest.std() / margin if margin > 0 else np.nan
+        np.testing.assert_allclose(stats.logit_spread[i], expected, rtol=1e-10)
+
+
+def test_extreme_logits_stay_finite_and_exact():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(200, 8)) * 1e4
+    y = rng.integers(0, 8, 200)
+    other = rng.normal(size=(200, 8)) * 1e4
+    stats = softmax_stats(logits, y, temperature=2.0, versus=(other, softmax_stats(other, y, temperature=2.0)),
+                          class_sums_threshold=1 / 15, logit_spread=True)
+    for name in ("log_norm", "nontarget_log_norm", "target_log_prob", "nontarget_log_mass", "entropy",
+                 "nontarget_entropy", "nontarget_sum_sq", "cross_entropy", "nontarget_cross_entropy"):
+        assert np.all(np.isfinite(getattr(stats, name))), name
+    np.testing.assert_allclose(stats.nontarget_log_mass, nontarget_log_mass(logits, y, 2.0), rtol=1e-12, atol=1e-12)
+    # the target dominates by thousands of nats: log(1 − p_y) is very negative, not −inf
+    assert stats.nontarget_log_mass.min() < -1000
+    r = nontarget_distribution(logits, y, 2.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h_r = -np.where(r > 0, r * np.log(r), 0).sum(axis=1)
+    np.testing.assert_allclose(stats.nontarget_entropy, h_r, atol=1e-10)
+    assert np.all(np.isfinite(stats.class_sums.nontarget_sum))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocks_and_threads_do_not_change_results(monkeypatch, dtype):
+    """Uneven blocks in several threads give the one-block result (sums of sums, never means of means)."""
+    teacher, student, y = logits_and_labels(n=257, seed=4)
+    teacher, student = teacher.astype(dtype), student.astype(dtype)
+
+    def run():
+        s = softmax_stats(student, y)
+        return softmax_stats(teacher, y, versus=(student, s), class_sums_threshold=0.2, logit_spread=True)
+
+    one_block = run()
+    monkeypatch.setattr(_common, "_BLOCK_ELEMENTS", 6 * 10)  # 10 rows per block, the last has 7
+    monkeypatch.setattr(_common, "N_THREADS", 3)
+    blocked = run()
+    for name in ("target_log_prob", "entropy", "cross_entropy", "nontarget_cross_entropy", "logit_spread"):
+        np.testing.assert_allclose(getattr(blocked, name), getattr(one_block, name), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(blocked.class_sums.nontarget_sum, one_block.class_sums.nontarget_sum, atol=1e-12)
+    np.testing.assert_allclose(blocked.class_sums.prob_sum, one_block.class_sums.prob_sum, atol=1e-12)
+
+
+def test_rows_subset_equals_stats_of_the_subset():
+    teacher, _, y = logits_and_labels(seed=5)
+    rows = np.array([5, 2, 9, 100, 7])
+    subset = softmax_stats(teacher, y, temperature=2.0, rows=rows, class_sums_threshold=0.1)
+    direct = softmax_stats(teacher[rows], y[rows], temperature=2.0, class_sums_threshold=0.1)
+    np.testing.assert_allclose(subset.entropy, direct.entropy, rtol=1e-13)
+    np.testing.assert_allclose(subset.class_sums.nontarget_sum, direct.class_sums.nontarget_sum, rtol=1e-13)
+    np.testing.assert_array_equal(np.sort(subset.class_sums.high_rows), np.sort(direct.class_sums.high_rows))
+
+
+def test_spearman_and_ranks_match_scipy():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=500), rng.normal(size=500)
+    ties = np.round(a, 1)
+    np.testing.assert_allclose(average_ranks(ties), rankdata(ties))
+    assert spearman(a, a + 0.3 * b) == pytest.approx(spearmanr(a, a + 0.3 * b).statistic, abs=1e-12)
+    assert spearman(ties, b) == pytest.approx(spearmanr(ties, b).statistic, abs=1e-12)
+    assert spearman(np.ones(5), np.arange(5.0)) is None
+
+
+def test_checks_name_argument_expectation_and_value():
+    with pytest.raises(KddiagError, match="teacher logits have 100 classes but student logits have 10; "
+                                          r"both must be \(n_samples, n_classes\)"):
+        check_pair(np.zeros((4, 100)), np.zeros((4, 10)))
+    with pytest.raises(KddiagError, match="teacher logits have 4 samples but student logits have 5"):
+        check_pair(np.zeros((4, 3)), np.zeros((5, 3)))
+    with pytest.raises(KddiagError, match=r"logits must be \(n_samples, n_classes\); got an array of shape \(3,\)"):
+        check_logits(np.zeros(3))
+    with pytest.raises(KddiagError, match="logits must be finite; got nan at index"):
+        check_logits(np.array([[0.0, np.nan]]))
+    with pytest.raises(KddiagError, match="logits must be finite; got inf"):
+        check_logits(np.array([[0.0, np.inf]]))
+    with pytest.raises(KddiagError, match=r"labels must be class ids in \[0, 3\); got 3"):
+        check_labels(np.array([0, 3]), n_samples=2, n_classes=3)
+    with pytest.raises(KddiagError, match=r"labels must be \(n_samples,\) = \(2,\)"):
+        check_labels(np.array([0, 1, 2]), n_samples=2, n_classes=3)
+    # huge but finite logits pass (their sum overflows; the check looks closer)
+    check_logits(np.array([[1e308, 1e308]]))
+    assert check_logits(np.array([[1, 2]])).dtype == np.float64
+    assert check_logits(np.array([[1, 2]], dtype=np.float32)).dtype == np.float32
+
+
+def test_log_softmax_reference_is_what_we_think():
+    np.testing.assert_allclose(log_probs([[0.0, np.log(3.0)]]), log_softmax([[0.0, np.log(3.0)]], axis=1))
+    np.testing.assert_allclose(np.exp(log_probs([[0.0, np.log(3.0)]])), [[0.25, 0.75]])

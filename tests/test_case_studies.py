@@ -1,0 +1,133 @@
+"""Case studies: the training helpers against independent oracles, and one study end to end in quick mode."""
+from __future__ import annotations
+
+import inspect as pyinspect
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import softmax
+
+from case_studies import STUDIES
+from case_studies._harness import claim_and_source, compare, hierarchy_task
+from case_studies._training import (dkpp_targets, distillation_loss, kd_pt_sim_targets, kd_pt_targets,
+                                    class_similarity_targets, matching_sim_temperature, tf_kd_reg_targets)
+from case_studies.benchmark import score
+from case_studies.class_order import first_appearance_order
+from case_studies.noisy_teacher import noisy_labels
+
+RNG = np.random.default_rng(0)
+LOGITS = RNG.normal(scale=3.0, size=(40, 6))
+LABELS = RNG.integers(0, 6, 40)
+WEIGHT = RNG.normal(size=(6, 5))
+ROWS = np.arange(40)
+
+
+@pytest.mark.parametrize("temperature, alpha", [(1.0, 0.9), (4.0, 0.5), (2.0, 0.0)])
+def test_distillation_loss_gradient_matches_closed_form(temperature, alpha):
+    """∂L/∂s = [(1 − α)(q¹ − e_y) + α·τ·(q − p)] / n (LITERATURE.md §1.2), against autograd."""
+    student = torch.tensor(RNG.normal(size=(40, 6)), requires_grad=True)
+    p = softmax(LOGITS / temperature, axis=1)
+    loss = distillation_loss(student, torch.tensor(LABELS), torch.tensor(p), temperature=temperature, alpha=alpha)
+    loss.backward()
+    s = student.detach().numpy()
+    expected = ((1 - alpha) * (softmax(s, axis=1) - np.eye(6)[LABELS])
+                + alpha * temperature * (softmax(s / temperature, axis=1) - p)) / 40
+    np.testing.assert_allclose(student.grad.numpy(), expected, atol=1e-12)
+
+
+def test_kd_pt_keeps_the_teacher_confidence_and_flattens_the_rest():
+    p = softmax(LOGITS / 2.0, axis=1)
+    rho = kd_pt_targets(LOGITS, LABELS, temperature=2.0)
+    np.testing.assert_allclose(rho.sum(axis=1), 1.0)
+    np.testing.assert_allclose(rho[ROWS, LABELS], p[ROWS, LABELS])
+    others = rho.copy()
+    others[ROWS, LABELS] = np.nan
+    np.testing.assert_allclose(np.nanstd(others, axis=1), 0.0, atol=1e-15)
+
+
+def test_kd_sim_and_pt_sim_constructions():
+    sim = class_similarity_targets(WEIGHT, LABELS, sim_temperature=0.5)
+    unit = WEIGHT / np.linalg.norm(WEIGHT, axis=1, keepdims=True)
+    for i in (0, 7):  # brute force for two examples
+        np.testing.assert_allclose(sim[i], np.exp(unit[LABELS[i]] @ unit.T / 0.5) / np.exp(unit[LABELS[i]] @ unit.T / 0.5).sum())
+    both = kd_pt_sim_targets(LOGITS, WEIGHT, LABELS, temperature=2.0, sim_temperature=0.5)
+    np.testing.assert_allclose(both.sum(axis=1), 1.0)
+    np.testing.assert_allclose(both[ROWS, LABELS], softmax(LOGITS / 2.0, axis=1)[ROWS, LABELS])
+    k = (LABELS[3] + 1) % 6, (LABELS[3] + 2) % 6  # non-target ratios follow the class similarity
+    np.testing.assert_allclose(both[3, k[0]] / both[3, k[1]], sim[3, k[0]] / sim[3, k[1]])
+
+
+def test_matching_sim_temperature_hits_the_target_confidence():
+    tau = matching_sim_temperature(WEIGHT, target_confidence=0.6)
+    classes = np.arange(6)
+    rho = class_similarity_targets(WEIGHT, classes, sim_temperature=tau)
+    assert rho[classes, classes].mean() == pytest.approx(0.6, abs=1e-6)
+
+
+def test_dkpp_keeps_argmax_and_values_but_moves_the_rest():
+    p = softmax(LOGITS / 2.0, axis=1)
+    rho = dkpp_targets(LOGITS, temperature=2.0, seed=1)
+    np.testing.assert_array_equal(rho.argmax(axis=1), p.argmax(axis=1))
+    np.testing.assert_allclose(np.sort(rho, axis=1), np.sort(p, axis=1))
+    assert not np.allclose(rho, p)
+
+
+def test_tf_kd_reg_is_the_virtual_teacher_at_tau_one():
+    rho = tf_kd_reg_targets(LABELS, 6, temperature=1.0, correct_prob=0.9)
+    np.testing.assert_allclose(rho[ROWS, LABELS], 0.9)
+    np.testing.assert_allclose(rho.sum(axis=1), 1.0)
+    flatter = tf_kd_reg_targets(LABELS, 6, temperature=20.0, correct_prob=0.9)
+    assert np.all(flatter[ROWS, LABELS] < 0.9)
+
+
+def test_scenario_helpers():
+    sigma = first_appearance_order(np.array([3, 1, 3, 0, 2, 1]), seed=0)
+    assert sorted(sigma.tolist()) == [0, 1, 2, 3]
+    labels = np.repeat(np.arange(5), 200)
+    noisy = noisy_labels(labels, 5, rate=0.3, seed=0)
+    assert 0.25 < np.mean(noisy != labels) < 0.35  # flipped labels always change class
+    task = hierarchy_task(0, n_train_per_class=3, n_test_per_class=2, n_extra_per_class=1)
+    assert (len(task.train.labels), len(task.extra.labels), len(task.test.labels)) == (60, 20, 40)
+    assert task.train.class_info.groups is not None
+
+
+def test_compare_and_score():
+    per_seed = [{"a": {"x": 0.8}, "b": {"x": 0.7}}, {"a": {"x": 0.82}, "b": {"x": 0.7}}]
+    assert compare("a > b", per_seed, ("a", "x"), ("b", "x"), relation=">").holds
+    assert not compare("a < b", per_seed, ("a", "x"), ("b", "x"), relation="<").holds
+    verdicts = [{"true_cause": "healthy", "verdict": "healthy", "findings": []},
+                {"true_cause": "healthy", "verdict": "teacher-weak", "findings": [{"id": "teacher-weak"}]},
+                {"true_cause": "teacher-weak", "verdict": "capacity-gap",
+                 "findings": [{"id": "capacity-gap"}, {"id": "teacher-weak"}]}]
+    result = score(verdicts)
+    assert result["top1_accuracy"] == pytest.approx(1 / 3)
+    assert result["true_cause_among_findings"] == pytest.approx(2 / 3)
+    assert (result["false_alarms"], result["n_healthy"]) == (1, 2)
+    assert result["confusion"]["teacher-weak"] == {"capacity-gap": 1}
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_study_states_claim_and_source_and_has_main(name):
+    module = STUDIES[name]
+    claim, source = claim_and_source(module.__doc__)
+    assert claim and source
+    parameters = pyinspect.signature(module.main).parameters
+    assert {"seeds", "quick", "out_dir"} <= set(parameters)
+    assert all(p.kind is p.KEYWORD_ONLY for p in parameters.values())
+
+
+def test_class_order_quick_run_end_to_end(tmp_path):
+    """Trains, saves checkpoints, runs kddiag on them, writes JSON + Markdown + one HTML report."""
+    result = STUDIES["class-order"].main(seeds=(0,), quick=True, out_dir=tmp_path)
+    assert result["quick"] and result["seeds"] == [0]
+    (verdict,) = result["verdicts"]
+    assert verdict["true_cause"] == "class-order-mismatch" and verdict["verdict"]
+    written = json.loads((tmp_path / "class-order.json").read_text())
+    assert written["table"]["student in its own order"]["agreement with the teacher"]["values"]
+    assert "| check | holds | evidence |" in (tmp_path / "class-order.md").read_text()
+    assert (tmp_path / verdict["html"]).read_text().lstrip().lower().startswith("<!doctype html")
+    checkpoint = torch.load(tmp_path / "checkpoints" / "class-order" / "seed0" / "teacher.pt", weights_only=True)
+    assert set(checkpoint) == {"state_dict", "arch", "temperature", "alpha"}
+    assert checkpoint["arch"] == "mlp:64-256-256-10"
