@@ -196,6 +196,11 @@ def _outcome(record: _Recorder, data: _Set, view: _Views) -> None:
             record.missing("outcome", f"{role}_accuracy", d, NO_BASELINE)
     agree = (one["teacher"].prediction == one["student"].prediction).astype(np.float64)
     record.add("outcome", "agreement", d, np.mean(agree), ci=fidelity.bootstrap_ci(agree))
+    teacher_right = correct["teacher"] > 0
+    if teacher_right.any():  # where the student following the label and the teacher is the same thing
+        record.add("outcome", "agreement_where_teacher_correct", d, np.mean(agree[teacher_right]))
+    else:
+        record.missing("outcome", "agreement_where_teacher_correct", d, "the teacher is right on no example")
     kl = one["teacher"].kl_divergence()
     record.add("outcome", "kl_teacher_student", d, np.mean(kl), ci=fidelity.bootstrap_ci(kl))
     record.add("outcome", "kl_teacher_student_at_temperature", d, np.mean(view.teacher_t.kl_divergence()))

@@ -9,6 +9,8 @@ matplotlib and seaborn are imported inside the functions; nothing is shown or sa
 from __future__ import annotations
 
 import math
+import textwrap
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,10 @@ SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}
 MODELS = ("teacher", "student", "baseline")
 SATURATION_THRESHOLD = 0.99  # p_y above this counts as saturated (docs/metrics.md, saturation_share)
 LOW_WEIGHT_THRESHOLD = 0.5  # rescaling weights below this count as down-weighted
+MIN_BIN_COUNT = 5  # reliability bins with fewer examples are marked, not joined by the line
 MAX_SCATTER_POINTS = 3000
+CLIP_PERCENTILES = (2.0, 98.0)  # y range of the trained-student w panel (its w is heavy-tailed) …
+IQR_FENCE = 10.0  # … and at most this many interquartile ranges beyond the quartiles
 MAX_TICK_LABELS = 30
 SIMILARITY_KINDS = (("output_similarity", "output-based (τ = 1)", None),
                     ("weight_similarity", "weight-based (cosine)", "weights"))
@@ -69,7 +74,9 @@ def plot_accuracy(report: Report | Measurements, *, ax=None):
 
 def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=None):
     """Reliability diagram of teacher and student on ``dataset``: accuracy vs confidence per bin,
-    the diagonal of perfect calibration, bin counts as light bars and each model's ECE in the legend."""
+    the diagonal of perfect calibration, bin counts as light bars and each model's ECE in the legend.
+    Marker area grows with the bin's count; bins with fewer than ``MIN_BIN_COUNT`` examples are drawn
+    hollow and left out of the line (their accuracy is noise)."""
     measurements, _, _ = _unpack(report)
     ax = _new_axes(ax, figsize=(5.0, 4.6))
     ax.set_title(f"Reliability diagram ({dataset} set)")
@@ -79,7 +86,7 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
         return _not_available(ax, _reason(measurements, "universe", "teacher_reliability",
                                           f"no reliability bins on the {dataset} set", dataset))
     counts_ax = ax.twinx()
-    max_share, width_share = 0.0, 0.5 / len(curves)
+    max_share, width_share, any_sparse = 0.0, 0.5 / len(curves), False
     for i, (model, metric) in enumerate(curves.items()):
         edges = _floats(metric.value["bin_edges"])
         confidence = _floats(metric.value["bin_confidence"])
@@ -93,8 +100,20 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
         ece = measurements.value("universe", f"{model}_ece", dataset)
         label = model if ece is None else f"{model} (ECE {float(ece):.3f})"
         filled = ~np.isnan(confidence) & ~np.isnan(accuracy) & (counts > 0)
-        ax.plot(confidence[filled], accuracy[filled], marker="o", ms=4, color=MODEL_COLORS[model], label=label)
+        solid = filled & (counts >= MIN_BIN_COUNT)
+        sparse = filled & ~solid
+        any_sparse |= bool(sparse.any())
+        color = MODEL_COLORS[model]
+        ax.plot(confidence[solid], accuracy[solid], lw=1.5, color=color, label=label)
+        ax.scatter(confidence[solid], accuracy[solid], s=_bin_marker_area(counts[solid], counts.max()),
+                   color=color, alpha=0.75, linewidths=0.5, edgecolors="white", zorder=3, clip_on=False)
+        ax.scatter(confidence[sparse], accuracy[sparse], s=14, facecolors="none", edgecolors=color,
+                   linewidths=0.8, alpha=0.8, zorder=3, clip_on=False)
     ax.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="perfect calibration")
+    ax.scatter([], [], s=40, color="#777777", label="bin (marker area ∝ examples)")
+    if any_sparse:
+        ax.scatter([], [], s=14, facecolors="none", edgecolors="#777777",
+                   label=f"bin with < {MIN_BIN_COUNT} examples (not joined)")
     max_share = max(max_share, 1e-9)
     counts_ax.set_ylim(0, max_share / 0.3)  # the bars fill the bottom 30% of the plot
     counts_ax.set_yticks([0, max_share / 2, max_share], [f"{100 * v:.0f}%" for v in (0, max_share / 2, max_share)])
@@ -106,7 +125,7 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (max probability, τ = 1)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
     return ax
 
 
@@ -137,7 +156,7 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
     ax.set_xlim(0, 1)
     ax.set_xlabel("teacher probability of the true class, p_y")
     ax.set_ylabel("share of examples")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
     return ax
 
 
@@ -222,10 +241,11 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
         clipped = bool(values.size) and float(values.max()) > vmax
         signed = kind == "weight_similarity"
         cbar_ax = fig.add_subplot(grid[row, -1]) if present else None
-        for col, model in enumerate(MODELS):
-            ax = fig.add_subplot(grid[row, col])
-            measured_on = "" if matrices[model] is None or dataset else f", {matrices[model].dataset} set"
-            ax.set_title(f"{model} — {kind_title}{measured_on}", fontsize=10, color=MODEL_COLORS[model], pad=16)
+        measured = next((m for m in matrices.values() if m is not None), None)
+        row_title = kind_title if dataset or measured is None else f"{kind_title}, {measured.dataset} set"
+        row_axes = [fig.add_subplot(grid[row, col]) for col in range(len(MODELS))]
+        for ax, model in zip(row_axes, MODELS):
+            ax.set_title(model, fontsize=10, color=MODEL_COLORS[model], pad=16 if grouped else 6)
             if model not in present:
                 default = f"no {model} {kind.replace('_', ' ')} measured"
                 _not_available(ax, _reason(measurements, "domain", f"{model}_{kind}", default, dataset))
@@ -242,6 +262,7 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
             _class_ticks(ax, [names[i] for i in order])
             if grouped:
                 _group_strips(ax, np.asarray(class_info.groups)[order])
+        row_axes[0].set_ylabel(row_title, fontsize=10, labelpad=6)  # after seaborn, which clears it
     fig.suptitle("Class similarity in one shared class order (clustered on the teacher; diagonal grey"
                  + ("; edge strips: known class groups)" if grouped else ")"), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=3.0)  # room for the strips and titles below tick labels
@@ -259,64 +280,246 @@ def similarity_rows(report: Report | Measurements) -> int:
 
 def plot_rescaling_vs_difficulty(report: Report | Measurements, *, dataset: str | None = None,
                                  max_points: int = MAX_SCATTER_POINTS, ax=None):
-    """Per-example gradient rescaling weight w vs example difficulty on the transfer set (else the eval
-    set): the untrained-student w (the teacher's own contribution) and the trained student's w.
-    At most ``max_points`` examples (fixed random subsample); the Spearman correlation is the
-    ``instance.rescaling_difficulty_correlation`` metric."""
+    """The teacher's gradient rescaling: the untrained-student weight w (q uniform, so w depends on the
+    teacher alone) vs example difficulty on the transfer set (else the eval set), with the median of w
+    per difficulty bin. Log x axis for a loss, linear for k-NN disagreement; examples without a
+    difficulty (NaN: outside the k-NN subsample) are dropped and counted. At most ``max_points``
+    examples are drawn (fixed random subsample); the title carries the
+    ``instance.rescaling_difficulty_correlation`` metric (Spearman of this w with −difficulty)."""
     measurements, _, _ = _unpack(report)
     ax = _new_axes(ax, figsize=(5.6, 4.4))
-    arrays = measurements.arrays
-    if dataset is None:
-        dataset = TRANSFER if f"{TRANSFER}/difficulty" in arrays else EVAL
-    difficulty = arrays.get(f"{dataset}/difficulty")
-    weights = {"teacher": arrays.get(f"{dataset}/untrained_rescaling_weight"),
-               "student": arrays.get(f"{dataset}/rescaling_weight")}
-    weights = {m: w for m, w in weights.items() if w is not None}
-    ax.set_title(f"Rescaling weight vs difficulty ({dataset} set)")
-    if difficulty is None or not weights:
+    dataset = _rescaling_set(measurements, dataset)
+    points = _RescalingPoints.build(measurements, dataset, "untrained_rescaling_weight", max_points)
+    title = f"Teacher's rescaling weight vs difficulty ({dataset} set)"
+    if points is None:
+        ax.set_title(title, fontsize=10)
         return _not_available(ax, _reason(measurements, "instance", "rescaling_difficulty_correlation",
-                                          f"no per-example rescaling weights or difficulty on the {dataset} set",
-                                          dataset))
-    difficulty = np.asarray(difficulty, dtype=float)
-    rng = np.random.default_rng(0)
-    keep = np.arange(difficulty.size)
-    if keep.size > max_points:
-        keep = np.sort(rng.choice(keep, size=max_points, replace=False))
-    x = difficulty[keep]
-    jittered = np.unique(x[np.isfinite(x)]).size <= 20
-    if jittered:  # discrete difficulty (k-NN disagreement): spread the points for display only
-        span = float(np.ptp(x[np.isfinite(x)])) if np.isfinite(x).any() else 1.0
-        x = x + rng.uniform(-0.015, 0.015, size=x.size) * (span or 1.0)
-    labels = {"teacher": "teacher alone (untrained student)", "student": "trained student"}
-    for model, w in weights.items():
-        ax.scatter(x, np.asarray(w, dtype=float)[keep], s=6, alpha=0.35, color=MODEL_COLORS[model],
-                   label=labels[model], linewidths=0)
-    shown_w = np.concatenate([np.asarray(w, dtype=float)[keep] for w in weights.values()])
-    shown_w = shown_w[np.isfinite(shown_w)]
-    if shown_w.size and np.percentile(np.abs(shown_w), 99) > 20 * max(float(np.median(np.abs(shown_w))), 1.0):
-        ax.set_yscale("symlog", linthresh=1.0)  # heavy tail (near-saturated students): keep the bulk readable
-    ax.axhline(1.0, color="black", lw=1, ls="--", label="plain cross-entropy (w = 1)")
-    ax.axhline(LOW_WEIGHT_THRESHOLD, color="black", lw=0.8, ls=":", label=f"down-weighted (w < {LOW_WEIGHT_THRESHOLD})")
+                                          f"no per-example difficulty or untrained-student rescaling weights "
+                                          f"on the {dataset} set", dataset))
     rho = measurements.value("instance", "rescaling_difficulty_correlation", dataset)
-    source = measurements.value("instance", "difficulty_source", dataset)
-    title = f"Rescaling weight vs difficulty ({dataset} set)"
     if rho is not None:
-        title += f"\nSpearman ρ(w untrained, −difficulty) = {float(rho):.3f}"
+        title += f"\nSpearman ρ(w, −difficulty) = {float(rho):.3f}"
     ax.set_title(title, fontsize=10)
-    xlabel = {"baseline_loss": "difficulty: baseline student's loss (nats)",
-              "knn_disagreement_features": "difficulty: k-NN label disagreement (teacher features)",
-              "knn_disagreement_logits": "difficulty: k-NN label disagreement (teacher logits)"}
-    ax.set_xlabel(xlabel.get(source, "difficulty") + (" (jittered)" if jittered else ""))
-    ax.set_ylabel("rescaling weight w")
-    shown = f"{keep.size:,} of {difficulty.size:,} examples" if keep.size < difficulty.size else f"{keep.size:,} examples"
-    ax.text(0.99, 0.01, shown, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#666666")
-    legend = ax.legend(loc="best", fontsize=7, markerscale=2)
-    for handle in legend.legend_handles:
-        handle.set_alpha(1.0)
+    points.draw(ax, color=MODEL_COLORS["teacher"], label="w of an untrained student (teacher alone)")
+    ax.set_ylabel("rescaling weight w (untrained student)", fontsize=9)
+    points.finish(ax, measurements, dataset)
     return ax
 
 
+def plot_student_rescaling_vs_difficulty(report: Report | Measurements, *, dataset: str | None = None,
+                                         max_points: int = MAX_SCATTER_POINTS,
+                                         clip_percentiles: tuple[float, float] = CLIP_PERCENTILES, ax=None):
+    """The trained student's rescaling weight w vs difficulty, like :func:`plot_rescaling_vs_difficulty`,
+    with the y axis clipped to the ``clip_percentiles`` of w (and to ``IQR_FENCE`` interquartile ranges
+    beyond the quartiles when that is tighter): w = g_y / (q¹_y − 1) is heavy-tailed where the student
+    is confident (q¹_y → 1). The points beyond are drawn as triangles on the edge."""
+    measurements, _, _ = _unpack(report)
+    ax = _new_axes(ax, figsize=(5.6, 3.2))
+    dataset = _rescaling_set(measurements, dataset)
+    points = _RescalingPoints.build(measurements, dataset, "rescaling_weight", max_points)
+    title = f"Trained student's rescaling weight ({dataset} set)"
+    if points is None:
+        ax.set_title(title, fontsize=10)
+        return _not_available(ax, _reason(measurements, "instance", "rescaling_weight_mean",
+                                          f"no per-example difficulty or trained-student rescaling weights "
+                                          f"on the {dataset} set", dataset))
+    lo, hi = (float(v) for v in np.percentile(points.all_w, clip_percentiles))
+    q1, q3 = np.percentile(points.all_w, (25, 75))
+    fence = (float(q1 - IQR_FENCE * (q3 - q1)), float(q3 + IQR_FENCE * (q3 - q1)))
+    fenced = fence[0] > lo or fence[1] < hi  # a tail heavier still: the fences are tighter
+    lo, hi = max(lo, fence[0]), min(hi, fence[1])
+    lo, hi = min(lo, LOW_WEIGHT_THRESHOLD), max(hi, 1.0)  # keep both reference lines in view
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    beyond = points.draw(ax, color=MODEL_COLORS["student"], label="w of the trained student", clip=(lo, hi))
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel("rescaling weight w (trained student)", fontsize=9)
+    p_lo, p_hi = clip_percentiles
+    percentiles = f"{_ordinal(p_lo)}–{_ordinal(p_hi)} percentile"
+    clipped = (f"y axis clipped to the quartiles ± {IQR_FENCE:g} IQR of w (its {percentiles} is wider)"
+               if fenced else f"y axis clipped to the {percentiles} of w")
+    ax.set_title(f"{title}\n{clipped}", fontsize=10 if not fenced else 9)
+    points.finish(ax, measurements, dataset)
+    return ax
+
+
+def plot_instance_rescaling(report: Report | Measurements, *, dataset: str | None = None, fig=None):
+    """Level-3 figure: :func:`plot_rescaling_vs_difficulty` (the teacher's effect, large) above
+    :func:`plot_student_rescaling_vs_difficulty` (the trained student, clipped), on one x axis.
+    The student panel is left out when no trained-student weights were measured."""
+    measurements, _, _ = _unpack(report)
+    dataset = _rescaling_set(measurements, dataset)
+    fig = _new_figure(fig, figsize=(6.0, 7.4))
+    if f"{dataset}/rescaling_weight" not in measurements.arrays:
+        plot_rescaling_vs_difficulty(report, dataset=dataset, ax=fig.add_subplot())
+        fig.tight_layout()
+        return fig
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 2))
+    top, bottom = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    plot_rescaling_vs_difficulty(report, dataset=dataset, ax=top)
+    plot_student_rescaling_vs_difficulty(report, dataset=dataset, ax=bottom)
+    if top.collections and bottom.collections:  # both drew examples: one difficulty axis
+        bottom.set_xlim(top.get_xlim())
+    fig.tight_layout(h_pad=1.5)
+    fig.align_ylabels([top, bottom])
+    return fig
+
+
+@dataclass(frozen=True)
+class _RescalingPoints:
+    """The examples one rescaling panel draws: difficulty (display-transformed) and w, subsampled."""
+
+    x: np.ndarray  # drawn difficulty (jittered when discrete)
+    w: np.ndarray  # drawn weights
+    all_x: np.ndarray  # every example with a difficulty and a finite w (binned medians, percentiles)
+    all_w: np.ndarray
+    log: bool  # difficulty on a log axis
+    jittered: bool
+    n_total: int
+    n_no_difficulty: int  # NaN difficulty: outside the k-NN subsample
+    n_not_finite: int  # w overflowed
+    n_zero: int  # loss 0, drawn at the smallest positive loss
+
+    @classmethod
+    def build(cls, measurements: Measurements, dataset: str, weight_key: str, max_points: int):
+        arrays = measurements.arrays
+        difficulty, weights = arrays.get(f"{dataset}/difficulty"), arrays.get(f"{dataset}/{weight_key}")
+        if difficulty is None or weights is None:
+            return None
+        difficulty, weights = np.asarray(difficulty, dtype=float), np.asarray(weights, dtype=float)
+        if difficulty.shape != weights.shape:
+            raise ValueError(f"{dataset}/difficulty has {difficulty.size} values but {dataset}/{weight_key} "
+                             f"has {weights.size}")
+        known = np.isfinite(difficulty)
+        usable = known & np.isfinite(weights)
+        if not usable.any():
+            return None
+        source = measurements.value("instance", "difficulty_source", dataset)
+        log = _log_difficulty(difficulty[usable], source)
+        all_x, all_w = difficulty[usable], weights[usable]
+        n_zero = 0
+        if log:  # a loss of exactly 0 has no place on a log axis: drawn at the smallest positive loss
+            floor = float(all_x[all_x > 0].min())
+            n_zero = int(np.sum(all_x <= 0))
+            all_x = np.maximum(all_x, floor)
+        rng = np.random.default_rng(0)
+        keep = np.arange(all_x.size)
+        if keep.size > max_points:
+            keep = np.sort(rng.choice(keep, size=max_points, replace=False))
+        x, w = all_x[keep], all_w[keep]
+        jittered = not log and np.unique(all_x).size <= 20
+        if jittered:  # discrete difficulty (k-NN disagreement): spread the points for display only
+            span = float(np.ptp(all_x)) or 1.0
+            x = x + rng.uniform(-0.015, 0.015, size=x.size) * span
+        return cls(x, w, all_x, all_w, log=log, jittered=bool(jittered), n_total=difficulty.size,
+                   n_no_difficulty=int(np.sum(~known)), n_not_finite=int(np.sum(known & ~np.isfinite(weights))),
+                   n_zero=n_zero)
+
+    def draw(self, ax, *, color: str, label: str, clip: tuple[float, float] | None = None) -> int:
+        """Scatter, binned medians and reference lines; with ``clip``, points beyond it sit on the edge
+        as triangles. Returns how many drawn points lie beyond ``clip``."""
+        inside = np.ones(self.w.size, dtype=bool) if clip is None else (self.w >= clip[0]) & (self.w <= clip[1])
+        ax.scatter(self.x[inside], self.w[inside], s=6, alpha=0.35, color=color, linewidths=0, label=label)
+        beyond = int(np.sum(~inside))
+        if clip is not None:
+            for edge, marker, side in ((clip[1], "^", self.w > clip[1]), (clip[0], "v", self.w < clip[0])):
+                if side.any():
+                    ax.scatter(self.x[side], np.full(side.sum(), edge), s=14, marker=marker, color=color,
+                               alpha=0.6, linewidths=0, clip_on=False)
+            if beyond:
+                ax.scatter([], [], s=14, marker="^", color=color, label=f"{beyond:,} beyond the y range (▲▼)")
+        centres, median, q1, q3 = _binned_median(self.all_x, self.all_w, log=self.log, discrete=self.jittered)
+        if centres.size:
+            ax.fill_between(centres, q1, q3, color="black", alpha=0.10, lw=0)
+            ax.plot(centres, median, color="black", lw=1.6, marker="o", ms=3,
+                    label="median per difficulty bin (band: 25–75%)")
+        for level, style, text, side in ((1.0, "--", "w = 1: plain cross-entropy", "bottom"),
+                                         (LOW_WEIGHT_THRESHOLD, ":", f"w < {LOW_WEIGHT_THRESHOLD:g}: down-weighted",
+                                          "top")):  # one label above its line, one below: never overlapping
+            ax.axhline(level, color="black", lw=0.9, ls=style)
+            ax.text(0.01, level, text, transform=ax.get_yaxis_transform(), ha="left", va=side, fontsize=7,
+                    bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 0.5})
+        return beyond
+
+    def finish(self, ax, measurements: Measurements, dataset: str) -> None:
+        """Axis scale and label, the count of drawn examples, the legend."""
+        source = measurements.value("instance", "difficulty_source", dataset)
+        if self.log:
+            ax.set_xscale("log")
+        xlabel = {"baseline_loss": "difficulty: baseline student's loss (nats, log scale)",
+                  "knn_disagreement_features": "difficulty: k-NN label disagreement (teacher features)",
+                  "knn_disagreement_logits": "difficulty: k-NN label disagreement (teacher logits)"}
+        label = xlabel.get(source, "difficulty" + (" (log scale)" if self.log else ""))
+        ax.set_xlabel(label + (", jittered" if self.jittered else ""), fontsize=9)
+        ax.grid(alpha=0.25, lw=0.5)
+        drawn = f"{self.x.size:,} of {self.n_total:,} examples drawn"
+        dropped = []
+        if self.n_no_difficulty:
+            dropped.append(f"{self.n_no_difficulty:,} without a difficulty (outside the k-NN subsample)")
+        if self.n_not_finite:
+            dropped.append(f"{self.n_not_finite:,} with w overflowing")
+        if self.n_zero:
+            dropped.append(f"{self.n_zero:,} with loss 0 at the left edge")
+        text = textwrap.fill(drawn + (": " + "; ".join(dropped) if dropped else ""), 70)
+        ax.text(0.99, 0.015, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+                color="#555555", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1.0})
+        handles = ax.legend(loc="upper right", fontsize=7, markerscale=2, framealpha=0.85)
+        for handle in handles.legend_handles:
+            handle.set_alpha(1.0)
+
+
 # ---------------------------------------------------------------- helpers
+
+def _rescaling_set(measurements: Measurements, dataset: str | None) -> str:
+    """The set the level-3 panels draw: ``dataset``, else transfer when it has a difficulty, else eval."""
+    if dataset is not None:
+        return dataset
+    return TRANSFER if f"{TRANSFER}/difficulty" in measurements.arrays else EVAL
+
+
+def _log_difficulty(difficulty: np.ndarray, source: str | None) -> bool:
+    """Whether to draw difficulty on a log axis: a loss (spanning decades), never a share in [0, 1]."""
+    if source is not None and source.startswith("knn_disagreement"):
+        return False
+    positive = difficulty[difficulty > 0]
+    if source == "baseline_loss":
+        return positive.size > 0
+    return positive.size > 0 and float(positive.max()) > 100 * float(positive.min())
+
+
+def _binned_median(x: np.ndarray, w: np.ndarray, *, log: bool, discrete: bool,
+                   min_count: int = 5) -> tuple[np.ndarray, ...]:
+    """Median and quartiles of ``w`` per difficulty bin: per distinct value when ``discrete``, else
+    up to 12 equal-count bins (centres geometric on a log axis). Bins with < ``min_count`` are skipped."""
+    if discrete:
+        bins = [x == value for value in np.unique(x)]
+    else:
+        n_bins = int(np.clip(x.size // 50, 1, 12))
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
+        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(edges.size - 2, 0))
+        bins = [which == b for b in range(max(edges.size - 1, 1))]
+    rows = []
+    for members in bins:
+        if members.sum() < min_count:
+            continue
+        xs = x[members]
+        centre = float(np.exp(np.mean(np.log(xs)))) if log else float(np.mean(xs))
+        rows.append((centre, *np.percentile(w[members], (50, 25, 75))))
+    if not rows:
+        return (np.zeros(0),) * 4
+    return tuple(np.array(column) for column in zip(*rows))
+
+
+def _bin_marker_area(counts: np.ndarray, max_count: float) -> np.ndarray:
+    """Marker area (points²) proportional to a reliability bin's count, from 10 to 90."""
+    return 10.0 + 80.0 * counts / max(float(max_count), 1.0)
+
+
+def _ordinal(value: float) -> str:
+    number = f"{value:g}"
+    suffix = "th" if number.endswith(("11", "12", "13")) else {"1": "st", "2": "nd", "3": "rd"}.get(number[-1], "th")
+    return number + suffix
+
 
 def _whatif_thresholds(key: str, report: Report | Measurements) -> tuple[float, ...]:
     """The bounds that define the informative range (docs/metrics.md, temperature_whatif)."""
@@ -386,8 +589,6 @@ def _reason(measurements: Measurements, section: str, name: str, default: str, d
 
 def _not_available(ax, reason: str):
     """Turn ``ax`` into a panel that says why there is nothing to draw."""
-    import textwrap
-
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -455,7 +656,7 @@ def _class_ticks(ax, names: list[str]) -> None:
     """Class names at cell centres, every k-th one beyond ``MAX_TICK_LABELS`` classes."""
     step = max(1, math.ceil(len(names) / MAX_TICK_LABELS))
     positions = np.arange(0, len(names), step)
-    fontsize = 8 if len(names) <= 15 else 6
+    fontsize = 8 if len(names) <= 12 else 7 if len(names) <= 24 else 6
     ax.set_xticks(positions + 0.5, [names[i] for i in positions], rotation=90, fontsize=fontsize)
     ax.set_yticks(positions + 0.5, [names[i] for i in positions], rotation=0, fontsize=fontsize)
     ax.tick_params(length=0, pad=8)

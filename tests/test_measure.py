@@ -249,3 +249,13 @@ def test_bad_input_is_one_clear_error():
         measure([bad_features], settings=SETTINGS, class_info=ClassInfo())
     with pytest.raises(KddiagError, match="alpha"):
         measure([good], settings=Settings(alpha=Setting(1.5, "cli")), class_info=ClassInfo())
+
+
+def test_agreement_where_teacher_correct_ignores_examples_the_teacher_gets_wrong():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    teacher = np.eye(3)[[0, 1, 2, 1, 2, 0]] * 5.0  # right on the first three, wrong on the rest
+    student = np.eye(3)[[0, 1, 0, 0, 1, 2]] * 5.0  # follows the labels where the teacher is wrong
+    measured = measure([SetOutputs(EVAL, y, ModelOutputs(teacher), ModelOutputs(student))], settings=SETTINGS,
+                       class_info=ClassInfo())
+    assert measured.value("outcome", "agreement", EVAL) == pytest.approx(2 / 6)
+    assert measured.value("outcome", "agreement_where_teacher_correct", EVAL) == pytest.approx(2 / 3)

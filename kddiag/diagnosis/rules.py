@@ -149,13 +149,55 @@ def _need(m: Measurements, context: RuleContext, section: str, name: str,
     return reading
 
 
-def _teacher_overconfidence(m: Measurements, dataset: str) -> tuple[Reading | None, Reading | None]:
-    """Signs that sharp targets come from the teacher, not from τ alone: the transfer-vs-eval
-    softness gap past SOFTNESS_GAP_MIN (memorization) and T* past FITTED_TEMPERATURE_MIN."""
-    gap = _maybe(m, "universe", "softness_gap", (TRANSFER,)) if dataset == TRANSFER else None
+@dataclass(frozen=True)
+class Sharpness:
+    """Near one-hot targets at the distillation τ, and whether the teacher or the setting is to blame.
+
+    The targets are sharp when saturation_share ≥ OVERCONFIDENT_SATURATION_MIN or the mean wrong-class
+    mass ε_eff ≤ OVERCONFIDENT_SMOOTHING_MAX. τ = 1 is the teacher's own calibration: sharp targets at
+    τ ≥ 1, or at τ = 1 on the what-if grid, or a fitted T* ≥ FITTED_TEMPERATURE_MIN are the teacher's
+    property (over-confidence, memorization); sharp targets that only a τ < 1 produced are the setting's.
+    """
+
+    evidence: tuple[Evidence, ...]
+    grade: float
+    saturation: Reading
+    smoothing: Reading | None
+    teacher_at_fault: bool
+    sharp_at_one: bool
+    fitted: Reading | None  # T* when past FITTED_TEMPERATURE_MIN
+
+
+def _sharpness(m: Measurements, context: RuleContext) -> Sharpness | None:
+    """How sharp the teacher's targets are on the transfer set (else eval), or None when they are not."""
+    saturation = _need(m, context, "universe", "saturation_share")
+    dataset = saturation.dataset
+    smoothing = _maybe(m, "universe", "effective_smoothing", (dataset,))
+    evidence, grades = [], []
+    if saturation.value >= OVERCONFIDENT_SATURATION_MIN:
+        evidence.append(saturation.evidence(OVERCONFIDENT_SATURATION_MIN, ">="))
+        grades.append(_grade(saturation.value, OVERCONFIDENT_SATURATION_MIN, SHARP_SATURATION_FULL))
+    if smoothing is not None and smoothing.value <= OVERCONFIDENT_SMOOTHING_MAX:
+        evidence.append(smoothing.evidence(OVERCONFIDENT_SMOOTHING_MAX, "<="))
+        grades.append(_grade(smoothing.value, OVERCONFIDENT_SMOOTHING_MAX, SHARP_SMOOTHING_FULL))
+    if not evidence:
+        return None
+    whatif = _maybe(m, "universe", "temperature_whatif", (dataset,))
+    sharp_at_one = whatif is not None and _sharp_at(whatif.value, 1.0)
     fitted = _maybe(m, "universe", "teacher_fitted_temperature", (EVAL,))
-    return (gap if gap is not None and gap.value >= SOFTNESS_GAP_MIN else None,
-            fitted if fitted is not None and fitted.value >= FITTED_TEMPERATURE_MIN else None)
+    fitted = fitted if fitted is not None and fitted.value >= FITTED_TEMPERATURE_MIN else None
+    at_fault = context.temperature >= 1.0 or sharp_at_one or fitted is not None
+    return Sharpness(tuple(evidence), max(grades), saturation, smoothing, at_fault, sharp_at_one, fitted)
+
+
+def _sharp_at(whatif: dict, temperature: float) -> bool:
+    """Whether the what-if grid's targets at ``temperature`` are sharp (False when it is not on the grid)."""
+    grid = [float(t) for t in whatif.get("temperatures", ())]
+    if temperature not in grid:
+        return False
+    i = grid.index(temperature)
+    return (whatif["saturation_share"][i] >= OVERCONFIDENT_SATURATION_MIN
+            or whatif["effective_smoothing"][i] <= OVERCONFIDENT_SMOOTHING_MAX)
 
 
 def _informative_range(whatif: Reading | None) -> tuple[float, float] | None:
@@ -332,40 +374,28 @@ def teacher_label_smoothed(m: Measurements, context: RuleContext) -> Finding | N
 
 
 def teacher_overconfident(m: Measurements, context: RuleContext) -> Finding | None:
-    """Near one-hot targets on the transfer set that come from the teacher, not from τ alone."""
-    saturation = _need(m, context, "universe", "saturation_share")
-    dataset = saturation.dataset
-    smoothing = _maybe(m, "universe", "effective_smoothing", (dataset,))
-    evidence, grades = [], []
-    if saturation.value >= OVERCONFIDENT_SATURATION_MIN:
-        evidence.append(saturation.evidence(OVERCONFIDENT_SATURATION_MIN, ">="))
-        grades.append(_grade(saturation.value, OVERCONFIDENT_SATURATION_MIN, SHARP_SATURATION_FULL))
-    if smoothing is not None and smoothing.value <= OVERCONFIDENT_SMOOTHING_MAX:
-        evidence.append(smoothing.evidence(OVERCONFIDENT_SMOOTHING_MAX, "<="))
-        grades.append(_grade(smoothing.value, OVERCONFIDENT_SMOOTHING_MAX, SHARP_SMOOTHING_FULL))
-    if not evidence:
-        return None
-    gap, fitted = _teacher_overconfidence(m, dataset)
+    """Near one-hot targets on the transfer set that come from the teacher, not from a τ below 1."""
+    sharp = _sharpness(m, context)
+    if sharp is None or not sharp.teacher_at_fault:
+        return None  # not sharp, or only a τ < 1 made it so: temperature-mismatch's case
+    dataset = sharp.saturation.dataset
+    gap = _maybe(m, "universe", "softness_gap", (TRANSFER,)) if dataset == TRANSFER else None
+    memorized = gap is not None and gap.value >= SOFTNESS_GAP_MIN
     flat = _maybe(m, "instance", "untrained_rescaling_weight_cv", (dataset,))
     whatif = _maybe(m, "universe", "temperature_whatif", (dataset,))
     if dataset != TRANSFER:
         context.not_checked("no transfer set: memorization (transfer vs eval softness) not checked")
-    if whatif is None:
-        context.not_checked("universe.temperature_whatif missing: a too-low τ cannot be told apart "
-                            "from an over-confident teacher")
-    memorized, calibrated_high = gap is not None, fitted is not None
     band = _informative_range(whatif)
     temperature = context.temperature
     higher_helps = band is not None and band[1] > temperature
-    if higher_helps and not (memorized or calibrated_high):
-        return None  # only τ is at fault: temperature-mismatch's case
 
-    mass = "" if smoothing is None else f", mean wrong-class mass {smoothing.value:.3f}"
+    evidence = list(sharp.evidence)
+    mass = "" if sharp.smoothing is None else f", mean wrong-class mass {sharp.smoothing.value:.3f}"
     sentences = [
         f"At τ = {temperature:g} the teacher's targets on the {dataset} set are nearly one-hot "
-        f"({saturation.value:.0%} of examples with p_y > 0.99{mass}): the "
-        "student gets almost no smoothing (level 1), no wrong-class mass to learn class relations "
-        "from (level 2), and the same gradient weight on every example (level 3)."]
+        f"({sharp.saturation.value:.0%} of examples with p_y > 0.99{mass}): the student gets little "
+        "smoothing (level 1), little wrong-class mass to learn class relations from (level 2), and "
+        "nearly the same gradient weight on every example (level 3)."]
     support = [0.0, 0.0, 0.0]
     if memorized:
         evidence.append(gap.evidence(SOFTNESS_GAP_MIN, ">="))
@@ -373,13 +403,15 @@ def teacher_overconfident(m: Measurements, context: RuleContext) -> Finding | No
         sentences.append(f"On held-out data the same teacher is softer by {gap.value:.3f} of ε_eff: it "
                          "memorized the transfer set, so its confidence there says nothing about "
                          "difficulty.")
-    if calibrated_high:
-        evidence.append(fitted.evidence(FITTED_TEMPERATURE_MIN, ">="))
-        support[1] = _grade(fitted.value, FITTED_TEMPERATURE_MIN, FITTED_TEMPERATURE_FULL)
-        sentences.append(f"It is over-confident on held-out data too (T* = {fitted.value:.2f}).")
+    if sharp.fitted is not None:
+        evidence.append(sharp.fitted.evidence(FITTED_TEMPERATURE_MIN, ">="))
+        support[1] = _grade(sharp.fitted.value, FITTED_TEMPERATURE_MIN, FITTED_TEMPERATURE_FULL)
+        sentences.append(f"It is over-confident on held-out data too (T* = {sharp.fitted.value:.2f}).")
     if flat is not None and flat.value <= FLAT_RESCALING_CV_MAX:
         evidence.append(flat.evidence(FLAT_RESCALING_CV_MAX, "<="))
         support[2] = _grade(flat.value, FLAT_RESCALING_CV_MAX, FLAT_RESCALING_CV_FULL)
+        sentences.append(f"Its rescaling weights barely vary (CV {flat.value:.3f}): it treats easy and "
+                         "hard examples alike.")
     if band is not None and not higher_helps:
         sentences.append(f"No τ above {temperature:g} makes its targets informative.")
         evidence.append(Evidence(_WHATIF_RANGE, band[1], temperature, dataset, "<="))
@@ -393,16 +425,16 @@ def teacher_overconfident(m: Measurements, context: RuleContext) -> Finding | No
         caveat = ", but does not undo the memorization" if memorized else ""
         advice.append(f"Raising τ to about {nearest:g} (informative range {band[0]:g}–{band[1]:g} on "
                       f"this set) softens the targets{caveat}.")
-    if calibrated_high:
-        advice.append(f"Dividing the teacher's logits by T* = {fitted.value:.2f} (calibrating it) is "
-                      f"the same as distilling at τ ≈ {temperature * fitted.value:.3g}.")
+    if sharp.fitted is not None:
+        advice.append(f"Dividing the teacher's logits by T* = {sharp.fitted.value:.2f} (calibrating it) "
+                      f"is the same as distilling at τ ≈ {temperature * sharp.fitted.value:.3g}.")
     advice.append("Use an early-stopped or less over-fit teacher (Cho & Hariharan 2019), stronger "
                   "augmentation with the same views for teacher and student, or cross-fitted teacher "
                   "predictions (each transfer example scored by a teacher that did not train on it).")
     return Finding(
         id=TEACHER_OVERCONFIDENT,
         levels=("universe", "instance"),
-        severity=_severity(max(grades), tuple(support)),
+        severity=_severity(sharp.grade, tuple(support)),
         title="The teacher is over-confident on the transfer set",
         evidence=tuple(evidence),
         explanation=" ".join(sentences),
@@ -422,8 +454,6 @@ def temperature_mismatch(m: Measurements, context: RuleContext) -> Finding | Non
     temperature, (lo, hi) = context.temperature, band
     uniform = (context.n_classes - 1) / context.n_classes
     soft_limit = INFORMATIVE_SOFT_FRACTION * uniform
-    too_sharp = smoothing.value < INFORMATIVE_SMOOTHING_MIN or (
-        saturation is not None and saturation.value > INFORMATIVE_SATURATION_MAX)
 
     if smoothing.value > soft_limit and lo < temperature:
         direction = "high"
@@ -447,17 +477,11 @@ def temperature_mismatch(m: Measurements, context: RuleContext) -> Finding | Non
             f"(mean wrong-class mass {smoothing.value:.2f}; uniform is {uniform:.2f}){detail}. The "
             "temperature, not the teacher, erases the class relations (level 2) and the per-example "
             "confidence (level 3), leaving little beyond label smoothing (level 1).")
-    elif too_sharp and hi > temperature and not any(_teacher_overconfidence(m, dataset)):
+    elif (sharp := _sharpness(m, context)) is not None and not sharp.teacher_at_fault and hi > temperature:
         direction = "low"
-        evidence, grades = [], []
-        if saturation is not None and saturation.value > INFORMATIVE_SATURATION_MAX:
-            evidence.append(saturation.evidence(INFORMATIVE_SATURATION_MAX, ">"))
-            grades.append(_grade(saturation.value, INFORMATIVE_SATURATION_MAX, SHARP_SATURATION_FULL))
-        if smoothing.value < INFORMATIVE_SMOOTHING_MIN:
-            evidence.append(smoothing.evidence(INFORMATIVE_SMOOTHING_MIN, "<"))
-            grades.append(_grade(smoothing.value, INFORMATIVE_SMOOTHING_MIN, SHARP_SMOOTHING_FULL))
-        evidence.append(Evidence(_WHATIF_RANGE, lo if lo > temperature else hi, temperature, dataset, ">"))
-        primary = max(grades)
+        evidence = [*sharp.evidence,
+                    Evidence(_WHATIF_RANGE, lo if lo > temperature else hi, temperature, dataset, ">")]
+        primary = sharp.grade
         flat = _maybe(m, "instance", "untrained_rescaling_weight_cv", (dataset,))
         support = 0.0
         if flat is not None and flat.value <= FLAT_RESCALING_CV_MAX:
@@ -467,9 +491,9 @@ def temperature_mismatch(m: Measurements, context: RuleContext) -> Finding | Non
         explanation = (
             f"At τ = {temperature:g} the teacher's targets on the {dataset} set are nearly one-hot "
             f"({saturated}mean wrong-class mass {smoothing.value:.3f}): the student sees little beyond "
-            "the hard label — no smoothing, no class relations, flat gradient weights. At a higher τ "
-            "the same teacher's targets are informative and it shows no sign of memorizing or "
-            "over-confidence, so the setting is at fault, not the teacher.")
+            "the hard label — no smoothing, no class relations, flat gradient weights. At τ = 1 the "
+            "same teacher's targets are not saturated and it is not over-confident on held-out data: "
+            "the τ below 1 sharpened them, so the setting is at fault, not the teacher.")
     else:
         return None
 
@@ -536,7 +560,10 @@ def teacher_wrong_on_transfer(m: Measurements, context: RuleContext) -> Finding 
 
 def capacity_gap(m: Measurements, context: RuleContext) -> Finding | None:
     """A clearly better teacher whose student does not follow it on the transfer set."""
-    agreement = _need(m, context, "outcome", "agreement")
+    # Where the teacher contradicts the label, a student that follows the label is right to disagree:
+    # only agreement on the examples the teacher gets right measures whether the student can follow.
+    agreement = (_maybe(m, "outcome", "agreement_where_teacher_correct", _TRANSFER_FIRST)
+                 or _need(m, context, "outcome", "agreement"))
     teacher = _need(m, context, "outcome", "teacher_accuracy", _EVAL_FIRST)
     student = _need(m, context, "outcome", "student_accuracy", (teacher.dataset,))
     gap = teacher.value - student.value
@@ -567,7 +594,7 @@ def capacity_gap(m: Measurements, context: RuleContext) -> Finding | None:
         evidence=tuple(evidence),
         explanation=(
             f"The student agrees with the teacher's top class on only {agreement.value:.1%} of the "
-            f"{agreement.dataset} set, although the teacher is {100 * gap:.1f} points more accurate "
+            f"{agreement.dataset} set{' where the teacher is right' if 'correct' in agreement.metric else ''}, although the teacher is {100 * gap:.1f} points more accurate "
             f"({teacher.value:.1%} vs {student.value:.1%}).{extra} A student that cannot follow the "
             "teacher even on the data it was distilled on takes in neither its class structure "
             "(level 2) nor its function: the gap is too large (Cho & Hariharan 2019; Mirzadeh et al. 2020)."),

@@ -18,7 +18,7 @@ from kddiag.metrics.universe import effective_smoothing_of, saturation_share_of
 
 TEMPERATURES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 MIN_SMOOTHING = 0.05  # informative targets put at least this much mass on wrong classes …
-MAX_SMOOTHING_OF_UNIFORM = 0.6  # … at most this share of the uniform distribution's (C − 1)/C …
+MAX_SMOOTHING_OF_UNIFORM = 0.9  # … at most this share of the uniform distribution's (C − 1)/C …
 MAX_SATURATION = 0.5  # … and at most half of them are near one-hot
 MAX_ELEMENTS = 1 << 21  # larger sets are read on a fixed-seed subsample of this many logits
 
@@ -31,7 +31,7 @@ def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] 
     "rescaling_weight_cv", "informative_range", "n_samples"}``: per τ, ε_eff = mean(1 − p_y), the
     share with p_y > 0.99, the dark-knowledge content at τ and the coefficient of variation of the
     untrained-student rescaling weight. ``informative_range`` is [min, max] of the grid τ where
-    0.05 ≤ ε_eff ≤ 0.6·(C − 1)/C and saturation_share ≤ 0.5, or None when no τ qualifies.
+    0.05 ≤ ε_eff ≤ 0.9·(C − 1)/C and saturation_share ≤ 0.5, or None when no τ qualifies.
     Sets larger than 2²¹ logits use a fixed-seed subsample of that size (``n_samples`` examples).
     """
     teacher_logits = check_logits(teacher_logits, name="teacher logits")

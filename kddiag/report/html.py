@@ -11,9 +11,8 @@ import re
 from typing import Any, Callable
 
 from kddiag import __version__
-from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_reliability,
-                             plot_rescaling_vs_difficulty, plot_target_confidence, plot_temperature_whatif,
-                             similarity_rows)
+from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_instance_rescaling, plot_reliability,
+                             plot_target_confidence, plot_temperature_whatif, similarity_rows)
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (LEVEL_CODES, evidence_summary, format_cell, format_number, headline_table,
                                 problem_findings, severity_word)
@@ -64,8 +63,7 @@ def _context(report: Report) -> dict:
                                   dataset=_reliability_set(report)),
                      _axes_figure("Teacher target confidence", plot_target_confidence, report, (5.6, 4.6))],
         "domain": [_figure("Class similarity", plot_class_similarity, report, _similarity_size(report))],
-        "instance": [_axes_figure("Rescaling weight vs difficulty", plot_rescaling_vs_difficulty, report,
-                                  (6.0, 4.6))],
+        "instance": [_figure("Rescaling weight vs difficulty", plot_instance_rescaling, report, (6.0, 7.6))],
     }
     levels = [{"id": section, "code": LEVEL_CODES[section], "title": LEVEL_TITLES[section],
                "intro": LEVEL_INTROS[section], "figures": level_figures[section],
@@ -157,7 +155,10 @@ def _whatif_summary(report: Report) -> str:
                 f"distillation τ = {tau.value:g}{guessed}.")
     lo, hi = (float(v) for v in informative)
     where = "inside" if lo <= tau.value <= hi else "below" if tau.value < lo else "above"
-    return (f"Targets are informative (0.05 ≤ ε_eff ≤ 0.6·(C−1)/C and at most half saturated) for "
+    from kddiag.metrics.whatif import MAX_SATURATION, MAX_SMOOTHING_OF_UNIFORM, MIN_SMOOTHING
+
+    return (f"Targets are informative ({MIN_SMOOTHING:g} ≤ ε_eff ≤ {MAX_SMOOTHING_OF_UNIFORM:g}·(C−1)/C and "
+            f"at most {MAX_SATURATION:.0%} saturated) for "
             f"τ ∈ [{lo:g}, {hi:g}] on the {metric.dataset} set; the distillation τ = {tau.value:g}{guessed} "
             f"is {where} that range.")
 
@@ -180,8 +181,10 @@ def _reliability_set(report: Report) -> str:
 
 
 def _similarity_size(report: Report) -> tuple[float, float]:
-    panel = 4.6 if report.n_classes <= 30 else 6.2
-    return (panel * 3 + 0.8, panel * similarity_rows(report) + 0.4)
+    """Up to 30 classes: as wide as the page (11.2 in at 100 dpi), so the class names show at full size."""
+    if report.n_classes <= 30:
+        return (11.2, 3.9 * similarity_rows(report) + 0.4)
+    return (6.2 * 3 + 0.8, 6.2 * similarity_rows(report) + 0.4)
 
 
 # ---------------------------------------------------------------- figures

@@ -6,6 +6,7 @@ with the HTML report, so both show the same numbers under the same names.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,11 @@ HEADLINES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
     ),
 }
 HEADLINE_NOTES = {
-    "instance": "teacher column of the w rows: an untrained student (the teacher's effect alone)",
+    "instance": ("teacher column of the w rows: w of an untrained student, the teacher's effect alone; "
+                 "the diagnosis reads these",
+                 "student column of the w rows: the trained student's w = g_y / (q¹_y − 1) is heavy-tailed "
+                 "where the student is confident (q¹_y → 1), so its mean and CV are dominated by a few "
+                 "examples"),
 }
 
 
@@ -105,7 +110,7 @@ def headline_table(measurements: Measurements, section: str) -> HeadlineTable:
             rows.append((label, dataset, *cells))
     notes = [f"n/a: {reason} ({_names(names)})" for reason, names in reasons.items()]
     if section in HEADLINE_NOTES and rows:
-        notes.append(HEADLINE_NOTES[section])
+        notes += HEADLINE_NOTES[section]
     return HeadlineTable(section, tuple(rows), tuple(notes))
 
 
@@ -171,7 +176,10 @@ def _verdict_lines(report: Report) -> list[str]:
     if not findings:
         return ["Verdict: healthy — no diagnosis rule fired; KD is doing what it should."]
     count = f"{len(findings)} problems" if len(findings) > 1 else "1 problem"
-    lines = [_clip(f"Verdict: {findings[0].title} ({count}, most severe first)")]
+    verdict = f"Verdict: {findings[0].title} ({count}, most severe first)"
+    if len(verdict) > WIDTH:  # shorten the aside before clipping the title
+        verdict = f"Verdict: {findings[0].title} ({count})"
+    lines = [_clip(verdict)]
     id_width = max(len(f.id) for f in findings)
     for rank, finding in enumerate(findings, start=1):
         severity = f"{severity_word(finding.severity)} {finding.severity:.2f}"
@@ -200,7 +208,8 @@ def _table_lines(table: HeadlineTable) -> list[str]:
     for label, dataset, *cells in rows:
         line = f"  {label:<{label_width}} {dataset:<8}" + "".join(f" {c:>{cell_width}}" for c in cells)
         lines.append(_clip(line.rstrip()))
-    lines += [_clip(f"  {note}") for note in notes]
+    for note in notes:  # notes wrap rather than lose their end
+        lines += textwrap.wrap(note, WIDTH, initial_indent="  ", subsequent_indent="    ")
     return lines
 
 
@@ -216,7 +225,10 @@ def _settings_lines(report: Report) -> list[str]:
     lines += ["", f"Inputs (kddiag {__version__}, {report.n_classes} classes)"]
     for info in report.inputs:
         size = f", {info.n_samples} examples" if info.n_samples is not None else ""
-        lines.append(_clip(f"  {info.role:<9} {info.path} ({info.format}{size})"))
+        tail = f" ({info.format}{size})"
+        room = WIDTH - 12 - len(tail)  # a long path loses its start, not the format
+        path = info.path if len(info.path) <= room else "…" + info.path[-(room - 1):]
+        lines.append(_clip(f"  {info.role:<9} {path}{tail}"))
     return lines
 
 

@@ -54,8 +54,12 @@ CASES = {
                                    (), settings(temperature=40.0)),
     "tau-too-low": ({("universe", "saturation_share", TRANSFER): 0.8,
                      ("universe", "effective_smoothing", TRANSFER): 0.02,
-                     ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.05},
-                    (), settings(temperature=1.0)),
+                     ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.05,
+                     ("universe", "temperature_whatif", TRANSFER): whatif(
+                         (1.0, 8.0), temperatures=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+                         effective_smoothing=[0.02, 0.1, 0.25, 0.45, 0.7, 0.85],
+                         saturation_share=[0.8, 0.2, 0.05, 0.0, 0.0, 0.0])},
+                    (), settings(temperature=0.5)),
     "overconfident-memorized": ({("universe", "saturation_share", TRANSFER): 0.9,
                                  ("universe", "effective_smoothing", TRANSFER): 0.004,
                                  ("universe", "effective_smoothing", EVAL): 0.154,
@@ -232,9 +236,23 @@ def test_label_smoothed_needs_both_flat_logits_and_flat_probabilities():
 def test_tau_too_low_is_a_setting_problem_when_the_teacher_is_not_memorizing():
     _, diagnosis = run_case("tau-too-low")
     found = finding(diagnosis, "temperature-mismatch")
-    assert "too low" in found.title and "between 2 and 8" in found.advice
-    assert "2 is the closest" in found.advice
+    assert "too low" in found.title and "between 1 and 8" in found.advice
+    assert "1 is the closest" in found.advice
     assert "teacher-overconfident" not in ids(diagnosis)
+
+
+def test_sharp_targets_at_tau_one_or_above_are_the_teachers_doing():
+    changes, drop, _ = CASES["tau-too-low"]
+    at_one = run(build(changes, drop=drop), settings(temperature=1.0))
+    assert "teacher-overconfident" in ids(at_one) and "temperature-mismatch" not in ids(at_one)
+    sharp_at_one = {**changes, ("universe", "temperature_whatif", TRANSFER): whatif(
+        (2.0, 8.0), temperatures=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        effective_smoothing=[0.01, 0.03, 0.25, 0.45, 0.7, 0.85],
+        saturation_share=[0.9, 0.7, 0.05, 0.0, 0.0, 0.0])}
+    assert "teacher-overconfident" in ids(run(build(sharp_at_one, drop=drop), settings(temperature=0.5)))
+    overconfident_held_out = {**changes, ("universe", "teacher_fitted_temperature", EVAL): 2.0}
+    assert "teacher-overconfident" in ids(run(build(overconfident_held_out, drop=drop),
+                                              settings(temperature=0.5)))
 
 
 def test_memorizing_teacher_is_overconfident_and_advice_names_the_higher_tau():
@@ -244,7 +262,7 @@ def test_memorizing_teacher_is_overconfident_and_advice_names_the_higher_tau():
     assert "Raising τ to about 8" in found.advice and "memorization" in found.advice
     assert "temperature-mismatch" not in ids(diagnosis)  # the teacher is at fault; its advice names τ
     without_gap = build({**CASES["overconfident-memorized"][0], ("universe", "softness_gap", TRANSFER): 0.01})
-    assert "teacher-overconfident" not in ids(run(without_gap))
+    assert "memorized" not in finding(run(without_gap), "teacher-overconfident").explanation
 
 
 def test_teacher_one_hot_at_every_tau_is_overconfident_not_a_temperature_problem():
@@ -272,7 +290,7 @@ def test_more_memorization_means_more_severe():
 
 def test_guessed_temperature_is_flagged_in_the_advice():
     changes, drop, _ = CASES["tau-too-low"]
-    diagnosis = run(build(changes, drop=drop), settings(temperature=1.0, source="guessed"))
+    diagnosis = run(build(changes, drop=drop), settings(temperature=0.5, source="guessed"))
     assert "was guessed" in finding(diagnosis, "temperature-mismatch").advice
 
 
@@ -442,3 +460,12 @@ def test_without_a_baseline_the_teacher_is_compared_with_the_student():
     diagnosis = run(build({("outcome", "teacher_accuracy", EVAL): 0.86},
                           drop=[("outcome", "baseline_accuracy", EVAL)]))
     assert evidence_of(finding(diagnosis, "teacher-weak"), "outcome.student_accuracy")[0].value == 0.88
+
+
+def test_capacity_gap_reads_agreement_where_the_teacher_is_right():
+    changes = dict(CASES["capacity-gap"][0])
+    follows_where_right = {**changes, ("outcome", "agreement_where_teacher_correct", TRANSFER): 0.95}
+    assert "capacity-gap" not in ids(run(build(follows_where_right)))
+    fails_where_right = {**changes, ("outcome", "agreement_where_teacher_correct", TRANSFER): 0.6}
+    found = finding(run(build(fails_where_right)), "capacity-gap")
+    assert evidence_of(found, "outcome.agreement_where_teacher_correct")[0].value == 0.6

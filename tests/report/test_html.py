@@ -143,3 +143,10 @@ def test_hundred_classes_stays_under_five_megabytes():
 ])
 def test_summarize_value(value, expected):
     assert summarize_value(value) == expected
+
+
+def test_instance_section_has_one_rescaling_figure_and_the_w_footnotes(full_html):
+    section = full_html[full_html.index('<section class="level" id="instance"'):full_html.index('id="temperature"')]
+    assert section.count("<img ") == 1 and 'alt="Rescaling weight vs difficulty"' in section
+    assert "heavy-tailed where the student is confident" in section
+    assert "the diagnosis reads these" in section

@@ -19,8 +19,8 @@ from kddiag.types import EVAL, TRANSFER, Measurements, Metric  # noqa: E402
 from ._fixtures import build_logits_only_report, build_report  # noqa: E402
 
 AXES_PLOTS = (plotting.plot_accuracy, plotting.plot_reliability, plotting.plot_target_confidence,
-              plotting.plot_rescaling_vs_difficulty)
-FIGURE_PLOTS = (plotting.plot_class_similarity, plotting.plot_temperature_whatif)
+              plotting.plot_rescaling_vs_difficulty, plotting.plot_student_rescaling_vs_difficulty)
+FIGURE_PLOTS = (plotting.plot_class_similarity, plotting.plot_temperature_whatif, plotting.plot_instance_rescaling)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +71,31 @@ def test_reliability_draws_the_metric_bins_and_the_ece(full):
     ax = plotting.plot_reliability(full, dataset=EVAL)
     bins = full.measurements.value("universe", "teacher_reliability", EVAL)
     accuracy = np.array(bins["bin_accuracy"], dtype=float)
+    counts = np.array(bins["bin_count"], dtype=float)
     line = next(line for line in ax.lines if line.get_label().startswith("teacher"))
-    np.testing.assert_allclose(line.get_ydata(), accuracy[~np.isnan(accuracy)])
+    solid = ~np.isnan(accuracy) & (counts >= plotting.MIN_BIN_COUNT)
+    np.testing.assert_allclose(line.get_ydata(), accuracy[solid])
     ece = full.measurements.value("universe", "teacher_ece", EVAL)
     assert f"{ece:.3f}" in line.get_label()
     assert any(list(line.get_xdata()) == [0, 1] for line in ax.lines)  # the diagonal
+
+
+def test_reliability_marks_sparse_bins_and_sizes_markers_by_count():
+    counts = [0, 2, 40, 200, 3]
+    value = {"bin_edges": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "bin_confidence": [None, 0.35, 0.5, 0.7, 0.9],
+             "bin_accuracy": [None, 1.0, 0.45, 0.72, 0.0], "bin_count": counts}
+    measurements = Measurements((Metric("universe", "teacher_reliability", EVAL, value),
+                                 Metric("universe", "teacher_ece", EVAL, 0.0421)))
+    ax = plotting.plot_reliability(measurements)
+    line = next(line for line in ax.lines if line.get_label().startswith("teacher"))
+    assert "ECE 0.042" in line.get_label()
+    np.testing.assert_allclose(line.get_xdata(), [0.5, 0.7])  # the sparse bins (2 and 3 examples) left out
+    solid, sparse = (c for c in ax.collections if len(c.get_offsets()) == 2)
+    np.testing.assert_allclose(np.asarray(sparse.get_offsets())[:, 0], [0.35, 0.9])
+    sizes = solid.get_sizes()
+    assert sizes[1] > 3 * sizes[0]  # 200 examples against 40
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"bin with < {plotting.MIN_BIN_COUNT} examples (not joined)" in labels
 
 
 def test_target_confidence_marks_saturation_and_both_sets(full):
@@ -123,22 +143,104 @@ def test_class_similarity_in_logits_mode_says_why_weights_are_missing(logits_onl
     assert "not available: no baseline" in text
 
 
-def test_rescaling_scatter_subsamples_and_titles_the_metric_spearman(full):
+def _rescaling_measurements(difficulty, w_untrained, w_trained, *, source="baseline_loss", rho=-0.4321):
+    arrays = {f"{TRANSFER}/difficulty": difficulty, f"{TRANSFER}/untrained_rescaling_weight": w_untrained,
+              f"{TRANSFER}/rescaling_weight": w_trained}
+    metrics = (Metric("instance", "rescaling_difficulty_correlation", TRANSFER, rho),
+               Metric("instance", "difficulty_source", TRANSFER, source))
+    return Measurements(metrics, arrays)
+
+
+def _points(ax) -> np.ndarray:
+    """Offsets of the main scatter (the first collection: the per-example points)."""
+    return np.asarray(ax.collections[0].get_offsets())
+
+
+def test_rescaling_scatter_subsamples_and_titles_the_metric_spearman():
     n = 5000
     rng = np.random.default_rng(0)
-    arrays = {f"{TRANSFER}/difficulty": rng.random(n), f"{TRANSFER}/rescaling_weight": rng.random(n),
-              f"{TRANSFER}/untrained_rescaling_weight": rng.random(n)}
-    measurements = Measurements((Metric("instance", "rescaling_difficulty_correlation", TRANSFER, -0.4321),), arrays)
+    measurements = _rescaling_measurements(rng.random(n) + 0.01, rng.random(n), rng.random(n))
     ax = plotting.plot_rescaling_vs_difficulty(measurements)
-    assert all(len(c.get_offsets()) == plotting.MAX_SCATTER_POINTS for c in ax.collections)
+    assert len(_points(ax)) == plotting.MAX_SCATTER_POINTS
     assert "-0.432" in ax.get_title()
     assert "transfer" in ax.get_title()
+    assert f"{plotting.MAX_SCATTER_POINTS:,} of {n:,} examples drawn" in _texts(ax.figure)
+
+
+def test_rescaling_scatter_draws_the_untrained_weight_on_a_log_loss_axis():
+    rng = np.random.default_rng(1)
+    loss = 10.0 ** rng.uniform(-8, 0, size=400)
+    w0 = 1.5 - 0.1 * np.log10(1 / loss) + rng.normal(size=400) * 0.01
+    trained = rng.standard_cauchy(400) * 20  # heavy-tailed, must not appear in this panel
+    ax = plotting.plot_rescaling_vs_difficulty(_rescaling_measurements(loss, w0, trained))
+    assert ax.get_xscale() == "log"
+    np.testing.assert_allclose(np.sort(_points(ax)[:, 1]), np.sort(w0))
+    lo, hi = ax.get_ylim()
+    assert lo > w0.min() - 1 and hi < w0.max() + 1
+    median = next(line for line in ax.lines if line.get_label().startswith("median per difficulty bin"))
+    assert np.all(np.diff(median.get_ydata()) > 0)  # w0 grows with the loss here, and so does the trend
+
+
+def test_rescaling_scatter_drops_nan_difficulty_and_says_how_many():
+    rng = np.random.default_rng(2)
+    difficulty = rng.integers(0, 11, size=300) / 10.0  # k-NN label disagreement, discrete in [0, 1]
+    difficulty[::3] = np.nan  # outside the k-NN subsample
+    measurements = _rescaling_measurements(difficulty, rng.random(300), rng.random(300),
+                                           source="knn_disagreement_features")
+    ax = plotting.plot_rescaling_vs_difficulty(measurements)
+    assert ax.get_xscale() == "linear"
+    points = _points(ax)
+    assert len(points) == 200 and np.isfinite(points).all()
+    text = _texts(ax.figure)
+    assert "200 of 300 examples drawn: 100 without a difficulty (outside the k-NN subsample)" in text
+    assert "jittered" in ax.get_xlabel()
+
+
+def test_student_panel_clips_y_to_robust_percentiles_and_marks_the_rest():
+    rng = np.random.default_rng(3)
+    n = 1000
+    trained = np.r_[rng.normal(0.3, 0.2, size=n - 20), np.full(10, 80.0), np.full(10, -60.0), np.inf]
+    difficulty = np.r_[10.0 ** rng.uniform(-6, 0, size=n), 0.5]
+    measurements = _rescaling_measurements(difficulty, rng.random(n + 1), trained)
+    ax = plotting.plot_student_rescaling_vs_difficulty(measurements)
+    finite = trained[np.isfinite(trained)]
+    p2, p98 = np.percentile(finite, plotting.CLIP_PERCENTILES)
+    lo, hi = ax.get_ylim()
+    assert lo < min(p2, 0.5) and hi > max(p98, 1.0)  # the percentiles and both reference lines in view
+    assert hi < 5 and lo > -5  # the ±60..80 outliers do not stretch the axis
+    assert "2nd–98th percentile" in ax.get_title()
+    above, below = int(np.sum(finite > hi)), int(np.sum(finite < lo))
+    assert above >= 10 and below >= 10
+    for edge, count in ((hi, above), (lo, below)):  # ▲ on the top edge, ▼ on the bottom edge
+        on_edge = [c for c in ax.collections if len(c.get_offsets())
+                   and np.all(np.asarray(c.get_offsets())[:, 1] == edge)]
+        assert [len(c.get_offsets()) for c in on_edge] == [count]
+    text = _texts(ax.figure)
+    assert f"{above + below} beyond the y range" in text
+    assert f"{n:,} of {n + 1:,} examples drawn: 1 with w overflowing" in text
+
+
+def test_instance_figure_puts_the_teacher_above_the_clipped_student(full):
+    fig = plotting.plot_instance_rescaling(full)
+    top, bottom = fig.axes
+    assert top.get_title().startswith("Teacher's rescaling weight") and "ρ" in top.get_title()
+    assert bottom.get_title().startswith("Trained student's rescaling weight")
+    assert top.get_xlim() == bottom.get_xlim()
+    w0 = full.measurements.arrays[f"{TRANSFER}/untrained_rescaling_weight"]
+    np.testing.assert_allclose(np.sort(_points(top)[:, 1]), np.sort(w0))
+
+
+def test_instance_figure_without_trained_weights_has_one_panel(full):
+    arrays = {k: v for k, v in full.measurements.arrays.items() if not k.endswith("/rescaling_weight")}
+    fig = plotting.plot_instance_rescaling(Measurements(full.measurements.metrics, arrays))
+    assert len(fig.axes) == 1
 
 
 def test_rescaling_scatter_falls_back_to_the_eval_set_and_says_so(logits_only):
     ax = plotting.plot_rescaling_vs_difficulty(logits_only)
     assert "eval set" in ax.get_title()
-    assert len(ax.collections) == 2
+    assert ax.get_xscale() == "linear"  # k-NN disagreement in logits mode
+    assert len(_points(ax)) == len(logits_only.measurements.arrays[f"{EVAL}/difficulty"])
 
 
 def test_temperature_whatif_marks_tau_and_the_informative_range(full):
@@ -173,3 +275,14 @@ def test_whatif_without_some_curve_still_draws_the_others(full):
     fig = plotting.plot_temperature_whatif(measurements)
     assert "not available: rescaling_weight_cv" in _texts(fig)
     assert sum(1 for ax in fig.axes if ax.lines) == 3
+
+
+def test_student_panel_uses_iqr_fences_when_even_the_percentiles_explode():
+    rng = np.random.default_rng(4)
+    trained = np.r_[rng.normal(0.3, 0.1, size=900), rng.choice([-1e6, 1e6], size=100)]  # 10% far out
+    measurements = _rescaling_measurements(10.0 ** rng.uniform(-6, 0, size=1000), rng.random(1000), trained)
+    ax = plotting.plot_student_rescaling_vs_difficulty(measurements)
+    q1, q3 = np.percentile(trained, (25, 75))
+    lo, hi = ax.get_ylim()
+    assert hi < q3 + 1.2 * plotting.IQR_FENCE * (q3 - q1) and hi < 10
+    assert "quartiles ± 10 IQR" in ax.get_title()

@@ -93,3 +93,32 @@ def test_guessed_settings_and_not_checked_are_marked(full, logits_only):
                                              ("baseline_loss", "baseline_loss"), (3e5, "3.00e+05")])
 def test_format_number(value, expected):
     assert format_number(value) == expected
+
+
+def test_level3_footnotes_say_which_rescaling_weights_the_diagnosis_reads(full):
+    table = headline_table(full.measurements, "instance")
+    assert any("teacher column" in note and "the diagnosis reads these" in note for note in table.notes)
+    assert any("heavy-tailed where the student is confident" in note for note in table.notes)
+    text = " ".join(render_text(full).split())
+    assert "its mean and CV are dominated by a few examples" in text  # wrapped, never clipped
+
+
+def test_long_notes_wrap_and_long_paths_keep_their_format(full):
+    reason = "no class groups given, " * 8
+    unavailable = tuple(Metric("domain", f"{m}_group_recovery", "eval", None, unavailable=reason)
+                        for m in ("teacher", "student", "baseline"))
+    long_path = "/very/long/" + "nested/" * 20 + "teacher.pt"
+    inputs = (dataclasses.replace(full.inputs[0], path=long_path),) + full.inputs[1:]
+    report = dataclasses.replace(full, inputs=inputs,
+                                 measurements=Measurements(full.measurements.metrics + unavailable))
+    lines = render_text(report).splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    assert not any(line.endswith("…") for line in lines if "no class groups" in line)
+    assert any(line.startswith("  teacher   …") and line.endswith("teacher.pt (state_dict)") for line in lines)
+
+
+def test_a_long_verdict_drops_its_aside_before_clipping(full):
+    title = "The distillation temperature τ = 4 is far too high for this teacher model"
+    findings = tuple(dataclasses.replace(f, title=title) for f in full.diagnosis.findings)
+    first = render_text(dataclasses.replace(full, diagnosis=Diagnosis(findings))).splitlines()[0]
+    assert first == f"Verdict: {title} ({len(findings)} problems)"
