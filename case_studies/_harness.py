@@ -12,17 +12,24 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from case_studies._training import save_checkpoint, use_few_threads
+from case_studies._training import (Recipe, logits_of, new_mlp, save_checkpoint, train_ce, train_kd, train_ls,
+                                    use_few_threads)
 from kddiag.types import ClassInfo, Dataset
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# The standard pair: a wide teacher and a student with 16 hidden units (about 1/150 of its parameters).
+TEACHER_HIDDEN, STUDENT_HIDDEN = (256, 256), (16,)
+EARLY_TEACHER = Recipe(epochs=50, lr=1e-3)  # stopped before it fits the transfer set: the good teacher
+FULL_TEACHER = Recipe(epochs=400, lr=1e-3)  # trained until it fits (memorizes) the transfer set
+STUDENT = Recipe(epochs=600, lr=3e-3)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -69,7 +76,7 @@ def hierarchy_task(seed: int, *, n_train_per_class: int = 30, n_test_per_class: 
 
 
 def digits_task(seed: int, *, n_train_per_class: int = 30) -> Task:
-    """scikit-learn's digits: ``n_train_per_class`` images per class drawn from ``digits:train``; eval on ``digits:test``."""
+    """scikit-learn's digits: ``n_train_per_class`` images per class from ``digits:train``; eval on ``digits:test``."""
     from kddiag.data import load_dataset
 
     train, test = load_dataset("digits:train"), load_dataset("digits:test")
@@ -79,6 +86,50 @@ def digits_task(seed: int, *, n_train_per_class: int = 30) -> Task:
     subset = Dataset(f"digits:train[{n_train_per_class}/class, seed={seed}]", train.x[idx], train.labels[idx],
                      train.class_info)
     return Task(train=subset, test=test)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+def fit_teacher(ctx: "Context", task: Task, *, recipe: Recipe, hidden: tuple[int, ...] = TEACHER_HIDDEN,
+                x: torch.Tensor | None = None, labels: np.ndarray | None = None, epsilon: float = 0.0,
+                snapshot_epochs: tuple[int, ...] = ()):
+    """A teacher trained with CE (or label smoothing ε) on the transfer set, or on ``x``/``labels``.
+
+    Returns the model and its state dicts at ``snapshot_epochs`` (shortened like the epochs in quick mode).
+    """
+    x = task.train.x if x is None else x
+    labels = task.train.labels if labels is None else labels
+    model = new_mlp((task.n_features, *hidden, task.n_classes), seed=ctx.seed)
+    options = dict(recipe=ctx.recipe(recipe), snapshot_epochs=tuple(map(ctx.epochs, snapshot_epochs)))
+    snapshots = (train_ls(model, x, labels, epsilon=epsilon, **options) if epsilon
+                 else train_ce(model, x, labels, **options))
+    return model, snapshots
+
+
+def fit_student(ctx: "Context", task: Task, *, hidden: tuple[int, ...] = STUDENT_HIDDEN,
+                soft_targets: np.ndarray | None = None, temperature: float = 1.0, alpha: float = 0.0,
+                epsilon: float = 0.0, labels: np.ndarray | None = None, recipe: Recipe = STUDENT):
+    """A student trained on the transfer set: CE, label smoothing ε, or KD against ``soft_targets`` at (τ, α).
+
+    Every student of one seed starts from the same initialization, so differences between them are paired.
+    """
+    x, labels = task.train.x, task.train.labels if labels is None else labels
+    model = new_mlp((task.n_features, *hidden, task.n_classes), seed=ctx.seed + 100)
+    recipe = ctx.recipe(recipe)
+    if epsilon:
+        train_ls(model, x, labels, epsilon=epsilon, recipe=recipe)
+    elif soft_targets is not None:
+        train_kd(model, x, labels, soft_targets, temperature=temperature, alpha=alpha, recipe=recipe)
+    else:
+        train_ce(model, x, labels, recipe=recipe)
+    return model
+
+
+def eval_accuracy(model, task: Task) -> float:
+    """Accuracy on the held-out eval set."""
+    from kddiag.metrics.fidelity import accuracy
+
+    return accuracy(logits_of(model, task.test.x), task.test.labels)
 
 
 # --- one seed of one study -----------------------------------------------------------------------
@@ -92,9 +143,11 @@ KEPT_METRICS = (
     ("universe", "effective_smoothing", "transfer"), ("universe", "effective_smoothing", "eval"),
     ("universe", "saturation_share", "transfer"), ("universe", "softness_gap", "transfer"),
     ("universe", "teacher_fitted_temperature", "eval"),
-    ("domain", "teacher_dark_knowledge_content", "transfer"), ("domain", "dark_knowledge_content_at_temperature", "transfer"),
+    ("domain", "teacher_dark_knowledge_content", "transfer"),
+    ("domain", "dark_knowledge_content_at_temperature", "transfer"),
     ("domain", "teacher_nontarget_logit_spread", "transfer"),
-    ("domain", "output_similarity_transfer_score", "eval"), ("domain", "baseline_output_similarity_transfer_score", "eval"),
+    ("domain", "output_similarity_transfer_score", "eval"),
+    ("domain", "baseline_output_similarity_transfer_score", "eval"),
     ("domain", "weight_similarity_transfer_score", "weights"),
     ("domain", "baseline_weight_similarity_transfer_score", "weights"),
     ("domain", "teacher_group_recovery", "eval"), ("domain", "student_group_recovery", "eval"),
@@ -119,14 +172,20 @@ class Context:
         """A training length, shortened in quick mode (a smoke test, not a result)."""
         return max(5, n // 4) if self.quick else n
 
+    def recipe(self, recipe: Recipe) -> Recipe:
+        return replace(recipe, epochs=self.epochs(recipe.epochs))
+
     def save(self, model, name: str, *, temperature: float | None = None, alpha: float | None = None) -> Path:
         """Save a checkpoint kddiag can load by itself: state dict, built-in arch and KD settings."""
         path = self.out_dir / "checkpoints" / self.study / f"seed{self.seed}" / f"{name}.pt"
         return save_checkpoint(model, path, temperature=temperature, alpha=alpha)
 
-    def inspect(self, scenario: str, true_cause: str, *, teacher: Path, student: Path, task: Task,
+    def inspect(self, scenario: str, true_cause: str | None, *, teacher: Path, student: Path, task: Task,
                 baseline: Path | None = None, benchmark: bool = True):
-        """Run ``kddiag.inspect`` on saved checkpoints and record its verdict against the true cause."""
+        """Run ``kddiag.inspect`` on saved checkpoints and record its verdict against the true cause.
+
+        ``true_cause`` None: a scenario without one clear cause, shown but never scored.
+        """
         import kddiag
         from kddiag.pipeline import write_outputs
 
@@ -139,6 +198,7 @@ class Context:
                 html = self.out_dir / "html" / self.study / f"{scenario}.html"
                 html.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(written["html"]), html)
+                html.chmod(0o644)
         findings = report.diagnosis.findings
         self.verdicts.append({
             "study": self.study, "scenario": scenario, "true_cause": true_cause, "seed": self.seed,
@@ -147,7 +207,7 @@ class Context:
                           "evidence": [e.to_dict() for e in f.evidence]} for f in findings],
             "metrics": _kept_metrics(report.measurements),
             "html": None if html is None else str(html.relative_to(self.out_dir)),
-            "benchmark": benchmark,
+            "benchmark": benchmark and true_cause is not None,
         })
         return report
 
@@ -213,12 +273,11 @@ def claim_and_source(doc: str) -> tuple[str, str]:
     return found["Claim"], found["Source"]
 
 
-def run_study(module_name: str, doc: str, *, run_seed: Callable[[Context], Rows],
+def run_study(study: str, doc: str, *, run_seed: Callable[[Context], Rows],
               checks: Callable[[list[Rows]], list[Check]], seeds, quick: bool, out_dir: Path | None) -> dict:
-    """Run ``run_seed`` for every seed, check the claim, write ``<study>.json`` and ``<study>.md``; return the result."""
-    study = module_name.rsplit(".", 1)[-1].replace("_", "-")
+    """Run ``run_seed`` for every seed, check the claim, write ``<study>.json`` and ``<study>.md``; return it all."""
     seeds = tuple(seeds)[:1] if quick else tuple(seeds)
-    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / ("quick" if quick else "")
+    out_dir = output_dir(out_dir, quick)
     use_few_threads()
     start = time.perf_counter()
     per_seed, verdicts = [], []
@@ -237,6 +296,11 @@ def run_study(module_name: str, doc: str, *, run_seed: Callable[[Context], Rows]
     write_results(result, out_dir)
     print(render_markdown(result, brief=True))
     return result
+
+
+def output_dir(out_dir: Path | None, quick: bool) -> Path:
+    """``out_dir``, else case_studies/results (results/quick in quick mode, so a smoke test never overwrites them)."""
+    return Path(out_dir) if out_dir is not None else RESULTS_DIR / ("quick" if quick else "")
 
 
 def summarize(per_seed: list[Rows]) -> dict:
@@ -278,8 +342,8 @@ def render_markdown(result: dict, *, brief: bool = False) -> str:
         for v in result["verdicts"]:
             by_scenario.setdefault((v["scenario"], v["true_cause"]), []).append(v["verdict"])
         for (scenario, cause), found in by_scenario.items():
-            marks = ", ".join(f if f == cause else f"**{f}**" for f in found)
-            lines.append(f"| {scenario} | {cause} | {marks} |")
+            marks = ", ".join(f if f == cause or cause is None else f"**{f}**" for f in found)
+            lines.append(f"| {scenario} | {cause or '(not labelled)'} | {marks} |")
         lines.append("")
     return "\n".join(lines)
 

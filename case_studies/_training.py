@@ -30,12 +30,10 @@ def use_few_threads(n_threads: int = 2) -> None:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How long and how fast to train: Adam, full batch unless ``batch_size`` is set."""
+    """How long and how fast to train: full-batch Adam (the data sets here have at most 3,000 examples)."""
 
     epochs: int
     lr: float = 3e-3
-    weight_decay: float = 0.0
-    batch_size: int | None = None
 
 
 def new_mlp(widths: tuple[int, ...], *, seed: int) -> MLP:
@@ -60,51 +58,47 @@ def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, soft_t
     return (1 - alpha) * hard + alpha * temperature ** 2 * soft
 
 
-def train(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe, seed: int,
+def train(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe,
           soft_targets: np.ndarray | None = None, temperature: float = 1.0, alpha: float = 0.0,
           snapshot_epochs: tuple[int, ...] = ()) -> list[dict]:
-    """Train ``model`` in place with Adam on the distillation loss; return state dicts at ``snapshot_epochs``."""
+    """Train ``model`` in place with full-batch Adam on the distillation loss; return the ``snapshot_epochs`` states.
+
+    Deterministic given the model's initialization (full batch: no sampling).
+    """
     y = torch.as_tensor(labels, dtype=torch.long)
     rho = None if soft_targets is None else torch.as_tensor(soft_targets, dtype=torch.float32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(y)
-    batch = recipe.batch_size or n
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     snapshots = []
     model.train()
     for epoch in range(1, recipe.epochs + 1):
-        order = torch.randperm(n, generator=generator) if batch < n else torch.arange(n)
-        for start in range(0, n, batch):
-            idx = order[start:start + batch]
-            loss = distillation_loss(model(x[idx]), y[idx], None if rho is None else rho[idx],
-                                     temperature=temperature, alpha=alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        loss = distillation_loss(model(x), y, rho, temperature=temperature, alpha=alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
         if epoch in snapshot_epochs:
             snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     model.eval()
     return snapshots
 
 
-def train_ce(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe, seed: int, **kwargs) -> list[dict]:
+def train_ce(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe, **kwargs) -> list[dict]:
     """Plain cross-entropy on the labels."""
-    return train(model, x, labels, recipe=recipe, seed=seed, **kwargs)
+    return train(model, x, labels, recipe=recipe, **kwargs)
 
 
 def train_ls(model: MLP, x: torch.Tensor, labels: np.ndarray, *, epsilon: float, recipe: Recipe,
-             seed: int, **kwargs) -> list[dict]:
+             **kwargs) -> list[dict]:
     """Label smoothing of strength ε: CE against (1 − ε)·e_y + ε·u (Szegedy 2016; Müller 2019)."""
     n_classes = int(model.widths[-1])
     uniform = np.full((len(labels), n_classes), 1.0 / n_classes)
-    return train(model, x, labels, recipe=recipe, seed=seed, soft_targets=uniform, temperature=1.0,
+    return train(model, x, labels, recipe=recipe, soft_targets=uniform, temperature=1.0,
                  alpha=epsilon, **kwargs)
 
 
 def train_kd(model: MLP, x: torch.Tensor, labels: np.ndarray, soft_targets: np.ndarray, *, temperature: float,
-             alpha: float, recipe: Recipe, seed: int, **kwargs) -> list[dict]:
+             alpha: float, recipe: Recipe, **kwargs) -> list[dict]:
     """Distillation against per-example soft targets ρ (n_samples, n_classes) given at temperature τ."""
-    return train(model, x, labels, recipe=recipe, seed=seed, soft_targets=soft_targets,
+    return train(model, x, labels, recipe=recipe, soft_targets=soft_targets,
                  temperature=temperature, alpha=alpha, **kwargs)
 
 
@@ -120,11 +114,6 @@ def logit_weight(model: MLP) -> np.ndarray:
     return model.head.weight.detach().double().numpy()
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Share of examples whose argmax logit is the label."""
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
-
-
 def save_checkpoint(model: MLP, path: Path, *, temperature: float | None = None,
                     alpha: float | None = None) -> Path:
     """Save ``{'state_dict', 'arch', 'temperature', 'alpha'}``: a state dict kddiag loads by its built-in arch."""
@@ -137,18 +126,9 @@ def save_checkpoint(model: MLP, path: Path, *, temperature: float | None = None,
 
 # --- target constructions (LITERATURE.md §3) -----------------------------------------------------
 
-def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.eye(n_classes)[labels]
-
-
 def teacher_targets(teacher_logits: np.ndarray, *, temperature: float) -> np.ndarray:
     """Full KD: ρ = softmax(z/τ) (Hinton 2015)."""
     return softmax(teacher_logits / temperature, axis=1)
-
-
-def label_smoothing_targets(labels: np.ndarray, n_classes: int, *, epsilon: float) -> np.ndarray:
-    """ρ = (1 − ε)·e_y + ε/C."""
-    return (1 - epsilon) * one_hot(labels, n_classes) + epsilon / n_classes
 
 
 def kd_pt_targets(teacher_logits: np.ndarray, labels: np.ndarray, *, temperature: float) -> np.ndarray:
@@ -240,7 +220,7 @@ def target_confidence(targets: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "Recipe", "use_few_threads", "new_mlp", "distillation_loss", "train", "train_ce", "train_ls", "train_kd",
-    "logits_of", "logit_weight", "accuracy", "save_checkpoint", "one_hot", "teacher_targets",
-    "label_smoothing_targets", "kd_pt_targets", "class_similarity_targets", "matching_sim_temperature",
-    "kd_pt_sim_targets", "dkpp_targets", "tf_kd_reg_targets", "target_confidence",
+    "logits_of", "logit_weight", "save_checkpoint", "teacher_targets", "kd_pt_targets",
+    "class_similarity_targets", "matching_sim_temperature", "kd_pt_sim_targets", "dkpp_targets",
+    "tf_kd_reg_targets", "target_confidence",
 ]

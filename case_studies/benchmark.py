@@ -1,0 +1,106 @@
+"""Diagnosis benchmark: every case-study scenario, labelled with its true cause, against kddiag's verdict.
+
+Claim: kddiag's top finding names the true cause of a distillation scenario (a diagnosis id, or
+`healthy` for pairs where KD works) in at least 90% of scenarios × seeds, and it raises no alarm on
+the healthy pairs.
+
+Source: kddiag's own target (DESIGN.md §5: the case studies double as a labelled benchmark).
+
+Setup: runs every other case study (so it regenerates all of case_studies/results), then pools the
+scenarios each one marks for the benchmark: a scenario that repeats another study's pair is counted once.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from case_studies._harness import output_dir
+
+TARGET_ACCURACY = 0.9
+
+
+def score(verdicts: list[dict]) -> dict:
+    """Confusion counts (true cause → top finding), top-1 accuracy, and the false alarms on healthy pairs."""
+    confusion: dict[str, dict[str, int]] = {}
+    for v in verdicts:
+        row = confusion.setdefault(v["true_cause"], {})
+        row[v["verdict"]] = row.get(v["verdict"], 0) + 1
+    correct = [v["verdict"] == v["true_cause"] for v in verdicts]
+    found_anywhere = [v["true_cause"] in {f["id"] for f in v["findings"]} or
+                      (v["true_cause"] == "healthy" and v["verdict"] == "healthy") for v in verdicts]
+    healthy = [v for v in verdicts if v["true_cause"] == "healthy"]
+    return {
+        "n_scenarios": len(verdicts),
+        "top1_accuracy": sum(correct) / len(verdicts) if verdicts else None,
+        "true_cause_among_findings": sum(found_anywhere) / len(verdicts) if verdicts else None,
+        "n_healthy": len(healthy),
+        "false_alarms": sum(v["verdict"] != "healthy" for v in healthy),
+        "confusion": confusion,
+        "misses": [v for v, ok in zip(verdicts, correct) if not ok],
+    }
+
+
+def main(*, seeds=(0, 1, 2), quick: bool = False, out_dir=None) -> dict:
+    """Run every study, score kddiag's verdicts, write ``benchmark.json`` and ``benchmark.md``; return the result."""
+    from case_studies import STUDIES
+    from kddiag.report.json import write_atomic
+
+    start = time.perf_counter()
+    studies = {name: module.main(seeds=seeds, quick=quick, out_dir=out_dir)
+               for name, module in STUDIES.items() if name != "benchmark"}
+    verdicts = [v for result in studies.values() for v in result["verdicts"] if v["benchmark"]]
+    result = {
+        "study": "benchmark", "seeds": list(tuple(seeds)[:1] if quick else seeds), "quick": quick,
+        "seconds": round(time.perf_counter() - start, 1),
+        "target_top1_accuracy": TARGET_ACCURACY,
+        **score(verdicts),
+        "studies": {name: {"reproduced": r["reproduced"], "seconds": r["seconds"],
+                           "checks": r["checks"]} for name, r in studies.items()},
+    }
+    result["passed"] = bool(result["top1_accuracy"] is not None and result["top1_accuracy"] >= TARGET_ACCURACY
+                            and result["false_alarms"] == 0)
+    out = output_dir(out_dir, quick)
+    write_atomic(out / "benchmark.json", json.dumps(result, indent=1) + "\n")
+    write_atomic(out / "benchmark.md", render_markdown(result))
+    print(render_markdown(result, brief=True))
+    return result
+
+
+def render_markdown(result: dict, *, brief: bool = False) -> str:
+    """Confusion table, accuracy, false alarms, time per study; with ``brief=False`` each miss and its evidence."""
+    ids = sorted({c for row in result["confusion"].values() for c in row} | set(result["confusion"]))
+    lines = ["## benchmark" + ("  (quick mode: a smoke test, not a result)" if result["quick"] else ""), "",
+             f"Seeds {', '.join(map(str, result['seeds']))}; {result['n_scenarios']} scenario runs; "
+             f"all studies together {result['seconds']:.0f} s.", "",
+             "Rows: true cause; columns: kddiag's top finding.", "",
+             "| true cause \\ verdict | " + " | ".join(ids) + " |", "|---" * (len(ids) + 1) + "|"]
+    for cause in sorted(result["confusion"]):
+        row = result["confusion"][cause]
+        lines.append(f"| {cause} | " + " | ".join(str(row.get(i, "")) for i in ids) + " |")
+    accuracy = result["top1_accuracy"]
+    lines += ["", f"**Top-1 accuracy:** {accuracy:.1%} (target ≥ {result['target_top1_accuracy']:.0%}); "
+                  f"true cause among the findings: {result['true_cause_among_findings']:.1%}.",
+              f"**False alarms on healthy pairs:** {result['false_alarms']} of {result['n_healthy']}.",
+              f"**Target met:** {'yes' if result['passed'] else 'no'}.", "",
+              "| study | reproduced | seconds |", "|---|---|---|"]
+    lines += [f"| {name} | {'yes' if s['reproduced'] else 'no'} | {s['seconds']:.0f} |"
+              for name, s in result["studies"].items()]
+    if not brief and result["misses"]:
+        lines += ["", "### Misses", "", "| study / scenario | seed | true cause | findings (severity: evidence) |",
+                  "|---|---|---|---|"]
+        for v in result["misses"]:
+            found = "; ".join(
+                f"{f['id']} {f['severity']:.2f}: " + ", ".join(
+                    f"{e['metric']}@{e['dataset']} = {_number(e['value'])} {e['comparison']} {_number(e['threshold'])}"
+                    for e in f["evidence"]) for f in v["findings"]) or "none"
+            lines.append(f"| {v['study']} / {v['scenario']} | {v['seed']} | {v['true_cause']} | {found} |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
+if __name__ == "__main__":
+    main()
