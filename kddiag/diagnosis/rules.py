@@ -32,7 +32,7 @@ from kddiag.diagnosis.thresholds import (
     SHARP_SMOOTHING_FULL, SOFT_FULL_FRACTION, SOFTNESS_GAP_FULL, SOFTNESS_GAP_MIN,
     STRUCTURE_GAIN_FULL, STRUCTURE_GAIN_MIN, STRUCTURE_SCORE_FULL, STRUCTURE_SCORE_MIN,
     SUPPORT_WEIGHT, TEACHER_TRANSFER_ERROR_FULL, TEACHER_TRANSFER_ERROR_MAX,
-    TEACHER_WEAK_MARGIN, TEACHER_WEAK_MARGIN_FULL, TRANSFER_ERROR_EXCESS_FULL,
+    TEACHER_WEAK_ERROR_SHARE, TEACHER_WEAK_MARGIN, TEACHER_WEAK_MARGIN_FULL, TRANSFER_ERROR_EXCESS_FULL,
     TRANSFER_ERROR_EXCESS_MIN,
 )
 from kddiag.errors import KddiagError
@@ -300,11 +300,14 @@ def teacher_weak(m: Measurements, context: RuleContext) -> Finding | None:
     # teacher is a success, so the KD student is the reference only when there is no baseline.
     best = baseline if baseline is not None else student
     evidence, grades, sentences = [], [], []
-    if best is not None and teacher.value < best.value + TEACHER_WEAK_MARGIN:
+    # Near the ceiling two points are most of the errors left: there it is enough that the teacher
+    # removes TEACHER_WEAK_ERROR_SHARE of the reference model's errors.
+    margin = None if best is None else min(TEACHER_WEAK_MARGIN, TEACHER_WEAK_ERROR_SHARE * (1 - best.value))
+    if best is not None and teacher.value < best.value + margin:
         model = best.metric.split(".")[1].removesuffix("_accuracy")
-        evidence += [teacher.evidence(_r(best.value + TEACHER_WEAK_MARGIN), "<"),
-                     best.evidence(_r(teacher.value - TEACHER_WEAK_MARGIN), ">")]
-        grades.append(_grade(teacher.value - best.value, TEACHER_WEAK_MARGIN, TEACHER_WEAK_MARGIN_FULL))
+        evidence += [teacher.evidence(_r(best.value + margin), "<"),
+                     best.evidence(_r(teacher.value - margin), ">")]
+        grades.append(_grade(teacher.value - best.value, margin, TEACHER_WEAK_MARGIN_FULL))
         sentences.append(f"The teacher ({teacher.value:.1%} on the {teacher.dataset} set) is not "
                          f"clearly more accurate than the {model} ({best.value:.1%}).")
     normalized = context.normalized(teacher.value)

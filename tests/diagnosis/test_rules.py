@@ -469,3 +469,10 @@ def test_capacity_gap_reads_agreement_where_the_teacher_is_right():
     fails_where_right = {**changes, ("outcome", "agreement_where_teacher_correct", TRANSFER): 0.6}
     found = finding(run(build(fails_where_right)), "capacity-gap")
     assert evidence_of(found, "outcome.agreement_where_teacher_correct")[0].value == 0.6
+
+
+def test_near_the_ceiling_removing_a_quarter_of_the_errors_is_clearly_better():
+    near_ceiling = {("outcome", "baseline_accuracy", EVAL): 0.96, ("outcome", "student_accuracy", EVAL): 0.97}
+    assert "teacher-weak" not in ids(run(build({**near_ceiling, ("outcome", "teacher_accuracy", EVAL): 0.975})))
+    found = finding(run(build({**near_ceiling, ("outcome", "teacher_accuracy", EVAL): 0.965})), "teacher-weak")
+    assert evidence_of(found, "outcome.teacher_accuracy")[0].threshold == pytest.approx(0.97)
