@@ -65,7 +65,7 @@ def test_demo_writes_json_and_html(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["metrics"]) == {"outcome", "universe", "domain", "instance"}
-    assert report["findings"], "a verdict is always given"
+    assert report["findings"][0]["id"] == "teacher-overconfident", "the demo teacher was built to memorize"
     assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
     assert "report.json" in result.output and report["findings"][0]["id"] in result.output
 
@@ -74,14 +74,14 @@ def test_inspect_demo_paths_json_output(tmp_path):
     result = run("inspect", TEACHER, STUDENT, *DIGITS, "--baseline", BASELINE, "--json", "--no-progress")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["inputs"]["settings"]["temperature"] == {"value": 4.0, "source": "checkpoint", "guessed": False}
+    assert report["inputs"]["settings"]["temperature"] == {"value": 1.0, "source": "checkpoint", "guessed": False}
     assert report["metrics"]["outcome"]["kd_gain"]["eval"]["value"] is not None
     assert report["metrics"]["domain"]["feature_cka"]["transfer"]["value"] is not None
 
 
 @pytest.mark.parametrize("pair, extra", [
     (("teacher.pt2", "student.pt2"), []),
-    (("teacher_sd.pt", "student_sd.pt"), ["--teacher-arch", "mlp:64-256-256-10", "--student-arch", "mlp:64-12-10"]),
+    (("teacher_sd.pt", "student_sd.pt"), ["--teacher-arch", "mlp:64-256-256-10", "--student-arch", "mlp:64-8-10"]),
 ])
 def test_inspect_model_formats(formats, pair, extra):
     result = run("inspect", formats[pair[0]], formats[pair[1]], *DIGITS, *extra, "--json", "--no-progress")
