@@ -253,7 +253,7 @@ class _Runner:
             if features is None:
                 self.features = None
             else:
-                self.features.append(features.to("cpu", dtype=_torch().float64))
+                self.features.append(features.to("cpu", dtype=_torch().float32))
 
     def _call(self, batch: Any) -> tuple[Any, Any]:
         """Logits (n, C) and features (n, D) or None for one batch, padding to a fixed batch size."""

@@ -41,7 +41,7 @@ CONSTANT_DIFFICULTY = "rescaling weight or difficulty is constant over the examp
 
 KNN_MAX_SAMPLES = 5000  # k-NN difficulty on at most this many examples (fixed-seed subsample) …
 KNN_MAX_WORK = 1e9  # … and at most this many distance multiply-adds (n_sub² · n_features)
-CKA_MAX_SAMPLES = 4096  # linear CKA on at most this many examples (fixed-seed subsample)
+CKA_MAX_SAMPLES = 2048  # linear CKA on at most this many examples (fixed-seed subsample)
 
 
 @dataclass(frozen=True)
@@ -286,8 +286,8 @@ def _feature_cka(teacher_features, other_features) -> float | None:
     O(n·d²): on 20,000 examples of 2,048 features the float64 products alone take seconds.
     """
     rows = subsample_indices(len(teacher_features), CKA_MAX_SAMPLES)
-    return domain.linear_cka_of(np.asarray(teacher_features)[rows].astype(np.float32),
-                                np.asarray(other_features)[rows].astype(np.float32))
+    return domain.linear_cka_of(np.asarray(teacher_features[rows], dtype=np.float32),
+                                np.asarray(other_features[rows], dtype=np.float32))
 
 
 def _group_recovery(record: _Recorder, name: str, dataset: str, similarity: np.ndarray, groups) -> None:

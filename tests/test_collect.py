@@ -43,7 +43,7 @@ def test_features_logits_and_weight_match_a_manual_forward_pass():
         np.testing.assert_allclose(got.logits, logits, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(got.features, features, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(got.weight, model[2].weight.detach().double().numpy())
-        assert got.logits.dtype == got.features.dtype == got.weight.dtype == np.float64
+        assert got.logits.dtype == got.weight.dtype == np.float64 and got.features.dtype == np.float32
     assert out.student.features.shape == (N, 5) and out.baseline is None
     assert out.dataset == EVAL and out.labels.tolist() == data.labels.tolist()
 

@@ -167,11 +167,21 @@ def group_recovery_of(similarity: np.ndarray, groups: np.ndarray) -> float | Non
 
 
 def linear_cka_of(first: np.ndarray, second: np.ndarray) -> float | None:
-    """Feature-space linear CKA of column-centred features, products in the input dtype, norms in float64."""
+    """Linear CKA of column-centred features, products in the input dtype, norms in float64.
+
+    ‖YᵀX‖²_F / (‖XᵀX‖_F·‖YᵀY‖_F) equals ⟨K, L⟩ / (‖K‖_F·‖L‖_F) with Gram matrices K = XXᵀ, L = YYᵀ;
+    the feature form costs n·(d_x + d_y)², the Gram form n²·(d_x + d_y): the cheaper one is used.
+    """
     x = first - first.mean(axis=0)
     y = second - second.mean(axis=0)
-    cross = np.linalg.norm((y.T @ x).astype(np.float64)) ** 2
-    norm = np.linalg.norm((x.T @ x).astype(np.float64)) * np.linalg.norm((y.T @ y).astype(np.float64))
+    n, width = x.shape[0], x.shape[1] + y.shape[1]
+    if n < width:  # sums below are numpy's pairwise sums: accurate in float32 too
+        k, l = x @ x.T, y @ y.T
+        cross = float(np.sum(k * l, dtype=np.float64) if k.dtype == np.float64 else np.sum(k * l))
+        norm = float(np.linalg.norm(k)) * float(np.linalg.norm(l))
+    else:
+        cross = np.linalg.norm((y.T @ x).astype(np.float64)) ** 2
+        norm = np.linalg.norm((x.T @ x).astype(np.float64)) * np.linalg.norm((y.T @ y).astype(np.float64))
     return float(cross / norm) if norm > 0 else None
 
 

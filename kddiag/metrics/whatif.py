@@ -20,7 +20,8 @@ TEMPERATURES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 MIN_SMOOTHING = 0.05  # informative targets put at least this much mass on wrong classes …
 MAX_SMOOTHING_OF_UNIFORM = 0.9  # … at most this share of the uniform distribution's (C − 1)/C …
 MAX_SATURATION = 0.5  # … and at most half of them are near one-hot
-MAX_ELEMENTS = 1 << 21  # larger sets are read on a fixed-seed subsample of this many logits
+MAX_ELEMENTS = 1 << 21  # larger sets are read on a fixed-seed subsample of this many logits …
+MAX_SAMPLES = 5_000  # … and of at most this many examples (the curves are means over examples)
 
 
 def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] = TEMPERATURES,
@@ -32,7 +33,7 @@ def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] 
     share with p_y > 0.99, the dark-knowledge content at τ and the coefficient of variation of the
     untrained-student rescaling weight. ``informative_range`` is [min, max] of the grid τ where
     0.05 ≤ ε_eff ≤ 0.9·(C − 1)/C and saturation_share ≤ 0.5, or None when no τ qualifies.
-    Sets larger than 2²¹ logits use a fixed-seed subsample of that size (``n_samples`` examples).
+    Sets larger than 2²¹ logits or 5,000 examples use a fixed-seed subsample (``n_samples`` examples).
     """
     teacher_logits = check_logits(teacher_logits, name="teacher logits")
     labels = check_labels(labels, n_samples=teacher_logits.shape[0], n_classes=teacher_logits.shape[1])
@@ -46,7 +47,7 @@ def temperature_whatif_of(teacher_logits: np.ndarray, labels: np.ndarray, *,
                           temperatures: Sequence[float] = TEMPERATURES, alpha: float) -> dict:
     """See :func:`temperature_whatif` (valid input)."""
     n_samples, n_classes = teacher_logits.shape
-    rows = subsample_indices(n_samples, max(2, MAX_ELEMENTS // n_classes))
+    rows = subsample_indices(n_samples, max(2, min(MAX_SAMPLES, MAX_ELEMENTS // n_classes)))
     subsample = rows if rows.size < n_samples else None
     stats = [softmax_stats(teacher_logits, labels, temperature=t, rows=subsample) for t in temperatures]
     smoothing = [effective_smoothing_of(s) for s in stats]

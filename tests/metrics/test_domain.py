@@ -128,6 +128,15 @@ def test_linear_cka_matches_the_gram_matrix_hsic_form():
     assert domain.linear_cka(x, np.ones((80, 3))) is None
 
 
+def test_linear_cka_gram_and_feature_forms_agree():
+    rng = np.random.default_rng(38)
+    x = rng.normal(size=(30, 50))  # fewer examples than features: the Gram form is used
+    y = x[:, :20] @ rng.normal(size=(20, 40)) + rng.normal(size=(30, 40))
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    feature_form = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    assert domain.linear_cka(x, y) == pytest.approx(feature_form, rel=1e-10)
+
+
 def test_errors():
     with pytest.raises(KddiagError, match="teacher features have 5 samples but student features have 6"):
         domain.linear_cka(np.zeros((5, 2)), np.zeros((6, 2)))
