@@ -96,7 +96,7 @@ def test_inspect_logits_pair_marks_weight_metrics_unavailable(formats, tmp_path)
     result = run("inspect", formats["teacher_logits.npz"], formats["student_logits.npz"], *DIGITS,
                  "--temperature", "4", "--alpha", "0.9", "--json", "--out", tmp_path)
     html = (tmp_path / "report.html").read_text()
-    assert "not available" in html and "https://" not in html
+    assert "logits mode: no logit-layer weights" in html and "https://" not in html
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     files = {f["role"]: f["format"] for f in report["inputs"]["files"]}
