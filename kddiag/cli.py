@@ -95,13 +95,16 @@ def output_options(command):
 @click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear).")
 @click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes.")
 @click.option("--device", help="Torch device (default: CUDA when present, else CPU).")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show progress on stderr (default: when stderr is a terminal).")
 @output_options
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_on, **options):
     """Inspect a TEACHER / STUDENT pair and say why distillation helped or not."""
     from kddiag.pipeline import inspect as run_inspect
     from kddiag.types import InspectOptions
 
+    if options["progress"] is None:
+        options["progress"] = sys.stderr.isatty()
     report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
                          options=InspectOptions(**options))
     _finish(report, out=out, as_json=as_json, fail_on=fail_on)

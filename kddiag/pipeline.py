@@ -39,6 +39,11 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     datasets = {name: _as_dataset(source, role)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
+    given_classes = None
+    if options.classes:  # read before the forward passes: a bad file fails fast
+        from kddiag.loading import load_class_info
+
+        given_classes = load_class_info(options.classes)
 
     sets = [
         collect_outputs(dataset, teacher=models["teacher"], student=models["student"],
@@ -51,7 +56,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
         if outputs.teacher.logits.shape[1] != n_classes:
             raise KddiagError(f"the {outputs.dataset} set gives {outputs.teacher.logits.shape[1]} classes "
                               f"but the {sets[0].dataset} set gives {n_classes}")
-    class_info = _class_info(options, datasets, n_classes)
+    class_info = _class_info(given_classes, options.classes, datasets, n_classes)
     settings = _settings(options, models["student"].metadata, models["teacher"].metadata)
     measurements = measure(sets, settings=settings, class_info=class_info)
     diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
@@ -115,12 +120,11 @@ def _as_dataset(source: Any, role: str) -> Dataset:
                       f"got {type(source).__name__}")
 
 
-def _class_info(options: InspectOptions, datasets: dict[str, Dataset], n_classes: int) -> ClassInfo:
+def _class_info(given: ClassInfo | None, path: str | None, datasets: dict[str, Dataset],
+                n_classes: int) -> ClassInfo:
     """Class names/groups from --classes, else from the data set; checked against the class count."""
-    if options.classes:
-        from kddiag.loading import load_class_info
-
-        info, origin = load_class_info(options.classes), f"--classes '{options.classes}'"
+    if given is not None:
+        info, origin = given, f"--classes '{path}'"
     else:
         info = next((ds.class_info for ds in datasets.values()
                      if ds.class_info.names or ds.class_info.groups), ClassInfo())

@@ -204,3 +204,24 @@ def test_case_study_list():
 def test_version_and_help_are_fast_imports():
     assert run("--version").exit_code == 0
     assert "inspect" in run("--help").output
+
+
+def test_classes_file_names_and_groups_reach_the_report(tmp_path):
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"names": [f"digit {k}" for k in range(10)], "groups": [0, 1, 1, 0, 1, 1, 0, 1, 0, 0]}))
+    result = run("inspect", TEACHER, STUDENT, "--data", "digits:test", "--classes", classes, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["inputs"]["class_names"][3] == "digit 3"
+    assert report["metrics"]["domain"]["teacher_group_recovery"]["eval"]["value"] is not None
+
+
+@pytest.mark.parametrize("content, fragments", [
+    (None, ["--classes", "no such file"]),
+    ('{"names": ["a", "b"]}', ["--classes", "2 class names", "10 classes"]),
+])
+def test_bad_classes_file_gives_one_line(tmp_path, content, fragments):
+    classes = tmp_path / "classes.json"
+    if content is not None:
+        classes.write_text(content)
+    assert_one_line_error(run("inspect", TEACHER, STUDENT, "--data", "digits:test", "--classes", classes), *fragments)
