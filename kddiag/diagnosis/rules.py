@@ -166,6 +166,7 @@ class Sharpness:
     teacher_at_fault: bool
     sharp_at_one: bool
     fitted: Reading | None  # T* when past FITTED_TEMPERATURE_MIN
+    one_hot: bool  # near one-hot; else equally confident everywhere (flat rescaling) after memorizing
 
 
 def _sharpness(m: Measurements, context: RuleContext) -> Sharpness | None:
@@ -180,6 +181,15 @@ def _sharpness(m: Measurements, context: RuleContext) -> Sharpness | None:
     if smoothing is not None and smoothing.value <= OVERCONFIDENT_SMOOTHING_MAX:
         evidence.append(smoothing.evidence(OVERCONFIDENT_SMOOTHING_MAX, "<="))
         grades.append(_grade(smoothing.value, OVERCONFIDENT_SMOOTHING_MAX, SHARP_SMOOTHING_FULL))
+    one_hot = bool(evidence)
+    # Short of one-hot, a teacher that memorized the transfer set can still be equally sure of every
+    # example there: flat rescaling weights (level 3) with softer targets on held-out data.
+    flat = _maybe(m, "instance", "untrained_rescaling_weight_cv", (dataset,))
+    gap = _maybe(m, "universe", "softness_gap", (TRANSFER,)) if dataset == TRANSFER else None
+    if (not one_hot and flat is not None and gap is not None
+            and flat.value <= FLAT_RESCALING_CV_MAX and gap.value >= SOFTNESS_GAP_MIN):
+        evidence += [flat.evidence(FLAT_RESCALING_CV_MAX, "<="), gap.evidence(SOFTNESS_GAP_MIN, ">=")]
+        grades.append(_grade(flat.value, FLAT_RESCALING_CV_MAX, FLAT_RESCALING_CV_FULL))
     if not evidence:
         return None
     whatif = _maybe(m, "universe", "temperature_whatif", (dataset,))
@@ -187,7 +197,8 @@ def _sharpness(m: Measurements, context: RuleContext) -> Sharpness | None:
     fitted = _maybe(m, "universe", "teacher_fitted_temperature", (EVAL,))
     fitted = fitted if fitted is not None and fitted.value >= FITTED_TEMPERATURE_MIN else None
     at_fault = context.temperature >= 1.0 or sharp_at_one or fitted is not None
-    return Sharpness(tuple(evidence), max(grades), saturation, smoothing, at_fault, sharp_at_one, fitted)
+    return Sharpness(tuple(evidence), max(grades), saturation, smoothing, at_fault, sharp_at_one, fitted,
+                     one_hot)
 
 
 def _sharp_at(whatif: dict, temperature: float) -> bool:
@@ -393,14 +404,20 @@ def teacher_overconfident(m: Measurements, context: RuleContext) -> Finding | No
     higher_helps = band is not None and band[1] > temperature
 
     evidence = list(sharp.evidence)
+    shown = {e.metric for e in evidence}
     mass = "" if sharp.smoothing is None else f", mean wrong-class mass {sharp.smoothing.value:.3f}"
+    how = "nearly one-hot" if sharp.one_hot else "almost equally confident on every example"
     sentences = [
-        f"At τ = {temperature:g} the teacher's targets on the {dataset} set are nearly one-hot "
+        f"At τ = {temperature:g} the teacher's targets on the {dataset} set are {how} "
         f"({sharp.saturation.value:.0%} of examples with p_y > 0.99{mass}): the student gets little "
         "smoothing (level 1), little wrong-class mass to learn class relations from (level 2), and "
         "nearly the same gradient weight on every example (level 3)."]
     support = [0.0, 0.0, 0.0]
-    if memorized:
+    if memorized and gap.metric in shown:
+        sentences.append(f"On held-out data the same teacher is softer by {gap.value:.3f} of ε_eff: it "
+                         "memorized the transfer set, so its confidence there says nothing about "
+                         "difficulty.")
+    elif memorized:
         evidence.append(gap.evidence(SOFTNESS_GAP_MIN, ">="))
         support[0] = _grade(gap.value, SOFTNESS_GAP_MIN, SOFTNESS_GAP_FULL)
         sentences.append(f"On held-out data the same teacher is softer by {gap.value:.3f} of ε_eff: it "
@@ -411,8 +428,9 @@ def teacher_overconfident(m: Measurements, context: RuleContext) -> Finding | No
         support[1] = _grade(sharp.fitted.value, FITTED_TEMPERATURE_MIN, FITTED_TEMPERATURE_FULL)
         sentences.append(f"It is over-confident on held-out data too (T* = {sharp.fitted.value:.2f}).")
     if flat is not None and flat.value <= FLAT_RESCALING_CV_MAX:
-        evidence.append(flat.evidence(FLAT_RESCALING_CV_MAX, "<="))
-        support[2] = _grade(flat.value, FLAT_RESCALING_CV_MAX, FLAT_RESCALING_CV_FULL)
+        if flat.metric not in shown:
+            evidence.append(flat.evidence(FLAT_RESCALING_CV_MAX, "<="))
+            support[2] = _grade(flat.value, FLAT_RESCALING_CV_MAX, FLAT_RESCALING_CV_FULL)
         sentences.append(f"Its rescaling weights barely vary (CV {flat.value:.3f}): it treats easy and "
                          "hard examples alike.")
     if band is not None and not higher_helps:

@@ -476,3 +476,17 @@ def test_near_the_ceiling_removing_a_quarter_of_the_errors_is_clearly_better():
     assert "teacher-weak" not in ids(run(build({**near_ceiling, ("outcome", "teacher_accuracy", EVAL): 0.975})))
     found = finding(run(build({**near_ceiling, ("outcome", "teacher_accuracy", EVAL): 0.965})), "teacher-weak")
     assert evidence_of(found, "outcome.teacher_accuracy")[0].threshold == pytest.approx(0.97)
+
+
+def test_memorizing_teacher_with_flat_rescaling_is_overconfident_short_of_one_hot():
+    memorized_flat = {("universe", "saturation_share", TRANSFER): 0.17,
+                      ("universe", "effective_smoothing", TRANSFER): 0.08,
+                      ("universe", "softness_gap", TRANSFER): 0.2,
+                      ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.07}
+    found = finding(run(build(memorized_flat)), "teacher-overconfident")
+    assert "almost equally confident" in found.explanation
+    assert [e.metric for e in found.evidence].count("instance.untrained_rescaling_weight_cv") == 1
+    not_memorized = {**memorized_flat, ("universe", "softness_gap", TRANSFER): 0.01}
+    assert "teacher-overconfident" not in ids(run(build(not_memorized)))
+    varied = {**memorized_flat, ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.2}
+    assert "teacher-overconfident" not in ids(run(build(varied)))
