@@ -181,7 +181,7 @@ class Diagnosis:
 class InputInfo:
     """What was inspected: one entry per input file or built-in source."""
 
-    role: str  # teacher, student, baseline, data, transfer_data, classes
+    role: str  # teacher, student, baseline, eval, transfer, classes
     path: str
     format: str  # e.g. 'torch.export', 'torchscript', 'state_dict', 'pickled-module', 'logits', 'builtin', 'pt', 'npz'
     n_samples: int | None = None
