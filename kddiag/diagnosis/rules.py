@@ -305,22 +305,30 @@ def teacher_weak(m: Measurements, context: RuleContext) -> Finding | None:
     teacher = _need(m, context, "outcome", "teacher_accuracy", _EVAL_FIRST)
     student = _maybe(m, "outcome", "student_accuracy", (teacher.dataset,))
     baseline = _maybe(m, "outcome", "baseline_accuracy", (teacher.dataset,))
-    if baseline is None:
-        context.not_checked("no baseline student: the teacher was compared with the KD student only")
-    # The student trained alone is the bar a teacher must clear; a KD student that matches its
-    # teacher is a success, so the KD student is the reference only when there is no baseline.
-    best = baseline if baseline is not None else student
     evidence, grades, sentences = [], [], []
-    # Near the ceiling two points are most of the errors left: there it is enough that the teacher
-    # removes TEACHER_WEAK_ERROR_SHARE of the reference model's errors.
-    margin = None if best is None else min(TEACHER_WEAK_MARGIN, TEACHER_WEAK_ERROR_SHARE * (1 - best.value))
-    if best is not None and teacher.value < best.value + margin:
-        model = best.metric.split(".")[1].removesuffix("_accuracy")
-        evidence += [teacher.evidence(_r(best.value + margin), "<"),
-                     best.evidence(_r(teacher.value - margin), ">")]
-        grades.append(_grade(teacher.value - best.value, margin, TEACHER_WEAK_MARGIN_FULL))
-        sentences.append(f"The teacher ({teacher.value:.1%} on the {teacher.dataset} set) is not "
-                         f"clearly more accurate than the {model} ({best.value:.1%}).")
+    if baseline is not None:
+        # The student trained alone is the bar a teacher must clear. Near the ceiling two points are
+        # most of the errors left: there removing TEACHER_WEAK_ERROR_SHARE of them is enough.
+        margin = min(TEACHER_WEAK_MARGIN, TEACHER_WEAK_ERROR_SHARE * (1 - baseline.value))
+        if teacher.value < baseline.value + margin:
+            evidence += [teacher.evidence(_r(baseline.value + margin), "<"),
+                         baseline.evidence(_r(teacher.value - margin), ">")]
+            grades.append(_grade(teacher.value - baseline.value, margin, TEACHER_WEAK_MARGIN_FULL))
+            sentences.append(f"The teacher ({teacher.value:.1%} on the {teacher.dataset} set) is not "
+                             f"clearly more accurate than the baseline ({baseline.value:.1%}).")
+    elif student is not None:
+        # Without a baseline, a KD student that matches its teacher (success) looks like a weak
+        # teacher; only a student clearly better than its teacher says the teacher is weak.
+        context.not_checked("no baseline student: a teacher no better than the student trained alone "
+                            "cannot be told from a student that learned it well; only a student clearly "
+                            "better than its teacher is flagged")
+        margin = min(TEACHER_WEAK_MARGIN, TEACHER_WEAK_ERROR_SHARE * (1 - teacher.value))
+        if student.value > teacher.value + margin:
+            evidence += [teacher.evidence(_r(student.value - margin), "<"),
+                         student.evidence(_r(teacher.value + margin), ">")]
+            grades.append(_grade(teacher.value - student.value, -margin, TEACHER_WEAK_MARGIN_FULL))
+            sentences.append(f"The teacher ({teacher.value:.1%} on the {teacher.dataset} set) is less "
+                             f"accurate than its own student ({student.value:.1%}).")
     normalized = context.normalized(teacher.value)
     if normalized < NEAR_CHANCE_NORMALIZED_ACCURACY:
         evidence.append(teacher.evidence(_r(context.accuracy_at(NEAR_CHANCE_NORMALIZED_ACCURACY)), "<"))

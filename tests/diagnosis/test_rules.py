@@ -456,10 +456,15 @@ def test_a_kd_student_that_matches_its_teacher_does_not_make_the_teacher_weak():
     assert "teacher-weak" not in ids(run(build(changes)))
 
 
-def test_without_a_baseline_the_teacher_is_compared_with_the_student():
-    diagnosis = run(build({("outcome", "teacher_accuracy", EVAL): 0.86},
-                          drop=[("outcome", "baseline_accuracy", EVAL)]))
-    assert evidence_of(finding(diagnosis, "teacher-weak"), "outcome.student_accuracy")[0].value == 0.88
+def test_without_a_baseline_only_a_student_better_than_its_teacher_makes_it_weak():
+    no_baseline = [("outcome", "baseline_accuracy", EVAL)]
+    matched = run(build({("outcome", "teacher_accuracy", EVAL): 0.88}, drop=no_baseline))
+    assert "teacher-weak" not in ids(matched)
+    assert any("no baseline" in reason for rule, reason in matched.not_checked if rule == "teacher-weak")
+    beaten = run(build({("outcome", "teacher_accuracy", EVAL): 0.84}, drop=no_baseline))
+    found = finding(beaten, "teacher-weak")
+    assert evidence_of(found, "outcome.student_accuracy")[0].value == 0.88
+    assert "less accurate than its own student" in found.explanation
 
 
 def test_capacity_gap_reads_agreement_where_the_teacher_is_right():
