@@ -21,7 +21,13 @@ import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.loading import logits_of
+from kddiag.metrics._common import subsample_indices
 from kddiag.types import EVAL, TRANSFER, Dataset, LoadedModel, ModelOutputs, SetOutputs
+
+# Penultimate features are kept for a fixed-seed subsample of at most this many examples: every
+# measurement that reads them (linear CKA, k-NN difficulty) reads at most that many, and memory stays
+# bounded on large transfer sets (a million examples of 2,048 features would take 8 GB).
+FEATURE_MAX_ROWS = 5_000
 
 __all__ = ["collect_outputs"]
 
@@ -71,11 +77,15 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
             with torch.inference_mode():
                 for runner in runners.values():
                     runner.start(x[:1], device=device, feature_layer=feature_layer)
+                feature_rows = subsample_indices(len(labels), FEATURE_MAX_ROWS)
                 n_batches = -(-len(labels) // batch_size)
                 for index in range(n_batches):
-                    batch = x[index * batch_size:(index + 1) * batch_size]
+                    start = index * batch_size
+                    batch = x[start:start + batch_size]
+                    lo, hi = np.searchsorted(feature_rows, (start, start + len(batch)))
+                    kept = feature_rows[lo:hi] - start  # the batch's rows whose features are kept
                     for runner in runners.values():
-                        runner.run(batch)
+                        runner.run(batch, kept)
                     if progress:
                         print(f"\rkddiag: {set_name} set, batch {index + 1}/{n_batches}", end="", file=sys.stderr)
                 if progress:
@@ -83,7 +93,7 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
         finally:
             for runner in runners.values():
                 runner.finish()
-        outputs.update({role: runner.outputs() for role, runner in runners.items()})
+        outputs.update({role: runner.outputs(feature_rows) for role, runner in runners.items()})
     _check_outputs(outputs, labels, set_name)
     return SetOutputs(dataset=set_name, labels=labels, teacher=outputs["teacher"], student=outputs["student"],
                       baseline=outputs.get("baseline"))
@@ -246,14 +256,16 @@ class _Runner:
         return output
 
     # --- running ------------------------------------------------------------------------------
-    def run(self, batch: Any) -> None:
+    def run(self, batch: Any, kept: np.ndarray) -> None:
+        """One batch; keeps the features of the rows ``kept`` (indices into the batch)."""
         logits, features = self._call(batch)
         self.logits.append(logits.to("cpu", dtype=_torch().float64))
         if self.features is not None:
             if features is None:
                 self.features = None
             else:
-                self.features.append(features.to("cpu", dtype=_torch().float32))
+                self.features.append(features[_torch().as_tensor(kept, device=features.device)]
+                                     .to("cpu", dtype=_torch().float32))
 
     def _call(self, batch: Any) -> tuple[Any, Any]:
         """Logits (n, C) and features (n, D) or None for one batch, padding to a fixed batch size."""
@@ -285,11 +297,13 @@ class _Runner:
             return out, None
         return out, (torch.cat(features) if len(features) > 1 else features[0])[:n]
 
-    def outputs(self) -> ModelOutputs:
+    def outputs(self, feature_rows: np.ndarray) -> ModelOutputs:
         torch = _torch()
         logits = torch.cat(self.logits).numpy()
-        features = torch.cat(self.features).numpy() if self.features else None
-        return ModelOutputs(logits=logits, features=features, weight=self.weight)
+        if not self.features:
+            return ModelOutputs(logits=logits, weight=self.weight)
+        return ModelOutputs(logits=logits, features=torch.cat(self.features).numpy(), weight=self.weight,
+                            feature_rows=None if len(feature_rows) == len(logits) else feature_rows)
 
     def finish(self) -> None:
         """Remove hooks and restore the module's training mode."""

@@ -145,9 +145,14 @@ def _check_sets(sets: Sequence[SetOutputs]) -> list[_Set]:
 def _check_extras(out: ModelOutputs, role: str, dataset: str, n_samples: int, n_classes: int) -> None:
     if out.features is not None:
         shape = np.shape(out.features)
-        if len(shape) != 2 or shape[0] != n_samples:
-            raise KddiagError(f"{role} features ({dataset} set) must be (n_samples, n_features) = ({n_samples}, …); "
-                              f"got shape {shape}")
+        rows = _feature_rows(out, n_samples)
+        if len(shape) != 2 or shape[0] != rows.size:
+            raise KddiagError(f"{role} features ({dataset} set) must be (n_rows, n_features) = ({rows.size}, …), "
+                              f"one row per example or per feature_rows entry; got shape {shape}")
+        if out.feature_rows is not None and (rows.ndim != 1 or np.any(np.diff(rows) <= 0)
+                                             or rows[0] < 0 or rows[-1] >= n_samples):
+            raise KddiagError(f"{role} feature_rows ({dataset} set) must be increasing example indices "
+                              f"in [0, {n_samples})")
         check_finite(np.asarray(out.features), name=f"{role} features ({dataset} set)")
     if out.weight is not None:
         shape = np.shape(out.weight)
@@ -269,25 +274,32 @@ def _domain(record: _Recorder, data: _Set, view: _Views, groups: np.ndarray | No
     record.add("domain", "dark_knowledge_content_at_temperature", d, domain.dark_knowledge_content_of(view.teacher_t),
                why_none=NEEDS_THREE_CLASSES)
     _transfer_scores(record, "output_similarity_transfer_score", d, similarity, NO_BASELINE)
-    features = {role: out.features for role, out in data.outputs.items() if out.features is not None}
+    features = {role: out for role, out in data.outputs.items() if out.features is not None}
     for name, other in (("feature_cka", "student"), ("baseline_feature_cka", "baseline")):
         if other not in data.outputs:
             record.missing("domain", name, d, NO_BASELINE)
         elif "teacher" not in features or other not in features:
             record.missing("domain", name, d, NO_FEATURES)
         else:
-            record.add("domain", name, d, _feature_cka(features["teacher"], features[other]),
+            record.add("domain", name, d, _feature_cka(features["teacher"], features[other], data.labels.size),
                        why_none=NO_FEATURE_VARIANCE)
 
 
-def _feature_cka(teacher_features, other_features) -> float | None:
-    """Linear CKA on at most CKA_MAX_SAMPLES examples (fixed-seed subsample), products in float32.
+def _feature_cka(teacher: ModelOutputs, other: ModelOutputs, n_samples: int) -> float | None:
+    """Linear CKA on the examples both models kept features for, at most CKA_MAX_SAMPLES of them
+    (fixed-seed subsample), products in float32. O(n·d²) or O(n²·d): bounded, not the full set."""
+    teacher_rows, other_rows = _feature_rows(teacher, n_samples), _feature_rows(other, n_samples)
+    _, in_teacher, in_other = np.intersect1d(teacher_rows, other_rows, assume_unique=True, return_indices=True)
+    pick = subsample_indices(in_teacher.size, CKA_MAX_SAMPLES)
+    if pick.size < 2:
+        return None
+    return domain.linear_cka_of(np.asarray(teacher.features[in_teacher[pick]], dtype=np.float32),
+                                np.asarray(other.features[in_other[pick]], dtype=np.float32))
 
-    O(n·d²): on 20,000 examples of 2,048 features the float64 products alone take seconds.
-    """
-    rows = subsample_indices(len(teacher_features), CKA_MAX_SAMPLES)
-    return domain.linear_cka_of(np.asarray(teacher_features[rows], dtype=np.float32),
-                                np.asarray(other_features[rows], dtype=np.float32))
+
+def _feature_rows(outputs: ModelOutputs, n_samples: int) -> np.ndarray:
+    """The example index of each feature row."""
+    return np.arange(n_samples) if outputs.feature_rows is None else np.asarray(outputs.feature_rows)
 
 
 def _group_recovery(record: _Recorder, name: str, dataset: str, similarity: np.ndarray, groups) -> None:
@@ -378,17 +390,21 @@ def _difficulty(data: _Set, one: dict[str, SoftmaxStats]) -> tuple[np.ndarray, s
     """
     if "baseline" in one:
         return -one["baseline"].target_log_prob, "baseline_loss"
-    features = data.outputs["teacher"].features
-    source = "knn_disagreement_features" if features is not None else "knn_disagreement_logits"
-    space = np.asarray(features if features is not None else data.logits["teacher"])
+    teacher = data.outputs["teacher"]
+    n_samples = data.labels.size
+    if teacher.features is not None:
+        source, space, space_rows = ("knn_disagreement_features", np.asarray(teacher.features),
+                                     _feature_rows(teacher, n_samples))
+    else:
+        source, space, space_rows = "knn_disagreement_logits", data.logits["teacher"], np.arange(n_samples)
     if space.dtype not in (np.float32, np.float64):
         space = space.astype(np.float64)
-    n_samples = data.labels.size
     limit = int(min(KNN_MAX_SAMPLES, np.sqrt(KNN_MAX_WORK / max(1, space.shape[1]))))
-    rows = subsample_indices(n_samples, max(limit, instance.N_NEIGHBORS + 1))
+    pick = subsample_indices(space_rows.size, max(limit, instance.N_NEIGHBORS + 1))
+    rows = space_rows[pick]
     difficulty = np.full(n_samples, np.nan)
     if rows.size >= 2:
-        difficulty[rows] = instance.knn_label_disagreement_of(space[rows], data.labels[rows])
+        difficulty[rows] = instance.knn_label_disagreement_of(space[pick], data.labels[rows])
     return difficulty, source
 
 

@@ -64,8 +64,9 @@ class ModelOutputs:
     """What one model produced on one data set."""
 
     logits: np.ndarray  # (n_samples, n_classes) float64
-    features: np.ndarray | None = None  # (n_samples, n_features) float32: input of the final linear layer
+    features: np.ndarray | None = None  # (n_rows, n_features) float32: input of the final linear layer
     weight: np.ndarray | None = None  # (n_classes, n_features): logit-layer weight
+    feature_rows: np.ndarray | None = None  # sorted example indices of the feature rows; None: every example
 
 
 @dataclass(frozen=True)

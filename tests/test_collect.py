@@ -250,3 +250,17 @@ def test_torch_export_with_dict_output_and_feature_layer(tmp_path):
     with pytest.raises(KddiagError, match=r"--feature-layer 'nope': no operation of that module in the exported program"):
         collect_outputs(data, teacher=teacher, student=load_model(tmp_path / "t.pt2"), set_name=EVAL,
                         feature_layer="nope")
+
+
+def test_features_are_kept_for_a_fixed_row_subsample_on_large_sets(monkeypatch):
+    import kddiag.collect as collect_module
+
+    monkeypatch.setattr(collect_module, "FEATURE_MAX_ROWS", 13)
+    data, teacher, student = _data(), _mlp(0, hidden=16), _mlp(1, hidden=5)
+    out = collect_outputs(data, teacher=_module(teacher), student=_module(student), set_name=EVAL, batch_size=7)
+    rows = out.teacher.feature_rows
+    assert rows is not None and rows.size == 13 and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, out.student.feature_rows)
+    _, features = _manual(teacher, data.x)
+    np.testing.assert_allclose(out.teacher.features, features[rows], rtol=1e-6, atol=1e-6)
+    assert out.teacher.logits.shape[0] == N  # logits stay complete

@@ -245,8 +245,12 @@ def test_bad_input_is_one_clear_error():
         measure([bad_labels], settings=SETTINGS, class_info=ClassInfo())
     bad_features = SetOutputs(EVAL, good.labels, ModelOutputs(good.teacher.logits, features=np.zeros((3, 2))),
                               good.student)
-    with pytest.raises(KddiagError, match=r"teacher features \(eval set\) must be \(n_samples, n_features\)"):
+    with pytest.raises(KddiagError, match=r"teacher features \(eval set\) must be \(n_rows, n_features\)"):
         measure([bad_features], settings=SETTINGS, class_info=ClassInfo())
+    unordered = SetOutputs(EVAL, good.labels, ModelOutputs(good.teacher.logits, features=np.zeros((3, 2)),
+                                                           feature_rows=np.array([4, 2, 7])), good.student)
+    with pytest.raises(KddiagError, match=r"teacher feature_rows \(eval set\) must be increasing"):
+        measure([unordered], settings=SETTINGS, class_info=ClassInfo())
     with pytest.raises(KddiagError, match="alpha"):
         measure([good], settings=Settings(alpha=Setting(1.5, "cli")), class_info=ClassInfo())
 
@@ -259,3 +263,28 @@ def test_agreement_where_teacher_correct_ignores_examples_the_teacher_gets_wrong
                        class_info=ClassInfo())
     assert measured.value("outcome", "agreement", EVAL) == pytest.approx(2 / 6)
     assert measured.value("outcome", "agreement_where_teacher_correct", EVAL) == pytest.approx(2 / 3)
+
+
+def test_features_kept_for_a_row_subsample_are_aligned_by_example_index():
+    rng = np.random.default_rng(11)
+    n, c = 300, 5
+    y = rng.integers(0, c, n)
+    teacher_features = rng.normal(size=(n, 8))
+    student_features = teacher_features @ rng.normal(size=(8, 6)) + 0.3 * rng.normal(size=(n, 6))
+    logits = rng.normal(size=(n, c))
+    full = measure([SetOutputs(EVAL, y, ModelOutputs(logits, features=teacher_features),
+                               ModelOutputs(logits[:, ::-1].copy(), features=student_features))],
+                   settings=SETTINGS, class_info=ClassInfo())
+    rows = np.sort(rng.choice(n, 120, replace=False))
+    kept = measure([SetOutputs(EVAL, y, ModelOutputs(logits, features=teacher_features[rows], feature_rows=rows),
+                               ModelOutputs(logits[:, ::-1].copy(), features=student_features[rows],
+                                            feature_rows=rows))],
+                   settings=SETTINGS, class_info=ClassInfo())
+    assert kept.value("domain", "feature_cka", EVAL) == pytest.approx(
+        domain.linear_cka(teacher_features[rows], student_features[rows]), rel=1e-5)
+    assert kept.value("domain", "feature_cka", EVAL) != pytest.approx(full.value("domain", "feature_cka", EVAL),
+                                                                     rel=1e-9)
+    difficulty = kept.arrays["eval/difficulty"]
+    assert np.isfinite(difficulty).sum() == rows.size and np.isfinite(difficulty[rows]).all()
+    np.testing.assert_allclose(difficulty[rows],
+                               instance.knn_label_disagreement(teacher_features[rows], y[rows]))
