@@ -225,3 +225,8 @@ def test_bad_classes_file_gives_one_line(tmp_path, content, fragments):
     if content is not None:
         classes.write_text(content)
     assert_one_line_error(run("inspect", TEACHER, STUDENT, "--data", "digits:test", "--classes", classes), *fragments)
+
+
+def test_inspect_is_deterministic(tmp_path):
+    first, second = (run("demo", "--out", tmp_path / name, "--json").stdout for name in ("a", "b"))
+    assert json.loads(first) == json.loads(second)
