@@ -65,18 +65,19 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on) -> None:
         sys.exit(EXIT_GATED)
 
 
-_output_options = [
-    click.option("--out", help="Directory for report.json and report.html."),
-    click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."),
-    click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
-                 help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
-]
-
-
-def output_options(command):
-    for option in reversed(_output_options):
-        command = option(command)
-    return command
+def output_options(*, default_out: str | None = None):
+    """--out, --json and --fail-on, shared by the commands that produce a report."""
+    def decorate(command):
+        for option in reversed((
+            click.option("--out", default=default_out, show_default=default_out is not None,
+                         help="Directory for report.json and report.html."),
+            click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."),
+            click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
+                         help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
+        )):
+            command = option(command)
+        return command
+    return decorate
 
 
 @main.command()
@@ -97,7 +98,7 @@ def output_options(command):
 @click.option("--device", help="Torch device (default: CUDA when present, else CPU).")
 @click.option("--progress/--no-progress", default=None,
               help="Show progress on stderr (default: when stderr is a terminal).")
-@output_options
+@output_options()
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_on, **options):
     """Inspect a TEACHER / STUDENT pair and say why distillation helped or not."""
     from kddiag.pipeline import inspect as run_inspect
@@ -111,11 +112,7 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_
 
 
 @main.command()
-@click.option("--out", default="kddiag-report", show_default=True,
-              help="Directory for report.json and report.html.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary.")
-@click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
-              help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id.")
+@output_options(default_out="kddiag-report")
 def demo(out, as_json, fail_on):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
     from kddiag.demo import demo_report

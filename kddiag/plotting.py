@@ -331,7 +331,7 @@ def plot_student_rescaling_vs_difficulty(report: Report | Measurements, *, datas
     lo, hi = min(lo, LOW_WEIGHT_THRESHOLD), max(hi, 1.0)  # keep both reference lines in view
     pad = 0.05 * (hi - lo)
     lo, hi = lo - pad, hi + pad
-    beyond = points.draw(ax, color=MODEL_COLORS["student"], label="w of the trained student", clip=(lo, hi))
+    points.draw(ax, color=MODEL_COLORS["student"], label="w of the trained student", clip=(lo, hi))
     ax.set_ylim(lo, hi)
     ax.set_ylabel("rescaling weight w (trained student)", fontsize=9)
     p_lo, p_hi = clip_percentiles
