@@ -1,14 +1,14 @@
 """The measure stage: every metric of the catalog (docs/metrics.md) on every data set given.
 
-``measure`` turns the collected outputs (:class:`SetOutputs`, one per data set) into
-:class:`Measurements`. It runs the softmax pass once per model and temperature and hands the
+``measure`` turns the collected outputs (:class:`SetOutputs`, one per data set) into typed
+:class:`~kddiag.results.Measurements`, one result per knowledge level. It runs the softmax pass once per model and temperature and hands the
 summaries to the metric modules, one per knowledge level. A metric that cannot be computed is still
 emitted, with value None and the reason (no baseline, no weights in logits mode, …): never a made-up value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, fields
+from typing import Sequence
 
 import numpy as np
 
@@ -16,9 +16,12 @@ from kddiag.errors import KddiagError
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
 from kddiag.metrics._common import (SoftmaxStats, check_alpha, check_finite, check_labels, check_logits,
                                     check_temperature, softmax_stats, subsample_indices)
-from kddiag.types import EVAL, TRANSFER, ClassInfo, Measurements, Metric, ModelOutputs, SetOutputs, Settings
+from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWeights, DomainResult, InstanceOnSet,
+                            InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
+                            ReliabilityCalibration, UniverseOnSet, UniverseResult, WeightStructure, measured,
+                            unavailable)
+from kddiag.types import EVAL, TRANSFER, ClassInfo, ModelOutputs, SetOutputs, Settings
 
-WEIGHTS = "weights"  # the dataset tag of metrics computed from parameters alone
 ROLES = ("teacher", "student", "baseline")
 
 NO_BASELINE = "no baseline given"
@@ -63,48 +66,29 @@ class _Views:
     student_t: SoftmaxStats
 
 
-class _Recorder:
-    """Collects metrics (plain Python values) and per-example arrays."""
-
-    def __init__(self) -> None:
-        self.metrics: list[Metric] = []
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def add(self, section: str, name: str, dataset: str, value: Any, *, ci: tuple[float, float] | None = None,
-            why_none: str = "undefined on this data") -> None:
-        value = _plain(value)
-        if value is None:
-            self.metrics.append(Metric(section, name, dataset, None, unavailable=why_none))
-        else:
-            self.metrics.append(Metric(section, name, dataset, value, ci=ci))
-
-    def missing(self, section: str, name: str, dataset: str, why: str) -> None:
-        self.metrics.append(Metric(section, name, dataset, None, unavailable=why))
-
-
 def measure(sets: Sequence[SetOutputs], *, settings: Settings, class_info: ClassInfo) -> Measurements:
-    """All catalog metrics on every data set in ``sets`` (eval and/or transfer), plus per-example arrays.
+    """Every catalog metric on every data set in ``sets`` (eval and/or transfer), one result per level.
 
-    Weight-based metrics are computed once (dataset "weights"); ``softness_gap`` needs both sets;
-    ``temperature_whatif`` is measured on the transfer set, else on eval. Arrays are keyed
-    ``"<dataset>/<name>"``: teacher_target_confidence, rescaling_weight, untrained_rescaling_weight, difficulty.
+    Weight-based metrics are computed once (data set "weights"); ``softness_gap`` needs both sets;
+    the temperature what-if is measured on the transfer set, else on eval.
     """
     checked = _check_sets(sets)
     n_classes = next(iter(checked[0].logits.values())).shape[1]
     groups = _check_groups(class_info, n_classes)
     temperature = check_temperature(settings.temperature.value)
     alpha = check_alpha(settings.alpha.value)
-    record = _Recorder()
-    views: dict[str, _Views] = {}
-    for data in checked:
-        views[data.name] = view = _views(data, temperature)
-        _outcome(record, data, view)
-        _universe(record, data, view)
-        _domain(record, data, view, groups)
-        _instance(record, data, view, alpha)
-    _across_sets(record, checked, views, alpha)
-    _weights(record, checked, groups)
-    return Measurements(metrics=tuple(record.metrics), arrays=record.arrays)
+    views = {data.name: _views(data, temperature) for data in checked}
+    per_set = {level: {data.name: make(data, views[data.name]) for data in checked}
+               for level, make in (("outcome", _outcome), ("universe", _universe),
+                                   ("domain", lambda d, v: _domain(d, v, groups)),
+                                   ("instance", lambda d, v: _instance(d, v, alpha)))}
+    return Measurements(
+        outcome=OutcomeResult(**per_set["outcome"]),
+        universe=UniverseResult(**per_set["universe"], softness_gap=_softness_gap(views),
+                                temperature_whatif=_whatif(checked, alpha)),
+        domain=DomainResult(**per_set["domain"], weights=_weights(checked, groups)),
+        instance=InstanceResult(**per_set["instance"]),
+    )
 
 
 # ---------------------------------------------------------------- validation
@@ -190,99 +174,106 @@ def _views(data: _Set, temperature: float) -> _Views:
 
 # ---------------------------------------------------------------- level 0
 
-def _outcome(record: _Recorder, data: _Set, view: _Views) -> None:
-    d, y, one = data.name, data.labels, view.one
+def _outcome(data: _Set, view: _Views) -> OutcomeOnSet:
+    y, one = data.labels, view.one
     correct = {role: (stats.prediction == y).astype(np.float64) for role, stats in one.items()}
-    for role in ROLES:
-        if role in correct:
-            record.add("outcome", f"{role}_accuracy", d, np.mean(correct[role]),
-                       ci=fidelity.bootstrap_ci(correct[role]))
-        else:
-            record.missing("outcome", f"{role}_accuracy", d, NO_BASELINE)
+    accuracy = {role: measured(np.mean(correct[role]), ci=fidelity.bootstrap_ci(correct[role])) if role in correct
+                else unavailable(NO_BASELINE) for role in ROLES}
     agree = (one["teacher"].prediction == one["student"].prediction).astype(np.float64)
-    record.add("outcome", "agreement", d, np.mean(agree), ci=fidelity.bootstrap_ci(agree))
-    teacher_right = correct["teacher"] > 0
-    if teacher_right.any():  # where the student following the label and the teacher is the same thing
-        record.add("outcome", "agreement_where_teacher_correct", d, np.mean(agree[teacher_right]))
-    else:
-        record.missing("outcome", "agreement_where_teacher_correct", d, "the teacher is right on no example")
+    teacher_right = correct["teacher"] > 0  # where following the label and the teacher is the same thing
     kl = one["teacher"].kl_divergence()
-    record.add("outcome", "kl_teacher_student", d, np.mean(kl), ci=fidelity.bootstrap_ci(kl))
-    record.add("outcome", "kl_teacher_student_at_temperature", d, np.mean(view.teacher_t.kl_divergence()))
     if "baseline" in one:
-        record.add("outcome", "baseline_agreement", d,
-                   fidelity.agreement_of(one["teacher"].prediction, one["baseline"].prediction))
         gain = correct["student"] - correct["baseline"]
-        record.add("outcome", "kd_gain", d, np.mean(gain), ci=fidelity.bootstrap_ci(gain))
+        baseline_agreement = measured(fidelity.agreement_of(one["teacher"].prediction, one["baseline"].prediction))
+        kd_gain = measured(np.mean(gain), ci=fidelity.bootstrap_ci(gain))
     else:
-        record.missing("outcome", "baseline_agreement", d, NO_BASELINE)
-        record.missing("outcome", "kd_gain", d, NO_BASELINE)
+        baseline_agreement = kd_gain = unavailable(NO_BASELINE)
     teacher_pred, student_pred = one["teacher"].prediction, one["student"].prediction
     permutation = fidelity.permutation_of(teacher_pred, student_pred, one["teacher"].n_classes)
-    record.add("outcome", "permuted_agreement", d, fidelity.agreement_of(teacher_pred, permutation[student_pred]))
-    record.add("outcome", "class_permutation", d, permutation)
+    return OutcomeOnSet(
+        data.name,
+        teacher_accuracy=accuracy["teacher"], student_accuracy=accuracy["student"],
+        baseline_accuracy=accuracy["baseline"],
+        agreement=measured(np.mean(agree), ci=fidelity.bootstrap_ci(agree)),
+        agreement_where_teacher_correct=(measured(np.mean(agree[teacher_right])) if teacher_right.any()
+                                         else unavailable("the teacher is right on no example")),
+        baseline_agreement=baseline_agreement,
+        kl_teacher_student=measured(np.mean(kl), ci=fidelity.bootstrap_ci(kl)),
+        kl_teacher_student_at_temperature=measured(np.mean(view.teacher_t.kl_divergence())),
+        kd_gain=kd_gain,
+        permuted_agreement=measured(fidelity.agreement_of(teacher_pred, permutation[student_pred])),
+        class_permutation=measured(permutation),
+    )
 
 
 # ---------------------------------------------------------------- level 1
 
-def _universe(record: _Recorder, data: _Set, view: _Views) -> None:
-    d, y = data.name, data.labels
-    for role in ROLES:
-        stats = view.one.get(role)
-        metrics = {
-            "ece": lambda s: universe.ece_of(s, y),
-            "adaptive_ece": lambda s: universe.adaptive_ece_of(s, y),
-            "mce": lambda s: universe.mce_of(s, y),
-            "classwise_ece": lambda s: universe.classwise_ece_of(s.class_sums, y),
-            "nll": universe.nll_of,
-            "brier": universe.brier_of,
-            "fitted_temperature": lambda s: universe.fitted_temperature_of(data.logits[role], y),
-        }
-        for name, compute in metrics.items():
-            if stats is None:
-                record.missing("universe", f"{role}_{name}", d, NO_BASELINE)
-            else:
-                record.add("universe", f"{role}_{name}", d, compute(stats))
-        if role != "baseline":
-            record.add("universe", f"{role}_reliability", d, universe.reliability_of(stats, y))
-    teacher = view.teacher_t
-    record.add("universe", "effective_smoothing", d, universe.effective_smoothing_of(teacher))
-    record.add("universe", "equivalent_smoothing", d, universe.equivalent_smoothing_of(teacher))
-    record.add("universe", "saturation_share", d, universe.saturation_share_of(teacher))
-    record.add("universe", "target_entropy", d, universe.target_entropy_of(teacher))
-    record.add("universe", "target_confidence_histogram", d, universe.target_confidence_histogram_of(teacher))
+def _universe(data: _Set, view: _Views) -> UniverseOnSet:
+    y, teacher = data.labels, view.teacher_t
+    return UniverseOnSet(
+        data.name,
+        teacher=_calibration(data, view, "teacher", ReliabilityCalibration),
+        student=_calibration(data, view, "student", ReliabilityCalibration),
+        baseline=_calibration(data, view, "baseline", Calibration),
+        effective_smoothing=measured(universe.effective_smoothing_of(teacher)),
+        equivalent_smoothing=measured(universe.equivalent_smoothing_of(teacher)),
+        saturation_share=measured(universe.saturation_share_of(teacher)),
+        target_entropy=measured(universe.target_entropy_of(teacher)),
+        target_confidence_histogram=measured(universe.target_confidence_histogram_of(teacher)),
+    )
+
+
+def _calibration(data: _Set, view: _Views, role: str, kind: type[Calibration]) -> Calibration:
+    stats, y = view.one.get(role), data.labels
+    if stats is None:
+        return kind(**{item.name: unavailable(NO_BASELINE) for item in fields(kind)})
+    extra = {"reliability": measured(universe.reliability_of(stats, y))} if kind is ReliabilityCalibration else {}
+    return kind(
+        ece=measured(universe.ece_of(stats, y)),
+        adaptive_ece=measured(universe.adaptive_ece_of(stats, y)),
+        mce=measured(universe.mce_of(stats, y)),
+        classwise_ece=measured(universe.classwise_ece_of(stats.class_sums, y)),
+        nll=measured(universe.nll_of(stats)),
+        brier=measured(universe.brier_of(stats)),
+        fitted_temperature=measured(universe.fitted_temperature_of(data.logits[role], y)),
+        **extra,
+    )
 
 
 # ---------------------------------------------------------------- level 2
 
-def _domain(record: _Recorder, data: _Set, view: _Views, groups: np.ndarray | None) -> None:
-    d, y = data.name, data.labels
-    similarity = {}
+def _domain(data: _Set, view: _Views, groups: np.ndarray | None) -> DomainOnSet:
+    y = data.labels
+    similarity = {role: domain.output_similarity_of(stats, y) for role, stats in view.one.items()}
+    structure = {}
     for role in ROLES:
         stats = view.one.get(role)
         if stats is None:
-            for name in ("dark_knowledge_content", "nontarget_logit_spread", "output_similarity", "group_recovery"):
-                record.missing("domain", f"{role}_{name}", d, NO_BASELINE)
+            structure[role] = ClassStructure(**{item.name: unavailable(NO_BASELINE) for item in fields(ClassStructure)})
             continue
-        record.add("domain", f"{role}_dark_knowledge_content", d, domain.dark_knowledge_content_of(stats),
-                   why_none=NEEDS_THREE_CLASSES)
-        record.add("domain", f"{role}_nontarget_logit_spread", d, domain.nontarget_logit_spread_of(stats),
-                   why_none=NO_POSITIVE_MARGIN)
-        similarity[role] = domain.output_similarity_of(stats, y)
-        record.add("domain", f"{role}_output_similarity", d, similarity[role])
-        _group_recovery(record, f"{role}_group_recovery", d, similarity[role], groups)
-    record.add("domain", "dark_knowledge_content_at_temperature", d, domain.dark_knowledge_content_of(view.teacher_t),
-               why_none=NEEDS_THREE_CLASSES)
-    _transfer_scores(record, "output_similarity_transfer_score", d, similarity, NO_BASELINE)
-    features = {role: out for role, out in data.outputs.items() if out.features is not None}
-    for name, other in (("feature_cka", "student"), ("baseline_feature_cka", "baseline")):
+        structure[role] = ClassStructure(
+            dark_knowledge_content=measured(domain.dark_knowledge_content_of(stats), why_none=NEEDS_THREE_CLASSES),
+            nontarget_logit_spread=measured(domain.nontarget_logit_spread_of(stats), why_none=NO_POSITIVE_MARGIN),
+            output_similarity=measured(similarity[role]),
+            group_recovery=_group_recovery(similarity[role], groups),
+        )
+    score, baseline_score = _transfer_scores(similarity, NO_BASELINE)
+    cka = {}
+    for other in ("student", "baseline"):
         if other not in data.outputs:
-            record.missing("domain", name, d, NO_BASELINE)
-        elif "teacher" not in features or other not in features:
-            record.missing("domain", name, d, NO_FEATURES)
+            cka[other] = unavailable(NO_BASELINE)
+        elif data.outputs["teacher"].features is None or data.outputs[other].features is None:
+            cka[other] = unavailable(NO_FEATURES)
         else:
-            record.add("domain", name, d, _feature_cka(features["teacher"], features[other], data.labels.size),
-                       why_none=NO_FEATURE_VARIANCE)
+            cka[other] = measured(_feature_cka(data.outputs["teacher"], data.outputs[other], y.size),
+                                  why_none=NO_FEATURE_VARIANCE)
+    return DomainOnSet(
+        data.name, **structure,
+        dark_knowledge_content_at_temperature=measured(domain.dark_knowledge_content_of(view.teacher_t),
+                                                       why_none=NEEDS_THREE_CLASSES),
+        output_similarity_transfer_score=score, baseline_output_similarity_transfer_score=baseline_score,
+        feature_cka=cka["student"], baseline_feature_cka=cka["baseline"],
+    )
 
 
 def _feature_cka(teacher: ModelOutputs, other: ModelOutputs, n_samples: int) -> float | None:
@@ -302,29 +293,27 @@ def _feature_rows(outputs: ModelOutputs, n_samples: int) -> np.ndarray:
     return np.arange(n_samples) if outputs.feature_rows is None else np.asarray(outputs.feature_rows)
 
 
-def _group_recovery(record: _Recorder, name: str, dataset: str, similarity: np.ndarray, groups) -> None:
+def _group_recovery(similarity: np.ndarray, groups: np.ndarray | None) -> Measured:
     if groups is None:
-        record.missing("domain", name, dataset, NO_GROUPS)
-    else:
-        record.add("domain", name, dataset, domain.group_recovery_of(similarity, groups), why_none=GROUPS_ONE_SIDED)
+        return unavailable(NO_GROUPS)
+    return measured(domain.group_recovery_of(similarity, groups), why_none=GROUPS_ONE_SIDED)
 
 
-def _transfer_scores(record: _Recorder, name: str, dataset: str, similarity: dict[str, np.ndarray],
-                     why_missing: str | dict[str, str]) -> None:
-    """``name`` (teacher vs student) and ``baseline_<name>`` (teacher vs baseline)."""
-    for metric, other in ((name, "student"), (f"baseline_{name}", "baseline")):
+def _transfer_scores(similarity: dict[str, np.ndarray], why_missing: str | dict[str, str]) -> tuple[Measured, Measured]:
+    """Spearman of the teacher's similarity matrix with the student's, and with the baseline's."""
+    scores = []
+    for other in ("student", "baseline"):
         missing = [role for role in ("teacher", other) if role not in similarity]
         if missing:
-            why = why_missing if isinstance(why_missing, str) else why_missing[missing[0]]
-            record.missing("domain", metric, dataset, why)
+            scores.append(unavailable(why_missing if isinstance(why_missing, str) else why_missing[missing[0]]))
         else:
-            record.add("domain", metric, dataset,
-                       domain.similarity_transfer_score_of(similarity["teacher"], similarity[other]),
-                       why_none=CONSTANT_SIMILARITY)
+            scores.append(measured(domain.similarity_transfer_score_of(similarity["teacher"], similarity[other]),
+                                   why_none=CONSTANT_SIMILARITY))
+    return scores[0], scores[1]
 
 
-def _weights(record: _Recorder, checked: list[_Set], groups: np.ndarray | None) -> None:
-    """Weight-based class similarity, once (dataset "weights")."""
+def _weights(checked: list[_Set], groups: np.ndarray | None) -> DomainOnWeights:
+    """Weight-based class similarity, once (data set 'weights')."""
     weight, why = {}, {}
     for role in ROLES:
         outputs = [data.outputs[role] for data in checked if role in data.outputs]
@@ -336,50 +325,51 @@ def _weights(record: _Recorder, checked: list[_Set], groups: np.ndarray | None) 
             why[role] = NO_WEIGHTS_LOGITS_MODE if logits_mode else NO_WEIGHTS
         else:
             weight[role] = np.asarray(found[0], dtype=np.float64)
-    similarity = {}
-    for role in ROLES:
-        if role not in weight:
-            record.missing("domain", f"{role}_weight_similarity", WEIGHTS, why[role])
-            record.missing("domain", f"{role}_weight_group_recovery", WEIGHTS, why[role])
-            continue
-        similarity[role] = domain.weight_similarity_of(weight[role])
-        record.add("domain", f"{role}_weight_similarity", WEIGHTS, similarity[role])
-        _group_recovery(record, f"{role}_weight_group_recovery", WEIGHTS, similarity[role], groups)
-    _transfer_scores(record, "weight_similarity_transfer_score", WEIGHTS, similarity, why)
+    similarity = {role: domain.weight_similarity_of(w) for role, w in weight.items()}
+    structure = {
+        role: (WeightStructure(weight_similarity=measured(similarity[role]),
+                               weight_group_recovery=_group_recovery(similarity[role], groups))
+               if role in similarity else
+               WeightStructure(weight_similarity=unavailable(why[role]), weight_group_recovery=unavailable(why[role])))
+        for role in ROLES
+    }
+    score, baseline_score = _transfer_scores(similarity, why)
+    return DomainOnWeights(**structure, weight_similarity_transfer_score=score,
+                           baseline_weight_similarity_transfer_score=baseline_score)
 
 
 # ---------------------------------------------------------------- level 3
 
-def _instance(record: _Recorder, data: _Set, view: _Views, alpha: float) -> None:
-    d, y, one = data.name, data.labels, view.one
+def _instance(data: _Set, view: _Views, alpha: float) -> InstanceOnSet:
+    y, one = data.labels, view.one
     w = instance.rescaling_weights_of(view.teacher_t, view.student_t, one["student"], alpha=alpha)
     finite = bool(np.all(np.isfinite(w)))
-    record.add("instance", "rescaling_weight_mean", d, np.mean(w) if finite else None, why_none=W_OVERFLOW)
-    record.add("instance", "rescaling_weight_cv", d, instance.coefficient_of_variation_of(w),
-               why_none=W_OVERFLOW if not finite else W_ZERO_MEAN)
-    record.add("instance", "rescaling_weight_low_share", d, np.mean(w < instance.LOW_WEIGHT))
     untrained = instance.untrained_rescaling_weights_of(view.teacher_t, alpha=alpha)
-    record.add("instance", "untrained_rescaling_weight_cv", d, instance.coefficient_of_variation_of(untrained),
-               why_none=W_ZERO_MEAN)
-    record.add("instance", "untrained_rescaling_weight_low_share", d, np.mean(untrained < instance.LOW_WEIGHT))
     difficulty, source = _difficulty(data, one)
-    record.add("instance", "rescaling_difficulty_correlation", d,
-               instance.rescaling_difficulty_correlation_of(untrained, difficulty), why_none=CONSTANT_DIFFICULTY)
-    record.add("instance", "difficulty_source", d, source)
     student_wrong = one["student"].prediction != y
-    record.add("instance", "confidence_error_auroc", d,
-               instance.confidence_error_auroc_of(one["teacher"], one["student"].prediction, y),
-               why_none=STUDENT_ALWAYS_WRONG if student_wrong.all() else STUDENT_NEVER_WRONG)
     decoupled = instance.decoupled_kd_of(view.teacher_t, view.student_t)
-    record.add("instance", "tckd", d, np.mean(decoupled.tckd))
-    record.add("instance", "nckd", d, np.mean(decoupled.nckd))
-    record.add("instance", "nckd_weight", d, np.mean(decoupled.nckd_weight))
-    record.add("instance", "teacher_error_rate", d, np.mean(one["teacher"].prediction != y))
-    record.add("instance", "hardest_examples", d, instance.hardest_examples_of(one["teacher"], y))
-    record.arrays[f"{d}/teacher_target_confidence"] = view.teacher_t.target_prob
-    record.arrays[f"{d}/rescaling_weight"] = w
-    record.arrays[f"{d}/untrained_rescaling_weight"] = untrained
-    record.arrays[f"{d}/difficulty"] = difficulty
+    return InstanceOnSet(
+        data.name,
+        rescaling_weight_mean=measured(np.mean(w) if finite else None, why_none=W_OVERFLOW),
+        rescaling_weight_cv=measured(instance.coefficient_of_variation_of(w),
+                                     why_none=W_OVERFLOW if not finite else W_ZERO_MEAN),
+        rescaling_weight_low_share=measured(np.mean(w < instance.LOW_WEIGHT)),
+        untrained_rescaling_weight_cv=measured(instance.coefficient_of_variation_of(untrained), why_none=W_ZERO_MEAN),
+        untrained_rescaling_weight_low_share=measured(np.mean(untrained < instance.LOW_WEIGHT)),
+        rescaling_difficulty_correlation=measured(instance.rescaling_difficulty_correlation_of(untrained, difficulty),
+                                                  why_none=CONSTANT_DIFFICULTY),
+        difficulty_source=measured(source),
+        confidence_error_auroc=measured(
+            instance.confidence_error_auroc_of(one["teacher"], one["student"].prediction, y),
+            why_none=STUDENT_ALWAYS_WRONG if student_wrong.all() else STUDENT_NEVER_WRONG),
+        tckd=measured(np.mean(decoupled.tckd)),
+        nckd=measured(np.mean(decoupled.nckd)),
+        nckd_weight=measured(np.mean(decoupled.nckd_weight)),
+        teacher_error_rate=measured(np.mean(one["teacher"].prediction != y)),
+        hardest_examples=measured(instance.hardest_examples_of(one["teacher"], y)),
+        examples=PerExample(teacher_target_confidence=view.teacher_t.target_prob, rescaling_weight=w,
+                            untrained_rescaling_weight=untrained, difficulty=difficulty),
+    )
 
 
 def _difficulty(data: _Set, one: dict[str, SoftmaxStats]) -> tuple[np.ndarray, str]:
@@ -410,33 +400,18 @@ def _difficulty(data: _Set, one: dict[str, SoftmaxStats]) -> tuple[np.ndarray, s
 
 # ---------------------------------------------------------------- across sets
 
-def _across_sets(record: _Recorder, checked: list[_Set], views: dict[str, _Views], alpha: float) -> None:
-    if EVAL in views and TRANSFER in views:
-        gap = (universe.effective_smoothing_of(views[EVAL].teacher_t)
-               - universe.effective_smoothing_of(views[TRANSFER].teacher_t))
-        record.add("universe", "softness_gap", TRANSFER, gap)
-    else:
-        record.missing("universe", "softness_gap", TRANSFER, NEEDS_BOTH_SETS)
-    data = next(c for c in checked if c.name == (TRANSFER if TRANSFER in views else EVAL))
-    record.add("universe", "temperature_whatif", data.name,
-               whatif.temperature_whatif_of(data.logits["teacher"], data.labels, alpha=alpha))
+def _softness_gap(views: dict[str, _Views]) -> Measured:
+    if EVAL not in views or TRANSFER not in views:
+        return unavailable(NEEDS_BOTH_SETS, dataset=TRANSFER)
+    gap = (universe.effective_smoothing_of(views[EVAL].teacher_t)
+           - universe.effective_smoothing_of(views[TRANSFER].teacher_t))
+    return measured(gap, dataset=TRANSFER)
 
 
-# ---------------------------------------------------------------- plain values
+def _whatif(checked: list[_Set], alpha: float) -> Measured:
+    """The temperature what-if on the transfer set, else on eval."""
+    data = next((c for c in checked if c.name == TRANSFER), checked[0])
+    return measured(whatif.temperature_whatif_of(data.logits["teacher"], data.labels, alpha=alpha),
+                    dataset=data.name)
 
-def _plain(value: Any) -> Any:
-    """Numpy scalars and arrays as Python floats/ints/lists; a non-finite scalar becomes None."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    value = float(value)
-    return value if np.isfinite(value) else None
+

@@ -1,4 +1,5 @@
 """The measure stage: every catalog metric of docs/metrics.md, tagged by data set, with reasons when unavailable."""
+import json
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from kddiag import measure as measure_module
 from kddiag.errors import KddiagError
 from kddiag.measure import measure
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
+from kddiag.report import json as report_json
 from kddiag.types import EVAL, SECTIONS, TRANSFER, ClassInfo, ModelOutputs, SetOutputs, Setting, Settings
 
 N_CLASSES = 6
@@ -80,42 +82,49 @@ def bare():
     return sets, measure(sets, settings=SETTINGS, class_info=ClassInfo())
 
 
+def keys(measured) -> list[tuple[str, str, str]]:
+    """(level, name, dataset) of every value, as report.json lists them."""
+    return [(*value.name.split(".", 1), value.dataset) for value in measured.values()]
+
+
 def test_every_catalog_metric_on_every_expected_dataset(full):
     _, measured = full
-    found = {(m.section, m.name, m.dataset) for m in measured.metrics}
+    found = set(keys(measured))
     expected = {(section, name, dataset) for section, names in catalog().items() for name in names
                 for dataset in expected_datasets(name, [TRANSFER, EVAL])}
     assert found == expected
-    assert len(measured.metrics) == len(found)  # no duplicates
+    assert len(keys(measured)) == len(found)  # no duplicates
     assert set(catalog()) == set(SECTIONS)
+    assert set(measured.to_dict()) == set(SECTIONS)
 
 
 def test_with_everything_given_every_metric_has_a_value(full):
     _, measured = full
-    missing = [(m.name, m.dataset, m.unavailable) for m in measured.metrics if m.value is None]
+    missing = [(v.name, v.dataset, v.unavailable) for v in measured.values() if v.value is None]
     assert missing == []
-    assert all(m.unavailable is None for m in measured.metrics)
+    assert all(v.unavailable is None for v in measured.values())
 
 
 def test_logits_mode_without_baseline_or_groups_says_why(bare):
     _, measured = bare
-    found = {(m.section, m.name, m.dataset) for m in measured.metrics}
     expected = {(section, name, dataset) for section, names in catalog().items() for name in names
                 for dataset in expected_datasets(name, [EVAL])}
-    assert found == expected  # every metric is still there, unavailable ones too
-    for metric in measured.metrics:
-        assert (metric.value is None) == (metric.unavailable is not None), metric
-    reason = {(m.name, m.dataset): m.unavailable for m in measured.metrics}
-    assert reason["baseline_accuracy", EVAL] == "no baseline given"
-    assert reason["kd_gain", EVAL] == "no baseline given"
-    assert reason["baseline_output_similarity_transfer_score", EVAL] == "no baseline given"
-    assert reason["teacher_weight_similarity", "weights"] == "logits mode: no logit-layer weights"
-    assert reason["weight_similarity_transfer_score", "weights"] == "logits mode: no logit-layer weights"
-    assert reason["feature_cka", EVAL] == "no penultimate features found"
-    assert reason["teacher_group_recovery", EVAL] == "no class groups given"
-    assert reason["softness_gap", TRANSFER] == "needs both eval and transfer sets"
-    assert measured.value("instance", "difficulty_source", EVAL) == "knn_disagreement_logits"
-    assert measured.get("universe", "temperature_whatif").dataset == EVAL
+    assert set(keys(measured)) == expected  # every metric is still there, unavailable ones too
+    for value in measured.values():
+        assert (value.value is None) == (value.unavailable is not None), value
+    ev, weights = measured.outcome.eval, measured.domain.weights
+    assert ev.baseline_accuracy.unavailable == "no baseline given"
+    assert ev.kd_gain.unavailable == "no baseline given"
+    assert measured.domain.eval.baseline_output_similarity_transfer_score.unavailable == "no baseline given"
+    assert weights.teacher.weight_similarity.unavailable == "logits mode: no logit-layer weights"
+    assert weights.weight_similarity_transfer_score.unavailable == "logits mode: no logit-layer weights"
+    assert measured.domain.eval.feature_cka.unavailable == "no penultimate features found"
+    assert measured.domain.eval.teacher.group_recovery.unavailable == "no class groups given"
+    assert measured.universe.softness_gap.unavailable == "needs both eval and transfer sets"
+    assert measured.universe.softness_gap.dataset == TRANSFER
+    assert measured.instance.eval.difficulty_source.value == "knn_disagreement_logits"
+    assert measured.universe.temperature_whatif.dataset == EVAL
+    assert measured.outcome.transfer is None
 
 
 def test_values_equal_the_metric_functions_per_dataset(full):
@@ -123,73 +132,70 @@ def test_values_equal_the_metric_functions_per_dataset(full):
     for data in sets:
         d, y = data.dataset, data.labels
         t, s, b = data.teacher.logits, data.student.logits, data.baseline.logits
-        value = lambda section, name: measured.value(section, name, d)  # noqa: E731
-        assert value("outcome", "teacher_accuracy") == pytest.approx(fidelity.accuracy(t, y))
-        assert value("outcome", "kd_gain") == pytest.approx(fidelity.accuracy(s, y) - fidelity.accuracy(b, y))
-        assert value("outcome", "kl_teacher_student_at_temperature") == pytest.approx(
+        outcome, universe_, domain_, instance_ = (level.on(d) for level in measured.levels())
+        assert outcome.teacher_accuracy.value == pytest.approx(fidelity.accuracy(t, y))
+        assert outcome.kd_gain.value == pytest.approx(fidelity.accuracy(s, y) - fidelity.accuracy(b, y))
+        assert outcome.kl_teacher_student_at_temperature.value == pytest.approx(
             fidelity.mean_kl_divergence(t, s, temperature=3.0))
-        assert value("outcome", "class_permutation") == fidelity.class_permutation(t, s).tolist()
-        assert value("universe", "student_classwise_ece") == pytest.approx(universe.classwise_calibration_error(s, y))
-        assert value("universe", "baseline_fitted_temperature") == pytest.approx(universe.fitted_temperature(b, y))
-        assert value("universe", "teacher_reliability") == universe.reliability_bins(t, y)
-        assert value("universe", "saturation_share") == pytest.approx(universe.saturation_share(t, y, temperature=3.0))
-        assert value("domain", "dark_knowledge_content_at_temperature") == pytest.approx(
+        np.testing.assert_array_equal(outcome.class_permutation.value, fidelity.class_permutation(t, s))
+        assert universe_.student.classwise_ece.value == pytest.approx(universe.classwise_calibration_error(s, y))
+        assert universe_.baseline.fitted_temperature.value == pytest.approx(universe.fitted_temperature(b, y))
+        reliability = universe.reliability_bins(t, y)
+        np.testing.assert_array_equal(universe_.teacher.reliability.value.bin_count, reliability.bin_count)
+        np.testing.assert_array_equal(universe_.teacher.reliability.value.bin_accuracy, reliability.bin_accuracy)
+        assert universe_.saturation_share.value == pytest.approx(universe.saturation_share(t, y, temperature=3.0))
+        assert domain_.dark_knowledge_content_at_temperature.value == pytest.approx(
             domain.dark_knowledge_content(t, y, temperature=3.0))
-        assert value("domain", "baseline_nontarget_logit_spread") == pytest.approx(domain.nontarget_logit_spread(b, y))
-        np.testing.assert_allclose(value("domain", "student_output_similarity"), domain.output_similarity(s, y))
-        assert value("domain", "feature_cka") == pytest.approx(
+        assert domain_.baseline.nontarget_logit_spread.value == pytest.approx(domain.nontarget_logit_spread(b, y))
+        np.testing.assert_allclose(domain_.student.output_similarity.value, domain.output_similarity(s, y))
+        assert domain_.feature_cka.value == pytest.approx(
             domain.linear_cka(data.teacher.features, data.student.features), rel=1e-4)
         w = instance.rescaling_weights(t, s, y, temperature=3.0, alpha=0.8)
-        assert value("instance", "rescaling_weight_mean") == pytest.approx(np.mean(w))
+        assert instance_.rescaling_weight_mean.value == pytest.approx(np.mean(w))
         untrained = instance.untrained_rescaling_weights(t, y, temperature=3.0, alpha=0.8)
         difficulty = instance.cross_entropy_per_example(b, y)
-        assert value("instance", "rescaling_difficulty_correlation") == pytest.approx(
+        assert instance_.rescaling_difficulty_correlation.value == pytest.approx(
             instance.rescaling_difficulty_correlation(untrained, difficulty))
-        assert value("instance", "difficulty_source") == "baseline_loss"
-        assert value("instance", "nckd") == pytest.approx(
-            np.mean(instance.decoupled_kd(t, s, y, temperature=3.0).nckd))
-        assert value("instance", "hardest_examples") == instance.hardest_examples(t, y)
-        np.testing.assert_allclose(measured.arrays[f"{d}/rescaling_weight"], w)
-        np.testing.assert_allclose(measured.arrays[f"{d}/difficulty"], difficulty)
-        assert measured.arrays[f"{d}/teacher_target_confidence"].shape == (len(y),)
-    assert measured.value("universe", "softness_gap", TRANSFER) == pytest.approx(
+        assert instance_.difficulty_source.value == "baseline_loss"
+        assert instance_.nckd.value == pytest.approx(np.mean(instance.decoupled_kd(t, s, y, temperature=3.0).nckd))
+        assert instance_.hardest_examples.value == instance.hardest_examples(t, y)
+        np.testing.assert_allclose(instance_.examples.rescaling_weight, w)
+        np.testing.assert_allclose(instance_.examples.difficulty, difficulty)
+        assert instance_.examples.teacher_target_confidence.shape == (len(y),)
+    assert measured.universe.softness_gap.value == pytest.approx(
         universe.effective_smoothing(sets[1].teacher.logits, sets[1].labels, temperature=3.0)
         - universe.effective_smoothing(sets[0].teacher.logits, sets[0].labels, temperature=3.0))
-    assert measured.value("universe", "temperature_whatif", TRANSFER) == whatif.temperature_whatif(
-        sets[0].teacher.logits, sets[0].labels, alpha=0.8)
-    np.testing.assert_allclose(measured.value("domain", "teacher_weight_similarity", "weights"),
-                               domain.weight_similarity(sets[0].teacher.weight))
-    assert measured.value("domain", "teacher_weight_group_recovery", "weights") == pytest.approx(
+    whatif_ = measured.universe.temperature_whatif
+    assert whatif_.dataset == TRANSFER
+    expected = whatif.temperature_whatif(sets[0].teacher.logits, sets[0].labels, alpha=0.8)
+    np.testing.assert_array_equal(whatif_.value.effective_smoothing, expected.effective_smoothing)
+    assert whatif_.value.informative_range == expected.informative_range
+    weights = measured.domain.weights
+    np.testing.assert_allclose(weights.teacher.weight_similarity.value, domain.weight_similarity(sets[0].teacher.weight))
+    assert weights.teacher.weight_group_recovery.value == pytest.approx(
         domain.group_recovery(domain.weight_similarity(sets[0].teacher.weight), np.array(GROUPS)))
 
 
-def test_intervals_and_plain_values(full):
+def test_intervals_and_json_ready_values(full):
     _, measured = full
-    for name in ("teacher_accuracy", "student_accuracy", "baseline_accuracy", "agreement", "kl_teacher_student",
-                 "kd_gain"):
-        for d in (TRANSFER, EVAL):
-            metric = measured.get("outcome", name, d)
-            assert metric.ci is not None and metric.ci[0] <= metric.value <= metric.ci[1], (name, d)
-
-    def plain(value):
-        if isinstance(value, dict):
-            return all(isinstance(k, str) and plain(v) for k, v in value.items())
-        if isinstance(value, list):
-            return all(plain(v) for v in value)
-        return value is None or type(value) in (float, int, str, bool)
-
-    assert all(plain(m.value) for m in measured.metrics)
-    assert all(m.ci is None or all(type(x) is float for x in m.ci) for m in measured.metrics)
+    for record in measured.outcome.sets():
+        for value in (record.teacher_accuracy, record.student_accuracy, record.baseline_accuracy, record.agreement,
+                      record.kl_teacher_student, record.kd_gain):
+            assert value.ci is not None and value.ci[0] <= value.value <= value.ci[1], value.name
+    assert all(v.ci is None or all(type(x) is float for x in v.ci) for v in measured.values())
+    scalars = [v for v in measured.values() if isinstance(v.value, float)]
+    assert scalars and all(type(v.value) is float for v in scalars)  # Python floats, not numpy scalars
+    json.dumps(report_json._jsonable(measured.to_dict()), allow_nan=False)  # strict JSON
 
 
 def test_knn_difficulty_on_a_subsample_of_teacher_features(monkeypatch):
     monkeypatch.setattr(measure_module, "KNN_MAX_SAMPLES", 120)
     sets = [make_set(EVAL, 200, 4, baseline=False)]
     measured = measure(sets, settings=SETTINGS, class_info=ClassInfo())
-    difficulty = measured.arrays["eval/difficulty"]
+    difficulty = measured.instance.eval.examples.difficulty
     assert np.isfinite(difficulty).sum() == 120 and np.isnan(difficulty).sum() == 80
-    assert measured.value("instance", "difficulty_source") == "knn_disagreement_features"
-    assert measured.value("instance", "rescaling_difficulty_correlation") is not None
+    assert measured.instance.eval.difficulty_source.value == "knn_disagreement_features"
+    assert measured.instance.eval.rescaling_difficulty_correlation.ok
 
 
 def test_saturated_student_reports_overflowing_weights_as_unavailable():
@@ -199,10 +205,10 @@ def test_saturated_student_reports_overflowing_weights_as_unavailable():
     student = np.eye(3)[y] * 1e4  # 1 − q¹_y underflows far beyond the float range
     measured = measure([SetOutputs(EVAL, y, ModelOutputs(teacher), ModelOutputs(student))], settings=SETTINGS,
                        class_info=ClassInfo())
-    metric = measured.get("instance", "rescaling_weight_mean", EVAL)
+    metric = measured.instance.eval.rescaling_weight_mean
     assert metric.value is None and "overflows" in metric.unavailable
-    assert measured.value("instance", "rescaling_weight_low_share", EVAL) is not None
-    assert "no error" in measured.get("instance", "confidence_error_auroc", EVAL).unavailable
+    assert measured.instance.eval.rescaling_weight_low_share.ok
+    assert "no error" in measured.instance.eval.confidence_error_auroc.unavailable
 
 
 def test_extreme_logits_give_finite_values_or_a_reason():
@@ -215,18 +221,12 @@ def test_extreme_logits_give_finite_values_or_a_reason():
         sets.append(SetOutputs(name, y, *(ModelOutputs(z) for z in logits)))
     measured = measure(sets, settings=SETTINGS, class_info=ClassInfo(groups=GROUPS))
 
-    def finite(value):
-        if isinstance(value, dict):
-            return all(finite(v) for v in value.values())
-        if isinstance(value, list):
-            return all(finite(v) for v in value)
-        return value is None or isinstance(value, str) or np.isfinite(value)
-
-    for metric in measured.metrics:
-        assert finite(metric.value), metric.name
-        if metric.value is None and metric.section != "domain":  # domain: no weights in logits mode
-            assert metric.name in ("rescaling_weight_mean", "rescaling_weight_cv"), metric
-    assert measured.value("universe", "teacher_nll", EVAL) > 1000  # confidently wrong, by thousands of nats
+    for value in measured.values():
+        if isinstance(value.value, float):
+            assert np.isfinite(value.value), value.name
+        if value.value is None and not value.name.startswith("domain."):  # domain: no weights in logits mode
+            assert value.name in ("instance.rescaling_weight_mean", "instance.rescaling_weight_cv"), value
+    assert measured.universe.eval.teacher.nll.value > 1000  # confidently wrong, by thousands of nats
 
 
 def test_bad_input_is_one_clear_error():
@@ -261,8 +261,8 @@ def test_agreement_where_teacher_correct_ignores_examples_the_teacher_gets_wrong
     student = np.eye(3)[[0, 1, 0, 0, 1, 2]] * 5.0  # follows the labels where the teacher is wrong
     measured = measure([SetOutputs(EVAL, y, ModelOutputs(teacher), ModelOutputs(student))], settings=SETTINGS,
                        class_info=ClassInfo())
-    assert measured.value("outcome", "agreement", EVAL) == pytest.approx(2 / 6)
-    assert measured.value("outcome", "agreement_where_teacher_correct", EVAL) == pytest.approx(2 / 3)
+    assert measured.outcome.eval.agreement.value == pytest.approx(2 / 6)
+    assert measured.outcome.eval.agreement_where_teacher_correct.value == pytest.approx(2 / 3)
 
 
 def test_features_kept_for_a_row_subsample_are_aligned_by_example_index():
@@ -280,11 +280,10 @@ def test_features_kept_for_a_row_subsample_are_aligned_by_example_index():
                                ModelOutputs(logits[:, ::-1].copy(), features=student_features[rows],
                                             feature_rows=rows))],
                    settings=SETTINGS, class_info=ClassInfo())
-    assert kept.value("domain", "feature_cka", EVAL) == pytest.approx(
+    assert kept.domain.eval.feature_cka.value == pytest.approx(
         domain.linear_cka(teacher_features[rows], student_features[rows]), rel=1e-5)
-    assert kept.value("domain", "feature_cka", EVAL) != pytest.approx(full.value("domain", "feature_cka", EVAL),
-                                                                     rel=1e-9)
-    difficulty = kept.arrays["eval/difficulty"]
+    assert kept.domain.eval.feature_cka.value != pytest.approx(full.domain.eval.feature_cka.value, rel=1e-9)
+    difficulty = kept.instance.eval.examples.difficulty
     assert np.isfinite(difficulty).sum() == rows.size and np.isfinite(difficulty[rows]).all()
     np.testing.assert_allclose(difficulty[rows],
                                instance.knn_label_disagreement(teacher_features[rows], y[rows]))

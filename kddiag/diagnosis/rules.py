@@ -36,7 +36,8 @@ from kddiag.diagnosis.thresholds import (
     TRANSFER_ERROR_EXCESS_MIN,
 )
 from kddiag.errors import KddiagError
-from kddiag.types import EVAL, TRANSFER, Diagnosis, Evidence, Finding, Measurements, Settings
+from kddiag.results import Measurements
+from kddiag.types import EVAL, TRANSFER, Diagnosis, Evidence, Finding, Settings
 
 HEALTHY = "healthy"
 CLASS_ORDER_MISMATCH = "class-order-mismatch"
@@ -787,9 +788,6 @@ def _healthy(m: Measurements, ran: int, not_run: int) -> Finding:
 
 
 def _validate(measurements: Measurements, settings: Settings, n_classes: int) -> None:
-    if not isinstance(measurements, Measurements):
-        raise KddiagError("measurements must be a kddiag.types.Measurements; "
-                          f"got {type(measurements).__name__}")
     if not isinstance(settings, Settings):
         raise KddiagError(f"settings must be a kddiag.types.Settings; got {type(settings).__name__}")
     if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 2:

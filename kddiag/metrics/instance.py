@@ -24,6 +24,20 @@ _KNN_BLOCK = 1 << 20  # distances computed per block of query rows
 
 
 @dataclass(frozen=True)
+class HardExample:
+    """One of the examples the teacher finds hardest: lowest teacher p¹_y."""
+
+    index: int
+    label: int
+    teacher_prediction: int
+    target_confidence: float  # p¹_y
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "label": self.label, "teacher_prediction": self.teacher_prediction,
+                "target_confidence": self.target_confidence}
+
+
+@dataclass(frozen=True)
 class DecoupledKD:
     """Per-example terms of KL(p ‖ q) = TCKD + (1 − p_y)·NCKD at τ (Zhao et al. 2022); each (n_samples,)."""
 
@@ -139,7 +153,7 @@ def teacher_error_rate(teacher_logits, labels) -> float:
     return float(np.mean(teacher_logits.argmax(axis=1) != labels))
 
 
-def hardest_examples(teacher_logits, labels, *, k: int = N_HARDEST) -> list[dict]:
+def hardest_examples(teacher_logits, labels, *, k: int = N_HARDEST) -> tuple[HardExample, ...]:
     """The k examples with the lowest teacher p¹_y (ties by index): index, label, teacher prediction, p¹_y."""
     teacher_logits = check_logits(teacher_logits, name="teacher logits")
     labels = check_labels(labels, n_samples=teacher_logits.shape[0], n_classes=teacher_logits.shape[1])
@@ -216,11 +230,12 @@ def decoupled_kd_of(teacher: SoftmaxStats, student: SoftmaxStats) -> DecoupledKD
     return DecoupledKD(tckd=np.maximum(tckd, 0.0), nckd=teacher.nontarget_kl_divergence(), nckd_weight=p_rest)
 
 
-def hardest_examples_of(teacher_one: SoftmaxStats, labels: np.ndarray, *, k: int = N_HARDEST) -> list[dict]:
+def hardest_examples_of(teacher_one: SoftmaxStats, labels: np.ndarray, *,
+                        k: int = N_HARDEST) -> tuple[HardExample, ...]:
     """See :func:`hardest_examples`."""
     k = min(k, labels.size)
     score = teacher_one.target_log_prob
     candidates = np.flatnonzero(score <= np.partition(score, k - 1)[k - 1])
     chosen = candidates[np.lexsort((candidates, score[candidates]))][:k]
-    return [{"index": int(i), "label": int(labels[i]), "teacher_prediction": int(teacher_one.prediction[i]),
-             "target_confidence": float(np.exp(score[i]))} for i in chosen]
+    return tuple(HardExample(int(i), int(labels[i]), int(teacher_one.prediction[i]), float(np.exp(score[i])))
+                 for i in chosen)

@@ -11,6 +11,8 @@ so :func:`kddiag.measure.measure` runs the softmax once per model and temperatur
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kddiag.metrics._common import (ClassSums, SoftmaxStats, Workspace, check_labels, check_logits, check_n_bins,
@@ -22,6 +24,34 @@ SATURATION = 0.99  # p_y above this counts as a saturated (one-hot) target
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # T* is searched in this range
 FIT_MAX_ELEMENTS = 1 << 22  # T* is fitted on a fixed-seed subsample of at most this many logits
 _BETA_RTOL = 1e-7  # Newton on 1/T stops when a step changes it by less than this
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Reliability diagram data: per equal-width bin of max p¹, its edges, mean confidence, accuracy, count.
+
+    ``bin_confidence`` and ``bin_accuracy`` are NaN for an empty bin; arrays of length n_bins (edges n_bins + 1).
+    """
+
+    bin_edges: np.ndarray
+    bin_confidence: np.ndarray
+    bin_accuracy: np.ndarray
+    bin_count: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"bin_edges": self.bin_edges, "bin_confidence": self.bin_confidence,
+                "bin_accuracy": self.bin_accuracy, "bin_count": self.bin_count}
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of a per-example value in equal-width bins on [0, 1]."""
+
+    bin_edges: np.ndarray  # (n_bins + 1,)
+    counts: np.ndarray  # (n_bins,)
+
+    def to_dict(self) -> dict:
+        return {"bin_edges": self.bin_edges, "counts": self.counts}
 
 
 # ---------------------------------------------------------------- calibration
@@ -53,11 +83,9 @@ def classwise_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> floa
     return classwise_ece_of(stats.class_sums, labels, n_bins=n_bins)
 
 
-def reliability_bins(logits, labels, *, n_bins: int = N_BINS) -> dict:
-    """Reliability diagram data: ``{"bin_edges", "bin_confidence", "bin_accuracy", "bin_count"}``.
-
-    Equal-width bins of max p¹; an empty bin has confidence and accuracy None.
-    """
+def reliability_bins(logits, labels, *, n_bins: int = N_BINS) -> Reliability:
+    """Reliability diagram data (:class:`Reliability`): equal-width bins of max p¹; an empty bin has
+    confidence and accuracy NaN."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
     return reliability_of(stats, labels, n_bins=n_bins)
 
@@ -153,15 +181,13 @@ def classwise_ece_of(sums: ClassSums, labels: np.ndarray, *, n_bins: int = N_BIN
     return float(np.mean(np.abs(correct - confidence).sum(axis=1) / n))
 
 
-def reliability_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> dict:
+def reliability_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> Reliability:
     """Reliability diagram data from the τ = 1 stats; see :func:`reliability_bins`."""
     count, confidence, correct = _binned(stats, labels, n_bins)
     filled = count > 0
     safe = np.where(filled, count, 1)
-    return {"bin_edges": bin_edges(n_bins).tolist(),
-            "bin_confidence": [float(c) if f else None for c, f in zip(confidence / safe, filled)],
-            "bin_accuracy": [float(a) if f else None for a, f in zip(correct / safe, filled)],
-            "bin_count": count.astype(int).tolist()}
+    return Reliability(bin_edges(n_bins), np.where(filled, confidence / safe, np.nan),
+                       np.where(filled, correct / safe, np.nan), count.astype(np.int64))
 
 
 def nll_of(stats: SoftmaxStats) -> float:
@@ -259,8 +285,9 @@ def target_entropy(teacher_logits, *, temperature: float) -> float:
     return target_entropy_of(softmax_stats(teacher_logits, split, temperature=check_temperature(temperature)))
 
 
-def target_confidence_histogram(teacher_logits, labels, *, temperature: float, n_bins: int = HISTOGRAM_BINS) -> dict:
-    """``{"bin_edges", "counts"}`` of p_y at τ, n_bins equal-width bins on [0, 1] (last bin closed)."""
+def target_confidence_histogram(teacher_logits, labels, *, temperature: float,
+                                n_bins: int = HISTOGRAM_BINS) -> Histogram:
+    """Histogram of p_y at τ, n_bins equal-width bins on [0, 1] (last bin closed)."""
     stats = _softness_input(teacher_logits, labels, temperature)
     return target_confidence_histogram_of(stats, n_bins=check_n_bins(n_bins))
 
@@ -291,7 +318,7 @@ def target_entropy_of(stats: SoftmaxStats) -> float:
     return float(np.mean(stats.entropy))
 
 
-def target_confidence_histogram_of(stats: SoftmaxStats, *, n_bins: int = HISTOGRAM_BINS) -> dict:
+def target_confidence_histogram_of(stats: SoftmaxStats, *, n_bins: int = HISTOGRAM_BINS) -> Histogram:
     """Histogram of p_y; see :func:`target_confidence_histogram`."""
     counts, edges = np.histogram(stats.target_prob, bins=n_bins, range=(0.0, 1.0))
-    return {"bin_edges": edges.tolist(), "counts": counts.astype(int).tolist()}
+    return Histogram(edges, counts.astype(np.int64))

@@ -5,6 +5,7 @@ near uniform (no class structure). The grid reuses the level-1, 2 and 3 formulas
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -24,15 +25,61 @@ MAX_ELEMENTS = 1 << 21  # larger sets are read on a fixed-seed subsample of this
 MAX_SAMPLES = 5_000  # … and of at most this many examples (the curves are means over examples)
 
 
-def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] = TEMPERATURES,
-                       alpha: float) -> dict:
-    """The teacher's targets over a τ grid.
+@dataclass(frozen=True)
+class InformativeBand:
+    """Where a teacher's targets are informative: min_smoothing ≤ ε_eff ≤ max_smoothing, saturation ≤ max_saturation."""
 
-    Returns ``{"temperatures", "effective_smoothing", "saturation_share", "dark_knowledge_content",
-    "rescaling_weight_cv", "informative_range", "n_samples"}``: per τ, ε_eff = mean(1 − p_y), the
-    share with p_y > 0.99, the dark-knowledge content at τ and the coefficient of variation of the
-    untrained-student rescaling weight. ``informative_range`` is [min, max] of the grid τ where
-    0.05 ≤ ε_eff ≤ 0.9·(C − 1)/C and saturation_share ≤ 0.5, or None when no τ qualifies.
+    min_smoothing: float
+    max_smoothing: float
+    max_saturation: float
+
+    @classmethod
+    def for_classes(cls, n_classes: int) -> "InformativeBand":
+        """The band for C classes: 0.05 ≤ ε_eff ≤ 0.9·(C − 1)/C, at most half of the targets saturated."""
+        return cls(MIN_SMOOTHING, MAX_SMOOTHING_OF_UNIFORM * (n_classes - 1) / n_classes, MAX_SATURATION)
+
+    def holds(self, smoothing: float, saturation: float) -> bool:
+        return self.min_smoothing <= smoothing <= self.max_smoothing and saturation <= self.max_saturation
+
+    def to_dict(self) -> dict:
+        return {"min_smoothing": self.min_smoothing, "max_smoothing": self.max_smoothing,
+                "max_saturation": self.max_saturation}
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The teacher's targets over a τ grid: one value per grid τ in each array, and the band they were judged by."""
+
+    temperatures: np.ndarray
+    effective_smoothing: np.ndarray  # ε_eff = mean(1 − p_y)
+    saturation_share: np.ndarray  # share with p_y > 0.99
+    dark_knowledge_content: np.ndarray  # NaN where undefined
+    rescaling_weight_cv: np.ndarray  # of the untrained-student weight; NaN where undefined
+    informative_range: tuple[float, float] | None  # [min, max] of the grid τ inside the band
+    band: InformativeBand
+    n_samples: int  # examples read
+
+    def at(self, temperature: float) -> int | None:
+        """The grid index of ``temperature``, None when it is not on the grid."""
+        hits = np.flatnonzero(self.temperatures == temperature)
+        return int(hits[0]) if hits.size else None
+
+    def to_dict(self) -> dict:
+        return {"temperatures": self.temperatures, "effective_smoothing": self.effective_smoothing,
+                "saturation_share": self.saturation_share, "dark_knowledge_content": self.dark_knowledge_content,
+                "rescaling_weight_cv": self.rescaling_weight_cv,
+                "informative_range": None if self.informative_range is None else list(self.informative_range),
+                "informative_band": self.band.to_dict(), "n_samples": self.n_samples}
+
+
+def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] = TEMPERATURES,
+                       alpha: float) -> WhatIf:
+    """The teacher's targets over a τ grid (:class:`WhatIf`).
+
+    Per τ: ε_eff = mean(1 − p_y), the share with p_y > 0.99, the dark-knowledge content at τ and the
+    coefficient of variation of the untrained-student rescaling weight. ``informative_range`` is
+    [min, max] of the grid τ inside :meth:`InformativeBand.for_classes` (0.05 ≤ ε_eff ≤ 0.9·(C − 1)/C,
+    saturation_share ≤ 0.5), or None when no τ qualifies.
     Sets larger than 2²¹ logits or 5,000 examples use a fixed-seed subsample (``n_samples`` examples).
     """
     teacher_logits = check_logits(teacher_logits, name="teacher logits")
@@ -44,24 +91,29 @@ def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] 
 
 
 def temperature_whatif_of(teacher_logits: np.ndarray, labels: np.ndarray, *,
-                          temperatures: Sequence[float] = TEMPERATURES, alpha: float) -> dict:
+                          temperatures: Sequence[float] = TEMPERATURES, alpha: float) -> WhatIf:
     """See :func:`temperature_whatif` (valid input)."""
     n_samples, n_classes = teacher_logits.shape
     rows = subsample_indices(n_samples, max(2, min(MAX_SAMPLES, MAX_ELEMENTS // n_classes)))
     subsample = rows if rows.size < n_samples else None
     stats = [softmax_stats(teacher_logits, labels, temperature=t, rows=subsample) for t in temperatures]
-    smoothing = [effective_smoothing_of(s) for s in stats]
-    saturation = [saturation_share_of(s) for s in stats]
-    informative = [s.temperature for s, eps, sat in zip(stats, smoothing, saturation)
-                   if MIN_SMOOTHING <= eps <= MAX_SMOOTHING_OF_UNIFORM * (n_classes - 1) / n_classes
-                   and sat <= MAX_SATURATION]
-    return {
-        "temperatures": [s.temperature for s in stats],
-        "effective_smoothing": smoothing,
-        "saturation_share": saturation,
-        "dark_knowledge_content": [dark_knowledge_content_of(s) for s in stats],
-        "rescaling_weight_cv": [coefficient_of_variation_of(untrained_rescaling_weights_of(s, alpha=alpha))
-                                for s in stats],
-        "informative_range": [min(informative), max(informative)] if informative else None,
-        "n_samples": int(rows.size),
-    }
+    smoothing = np.array([effective_smoothing_of(s) for s in stats])
+    saturation = np.array([saturation_share_of(s) for s in stats])
+    band = InformativeBand.for_classes(n_classes)
+    informative = [s.temperature for s, eps, sat in zip(stats, smoothing, saturation) if band.holds(eps, sat)]
+    return WhatIf(
+        temperatures=np.array([s.temperature for s in stats]),
+        effective_smoothing=smoothing,
+        saturation_share=saturation,
+        dark_knowledge_content=_floats(dark_knowledge_content_of(s) for s in stats),
+        rescaling_weight_cv=_floats(coefficient_of_variation_of(untrained_rescaling_weights_of(s, alpha=alpha))
+                                    for s in stats),
+        informative_range=(min(informative), max(informative)) if informative else None,
+        band=band,
+        n_samples=int(rows.size),
+    )
+
+
+def _floats(values) -> np.ndarray:
+    """Floats, None as NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)

@@ -446,11 +446,6 @@ def test_bad_arguments_raise_a_clear_error(kwargs, message):
         diagnose(build(), **arguments)
 
 
-def test_measurements_of_the_wrong_type_raise():
-    with pytest.raises(KddiagError, match="measurements must be a kddiag.types.Measurements; got dict"):
-        diagnose({}, settings=SETTINGS, n_classes=N_CLASSES)
-
-
 def test_a_kd_student_that_matches_its_teacher_does_not_make_the_teacher_weak():
     changes = {("outcome", "teacher_accuracy", EVAL): 0.90, ("outcome", "student_accuracy", EVAL): 0.90}
     assert "teacher-weak" not in ids(run(build(changes)))

@@ -125,11 +125,11 @@ def test_dispersion_error_rate_and_hardest_examples():
     assert instance.teacher_error_rate(teacher, y) == pytest.approx(np.mean(teacher.argmax(axis=1) != y))
     p_y = softmax(teacher, axis=1)[np.arange(len(y)), y]
     hardest = instance.hardest_examples(teacher, y, k=4)
-    assert [h["index"] for h in hardest] == np.argsort(p_y)[:4].tolist()
+    assert [h.index for h in hardest] == np.argsort(p_y)[:4].tolist()
     first = hardest[0]
-    assert first["label"] == y[first["index"]]
-    assert first["teacher_prediction"] == teacher[first["index"]].argmax()
-    assert first["target_confidence"] == pytest.approx(p_y.min())
+    assert first.label == y[first.index]
+    assert first.teacher_prediction == teacher[first.index].argmax()
+    assert first.target_confidence == pytest.approx(p_y.min())
 
 
 def test_errors():

@@ -45,15 +45,15 @@ def test_reliability_bins_match_loop(data):
     p = softmax(logits, axis=1)
     confidence, hit = p.max(axis=1), (p.argmax(axis=1) == y)
     bins = universe.reliability_bins(logits, y)
-    assert bins["bin_count"] == ece_loop(confidence, hit)[2]
-    assert len(bins["bin_edges"]) == 16 and sum(bins["bin_count"]) == len(y)
-    for m, count in enumerate(bins["bin_count"]):
+    assert bins.bin_count.tolist() == ece_loop(confidence, hit)[2]
+    assert len(bins.bin_edges) == 16 and sum(bins.bin_count) == len(y)
+    for m, count in enumerate(bins.bin_count):
         members = (confidence > m / 15) & (confidence <= (m + 1) / 15)
         if count:
-            assert bins["bin_confidence"][m] == pytest.approx(confidence[members].mean())
-            assert bins["bin_accuracy"][m] == pytest.approx(hit[members].mean())
+            assert bins.bin_confidence[m] == pytest.approx(confidence[members].mean())
+            assert bins.bin_accuracy[m] == pytest.approx(hit[members].mean())
         else:
-            assert bins["bin_confidence"][m] is None and bins["bin_accuracy"][m] is None
+            assert np.isnan(bins.bin_confidence[m]) and np.isnan(bins.bin_accuracy[m])
 
 
 def test_adaptive_ece_matches_equal_mass_loop(data):
@@ -124,8 +124,8 @@ def test_softness_of_targets(temperature):
     assert universe.target_entropy(teacher, temperature=temperature) == pytest.approx(np.mean(entropy(p, axis=1)))
     hist = universe.target_confidence_histogram(teacher, y, temperature=temperature)
     counts, edges = np.histogram(p_y, bins=20, range=(0, 1))
-    assert hist["counts"] == counts.tolist()
-    np.testing.assert_allclose(hist["bin_edges"], edges)
+    assert hist.counts.tolist() == counts.tolist()
+    np.testing.assert_allclose(hist.bin_edges, edges)
 
 
 def test_equivalent_smoothing_of_a_label_smoothed_target_is_its_strength():

@@ -1,0 +1,367 @@
+"""What the measure stage hands on: one frozen, typed result per knowledge level.
+
+Every value a report shows is a :class:`Measured`: a float, an array or a typed value (e.g.
+:class:`~kddiag.metrics.whatif.WhatIf`), with a 95 % bootstrap interval where one was computed, or
+None and the reason it could not be computed. Values are grouped per data set (``OutcomeOnSet``, …);
+per-model values sit in sub-records named after the model (``universe.eval.teacher.ece``).
+
+The name of a value in ``report.json`` and in a finding's evidence is its level and its attribute
+path joined by '_' (``universe.eval.teacher.ece`` → ``universe.teacher_ece`` on the eval set). Each
+record stamps those names onto its values when it is built, so no reader ever spells a metric name:
+readers use attributes, and this module is the one home of the naming.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Generic, Iterator, TypeVar
+
+import numpy as np
+
+from kddiag.metrics import instance as _instance
+from kddiag.metrics import universe as _universe
+from kddiag.metrics.instance import HardExample
+from kddiag.metrics.universe import Histogram, Reliability
+from kddiag.metrics.whatif import WhatIf
+
+EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
+UNDEFINED = "undefined on this data"
+NOT_MEASURED = "not measured"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Measured(Generic[T]):
+    """One measured value on one data set, or why there is none (``value`` None exactly then)."""
+
+    value: T | None
+    ci: tuple[float, float] | None = None  # 95 % bootstrap interval
+    unavailable: str | None = None
+    name: str = ""  # 'level.metric' as in report.json; stamped by the record that holds it
+    dataset: str = ""  # EVAL, TRANSFER or WEIGHTS
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+    def to_dict(self) -> dict:
+        value = self.value.to_dict() if hasattr(self.value, "to_dict") else self.value
+        if isinstance(value, tuple):
+            value = [item.to_dict() if hasattr(item, "to_dict") else item for item in value]
+        out: dict = {"value": value}
+        if self.ci is not None:
+            out["ci95"] = list(self.ci)
+        if self.unavailable is not None:
+            out["unavailable"] = self.unavailable
+        return out
+
+
+def measured(value: Any, *, ci: tuple[float, float] | None = None, why_none: str = UNDEFINED,
+             dataset: str = "") -> Measured:
+    """A measured value; None or a non-finite number becomes unavailable with ``why_none``."""
+    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        value = float(value) if isinstance(value, (float, np.floating)) else int(value)
+        if isinstance(value, float) and not np.isfinite(value):
+            value = None
+    if value is None:
+        return Measured(None, unavailable=why_none, dataset=dataset)
+    return Measured(value, ci=None if ci is None else (float(ci[0]), float(ci[1])), dataset=dataset)
+
+
+def unavailable(reason: str, *, dataset: str = "") -> Measured:
+    """A value that could not be measured, and why."""
+    return Measured(None, unavailable=reason, dataset=dataset)
+
+
+def _missing() -> Measured:
+    return unavailable(NOT_MEASURED)
+
+
+# ---------------------------------------------------------------- records
+
+class _Record:
+    """A frozen record of :class:`Measured` values (and sub-records); stamps their names and data set."""
+
+    LEVEL: ClassVar[str] = ""
+
+    def _stamp(self, level: str, prefix: str, dataset: str | None) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Measured):
+                stamped = replace(value, name=f"{level}.{prefix}{item.name}",
+                                  dataset=value.dataset or dataset or "")
+                object.__setattr__(self, item.name, stamped)
+            elif isinstance(value, _Record) and not isinstance(value, _OnSet):  # a set stamps itself
+                value._stamp(level, f"{prefix}{item.name}_", dataset)
+
+    def values(self) -> Iterator[Measured]:
+        """Every value in the record, sub-records included, in field order."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Measured):
+                yield value
+            elif isinstance(value, _Record):
+                yield from value.values()
+
+
+class _OnSet(_Record):
+    """The values of one level on one data set; ``dataset`` names it."""
+
+    def __post_init__(self) -> None:
+        self._stamp(self.LEVEL, "", self.dataset)  # type: ignore[attr-defined]
+
+
+class _Level(_Record):
+    """One knowledge level: a record per data set given (``eval``, ``transfer``), plus level-wide values."""
+
+    def __post_init__(self) -> None:
+        self._stamp(self.LEVEL, "", None)
+
+    def on(self, dataset: str) -> Any:
+        """The record of ``dataset``, or None when that set was not given."""
+        return getattr(self, dataset, None) if dataset in (EVAL, TRANSFER, WEIGHTS) else None
+
+    def sets(self) -> tuple:
+        """The per-set records given, transfer first."""
+        return tuple(record for record in (self.on(TRANSFER), self.on(EVAL)) if record is not None)
+
+
+# ---------------------------------------------------------------- level 0 — outcome
+
+@dataclass(frozen=True)
+class OutcomeOnSet(_OnSet):
+    """Accuracy, fidelity (agreement, KL) and the KD gain on one data set."""
+
+    LEVEL: ClassVar[str] = "outcome"
+    dataset: str
+    teacher_accuracy: Measured[float] = field(default_factory=_missing)
+    student_accuracy: Measured[float] = field(default_factory=_missing)
+    baseline_accuracy: Measured[float] = field(default_factory=_missing)
+    agreement: Measured[float] = field(default_factory=_missing)
+    agreement_where_teacher_correct: Measured[float] = field(default_factory=_missing)
+    baseline_agreement: Measured[float] = field(default_factory=_missing)
+    kl_teacher_student: Measured[float] = field(default_factory=_missing)
+    kl_teacher_student_at_temperature: Measured[float] = field(default_factory=_missing)
+    kd_gain: Measured[float] = field(default_factory=_missing)
+    permuted_agreement: Measured[float] = field(default_factory=_missing)
+    class_permutation: Measured[np.ndarray] = field(default_factory=_missing)  # student k ↔ teacher π[k]
+
+
+@dataclass(frozen=True)
+class OutcomeResult(_Level):
+    """Level 0 — outcome."""
+
+    LEVEL: ClassVar[str] = "outcome"
+    eval: OutcomeOnSet | None = None
+    transfer: OutcomeOnSet | None = None
+
+
+# ---------------------------------------------------------------- level 1 — universe
+
+@dataclass(frozen=True)
+class Calibration(_Record):
+    """One model's calibration at τ = 1."""
+
+    ece: Measured[float] = field(default_factory=_missing)
+    adaptive_ece: Measured[float] = field(default_factory=_missing)
+    mce: Measured[float] = field(default_factory=_missing)
+    classwise_ece: Measured[float] = field(default_factory=_missing)
+    nll: Measured[float] = field(default_factory=_missing)
+    brier: Measured[float] = field(default_factory=_missing)
+    fitted_temperature: Measured[float] = field(default_factory=_missing)
+
+
+@dataclass(frozen=True)
+class ReliabilityCalibration(Calibration):
+    """Calibration with the reliability-diagram bins (teacher and student)."""
+
+    reliability: Measured[Reliability] = field(default_factory=_missing)
+
+
+@dataclass(frozen=True)
+class UniverseOnSet(_OnSet):
+    """Calibration of every model, and how soft the teacher's targets are at τ, on one data set."""
+
+    LEVEL: ClassVar[str] = "universe"
+    dataset: str
+    teacher: ReliabilityCalibration = field(default_factory=ReliabilityCalibration)
+    student: ReliabilityCalibration = field(default_factory=ReliabilityCalibration)
+    baseline: Calibration = field(default_factory=Calibration)
+    effective_smoothing: Measured[float] = field(default_factory=_missing)
+    equivalent_smoothing: Measured[float] = field(default_factory=_missing)
+    saturation_share: Measured[float] = field(default_factory=_missing)
+    target_entropy: Measured[float] = field(default_factory=_missing)
+    target_confidence_histogram: Measured[Histogram] = field(default_factory=_missing)
+    saturation_cut: float = _universe.SATURATION  # saturation_share counts p_y above this
+
+
+@dataclass(frozen=True)
+class UniverseResult(_Level):
+    """Level 1 — knowledge of the universe. ``softness_gap`` is on the transfer set; the what-if on the
+    transfer set, else eval."""
+
+    LEVEL: ClassVar[str] = "universe"
+    eval: UniverseOnSet | None = None
+    transfer: UniverseOnSet | None = None
+    softness_gap: Measured[float] = field(default_factory=_missing)
+    temperature_whatif: Measured[WhatIf] = field(default_factory=_missing)
+
+
+# ---------------------------------------------------------------- level 2 — domain
+
+@dataclass(frozen=True)
+class ClassStructure(_Record):
+    """One model's class structure from its outputs at τ = 1."""
+
+    dark_knowledge_content: Measured[float] = field(default_factory=_missing)
+    nontarget_logit_spread: Measured[float] = field(default_factory=_missing)
+    output_similarity: Measured[np.ndarray] = field(default_factory=_missing)  # (C, C), NaN rows: class absent
+    group_recovery: Measured[float] = field(default_factory=_missing)
+
+
+@dataclass(frozen=True)
+class DomainOnSet(_OnSet):
+    """Class structure of every model and how well the student's matches the teacher's, on one data set."""
+
+    LEVEL: ClassVar[str] = "domain"
+    dataset: str
+    teacher: ClassStructure = field(default_factory=ClassStructure)
+    student: ClassStructure = field(default_factory=ClassStructure)
+    baseline: ClassStructure = field(default_factory=ClassStructure)
+    dark_knowledge_content_at_temperature: Measured[float] = field(default_factory=_missing)
+    output_similarity_transfer_score: Measured[float] = field(default_factory=_missing)
+    baseline_output_similarity_transfer_score: Measured[float] = field(default_factory=_missing)
+    feature_cka: Measured[float] = field(default_factory=_missing)
+    baseline_feature_cka: Measured[float] = field(default_factory=_missing)
+
+
+@dataclass(frozen=True)
+class WeightStructure(_Record):
+    """One model's class structure from its logit-layer weights."""
+
+    weight_similarity: Measured[np.ndarray] = field(default_factory=_missing)  # (C, C)
+    weight_group_recovery: Measured[float] = field(default_factory=_missing)
+
+
+@dataclass(frozen=True)
+class DomainOnWeights(_OnSet):
+    """Class structure read from the logit-layer weights (data set 'weights')."""
+
+    LEVEL: ClassVar[str] = "domain"
+    dataset: str = WEIGHTS
+    teacher: WeightStructure = field(default_factory=WeightStructure)
+    student: WeightStructure = field(default_factory=WeightStructure)
+    baseline: WeightStructure = field(default_factory=WeightStructure)
+    weight_similarity_transfer_score: Measured[float] = field(default_factory=_missing)
+    baseline_weight_similarity_transfer_score: Measured[float] = field(default_factory=_missing)
+
+
+@dataclass(frozen=True)
+class DomainResult(_Level):
+    """Level 2 — domain knowledge."""
+
+    LEVEL: ClassVar[str] = "domain"
+    eval: DomainOnSet | None = None
+    transfer: DomainOnSet | None = None
+    weights: DomainOnWeights = field(default_factory=DomainOnWeights)
+
+
+# ---------------------------------------------------------------- level 3 — instance
+
+@dataclass(frozen=True)
+class PerExample:
+    """Per-example values the plots draw (not in report.json); each (n_samples,)."""
+
+    teacher_target_confidence: np.ndarray  # p_y at τ
+    rescaling_weight: np.ndarray  # w of the trained student (may overflow to ±inf)
+    untrained_rescaling_weight: np.ndarray  # w of an untrained student: the teacher's effect alone
+    difficulty: np.ndarray  # NaN outside the k-NN subsample
+
+
+@dataclass(frozen=True)
+class InstanceOnSet(_OnSet):
+    """Gradient rescaling and how it tracks difficulty, the decoupled KD terms and teacher errors, on one set."""
+
+    LEVEL: ClassVar[str] = "instance"
+    dataset: str
+    rescaling_weight_mean: Measured[float] = field(default_factory=_missing)
+    rescaling_weight_cv: Measured[float] = field(default_factory=_missing)
+    rescaling_weight_low_share: Measured[float] = field(default_factory=_missing)
+    untrained_rescaling_weight_cv: Measured[float] = field(default_factory=_missing)
+    untrained_rescaling_weight_low_share: Measured[float] = field(default_factory=_missing)
+    rescaling_difficulty_correlation: Measured[float] = field(default_factory=_missing)
+    difficulty_source: Measured[str] = field(default_factory=_missing)
+    confidence_error_auroc: Measured[float] = field(default_factory=_missing)
+    tckd: Measured[float] = field(default_factory=_missing)
+    nckd: Measured[float] = field(default_factory=_missing)
+    nckd_weight: Measured[float] = field(default_factory=_missing)
+    teacher_error_rate: Measured[float] = field(default_factory=_missing)
+    hardest_examples: Measured[tuple[HardExample, ...]] = field(default_factory=_missing)
+    examples: PerExample | None = None
+    low_weight_cut: float = _instance.LOW_WEIGHT  # the *_low_share values count w below this
+
+
+@dataclass(frozen=True)
+class InstanceResult(_Level):
+    """Level 3 — instance-specific knowledge."""
+
+    LEVEL: ClassVar[str] = "instance"
+    eval: InstanceOnSet | None = None
+    transfer: InstanceOnSet | None = None
+
+
+# ---------------------------------------------------------------- all levels
+
+@dataclass(frozen=True)
+class Measurements:
+    """Every measurement of one inspection, one result per knowledge level."""
+
+    outcome: OutcomeResult = field(default_factory=OutcomeResult)
+    universe: UniverseResult = field(default_factory=UniverseResult)
+    domain: DomainResult = field(default_factory=DomainResult)
+    instance: InstanceResult = field(default_factory=InstanceResult)
+
+    def levels(self) -> tuple[_Level, ...]:
+        return (self.outcome, self.universe, self.domain, self.instance)
+
+    def values(self) -> Iterator[Measured]:
+        """Every value of every level."""
+        for level in self.levels():
+            yield from level.values()
+
+    def to_dict(self) -> dict:
+        """``{level: {name: {dataset: {'value': ..., 'ci95': [...], 'unavailable': ...}}}}`` (docs/metrics.md)."""
+        out: dict = {level.LEVEL: {} for level in self.levels()}
+        for value in self.values():
+            level, name = value.name.split(".", 1)
+            out[level].setdefault(name, {})[value.dataset] = value.to_dict()
+        return out
+
+    # ------------------------------------------------------------ transitional: string lookups for
+    # the readers not yet moved to attributes (removed once every reader reads attributes)
+
+    def get(self, section: str, name: str, dataset: str | None = None):
+        from kddiag.report.json import _jsonable
+        from kddiag.types import Metric
+
+        order = [dataset] if dataset else [TRANSFER, EVAL, WEIGHTS]
+        for wanted in order:
+            for value in self.values():
+                if value.name == f"{section}.{name}" and value.dataset == wanted:
+                    leaf = value.to_dict()
+                    return Metric(section, name, wanted, _jsonable(leaf["value"]), ci=value.ci,
+                                  unavailable=value.unavailable)
+        return None
+
+    def value(self, section: str, name: str, dataset: str | None = None):
+        metric = self.get(section, name, dataset)
+        return None if metric is None else metric.value
+
+    @property
+    def arrays(self) -> dict:
+        out = {}
+        for record in self.instance.sets():
+            if record.examples is not None:
+                for item in fields(record.examples):
+                    out[f"{record.dataset}/{item.name}"] = getattr(record.examples, item.name)
+        return out
