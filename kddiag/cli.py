@@ -7,11 +7,9 @@ from pathlib import Path
 import click
 
 from kddiag import __version__
+from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY
 from kddiag.errors import KddiagError
 
-FINDING_IDS = ("healthy", "teacher-overconfident", "teacher-label-smoothed", "temperature-mismatch",
-               "capacity-gap", "teacher-weak", "teacher-wrong-on-transfer", "class-order-mismatch",
-               "structure-not-transferred")
 EXIT_ERROR, EXIT_GATED = 1, 3
 
 
@@ -58,7 +56,7 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on) -> None:
     if fail_on is None:
         return
     gating = [f for f in report.diagnosis.findings
-              if f.id != "healthy" and (f.id == fail_on if isinstance(fail_on, str) else f.severity >= fail_on)]
+              if f.id != HEALTHY and (f.id == fail_on if isinstance(fail_on, str) else f.severity >= fail_on)]
     if gating:
         click.echo(f"kddiag: --fail-on {fail_on}: " + ", ".join(f"{f.id} ({f.severity:.2f})" for f in gating),
                    err=True)

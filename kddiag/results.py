@@ -13,6 +13,7 @@ readers use attributes, and this module is the one home of the naming.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+import typing
 from typing import Any, ClassVar, Generic, Iterator, TypeVar
 
 import numpy as np
@@ -21,7 +22,7 @@ from kddiag.metrics import instance as _instance
 from kddiag.metrics import universe as _universe
 from kddiag.metrics.instance import HardExample
 from kddiag.metrics.universe import Histogram, Reliability
-from kddiag.metrics.whatif import WhatIf
+from kddiag.metrics.whatif import InformativeBand, WhatIf
 
 EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
 UNDEFINED = "undefined on this data"
@@ -77,6 +78,23 @@ def _missing() -> Measured:
     return unavailable(NOT_MEASURED)
 
 
+def _measured_from_dict(leaf: dict, kind: Any, dataset: str) -> Measured:
+    """One ``{"value", "ci95", "unavailable"}`` leaf of report.json as a Measured of type ``kind``."""
+    value = leaf.get("value")
+    if value is None:
+        return unavailable(leaf.get("unavailable") or UNDEFINED, dataset=dataset)
+    if kind is np.ndarray:
+        value = np.array([np.nan if v is None else v for v in np.ravel(np.array(value, dtype=object))]
+                         ).reshape(np.shape(np.array(value, dtype=object)))
+    elif typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        value = tuple(item(**entry) for entry in value)
+    elif hasattr(kind, "from_dict"):
+        value = kind.from_dict(value)
+    ci = leaf.get("ci95")
+    return measured(value, ci=None if ci is None else tuple(ci), dataset=dataset)
+
+
 # ---------------------------------------------------------------- records
 
 class _Record:
@@ -93,6 +111,22 @@ class _Record:
                 object.__setattr__(self, item.name, stamped)
             elif isinstance(value, _Record) and not isinstance(value, _OnSet):  # a set stamps itself
                 value._stamp(level, f"{prefix}{item.name}_", dataset)
+
+    @classmethod
+    def _from_dict(cls, metrics: dict, level: str, prefix: str, dataset: str, given: dict | None = None):
+        """The record of ``dataset`` read back from ``report.json``'s ``metrics[level]``; absent values keep
+        their defaults (not measured)."""
+        hints, given = typing.get_type_hints(cls), dict(given or {})
+        for item in fields(cls):
+            kind = hints[item.name]
+            origin = typing.get_origin(kind) or kind
+            if origin is Measured:
+                leaf = metrics.get(f"{prefix}{item.name}", {}).get(dataset)
+                if leaf is not None:
+                    given[item.name] = _measured_from_dict(leaf, typing.get_args(kind)[0], dataset)
+            elif isinstance(origin, type) and issubclass(origin, _Record) and not issubclass(origin, _OnSet):
+                given[item.name] = origin._from_dict(metrics, level, f"{prefix}{item.name}_", dataset)
+        return cls(**given)
 
     def values(self) -> Iterator[Measured]:
         """Every value in the record, sub-records included, in field order."""
@@ -116,6 +150,22 @@ class _Level(_Record):
 
     def __post_init__(self) -> None:
         self._stamp(self.LEVEL, "", None)
+
+    @classmethod
+    def from_dict(cls, metrics: dict) -> "_Level":
+        """This level read back from ``report.json``'s ``metrics[level]``."""
+        hints, given = typing.get_type_hints(cls), {}
+        present = {dataset for leaves in metrics.values() for dataset in leaves}
+        for item in fields(cls):
+            kind = hints[item.name]
+            record = next((k for k in typing.get_args(kind) or (kind,) if isinstance(k, type) and issubclass(k, _OnSet)),
+                          None)
+            if record is not None and (item.name in present or item.name == WEIGHTS):
+                given[item.name] = record._from_dict(metrics, cls.LEVEL, "", item.name, {"dataset": item.name})
+            elif typing.get_origin(kind) is Measured and item.name in metrics:
+                (dataset, leaf), = metrics[item.name].items()
+                given[item.name] = _measured_from_dict(leaf, typing.get_args(kind)[0], dataset)
+        return cls(**given)
 
     def on(self, dataset: str) -> Any:
         """The record of ``dataset``, or None when that set was not given."""
@@ -328,6 +378,12 @@ class Measurements:
         """Every value of every level."""
         for level in self.levels():
             yield from level.values()
+
+    @classmethod
+    def from_dict(cls, metrics: dict) -> "Measurements":
+        """Measurements read back from ``report.json``'s ``metrics`` (per-example arrays are not in JSON)."""
+        return cls(**{item.name: typing.get_type_hints(cls)[item.name].from_dict(metrics.get(item.name, {}))
+                      for item in fields(cls)})
 
     def to_dict(self) -> dict:
         """``{level: {name: {dataset: {'value': ..., 'ci95': [...], 'unavailable': ...}}}}`` (docs/metrics.md)."""

@@ -11,6 +11,7 @@ from kddiag.errors import KddiagError
 from kddiag.measure import measure
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
 from kddiag.report import json as report_json
+from kddiag.results import Measurements
 from kddiag.types import EVAL, SECTIONS, TRANSFER, ClassInfo, ModelOutputs, SetOutputs, Setting, Settings
 
 N_CLASSES = 6
@@ -287,3 +288,13 @@ def test_features_kept_for_a_row_subsample_are_aligned_by_example_index():
     assert np.isfinite(difficulty).sum() == rows.size and np.isfinite(difficulty[rows]).all()
     np.testing.assert_allclose(difficulty[rows],
                                instance.knn_label_disagreement(teacher_features[rows], y[rows]))
+
+
+def test_report_json_metrics_read_back_into_the_same_measurements(full):
+    _, measured = full
+    metrics = json.loads(json.dumps(report_json._jsonable(measured.to_dict())))
+    again = Measurements.from_dict(metrics)
+    assert report_json._jsonable(again.to_dict()) == metrics
+    assert [(v.name, v.dataset) for v in again.values()] == [(v.name, v.dataset) for v in measured.values()]
+    assert again.universe.temperature_whatif.value.band == measured.universe.temperature_whatif.value.band
+    assert again.instance.transfer.hardest_examples.value == measured.instance.transfer.hardest_examples.value

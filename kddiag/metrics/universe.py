@@ -42,6 +42,10 @@ class Reliability:
         return {"bin_edges": self.bin_edges, "bin_confidence": self.bin_confidence,
                 "bin_accuracy": self.bin_accuracy, "bin_count": self.bin_count}
 
+    @classmethod
+    def from_dict(cls, value: dict) -> "Reliability":
+        return cls(*(_array(value[key]) for key in ("bin_edges", "bin_confidence", "bin_accuracy", "bin_count")))
+
 
 @dataclass(frozen=True)
 class Histogram:
@@ -52,6 +56,15 @@ class Histogram:
 
     def to_dict(self) -> dict:
         return {"bin_edges": self.bin_edges, "counts": self.counts}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "Histogram":
+        return cls(_array(value["bin_edges"]), _array(value["counts"]))
+
+
+def _array(values) -> np.ndarray:
+    """A JSON list as an array, null as NaN."""
+    return np.array([np.nan if v is None else v for v in values])
 
 
 # ---------------------------------------------------------------- calibration

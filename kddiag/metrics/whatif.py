@@ -23,6 +23,7 @@ MAX_SMOOTHING_OF_UNIFORM = 0.9  # … at most this share of the uniform distribu
 MAX_SATURATION = 0.5  # … and at most half of them are near one-hot
 MAX_ELEMENTS = 1 << 21  # larger sets are read on a fixed-seed subsample of this many logits …
 MAX_SAMPLES = 5_000  # … and of at most this many examples (the curves are means over examples)
+RANGE = "informative_range"  # the name of the range in report.json and in evidence
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,21 @@ class WhatIf:
         return {"temperatures": self.temperatures, "effective_smoothing": self.effective_smoothing,
                 "saturation_share": self.saturation_share, "dark_knowledge_content": self.dark_knowledge_content,
                 "rescaling_weight_cv": self.rescaling_weight_cv,
-                "informative_range": None if self.informative_range is None else list(self.informative_range),
+                RANGE: None if self.informative_range is None else list(self.informative_range),
                 "informative_band": self.band.to_dict(), "n_samples": self.n_samples}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "WhatIf":
+        def floats(key):
+            return np.array([np.nan if v is None else v for v in value[key]], dtype=np.float64)
+
+        band = value["informative_band"]
+        informative = value.get(RANGE)
+        return cls(floats("temperatures"), floats("effective_smoothing"), floats("saturation_share"),
+                   floats("dark_knowledge_content"), floats("rescaling_weight_cv"),
+                   None if informative is None else (float(informative[0]), float(informative[1])),
+                   InformativeBand(band["min_smoothing"], band["max_smoothing"], band["max_saturation"]),
+                   int(value.get("n_samples", 0)))
 
 
 def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] = TEMPERATURES,

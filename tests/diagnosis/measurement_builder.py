@@ -1,4 +1,4 @@
-"""Hand-built Measurements for the diagnosis tests: a healthy KD run, and edits of it.
+"""Hand-built Measurements (read back from report.json-shaped values) for the diagnosis tests: a healthy KD run, and edits of it.
 
 Names, sections and data sets follow docs/metrics.md. The healthy run is a 10-class problem
 distilled at τ = 4, α = 0.9: an accurate plain teacher with soft, structured targets, a student that
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kddiag.types import EVAL, TRANSFER, Measurements, Metric, Setting, Settings
+from kddiag.results import Measurements
+from kddiag.types import EVAL, TRANSFER, Setting, Settings
 
 N_CLASSES = 10
 WEIGHTS = "weights"
@@ -30,6 +31,9 @@ def whatif(informative_range: list[float] | None = (2.0, 8.0), **columns: list[f
         "dark_knowledge_content": [0.7, 0.5, 0.3, 0.1, 0.03, 0.01],
         "rescaling_weight_cv": [0.1, 0.3, 0.35, 0.3, 0.2, 0.1],
         "informative_range": None if informative_range is None else list(informative_range),
+        "informative_band": {"min_smoothing": 0.05, "max_smoothing": 0.9 * (N_CLASSES - 1) / N_CLASSES,
+                             "max_saturation": 0.5},
+        "n_samples": 1000,
     }
     value.update(columns)
     return value
@@ -80,10 +84,12 @@ def build(changes: dict[Key, Any] | None = None, *, drop: tuple = (),
     values = {**HEALTHY, **(changes or {})}
     for item in drop:
         values = {key: v for key, v in values.items() if not _matches(key, item)}
-    metrics = [Metric(section, name, dataset, value) for (section, name, dataset), value in values.items()]
-    metrics += [Metric(section, name, dataset, None, unavailable=reason)
-                for (section, name, dataset), reason in (unavailable or {}).items()]
-    return Measurements(metrics=tuple(metrics))
+    metrics: dict = {}
+    for (section, name, dataset), value in values.items():
+        metrics.setdefault(section, {}).setdefault(name, {})[dataset] = {"value": value}
+    for (section, name, dataset), reason in (unavailable or {}).items():
+        metrics.setdefault(section, {}).setdefault(name, {})[dataset] = {"value": None, "unavailable": reason}
+    return Measurements.from_dict(metrics)  # as report.json would hold them
 
 
 def _matches(key: Key, item) -> bool:
@@ -106,6 +112,6 @@ def numbers_in(measurements: Measurements) -> set[float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             found.add(float(value))
 
-    for metric in measurements.metrics:
-        walk(metric.value)
+    for value in measurements.values():
+        walk(value.value.tolist() if hasattr(value.value, "tolist") else value.value)
     return found

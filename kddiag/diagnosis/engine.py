@@ -1,0 +1,108 @@
+"""The verdict: run every rule, word what fired, rank it; ``healthy`` when nothing fires.
+
+``RULES`` lists each rule once, with its stable id, its levels, its decision and its wording; their
+order breaks severity ties (data bugs, then the teacher, the setting, the student).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from kddiag.diagnosis import ids
+from kddiag.diagnosis import rules as r
+from kddiag.diagnosis import wording as w
+from kddiag.diagnosis.reading import EVAL_FIRST, TRANSFER_FIRST, Context, Fired, NotChecked, evidence, first
+from kddiag.diagnosis.thresholds import (CAPACITY_AGREEMENT_MAX, KD_GAIN_MIN, LS_CONTENT_MAX, LS_SPREAD_MAX,
+                                         OVERCONFIDENT_SATURATION_MIN, OVERCONFIDENT_SMOOTHING_MAX,
+                                         STRUCTURE_SCORE_MIN, TEACHER_TRANSFER_ERROR_MAX)
+from kddiag.results import TRANSFER, Measurements
+from kddiag.types import Diagnosis, Finding, Settings
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    levels: tuple[str, ...]
+    decide: Callable
+    word: Callable
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(ids.CLASS_ORDER_MISMATCH, ("outcome",), r.class_order_mismatch, w.word_class_order),
+    Rule(ids.TEACHER_WEAK, ("outcome",), r.teacher_weak, w.word_teacher_weak),
+    Rule(ids.TEACHER_LABEL_SMOOTHED, ("domain",), r.teacher_label_smoothed, w.word_label_smoothed),
+    Rule(ids.TEACHER_OVERCONFIDENT, ("universe", "instance"), r.teacher_overconfident, w.word_overconfident),
+    Rule(ids.TEMPERATURE_MISMATCH, ("universe", "instance"), r.temperature_mismatch, w.word_temperature),
+    Rule(ids.TEACHER_WRONG_ON_TRANSFER, ("instance",), r.teacher_wrong_on_transfer, w.word_wrong_on_transfer),
+    Rule(ids.CAPACITY_GAP, ("outcome", "domain"), r.capacity_gap, w.word_capacity_gap),
+    Rule(ids.STRUCTURE_NOT_TRANSFERRED, ("domain",), r.structure_not_transferred, w.word_structure),
+)
+
+#: When the key fires, the rules it names rest on comparisons it shows to be meaningless.
+SUPPRESSES: dict[str, tuple[str, ...]] = {
+    ids.CLASS_ORDER_MISMATCH: (ids.CAPACITY_GAP, ids.STRUCTURE_NOT_TRANSFERRED),
+}
+
+
+def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) -> Diagnosis:
+    """Run every rule and rank what fires; ``healthy`` when nothing does.
+
+    Findings are sorted by severity, ties by the order of ``RULES``. A rule whose inputs are missing
+    goes to ``not_checked`` with the reason, as do the parts of a check a rule had to skip and the rules
+    suppressed by a finding that makes them unreliable (``SUPPRESSES``). When no rule could run at all
+    there is no verdict: no findings, everything in ``not_checked``.
+    """
+    context = Context(settings, int(n_classes))
+    findings, not_checked, ran = [], [], 0
+    for rule in RULES:
+        decision = rule.decide(measurements, context)
+        if isinstance(decision, NotChecked):
+            not_checked.append((rule.id, decision.reason))
+            continue
+        ran += 1
+        not_checked += [(rule.id, note) for note in decision.notes]
+        if isinstance(decision, Fired):
+            words = rule.word(decision.facts, context)
+            findings.append(Finding(rule.id, rule.levels, decision.severity, words.title, decision.evidence,
+                                    words.explanation, words.advice))
+    fired = {finding.id for finding in findings}
+    for suppressor, suppressed in SUPPRESSES.items():
+        if suppressor in fired:
+            findings = [f for f in findings if f.id not in suppressed]
+            not_checked += [(rule_id, f"{suppressor} fired: teacher and student classes do not line up, so "
+                                      "this comparison is meaningless") for rule_id in suppressed]
+    order = {rule.id: i for i, rule in enumerate(RULES)}
+    findings.sort(key=lambda f: (-f.severity, order[f.id]))
+    if not findings and ran:
+        findings = [_healthy(measurements, ran, len(RULES) - ran)]
+    return Diagnosis(findings=tuple(findings), not_checked=tuple(not_checked))
+
+
+def _healthy(m: Measurements, ran: int, not_run: int) -> Finding:
+    shown = (  # the main numbers the rules checked, with the cut-off each was read against
+        (first(m.outcome, lambda o: o.kd_gain, EVAL_FIRST), KD_GAIN_MIN),
+        (first(m.outcome, lambda o: o.agreement, TRANSFER_FIRST), CAPACITY_AGREEMENT_MAX),
+        (first(m.universe, lambda u: u.saturation_share, TRANSFER_FIRST), OVERCONFIDENT_SATURATION_MIN),
+        (first(m.universe, lambda u: u.effective_smoothing, TRANSFER_FIRST), OVERCONFIDENT_SMOOTHING_MAX),
+        (first(m.domain, lambda d: d.teacher.dark_knowledge_content, TRANSFER_FIRST), LS_CONTENT_MAX),
+        (first(m.domain, lambda d: d.teacher.nontarget_logit_spread, TRANSFER_FIRST), LS_SPREAD_MAX),
+        (first(m.domain, lambda d: d.output_similarity_transfer_score, TRANSFER_FIRST), STRUCTURE_SCORE_MIN),
+        (first(m.instance, lambda i: i.teacher_error_rate, (TRANSFER,)), TEACHER_TRANSFER_ERROR_MAX),
+    )
+    found = tuple(evidence(value, threshold, ">=" if value.value >= threshold else "<")
+                  for value, threshold in shown if value.ok)
+    skipped = f"; {not_run} could not run (see not checked)" if not_run else ""
+    gain = shown[0][0]
+    if gain.ok and gain.value <= KD_GAIN_MIN:
+        verdict = (f" Yet KD does not beat the baseline ({w.points(gain.value)}) and no known failure case "
+                   "explains it.")
+        advice = ("Check that the baseline was trained as long and as well as the KD student, and try other α "
+                  "and τ (within the informative range).")
+    else:
+        verdict = "" if not gain.ok else f" KD lifts the student {w.points(gain.value)} over the baseline."
+        advice = "Nothing to fix."
+    return Finding(
+        id=ids.HEALTHY, levels=(), severity=0.0, title="No failure case found", evidence=found,
+        explanation=(f"None of the {ran} rules that could run found a failure case{skipped}; the evidence lists "
+                     f"the main numbers they checked.{verdict}"),
+        advice=advice)

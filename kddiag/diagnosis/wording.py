@@ -1,0 +1,217 @@
+"""What each finding says: its title, explanation and advice, from the facts its rule decided on.
+
+One ``word_*`` function per rule in :mod:`kddiag.diagnosis.rules`; each returns a :class:`Wording`.
+Numbers come from the facts (measured values and the definitions the results carry), never re-derived.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kddiag.diagnosis import rules as r
+from kddiag.diagnosis.reading import Context
+
+_MAX_LISTED_MOVES = 20
+
+
+@dataclass(frozen=True)
+class Wording:
+    title: str
+    explanation: str
+    advice: str
+
+
+def points(difference: float) -> str:
+    """An accuracy difference in percentage points, signed: '+3.0 points'."""
+    return f"{100 * difference:+.1f} points"
+
+
+def _guessed_temperature(context: Context) -> str:
+    if not context.settings.temperature.guessed:
+        return ""
+    return (f" τ = {context.temperature:g} was guessed, not given: pass the value the student was "
+            "distilled with (--temperature) before acting on this.")
+
+
+def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
+    if f.moves is None:
+        mapping = "the permutation itself was not reported (outcome.class_permutation missing)"
+    else:
+        listed = ", ".join(f"student {k} → teacher {t}" for k, t in f.moves[:_MAX_LISTED_MOVES])
+        extra = len(f.moves) - _MAX_LISTED_MOVES
+        mapping = "the relabelling that restores agreement is " + listed + (f", … ({extra} more)" if extra > 0 else "")
+    return Wording(
+        "The student's classes are a permutation of the teacher's",
+        f"The student agrees with the teacher's top class on {f.agreement.value:.1%} of the "
+        f"{f.agreement.dataset} set, but on {f.permuted.value:.1%} once its classes are relabelled: its "
+        "outputs are in a different class order, not wrong. Every class-by-class comparison of teacher and "
+        "student (agreement, KL, class structure) is meaningless until the order is fixed, so capacity-gap "
+        "and structure-not-transferred are not checked.",
+        f"Fix the class-index mapping between teacher and student (label maps of the data loaders, order "
+        f"of the output heads): {mapping}. Then run kddiag again.")
+
+
+def word_teacher_weak(f: r.TeacherWeakFacts, context: Context) -> Wording:
+    t = f.teacher
+    sentences = []
+    if f.compared is not None and f.compared.name.endswith("baseline_accuracy"):
+        sentences.append(f"The teacher ({t.value:.1%} on the {t.dataset} set) is not clearly more accurate "
+                         f"than the baseline ({f.compared.value:.1%}).")
+    elif f.compared is not None:
+        sentences.append(f"The teacher ({t.value:.1%} on the {t.dataset} set) is less accurate than its own "
+                         f"student ({f.compared.value:.1%}).")
+    if f.near_chance:
+        sentences.append(f"The teacher is right on only {t.value:.1%} of the {t.dataset} set, near chance "
+                         f"({context.chance:.1%} for {context.n_classes} classes).")
+    matched = "" if not f.smoothing.ok else (
+        f" of strength ε ≈ {f.smoothing.value:.2f}, what this teacher's targets amount to at "
+        f"τ = {context.temperature:g} (universe.equivalent_smoothing)")
+    return Wording(
+        "The teacher is too weak to teach this student",
+        " ".join(sentences) + " Its soft targets then hold little domain or instance knowledge the student "
+        "lacks; what KD still gives is the label-smoothing effect of level 1 (Yuan et al. 2020).",
+        f"Use a teacher clearly more accurate than the student trained alone. Without one, train the "
+        f"student with plain label smoothing{matched}: it gives the same level-1 benefit without a teacher.")
+
+
+def word_label_smoothed(f: r.LabelSmoothedFacts, context: Context) -> Wording:
+    if context.temperature > 1:
+        advice = (f"Distil from a teacher trained without label smoothing, or distil this one at τ = 1 "
+                  f"instead of τ = {context.temperature:g}: an LS teacher's targets lose more of what "
+                  "structure is left as τ rises (Chandrasegaran et al. 2022).")
+    else:
+        advice = ("τ ≤ 1 is already the best setting for a label-smoothed teacher (Chandrasegaran et al. "
+                  "2022); for class relationships, distil from a teacher trained without label smoothing.")
+    return Wording(
+        "The teacher looks label-smoothed: its class relationships are erased",
+        f"The teacher is accurate ({f.accuracy.value:.1%}), yet its wrong-class logits are nearly equal "
+        f"(spread {f.spread.value:.2f}) and its wrong-class probabilities nearly flat even at τ = 1 (content "
+        f"{f.content.value:.2f}), as label smoothing makes them (Müller et al. 2019). The class relationships "
+        "(domain knowledge, level 2) were erased in the teacher, so the student can get smoothing (level 1) "
+        "but no class structure from it.",
+        advice)
+
+
+def word_overconfident(f: r.OverconfidentFacts, context: Context) -> Wording:
+    sharp, temperature = f.sharp, context.temperature
+    mass = "" if not sharp.smoothing.ok else f", mean wrong-class mass {sharp.smoothing.value:.3f}"
+    how = "nearly one-hot" if sharp.one_hot else "almost equally confident on every example"
+    sentences = [
+        f"At τ = {temperature:g} the teacher's targets on the {sharp.saturation.dataset} set are {how} "
+        f"({sharp.saturation.value:.0%} of examples with p_y > {f.saturation_cut:g}{mass}): the student gets "
+        "little smoothing (level 1), little wrong-class mass to learn class relations from (level 2), and "
+        "nearly the same gradient weight on every example (level 3)."]
+    if f.memorized is not None:
+        sentences.append(f"On held-out data the same teacher is softer by {f.memorized.value:.3f} of ε_eff: it "
+                         "memorized the transfer set, so its confidence there says nothing about difficulty.")
+    if sharp.fitted is not None:
+        sentences.append(f"It is over-confident on held-out data too (T* = {sharp.fitted.value:.2f}).")
+    if f.flat is not None:
+        sentences.append(f"Its rescaling weights barely vary (CV {f.flat.value:.3f}): it treats easy and hard "
+                         "examples alike.")
+    band = None if f.whatif is None else f.whatif.informative_range
+    if band is not None and not f.higher_helps:
+        sentences.append(f"No τ above {temperature:g} makes its targets informative.")
+    elif f.whatif is not None and band is None:
+        sentences.append(f"No τ on the grid (up to {max(f.whatif.temperatures):g}) makes its targets informative.")
+    advice = []
+    if f.higher_helps:
+        caveat = ", but does not undo the memorization" if f.memorized is not None else ""
+        advice.append(f"Raising τ to about {r.nearest_informative(f.whatif, temperature):g} (informative range "
+                      f"{band[0]:g}–{band[1]:g} on this set) softens the targets{caveat}.")
+    if sharp.fitted is not None:
+        advice.append(f"Dividing the teacher's logits by T* = {sharp.fitted.value:.2f} (calibrating it) is the "
+                      f"same as distilling at τ ≈ {temperature * sharp.fitted.value:.3g}.")
+    advice.append("Use an early-stopped or less over-fit teacher (Cho & Hariharan 2019), stronger augmentation "
+                  "with the same views for teacher and student, or cross-fitted teacher predictions (each "
+                  "transfer example scored by a teacher that did not train on it).")
+    return Wording("The teacher is over-confident on the transfer set", " ".join(sentences),
+                   " ".join(advice) + _guessed_temperature(context))
+
+
+def word_temperature(f: r.TemperatureFacts, context: Context) -> Wording:
+    temperature, dataset = context.temperature, f.smoothing.dataset
+    band, (lo, hi) = f.whatif.band, f.whatif.informative_range
+    if f.direction == "high":
+        uniform = (context.n_classes - 1) / context.n_classes
+        detail = "" if f.flattened is None else (
+            f", and its wrong-class mass is flat there (content {f.flattened[0].value:.3f}) although at τ = 1 it "
+            f"is structured ({f.flattened[1].value:.2f})")
+        explanation = (
+            f"At τ = {temperature:g} the teacher's targets on the {dataset} set are close to uniform (mean "
+            f"wrong-class mass {f.smoothing.value:.2f}; uniform is {uniform:.2f}){detail}. The temperature, not "
+            "the teacher, erases the class relations (level 2) and the per-example confidence (level 3), "
+            "leaving little beyond label smoothing (level 1).")
+    else:
+        saturated = "" if not f.saturation.ok else f"{f.saturation.value:.0%} saturated, "
+        explanation = (
+            f"At τ = {temperature:g} the teacher's targets on the {dataset} set are nearly one-hot "
+            f"({saturated}mean wrong-class mass {f.smoothing.value:.3f}): the student sees little beyond the hard "
+            "label — no smoothing, no class relations, flat gradient weights. At τ = 1 the same teacher's "
+            "targets are not saturated and it is not over-confident on held-out data: the τ below 1 sharpened "
+            "them, so the setting is at fault, not the teacher.")
+    nearest = r.nearest_informative(f.whatif, temperature)
+    return Wording(
+        f"The distillation temperature τ = {temperature:g} is too {f.direction} for this teacher",
+        explanation,
+        f"Distil at τ between {lo:g} and {hi:g}, where this teacher's {dataset}-set targets are informative "
+        f"({band.min_smoothing:g} ≤ mean wrong-class mass ≤ {band.max_smoothing:.2f}, at most "
+        f"{band.max_saturation:.0%} saturated); on the τ grid, {nearest:g} is the closest to the current "
+        f"τ = {temperature:g}." + _guessed_temperature(context))
+
+
+def word_wrong_on_transfer(f: r.WrongOnTransferFacts, context: Context) -> Wording:
+    sentences = [
+        f"The teacher's top class differs from the label on {f.error.value:.1%} of the transfer set. With "
+        f"α = {context.alpha:g} those examples pull the student toward the teacher's class and away from the "
+        "label, and their rescaling weights (level 3) reflect the disagreement rather than the example's "
+        "difficulty."]
+    if f.held_out is not None:
+        sentences.append(f"The same teacher is right on {f.held_out.value:.1%} of held-out data, more than on "
+                         "the data it was distilled on: noisy transfer labels or a pipeline mismatch are the "
+                         "likely cause.")
+        advice = ("Check the data pipeline first: the transfer set's labels and preprocessing against the "
+                  "teacher's (label map, normalization, augmentation); then filter or relabel the examples the "
+                  "teacher contradicts most confidently (the report's hardest examples). Where the teacher, not "
+                  f"the label, is wrong, lower α (now {context.alpha:g}) so the labels weigh more.")
+    else:
+        advice = (f"Lower α (now {context.alpha:g}) so the labels weigh more where the teacher errs; filter or "
+                  "relabel the examples where teacher and label disagree with high teacher confidence (the "
+                  "report's hardest examples); and check the data pipeline (label map, preprocessing) for a "
+                  "mismatch between the teacher and the transfer set.")
+    return Wording("The teacher contradicts the labels on many transfer examples", " ".join(sentences), advice)
+
+
+def word_capacity_gap(f: r.CapacityFacts, context: Context) -> Wording:
+    extra = "" if f.kl is None else f" Their mean KL at τ = {context.temperature:g} is {f.kl.value:.3f} nats."
+    extra += "" if f.kd_gain is None else f" KD did not beat the baseline ({points(f.kd_gain.value)})."
+    where = " where the teacher is right" if f.where_teacher_correct else ""
+    gap = f.teacher.value - f.student.value
+    return Wording(
+        "The student cannot follow the teacher (capacity gap)",
+        f"The student agrees with the teacher's top class on only {f.agreement.value:.1%} of the "
+        f"{f.agreement.dataset} set{where}, although the teacher is {100 * gap:.1f} points more accurate "
+        f"({f.teacher.value:.1%} vs {f.student.value:.1%}).{extra} A student that cannot follow the teacher even "
+        "on the data it was distilled on takes in neither its class structure (level 2) nor its function: "
+        "the gap is too large (Cho & Hariharan 2019; Mirzadeh et al. 2020).",
+        "Distil from a smaller teacher, or through an intermediate-size teacher assistant (Mirzadeh et al. "
+        "2020); an early-stopped checkpoint of this teacher is easier to follow (Cho & Hariharan 2019). "
+        "Distil longer if the student's agreement is still rising.")
+
+
+def word_structure(f: r.StructureFacts, context: Context) -> Wording:
+    described = []
+    for score, baseline in f.checks:
+        kind = "output" if "output" in score.name else "logit-layer weight"
+        text = f"{kind} similarity Spearman {score.value:.2f}"
+        described.append(text if baseline is None else f"{text}, baseline {baseline.value:.2f}")
+    compared = ("does not match it better than a student trained without KD does"
+                if all(baseline is not None for _, baseline in f.checks) else "matches it poorly")
+    higher_tau = ("a higher τ" if f.band is None
+                  else f"a τ toward the top of the informative range {f.band[0]:g}–{f.band[1]:g}")
+    return Wording(
+        "The teacher's class structure did not reach the student",
+        f"The teacher's wrong-class mass is structured (content {f.content.value:.2f} at τ = 1), but the "
+        f"student's class-similarity matrix {compared} ({'; '.join(described)}). The class relationships "
+        "(domain knowledge, level 2) were there to learn but did not reach the student.",
+        f"Give the soft targets more weight or more time: a higher α (now {context.alpha:g}), {higher_tau}, "
+        "or longer distillation.")
