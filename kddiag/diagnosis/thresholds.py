@@ -7,6 +7,8 @@ matching ``*_FULL`` constant, where that piece of evidence counts in full.
 """
 from __future__ import annotations
 
+from kddiag.metrics.whatif import MAX_SATURATION, MIN_SMOOTHING
+
 # ------------------------------------------------------------------ severity scale
 SEVERITY_MIN = 0.3  # a rule just past its threshold: a real finding, but the mildest one
 SEVERITY_MAX = 0.9  # an ordinary rule with every piece of evidence at full strength
@@ -46,13 +48,10 @@ LS_TEACHER_MIN_NORMALIZED_ACCURACY = 0.5
 LS_TEMPERATURE_FULL = 4.0
 
 # ------------------------------------------------------------------ informative targets (level 1)
-# The band that docs/metrics.md uses for universe.temperature_whatif's informative_range, reused so
-# that the rules and the what-if agree: 0.05 ≤ ε_eff ≤ 0.6·(C − 1)/C and saturation_share ≤ 0.5.
-INFORMATIVE_SMOOTHING_MIN = 0.05
+# The informative band itself (0.05 ≤ ε_eff ≤ 0.9·(C − 1)/C, at most half saturated) is defined once, beside
+# the temperature what-if (kddiag.metrics.whatif.InformativeBand); the rules read it from the result.
 # Temperature sweep case study: accuracy is flat up to ε_eff ≈ 0.88 of uniform (τ = 8) and drops from
 # 0.95 (τ = 16); 0.9 means the true class got less than a tenth of the way from 1/C to one-hot.
-INFORMATIVE_SOFT_FRACTION = 0.9  # of (C − 1)/C, the ε_eff of uniform targets
-INFORMATIVE_SATURATION_MAX = 0.5
 SOFT_FULL_FRACTION = 0.99  # ε_eff at 99 % of uniform: targets carry nothing
 SHARP_SATURATION_FULL = 0.95
 SHARP_SMOOTHING_FULL = 0.005
@@ -67,8 +66,8 @@ FLAT_CONTENT_AT_TEMPERATURE_FULL = 0.005
 # and 31-40 % saturation, the early-stopped and small teachers ε_eff ≥ 0.2; the informative band's
 # lower edge (0.05) separates them. τ = 1 is the teacher's own calibration: sharp targets at τ ≥ 1 are
 # the teacher's doing, those only a τ < 1 produces are the setting's (temperature-mismatch).
-OVERCONFIDENT_SATURATION_MIN = 0.5
-OVERCONFIDENT_SMOOTHING_MAX = INFORMATIVE_SMOOTHING_MIN
+OVERCONFIDENT_SATURATION_MIN = MAX_SATURATION  # the band's sharp edges
+OVERCONFIDENT_SMOOTHING_MAX = MIN_SMOOTHING
 # Memorization: targets on held-out data softer than on the transfer set by 5 points of ε_eff
 # (Cho & Hariharan 2019's over-trained teacher; reasoning, to be calibrated).
 SOFTNESS_GAP_MIN = 0.05
