@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import softmax
 
-from case_studies import STUDIES
+from case_studies import PROGRAMS, STUDIES
 from case_studies._harness import claim_and_source, compare, hierarchy_task
 from case_studies._training import (dkpp_targets, distillation_loss, kd_pt_sim_targets, kd_pt_targets,
                                     class_similarity_targets, matching_sim_temperature, tf_kd_reg_targets)
@@ -132,3 +135,28 @@ def test_class_order_quick_run_end_to_end(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "class-order" / "seed0" / "teacher.pt", weights_only=True)
     assert set(checkpoint) == {"state_dict", "arch", "temperature", "alpha"}
     assert checkpoint["arch"] == "mlp:64-256-256-10"
+
+
+def run_module(*args):
+    """``python -m case_studies ARGS`` from the repository root, as a user runs it."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "case_studies", *args], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_python_m_case_studies_lists_the_studies_and_the_demo_builder():
+    result = run_module("--list")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == [*STUDIES, *PROGRAMS]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["no-such-study"], "unknown case study 'no-such-study'; available: label-smoothing"),
+    (["demo-pair", "--quick"], "demo-pair takes only --out"),
+])
+def test_python_m_case_studies_bad_input_is_one_line(args, fragment):
+    result = run_module(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("python -m case_studies: error: ") and fragment in lines[0]
