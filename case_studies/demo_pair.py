@@ -1,4 +1,4 @@
-"""Rebuild the demo pair of ``kddiag demo``: ``python -m case_studies demo-pair`` (about 10 s on 2 cores).
+"""Rebuild the demo pair of ``kddiag demo``: ``python -m case_studies demo-pair`` (about a minute on 2 cores).
 
 The demo is a distillation that did not work, built so on purpose. On scikit-learn's digits (the
 built-in ``digits:train`` split, 1,257 images of 8×8 pixels):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ ROWS = np.arange(40)
 
 @pytest.mark.parametrize("temperature, alpha", [(1.0, 0.9), (4.0, 0.5), (2.0, 0.0)])
 def test_distillation_loss_gradient_matches_closed_form(temperature, alpha):
-    """∂L/∂s = [(1 − α)(q¹ − e_y) + α·τ·(q − p)] / n (LITERATURE.md §1.2), against autograd."""
+    """∂L/∂s = [(1 − α)(q¹ − e_y) + α·τ·(q − p)] / n (docs/literature.md §2), against autograd."""
     student = torch.tensor(RNG.normal(size=(40, 6)), requires_grad=True)
     p = softmax(LOGITS / temperature, axis=1)
     loss = distillation_loss(student, torch.tensor(LABELS), torch.tensor(p), temperature=temperature, alpha=alpha)
@@ -160,3 +161,13 @@ def test_python_m_case_studies_bad_input_is_one_line(args, fragment):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("python -m case_studies: error: ") and fragment in lines[0]
+
+
+def test_every_docs_citation_names_a_section_that_exists():
+    root = Path(__file__).resolve().parent.parent
+    sections = set(re.findall(r"^## (\d+)\. ", (root / "docs" / "literature.md").read_text(), re.M))
+    citing = [*(root / "case_studies").rglob("*.py"), *(root / "case_studies").rglob("*.md"), Path(__file__)]
+    cited = {(path.name, number) for path in citing
+             for number in re.findall(r"docs/literature\.md §(\d+)", path.read_text())}
+    assert cited, "no citation found: the pattern is stale"
+    assert {(name, number) for name, number in cited if number not in sections} == set()
