@@ -1,7 +1,8 @@
-"""Rebuild the demo pair of ``kddiag demo``: ``python -m case_studies demo-pair`` (about a minute on 2 cores).
+"""Rebuild the demo pair that `kddiag demo` inspects (kddiag/demo/*.pt), about a minute on 2 cores.
 
-The demo is a distillation that did not work, built so on purpose. On scikit-learn's digits (the
-built-in ``digits:train`` split, 1,257 images of 8×8 pixels):
+Run ``python -m case_studies demo-pair`` (``--out DIR`` to write elsewhere). The demo is a distillation
+that did not work, built so on purpose. On scikit-learn's digits (the built-in ``digits:train`` split,
+1,257 images of 8×8 pixels):
 - teacher ``mlp:64-256-256-10``, cross-entropy, 300 full-batch Adam epochs, no regularization: it
   fits (memorizes) the transfer set, so its targets there are near one-hot;
 - baseline ``mlp:64-8-10``, cross-entropy on the labels alone, 2,000 epochs;
