@@ -1,8 +1,8 @@
 """Shared training helpers for the case studies: small MLPs trained with full-batch Adam on CE, label
 smoothing or distillation against any per-example soft targets, and the hand-made targets of Tang et
-al.'s partial teachers and their controls (LITERATURE.md §3).
+al.'s partial teachers and their controls (docs/literature.md §4).
 
-Every student, teacher and ablation is trained by one loss (DESIGN.md §3):
+Every student, teacher and ablation is trained by one loss (docs/literature.md §1):
 
     L = (1 − α)·CE(e_y, q¹) + α·τ²·KL(ρ ‖ q),  q = softmax(s/τ), q¹ = softmax(s),
 
@@ -124,7 +124,7 @@ def save_checkpoint(model: MLP, path: Path, *, temperature: float | None = None,
     return path
 
 
-# --- target constructions (LITERATURE.md §3) -----------------------------------------------------
+# --- target constructions (docs/literature.md §4) --------------------------------------------------
 
 def teacher_targets(teacher_logits: np.ndarray, *, temperature: float) -> np.ndarray:
     """Full KD: ρ = softmax(z/τ) (Hinton 2015)."""

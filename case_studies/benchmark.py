@@ -4,7 +4,7 @@ Claim: kddiag's top finding names the true cause of a distillation scenario (a d
 `healthy` for pairs where KD works) in at least 90% of scenarios × seeds, and it raises no alarm on
 the healthy pairs.
 
-Source: kddiag's own target (DESIGN.md §5: the case studies double as a labelled benchmark).
+Source: kddiag's own target (docs/literature.md §16: the case studies double as a labelled benchmark).
 
 Setup: runs every other case study (so it regenerates all of case_studies/results), then pools the
 scenarios each one marks for the benchmark: a scenario that repeats another study's pair is counted once.

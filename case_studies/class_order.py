@@ -6,7 +6,7 @@ teacher's, the student can be accurate in its own order while its top-1 agreemen
 agreement restores it, and it is the pipeline's permutation. kddiag should say `class-order-mismatch`
 and report the permutation.
 
-Source: none published; a common bug, checked by the permutation test of LITERATURE.md §6 item 20
+Source: none published; a common bug, checked by the permutation test of docs/literature.md §13
 (derived: the Hungarian assignment on the teacher-vs-student confusion matrix).
 
 Setup: scikit-learn's digits (60 training images per class from digits:train; eval on digits:test).

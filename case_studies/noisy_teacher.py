@@ -7,7 +7,7 @@ same student trained on the labels alone. Lowering α limits the damage, and a t
 same data with clean labels distils well. kddiag should say `teacher-wrong-on-transfer`.
 
 Source: none published for this exact setting; kddiag's own scenario for the `teacher-wrong-on-transfer`
-rule and its advice to lower α (DESIGN.md §4), with BAN's reading of the teacher's p_y as a
+rule and its advice to lower α (docs/literature.md §15), with BAN's reading of the teacher's p_y as a
 per-example weight (Furlanello et al. 2018, arXiv 1805.04770).
 
 Setup: synthetic class hierarchy (20 classes in 4 groups). The teacher 32-256-256-20 learns for 400

@@ -7,7 +7,7 @@ confidence (instance). Synthetic targets that keep only some levels recover only
 class-similarity geometry toward the teacher's while KD-pt, whose wrong-class mass is flat, does not.
 
 Source: Tang et al. 2020, "Understanding and Improving Knowledge Distillation" (arXiv 2002.03532);
-the constructions are reconstructions (LITERATURE.md §3.1). Controls: DKPP from Furlanello et al.
+the constructions are reconstructions (docs/literature.md §4). Controls: DKPP from Furlanello et al.
 2018 (Born-Again Neural Networks, arXiv 1805.04770); Tf-KD_reg from Yuan et al. 2020 (CVPR, arXiv
 1909.11723).
 

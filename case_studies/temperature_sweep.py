@@ -6,7 +6,8 @@ high-τ limit is logit matching, and the class ranking is drowned); both distil 
 kddiag should say `temperature-mismatch` at both ends and find nothing wrong in the middle.
 
 Source: Hinton, Vinyals and Dean 2015 (arXiv 1503.02531), who introduce τ and the τ² scaling;
-the sweep over τ follows Chandrasegaran et al. 2022 (arXiv 2206.14532) and LITERATURE.md §6 item 17.
+the sweep over τ follows Chandrasegaran et al. 2022 (arXiv 2206.14532) and docs/literature.md §13
+(temperature sweep).
 
 Setup: synthetic class hierarchy (20 classes in 4 groups, 30 training examples per class);
 early-stopped teacher 32-256-256-20 (50 epochs, not fitted to the transfer set); student 32-16-20

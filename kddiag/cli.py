@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from importlib.resources import as_file, files
 
 import click
 
@@ -11,6 +11,11 @@ from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY
 from kddiag.errors import KddiagError
 
 EXIT_ERROR, EXIT_GATED = 1, 3
+
+# The demo pair, package data built by ``python -m case_studies demo-pair`` in a source checkout.
+DEMO_DIR = files("kddiag") / "demo"
+DEMO_TEACHER, DEMO_STUDENT, DEMO_BASELINE = (DEMO_DIR / f"{role}.pt" for role in ("teacher", "student", "baseline"))
+DEMO_EVAL_DATA, DEMO_TRANSFER_DATA = "digits:test", "digits:train"
 
 
 class KddiagGroup(click.Group):
@@ -24,7 +29,9 @@ class KddiagGroup(click.Group):
             ctx.exit(EXIT_ERROR)
 
 
-@click.group(cls=KddiagGroup)
+@click.group(cls=KddiagGroup, epilog="Case studies (published KD failures reproduced on CPU) run from a source "
+                                    "checkout, not from the installed package: python -m case_studies NAME "
+                                    "(python -m case_studies --list).")
 @click.version_option(__version__, prog_name="kddiag")
 def main():
     """Diagnose why knowledge distillation did not work (Tang et al. 2020's three levels)."""
@@ -109,53 +116,20 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_
     _finish(report, out=out, as_json=as_json, fail_on=fail_on)
 
 
+def demo_report():
+    """Inspect the shipped demo pair on the digits eval and transfer sets."""
+    from kddiag.pipeline import inspect as run_inspect
+
+    with as_file(DEMO_TEACHER) as teacher, as_file(DEMO_STUDENT) as student, as_file(DEMO_BASELINE) as baseline:
+        return run_inspect(str(teacher), str(student), data=DEMO_EVAL_DATA, transfer_data=DEMO_TRANSFER_DATA,
+                           baseline=str(baseline))
+
+
 @main.command()
 @output_options(default_out="kddiag-report")
 def demo(out, as_json, fail_on):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
-    from kddiag.demo import demo_report
-
     _finish(demo_report(), out=out, as_json=as_json, fail_on=fail_on)
-
-
-@main.command("case-study")
-@click.argument("name", required=False)
-@click.option("--list", "list_only", is_flag=True, help="List the case studies.")
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--quick", is_flag=True, help="One seed, fewer epochs: a smoke test.")
-@click.option("--out", help="Directory for tables and reports "
-              "(default: case_studies/results).")
-def case_study(name, list_only, seeds, quick, out):
-    """Run a case study reproducing a published KD failure (see case_studies/README.md)."""
-    studies = _case_studies()
-    if list_only or name is None:
-        for study_name, module in studies.items():
-            summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-            click.echo(f"{study_name:24s} {summary}")
-        return
-    if name not in studies:
-        raise KddiagError(f"unknown case study '{name}'; available: {', '.join(studies)}")
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        raise KddiagError(f"--seeds: expected comma-separated integers; got '{seeds}'") from None
-    kwargs = {"seeds": seed_list[:1] if quick else seed_list, "quick": quick}
-    if out:
-        kwargs["out_dir"] = Path(out)
-    studies[name].main(**kwargs)
-
-
-def _case_studies() -> dict:
-    """The registry of case_studies/ (they live beside the package in the source tree)."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "case_studies" / "__init__.py").exists() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        from case_studies import STUDIES
-    except ImportError as error:
-        raise KddiagError(f"case studies not found ({error}); they ship with the source tree: "
-                          "clone the repository and install it with pip install -e .") from None
-    return STUDIES
 
 
 if __name__ == "__main__":

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import softmax
 
-from case_studies import STUDIES
+from case_studies import PROGRAMS, STUDIES
 from case_studies._harness import claim_and_source, compare, hierarchy_task
 from case_studies._training import (dkpp_targets, distillation_loss, kd_pt_sim_targets, kd_pt_targets,
                                     class_similarity_targets, matching_sim_temperature, tf_kd_reg_targets)
@@ -26,7 +30,7 @@ ROWS = np.arange(40)
 
 @pytest.mark.parametrize("temperature, alpha", [(1.0, 0.9), (4.0, 0.5), (2.0, 0.0)])
 def test_distillation_loss_gradient_matches_closed_form(temperature, alpha):
-    """∂L/∂s = [(1 − α)(q¹ − e_y) + α·τ·(q − p)] / n (LITERATURE.md §1.2), against autograd."""
+    """∂L/∂s = [(1 − α)(q¹ − e_y) + α·τ·(q − p)] / n (docs/literature.md §2), against autograd."""
     student = torch.tensor(RNG.normal(size=(40, 6)), requires_grad=True)
     p = softmax(LOGITS / temperature, axis=1)
     loss = distillation_loss(student, torch.tensor(LABELS), torch.tensor(p), temperature=temperature, alpha=alpha)
@@ -132,3 +136,38 @@ def test_class_order_quick_run_end_to_end(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "class-order" / "seed0" / "teacher.pt", weights_only=True)
     assert set(checkpoint) == {"state_dict", "arch", "temperature", "alpha"}
     assert checkpoint["arch"] == "mlp:64-256-256-10"
+
+
+def run_module(*args):
+    """``python -m case_studies ARGS`` from the repository root, as a user runs it."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "case_studies", *args], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_python_m_case_studies_lists_the_studies_and_the_demo_builder():
+    result = run_module("--list")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == [*STUDIES, *PROGRAMS]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["no-such-study"], "unknown case study 'no-such-study'; available: label-smoothing"),
+    (["demo-pair", "--quick"], "demo-pair takes only --out"),
+])
+def test_python_m_case_studies_bad_input_is_one_line(args, fragment):
+    result = run_module(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("python -m case_studies: error: ") and fragment in lines[0]
+
+
+def test_every_docs_citation_names_a_section_that_exists():
+    root = Path(__file__).resolve().parent.parent
+    sections = set(re.findall(r"^## (\d+)\. ", (root / "docs" / "literature.md").read_text(), re.M))
+    citing = [*(root / "case_studies").rglob("*.py"), *(root / "case_studies").rglob("*.md"), Path(__file__)]
+    cited = {(path.name, number) for path in citing
+             for number in re.findall(r"docs/literature\.md §(\d+)", path.read_text())}
+    assert cited, "no citation found: the pattern is stale"
+    assert {(name, number) for name, number in cited if number not in sections} == set()

@@ -1,14 +1,19 @@
 """The ``kddiag`` command line, end to end with click's CliRunner: every input format, every bad input."""
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from kddiag.cli import main
+import kddiag
+from kddiag.cli import DEMO_BASELINE as BASELINE
+from kddiag.cli import DEMO_DIR, main
+from kddiag.cli import DEMO_STUDENT as STUDENT
+from kddiag.cli import DEMO_TEACHER as TEACHER
 from kddiag.data import load_dataset
-from kddiag.demo import BASELINE, STUDENT, TEACHER
 from kddiag.loading import load_model
 
 DIGITS = ["--data", "digits:test", "--transfer-data", "digits:train"]
@@ -195,15 +200,31 @@ def test_failed_render_leaves_no_partial_output(tmp_path, monkeypatch):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_case_study_list():
-    result = run("case-study", "--list")
-    assert result.exit_code == 0, result.output
-    assert "label" in result.output.lower()
-
-
 def test_version_and_help_are_fast_imports():
     assert run("--version").exit_code == 0
     assert "inspect" in run("--help").output
+
+
+def test_help_points_to_the_case_studies_outside_the_package():
+    result = run("--help")
+    assert "case-study" not in result.output
+    assert "python -m case_studies NAME" in " ".join(result.output.split())
+    assert run("case-study", "--list").exit_code == 2
+
+
+def test_the_package_never_imports_case_studies():
+    sources = Path(kddiag.__file__).parent.rglob("*.py")
+    importing = [path.name for path in sources if re.search(r"^\s*(from|import) case_studies", path.read_text(), re.M)]
+    assert importing == []
+
+
+def test_demo_checkpoints_are_package_data_with_arch_and_settings():
+    assert not any(DEMO_DIR.joinpath(name).is_file() for name in ("__init__.py", "build.py"))
+    checkpoints = {role: torch.load(path, map_location="cpu", weights_only=True)
+                   for role, path in (("teacher", TEACHER), ("student", STUDENT), ("baseline", BASELINE))}
+    assert {role: c["arch"] for role, c in checkpoints.items()} == {
+        "teacher": "mlp:64-256-256-10", "student": "mlp:64-8-10", "baseline": "mlp:64-8-10"}
+    assert (checkpoints["student"]["temperature"], checkpoints["student"]["alpha"]) == (1.0, 0.9)
 
 
 def test_classes_file_names_and_groups_reach_the_report(tmp_path):
