@@ -57,8 +57,8 @@ def make_class_hierarchy(*, n_groups: int = 4, classes_per_group: int = 5, n_fea
     Within a group, prototypes are about prototype_spread·√(2d) apart (≈ 3.6 noise units with the
     defaults), across groups about center_scale·√(2d) (≈ 16). With the defaults the Bayes rule (nearest
     true prototype) is ≈ 89% accurate, a 32-64-20 MLP reaches ≈ 81-85% on ``hierarchy:test`` (three
-    seeds) while fitting the training part to 94-100%, and all its confusions stay within a group. kddiag's own generator (DESIGN.md §5,
-    LITERATURE.md §3.3), not a reproduction of Tang et al.'s.
+    seeds) while fitting the training part to 94-100%, and all its confusions stay within a group. kddiag's own generator
+    (docs/literature.md §5), not a reproduction of Tang et al.'s.
 
     Returns ``x`` (n_classes·n_per_class, n_features) float32, ``y`` (same length,) int64 in shuffled
     order, and ``groups`` (n_classes,) int64, the group of each class.

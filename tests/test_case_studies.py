@@ -166,8 +166,11 @@ def test_python_m_case_studies_bad_input_is_one_line(args, fragment):
 def test_every_docs_citation_names_a_section_that_exists():
     root = Path(__file__).resolve().parent.parent
     sections = set(re.findall(r"^## (\d+)\. ", (root / "docs" / "literature.md").read_text(), re.M))
-    citing = [*(root / "case_studies").rglob("*.py"), *(root / "case_studies").rglob("*.md"), Path(__file__)]
+    citing = [*(root / "case_studies").rglob("*.py"), *(root / "case_studies").rglob("*.md"),
+              *(root / "kddiag").rglob("*.py"), *(root / "docs").glob("*.md"), root / "README.md", Path(__file__)]
     cited = {(path.name, number) for path in citing
              for number in re.findall(r"docs/literature\.md §(\d+)", path.read_text())}
     assert cited, "no citation found: the pattern is stale"
     assert {(name, number) for name, number in cited if number not in sections} == set()
+    outside = ("DESIGN" + ".md", "LITERATURE" + ".md")  # design notes kept outside the repository
+    assert [path.name for path in citing if any(name in path.read_text() for name in outside)] == []

@@ -1,7 +1,7 @@
 """Every cut-off the diagnosis rules use, in one place.
 
-None of the papers defines diagnostic cut-offs (LITERATURE.md §6): each value below is kddiag's own,
-set from the stated reasoning or probe and to be recalibrated on the case studies (DESIGN.md §5).
+None of the papers defines diagnostic cut-offs (docs/literature.md §13): each value below is kddiag's
+own, set from the stated reasoning or probe and calibrated on the case studies (docs/literature.md §16).
 A rule fires when a value is past its threshold; its severity grows until the value reaches the
 matching ``*_FULL`` constant, where that piece of evidence counts in full.
 """
@@ -34,7 +34,7 @@ NEAR_CHANCE_NORMALIZED_ACCURACY = 0.2  # below: a near-chance teacher (Yuan's 1-
 NEAR_CHANCE_NORMALIZED_ACCURACY_FULL = 0.0
 
 # ------------------------------------------------------------------ teacher-label-smoothed (level 2)
-# DESIGN.md §3 probe on small MLPs: LS (ε = 0.25) teacher content at τ = 1 ≈ 0.07 and logit spread
+# kddiag's probe on small MLPs (docs/literature.md §14): LS (ε = 0.25) teacher content at τ = 1 ≈ 0.07 and logit spread
 # ≈ 0.12-0.15; the plain teacher 0.66-0.76 and 0.28-0.36 (Müller et al. 2019: LS equalizes the
 # wrong-class logits). Both cut-offs sit between the two groups.
 LS_CONTENT_MAX = 0.3  # domain.teacher_dark_knowledge_content (τ = 1)
@@ -55,7 +55,7 @@ LS_TEMPERATURE_FULL = 4.0
 SOFT_FULL_FRACTION = 0.99  # ε_eff at 99 % of uniform: targets carry nothing
 SHARP_SATURATION_FULL = 0.95
 SHARP_SMOOTHING_FULL = 0.005
-# Dark knowledge "≈ 0" at the distillation τ (DESIGN.md §3 probe: plain teacher at τ = 40 → 0.002).
+# Dark knowledge "≈ 0" at the distillation τ (docs/literature.md §14: plain teacher at τ = 40 → 0.002).
 FLAT_CONTENT_AT_TEMPERATURE_MAX = 0.05
 FLAT_CONTENT_AT_TEMPERATURE_FULL = 0.005
 
@@ -97,7 +97,7 @@ CAPACITY_KL_FULL = 0.5
 KD_GAIN_MIN = 0.0  # kd_gain ≤ 0: KD did not help at all (corroborating, counts in full)
 
 # ------------------------------------------------------------------ teacher-wrong-on-transfer (level 3)
-# BAN 2018's confidence weighting and DESIGN.md §3: a teacher that contradicts the label on more than
+# BAN 2018's confidence weighting (docs/literature.md §8): a teacher that contradicts the label on more than
 # a tenth of the transfer set pushes the student, with weight α, toward the wrong classes there.
 TEACHER_TRANSFER_ERROR_MAX = 0.1
 TEACHER_TRANSFER_ERROR_FULL = 0.4
