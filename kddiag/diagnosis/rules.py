@@ -103,6 +103,7 @@ class ClassOrderFacts:
     agreement: Measured
     permuted: Measured
     moves: tuple[tuple[int, int], ...] | None  # (student class, teacher class) pairs that differ
+    permutation: Measured
 
 
 def class_order_mismatch(m: Measurements, context: Context) -> Decision:
@@ -123,13 +124,14 @@ def class_order_mismatch(m: Measurements, context: Context) -> Decision:
                                         agreement.value + th.CLASS_ORDER_GAIN_MIN)), ">=")),
         th.CLASS_ORDER_SEVERITY_MIN + (1 - th.CLASS_ORDER_SEVERITY_MIN) * grade(
             gain, th.CLASS_ORDER_GAIN_MIN, th.CLASS_ORDER_GAIN_FULL),
-        ClassOrderFacts(agreement, permuted, moves), notes)
+        ClassOrderFacts(agreement, permuted, moves, permutation), notes)
 
 
 @dataclass(frozen=True)
 class TeacherWeakFacts:
     teacher: Measured
     compared: Measured | None  # the baseline, else the student, when the teacher is not clearly better
+    against_baseline: bool  # whether ``compared`` is the baseline
     near_chance: bool
     smoothing: Measured  # equivalent smoothing of the targets, for the advice
 
@@ -166,7 +168,7 @@ def teacher_weak(m: Measurements, context: Context) -> Decision:
     if not found:
         return Clear(notes)
     smoothing = first(m.universe, lambda u: u.equivalent_smoothing)
-    return Fired(tuple(found), severity(max(grades)), TeacherWeakFacts(teacher, compared, near_chance, smoothing),
+    return Fired(tuple(found), severity(max(grades)), TeacherWeakFacts(teacher, compared, compared is baseline, near_chance, smoothing),
                  notes)
 
 
@@ -344,8 +346,8 @@ def capacity_gap(m: Measurements, context: Context) -> Decision:
     """A clearly better teacher whose student does not follow it on the transfer set."""
     # Where the teacher contradicts the label, a student following the label is right to disagree: only
     # agreement on the examples the teacher gets right measures whether the student can follow.
-    agreement = first(m.outcome, lambda o: o.agreement_where_teacher_correct)
-    agreement = agreement if agreement.ok else first(m.outcome, lambda o: o.agreement)
+    where_correct = first(m.outcome, lambda o: o.agreement_where_teacher_correct)
+    agreement = where_correct if where_correct.ok else first(m.outcome, lambda o: o.agreement)
     teacher = first(m.outcome, lambda o: o.teacher_accuracy, EVAL_FIRST)
     student = first(m.outcome, lambda o: o.student_accuracy, (teacher.dataset,))
     if lack := missing(agreement, teacher, student):
@@ -366,15 +368,14 @@ def capacity_gap(m: Measurements, context: Context) -> Decision:
     support = (grade(kl.value, th.CAPACITY_KL_MIN, th.CAPACITY_KL_FULL) if kl else 0.0, 1.0 if kd_gain else 0.0)
     primary = (grade(agreement.value, th.CAPACITY_AGREEMENT_MAX, th.CAPACITY_AGREEMENT_FULL)
                + grade(gap, th.CAPACITY_ACCURACY_GAP_MIN, th.CAPACITY_ACCURACY_GAP_FULL)) / 2
-    where = agreement.name.endswith("where_teacher_correct")
     return Fired(tuple(found), severity(primary, support),
-                 CapacityFacts(agreement, where, teacher, student, kl, kd_gain), notes)
+                 CapacityFacts(agreement, agreement is where_correct, teacher, student, kl, kd_gain), notes)
 
 
 @dataclass(frozen=True)
 class StructureFacts:
     content: Measured
-    checks: tuple[tuple[Measured, Measured | None], ...]  # (student's transfer score, baseline's or None)
+    checks: tuple[tuple[Measured, Measured | None, bool], ...]  # (student's score, baseline's or None, on outputs)
     band: tuple[float, float] | None
 
 
@@ -389,18 +390,19 @@ def structure_not_transferred(m: Measurements, context: Context) -> Decision:
               first(m.domain, lambda d: d.weight_similarity_transfer_score, (WEIGHTS,)))
     baselines = (first(m.domain, lambda d: d.baseline_output_similarity_transfer_score, (scores[0].dataset,)),
                  m.domain.weights.baseline_weight_similarity_transfer_score)
-    checks = tuple((score, baseline if baseline.ok else None) for score, baseline in zip(scores, baselines) if score.ok)
+    checks = tuple((score, baseline if baseline.ok else None, on_outputs)
+                   for score, baseline, on_outputs in zip(scores, baselines, (True, False)) if score.ok)
     if not checks:
         return NotChecked("; ".join(score.unavailable for score in scores))
     notes = fallback_notes((content,), TRANSFER) + tuple(dict.fromkeys(
         f"no baseline student: the class-similarity transfer score was compared with an absolute threshold "
-        f"({th.STRUCTURE_SCORE_MIN:g}), not with a student trained without KD" for _, b in checks if b is None))
+        f"({th.STRUCTURE_SCORE_MIN:g}), not with a student trained without KD" for _, b, _ in checks if b is None))
     notes += tuple(f"{score.unavailable}: checked with the other similarity only" for score in scores if not score.ok)
-    limits = [th.STRUCTURE_SCORE_MIN if b is None else rounded(b.value + th.STRUCTURE_GAIN_MIN) for _, b in checks]
-    if any(score.value >= limit for (score, _), limit in zip(checks, limits)):
+    limits = [th.STRUCTURE_SCORE_MIN if b is None else rounded(b.value + th.STRUCTURE_GAIN_MIN) for _, b, _ in checks]
+    if any(score.value >= limit for (score, _, _), limit in zip(checks, limits)):
         return Clear(notes)  # the structure reached the student's outputs or its logit layer
     found, grades = [], []
-    for (score, baseline), limit in zip(checks, limits):
+    for (score, baseline, _), limit in zip(checks, limits):
         found.append(evidence(score, limit, "<"))
         if baseline is None:
             grades.append(grade(score.value, th.STRUCTURE_SCORE_MIN, th.STRUCTURE_SCORE_FULL))

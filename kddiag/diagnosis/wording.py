@@ -34,7 +34,7 @@ def _guessed_temperature(context: Context) -> str:
 
 def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
     if f.moves is None:
-        mapping = "the permutation itself was not reported (outcome.class_permutation missing)"
+        mapping = f"the permutation itself was not reported ({f.permutation.unavailable})"
     else:
         listed = ", ".join(f"student {k} → teacher {t}" for k, t in f.moves[:_MAX_LISTED_MOVES])
         extra = len(f.moves) - _MAX_LISTED_MOVES
@@ -53,7 +53,7 @@ def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
 def word_teacher_weak(f: r.TeacherWeakFacts, context: Context) -> Wording:
     t = f.teacher
     sentences = []
-    if f.compared is not None and f.compared.name.endswith("baseline_accuracy"):
+    if f.compared is not None and f.against_baseline:
         sentences.append(f"The teacher ({t.value:.1%} on the {t.dataset} set) is not clearly more accurate "
                          f"than the baseline ({f.compared.value:.1%}).")
     elif f.compared is not None:
@@ -200,12 +200,12 @@ def word_capacity_gap(f: r.CapacityFacts, context: Context) -> Wording:
 
 def word_structure(f: r.StructureFacts, context: Context) -> Wording:
     described = []
-    for score, baseline in f.checks:
-        kind = "output" if "output" in score.name else "logit-layer weight"
+    for score, baseline, on_outputs in f.checks:
+        kind = "output" if on_outputs else "logit-layer weight"
         text = f"{kind} similarity Spearman {score.value:.2f}"
         described.append(text if baseline is None else f"{text}, baseline {baseline.value:.2f}")
     compared = ("does not match it better than a student trained without KD does"
-                if all(baseline is not None for _, baseline in f.checks) else "matches it poorly")
+                if all(baseline is not None for _, baseline, _ in f.checks) else "matches it poorly")
     higher_tau = ("a higher τ" if f.band is None
                   else f"a τ toward the top of the informative range {f.band[0]:g}–{f.band[1]:g}")
     return Wording(
