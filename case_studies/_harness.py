@@ -134,27 +134,44 @@ def eval_accuracy(model, task: Task) -> float:
 
 # --- one seed of one study -----------------------------------------------------------------------
 
-# Scalar metrics kept with every verdict, so that a confusion can be explained from the JSON alone.
-KEPT_METRICS = (
-    ("outcome", "teacher_accuracy", "eval"), ("outcome", "student_accuracy", "eval"),
-    ("outcome", "baseline_accuracy", "eval"), ("outcome", "kd_gain", "eval"),
-    ("outcome", "agreement", "transfer"), ("outcome", "agreement", "eval"),
-    ("outcome", "permuted_agreement", "transfer"), ("outcome", "kl_teacher_student_at_temperature", "transfer"),
-    ("universe", "effective_smoothing", "transfer"), ("universe", "effective_smoothing", "eval"),
-    ("universe", "saturation_share", "transfer"), ("universe", "softness_gap", "transfer"),
-    ("universe", "teacher_fitted_temperature", "eval"),
-    ("domain", "teacher_dark_knowledge_content", "transfer"),
-    ("domain", "dark_knowledge_content_at_temperature", "transfer"),
-    ("domain", "teacher_nontarget_logit_spread", "transfer"),
-    ("domain", "output_similarity_transfer_score", "eval"),
-    ("domain", "baseline_output_similarity_transfer_score", "eval"),
-    ("domain", "weight_similarity_transfer_score", "weights"),
-    ("domain", "baseline_weight_similarity_transfer_score", "weights"),
-    ("domain", "teacher_group_recovery", "eval"), ("domain", "student_group_recovery", "eval"),
-    ("domain", "baseline_group_recovery", "eval"),
-    ("instance", "untrained_rescaling_weight_cv", "transfer"), ("instance", "teacher_error_rate", "transfer"),
-    ("instance", "teacher_error_rate", "eval"), ("instance", "nckd_weight", "transfer"),
+# Scalar metrics kept with every verdict, so that a confusion can be explained from the JSON alone:
+# one getter per value, over the measurements (kddiag.results.Measurements).
+KEPT_METRICS: tuple[Callable, ...] = (
+    lambda m: _kept_set(m.outcome, "eval").teacher_accuracy,
+    lambda m: _kept_set(m.outcome, "eval").student_accuracy,
+    lambda m: _kept_set(m.outcome, "eval").baseline_accuracy,
+    lambda m: _kept_set(m.outcome, "eval").kd_gain,
+    lambda m: _kept_set(m.outcome, "transfer").agreement,
+    lambda m: _kept_set(m.outcome, "eval").agreement,
+    lambda m: _kept_set(m.outcome, "transfer").permuted_agreement,
+    lambda m: _kept_set(m.outcome, "transfer").kl_teacher_student_at_temperature,
+    lambda m: _kept_set(m.universe, "transfer").effective_smoothing,
+    lambda m: _kept_set(m.universe, "eval").effective_smoothing,
+    lambda m: _kept_set(m.universe, "transfer").saturation_share,
+    lambda m: m.universe.softness_gap,
+    lambda m: _kept_set(m.universe, "eval").teacher.fitted_temperature,
+    lambda m: _kept_set(m.domain, "transfer").teacher.dark_knowledge_content,
+    lambda m: _kept_set(m.domain, "transfer").dark_knowledge_content_at_temperature,
+    lambda m: _kept_set(m.domain, "transfer").teacher.nontarget_logit_spread,
+    lambda m: _kept_set(m.domain, "eval").output_similarity_transfer_score,
+    lambda m: _kept_set(m.domain, "eval").baseline_output_similarity_transfer_score,
+    lambda m: m.domain.weights.weight_similarity_transfer_score,
+    lambda m: m.domain.weights.baseline_weight_similarity_transfer_score,
+    lambda m: _kept_set(m.domain, "eval").teacher.group_recovery,
+    lambda m: _kept_set(m.domain, "eval").student.group_recovery,
+    lambda m: _kept_set(m.domain, "eval").baseline.group_recovery,
+    lambda m: _kept_set(m.instance, "transfer").untrained_rescaling_weight_cv,
+    lambda m: _kept_set(m.instance, "transfer").teacher_error_rate,
+    lambda m: _kept_set(m.instance, "eval").teacher_error_rate,
+    lambda m: _kept_set(m.instance, "transfer").nckd_weight,
 )
+
+
+def _kept_set(level, dataset: str):
+    """The level's record on ``dataset``; when that set was not given, an empty record of the same kind
+    (every value 'not measured', its name still stamped), so every kept key is always written."""
+    record = level.on(dataset)
+    return record if record is not None else type(level.sets()[0])(dataset)
 
 
 @dataclass
@@ -218,10 +235,12 @@ class Context:
 
 
 def _kept_metrics(measurements) -> dict[str, float | None]:
+    """``{'level.metric@dataset': value rounded to 4 decimals, or None}`` for every getter in KEPT_METRICS."""
     out = {}
-    for section, name, dataset in KEPT_METRICS:
-        value = measurements.value(section, name, dataset)
-        out[f"{section}.{name}@{dataset}"] = round(float(value), 4) if isinstance(value, (int, float)) else None
+    for kept in KEPT_METRICS:
+        metric = kept(measurements)
+        value = metric.value
+        out[f"{metric.name}@{metric.dataset}"] = round(float(value), 4) if isinstance(value, (int, float)) else None
     return out
 
 

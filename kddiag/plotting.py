@@ -1,9 +1,11 @@
 """Figures of an inspection: each ``plot_*`` draws measured results, never recomputes a metric.
 
 Every function takes a :class:`~kddiag.types.Report` (or just its
-:class:`~kddiag.types.Measurements`; class names, groups and the distillation τ then are unknown)
+:class:`~kddiag.results.Measurements`; class names, groups and the distillation τ then are unknown)
 and draws on ``ax`` (or ``fig`` for multi-panel figures), creating one when none is given.
-A metric that is absent or unavailable gives a panel that says "not available: <reason>".
+Values are read as attributes of the typed results; every defining constant (the informative band,
+the saturation and low-weight cuts, the bins) comes from the results, never from here.
+A value that is absent or unavailable gives a panel that says "not available: <reason>".
 matplotlib and seaborn are imported inside the functions; nothing is shown or saved here.
 """
 from __future__ import annotations
@@ -11,24 +13,22 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from kddiag.types import EVAL, TRANSFER, ClassInfo, Measurements, Metric, Report, Settings
+from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample,
+                            UniverseOnSet, WeightStructure)
+from kddiag.types import EVAL, TRANSFER, ClassInfo, Report, Settings
 
 MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
 SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}
 MODELS = ("teacher", "student", "baseline")
-SATURATION_THRESHOLD = 0.99  # p_y above this counts as saturated (docs/metrics.md, saturation_share)
-LOW_WEIGHT_THRESHOLD = 0.5  # rescaling weights below this count as down-weighted
 MIN_BIN_COUNT = 5  # reliability bins with fewer examples are marked, not joined by the line
 MAX_SCATTER_POINTS = 3000
 CLIP_PERCENTILES = (2.0, 98.0)  # y range of the trained-student w panel (its w is heavy-tailed) …
 IQR_FENCE = 10.0  # … and at most this many interquartile ranges beyond the quartiles
 MAX_TICK_LABELS = 30
-SIMILARITY_KINDS = (("output_similarity", "output-based (τ = 1)", None),
-                    ("weight_similarity", "weight-based (cosine)", "weights"))
 
 
 # ---------------------------------------------------------------- level 0 — outcome
@@ -38,11 +38,15 @@ def plot_accuracy(report: Report | Measurements, *, ax=None):
     measurements, _, _ = _unpack(report)
     ax = _new_axes(ax, figsize=(6.0, 3.2))
     ax.set_title("Accuracy (95% bootstrap interval)", loc="left")
-    points = [(model, dataset, measurements.get("outcome", f"{model}_accuracy", dataset))
-              for model in MODELS for dataset in (TRANSFER, EVAL)]
-    points = [(m, d, metric) for m, d, metric in points if _has_value(metric)]
+    records = {dataset: measurements.outcome.on(dataset) for dataset in (TRANSFER, EVAL)}
+    accuracy = {dataset: {"teacher": record.teacher_accuracy, "student": record.student_accuracy,
+                          "baseline": record.baseline_accuracy}
+                for dataset, record in records.items() if record is not None}
+    points = [(model, dataset, accuracy[dataset][model])
+              for model in MODELS for dataset in (TRANSFER, EVAL) if dataset in accuracy]
+    points = [(m, d, metric) for m, d, metric in points if metric.ok]
     if not points:
-        return _not_available(ax, _reason(measurements, "outcome", "teacher_accuracy", "no accuracy measured"))
+        return _not_available(ax, _reason([a["teacher"] for a in accuracy.values()], "no accuracy measured"))
     models = [m for m in MODELS if any(p[0] == m for p in points)]
     offsets = {TRANSFER: -0.15, EVAL: 0.15}
     markers = {TRANSFER: "s", EVAL: "o"}  # hollow squares: transfer set; filled circles: eval set
@@ -80,25 +84,27 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
     measurements, _, _ = _unpack(report)
     ax = _new_axes(ax, figsize=(5.0, 4.6))
     ax.set_title(f"Reliability diagram ({dataset} set)")
-    curves = {m: measurements.get("universe", f"{m}_reliability", dataset) for m in ("teacher", "student")}
-    curves = {m: metric for m, metric in curves.items() if _has_value(metric)}
+    record = measurements.universe.on(dataset)
+    calibration = {} if record is None else {"teacher": record.teacher, "student": record.student}
+    curves = {m: c for m, c in calibration.items() if c.reliability.ok}
     if not curves:
-        return _not_available(ax, _reason(measurements, "universe", "teacher_reliability",
-                                          f"no reliability bins on the {dataset} set", dataset))
+        return _not_available(ax, _reason([c.reliability for c in calibration.values()],
+                                          f"no reliability bins on the {dataset} set"))
     counts_ax = ax.twinx()
     max_share, width_share, any_sparse = 0.0, 0.5 / len(curves), False
-    for i, (model, metric) in enumerate(curves.items()):
-        edges = _floats(metric.value["bin_edges"])
-        confidence = _floats(metric.value["bin_confidence"])
-        accuracy = _floats(metric.value["bin_accuracy"])
-        counts = np.nan_to_num(_floats(metric.value["bin_count"]))
+    for i, (model, model_calibration) in enumerate(curves.items()):
+        bins = model_calibration.reliability.value
+        edges = _floats(bins.bin_edges)
+        confidence = _floats(bins.bin_confidence)
+        accuracy = _floats(bins.bin_accuracy)
+        counts = np.nan_to_num(_floats(bins.bin_count))
         share = counts / max(counts.sum(), 1.0)
         max_share = max(max_share, float(share.max(initial=0.0)))
         widths = np.diff(edges)
         counts_ax.bar(edges[:-1] + widths * (0.25 + i * width_share), share, width=widths * width_share,
                       align="edge", color=MODEL_COLORS[model], alpha=0.3, linewidth=0)
-        ece = measurements.value("universe", f"{model}_ece", dataset)
-        label = model if ece is None else f"{model} (ECE {float(ece):.3f})"
+        ece = model_calibration.ece
+        label = f"{model} (ECE {float(ece.value):.3f})" if ece.ok else model
         filled = ~np.isnan(confidence) & ~np.isnan(accuracy) & (counts > 0)
         solid = filled & (counts >= MIN_BIN_COUNT)
         sparse = filled & ~solid
@@ -130,29 +136,28 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
 
 
 def plot_target_confidence(report: Report | Measurements, *, ax=None):
-    """Histogram of the teacher's target probability p_y at τ, transfer set vs eval set, with the
-    saturation threshold 0.99 marked. Uses ``universe.target_confidence_histogram`` per set, else
-    bins the per-example ``teacher_target_confidence`` arrays."""
+    """Histogram of the teacher's target probability p_y at τ, transfer set vs eval set
+    (``universe.<set>.target_confidence_histogram``), with the set's saturation cut marked."""
     measurements, _, settings = _unpack(report)
     ax = _new_axes(ax, figsize=(5.6, 4.0))
     tau = "" if settings is None else f" (τ = {settings.temperature.value:g})"
     ax.set_title(f"Teacher target confidence p_y{tau}")
-    drawn = 0
-    for dataset in (TRANSFER, EVAL):
-        edges, counts = _target_histogram(measurements, dataset)
-        if edges is None:
-            continue
-        share = counts / max(counts.sum(), 1.0)
-        saturated = measurements.value("universe", "saturation_share", dataset)
-        label = f"{dataset} set (n = {int(counts.sum())}"
-        label += ")" if saturated is None else f", {100 * float(saturated):.0f}% saturated)"
-        ax.stairs(share, edges, fill=True, alpha=0.35, color=SET_COLORS[dataset])
-        ax.stairs(share, edges, color=SET_COLORS[dataset], lw=1.5, label=label)
-        drawn += 1
+    records: list[UniverseOnSet] = list(measurements.universe.sets())
+    drawn = [record for record in records if record.target_confidence_histogram.ok]
     if not drawn:
-        return _not_available(ax, _reason(measurements, "universe", "target_confidence_histogram",
+        return _not_available(ax, _reason([r.target_confidence_histogram for r in records],
                                           "no target confidences measured"))
-    ax.axvline(SATURATION_THRESHOLD, color="black", ls="--", lw=1, label=f"saturation p_y > {SATURATION_THRESHOLD}")
+    for record in drawn:
+        histogram = record.target_confidence_histogram.value
+        edges, counts = _floats(histogram.bin_edges), np.nan_to_num(_floats(histogram.counts))
+        share = counts / max(counts.sum(), 1.0)
+        saturated = record.saturation_share
+        label = f"{record.dataset} set (n = {int(counts.sum())}"
+        label += f", {100 * float(saturated.value):.0f}% saturated)" if saturated.ok else ")"
+        ax.stairs(share, edges, fill=True, alpha=0.35, color=SET_COLORS[record.dataset])
+        ax.stairs(share, edges, color=SET_COLORS[record.dataset], lw=1.5, label=label)
+    for cut in dict.fromkeys(record.saturation_cut for record in drawn):  # one line per distinct cut
+        ax.axvline(cut, color="black", ls="--", lw=1, label=f"saturation p_y > {cut:g}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("teacher probability of the true class, p_y")
     ax.set_ylabel("share of examples")
@@ -163,38 +168,45 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
 def plot_temperature_whatif(report: Report | Measurements, *, fig=None):
     """What the teacher's targets would look like at other temperatures (``universe.temperature_whatif``):
     effective smoothing, saturated share, dark-knowledge content and rescaling-weight CV vs τ (log axis),
-    the informative range shaded and the distillation τ marked."""
+    the informative range shaded, the bounds of the what-if's informative band (``WhatIf.band``) as
+    dotted lines and the distillation τ marked."""
     measurements, _, settings = _unpack(report)
     fig = _new_figure(fig, figsize=(13.0, 3.4))
     axes = fig.subplots(1, 4)
-    metric = measurements.get("universe", "temperature_whatif")
-    panels = (("effective_smoothing", "effective smoothing ε_eff"),
-              ("saturation_share", "saturated share (p_y > 0.99)"),
-              ("dark_knowledge_content", "dark-knowledge content"),
-              ("rescaling_weight_cv", "rescaling weight CV (untrained)"))
-    if not _has_value(metric):
-        reason = _reason(measurements, "universe", "temperature_whatif", "no temperature what-if measured")
-        for ax, (_, title) in zip(axes, panels):
+    metric = measurements.universe.temperature_whatif
+    same_set = measurements.universe.on(metric.dataset)
+    saturated = "saturated share" + ("" if same_set is None else f" (p_y > {same_set.saturation_cut:g})")
+    panels: tuple[tuple[str, Callable[[Any], np.ndarray], Callable[[Any], tuple[float, ...]]], ...] = (
+        ("effective smoothing ε_eff", lambda w: w.effective_smoothing,
+         lambda band: (band.min_smoothing, band.max_smoothing)),
+        (saturated, lambda w: w.saturation_share, lambda band: (band.max_saturation,)),
+        ("dark-knowledge content", lambda w: w.dark_knowledge_content, lambda band: ()),
+        ("rescaling weight CV (untrained)", lambda w: w.rescaling_weight_cv, lambda band: ()),
+    )
+    if not metric.ok:
+        reason = _reason([metric], "no temperature what-if measured")
+        for ax, (title, *_) in zip(axes, panels):
             ax.set_title(title, fontsize=10)
             _not_available(ax, reason)
         return fig
     whatif = metric.value
-    temperatures = _floats(whatif["temperatures"])
-    informative = whatif.get("informative_range")
-    for ax, (key, title) in zip(axes, panels):
+    temperatures = _floats(whatif.temperatures)
+    informative = whatif.informative_range
+    for ax, (title, curve, bounds) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
-        if whatif.get(key) is None:
-            _not_available(ax, f"{key} not in temperature_whatif")
+        values = _floats(curve(whatif))
+        if not np.isfinite(values).any():
+            _not_available(ax, "undefined at every temperature of the grid")
             continue
         if informative:
             ax.axvspan(float(informative[0]), float(informative[1]), color="#009E73", alpha=0.12,
                        label="informative range")
-        ax.plot(temperatures, _floats(whatif[key]), marker="o", ms=3, color=MODEL_COLORS["teacher"])
+        ax.plot(temperatures, values, marker="o", ms=3, color=MODEL_COLORS["teacher"])
         if settings is not None:
             tau = settings.temperature
             ax.axvline(tau.value, color=MODEL_COLORS["student"], lw=1.5, ls="--",
                        label=f"distillation τ = {tau.value:g}" + (" (guessed)" if tau.guessed else ""))
-        for level in _whatif_thresholds(key, report):
+        for level in bounds(whatif.band):
             ax.axhline(level, color="#009E73", lw=0.8, ls=":", label="bounds of the informative range")
         _plain_log_axis(ax, temperatures)
         ax.set_xlabel("temperature τ")
@@ -221,34 +233,32 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
     import seaborn as sns
 
     measurements, class_info, _ = _unpack(report)
-    kinds = [(kind, title, dataset) for kind, title, dataset in SIMILARITY_KINDS
-             if kind == "output_similarity" or _any_metric(measurements, kind, dataset)]
-    fig = _new_figure(fig, figsize=(4.6 * len(MODELS) + 0.8, 4.4 * len(kinds)))
-    grid = fig.add_gridspec(len(kinds), len(MODELS) + 1, width_ratios=[1.0] * len(MODELS) + [0.05])
+    rows = _similarity_rows(measurements)
+    fig = _new_figure(fig, figsize=(4.6 * len(MODELS) + 0.8, 4.4 * len(rows)))
+    grid = fig.add_gridspec(len(rows), len(MODELS) + 1, width_ratios=[1.0] * len(MODELS) + [0.05])
 
-    order = _shared_class_order(measurements)
+    order = _shared_class_order(rows)
     n_classes = len(order) if order is not None else 0
     names = _class_names(class_info, n_classes)
     grouped = class_info.groups is not None and len(class_info.groups) == n_classes
-    for row, (kind, kind_title, dataset) in enumerate(kinds):
-        matrices = {m: measurements.get("domain", f"{m}_{kind}", dataset) for m in MODELS}
-        present = {m: _floats(metric.value) for m, metric in matrices.items() if _has_value(metric)}
+    for row, similarity in enumerate(rows):
+        matrices = similarity.matrices()
+        present = {m: _floats(metric.value) for m, metric in matrices.items() if metric.ok}
         present = {m: mat for m, mat in present.items() if mat.shape == (n_classes, n_classes)}
         values = np.concatenate([_off_diagonal(mat) for mat in present.values()]) if present else np.zeros(0)
         values = np.abs(values[np.isfinite(values)])
         vmax = float(np.percentile(values, 99)) if values.size else 1.0
         vmax = vmax if vmax > 0 else 1.0
         clipped = bool(values.size) and float(values.max()) > vmax
-        signed = kind == "weight_similarity"
+        signed = similarity.signed
         cbar_ax = fig.add_subplot(grid[row, -1]) if present else None
-        measured = next((m for m in matrices.values() if m is not None), None)
-        row_title = kind_title if dataset or measured is None else f"{kind_title}, {measured.dataset} set"
+        row_title = similarity.title
         row_axes = [fig.add_subplot(grid[row, col]) for col in range(len(MODELS))]
         for ax, model in zip(row_axes, MODELS):
             ax.set_title(model, fontsize=10, color=MODEL_COLORS[model], pad=16 if grouped else 6)
             if model not in present:
-                default = f"no {model} {kind.replace('_', ' ')} measured"
-                _not_available(ax, _reason(measurements, "domain", f"{model}_{kind}", default, dataset))
+                default = f"no {model} {similarity.kind} measured"
+                _not_available(ax, _reason([matrices[model]] if model in matrices else [], default))
                 continue
             mat = present[model][np.ix_(order, order)]
             mask = np.eye(n_classes, dtype=bool) | ~np.isfinite(mat)
@@ -272,8 +282,45 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
 def similarity_rows(report: Report | Measurements) -> int:
     """How many heatmap rows :func:`plot_class_similarity` draws (for sizing its figure)."""
     measurements, _, _ = _unpack(report)
-    return sum(1 for kind, _, dataset in SIMILARITY_KINDS
-               if kind == "output_similarity" or _any_metric(measurements, kind, dataset))
+    return len(_similarity_rows(measurements))
+
+
+@dataclass(frozen=True)
+class _SimilarityRow:
+    """One row of class-similarity heatmaps: the record it reads and the matrix of each model's structure."""
+
+    title: str
+    kind: str  # for messages: 'output similarity', 'weight similarity'
+    record: Any  # DomainOnSet, DomainOnWeights, or None when that set was not given
+    matrix: Callable[[Any], Measured]  # ClassStructure | WeightStructure -> its (C, C) matrix
+    signed: bool
+
+    def matrices(self) -> dict[str, Measured]:
+        """Each model's matrix (every model when the record exists, none otherwise)."""
+        if self.record is None:
+            return {}
+        return {model: self.matrix(structure) for model, structure in _by_model(self.record).items()}
+
+
+def _similarity_rows(measurements: Measurements) -> list[_SimilarityRow]:
+    """Output-based similarity (transfer set, else eval), and weight-based when measured or marked unavailable."""
+    domain = measurements.domain
+    on_set = _first_set(domain)
+    title = "output-based (τ = 1)" + ("" if on_set is None else f", {on_set.dataset} set")
+    rows = [_SimilarityRow(title, "output similarity", on_set, _output_similarity, signed=False)]
+    weights = _SimilarityRow("weight-based (cosine)", "weight similarity", domain.weights, _weight_similarity,
+                             signed=True)
+    if any(_given(metric) for metric in weights.matrices().values()):
+        rows.append(weights)
+    return rows
+
+
+def _output_similarity(structure: ClassStructure) -> Measured:
+    return structure.output_similarity
+
+
+def _weight_similarity(structure: WeightStructure) -> Measured:
+    return structure.weight_similarity
 
 
 # ---------------------------------------------------------------- level 3 — instance
@@ -289,20 +336,21 @@ def plot_rescaling_vs_difficulty(report: Report | Measurements, *, dataset: str 
     measurements, _, _ = _unpack(report)
     ax = _new_axes(ax, figsize=(5.6, 4.4))
     dataset = _rescaling_set(measurements, dataset)
-    points = _RescalingPoints.build(measurements, dataset, "untrained_rescaling_weight", max_points)
+    record = measurements.instance.on(dataset)
+    points = _RescalingPoints.build(record, _untrained_weight, max_points)
     title = f"Teacher's rescaling weight vs difficulty ({dataset} set)"
     if points is None:
         ax.set_title(title, fontsize=10)
-        return _not_available(ax, _reason(measurements, "instance", "rescaling_difficulty_correlation",
+        return _not_available(ax, _reason([] if record is None else [record.rescaling_difficulty_correlation],
                                           f"no per-example difficulty or untrained-student rescaling weights "
-                                          f"on the {dataset} set", dataset))
-    rho = measurements.value("instance", "rescaling_difficulty_correlation", dataset)
-    if rho is not None:
-        title += f"\nSpearman ρ(w, −difficulty) = {float(rho):.3f}"
+                                          f"on the {dataset} set"))
+    rho = record.rescaling_difficulty_correlation
+    if rho.ok:
+        title += f"\nSpearman ρ(w, −difficulty) = {float(rho.value):.3f}"
     ax.set_title(title, fontsize=10)
     points.draw(ax, color=MODEL_COLORS["teacher"], label="w of an untrained student (teacher alone)")
     ax.set_ylabel("rescaling weight w (untrained student)", fontsize=9)
-    points.finish(ax, measurements, dataset)
+    points.finish(ax)
     return ax
 
 
@@ -316,19 +364,20 @@ def plot_student_rescaling_vs_difficulty(report: Report | Measurements, *, datas
     measurements, _, _ = _unpack(report)
     ax = _new_axes(ax, figsize=(5.6, 3.2))
     dataset = _rescaling_set(measurements, dataset)
-    points = _RescalingPoints.build(measurements, dataset, "rescaling_weight", max_points)
+    record = measurements.instance.on(dataset)
+    points = _RescalingPoints.build(record, _trained_weight, max_points)
     title = f"Trained student's rescaling weight ({dataset} set)"
     if points is None:
         ax.set_title(title, fontsize=10)
-        return _not_available(ax, _reason(measurements, "instance", "rescaling_weight_mean",
+        return _not_available(ax, _reason([] if record is None else [record.rescaling_weight_mean],
                                           f"no per-example difficulty or trained-student rescaling weights "
-                                          f"on the {dataset} set", dataset))
+                                          f"on the {dataset} set"))
     lo, hi = (float(v) for v in np.percentile(points.all_w, clip_percentiles))
     q1, q3 = np.percentile(points.all_w, (25, 75))
     fence = (float(q1 - IQR_FENCE * (q3 - q1)), float(q3 + IQR_FENCE * (q3 - q1)))
     fenced = fence[0] > lo or fence[1] < hi  # a tail heavier still: the fences are tighter
     lo, hi = max(lo, fence[0]), min(hi, fence[1])
-    lo, hi = min(lo, LOW_WEIGHT_THRESHOLD), max(hi, 1.0)  # keep both reference lines in view
+    lo, hi = min(lo, points.low_weight_cut), max(hi, 1.0)  # keep both reference lines in view
     pad = 0.05 * (hi - lo)
     lo, hi = lo - pad, hi + pad
     points.draw(ax, color=MODEL_COLORS["student"], label="w of the trained student", clip=(lo, hi))
@@ -339,18 +388,19 @@ def plot_student_rescaling_vs_difficulty(report: Report | Measurements, *, datas
     clipped = (f"y axis clipped to the quartiles ± {IQR_FENCE:g} IQR of w (its {percentiles} is wider)"
                if fenced else f"y axis clipped to the {percentiles} of w")
     ax.set_title(f"{title}\n{clipped}", fontsize=10 if not fenced else 9)
-    points.finish(ax, measurements, dataset)
+    points.finish(ax)
     return ax
 
 
 def plot_instance_rescaling(report: Report | Measurements, *, dataset: str | None = None, fig=None):
     """Level-3 figure: :func:`plot_rescaling_vs_difficulty` (the teacher's effect, large) above
     :func:`plot_student_rescaling_vs_difficulty` (the trained student, clipped), on one x axis.
-    The student panel is left out when no trained-student weights were measured."""
+    The student panel is left out when the set has no per-example values at all."""
     measurements, _, _ = _unpack(report)
     dataset = _rescaling_set(measurements, dataset)
     fig = _new_figure(fig, figsize=(6.0, 7.4))
-    if f"{dataset}/rescaling_weight" not in measurements.arrays:
+    record = measurements.instance.on(dataset)
+    if record is None or record.examples is None:
         plot_rescaling_vs_difficulty(report, dataset=dataset, ax=fig.add_subplot())
         fig.tight_layout()
         return fig
@@ -379,22 +429,24 @@ class _RescalingPoints:
     n_no_difficulty: int  # NaN difficulty: outside the k-NN subsample
     n_not_finite: int  # w overflowed
     n_zero: int  # loss 0, drawn at the smallest positive loss
+    source: str | None  # instance.difficulty_source
+    low_weight_cut: float  # the record's cut: w below it counts as down-weighted
 
     @classmethod
-    def build(cls, measurements: Measurements, dataset: str, weight_key: str, max_points: int):
-        arrays = measurements.arrays
-        difficulty, weights = arrays.get(f"{dataset}/difficulty"), arrays.get(f"{dataset}/{weight_key}")
-        if difficulty is None or weights is None:
+    def build(cls, record: InstanceOnSet | None, weight: Callable[[PerExample], np.ndarray], max_points: int):
+        """The points of ``record``'s per-example ``weight`` vs difficulty; None when there are none."""
+        if record is None or record.examples is None:
             return None
-        difficulty, weights = np.asarray(difficulty, dtype=float), np.asarray(weights, dtype=float)
+        difficulty = np.asarray(record.examples.difficulty, dtype=float)
+        weights = np.asarray(weight(record.examples), dtype=float)
         if difficulty.shape != weights.shape:
-            raise ValueError(f"{dataset}/difficulty has {difficulty.size} values but {dataset}/{weight_key} "
-                             f"has {weights.size}")
+            raise ValueError(f"the {record.dataset} set has {difficulty.size} difficulties but {weights.size} "
+                             f"rescaling weights")
         known = np.isfinite(difficulty)
         usable = known & np.isfinite(weights)
         if not usable.any():
             return None
-        source = measurements.value("instance", "difficulty_source", dataset)
+        source = record.difficulty_source.value
         log = _log_difficulty(difficulty[usable], source)
         all_x, all_w = difficulty[usable], weights[usable]
         n_zero = 0
@@ -413,7 +465,7 @@ class _RescalingPoints:
             x = x + rng.uniform(-0.015, 0.015, size=x.size) * span
         return cls(x, w, all_x, all_w, log=log, jittered=bool(jittered), n_total=difficulty.size,
                    n_no_difficulty=int(np.sum(~known)), n_not_finite=int(np.sum(known & ~np.isfinite(weights))),
-                   n_zero=n_zero)
+                   n_zero=n_zero, source=source, low_weight_cut=float(record.low_weight_cut))
 
     def draw(self, ax, *, color: str, label: str, clip: tuple[float, float] | None = None) -> int:
         """Scatter, binned medians and reference lines; with ``clip``, points beyond it sit on the edge
@@ -434,16 +486,16 @@ class _RescalingPoints:
             ax.plot(centres, median, color="black", lw=1.6, marker="o", ms=3,
                     label="median per difficulty bin (band: 25–75%)")
         for level, style, text, side in ((1.0, "--", "w = 1: plain cross-entropy", "bottom"),
-                                         (LOW_WEIGHT_THRESHOLD, ":", f"w < {LOW_WEIGHT_THRESHOLD:g}: down-weighted",
+                                         (self.low_weight_cut, ":", f"w < {self.low_weight_cut:g}: down-weighted",
                                           "top")):  # one label above its line, one below: never overlapping
             ax.axhline(level, color="black", lw=0.9, ls=style)
             ax.text(0.01, level, text, transform=ax.get_yaxis_transform(), ha="left", va=side, fontsize=7,
                     bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 0.5})
         return beyond
 
-    def finish(self, ax, measurements: Measurements, dataset: str) -> None:
+    def finish(self, ax) -> None:
         """Axis scale and label, the count of drawn examples, the legend."""
-        source = measurements.value("instance", "difficulty_source", dataset)
+        source = self.source
         if self.log:
             ax.set_xscale("log")
         xlabel = {"baseline_loss": "difficulty: baseline student's loss (nats, log scale)",
@@ -471,10 +523,19 @@ class _RescalingPoints:
 # ---------------------------------------------------------------- helpers
 
 def _rescaling_set(measurements: Measurements, dataset: str | None) -> str:
-    """The set the level-3 panels draw: ``dataset``, else transfer when it has a difficulty, else eval."""
+    """The set the level-3 panels draw: ``dataset``, else transfer when it has per-example values, else eval."""
     if dataset is not None:
         return dataset
-    return TRANSFER if f"{TRANSFER}/difficulty" in measurements.arrays else EVAL
+    transfer = measurements.instance.transfer
+    return TRANSFER if transfer is not None and transfer.examples is not None else EVAL
+
+
+def _untrained_weight(examples: PerExample) -> np.ndarray:
+    return examples.untrained_rescaling_weight
+
+
+def _trained_weight(examples: PerExample) -> np.ndarray:
+    return examples.rescaling_weight
 
 
 def _log_difficulty(difficulty: np.ndarray, source: str | None) -> bool:
@@ -521,15 +582,6 @@ def _ordinal(value: float) -> str:
     return number + suffix
 
 
-def _whatif_thresholds(key: str, report: Report | Measurements) -> tuple[float, ...]:
-    """The bounds that define the informative range (docs/metrics.md, temperature_whatif)."""
-    if key == "saturation_share":
-        return (0.5,)
-    if key == "effective_smoothing" and isinstance(report, Report) and report.n_classes > 1:
-        return (0.05, 0.6 * (report.n_classes - 1) / report.n_classes)
-    return ()
-
-
 def _plain_log_axis(ax, values: np.ndarray) -> None:
     """A log x axis labelled with plain numbers (0.5, 1, 2, 4, …) instead of powers of ten."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -570,21 +622,25 @@ def _new_figure(fig, *, figsize):
     return plt.figure(figsize=figsize)
 
 
-def _any_metric(measurements: Measurements, kind: str, dataset: str | None) -> bool:
-    """Whether any model has the similarity matrix ``kind``, measured or marked unavailable."""
-    return any(measurements.get("domain", f"{m}_{kind}", dataset) is not None for m in MODELS)
+def _by_model(record: Any) -> dict[str, Any]:
+    """A per-set record's per-model sub-records, by model."""
+    return {"teacher": record.teacher, "student": record.student, "baseline": record.baseline}
 
 
-def _has_value(metric: Metric | None) -> bool:
-    return metric is not None and metric.value is not None
+def _first_set(level: Any) -> Any:
+    """The level's transfer-set record, else its eval-set record, else None."""
+    records = level.sets()
+    return records[0] if records else None
 
 
-def _reason(measurements: Measurements, section: str, name: str, default: str, dataset: str | None = None) -> str:
-    """Why a metric cannot be drawn: its ``unavailable`` message, else ``default``."""
-    metric = measurements.get(section, name, dataset)
-    if metric is not None and metric.unavailable:
-        return metric.unavailable
-    return default
+def _given(metric: Measured) -> bool:
+    """Whether a value was measured or marked unavailable for a reason (not merely left unmeasured)."""
+    return metric.ok or metric.unavailable != NOT_MEASURED
+
+
+def _reason(metrics: list[Measured], default: str) -> str:
+    """Why nothing can be drawn: the first ``unavailable`` message among ``metrics``, else ``default``."""
+    return next((metric.unavailable for metric in metrics if metric.unavailable), default)
 
 
 def _not_available(ax, reason: str):
@@ -599,50 +655,37 @@ def _not_available(ax, reason: str):
 
 
 def _floats(value: Any) -> np.ndarray:
-    """A metric value (list, nested list, None entries) as a float array, None → NaN."""
-    return np.array(value, dtype=float)
-
-
-def _target_histogram(measurements: Measurements, dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    metric = measurements.get("universe", "target_confidence_histogram", dataset)
-    if _has_value(metric):
-        return _floats(metric.value["bin_edges"]), np.nan_to_num(_floats(metric.value["counts"]))
-    confidence = measurements.arrays.get(f"{dataset}/teacher_target_confidence")
-    if confidence is None:
-        return None, None
-    counts, edges = np.histogram(np.asarray(confidence, dtype=float), bins=20, range=(0.0, 1.0))
-    return edges, counts.astype(float)
+    """A measured array as floats (NaN where undefined)."""
+    return np.asarray(value, dtype=float)
 
 
 def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
     return matrix[~np.eye(matrix.shape[0], dtype=bool)]
 
 
-def _shared_class_order(measurements: Measurements) -> np.ndarray | None:
+def _shared_class_order(rows: list[_SimilarityRow]) -> np.ndarray | None:
     """Leaf order of average-linkage clustering on the teacher's similarity matrix (output-based,
     else weight-based; any model's if the teacher has none), as display order for every heatmap."""
     from scipy.cluster.hierarchy import leaves_list, linkage
     from scipy.spatial.distance import squareform
 
-    candidates = [("teacher_output_similarity", None), ("teacher_weight_similarity", "weights")]
-    candidates += [(f"{m}_{k}", ds) for m in ("student", "baseline")
-                   for k, ds in (("output_similarity", None), ("weight_similarity", "weights"))]
-    for name, dataset in candidates:
-        metric = measurements.get("domain", name, dataset)
-        if not _has_value(metric):
-            continue
-        similarity = np.nan_to_num(_floats(metric.value))
-        if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-            continue
-        n = similarity.shape[0]
-        if n < 3:
-            return np.arange(n)
-        similarity = (similarity + similarity.T) / 2
-        distance = _off_diagonal(similarity).max() - similarity
-        np.fill_diagonal(distance, 0.0)
-        tree = linkage(squareform(np.clip(distance, 0.0, None), checks=False), method="average",
-                       optimal_ordering=n <= 200)
-        return leaves_list(tree)
+    for model in MODELS:
+        for row in rows:
+            metric = row.matrices().get(model)
+            if metric is None or not metric.ok:
+                continue
+            similarity = np.nan_to_num(_floats(metric.value))
+            if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+                continue
+            n = similarity.shape[0]
+            if n < 3:
+                return np.arange(n)
+            similarity = (similarity + similarity.T) / 2
+            distance = _off_diagonal(similarity).max() - similarity
+            np.fill_diagonal(distance, 0.0)
+            tree = linkage(squareform(np.clip(distance, 0.0, None), checks=False), method="average",
+                           optimal_ordering=n <= 200)
+            return leaves_list(tree)
     return None
 
 

@@ -6,6 +6,7 @@ string; writing it (atomically) is the caller's job (:func:`kddiag.report.json.w
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_instance
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (LEVEL_CODES, evidence_summary, format_cell, format_number, headline_table,
                                 problem_findings, severity_word)
+from kddiag.results import Measured, OutcomeOnSet
 from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER, Report
 
 DPI = 100
@@ -109,30 +111,35 @@ def _settings(report: Report) -> list[dict]:
                                     ("alpha", "α", report.settings.alpha))]
 
 
+FIDELITY_ROWS: tuple[tuple[str, Callable[[OutcomeOnSet], Measured]], ...] = (
+    ("top-1 agreement teacher ↔ student", lambda r: r.agreement),
+    ("top-1 agreement teacher ↔ baseline", lambda r: r.baseline_agreement),
+    ("agreement after class relabelling", lambda r: r.permuted_agreement),
+    ("KL(teacher ‖ student) at τ = 1, nats", lambda r: r.kl_teacher_student),
+    ("KL(teacher ‖ student) at τ, nats", lambda r: r.kl_teacher_student_at_temperature),
+)
+
+
 def _fidelity_rows(report: Report) -> list[dict]:
-    rows = (("top-1 agreement teacher ↔ student", "agreement"),
-            ("top-1 agreement teacher ↔ baseline", "baseline_agreement"),
-            ("agreement after class relabelling", "permuted_agreement"),
-            ("KL(teacher ‖ student) at τ = 1, nats", "kl_teacher_student"),
-            ("KL(teacher ‖ student) at τ, nats", "kl_teacher_student_at_temperature"))
-    out = []
-    for label, name in rows:
-        cells = {ds: report.measurements.get("outcome", name, ds) for ds in (TRANSFER, EVAL)}
-        if any(metric is not None for metric in cells.values()):
-            out.append({"label": label, "name": name, **{ds: format_cell(m) for ds, m in cells.items()}})
-    return out
+    """One row per fidelity value, a cell per data set ('—' for a set not given)."""
+    records = {ds: report.measurements.outcome.on(ds) for ds in (TRANSFER, EVAL)}
+    if all(record is None for record in records.values()):
+        return []
+    return [{"label": label, **{ds: format_cell(None if record is None else value(record))
+                                for ds, record in records.items()}}
+            for label, value in FIDELITY_ROWS]
 
 
 def _hardest_examples(report: Report) -> dict | None:
     """The hardest examples table of the instance section (transfer set first)."""
-    for dataset in (TRANSFER, EVAL):
-        metric = report.measurements.get("instance", "hardest_examples", dataset)
-        if metric is None or not metric.value or not all(isinstance(row, dict) for row in metric.value):
+    for record in report.measurements.instance.sets():
+        examples = record.hardest_examples.value
+        if not examples:
             continue
-        columns = list(dict.fromkeys(key for row in metric.value for key in row))
+        columns = [item.name for item in dataclasses.fields(examples[0])]
         names = report.class_info.names
-        rows = [[_example_cell(key, row.get(key), names) for key in columns] for row in metric.value]
-        return {"dataset": dataset, "columns": [c.replace("_", " ") for c in columns], "rows": rows}
+        rows = [[_example_cell(key, getattr(row, key), names) for key in columns] for row in examples]
+        return {"dataset": record.dataset, "columns": [c.replace("_", " ") for c in columns], "rows": rows}
     return None
 
 
@@ -144,21 +151,22 @@ def _example_cell(key: str, value: Any, names) -> str:
 
 
 def _whatif_summary(report: Report) -> str:
-    metric = report.measurements.get("universe", "temperature_whatif")
-    if metric is None or metric.value is None:
+    metric = report.measurements.universe.temperature_whatif
+    if not metric.ok:
         return ""
     tau = report.settings.temperature
     guessed = " (guessed)" if tau.guessed else ""
-    informative = metric.value.get("informative_range")
+    informative, band = metric.value.informative_range, metric.value.band
     if not informative:
         return (f"No τ on the grid gives informative targets for this teacher on the {metric.dataset} set; "
                 f"distillation τ = {tau.value:g}{guessed}.")
     lo, hi = (float(v) for v in informative)
     where = "inside" if lo <= tau.value <= hi else "below" if tau.value < lo else "above"
-    from kddiag.metrics.whatif import MAX_SATURATION, MAX_SMOOTHING_OF_UNIFORM, MIN_SMOOTHING
-
-    return (f"Targets are informative ({MIN_SMOOTHING:g} ≤ ε_eff ≤ {MAX_SMOOTHING_OF_UNIFORM:g}·(C−1)/C and "
-            f"at most {MAX_SATURATION:.0%} saturated) for "
+    n_classes = report.n_classes
+    of_uniform = (f"{band.max_smoothing * n_classes / (n_classes - 1):.3g}·(C−1)/C" if n_classes > 1
+                  else f"{band.max_smoothing:.3g}")  # the band's upper bound as a share of the uniform's
+    return (f"Targets are informative ({band.min_smoothing:g} ≤ ε_eff ≤ {of_uniform} and "
+            f"at most {band.max_saturation:.0%} saturated) for "
             f"τ ∈ [{lo:g}, {hi:g}] on the {metric.dataset} set; the distillation τ = {tau.value:g}{guessed} "
             f"is {where} that range.")
 
@@ -175,9 +183,8 @@ def _class_summary(report: Report) -> str:
 
 
 def _reliability_set(report: Report) -> str:
-    has_eval = report.measurements.get("universe", "teacher_reliability", EVAL) is not None
-    has_transfer = report.measurements.get("universe", "teacher_reliability", TRANSFER) is not None
-    return TRANSFER if has_transfer and not has_eval else EVAL
+    universe = report.measurements.universe
+    return TRANSFER if universe.transfer is not None and universe.eval is None else EVAL
 
 
 def _similarity_size(report: Report) -> tuple[float, float]:

@@ -8,59 +8,94 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from kddiag import __version__
-from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER, Finding, Measurements, Metric, Report
+from kddiag.metrics.instance import LOW_WEIGHT
+from kddiag.metrics.universe import N_BINS, SATURATION
+from kddiag.results import NOT_MEASURED, Measured, Measurements
+from kddiag.types import LEVEL_TITLES, SECTIONS, Finding, Report
 
 WIDTH = 100
 MODELS = ("teacher", "student", "baseline")
 LEVEL_CODES = {"outcome": "L0", "universe": "L1", "domain": "L2", "instance": "L3"}
-DATASET_ORDER = (TRANSFER, EVAL, "weights")
 
-# Headline rows per level: (label, {column: metric name}). A column holds the metric that is that
-# model's own property, or (for comparisons) the one about that model relative to the teacher.
-HEADLINES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
+Cells = dict[str, Measured]  # column (teacher, student, baseline) -> its value
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One headline row: a label, the records of a level it reads, and its cells in each record.
+
+    A column holds the value that is that model's own property, or (for comparisons) the one about
+    that model relative to the teacher. ``records`` picks the level's per-set records, its weights
+    record or the level itself (for values measured across sets); the row repeats for each record.
+    """
+
+    label: str
+    cells: Callable[[Any], Cells]
+    records: Callable[[Any], tuple] = lambda level: level.sets()
+
+
+def _each_model(value: Callable[[Any], Measured]) -> Callable[[Any], Cells]:
+    """Cells of a value every model has: ``value`` of the record's teacher, student and baseline."""
+    return lambda record: {"teacher": value(record.teacher), "student": value(record.student),
+                           "baseline": value(record.baseline)}
+
+
+def _weights(level) -> tuple:
+    return (level.weights,)
+
+
+def _level_wide(level) -> tuple:
+    return (level,)
+
+
+HEADLINES: dict[str, tuple[Headline, ...]] = {
     "outcome": (
-        ("accuracy", {"teacher": "teacher_accuracy", "student": "student_accuracy", "baseline": "baseline_accuracy"}),
-        ("top-1 agreement with teacher", {"student": "agreement", "baseline": "baseline_agreement"}),
-        ("agreement after relabelling", {"student": "permuted_agreement"}),
-        ("KL(teacher‖model), τ=1, nats", {"student": "kl_teacher_student"}),
-        ("KL(teacher‖model) at τ, nats", {"student": "kl_teacher_student_at_temperature"}),
-        ("KD gain over baseline", {"student": "kd_gain"}),
+        Headline("accuracy", lambda r: {"teacher": r.teacher_accuracy, "student": r.student_accuracy,
+                                        "baseline": r.baseline_accuracy}),
+        Headline("top-1 agreement with teacher", lambda r: {"student": r.agreement, "baseline": r.baseline_agreement}),
+        Headline("agreement after relabelling", lambda r: {"student": r.permuted_agreement}),
+        Headline("KL(teacher‖model), τ=1, nats", lambda r: {"student": r.kl_teacher_student}),
+        Headline("KL(teacher‖model) at τ, nats", lambda r: {"student": r.kl_teacher_student_at_temperature}),
+        Headline("KD gain over baseline", lambda r: {"student": r.kd_gain}),
     ),
     "universe": (
-        ("ECE (15 bins)", {m: f"{m}_ece" for m in MODELS}),
-        ("NLL, nats", {m: f"{m}_nll" for m in MODELS}),
-        ("fitted temperature T*", {m: f"{m}_fitted_temperature" for m in MODELS}),
-        ("effective smoothing at τ", {"teacher": "effective_smoothing"}),
-        ("saturated share (p_y > 0.99)", {"teacher": "saturation_share"}),
-        ("target entropy at τ, nats", {"teacher": "target_entropy"}),
-        ("softness gap (eval − transfer)", {"teacher": "softness_gap"}),
+        Headline(f"ECE ({N_BINS} bins)", _each_model(lambda m: m.ece)),
+        Headline("NLL, nats", _each_model(lambda m: m.nll)),
+        Headline("fitted temperature T*", _each_model(lambda m: m.fitted_temperature)),
+        Headline("effective smoothing at τ", lambda r: {"teacher": r.effective_smoothing}),
+        Headline(f"saturated share (p_y > {SATURATION:g})", lambda r: {"teacher": r.saturation_share}),
+        Headline("target entropy at τ, nats", lambda r: {"teacher": r.target_entropy}),
+        Headline("softness gap (eval − transfer)", lambda level: {"teacher": level.softness_gap}, _level_wide),
     ),
     "domain": (
-        ("dark-knowledge content, τ=1", {m: f"{m}_dark_knowledge_content" for m in MODELS}),
-        ("dark-knowledge content at τ", {"teacher": "dark_knowledge_content_at_temperature"}),
-        ("non-target logit spread", {m: f"{m}_nontarget_logit_spread" for m in MODELS}),
-        ("output-sim. match (Spearman)", {"student": "output_similarity_transfer_score",
-                                          "baseline": "baseline_output_similarity_transfer_score"}),
-        ("weight-sim. match (Spearman)", {"student": "weight_similarity_transfer_score",
-                                          "baseline": "baseline_weight_similarity_transfer_score"}),
-        ("group recovery AUROC (output)", {m: f"{m}_group_recovery" for m in MODELS}),
-        ("group recovery AUROC (weights)", {m: f"{m}_weight_group_recovery" for m in MODELS}),
-        ("feature CKA with teacher", {"student": "feature_cka", "baseline": "baseline_feature_cka"}),
+        Headline("dark-knowledge content, τ=1", _each_model(lambda m: m.dark_knowledge_content)),
+        Headline("dark-knowledge content at τ", lambda r: {"teacher": r.dark_knowledge_content_at_temperature}),
+        Headline("non-target logit spread", _each_model(lambda m: m.nontarget_logit_spread)),
+        Headline("output-sim. match (Spearman)", lambda r: {
+            "student": r.output_similarity_transfer_score,
+            "baseline": r.baseline_output_similarity_transfer_score}),
+        Headline("weight-sim. match (Spearman)", lambda r: {
+            "student": r.weight_similarity_transfer_score,
+            "baseline": r.baseline_weight_similarity_transfer_score}, _weights),
+        Headline("group recovery AUROC (output)", _each_model(lambda m: m.group_recovery)),
+        Headline("group recovery AUROC (weights)", _each_model(lambda m: m.weight_group_recovery), _weights),
+        Headline("feature CKA with teacher", lambda r: {"student": r.feature_cka, "baseline": r.baseline_feature_cka}),
     ),
     "instance": (
-        ("rescaling weight w, mean", {"student": "rescaling_weight_mean"}),
-        ("rescaling weight w, CV", {"teacher": "untrained_rescaling_weight_cv", "student": "rescaling_weight_cv"}),
-        ("share of w < 0.5", {"teacher": "untrained_rescaling_weight_low_share",
-                              "student": "rescaling_weight_low_share"}),
-        ("Spearman(w, −difficulty)", {"teacher": "rescaling_difficulty_correlation"}),
-        ("AUROC conf. → student error", {"student": "confidence_error_auroc"}),
-        ("TCKD at τ", {"student": "tckd"}),
-        ("NCKD at τ", {"student": "nckd"}),
-        ("NCKD weight mean(1 − p_y)", {"teacher": "nckd_weight"}),
-        ("teacher error rate", {"teacher": "teacher_error_rate"}),
+        Headline("rescaling weight w, mean", lambda r: {"student": r.rescaling_weight_mean}),
+        Headline("rescaling weight w, CV", lambda r: {"teacher": r.untrained_rescaling_weight_cv,
+                                                      "student": r.rescaling_weight_cv}),
+        Headline(f"share of w < {LOW_WEIGHT:g}", lambda r: {"teacher": r.untrained_rescaling_weight_low_share,
+                                                            "student": r.rescaling_weight_low_share}),
+        Headline("Spearman(w, −difficulty)", lambda r: {"teacher": r.rescaling_difficulty_correlation}),
+        Headline("AUROC conf. → student error", lambda r: {"student": r.confidence_error_auroc}),
+        Headline("TCKD at τ", lambda r: {"student": r.tckd}),
+        Headline("NCKD at τ", lambda r: {"student": r.nckd}),
+        Headline("NCKD weight mean(1 − p_y)", lambda r: {"teacher": r.nckd_weight}),
+        Headline("teacher error rate", lambda r: {"teacher": r.teacher_error_rate}),
     ),
 }
 HEADLINE_NOTES = {
@@ -94,20 +129,23 @@ def render_text(report: Report) -> str:
 
 
 def headline_table(measurements: Measurements, section: str) -> HeadlineTable:
-    """The headline rows of one knowledge level, one per metric and data set it was measured on."""
+    """The headline rows of one knowledge level, one per metric and data set it was measured on
+    (transfer first, then eval, then weights)."""
+    level = {item.LEVEL: item for item in measurements.levels()}[section]
     rows, reasons = [], {}
-    for label, columns in HEADLINES[section]:
-        for dataset in DATASET_ORDER:
-            found = {model: measurements.get(section, name, dataset) for model, name in columns.items()}
-            if all(metric is None for metric in found.values()):
-                continue
+    for headline in HEADLINES[section]:
+        for record in headline.records(level):
+            found = {model: metric for model, metric in headline.cells(record).items()
+                     if metric.ok or metric.unavailable != NOT_MEASURED}  # left unmeasured: '—', as absent
+            if not found:
+                continue  # no row, as for a set not given
             cells = []
             for model in MODELS:
                 metric = found.get(model)
                 if metric is not None and metric.unavailable:
-                    reasons.setdefault(metric.unavailable, []).append(metric.name)
+                    reasons.setdefault(metric.unavailable, []).append(metric.name.split(".", 1)[-1])
                 cells.append(format_cell(metric))
-            rows.append((label, dataset, *cells))
+            rows.append((headline.label, next(iter(found.values())).dataset, *cells))
     notes = [f"n/a: {reason} ({_names(names)})" for reason, names in reasons.items()]
     if section in HEADLINE_NOTES and rows:
         notes += HEADLINE_NOTES[section]
@@ -132,7 +170,7 @@ def format_number(value: Any) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
 
 
-def format_cell(metric: Metric | None) -> str:
+def format_cell(metric: Measured | None) -> str:
     """A headline cell: '—' when not measured, 'n/a' when unavailable, else the value [and CI]."""
     if metric is None:
         return "—"

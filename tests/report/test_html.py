@@ -7,8 +7,11 @@ from html.parser import HTMLParser
 
 import pytest
 
+from kddiag import plotting
 from kddiag.report.html import render_html, summarize_value
 from kddiag.report.json import report_to_dict
+from kddiag.report.text import render_text
+from kddiag.results import Measurements
 from kddiag.types import Diagnosis, Evidence, Finding
 
 from ._fixtures import NO_WEIGHTS, build_logits_only_report, build_report
@@ -150,3 +153,46 @@ def test_instance_section_has_one_rescaling_figure_and_the_w_footnotes(full_html
     assert section.count("<img ") == 1 and 'alt="Rescaling weight vs difficulty"' in section
     assert "heavy-tailed where the student is confident" in section
     assert "the diagnosis reads these" in section
+
+
+def test_whatif_summary_states_the_metric_band(full, full_html):
+    whatif = full.measurements.universe.temperature_whatif.value
+    lo, hi = whatif.informative_range
+    assert (f"Targets are informative ({whatif.band.min_smoothing:g} ≤ ε_eff ≤ 0.9·(C−1)/C and at most "
+            f"{whatif.band.max_saturation:.0%} saturated) for τ ∈ [{lo:g}, {hi:g}] on the transfer set") in full_html
+
+
+def test_hardest_examples_table_names_the_classes(full, full_html):
+    hardest = full.measurements.instance.transfer.hardest_examples.value
+    first = hardest[0]
+    label = f"{first.label} ({full.class_info.names[first.label]})"
+    section = full_html[full_html.index("Hardest examples for the teacher (transfer set)"):]
+    assert label in section[:section.index("</table>")]
+
+
+PLOTS = (plotting.plot_accuracy, plotting.plot_reliability, plotting.plot_target_confidence,
+         plotting.plot_temperature_whatif, plotting.plot_class_similarity, plotting.plot_rescaling_vs_difficulty,
+         plotting.plot_student_rescaling_vs_difficulty, plotting.plot_instance_rescaling)
+
+
+@pytest.mark.parametrize("build", [build_report, build_logits_only_report], ids=["full", "logits-only"])
+def test_every_reader_reads_only_attributes_that_exist(build, monkeypatch):
+    """Text, HTML and every plot on a fully measured report (eval + transfer + baseline + features +
+    weights + groups) and on a bare logits-mode one (eval only, no baseline): no attribute error, no
+    figure replaced by an error note, and no string lookup through the transitional Measurements shim."""
+    import matplotlib.pyplot as plt
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reader looked a value up by name; read the record's attributes")
+
+    for name in ("get", "value"):
+        monkeypatch.setattr(Measurements, name, refuse, raising=False)
+    monkeypatch.setattr(Measurements, "arrays", property(refuse), raising=False)
+    report = build()
+    assert render_text(report)
+    html = render_html(report)
+    assert 'class="figure-error"' not in html and len(_parse(html).images) == 6
+    for plot in PLOTS:
+        plot(report)
+        plot(report.measurements)
+    plt.close("all")

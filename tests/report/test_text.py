@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from kddiag.report.text import WIDTH, format_number, headline_table, render_text
-from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Measurements, Metric, Setting, Settings
+from kddiag.results import ClassStructure, DomainOnSet, DomainResult, Measurements, measured, unavailable
+from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Setting, Settings
 
 from ._fixtures import NO_BASELINE, NO_FEATURES, build_logits_only_report, build_report
 
@@ -43,8 +44,10 @@ def test_every_line_fits_in_100_columns(full, logits_only):
     long_title = Finding("teacher-overconfident", ("universe", "instance"), 0.9, "x" * 300,
                          (Evidence("universe.saturation_share", 0.97, 0.5, "transfer"),), "e", "a")
     report = dataclasses.replace(full, diagnosis=Diagnosis((long_title,)))
-    wide_ci = Metric("outcome", "kd_gain", "transfer", -0.01234, ci=(-0.0234, -0.00612))
-    wide = dataclasses.replace(full, measurements=Measurements(full.measurements.metrics + (wide_ci,)))
+    outcome = full.measurements.outcome
+    wide_ci = dataclasses.replace(outcome.transfer, kd_gain=measured(-0.01234, ci=(-0.0234, -0.00612)))
+    wide = dataclasses.replace(full, measurements=dataclasses.replace(
+        full.measurements, outcome=dataclasses.replace(outcome, transfer=wide_ci)))
     for r in (full, logits_only, report, wide):
         assert max(len(line) for line in render_text(r).splitlines()) <= WIDTH
 
@@ -56,7 +59,7 @@ def test_one_table_per_level_with_the_measured_sets(full):
     table = headline_table(full.measurements, "outcome")
     accuracy = [row for row in table.rows if row[0] == "accuracy"]
     assert [row[1] for row in accuracy] == ["transfer", "eval"]
-    teacher_eval = full.measurements.value("outcome", "teacher_accuracy", "eval")
+    teacher_eval = full.measurements.outcome.eval.teacher_accuracy.value
     assert accuracy[1][2].startswith(f"{teacher_eval:.3f} [")  # value and its bootstrap interval
     assert f"{teacher_eval:.3f} [" in text
 
@@ -73,8 +76,29 @@ def test_unavailable_metrics_say_why(logits_only):
     text = render_text(logits_only)
     assert f"n/a: {NO_BASELINE}" in text
     assert f"n/a: {NO_FEATURES}" in text
-    for section in LEVEL_TITLES:  # nothing was measured on a transfer set
-        assert {row[1] for row in headline_table(logits_only.measurements, section).rows} <= {"eval", "weights"}
+    for section in LEVEL_TITLES:  # nothing was measured on a transfer set: its only row says why
+        rows = headline_table(logits_only.measurements, section).rows
+        assert {row[1] for row in rows if set(row[2:]) - {"n/a", "—"}} <= {"eval", "weights"}
+    assert "n/a: needs both eval and transfer sets (softness_gap)" in text
+
+
+def test_headline_rows_read_the_records(full):
+    """Each cell is the value of the record of its set; level-wide values carry their own set."""
+    table = {(row[0], row[1]): row[2:] for row in headline_table(full.measurements, "universe").rows}
+    universe = full.measurements.universe
+    assert table[("ECE (15 bins)", "eval")][0] == format_number(universe.eval.teacher.ece.value)
+    assert table[("saturated share (p_y > 0.99)", "transfer")][0] == format_number(universe.transfer.saturation_share.value)
+    assert table[("softness gap (eval − transfer)", "transfer")][0] == format_number(universe.softness_gap.value)
+    domain = {(row[0], row[1]) for row in headline_table(full.measurements, "domain").rows}
+    assert ("weight-sim. match (Spearman)", "weights") in domain
+    assert ("weight-sim. match (Spearman)", "eval") not in domain
+
+
+def test_a_record_built_by_hand_shows_only_what_it_holds():
+    record = DomainOnSet("eval", teacher=ClassStructure(dark_knowledge_content=measured(0.5)))
+    rows = headline_table(Measurements(domain=DomainResult(eval=record)), "domain").rows
+    assert rows == (("dark-knowledge content, τ=1", "eval", "0.500", "—", "—"),)
+    assert headline_table(Measurements(), "outcome").rows == ()
 
 
 def test_guessed_settings_and_not_checked_are_marked(full, logits_only):
@@ -105,12 +129,15 @@ def test_level3_footnotes_say_which_rescaling_weights_the_diagnosis_reads(full):
 
 def test_long_notes_wrap_and_long_paths_keep_their_format(full):
     reason = "no class groups given, " * 8
-    unavailable = tuple(Metric("domain", f"{m}_group_recovery", "eval", None, unavailable=reason)
-                        for m in ("teacher", "student", "baseline"))
+    domain = full.measurements.domain
+    eval_set = dataclasses.replace(domain.eval, **{
+        model: dataclasses.replace(structure, group_recovery=unavailable(reason))
+        for model, structure in (("teacher", domain.eval.teacher), ("student", domain.eval.student),
+                                 ("baseline", domain.eval.baseline))})
     long_path = "/very/long/" + "nested/" * 20 + "teacher.pt"
     inputs = (dataclasses.replace(full.inputs[0], path=long_path),) + full.inputs[1:]
-    report = dataclasses.replace(full, inputs=inputs,
-                                 measurements=Measurements(full.measurements.metrics + unavailable))
+    report = dataclasses.replace(full, inputs=inputs, measurements=dataclasses.replace(
+        full.measurements, domain=dataclasses.replace(domain, eval=eval_set)))
     lines = render_text(report).splitlines()
     assert max(len(line) for line in lines) <= WIDTH
     assert not any(line.endswith("…") for line in lines if "no class groups" in line)

@@ -1,4 +1,5 @@
-"""Every plot draws the Report's own numbers, and says 'not available' instead of failing."""
+"""Every plot draws the Report's own numbers (and its own cuts and bands), and says 'not available'
+instead of failing."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,14 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from kddiag import plotting  # noqa: E402
-from kddiag.types import EVAL, TRANSFER, Measurements, Metric  # noqa: E402
+from kddiag.metrics.universe import Histogram, Reliability  # noqa: E402
+from kddiag.metrics.whatif import InformativeBand  # noqa: E402
+from kddiag.results import (ClassStructure, DomainOnSet, DomainResult, InstanceOnSet, InstanceResult,  # noqa: E402
+                            Measurements, PerExample, ReliabilityCalibration, UniverseOnSet, UniverseResult,
+                            measured, unavailable)
+from kddiag.types import EVAL, TRANSFER  # noqa: E402
 
-from ._fixtures import build_logits_only_report, build_report  # noqa: E402
+from report._fixtures import build_logits_only_report, build_report  # noqa: E402
 
 AXES_PLOTS = (plotting.plot_accuracy, plotting.plot_reliability, plotting.plot_target_confidence,
               plotting.plot_rescaling_vs_difficulty, plotting.plot_student_rescaling_vs_difficulty)
@@ -62,30 +68,28 @@ def test_figure_plots_draw_a_full_report_on_a_given_figure(plot, full):
 
 @pytest.mark.parametrize("plot", AXES_PLOTS + FIGURE_PLOTS)
 def test_every_plot_says_not_available_without_measurements(plot):
-    result = plot(Measurements(()))
+    result = plot(Measurements())
     fig = result if isinstance(result, Figure) else result.figure
     assert "not available" in _texts(fig)
 
 
 def test_reliability_draws_the_metric_bins_and_the_ece(full):
     ax = plotting.plot_reliability(full, dataset=EVAL)
-    bins = full.measurements.value("universe", "teacher_reliability", EVAL)
-    accuracy = np.array(bins["bin_accuracy"], dtype=float)
-    counts = np.array(bins["bin_count"], dtype=float)
+    teacher = full.measurements.universe.eval.teacher
+    accuracy, counts = teacher.reliability.value.bin_accuracy, teacher.reliability.value.bin_count
     line = next(line for line in ax.lines if line.get_label().startswith("teacher"))
     solid = ~np.isnan(accuracy) & (counts >= plotting.MIN_BIN_COUNT)
     np.testing.assert_allclose(line.get_ydata(), accuracy[solid])
-    ece = full.measurements.value("universe", "teacher_ece", EVAL)
+    ece = teacher.ece.value
     assert f"{ece:.3f}" in line.get_label()
     assert any(list(line.get_xdata()) == [0, 1] for line in ax.lines)  # the diagonal
 
 
 def test_reliability_marks_sparse_bins_and_sizes_markers_by_count():
-    counts = [0, 2, 40, 200, 3]
-    value = {"bin_edges": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "bin_confidence": [None, 0.35, 0.5, 0.7, 0.9],
-             "bin_accuracy": [None, 1.0, 0.45, 0.72, 0.0], "bin_count": counts}
-    measurements = Measurements((Metric("universe", "teacher_reliability", EVAL, value),
-                                 Metric("universe", "teacher_ece", EVAL, 0.0421)))
+    bins = Reliability(bin_edges=np.linspace(0.0, 1.0, 6), bin_confidence=np.array([np.nan, 0.35, 0.5, 0.7, 0.9]),
+                       bin_accuracy=np.array([np.nan, 1.0, 0.45, 0.72, 0.0]), bin_count=np.array([0, 2, 40, 200, 3]))
+    teacher = ReliabilityCalibration(reliability=measured(bins), ece=measured(0.0421))
+    measurements = Measurements(universe=UniverseResult(eval=UniverseOnSet(EVAL, teacher=teacher)))
     ax = plotting.plot_reliability(measurements)
     line = next(line for line in ax.lines if line.get_label().startswith("teacher"))
     assert "ECE 0.042" in line.get_label()
@@ -103,7 +107,28 @@ def test_target_confidence_marks_saturation_and_both_sets(full):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(label.startswith("transfer set") for label in labels)
     assert any(label.startswith("eval set") for label in labels)
-    assert any(np.allclose(line.get_xdata(), plotting.SATURATION_THRESHOLD) for line in ax.lines)
+    assert any(np.allclose(line.get_xdata(), full.measurements.universe.transfer.saturation_cut) for line in ax.lines)
+
+
+def test_target_confidence_draws_the_record_histogram_and_saturation_cut():
+    histogram = Histogram(bin_edges=np.linspace(0.0, 1.0, 5), counts=np.array([1, 2, 3, 14]))
+    record = UniverseOnSet(EVAL, target_confidence_histogram=measured(histogram), saturation_share=measured(0.25),
+                           saturation_cut=0.95)
+    ax = plotting.plot_target_confidence(Measurements(universe=UniverseResult(eval=record)))
+    cuts = [line.get_xdata()[0] for line in ax.lines if line.get_label().startswith("saturation p_y >")]
+    assert cuts == [0.95]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "eval set (n = 20, 25% saturated)" in labels and "saturation p_y > 0.95" in labels
+
+
+def test_target_confidence_never_rebins_per_example_values():
+    examples = PerExample(teacher_target_confidence=np.linspace(0, 1, 50), rescaling_weight=np.ones(50),
+                          untrained_rescaling_weight=np.ones(50), difficulty=np.ones(50))
+    measurements = Measurements(
+        universe=UniverseResult(eval=UniverseOnSet(EVAL, target_confidence_histogram=unavailable("no histogram"))),
+        instance=InstanceResult(eval=InstanceOnSet(EVAL, examples=examples)))
+    ax = plotting.plot_target_confidence(measurements)
+    assert "not available: no histogram" in _texts(ax.figure)
 
 
 def test_class_similarity_uses_one_clustered_order_for_every_heatmap(full):
@@ -119,7 +144,7 @@ def test_class_similarity_uses_one_clustered_order_for_every_heatmap(full):
     assert sum(a != b for a, b in zip(groups, groups[1:])) == 1  # two groups, each contiguous
     # the drawn values are the metric's matrix, reordered
     index = [full.class_info.names.index(name) for name in order]
-    matrix = np.array(full.measurements.value("domain", "teacher_output_similarity", TRANSFER))[np.ix_(index, index)]
+    matrix = full.measurements.domain.transfer.teacher.output_similarity.value[np.ix_(index, index)]
     drawn = heatmaps[0].collections[0].get_array()
     off = ~np.eye(len(index), dtype=bool)
     np.testing.assert_allclose(np.asarray(drawn).reshape(matrix.shape)[off], matrix[off])
@@ -130,11 +155,12 @@ def test_class_similarity_thins_tick_labels_beyond_thirty_classes():
     matrix = rng.random((60, 60))
     matrix = (matrix + matrix.T) / 2
     np.fill_diagonal(matrix, 0.0)
-    measurements = Measurements((Metric("domain", "teacher_output_similarity", EVAL, matrix.tolist()),))
-    fig = plotting.plot_class_similarity(measurements)
+    record = DomainOnSet(EVAL, teacher=ClassStructure(output_similarity=measured(matrix)))
+    fig = plotting.plot_class_similarity(Measurements(domain=DomainResult(eval=record)))
     ax = next(ax for ax in fig.axes if ax.get_xticklabels())
     assert 10 <= len(ax.get_xticklabels()) <= plotting.MAX_TICK_LABELS
-    assert "not available: no student output similarity measured" in _texts(fig)
+    assert "not available: not measured" in _texts(fig)  # the student's matrix
+    assert plotting.similarity_rows(Measurements(domain=DomainResult(eval=record))) == 1  # no weight row
 
 
 def test_class_similarity_in_logits_mode_says_why_weights_are_missing(logits_only):
@@ -143,12 +169,13 @@ def test_class_similarity_in_logits_mode_says_why_weights_are_missing(logits_onl
     assert "not available: no baseline" in text
 
 
-def _rescaling_measurements(difficulty, w_untrained, w_trained, *, source="baseline_loss", rho=-0.4321):
-    arrays = {f"{TRANSFER}/difficulty": difficulty, f"{TRANSFER}/untrained_rescaling_weight": w_untrained,
-              f"{TRANSFER}/rescaling_weight": w_trained}
-    metrics = (Metric("instance", "rescaling_difficulty_correlation", TRANSFER, rho),
-               Metric("instance", "difficulty_source", TRANSFER, source))
-    return Measurements(metrics, arrays)
+def _rescaling_measurements(difficulty, w_untrained, w_trained, *, source="baseline_loss", rho=-0.4321,
+                            low_weight_cut=0.5):
+    examples = PerExample(teacher_target_confidence=np.zeros(len(difficulty)), rescaling_weight=w_trained,
+                          untrained_rescaling_weight=w_untrained, difficulty=difficulty)
+    record = InstanceOnSet(TRANSFER, rescaling_difficulty_correlation=measured(rho), difficulty_source=measured(source),
+                           examples=examples, low_weight_cut=low_weight_cut)
+    return Measurements(instance=InstanceResult(transfer=record))
 
 
 def _points(ax) -> np.ndarray:
@@ -226,39 +253,82 @@ def test_instance_figure_puts_the_teacher_above_the_clipped_student(full):
     assert top.get_title().startswith("Teacher's rescaling weight") and "ρ" in top.get_title()
     assert bottom.get_title().startswith("Trained student's rescaling weight")
     assert top.get_xlim() == bottom.get_xlim()
-    w0 = full.measurements.arrays[f"{TRANSFER}/untrained_rescaling_weight"]
+    w0 = full.measurements.instance.transfer.examples.untrained_rescaling_weight
     np.testing.assert_allclose(np.sort(_points(top)[:, 1]), np.sort(w0))
 
 
-def test_instance_figure_without_trained_weights_has_one_panel(full):
-    arrays = {k: v for k, v in full.measurements.arrays.items() if not k.endswith("/rescaling_weight")}
-    fig = plotting.plot_instance_rescaling(Measurements(full.measurements.metrics, arrays))
+def test_instance_figure_without_per_example_values_has_one_panel(full):
+    record = dataclasses.replace(full.measurements.instance.transfer, examples=None)
+    fig = plotting.plot_instance_rescaling(Measurements(instance=InstanceResult(transfer=record)))
     assert len(fig.axes) == 1
+    assert "not available" in _texts(fig)
+
+
+def test_rescaling_panels_draw_the_record_low_weight_cut():
+    rng = np.random.default_rng(5)
+    measurements = _rescaling_measurements(10.0 ** rng.uniform(-4, 0, 300), rng.random(300), rng.random(300),
+                                           low_weight_cut=0.3)
+    for plot in (plotting.plot_rescaling_vs_difficulty, plotting.plot_student_rescaling_vs_difficulty):
+        ax = plot(measurements)
+        levels = sorted(line.get_ydata()[0] for line in ax.lines if list(line.get_xdata()) == [0, 1])
+        assert levels == [0.3, 1.0]
+        assert "w < 0.3: down-weighted" in _texts(ax.figure)
 
 
 def test_rescaling_scatter_falls_back_to_the_eval_set_and_says_so(logits_only):
     ax = plotting.plot_rescaling_vs_difficulty(logits_only)
     assert "eval set" in ax.get_title()
     assert ax.get_xscale() == "linear"  # k-NN disagreement in logits mode
-    assert len(_points(ax)) == len(logits_only.measurements.arrays[f"{EVAL}/difficulty"])
+    assert len(_points(ax)) == len(logits_only.measurements.instance.eval.examples.difficulty)
 
 
 def test_temperature_whatif_marks_tau_and_the_informative_range(full):
     fig = plotting.plot_temperature_whatif(full)
-    whatif = full.measurements.value("universe", "temperature_whatif")
+    whatif = full.measurements.universe.temperature_whatif.value
     for ax in fig.axes:
         assert ax.get_xscale() == "log"
         assert any(np.allclose(line.get_xdata(), full.settings.temperature.value) for line in ax.lines
                    if len(line.get_xdata()) == 2)
-        curve = next(line for line in ax.lines if len(line.get_xdata()) == len(whatif["temperatures"]))
-        np.testing.assert_allclose(curve.get_xdata(), whatif["temperatures"])
+        curve = next(line for line in ax.lines if len(line.get_xdata()) == len(whatif.temperatures))
+        np.testing.assert_allclose(curve.get_xdata(), whatif.temperatures)
         assert ax.patches  # the shaded informative range
     assert "guessed" in _texts(fig)
 
 
+def _band_lines(ax) -> list[float]:
+    """The y values of the dotted 'bounds of the informative range' lines of a what-if panel."""
+    return sorted(float(line.get_ydata()[0]) for line in ax.lines
+                  if line.get_label() == "bounds of the informative range")
+
+
+@pytest.mark.parametrize("report", ["full", "logits_only"])
+def test_whatif_band_lines_are_the_metric_band(report, request):
+    report = request.getfixturevalue(report)
+    whatif = report.measurements.universe.temperature_whatif.value
+    smoothing, saturation, content, cv = plotting.plot_temperature_whatif(report).axes
+    assert _band_lines(smoothing) == pytest.approx([whatif.band.min_smoothing, whatif.band.max_smoothing])
+    assert _band_lines(saturation) == pytest.approx([whatif.band.max_saturation])
+    assert _band_lines(content) == _band_lines(cv) == []
+    # the shaded range ends where the band says: its last τ is inside the band, the next one is not
+    lo, hi = whatif.informative_range
+    inside = [whatif.band.holds(e, s) for e, s in zip(whatif.effective_smoothing, whatif.saturation_share)]
+    assert inside[whatif.at(lo)] and inside[whatif.at(hi)]
+
+
+def test_whatif_band_lines_follow_any_band(full):
+    metric = full.measurements.universe.temperature_whatif
+    band = InformativeBand(min_smoothing=0.1, max_smoothing=0.7, max_saturation=0.3)
+    whatif = dataclasses.replace(metric.value, band=band)
+    fig = plotting.plot_temperature_whatif(
+        Measurements(universe=UniverseResult(temperature_whatif=measured(whatif, dataset=TRANSFER))))
+    assert _band_lines(fig.axes[0]) == pytest.approx([0.1, 0.7])
+    assert _band_lines(fig.axes[1]) == pytest.approx([0.3])
+
+
 def test_unavailable_metric_reason_reaches_the_panel():
     reason = "the teacher logits file has no eval set"
-    measurements = Measurements((Metric("universe", "teacher_reliability", EVAL, None, unavailable=reason),))
+    teacher = ReliabilityCalibration(reliability=unavailable(reason))
+    measurements = Measurements(universe=UniverseResult(eval=UniverseOnSet(EVAL, teacher=teacher)))
     ax = plotting.plot_reliability(measurements)
     assert f"not available: {reason}" in _texts(ax.figure)
 
@@ -269,12 +339,19 @@ def test_plots_reject_what_is_not_a_report():
 
 
 def test_whatif_without_some_curve_still_draws_the_others(full):
-    metric = full.measurements.get("universe", "temperature_whatif")
-    value = {k: v for k, v in metric.value.items() if k != "rescaling_weight_cv"}
-    measurements = Measurements((dataclasses.replace(metric, value=value),))
+    metric = full.measurements.universe.temperature_whatif
+    value = dataclasses.replace(metric.value, rescaling_weight_cv=np.full(metric.value.temperatures.size, np.nan))
+    measurements = Measurements(universe=UniverseResult(temperature_whatif=measured(value, dataset=TRANSFER)))
     fig = plotting.plot_temperature_whatif(measurements)
-    assert "not available: rescaling_weight_cv" in _texts(fig)
+    assert "not available: undefined at every temperature of the grid" in _texts(fig)
     assert sum(1 for ax in fig.axes if ax.lines) == 3
+
+
+def test_whatif_unavailable_says_why_on_every_panel():
+    reason = "the teacher logits are constant"
+    measurements = Measurements(universe=UniverseResult(temperature_whatif=unavailable(reason)))
+    fig = plotting.plot_temperature_whatif(measurements)
+    assert _texts(fig).count(f"not available: {reason}") == 4
 
 
 def test_student_panel_uses_iqr_fences_when_even_the_percentiles_explode():
