@@ -22,7 +22,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.loading import logits_of
 from kddiag.metrics._common import subsample_indices
-from kddiag.types import EVAL, TRANSFER, Dataset, LoadedModel, ModelOutputs, SetOutputs
+from kddiag.types import EVAL, Dataset, LoadedModel, ModelOutputs, SetOutputs
 
 # Penultimate features are kept for a fixed-seed subsample of at most this many examples: every
 # measurement that reads them (linear CKA, k-NN difficulty) reads at most that many, and memory stays
@@ -39,7 +39,9 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
     """Logits, penultimate features and logit-layer weights of every model on ``dataset``.
 
     ``set_name`` is 'eval' or 'transfer' (it also picks the stored logits in logits mode);
-    ``device`` None means CUDA when available, else CPU; ``progress`` prints batches to stderr.
+    ``batch_size`` >= 1 (:class:`~kddiag.types.InspectOptions` checks it); ``device`` None means CUDA
+    when available, else CPU; ``progress`` prints batches to stderr. The returned
+    :class:`~kddiag.types.SetOutputs` checks the outputs' shapes, finiteness and the labels.
 
     >>> outputs = collect_outputs(load_dataset("digits"), teacher=t, student=s, set_name="eval")
     >>> outputs.teacher.logits.shape
@@ -47,11 +49,7 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
     """
     import torch
 
-    if set_name not in (EVAL, TRANSFER):
-        raise KddiagError(f"set_name must be '{EVAL}' or '{TRANSFER}'; got {set_name!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise KddiagError(f"--batch-size must be a positive integer; got {batch_size!r}")
-    labels = np.asarray(dataset.labels, dtype=np.int64)
+    labels = dataset.labels
     models = {"teacher": teacher, "student": student}
     if baseline is not None:
         models["baseline"] = baseline
@@ -63,15 +61,13 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
         elif model.module is None:
             raise KddiagError(f"{role} '{model.source}': has neither a module nor logits")
         else:
-            runners[role] = _Runner(role, model.module, exported=model.format == "torch.export")
+            runners[role] = _Runner(role, model, exported=model.format == "torch.export")
     if runners:
         if dataset.x is None:
             verb = "is a model and needs" if len(runners) == 1 else "are models and need"
             raise KddiagError(f"data '{dataset.name}' has labels only, but the {' and '.join(runners)} "
                               f"{verb} inputs 'x'")
         x = dataset.x if isinstance(dataset.x, torch.Tensor) else torch.as_tensor(np.asarray(dataset.x))
-        if len(x) != len(labels):
-            raise KddiagError(f"data '{dataset.name}': {len(x)} inputs but {len(labels)} labels")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             with torch.inference_mode():
@@ -94,55 +90,34 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
             for runner in runners.values():
                 runner.finish()
         outputs.update({role: runner.outputs(feature_rows) for role, runner in runners.items()})
-    _check_outputs(outputs, labels, set_name)
     return SetOutputs(dataset=set_name, labels=labels, teacher=outputs["teacher"], student=outputs["student"],
-                      baseline=outputs.get("baseline"))
+                      baseline=outputs.get("baseline"), source=dataset.name)
 
 
 def _stored_outputs(role: str, model: LoadedModel, set_name: str, labels: np.ndarray, data_name: str) -> ModelOutputs:
-    """The logits a logits-mode model holds for ``set_name``, checked against the data's labels."""
+    """The logits a logits-mode model holds for ``set_name``; labels stored beside them must match the data's."""
     where = f"{role} logits '{model.source}'"
     logits = (model.logits or {}).get(set_name)
     if logits is None:
         held = ", ".join(model.logits or {}) or "none"
         raise KddiagError(f"{where}: no {set_name} logits (holds: {held}); save them under "
                           f"'{'logits' if set_name == EVAL else 'transfer'}'")
-    if len(logits) != len(labels):
-        raise KddiagError(f"{where}: {len(logits)} rows of {set_name} logits but data '{data_name}' has "
-                          f"{len(labels)} labels; rows must follow the data's order")
     stored = (model.labels or {}).get(set_name)
-    if stored is not None and not np.array_equal(stored, labels):
+    if stored is not None and len(stored) == len(labels) and not np.array_equal(stored, labels):
         raise KddiagError(f"{where}: its {set_name} labels disagree with data '{data_name}' on "
                           f"{int((stored != labels).sum())} of {len(labels)} rows; rows must follow the data's order")
-    return ModelOutputs(logits=np.asarray(logits, dtype=np.float64))
-
-
-def _check_outputs(outputs: dict[str, ModelOutputs], labels: np.ndarray, set_name: str) -> None:
-    if len(labels) == 0:
-        raise KddiagError(f"the {set_name} set is empty (0 labels)")
-    counts = {role: out.logits.shape[1] for role, out in outputs.items()}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{role} {count}" for role, count in counts.items())
-        raise KddiagError(f"the models disagree on the number of classes on the {set_name} set ({listed}); "
-                          f"all must output (n_samples, n_classes) over the same classes")
-    for role, out in outputs.items():
-        bad = ~np.isfinite(out.logits).all(axis=1)
-        if bad.any():
-            raise KddiagError(f"{role} produced NaN or Inf logits in {int(bad.sum())} of {len(bad)} rows "
-                              f"of the {set_name} set")
-    n_classes = counts["teacher"]
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise KddiagError(f"{set_name} labels must lie in [0, {n_classes}) for {n_classes}-class models; "
-                          f"got values from {labels.min()} to {labels.max()}")
+    return ModelOutputs(logits=logits, role=role, source=model.source)  # checks shape and finiteness
 
 
 class _Runner:
     """Runs one module batch by batch, keeping logits and (when found) penultimate features."""
 
-    def __init__(self, role: str, module: Any, *, exported: bool):
+    def __init__(self, role: str, model: LoadedModel, *, exported: bool):
         import torch
 
+        module = model.module
         self.role, self.module = role, module
+        self.source = None if model.format == "module" else model.source  # named in errors
         # a torch.export program, or an fx graph of aten operations (no nn.Linear left to hook)
         self.exported = exported or (isinstance(module, torch.fx.GraphModule)
                                      and not any(isinstance(m, torch.nn.Linear) for m in module.modules()))
@@ -301,9 +276,10 @@ class _Runner:
         torch = _torch()
         logits = torch.cat(self.logits).numpy()
         if not self.features:
-            return ModelOutputs(logits=logits, weight=self.weight)
+            return ModelOutputs(logits=logits, weight=self.weight, role=self.role, source=self.source)
         return ModelOutputs(logits=logits, features=torch.cat(self.features).numpy(), weight=self.weight,
-                            feature_rows=None if len(feature_rows) == len(logits) else feature_rows)
+                            feature_rows=None if len(feature_rows) == len(logits) else feature_rows,
+                            role=self.role, source=self.source)
 
     def finish(self) -> None:
         """Remove hooks and restore the module's training mode."""

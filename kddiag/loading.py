@@ -127,9 +127,10 @@ def load_class_info(path: str | os.PathLike) -> ClassInfo:
         else:
             raise KddiagError(f"{where}: 'groups' must hold one group per class, all integers >= 0 or all "
                               f"strings; got {_describe(groups)}")
-    if names is not None and groups is not None and len(names) != len(groups):
-        raise KddiagError(f"{where}: {len(names)} names but {len(groups)} groups; give one of each per class")
-    return ClassInfo(names=names, groups=groups)
+    try:
+        return ClassInfo(names=names, groups=groups)
+    except KddiagError as error:
+        raise KddiagError(f"{where}: {error}") from None
 
 
 def logits_of(output: Any):
@@ -250,7 +251,7 @@ def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str
     if isinstance(content, torch.nn.Module):
         return LoadedModel(source=str(path), format="pickled-module", module=content)
     if isinstance(content, torch.Tensor):
-        return _logits_model(path, {EVAL: _logits_array(content, where, "the logits tensor")}, {}, where)
+        return _logits_model(path, {EVAL: _as_array(content)}, {}, where)
     if isinstance(content, Mapping):
         if _is_logits_dict(content):
             return _load_logits_dict(path, content, where)
@@ -492,7 +493,7 @@ def _load_logits_dict(path: Path, content: Mapping, where: str) -> LoadedModel:
             if set_name in logits:
                 raise KddiagError(f"{where}: holds {set_name} logits twice; use only one of "
                                   f"{', '.join(k for k, s in _LOGITS_KEYS.items() if s == set_name)}")
-            logits[set_name] = _logits_array(content[key], where, f"logits '{key}'")
+            logits[set_name] = _as_array(content[key])
     labels: dict[str, np.ndarray] = {}
     for key, set_name in _LABEL_KEYS.items():
         if key in content:
@@ -501,43 +502,31 @@ def _load_logits_dict(path: Path, content: Mapping, where: str) -> LoadedModel:
 
 
 def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedModel:
-    n_classes = {array.shape[1] for array in logits.values()}
-    if len(n_classes) > 1:
-        raise KddiagError(f"{where}: the eval and transfer logits have different class counts "
-                          f"({logits[EVAL].shape[1]} vs {logits[TRANSFER].shape[1]})")
+    """Logits as stored; :class:`~kddiag.types.ModelOutputs` checks their shape and values when collected."""
     for set_name, array in labels.items():
         if set_name not in logits:
             raise KddiagError(f"{where}: has {set_name} labels but no {set_name} logits")
-        if len(array) != len(logits[set_name]):
-            raise KddiagError(f"{where}: {len(logits[set_name])} rows of {set_name} logits but {len(array)} labels")
+        rows = np.shape(logits[set_name])[:1]
+        if rows != (len(array),):
+            raise KddiagError(f"{where}: {rows[0] if rows else 'no'} rows of {set_name} logits but "
+                              f"{len(array)} labels")
     return LoadedModel(source=str(path), format="logits", logits=logits, labels=labels or None)
 
 
 def _read_npy(path: Path, where: str) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except Exception as error:
         raise KddiagError(f"{where}: not a readable .npy file ({_one_line(error)})") from None
-    return _logits_array(array, where, "the logits array")
 
 
-def _logits_array(value: Any, where: str, what: str) -> np.ndarray:
+def _as_array(value: Any) -> np.ndarray:
+    """A numpy array of ``value``; floating tensors become float64 (numpy has no bfloat16)."""
     import torch
 
     if isinstance(value, torch.Tensor):
         value = value.detach().to("cpu", torch.float64 if value.is_floating_point() else value.dtype).numpy()
-    array = np.asarray(value)
-    if array.dtype.kind not in "iuf":
-        raise KddiagError(f"{where}: {what} must be real numbers; got dtype {array.dtype}")
-    if array.ndim != 2:
-        raise KddiagError(f"{where}: {what} must be 2-D (n_samples, n_classes); got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] < 2:
-        raise KddiagError(f"{where}: {what} must have at least 1 row and 2 classes; got shape {array.shape}")
-    array = array.astype(np.float64)
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        raise KddiagError(f"{where}: {what}: NaN or Inf in {int(bad.sum())} of {len(array)} rows")
-    return array
+    return np.asarray(value)
 
 
 def _labels_array(value: Any, where: str, key: str) -> np.ndarray:

@@ -173,7 +173,11 @@ def test_all_logits_mode_needs_no_inputs():
 
 
 @pytest.mark.parametrize("teacher, message", [
-    (_logits_model(np.zeros((N - 1, C))), r"teacher logits 't\.npz': 49 rows of eval logits but data 'mem' has 50 labels"),
+    (_logits_model(np.zeros((N - 1, C))), r"teacher logits \(eval set, 't\.npz'\) have 49 rows but the eval set "
+                                          r"\('mem'\) has 50 labels"),
+    (_logits_model(np.zeros(N)), r"teacher logits \('t\.npz'\) must be \(n_samples, n_classes\).*got shape \(50,\)"),
+    (_logits_model(np.where(np.arange(N)[:, None] < 3, np.nan, np.zeros((N, C)))),
+     r"teacher logits \('t\.npz'\): NaN or Inf in 3 of 50 rows"),
     (_logits_model(transfer_logits=np.zeros((N, C))), r"teacher logits 't\.npz': no eval logits \(holds: transfer\)"),
     (_logits_model(np.zeros((N, C)), labels={EVAL: (np.arange(N) + 1) % C}),
      r"its eval labels disagree with data 'mem' on 50 of 50 rows"),
@@ -200,8 +204,8 @@ class _NaNRows(nn.Module):
                           r"mat1 and mat2 shapes cannot be multiplied"),
     (nn.Sequential(nn.Linear(D, C), nn.Flatten(0)), r"student returned outputs of shape \(\d+,\) for \d+ inputs; "
                                                     r"expected logits of shape \(n_samples, n_classes\)"),
-    (nn.Linear(D, C + 1), r"the models disagree on the number of classes on the eval set \(teacher 3, student 4\)"),
-    (_NaNRows(), r"student produced NaN or Inf logits in 8 of 50 rows of the eval set"),
+    (nn.Linear(D, C + 1), r"teacher logits \(eval set\) have 3 classes but student logits \(eval set\) have 4"),
+    (_NaNRows(), r"student logits: NaN or Inf in 8 of 50 rows"),
 ])
 def test_model_errors_name_the_model(student, message):
     with pytest.raises(KddiagError, match=message) as error:
@@ -209,15 +213,14 @@ def test_model_errors_name_the_model(student, message):
     assert "\n" not in str(error.value)
 
 
-def test_label_and_option_errors():
+def test_label_and_set_name_errors():
     data = Dataset(name="mem", x=torch.randn(4, D), labels=np.array([0, 1, 2, 3]))
     models = dict(teacher=_module(_mlp(0)), student=_module(_mlp(1)))
-    with pytest.raises(KddiagError, match=r"eval labels must lie in \[0, 3\) for 3-class models; got values from 0 to 3"):
+    with pytest.raises(KddiagError, match=r"labels of the eval set \('mem'\) must lie in \[0, 3\) for 3-class models; "
+                                          r"got values from 0 to 3"):
         collect_outputs(data, **models, set_name=EVAL)
-    with pytest.raises(KddiagError, match=r"set_name must be 'eval' or 'transfer'; got 'test'"):
+    with pytest.raises(KddiagError, match=r"a data set must be 'eval' or 'transfer'; got 'test'"):
         collect_outputs(data, **models, set_name="test")
-    with pytest.raises(KddiagError, match=r"--batch-size must be a positive integer; got 0"):
-        collect_outputs(data, **models, set_name=EVAL, batch_size=0)
 
 
 def test_progress_goes_to_stderr_only_when_asked(capsys):

