@@ -416,7 +416,8 @@ class InspectOptions:
             _check_temperature(self.temperature, "--temperature")
         if self.alpha is not None:
             _check_alpha(self.alpha, "--alpha")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise KddiagError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
 
 

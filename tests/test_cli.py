@@ -212,15 +212,16 @@ def test_invalid_checkpoint_temperature_fails_naming_the_file_before_any_forward
     (tmp_path / "kd_exploding.py").write_text(EXPLODING_ARCH)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "kd_exploding", raising=False)
-    arch = importlib.import_module("kd_exploding")
-    torch.save({"state_dict": arch.exploding().state_dict()}, tmp_path / "teacher.pt")
-    torch.save({"state_dict": arch.exploding().state_dict(), "config": {"temperature": float("inf")}},
+    exploding = importlib.import_module("kd_exploding")
+    torch.save({"state_dict": exploding.exploding().state_dict()}, tmp_path / "teacher.pt")
+    torch.save({"state_dict": exploding.exploding().state_dict(), "config": {"temperature": float("inf")}},
                tmp_path / "student.pt")
-    result = run("inspect", tmp_path / "teacher.pt", tmp_path / "student.pt", "--teacher-arch", "kd_exploding:exploding",
-                 "--student-arch", "kd_exploding:exploding", "--data", "digits:test", "--no-progress")
+    arch = ["--teacher-arch", "kd_exploding:exploding", "--student-arch", "kd_exploding:exploding"]
+    result = run("inspect", tmp_path / "teacher.pt", tmp_path / "student.pt", *arch, "--data", "digits:test",
+                 "--no-progress")
     assert_one_line_error(result, f"the temperature stored in checkpoint '{tmp_path / 'student.pt'}' must be a "
                                   f"finite number > 0; got inf")
-    assert arch.FORWARD_CALLS == []
+    assert exploding.FORWARD_CALLS == []
     sys.modules.pop("kd_exploding", None)
 
 

@@ -57,7 +57,7 @@ def test_settings_refuse_a_bad_alpha_naming_its_origin(alpha, message):
 
 
 def test_setting_source_must_be_known():
-    with pytest.raises(KddiagError, match=r"a setting's source must be one of 'cli', 'checkpoint', 'guessed'; got 'file'"):
+    with pytest.raises(KddiagError, match=r"source must be one of 'cli', 'checkpoint', 'guessed'; got 'file'"):
         Setting(4.0, "file")
 
 
@@ -135,11 +135,12 @@ def test_model_outputs_keep_valid_arrays_and_make_logits_float64():
                                      r"one row per example or per feature_rows entry; got shape \(5, 2\)$"),
     ({"features": np.zeros((3, 2)), "feature_rows": np.array([4, 2, 5])},
      r"^student feature_rows \('s\.npy'\) must be increasing example indices in \[0, 6\)$"),
-    ({"features": np.zeros((2, 2)), "feature_rows": np.array([2, 6])}, r"must be increasing example indices in \[0, 6\)"),
+    ({"features": np.zeros((2, 2)), "feature_rows": np.array([2, 6])}, r"must be increasing example indices"),
     ({"features": np.full((6, 2), np.nan)}, r"^student features \('s\.npy'\): NaN or Inf in 6 of 6 rows"),
     ({"weight": np.zeros((4, 2))}, r"^student logit-layer weight \('s\.npy'\) must be \(n_classes, n_features\) = "
                                    r"\(3, …\); got shape \(4, 2\)$"),
-    ({"weight": np.array([[0, 1], [np.inf, 0], [0, 0]])}, r"^student logit-layer weight \('s\.npy'\): NaN or Inf in 1 of 3"),
+    ({"weight": np.array([[0, 1], [np.inf, 0], [0, 0]])},
+     r"^student logit-layer weight \('s\.npy'\): NaN or Inf in 1 of 3"),
 ])
 def test_model_outputs_faults_name_the_model(changes, message):
     with pytest.raises(KddiagError, match=message):
