@@ -143,25 +143,13 @@ def _load_file(path: Path, role: str) -> Dataset:
 
 
 def _dataset(name: str, x, y, class_info: ClassInfo, *, where: str | None = None) -> Dataset:
-    """Check labels and inputs and build the Dataset (x as a torch tensor)."""
+    """The Dataset with ``x`` as a float32 (or int64: token ids) tensor; Dataset checks labels and lengths."""
     import torch
 
     where = where or name
     labels = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if labels.ndim != 1:
-        raise KddiagError(f"{where}: labels 'y' must be 1-D (n_samples,); got shape {tuple(labels.shape)}")
-    if labels.dtype.kind not in "iu":
-        raise KddiagError(f"{where}: labels 'y' must be integer class ids; got dtype {labels.dtype}")
-    if len(labels) == 0:
-        raise KddiagError(f"{where}: the data set is empty (0 labels)")
-    if labels.min() < 0:
-        raise KddiagError(f"{where}: labels 'y' must be >= 0; got {labels.min()}")
-    labels = labels.astype(np.int64)
     if x is not None:
         x = x if isinstance(x, torch.Tensor) else _as_tensor(x, where)
-        if x.ndim == 0 or x.shape[0] != len(labels):
-            raise KddiagError(f"{where}: inputs 'x' have shape {tuple(x.shape)} but there are {len(labels)} "
-                              f"labels; the first dimension of x must equal len(y)")
         if x.is_floating_point() or x.dtype == torch.bool:
             x = x.to(torch.float32)
         elif x.is_complex():

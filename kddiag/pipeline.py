@@ -7,7 +7,7 @@ from typing import Any
 
 from kddiag.errors import KddiagError
 from kddiag.types import (
-    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
+    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Collected, Dataset, InputInfo,
     InspectOptions, LoadedModel, Report, Setting, Settings,
 )
 
@@ -27,7 +27,6 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     from kddiag.diagnosis import diagnose
     from kddiag.measure import measure
 
-    _validate_options(options)
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
     models = {
@@ -36,6 +35,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     }
     if baseline is not None:
         models["baseline"] = _as_model(baseline, "baseline", options.baseline_arch, options)
+    settings = _settings(options, models["student"], models["teacher"])  # before the forward passes
     datasets = {name: _as_dataset(source, role)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
@@ -45,20 +45,15 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
 
         given_classes = load_class_info(options.classes)
 
-    sets = [
+    collected = Collected(tuple(
         collect_outputs(dataset, teacher=models["teacher"], student=models["student"],
                         baseline=models.get("baseline"), set_name=name, batch_size=options.batch_size,
                         device=options.device, feature_layer=options.feature_layer, progress=options.progress)
         for name, dataset in datasets.items()
-    ]
-    n_classes = sets[0].teacher.logits.shape[1]
-    for outputs in sets[1:]:
-        if outputs.teacher.logits.shape[1] != n_classes:
-            raise KddiagError(f"the {outputs.dataset} set gives {outputs.teacher.logits.shape[1]} classes "
-                              f"but the {sets[0].dataset} set gives {n_classes}")
+    ))
+    n_classes = collected.n_classes
     class_info = _class_info(given_classes, options.classes, datasets, n_classes)
-    settings = _settings(options, models["student"].metadata, models["teacher"].metadata)
-    measurements = measure(sets, settings=settings, class_info=class_info)
+    measurements = measure(collected, settings=settings, class_info=class_info)
     diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
     inputs = tuple(
         [InputInfo(role, m.source, m.format, n_classes=n_classes) for role, m in models.items()]
@@ -83,15 +78,6 @@ def write_outputs(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]
         return {kind: write_atomic(out_dir / name, text) for kind, (name, text) in rendered.items()}
     except OSError as error:
         raise KddiagError(f"--out '{out_dir}': cannot write the report ({error.strerror or error})") from None
-
-
-def _validate_options(options: InspectOptions) -> None:
-    if options.temperature is not None and not options.temperature > 0:
-        raise KddiagError(f"--temperature must be > 0; got {options.temperature}")
-    if options.alpha is not None and not 0 <= options.alpha <= 1:
-        raise KddiagError(f"--alpha must be in [0, 1]; got {options.alpha}")
-    if options.batch_size < 1:
-        raise KddiagError(f"--batch-size must be a positive integer; got {options.batch_size}")
 
 
 def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions) -> LoadedModel:
@@ -137,22 +123,18 @@ def _class_info(given: ClassInfo | None, path: str | None, datasets: dict[str, D
     return info
 
 
-def _settings(options: InspectOptions, *metadata: dict) -> Settings:
+def _settings(options: InspectOptions, *models: LoadedModel) -> Settings:
     """Each setting from the command line, else the student's (then teacher's) checkpoint, else guessed."""
     def pick(name: str, given: float | None, default: float) -> Setting:
         if given is not None:
             return Setting(float(given), "cli")
-        for meta in metadata:
-            if meta.get(name) is not None:
-                return Setting(float(meta[name]), "checkpoint")
+        for model in models:
+            if model.metadata.get(name) is not None:
+                return Setting(float(model.metadata[name]), "checkpoint", path=model.source)
         return Setting(default, "guessed")
 
-    settings = Settings(temperature=pick("temperature", options.temperature, DEFAULT_TEMPERATURE),
-                        alpha=pick("alpha", options.alpha, DEFAULT_ALPHA))
-    if not settings.temperature.value > 0 or not 0 <= settings.alpha.value <= 1:
-        raise KddiagError(f"checkpoint metadata holds invalid settings: temperature "
-                          f"{settings.temperature.value}, alpha {settings.alpha.value}")
-    return settings
+    return Settings(temperature=pick("temperature", options.temperature, DEFAULT_TEMPERATURE),
+                    alpha=pick("alpha", options.alpha, DEFAULT_ALPHA))
 
 
 def _dataset_format(name: str) -> str:

@@ -5,10 +5,14 @@ Arrays are numpy arrays; shapes are written ``(n_samples, n_classes)``.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+from kddiag.errors import KddiagError
 
 SECTIONS = ("outcome", "universe", "domain", "instance")
 LEVEL_TITLES = {
@@ -19,26 +23,51 @@ LEVEL_TITLES = {
 }
 EVAL, TRANSFER = "eval", "transfer"
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
+SETTING_SOURCES = ("cli", "checkpoint", "guessed")
+
+# The hand-off objects below check themselves when built (``__post_init__``) and raise KddiagError
+# naming the argument or file; the stages that receive them trust them.
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One distillation setting and where its value came from: 'cli', 'checkpoint' or 'guessed'."""
+    """One distillation setting and where its value came from: 'cli', 'checkpoint' or 'guessed'.
+
+    Its value is checked by :class:`Settings`, which knows which setting it is.
+    """
 
     value: float
     source: str
+    path: str | None = None  # the checkpoint the value was read from (source 'checkpoint')
+
+    def __post_init__(self) -> None:
+        if self.source not in SETTING_SOURCES:
+            raise KddiagError(f"a setting's source must be one of {', '.join(map(repr, SETTING_SOURCES))}; "
+                              f"got {self.source!r}")
 
     @property
     def guessed(self) -> bool:
         return self.source == "guessed"
 
+    def origin(self, name: str) -> str:
+        """Where the value of setting ``name`` came from, as error messages name it."""
+        if self.source == "cli":
+            return f"--{name}"
+        if self.source == "checkpoint":
+            return f"the {name} stored in checkpoint '{self.path}'" if self.path else f"the checkpoint's {name}"
+        return f"the default {name}"
+
 
 @dataclass(frozen=True)
 class Settings:
-    """The distillation settings the student was trained with."""
+    """The distillation settings the student was trained with: temperature finite and > 0, alpha in [0, 1]."""
 
     temperature: Setting = Setting(DEFAULT_TEMPERATURE, "guessed")
     alpha: Setting = Setting(DEFAULT_ALPHA, "guessed")
+
+    def __post_init__(self) -> None:
+        _check_temperature(self.temperature.value, self.temperature.origin("temperature"))
+        _check_alpha(self.alpha.value, self.alpha.origin("alpha"))
 
 
 @dataclass(frozen=True)
@@ -48,36 +77,186 @@ class ClassInfo:
     names: tuple[str, ...] | None = None
     groups: tuple[int, ...] | None = None  # group id of each class
 
+    def __post_init__(self) -> None:
+        if self.names is not None and self.groups is not None and len(self.names) != len(self.groups):
+            raise KddiagError(f"{len(self.names)} class names but {len(self.groups)} class groups; "
+                              f"give one of each per class")
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs and integer labels of one data set. ``x`` is None in logits mode."""
+    """Inputs and integer labels of one data set. ``x`` is None in logits mode.
+
+    ``labels``: 1-D integers >= 0, at least one (stored as int64); ``x``, when given, has ``len(labels)`` rows.
+    """
 
     name: str  # where it came from: a path or a built-in name
     x: Any  # torch.Tensor (n_samples, ...) or None
     labels: np.ndarray  # (n_samples,) int64
     class_info: ClassInfo = ClassInfo()
 
+    def __post_init__(self) -> None:
+        where = f"data '{self.name}'"
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1:
+            raise KddiagError(f"{where}: labels must be 1-D (n_samples,); got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise KddiagError(f"{where}: labels must be integer class ids; got dtype {labels.dtype}")
+        if len(labels) == 0:
+            raise KddiagError(f"{where}: the data set is empty (0 labels)")
+        if labels.min() < 0:
+            raise KddiagError(f"{where}: labels must be >= 0; got {labels.min()}")
+        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        if self.x is not None:
+            shape = tuple(np.shape(self.x))
+            if not shape or shape[0] != len(labels):
+                raise KddiagError(f"{where}: inputs 'x' have shape {shape} but there are {len(labels)} labels; "
+                                  f"the first dimension of x must equal len(labels)")
+
 
 @dataclass(frozen=True)
 class ModelOutputs:
-    """What one model produced on one data set."""
+    """What one model produced on one data set.
+
+    ``logits``: real, finite, (n_samples, n_classes) with n_samples >= 1 and n_classes >= 2, stored
+    as float64. ``features``: finite (n_rows, n_features), one row per example or per entry of
+    ``feature_rows`` (increasing example indices). ``weight``: finite (n_classes, n_features).
+    """
 
     logits: np.ndarray  # (n_samples, n_classes) float64
     features: np.ndarray | None = None  # (n_rows, n_features) float32: input of the final linear layer
     weight: np.ndarray | None = None  # (n_classes, n_features): logit-layer weight
     feature_rows: np.ndarray | None = None  # sorted example indices of the feature rows; None: every example
+    role: str = "model"  # which model produced them ('teacher', 'student', 'baseline'): named in errors
+    source: str | None = None  # its checkpoint or logits file: named in errors
+
+    def __post_init__(self) -> None:
+        logits = _real_array(self.logits, self._name("logits"))
+        if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
+            raise KddiagError(f"{self._name('logits')} must be (n_samples, n_classes) with at least 1 sample and "
+                              f"2 classes; got shape {logits.shape}")
+        logits = logits.astype(np.float64, copy=False)
+        _check_finite_rows(logits, self._name("logits"))
+        object.__setattr__(self, "logits", logits)
+        n_samples, n_classes = logits.shape
+        if self.features is not None:
+            n_rows = n_samples
+            if self.feature_rows is not None:
+                rows = np.asarray(self.feature_rows)
+                if (rows.ndim != 1 or rows.dtype.kind not in "iu" or rows.size == 0 or np.any(np.diff(rows) <= 0)
+                        or rows[0] < 0 or rows[-1] >= n_samples):
+                    raise KddiagError(f"{self._name('feature_rows')} must be increasing example indices "
+                                      f"in [0, {n_samples})")
+                object.__setattr__(self, "feature_rows", rows.astype(np.int64, copy=False))
+                n_rows = rows.size
+            features = _real_array(self.features, self._name("features"))
+            if features.ndim != 2 or features.shape[0] != n_rows:
+                raise KddiagError(f"{self._name('features')} must be (n_rows, n_features) = ({n_rows}, …), one "
+                                  f"row per example or per feature_rows entry; got shape {features.shape}")
+            _check_finite_rows(features, self._name("features"))
+            object.__setattr__(self, "features", features)
+        if self.weight is not None:
+            weight = _real_array(self.weight, self._name("logit-layer weight"))
+            if weight.ndim != 2 or weight.shape[0] != n_classes:
+                raise KddiagError(f"{self._name('logit-layer weight')} must be (n_classes, n_features) = "
+                                  f"({n_classes}, …); got shape {weight.shape}")
+            _check_finite_rows(weight, self._name("logit-layer weight"))
+            object.__setattr__(self, "weight", weight)
+
+    def _name(self, what: str) -> str:
+        return f"{self.role} {what}" + (f" ('{self.source}')" if self.source else "")
 
 
 @dataclass(frozen=True)
 class SetOutputs:
-    """All models' outputs on one data set ('eval' or 'transfer')."""
+    """All models' outputs on one data set ('eval' or 'transfer').
+
+    Every model gives logits of the same shape (n_samples, n_classes); ``labels`` are n_samples
+    class ids in [0, n_classes).
+    """
 
     dataset: str  # EVAL or TRANSFER
     labels: np.ndarray  # (n_samples,)
     teacher: ModelOutputs
     student: ModelOutputs
     baseline: ModelOutputs | None = None
+    source: str | None = None  # the data set's file or built-in name: named in errors
+
+    def __post_init__(self) -> None:
+        if self.dataset not in (EVAL, TRANSFER):
+            raise KddiagError(f"a data set must be '{EVAL}' or '{TRANSFER}'; got {self.dataset!r}")
+        data = f"the {self.dataset} set" + (f" ('{self.source}')" if self.source else "")
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise KddiagError(f"labels of {data} must be 1-D integer class ids; got {labels.dtype} "
+                              f"of shape {labels.shape}")
+        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        models = {role: out for role, out in (("teacher", self.teacher), ("student", self.student),
+                                               ("baseline", self.baseline)) if out is not None}
+        for role, out in models.items():
+            if not isinstance(out, ModelOutputs):
+                raise KddiagError(f"{role} outputs on {data} must be a ModelOutputs; got {type(out).__name__}")
+            if len(out.logits) != len(labels):
+                raise KddiagError(f"{self._logits(role, out)} have {len(out.logits)} rows but {data} has "
+                                  f"{len(labels)} labels; each model must give one row per example, in the "
+                                  f"data's order")
+        n_classes = self.teacher.logits.shape[1]
+        for role, out in models.items():
+            if out.logits.shape[1] != n_classes:
+                raise KddiagError(f"{self._logits('teacher', self.teacher)} have {n_classes} classes but "
+                                  f"{self._logits(role, out)} have {out.logits.shape[1]}; both must be "
+                                  f"(n_samples, n_classes)")
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise KddiagError(f"labels of {data} must lie in [0, {n_classes}) for {n_classes}-class models; "
+                              f"got values from {labels.min()} to {labels.max()}")
+
+    @property
+    def n_classes(self) -> int:
+        return self.teacher.logits.shape[1]
+
+    def _logits(self, role: str, out: ModelOutputs) -> str:
+        return f"{role} logits ({self.dataset} set" + (f", '{out.source}')" if out.source else ")")
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The outputs of all models on every data set given: one or two :class:`SetOutputs` (eval, transfer).
+
+    Iterable over its sets, with ``len()``; the sets agree on the number of classes.
+    """
+
+    sets: tuple[SetOutputs, ...]
+
+    def __post_init__(self) -> None:
+        sets = tuple(self.sets)
+        object.__setattr__(self, "sets", sets)
+        if not 1 <= len(sets) <= 2 or not all(isinstance(s, SetOutputs) for s in sets):
+            raise KddiagError(f"collected outputs must be 1 or 2 SetOutputs (eval and/or transfer); "
+                              f"got {[type(s).__name__ for s in sets]}")
+        if len(sets) == 2 and sets[0].dataset == sets[1].dataset:
+            raise KddiagError(f"the {sets[0].dataset} set was given twice; give at most one eval and one transfer set")
+        if len(sets) == 2 and sets[0].n_classes != sets[1].n_classes:
+            first, second = (f"the {s.dataset} set" + (f" ('{s.source}')" if s.source else "") for s in sets)
+            raise KddiagError(f"the models give {sets[1].n_classes} classes on {second} but {sets[0].n_classes} "
+                              f"on {first}; all sets must share the classes")
+
+    @property
+    def n_classes(self) -> int:
+        return self.sets[0].n_classes
+
+    @property
+    def eval(self) -> SetOutputs | None:
+        return next((s for s in self.sets if s.dataset == EVAL), None)
+
+    @property
+    def transfer(self) -> SetOutputs | None:
+        return next((s for s in self.sets if s.dataset == TRANSFER), None)
+
+    def __iter__(self) -> Iterator[SetOutputs]:
+        return iter(self.sets)
+
+    def __len__(self) -> int:
+        return len(self.sets)
 
 
 @dataclass(frozen=True)
@@ -231,3 +410,49 @@ class InspectOptions:
     batch_size: int = 512
     device: str | None = None  # None: CUDA when present, else CPU
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None:
+            _check_temperature(self.temperature, "--temperature")
+        if self.alpha is not None:
+            _check_alpha(self.alpha, "--alpha")
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise KddiagError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
+
+
+# --- checks shared by the hand-off objects --------------------------------------------------------
+
+def _check_temperature(value: Any, origin: str) -> None:
+    if not _is_real(value) or not math.isfinite(value) or value <= 0:
+        raise KddiagError(f"{origin} must be a finite number > 0; got {_shown(value)}")
+
+
+def _check_alpha(value: Any, origin: str) -> None:
+    if not _is_real(value) or not 0 <= value <= 1:
+        raise KddiagError(f"{origin} must be a number in [0, 1]; got {_shown(value)}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value: Any) -> str:
+    return repr(float(value)) if _is_real(value) else repr(value)
+
+
+def _real_array(value: Any, name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise KddiagError(f"{name} must be real numbers; got dtype {array.dtype}")
+    return array
+
+
+def _check_finite_rows(array: np.ndarray, name: str) -> None:
+    """Raise, counting the rows with NaN or Inf, unless every entry is finite (a finite sum proves it)."""
+    with np.errstate(over="ignore"):
+        if np.isfinite(array.sum(dtype=np.float64)):
+            return
+    bad = int((~np.isfinite(array).reshape(len(array), -1).all(axis=1)).sum())
+    if bad:  # else the sum merely overflowed
+        raise KddiagError(f"{name}: NaN or Inf in {bad} of {len(array)} rows; every value must be finite")

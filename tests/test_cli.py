@@ -1,6 +1,8 @@
 """The ``kddiag`` command line, end to end with click's CliRunner: every input format, every bad input."""
+import importlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +177,57 @@ def test_bad_data_gives_one_line(tmp_path, write, fragments):
 def test_bad_options_give_one_line(args, fragments):
     data = [] if "--data" in args else ["--data", "digits:test"]
     assert_one_line_error(run("inspect", TEACHER, STUDENT, *data, *args, "--no-progress"), *fragments)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--temperature", "inf"], "--temperature must be a finite number > 0; got inf"),
+    (["--temperature", "nan"], "--temperature must be a finite number > 0; got nan"),
+    (["--temperature", "0"], "--temperature must be a finite number > 0; got 0.0"),
+    (["--temperature", "-1"], "--temperature must be a finite number > 0; got -1.0"),
+    (["--alpha", "2"], "--alpha must be a number in [0, 1]; got 2.0"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer; got 0"),
+])
+def test_bad_settings_fail_before_loading_anything(tmp_path, args, fragment):
+    missing = [tmp_path / "no-teacher.pt", tmp_path / "no-student.pt"]  # never opened: the option fails first
+    assert_one_line_error(run("inspect", *missing, "--data", "digits:test", *args), fragment)
+
+
+EXPLODING_ARCH = """
+from torch import nn
+
+FORWARD_CALLS = []
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        FORWARD_CALLS.append(len(x))
+        raise RuntimeError("the forward pass ran")
+
+
+def exploding():
+    return Exploding()
+"""
+
+
+def test_invalid_checkpoint_temperature_fails_naming_the_file_before_any_forward_pass(tmp_path, monkeypatch):
+    (tmp_path / "kd_exploding.py").write_text(EXPLODING_ARCH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "kd_exploding", raising=False)
+    exploding = importlib.import_module("kd_exploding")
+    torch.save({"state_dict": exploding.exploding().state_dict()}, tmp_path / "teacher.pt")
+    torch.save({"state_dict": exploding.exploding().state_dict(), "config": {"temperature": float("inf")}},
+               tmp_path / "student.pt")
+    arch = ["--teacher-arch", "kd_exploding:exploding", "--student-arch", "kd_exploding:exploding"]
+    result = run("inspect", tmp_path / "teacher.pt", tmp_path / "student.pt", *arch, "--data", "digits:test",
+                 "--no-progress")
+    assert_one_line_error(result, f"the temperature stored in checkpoint '{tmp_path / 'student.pt'}' must be a "
+                                  f"finite number > 0; got inf")
+    assert exploding.FORWARD_CALLS == []
+    sys.modules.pop("kd_exploding", None)
 
 
 def test_no_data_gives_one_line():

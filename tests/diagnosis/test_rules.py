@@ -8,7 +8,7 @@ from kddiag.diagnosis import engine as engine_module
 from kddiag.diagnosis.engine import RULES
 from kddiag.errors import KddiagError
 from kddiag.results import Measurements
-from kddiag.types import EVAL, SECTIONS, TRANSFER, Setting, Settings
+from kddiag.types import EVAL, SECTIONS, TRANSFER, Settings
 from measurement_builder import N_CLASSES, SETTINGS, WEIGHTS, build, numbers_in, settings, whatif
 
 RULE_IDS = {rule.id for rule in RULES}

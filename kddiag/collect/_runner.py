@@ -1,0 +1,129 @@
+"""What every forward-pass strategy shares: device and mode handling, batching, logits and feature rows."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kddiag.errors import KddiagError
+from kddiag.loading import logits_of
+from kddiag.types import LoadedModel, ModelOutputs
+
+
+class Runner:
+    """Runs one model batch by batch, keeping its logits and, when found, its penultimate features.
+
+    A strategy (one subclass per kind of model) finds the features and the logit-layer weight in
+    :meth:`_wire`, called once on a one-row probe, and may replace ``_forward``.
+    """
+
+    sets_eval_mode = True  # switch the module to eval() and back
+
+    def __init__(self, role: str, model: LoadedModel):
+        self.role, self.module = role, model.module
+        self.source = None if model.format == "module" else model.source  # named in errors
+        self.logits: list = []
+        self.features: list | None = []  # None: this model gives no features
+        self.weight: np.ndarray | None = None
+        self._forward = self._plain  # what _call() runs: returns (output, features or None)
+        self._was_training: bool | None = None
+        self._fixed_batch: int | None = None  # programs exported for one batch size get exactly that
+        self.device: Any = None
+        self.float_dtype: Any = None
+
+    def start(self, probe_x: Any, *, device: str, feature_layer: str | None) -> None:
+        """Move to ``device``, switch to eval mode, then wire the feature capture on a one-row probe."""
+        self.device = torch.device(device)
+        try:
+            self.module.to(self.device)
+        except Exception as error:
+            raise KddiagError(f"{self.role}: cannot move the model to {device} ({one_line(error)})") from None
+        if self.sets_eval_mode:
+            self._was_training = self.module.training
+            self.module.eval()
+        params = [p for p in self.module.parameters() if p.is_floating_point()]
+        self.float_dtype = params[0].dtype if params else torch.float32
+        self._wire(probe_x, feature_layer)
+
+    def _wire(self, probe_x: Any, feature_layer: str | None) -> None:
+        raise NotImplementedError
+
+    def _plain(self, x: Any) -> tuple[Any, Any]:
+        return self.module(x), None
+
+    def _probe(self, x: Any):
+        output, _ = self._call(x)
+        return output
+
+    def run(self, batch: Any, kept: np.ndarray) -> None:
+        """One batch; keeps the features of the rows ``kept`` (indices into the batch)."""
+        logits, features = self._call(batch)
+        self.logits.append(logits.to("cpu", dtype=torch.float64))
+        if self.features is not None:
+            if features is None:
+                self.features = None
+            else:
+                self.features.append(features[torch.as_tensor(kept, device=features.device)]
+                                     .to("cpu", dtype=torch.float32))
+
+    def _call(self, batch: Any) -> tuple[Any, Any]:
+        """Logits (n, C) and features (n, D) or None for one batch, padding to a fixed batch size."""
+        x = batch.to(self.device, dtype=self.float_dtype) if batch.is_floating_point() else batch.to(self.device)
+        n = len(x)
+        pieces = [x] if self._fixed_batch is None else _fixed_chunks(x, self._fixed_batch)
+        logits, features = [], []
+        for piece in pieces:
+            try:
+                output, feats = self._forward(piece)
+                out = logits_of(output)
+            except KddiagError as error:
+                raise KddiagError(f"{self.role}: {error}") from None
+            except Exception as error:
+                raise KddiagError(f"{self.role} failed on inputs of shape {tuple(piece.shape)} ({piece.dtype}): "
+                                  f"{type(error).__name__}: {one_line(error)}") from None
+            if out.ndim != 2 or out.shape[0] != len(piece):
+                raise KddiagError(f"{self.role} returned outputs of shape {tuple(out.shape)} for {len(piece)} "
+                                  f"inputs; expected logits of shape (n_samples, n_classes) = ({len(piece)}, C)")
+            logits.append(out)
+            usable = isinstance(feats, torch.Tensor) and feats.ndim >= 2 and feats.shape[0] == len(piece)
+            features.append(feats.flatten(1) if usable else None)
+        out = (torch.cat(logits) if len(logits) > 1 else logits[0])[:n]  # [:n] drops the padding
+        if self.logits and out.shape[1] != self.logits[0].shape[1]:
+            raise KddiagError(f"{self.role} returned {out.shape[1]} classes on one batch and "
+                              f"{self.logits[0].shape[1]} on another")
+        if any(f is None for f in features):
+            return out, None
+        return out, (torch.cat(features) if len(features) > 1 else features[0])[:n]
+
+    def outputs(self, feature_rows: np.ndarray) -> ModelOutputs:
+        logits = torch.cat(self.logits).numpy()
+        if not self.features:
+            return ModelOutputs(logits=logits, weight=self.weight, role=self.role, source=self.source)
+        return ModelOutputs(logits=logits, features=torch.cat(self.features).numpy(), weight=self.weight,
+                            feature_rows=None if len(feature_rows) == len(logits) else feature_rows,
+                            role=self.role, source=self.source)
+
+    def finish(self) -> None:
+        """Restore the module's training mode."""
+        if self._was_training:
+            self.module.train()
+
+
+def weight_array(weight: Any) -> np.ndarray:
+    """A logit-layer weight as a float64 numpy copy."""
+    return weight.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def _fixed_chunks(x: Any, size: int) -> list:
+    """``x`` cut into chunks of exactly ``size`` rows, the last padded by repeating its final row."""
+    chunks = list(torch.split(x, size))
+    last = chunks[-1]
+    if len(last) < size:
+        chunks[-1] = torch.cat([last, last[-1:].expand(size - len(last), *last.shape[1:])])
+    return chunks
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text[:240] + "…") if len(text) > 240 else text or type(error).__name__

@@ -1,0 +1,214 @@
+"""Load teachers and students: checkpoints of every common kind, or precomputed logits.
+
+Formats are recognized by content where possible, by extension otherwise:
+
+- ``torch.export`` programs (``.pt2``) and TorchScript archives: architecture included, no pickle.
+- state dicts (``.pt``/``.pth`` read with ``weights_only=True``, ``.safetensors``) plus an
+  architecture: ``package.module:callable`` or a built-in name (:mod:`kddiag.models`). Training
+  framework layouts (``{'model': sd}``, ``{'state_dict': sd}``, ``module.``/``model.`` prefixes,
+  ``{'student': sd, 'teacher': sd}``, epochs and optimizer states beside the weights) are unwrapped.
+- a whole pickled ``nn.Module`` (``torch.save(model)``): only with ``trust_pickle=True``, since
+  unpickling runs code from the file.
+- logits (``.npy``, ``.npz``, ``.pt`` holding an (n_samples, n_classes) tensor or a dict of them).
+
+Distillation settings stored with a checkpoint (``temperature``/``tau``/``T``, ``alpha`` at the top
+level or under ``config``/``kd``/``distillation``/...; a ``kddiag.json`` extra file in torch.export
+and TorchScript archives; safetensors header metadata) end up in ``LoadedModel.metadata``.
+
+This module sniffs the format and dispatches; one module per kind of file: :mod:`.state_dicts`,
+:mod:`.programs` (torch.export, TorchScript), :mod:`.logits`, :mod:`.metadata` (stored settings).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kddiag.errors import KddiagError, UnsafeLoadError
+from kddiag.loading import logits as _logits
+from kddiag.loading import programs as _programs
+from kddiag.loading import state_dicts as _state_dicts
+from kddiag.loading._text import one_line
+from kddiag.loading.metadata import METADATA_FILE, settings_in
+from kddiag.types import ClassInfo, LoadedModel
+
+__all__ = ["load_model", "load_class_info", "logits_of", "METADATA_FILE"]
+
+
+_EXTENSIONS = {".npy": "npy", ".npz": "npz", ".safetensors": "safetensors", ".pt2": "torch.export",
+               ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch", ".tar": "torch",
+               ".ts": "torchscript", ".jit": "torchscript", ".torchscript": "torchscript"}
+
+
+def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False,
+               role: str = "teacher") -> LoadedModel:
+    """Load a checkpoint or a logits file as a :class:`~kddiag.types.LoadedModel`.
+
+    ``arch`` builds the model a state dict belongs to: ``'package.module:callable'`` (called with no
+    arguments; the current directory is importable) or a built-in name. ``trust_pickle`` allows
+    unpickling whole modules. ``role`` ('teacher', 'student', 'baseline') names the file in errors.
+
+    >>> load_model("student.pt", arch="mlp:64-32-10", role="student").format
+    'state_dict'
+    """
+    path = Path(path)
+    where = f"{role} checkpoint '{path}'"
+    if not path.exists():
+        raise KddiagError(f"{where}: no such file")
+    if not path.is_file():
+        raise KddiagError(f"{where}: not a file")
+    if path.stat().st_size == 0:
+        raise KddiagError(f"{where}: the file is empty")
+    kind = _sniff(path) or _EXTENSIONS.get(path.suffix.lower())
+    if kind is None:
+        raise KddiagError(f"{where}: unknown format (extension '{path.suffix or 'none'}', content not recognized); "
+                          f"expected .pt2, TorchScript, .pt/.pth/.safetensors state dict, or .npy/.npz/.pt logits")
+    if kind == "npy":
+        return _logits.load_npy(path, where)
+    if kind == "npz":
+        return _logits.load_npz(path, where)
+    if kind == "torch.export":
+        return _programs.load_export(path, where)
+    if kind == "torchscript":
+        return _programs.load_torchscript(path, where)
+    if kind == "safetensors":
+        weights, metadata = _state_dicts.read_safetensors(path, where)
+        return _state_dicts.state_dict_model(path, weights, arch, role, where, metadata)
+    return _load_torch_file(path, arch, trust_pickle, role, where)
+
+
+def load_class_info(path: str | os.PathLike) -> ClassInfo:
+    """Read class names and groups from JSON ``{"names": [str, ...], "groups": [int | str, ...]}``.
+
+    Either key may be absent. String groups are numbered in order of first appearance.
+
+    >>> load_class_info("classes.json").groups
+    (0, 0, 1)
+    """
+    where = f"--classes '{path}'"
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KddiagError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise KddiagError(f"{where}: not a readable JSON file ({one_line(error)})") from None
+    if not isinstance(content, dict):
+        raise KddiagError(f'{where}: expected a JSON object {{"names": [...], "groups": [...]}}; '
+                          f"got {type(content).__name__}")
+    unknown = sorted(set(content) - {"names", "groups"})
+    if unknown:
+        raise KddiagError(f"{where}: unknown keys {', '.join(map(repr, unknown))}; expected 'names' and/or 'groups'")
+    names, groups = content.get("names"), content.get("groups")
+    if names is not None:
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise KddiagError(f"{where}: 'names' must be a non-empty list of strings; got {_describe(names)}")
+        names = tuple(names)
+    if groups is not None:
+        if not isinstance(groups, list) or not groups:
+            raise KddiagError(f"{where}: 'groups' must be a non-empty list of group ids; got {_describe(groups)}")
+        if all(isinstance(g, str) for g in groups):
+            ids: dict[str, int] = {}
+            groups = tuple(ids.setdefault(g, len(ids)) for g in groups)
+        elif all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in groups):
+            groups = tuple(groups)
+        else:
+            raise KddiagError(f"{where}: 'groups' must hold one group per class, all integers >= 0 or all "
+                              f"strings; got {_describe(groups)}")
+    try:
+        return ClassInfo(names=names, groups=groups)
+    except KddiagError as error:
+        raise KddiagError(f"{where}: {error}") from None
+
+
+def logits_of(output: Any):
+    """The logits tensor in a model's output: a tensor, a tuple/list (first item) or ``.logits``."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output:
+        return logits_of(output[0])
+    raise KddiagError(f"model output of type {type(output).__name__} holds no logits; expected a tensor, "
+                      f"a tuple/list whose first item is the logits, or an object with .logits")
+
+
+# --- format detection -------------------------------------------------------------------------
+
+def _sniff(path: Path) -> str | None:
+    """The format read from the file's first bytes or zip member names; None when not recognized."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if names and all(name.endswith(".npy") for name in names):
+            return "npz"
+        if any(name.endswith("/archive_format") or "/models/" in name for name in names):
+            return "torch.export"
+        if any("/code/" in name or name.endswith("/constants.pkl") for name in names):
+            return "torchscript"
+        if any(name.endswith("data.pkl") for name in names):
+            return "torch"
+        return None
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_size = int.from_bytes(head[:8], "little")
+        if 0 < header_size <= path.stat().st_size - 8:
+            return "safetensors"
+    if head[:1] == b"\x80":  # a legacy (non-zip) torch.save pickle
+        return "torch"
+    return None
+
+
+def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str, where: str) -> LoadedModel:
+    """A ``torch.save`` file read with ``weights_only=True`` (unpickled only when trusted), routed by content."""
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "weights only load failed" not in str(error).lower():
+            raise KddiagError(f"{where}: not a readable PyTorch file ({one_line(error)})") from None
+        if not trust_pickle:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+            raise UnsafeLoadError(
+                f"{where}: the file needs unpickling{f' (it contains {found.group(1)})' if found else ''}, "
+                f"which can run arbitrary code; pass --trust-pickle only for files you trust, or save a "
+                f"state dict, torch.export or TorchScript model instead") from None
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error2:
+            raise KddiagError(f"{where}: unpickling failed ({one_line(error2)}); the classes it refers "
+                              f"to must be importable") from None
+    if isinstance(content, torch.nn.Module):
+        return LoadedModel(source=str(path), format="pickled-module", module=content)
+    if isinstance(content, torch.Tensor):
+        return _logits.logits_from(path, content, where)
+    if isinstance(content, Mapping):
+        if _logits.is_logits_dict(content):
+            return _logits.logits_from(path, content, where)
+        for key in (role, *_state_dicts.WEIGHT_KEYS):  # a trusted pickle may hold the module under a key
+            if isinstance(content.get(key), torch.nn.Module):
+                return LoadedModel(source=str(path), format="pickled-module", module=content[key],
+                                   metadata=settings_in(content))
+        return _state_dicts.state_dict_model(path, content, arch, role, where, settings_in(content))
+    raise KddiagError(f"{where}: holds a {type(content).__name__}; expected a state dict, a model, "
+                      f"or logits of shape (n_samples, n_classes)")
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, tuple) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,105 @@
+"""Precomputed logits: ``.npy`` (the eval set), ``.npz`` and ``.pt`` (a tensor, or a dict of sets and labels).
+
+Keys: ``logits``/``eval``/``eval_logits`` for the eval set, ``transfer``/``transfer_logits`` for the
+transfer set; labels beside them under ``labels``/``y``/``eval_labels``/``transfer_labels``. The
+logits are kept as stored: :class:`~kddiag.types.ModelOutputs` checks their shape and values.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kddiag.errors import KddiagError
+from kddiag.loading._text import first, one_line
+from kddiag.types import EVAL, TRANSFER, LoadedModel
+
+# logits-file keys: which set each names
+_LOGITS_KEYS = {"logits": EVAL, "eval": EVAL, "eval_logits": EVAL, "transfer": TRANSFER, "transfer_logits": TRANSFER}
+_LABEL_KEYS = {"labels": EVAL, "y": EVAL, "eval_labels": EVAL, "transfer_labels": TRANSFER}
+
+
+def load_npy(path: Path, where: str) -> LoadedModel:
+    """A ``.npy`` file: the eval set's logits."""
+    return _logits_model(path, {EVAL: _read_npy(path, where)}, {}, where)
+
+
+def load_npz(path: Path, where: str) -> LoadedModel:
+    """A ``.npz`` file of logits (and labels) under the keys above."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            content = {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise KddiagError(f"{where}: not a readable .npz file ({one_line(error)})") from None
+    if not set(content) & set(_LOGITS_KEYS):
+        raise KddiagError(f"{where}: no logits (keys: {first(content)}); expected 'logits' or 'eval' for the "
+                          f"eval set and/or 'transfer' for the transfer set")
+    return _load_logits_dict(path, content, where)
+
+
+def logits_from(path: Path, content: Any, where: str) -> LoadedModel:
+    """A logits-mode model from a ``torch.save`` file's content: a tensor (the eval set) or a logits dict."""
+    if isinstance(content, Mapping):
+        return _load_logits_dict(path, content, where)
+    return _logits_model(path, {EVAL: _as_array(content)}, {}, where)
+
+
+def is_logits_dict(content: Mapping) -> bool:
+    keys = set(content)
+    return bool(keys & set(_LOGITS_KEYS)) and keys <= set(_LOGITS_KEYS) | set(_LABEL_KEYS)
+
+
+def _load_logits_dict(path: Path, content: Mapping, where: str) -> LoadedModel:
+    logits: dict[str, np.ndarray] = {}
+    for key, set_name in _LOGITS_KEYS.items():
+        if key in content:
+            if set_name in logits:
+                raise KddiagError(f"{where}: holds {set_name} logits twice; use only one of "
+                                  f"{', '.join(k for k, s in _LOGITS_KEYS.items() if s == set_name)}")
+            logits[set_name] = _as_array(content[key])
+    labels: dict[str, np.ndarray] = {}
+    for key, set_name in _LABEL_KEYS.items():
+        if key in content:
+            labels[set_name] = _labels_array(content[key], where, key)
+    return _logits_model(path, logits, labels, where)
+
+
+def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedModel:
+    """Logits as stored; :class:`~kddiag.types.ModelOutputs` checks their shape and values when collected."""
+    for set_name, array in labels.items():
+        if set_name not in logits:
+            raise KddiagError(f"{where}: has {set_name} labels but no {set_name} logits")
+        rows = np.shape(logits[set_name])[:1]
+        if rows != (len(array),):
+            raise KddiagError(f"{where}: {rows[0] if rows else 'no'} rows of {set_name} logits but "
+                              f"{len(array)} labels")
+    return LoadedModel(source=str(path), format="logits", logits=logits, labels=labels or None)
+
+
+def _read_npy(path: Path, where: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise KddiagError(f"{where}: not a readable .npy file ({one_line(error)})") from None
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A numpy array of ``value``; floating tensors become float64 (numpy has no bfloat16)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float64 if value.is_floating_point() else value.dtype).numpy()
+    return np.asarray(value)
+
+
+def _labels_array(value: Any, where: str, key: str) -> np.ndarray:
+    import torch
+
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise KddiagError(f"{where}: labels '{key}' must be 1-D integers; got {array.dtype} of shape {array.shape}")
+    if len(array) and array.min() < 0:
+        raise KddiagError(f"{where}: labels '{key}' must be >= 0; got {array.min()}")
+    return array.astype(np.int64)

@@ -1,0 +1,59 @@
+"""Logits files: ``.npy``, ``.npz`` and ``.pt``; every error names the file."""
+import numpy as np
+import pytest
+import torch
+
+from kddiag.errors import KddiagError
+from kddiag.loading import load_model
+from kddiag.types import EVAL, TRANSFER
+
+
+def test_npy_logits_are_the_eval_set(tmp_path):
+    logits = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    path = tmp_path / "t.npy"
+    np.save(path, logits)
+    loaded = load_model(path)
+    assert loaded.format == "logits" and loaded.module is None and loaded.labels is None
+    assert set(loaded.logits) == {EVAL}
+    np.testing.assert_array_equal(loaded.logits[EVAL], logits)
+
+
+def test_npz_logits_with_transfer_and_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    content = {"logits": rng.normal(size=(4, 3)), "transfer_logits": rng.normal(size=(6, 3)),
+               "y": np.array([0, 1, 2, 1]), "transfer_labels": np.arange(6) % 3}
+    path = tmp_path / "t.npz"
+    np.savez(path, **content)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.logits[EVAL], content["logits"])
+    np.testing.assert_array_equal(loaded.logits[TRANSFER], content["transfer_logits"])
+    np.testing.assert_array_equal(loaded.labels[EVAL], content["y"])
+    np.testing.assert_array_equal(loaded.labels[TRANSFER], content["transfer_labels"])
+
+
+def test_pt_logits_tensor_and_dict(tmp_path):
+    logits = torch.randn(5, 4)
+    torch.save(logits, tmp_path / "a.pt")
+    np.testing.assert_allclose(load_model(tmp_path / "a.pt").logits[EVAL], logits.double().numpy())
+    torch.save({"eval": logits, "transfer": torch.randn(2, 4), "labels": torch.tensor([0, 1, 2, 3, 0])},
+               tmp_path / "b.pt")
+    loaded = load_model(tmp_path / "b.pt")
+    assert loaded.format == "logits" and loaded.logits[TRANSFER].shape == (2, 4)
+    assert loaded.labels[EVAL].tolist() == [0, 1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("c.npz", {"x": np.zeros((3, 2)), "y": np.zeros(3, int)}, r"no logits \(keys: x, y\); expected 'logits' or 'eval'"),
+    ("d.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(4, int)}, r"3 rows of eval logits but 4 labels"),
+    ("e.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(3)}, r"labels 'labels' must be 1-D integers"),
+])
+def test_bad_logits_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, content)
+    elif name.endswith(".npz"):
+        np.savez(path, **content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(KddiagError, match=message):
+        load_model(path)
