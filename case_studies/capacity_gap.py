@@ -43,8 +43,8 @@ def _inspect_row(ctx: Context, task, row: dict, scenario: str, true_cause: str |
     report = ctx.inspect(scenario, true_cause, task=task, benchmark=benchmark, baseline=baseline_path,
                          teacher=ctx.save(teacher, f"{scenario}-teacher"),
                          student=ctx.save(student, f"{scenario}-student", temperature=temperature, alpha=ALPHA))
-    row[f"saturation share τ={temperature:g}"] = report.measurements.value("universe", "saturation_share", "transfer")
-    row["agreement (transfer)"] = report.measurements.value("outcome", "agreement", "transfer")
+    row[f"saturation share τ={temperature:g}"] = report.measurements.universe.transfer.saturation_share.value
+    row["agreement (transfer)"] = report.measurements.outcome.transfer.agreement.value
     for finding in ("teacher-overconfident", "capacity-gap"):
         row[f"severity {finding}"] = ctx.severity(scenario, finding)
 

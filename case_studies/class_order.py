@@ -48,7 +48,7 @@ def run_seed(ctx: Context) -> Rows:
     control = fit_student(ctx, task, soft_targets=p, temperature=TEMPERATURE, alpha=ALPHA)
     report = ctx.inspect("permuted-classes", "class-order-mismatch", task=task, teacher=ctx.save(teacher, "teacher"),
                          student=ctx.save(buggy, "student-permuted", temperature=TEMPERATURE, alpha=ALPHA))
-    found = np.asarray(report.measurements.value("outcome", "class_permutation", "transfer"))
+    found = np.asarray(report.measurements.outcome.transfer.class_permutation.value)
     z_test = logits_of(teacher, task.test.x)
     rows: Rows = {}
     for name, student in (("student in its own order", buggy), ("control student (teacher's order)", control)):

@@ -58,9 +58,9 @@ def run_seed(ctx: Context) -> Rows:
                                      task=task, teacher=teacher_path, baseline=baseline_path,
                                      student=ctx.save(student, f"student-eps{epsilon:g}", temperature=temperature,
                                                       alpha=ALPHA))
-                measured = report.measurements
-                row["dark-knowledge content τ=1"] = measured.value("domain", "teacher_dark_knowledge_content")
-                row["non-target logit spread"] = measured.value("domain", "teacher_nontarget_logit_spread")
+                teacher_structure = report.measurements.domain.transfer.teacher
+                row["dark-knowledge content τ=1"] = teacher_structure.dark_knowledge_content.value
+                row["non-target logit spread"] = teacher_structure.nontarget_logit_spread.value
                 row["severity teacher-label-smoothed"] = ctx.severity(f"ls-teacher-eps{epsilon:g}",
                                                                        "teacher-label-smoothed")
     for temperature in TEMPERATURES:  # what LS costs the student at each τ, paired within the seed

@@ -1,8 +1,8 @@
 """The measure stage: every metric of the catalog (docs/metrics.md) on every data set given.
 
-``measure`` turns the collected outputs (:class:`SetOutputs`, one per data set) into typed
-:class:`~kddiag.results.Measurements`, one result per knowledge level. It runs the softmax pass once per model and temperature and hands the
-summaries to the metric modules, one per knowledge level. A metric that cannot be computed is still
+``measure`` turns the collected outputs (:class:`~kddiag.types.Collected`) into typed
+:class:`~kddiag.results.Measurements`, one result per knowledge level. It runs the softmax pass once
+per model and temperature and hands the summaries to the metric modules, one per knowledge level. A metric that cannot be computed is still
 emitted, with value None and the reason (no baseline, no weights in logits mode, …): never a made-up value.
 """
 from __future__ import annotations
@@ -12,15 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
-from kddiag.errors import KddiagError
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
-from kddiag.metrics._common import (SoftmaxStats, check_alpha, check_finite, check_labels, check_logits,
-                                    check_temperature, softmax_stats, subsample_indices)
+from kddiag.metrics._common import SoftmaxStats, softmax_stats, subsample_indices
 from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWeights, DomainResult, InstanceOnSet,
                             InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
                             ReliabilityCalibration, UniverseOnSet, UniverseResult, WeightStructure, measured,
                             unavailable)
-from kddiag.types import EVAL, TRANSFER, ClassInfo, ModelOutputs, SetOutputs, Settings
+from kddiag.types import EVAL, TRANSFER, ClassInfo, Collected, ModelOutputs, SetOutputs, Settings
 
 ROLES = ("teacher", "student", "baseline")
 
@@ -49,7 +47,7 @@ CKA_MAX_SAMPLES = 2048  # linear CKA on at most this many examples (fixed-seed s
 
 @dataclass(frozen=True)
 class _Set:
-    """One validated data set."""
+    """One data set's outputs, by role."""
 
     name: str  # EVAL or TRANSFER
     labels: np.ndarray
@@ -66,17 +64,18 @@ class _Views:
     student_t: SoftmaxStats
 
 
-def measure(sets: Sequence[SetOutputs], *, settings: Settings, class_info: ClassInfo) -> Measurements:
-    """Every catalog metric on every data set in ``sets`` (eval and/or transfer), one result per level.
+def measure(outputs: Collected | Sequence[SetOutputs], *, settings: Settings, class_info: ClassInfo) -> Measurements:
+    """Every catalog metric on every data set collected (eval and/or transfer), one result per level.
 
     Weight-based metrics are computed once (data set "weights"); ``softness_gap`` needs both sets;
-    the temperature what-if is measured on the transfer set, else on eval.
+    the temperature what-if is measured on the transfer set, else on eval. The inputs are valid by
+    construction (:class:`~kddiag.types.Collected`, :class:`~kddiag.types.Settings`); ``class_info``
+    must match the class count. A plain sequence of sets is checked as a ``Collected``.
     """
-    checked = _check_sets(sets)
-    n_classes = next(iter(checked[0].logits.values())).shape[1]
-    groups = _check_groups(class_info, n_classes)
-    temperature = check_temperature(settings.temperature.value)
-    alpha = check_alpha(settings.alpha.value)
+    outputs = outputs if isinstance(outputs, Collected) else Collected(tuple(outputs))
+    checked = [_as_set(data) for data in outputs]
+    groups = None if class_info.groups is None else np.asarray(class_info.groups)
+    temperature, alpha = settings.temperature.value, settings.alpha.value
     views = {data.name: _views(data, temperature) for data in checked}
     per_set = {level: {data.name: make(data, views[data.name]) for data in checked}
                for level, make in (("outcome", _outcome), ("universe", _universe),
@@ -91,68 +90,9 @@ def measure(sets: Sequence[SetOutputs], *, settings: Settings, class_info: Class
     )
 
 
-# ---------------------------------------------------------------- validation
-
-def _check_sets(sets: Sequence[SetOutputs]) -> list[_Set]:
-    if not sets:
-        raise KddiagError("measure needs at least one data set (eval or transfer); got none")
-    checked: list[_Set] = []
-    n_classes = None
-    for data in sets:
-        if data.dataset not in (EVAL, TRANSFER):
-            raise KddiagError(f"data set name must be '{EVAL}' or '{TRANSFER}'; got {data.dataset!r}")
-        if any(c.name == data.dataset for c in checked):
-            raise KddiagError(f"the {data.dataset} set was given twice")
-        outputs = {role: getattr(data, role) for role in ROLES if getattr(data, role) is not None}
-        logits = {role: check_logits(out.logits, name=f"{role} logits ({data.dataset} set)")
-                  for role, out in outputs.items()}
-        reference = logits["teacher"]
-        for role, arr in logits.items():
-            if arr.shape[1] != reference.shape[1]:
-                raise KddiagError(f"teacher logits ({data.dataset} set) have {reference.shape[1]} classes but {role} "
-                                  f"logits have {arr.shape[1]}; both must be (n_samples, n_classes)")
-            if arr.shape[0] != reference.shape[0]:
-                raise KddiagError(f"teacher logits ({data.dataset} set) have {reference.shape[0]} samples but {role} "
-                                  f"logits have {arr.shape[0]}; both must be (n_samples, n_classes)")
-        if n_classes is not None and reference.shape[1] != n_classes:
-            raise KddiagError(f"the {data.dataset} set has {reference.shape[1]} classes but the "
-                              f"{checked[0].name} set has {n_classes}; all sets must share the classes")
-        n_samples, n_classes = reference.shape
-        labels = check_labels(data.labels, n_samples=n_samples, n_classes=n_classes,
-                              name=f"labels ({data.dataset} set)")
-        for role, out in outputs.items():
-            _check_extras(out, role, data.dataset, n_samples, n_classes)
-        checked.append(_Set(data.dataset, labels, logits, outputs))
-    return checked
-
-
-def _check_extras(out: ModelOutputs, role: str, dataset: str, n_samples: int, n_classes: int) -> None:
-    if out.features is not None:
-        shape = np.shape(out.features)
-        rows = _feature_rows(out, n_samples)
-        if len(shape) != 2 or shape[0] != rows.size:
-            raise KddiagError(f"{role} features ({dataset} set) must be (n_rows, n_features) = ({rows.size}, …), "
-                              f"one row per example or per feature_rows entry; got shape {shape}")
-        if out.feature_rows is not None and (rows.ndim != 1 or np.any(np.diff(rows) <= 0)
-                                             or rows[0] < 0 or rows[-1] >= n_samples):
-            raise KddiagError(f"{role} feature_rows ({dataset} set) must be increasing example indices "
-                              f"in [0, {n_samples})")
-        check_finite(np.asarray(out.features), name=f"{role} features ({dataset} set)")
-    if out.weight is not None:
-        shape = np.shape(out.weight)
-        if len(shape) != 2 or shape[0] != n_classes:
-            raise KddiagError(f"{role} logit-layer weight must be (n_classes, n_features) = ({n_classes}, …); "
-                              f"got shape {shape}")
-        check_finite(np.asarray(out.weight), name=f"{role} logit-layer weight")
-
-
-def _check_groups(class_info: ClassInfo, n_classes: int) -> np.ndarray | None:
-    if class_info.groups is None:
-        return None
-    groups = np.asarray(class_info.groups)
-    if groups.shape != (n_classes,):
-        raise KddiagError(f"class groups must give one group id per class ({n_classes}); got {groups.size}")
-    return groups
+def _as_set(data: SetOutputs) -> _Set:
+    outputs = {role: getattr(data, role) for role in ROLES if getattr(data, role) is not None}
+    return _Set(data.dataset, data.labels, {role: out.logits for role, out in outputs.items()}, outputs)
 
 
 # ---------------------------------------------------------------- the softmax pass, once per model and τ
@@ -209,7 +149,7 @@ def _outcome(data: _Set, view: _Views) -> OutcomeOnSet:
 # ---------------------------------------------------------------- level 1
 
 def _universe(data: _Set, view: _Views) -> UniverseOnSet:
-    y, teacher = data.labels, view.teacher_t
+    teacher = view.teacher_t
     return UniverseOnSet(
         data.name,
         teacher=_calibration(data, view, "teacher", ReliabilityCalibration),

@@ -22,9 +22,10 @@ from kddiag.metrics import instance as _instance
 from kddiag.metrics import universe as _universe
 from kddiag.metrics.instance import HardExample
 from kddiag.metrics.universe import Histogram, Reliability
-from kddiag.metrics.whatif import InformativeBand, WhatIf
+from kddiag.metrics.whatif import WhatIf
+from kddiag.types import DOMAIN, EVAL, INSTANCE, OUTCOME, TRANSFER, UNIVERSE, WEIGHTS
 
-EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
+__all__ = ["EVAL", "TRANSFER", "WEIGHTS", "Measured", "Measurements", "measured", "unavailable"]
 UNDEFINED = "undefined on this data"
 NOT_MEASURED = "not measured"
 
@@ -182,7 +183,7 @@ class _Level(_Record):
 class OutcomeOnSet(_OnSet):
     """Accuracy, fidelity (agreement, KL) and the KD gain on one data set."""
 
-    LEVEL: ClassVar[str] = "outcome"
+    LEVEL: ClassVar[str] = OUTCOME
     dataset: str
     teacher_accuracy: Measured[float] = field(default_factory=_missing)
     student_accuracy: Measured[float] = field(default_factory=_missing)
@@ -201,7 +202,7 @@ class OutcomeOnSet(_OnSet):
 class OutcomeResult(_Level):
     """Level 0 — outcome."""
 
-    LEVEL: ClassVar[str] = "outcome"
+    LEVEL: ClassVar[str] = OUTCOME
     eval: OutcomeOnSet | None = None
     transfer: OutcomeOnSet | None = None
 
@@ -232,7 +233,7 @@ class ReliabilityCalibration(Calibration):
 class UniverseOnSet(_OnSet):
     """Calibration of every model, and how soft the teacher's targets are at τ, on one data set."""
 
-    LEVEL: ClassVar[str] = "universe"
+    LEVEL: ClassVar[str] = UNIVERSE
     dataset: str
     teacher: ReliabilityCalibration = field(default_factory=ReliabilityCalibration)
     student: ReliabilityCalibration = field(default_factory=ReliabilityCalibration)
@@ -250,7 +251,7 @@ class UniverseResult(_Level):
     """Level 1 — knowledge of the universe. ``softness_gap`` is on the transfer set; the what-if on the
     transfer set, else eval."""
 
-    LEVEL: ClassVar[str] = "universe"
+    LEVEL: ClassVar[str] = UNIVERSE
     eval: UniverseOnSet | None = None
     transfer: UniverseOnSet | None = None
     softness_gap: Measured[float] = field(default_factory=_missing)
@@ -273,7 +274,7 @@ class ClassStructure(_Record):
 class DomainOnSet(_OnSet):
     """Class structure of every model and how well the student's matches the teacher's, on one data set."""
 
-    LEVEL: ClassVar[str] = "domain"
+    LEVEL: ClassVar[str] = DOMAIN
     dataset: str
     teacher: ClassStructure = field(default_factory=ClassStructure)
     student: ClassStructure = field(default_factory=ClassStructure)
@@ -297,7 +298,7 @@ class WeightStructure(_Record):
 class DomainOnWeights(_OnSet):
     """Class structure read from the logit-layer weights (data set 'weights')."""
 
-    LEVEL: ClassVar[str] = "domain"
+    LEVEL: ClassVar[str] = DOMAIN
     dataset: str = WEIGHTS
     teacher: WeightStructure = field(default_factory=WeightStructure)
     student: WeightStructure = field(default_factory=WeightStructure)
@@ -310,7 +311,7 @@ class DomainOnWeights(_OnSet):
 class DomainResult(_Level):
     """Level 2 — domain knowledge."""
 
-    LEVEL: ClassVar[str] = "domain"
+    LEVEL: ClassVar[str] = DOMAIN
     eval: DomainOnSet | None = None
     transfer: DomainOnSet | None = None
     weights: DomainOnWeights = field(default_factory=DomainOnWeights)
@@ -332,7 +333,7 @@ class PerExample:
 class InstanceOnSet(_OnSet):
     """Gradient rescaling and how it tracks difficulty, the decoupled KD terms and teacher errors, on one set."""
 
-    LEVEL: ClassVar[str] = "instance"
+    LEVEL: ClassVar[str] = INSTANCE
     dataset: str
     rescaling_weight_mean: Measured[float] = field(default_factory=_missing)
     rescaling_weight_cv: Measured[float] = field(default_factory=_missing)
@@ -355,7 +356,7 @@ class InstanceOnSet(_OnSet):
 class InstanceResult(_Level):
     """Level 3 — instance-specific knowledge."""
 
-    LEVEL: ClassVar[str] = "instance"
+    LEVEL: ClassVar[str] = INSTANCE
     eval: InstanceOnSet | None = None
     transfer: InstanceOnSet | None = None
 
@@ -391,33 +392,4 @@ class Measurements:
         for value in self.values():
             level, name = value.name.split(".", 1)
             out[level].setdefault(name, {})[value.dataset] = value.to_dict()
-        return out
-
-    # ------------------------------------------------------------ transitional: string lookups for
-    # the readers not yet moved to attributes (removed once every reader reads attributes)
-
-    def get(self, section: str, name: str, dataset: str | None = None):
-        from kddiag.report.json import _jsonable
-        from kddiag.types import Metric
-
-        order = [dataset] if dataset else [TRANSFER, EVAL, WEIGHTS]
-        for wanted in order:
-            for value in self.values():
-                if value.name == f"{section}.{name}" and value.dataset == wanted:
-                    leaf = value.to_dict()
-                    return Metric(section, name, wanted, _jsonable(leaf["value"]), ci=value.ci,
-                                  unavailable=value.unavailable)
-        return None
-
-    def value(self, section: str, name: str, dataset: str | None = None):
-        metric = self.get(section, name, dataset)
-        return None if metric is None else metric.value
-
-    @property
-    def arrays(self) -> dict:
-        out = {}
-        for record in self.instance.sets():
-            if record.examples is not None:
-                for item in fields(record.examples):
-                    out[f"{record.dataset}/{item.name}"] = getattr(record.examples, item.name)
         return out

@@ -8,20 +8,23 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from kddiag.errors import KddiagError
 
-SECTIONS = ("outcome", "universe", "domain", "instance")
+if TYPE_CHECKING:
+    from kddiag.results import Measurements
+
+OUTCOME, UNIVERSE, DOMAIN, INSTANCE = SECTIONS = ("outcome", "universe", "domain", "instance")  # levels 0-3
 LEVEL_TITLES = {
-    "outcome": "Level 0 — outcome",
-    "universe": "Level 1 — knowledge of the universe",
-    "domain": "Level 2 — domain knowledge",
-    "instance": "Level 3 — instance-specific knowledge",
+    OUTCOME: "Level 0 — outcome",
+    UNIVERSE: "Level 1 — knowledge of the universe",
+    DOMAIN: "Level 2 — domain knowledge",
+    INSTANCE: "Level 3 — instance-specific knowledge",
 }
-EVAL, TRANSFER = "eval", "transfer"
+EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
 SETTING_SOURCES = ("cli", "checkpoint", "guessed")
 
@@ -257,59 +260,6 @@ class Collected:
 
     def __len__(self) -> int:
         return len(self.sets)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One measured value, tied to the data set it was measured on.
-
-    ``value`` is a float, a list (vectors, matrices) or a dict of such; it is None exactly when
-    the metric could not be computed, and then ``unavailable`` says why.
-    """
-
-    section: str  # one of SECTIONS
-    name: str
-    dataset: str  # EVAL, TRANSFER, or 'weights' for metrics on parameters alone
-    value: Any
-    ci: tuple[float, float] | None = None  # 95% bootstrap interval
-    unavailable: str | None = None
-
-    def to_dict(self) -> dict:
-        out: dict = {"value": self.value}
-        if self.ci is not None:
-            out["ci95"] = list(self.ci)
-        if self.unavailable is not None:
-            out["unavailable"] = self.unavailable
-        return out
-
-
-@dataclass(frozen=True)
-class Measurements:
-    """All metrics of one inspection plus the per-example arrays the plots draw."""
-
-    metrics: tuple[Metric, ...]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # per-example values, not in JSON
-
-    def get(self, section: str, name: str, dataset: str | None = None) -> Metric | None:
-        """The metric, measured on ``dataset`` (or on the first set it exists for: transfer, eval, weights)."""
-        order = [dataset] if dataset else [TRANSFER, EVAL, "weights"]
-        for wanted in order:
-            for metric in self.metrics:
-                if metric.section == section and metric.name == name and metric.dataset == wanted:
-                    return metric
-        return None
-
-    def value(self, section: str, name: str, dataset: str | None = None) -> Any:
-        """The metric's value, or None when absent or unavailable."""
-        metric = self.get(section, name, dataset)
-        return None if metric is None else metric.value
-
-    def to_dict(self) -> dict:
-        """``{section: {name: {dataset: {'value': ..., 'ci95': [...], 'unavailable': ...}}}}``."""
-        out: dict = {section: {} for section in SECTIONS}
-        for metric in self.metrics:
-            out[metric.section].setdefault(metric.name, {})[metric.dataset] = metric.to_dict()
-        return out
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from kddiag.diagnosis.thresholds import (CAPACITY_AGREEMENT_MAX, KD_GAIN_MIN, LS
                                          OVERCONFIDENT_SATURATION_MIN, OVERCONFIDENT_SMOOTHING_MAX,
                                          STRUCTURE_SCORE_MIN, TEACHER_TRANSFER_ERROR_MAX)
 from kddiag.results import TRANSFER, Measurements
-from kddiag.types import Diagnosis, Finding, Settings
+from kddiag.types import DOMAIN, INSTANCE, OUTCOME, UNIVERSE, Diagnosis, Finding, Settings
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,14 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(ids.CLASS_ORDER_MISMATCH, ("outcome",), r.class_order_mismatch, w.word_class_order),
-    Rule(ids.TEACHER_WEAK, ("outcome",), r.teacher_weak, w.word_teacher_weak),
-    Rule(ids.TEACHER_LABEL_SMOOTHED, ("domain",), r.teacher_label_smoothed, w.word_label_smoothed),
-    Rule(ids.TEACHER_OVERCONFIDENT, ("universe", "instance"), r.teacher_overconfident, w.word_overconfident),
-    Rule(ids.TEMPERATURE_MISMATCH, ("universe", "instance"), r.temperature_mismatch, w.word_temperature),
-    Rule(ids.TEACHER_WRONG_ON_TRANSFER, ("instance",), r.teacher_wrong_on_transfer, w.word_wrong_on_transfer),
-    Rule(ids.CAPACITY_GAP, ("outcome", "domain"), r.capacity_gap, w.word_capacity_gap),
-    Rule(ids.STRUCTURE_NOT_TRANSFERRED, ("domain",), r.structure_not_transferred, w.word_structure),
+    Rule(ids.CLASS_ORDER_MISMATCH, (OUTCOME,), r.class_order_mismatch, w.word_class_order),
+    Rule(ids.TEACHER_WEAK, (OUTCOME,), r.teacher_weak, w.word_teacher_weak),
+    Rule(ids.TEACHER_LABEL_SMOOTHED, (DOMAIN,), r.teacher_label_smoothed, w.word_label_smoothed),
+    Rule(ids.TEACHER_OVERCONFIDENT, (UNIVERSE, INSTANCE), r.teacher_overconfident, w.word_overconfident),
+    Rule(ids.TEMPERATURE_MISMATCH, (UNIVERSE, INSTANCE), r.temperature_mismatch, w.word_temperature),
+    Rule(ids.TEACHER_WRONG_ON_TRANSFER, (INSTANCE,), r.teacher_wrong_on_transfer, w.word_wrong_on_transfer),
+    Rule(ids.CAPACITY_GAP, (OUTCOME, DOMAIN), r.capacity_gap, w.word_capacity_gap),
+    Rule(ids.STRUCTURE_NOT_TRANSFERRED, (DOMAIN,), r.structure_not_transferred, w.word_structure),
 )
 
 #: When the key fires, the rules it names rest on comparisons it shows to be meaningless.

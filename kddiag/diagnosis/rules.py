@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 
 from kddiag.diagnosis import thresholds as th
-from kddiag.diagnosis.reading import (EVAL_FIRST, TRANSFER_FIRST, Clear, Context, Decision, Fired, NotChecked,
+from kddiag.diagnosis.reading import (EVAL_FIRST, Clear, Context, Decision, Fired, NotChecked,
                                       evidence, fallback_notes, first, grade, missing, rounded, severity)
 from kddiag.metrics.whatif import RANGE, WhatIf
 from kddiag.results import EVAL, TRANSFER, WEIGHTS, Measured, Measurements

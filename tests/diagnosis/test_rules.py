@@ -6,7 +6,6 @@ import pytest
 from kddiag.diagnosis import diagnose
 from kddiag.diagnosis import engine as engine_module
 from kddiag.diagnosis.engine import RULES
-from kddiag.errors import KddiagError
 from kddiag.results import Measurements
 from kddiag.types import EVAL, SECTIONS, TRANSFER, Settings
 from measurement_builder import N_CLASSES, SETTINGS, WEIGHTS, build, numbers_in, settings, whatif
