@@ -70,9 +70,9 @@ def hierarchy_task(seed: int, *, n_train_per_class: int = 30, n_test_per_class: 
     parts = [np.sort(np.concatenate([idx[lo:hi] for idx in order]))
              for lo, hi in ((0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], None))]
     name = f"hierarchy(seed={seed}, noise={noise})"
-    sets = [Dataset(f"{name}:{part}", torch.from_numpy(x[idx]), y[idx], info)
-            for part, idx in zip(("train", "extra", "test"), parts)]
-    return Task(train=sets[0], test=sets[2], extra=sets[1] if n_extra_per_class else None)
+    sets = {part: Dataset(f"{name}:{part}", torch.from_numpy(x[idx]), y[idx], info)
+            for part, idx in zip(("train", "extra", "test"), parts) if idx.size}
+    return Task(train=sets["train"], test=sets["test"], extra=sets.get("extra"))
 
 
 def digits_task(seed: int, *, n_train_per_class: int = 30) -> Task:

@@ -96,6 +96,7 @@ def test_scenario_helpers():
     task = hierarchy_task(0, n_train_per_class=3, n_test_per_class=2, n_extra_per_class=1)
     assert (len(task.train.labels), len(task.extra.labels), len(task.test.labels)) == (60, 20, 40)
     assert task.train.class_info.groups is not None
+    assert hierarchy_task(0, n_train_per_class=3, n_test_per_class=2).extra is None  # no empty extra set
 
 
 def test_compare_and_score():
