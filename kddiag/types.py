@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -51,6 +52,13 @@ class Setting:
     @property
     def guessed(self) -> bool:
         return self.source == "guessed"
+
+    @property
+    def provenance(self) -> str:
+        """Where the value came from, for reports: 'command line', "checkpoint 'student.pt'", 'guessed (default)'."""
+        if self.source == "checkpoint":
+            return f"checkpoint '{Path(self.path).name}'" if self.path else "checkpoint"
+        return {"cli": "command line", "guessed": "guessed (default)"}[self.source]
 
     def origin(self, name: str) -> str:
         """Where the value of setting ``name`` came from, as error messages name it."""

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from kddiag import __version__
 from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_instance_rescaling, plot_reliability,
                              plot_target_confidence, plot_temperature_whatif, similarity_rows)
+from kddiag.diagnosis.ids import HEALTHY
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (LEVEL_CODES, evidence_summary, format_cell, format_number, headline_table,
                                 problem_findings, severity_word)
@@ -76,7 +77,7 @@ def _context(report: Report) -> dict:
         "inputs": [i.to_dict() for i in report.inputs],
         "settings": _settings(report),
         "findings": [_finding(f) for f in problem_findings(report)],
-        "healthy": next((_finding(f) for f in report.diagnosis.findings if f.id == "healthy"), None),
+        "healthy": next((_finding(f) for f in report.diagnosis.findings if f.id == HEALTHY), None),
         "not_checked": data["not_checked"],
         "levels": levels,
         "hardest": _hardest_examples(report),
@@ -104,9 +105,7 @@ def _finding(finding) -> dict:
 
 
 def _settings(report: Report) -> list[dict]:
-    sources = {"cli": "command line", "checkpoint": "student checkpoint", "guessed": "guessed (default)"}
-    return [{"name": name, "symbol": symbol, "value": f"{s.value:g}", "guessed": s.guessed,
-             "source": sources.get(s.source, s.source)}
+    return [{"name": name, "symbol": symbol, "value": f"{s.value:g}", "guessed": s.guessed, "source": s.provenance}
             for name, symbol, s in (("temperature", "τ", report.settings.temperature),
                                     ("alpha", "α", report.settings.alpha))]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kddiag import __version__
+from kddiag.diagnosis.ids import HEALTHY
 from kddiag.metrics.instance import LOW_WEIGHT
 from kddiag.metrics.universe import N_BINS, SATURATION
 from kddiag.results import NOT_MEASURED, Measured, Measurements
@@ -204,7 +205,7 @@ def evidence_summary(finding: Finding, *, short: bool = False, dataset: bool = T
 
 def problem_findings(report: Report) -> tuple[Finding, ...]:
     """The findings that report a problem: everything except an explicit 'healthy' finding."""
-    return tuple(f for f in report.diagnosis.findings if f.id != "healthy")
+    return tuple(f for f in report.diagnosis.findings if f.id != HEALTHY)
 
 
 # ---------------------------------------------------------------- private
@@ -255,8 +256,7 @@ def _settings_lines(report: Report) -> list[str]:
     lines = ["Settings (distillation)"]
     for name, symbol, setting in (("temperature", "τ", report.settings.temperature),
                                   ("alpha", "α", report.settings.alpha)):
-        source = {"cli": "from the command line", "checkpoint": "from the student checkpoint"}.get(
-            setting.source, setting.source)
+        source = f"from the {setting.provenance}"
         if setting.guessed:
             source = f"GUESSED (default; pass --{name} to set it)"
         lines.append(_clip(f"  {name} {symbol} = {setting.value:g}   {source}"))

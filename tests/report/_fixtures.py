@@ -41,7 +41,7 @@ def build_report(*, n_classes: int = 10, n_transfer: int = 600, n_eval: int = 30
     sets = {EVAL: _synthetic_outputs(rng, models, n_eval, memorized=False)}
     if transfer:
         sets[TRANSFER] = _synthetic_outputs(rng, models, n_transfer, memorized=True)
-    settings = Settings(temperature=Setting(tau, "guessed"), alpha=Setting(alpha, "checkpoint"))
+    settings = Settings(temperature=Setting(tau, "guessed"), alpha=Setting(alpha, "checkpoint", path="runs/student.pt"))
     measurements = measure([_set_outputs(name, out, models, weights=weights) for name, out in sets.items()],
                            settings=settings, class_info=class_info)
 

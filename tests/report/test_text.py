@@ -105,7 +105,7 @@ def test_guessed_settings_and_not_checked_are_marked(full, logits_only):
     text = render_text(full)
     settings = text[text.index("Settings"):]
     assert "temperature τ = 4   GUESSED" in settings
-    assert "alpha α = 0.9   from the student checkpoint" in settings
+    assert "alpha α = 0.9   from the checkpoint 'student.pt'" in settings
     sure = dataclasses.replace(full, settings=Settings(Setting(2.0, "cli"), Setting(0.5, "cli")))
     assert "GUESSED" not in render_text(sure)
     for rule, reason in logits_only.diagnosis.not_checked:
