@@ -18,9 +18,8 @@ from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWe
                             InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
                             ReliabilityCalibration, UniverseOnSet, UniverseResult, WeightStructure, measured,
                             unavailable)
-from kddiag.types import EVAL, TRANSFER, ClassInfo, Collected, ModelOutputs, SetOutputs, Settings
+from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, ModelOutputs, SetOutputs, Settings
 
-ROLES = ("teacher", "student", "baseline")
 
 NO_BASELINE = "no baseline given"
 NO_WEIGHTS_LOGITS_MODE = "logits mode: no logit-layer weights"

@@ -19,11 +19,10 @@ import numpy as np
 
 from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample,
                             UniverseOnSet, WeightStructure)
-from kddiag.types import EVAL, TRANSFER, ClassInfo, Report, Settings
+from kddiag.types import EVAL, ROLES as MODELS, TRANSFER, ClassInfo, Report, Settings
 
 MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
 SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}
-MODELS = ("teacher", "student", "baseline")
 MIN_BIN_COUNT = 5  # reliability bins with fewer examples are marked, not joined by the line
 MAX_SCATTER_POINTS = 3000
 CLIP_PERCENTILES = (2.0, 98.0)  # y range of the trained-student w panel (its w is heavy-tailed) …

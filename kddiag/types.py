@@ -26,6 +26,7 @@ LEVEL_TITLES = {
     INSTANCE: "Level 3 — instance-specific knowledge",
 }
 EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
+ROLES = ("teacher", "student", "baseline")  # the models of one inspection, in report order
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
 SETTING_SOURCES = ("cli", "checkpoint", "guessed")
 

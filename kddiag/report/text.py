@@ -15,10 +15,9 @@ from kddiag.diagnosis.ids import HEALTHY
 from kddiag.metrics.instance import LOW_WEIGHT
 from kddiag.metrics.universe import N_BINS, SATURATION
 from kddiag.results import NOT_MEASURED, Measured, Measurements
-from kddiag.types import LEVEL_TITLES, SECTIONS, Finding, Report
+from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Report
 
 WIDTH = 100
-MODELS = ("teacher", "student", "baseline")
 LEVEL_CODES = {"outcome": "L0", "universe": "L1", "domain": "L2", "instance": "L3"}
 
 Cells = dict[str, Measured]  # column (teacher, student, baseline) -> its value
