@@ -156,7 +156,8 @@ class _Level(_Record):
     def from_dict(cls, metrics: dict) -> "_Level":
         """This level read back from ``report.json``'s ``metrics[level]``."""
         hints, given = typing.get_type_hints(cls), {}
-        present = {dataset for leaves in metrics.values() for dataset in leaves}
+        level_wide = {item.name for item in fields(cls) if typing.get_origin(hints[item.name]) is Measured}
+        present = {dataset for name, leaves in metrics.items() if name not in level_wide for dataset in leaves}
         for item in fields(cls):
             kind = hints[item.name]
             record = next((k for k in typing.get_args(kind) or (kind,) if isinstance(k, type) and issubclass(k, _OnSet)),
@@ -254,8 +255,8 @@ class UniverseResult(_Level):
     LEVEL: ClassVar[str] = UNIVERSE
     eval: UniverseOnSet | None = None
     transfer: UniverseOnSet | None = None
-    softness_gap: Measured[float] = field(default_factory=_missing)
-    temperature_whatif: Measured[WhatIf] = field(default_factory=_missing)
+    softness_gap: Measured[float] = field(default_factory=lambda: unavailable(NOT_MEASURED, dataset=TRANSFER))
+    temperature_whatif: Measured[WhatIf] = field(default_factory=lambda: unavailable(NOT_MEASURED, dataset=TRANSFER))
 
 
 # ---------------------------------------------------------------- level 2 — domain
