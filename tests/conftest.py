@@ -32,3 +32,19 @@ def archs(tmp_path, monkeypatch):
     module = importlib.import_module("kd_test_archs")
     yield module
     sys.modules.pop("kd_test_archs", None)
+
+
+@pytest.fixture(scope="session")
+def full():
+    """A report measured on synthetic outputs with everything given (tests/report/_fixtures.py)."""
+    from report._fixtures import build_report
+
+    return build_report()
+
+
+@pytest.fixture(scope="session")
+def logits_only():
+    """A logits-mode report: eval set only, no baseline, no features."""
+    from report._fixtures import build_logits_only_report
+
+    return build_logits_only_report()

@@ -22,21 +22,10 @@ from kddiag.results import (ClassStructure, DomainOnSet, DomainResult, InstanceO
                             measured, unavailable)
 from kddiag.types import EVAL, TRANSFER  # noqa: E402
 
-from report._fixtures import build_logits_only_report, build_report  # noqa: E402
 
 AXES_PLOTS = (plotting.plot_accuracy, plotting.plot_reliability, plotting.plot_target_confidence,
               plotting.plot_rescaling_vs_difficulty, plotting.plot_student_rescaling_vs_difficulty)
 FIGURE_PLOTS = (plotting.plot_class_similarity, plotting.plot_temperature_whatif, plotting.plot_instance_rescaling)
-
-
-@pytest.fixture(scope="module")
-def full():
-    return build_report()
-
-
-@pytest.fixture(scope="module")
-def logits_only():
-    return build_logits_only_report()
 
 
 @pytest.fixture(autouse=True)

@@ -45,11 +45,6 @@ def _parse(html: str) -> _Collector:
 
 
 @pytest.fixture(scope="module")
-def full():
-    return build_report()
-
-
-@pytest.fixture(scope="module")
 def full_html(full):
     return render_html(full)
 

@@ -9,17 +9,7 @@ from kddiag.report.text import WIDTH, format_number, headline_table, render_text
 from kddiag.results import ClassStructure, DomainOnSet, DomainResult, Measurements, measured, unavailable
 from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Setting, Settings
 
-from ._fixtures import NO_BASELINE, NO_FEATURES, build_logits_only_report, build_report
-
-
-@pytest.fixture(scope="module")
-def full():
-    return build_report()
-
-
-@pytest.fixture(scope="module")
-def logits_only():
-    return build_logits_only_report()
+from ._fixtures import NO_BASELINE, NO_FEATURES
 
 
 def test_summary_starts_with_the_verdict_and_names_every_finding(full):
