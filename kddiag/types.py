@@ -306,13 +306,29 @@ class Finding:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Ranked findings (most severe first) and the checks that could not run, with why."""
+    """Ranked findings (most severe first), the checks that could not run with why, and the verdict.
+
+    ``verdict`` is one of ``kddiag.diagnosis.ids.VERDICTS``: 'problems' (a finding names a problem),
+    'healthy' (KD beat the baseline and no failure case was found), 'gain-not-checked' (no failure
+    case found, but no baseline to tell whether KD helped) or 'none' (no rule could run).
+    """
 
     findings: tuple[Finding, ...]
     not_checked: tuple[tuple[str, str], ...] = ()  # (rule id, reason)
+    verdict: str = ""  # empty: read off the findings (no finding: none; any problem: problems; else healthy)
+
+    def __post_init__(self) -> None:
+        from kddiag.diagnosis import ids
+
+        if not self.verdict:
+            verdict = (ids.NO_VERDICT if not self.findings else ids.HEALTHY
+                       if all(f.id == ids.HEALTHY for f in self.findings) else ids.PROBLEMS)
+            object.__setattr__(self, "verdict", verdict)
+        elif self.verdict not in ids.VERDICTS:
+            raise KddiagError(f"a diagnosis verdict must be one of {', '.join(ids.VERDICTS)}; got {self.verdict!r}")
 
     def to_dict(self) -> dict:
-        return {"findings": [f.to_dict() for f in self.findings],
+        return {"verdict": self.verdict, "findings": [f.to_dict() for f in self.findings],
                 "not_checked": [{"id": i, "reason": r} for i, r in self.not_checked]}
 
 

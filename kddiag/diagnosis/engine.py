@@ -1,22 +1,24 @@
-"""The verdict: run every rule, word what fired, rank it; ``healthy`` when nothing fires.
+"""The verdict: run every rule, word what fired, rank it; judge the outcome when no cause fires.
 
 ``RULES`` lists each rule once, with its stable id, its levels, its decision and its wording; their
 order breaks severity ties (data bugs, then the teacher, the setting, the student).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from kddiag.diagnosis import ids
 from kddiag.diagnosis import rules as r
 from kddiag.diagnosis import wording as w
-from kddiag.diagnosis.reading import EVAL_FIRST, TRANSFER_FIRST, Context, Fired, NotChecked, evidence, first
-from kddiag.diagnosis.thresholds import (CAPACITY_AGREEMENT_MAX, KD_GAIN_MIN, LS_CONTENT_MAX, LS_SPREAD_MAX,
+from kddiag.diagnosis.reading import (EVAL_FIRST, TRANSFER_FIRST, Context, Fired, NotChecked, evidence, first,
+                                      grade, severity)
+from kddiag.diagnosis.thresholds import (CAPACITY_AGREEMENT_MAX, KD_GAIN_MIN, KD_LOSS_FULL, LS_CONTENT_MAX,
+                                         LS_SPREAD_MAX,
                                          OVERCONFIDENT_SATURATION_MIN, OVERCONFIDENT_SMOOTHING_MAX,
                                          STRUCTURE_SCORE_MIN, TEACHER_TRANSFER_ERROR_MAX)
-from kddiag.results import TRANSFER, Measurements
-from kddiag.types import DOMAIN, INSTANCE, OUTCOME, UNIVERSE, Diagnosis, Finding, Settings
+from kddiag.results import TRANSFER, Measured, Measurements
+from kddiag.types import DOMAIN, INSTANCE, OUTCOME, UNIVERSE, Diagnosis, Evidence, Finding, Settings
 
 
 @dataclass(frozen=True)
@@ -45,21 +47,23 @@ SUPPRESSES: dict[str, tuple[str, ...]] = {
 
 
 def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) -> Diagnosis:
-    """Run every rule and rank what fires; ``healthy`` when nothing does.
+    """Run every rule, rank what fires, and judge the outcome first.
 
-    Findings are sorted by severity, ties by the order of ``RULES``. A rule whose inputs are missing
-    goes to ``not_checked`` with the reason, as do the parts of a check a rule had to skip and the rules
-    suppressed by a finding that makes them unreliable (``SUPPRESSES``). When no rule could run at all
-    there is no verdict: no findings, everything in ``not_checked``.
+    Findings are sorted by severity, ties by the order of ``RULES``; each states the measured KD gain.
+    A rule whose inputs are missing goes to ``not_checked`` with the reason, as do the parts of a check
+    a rule had to skip and the rules suppressed by a finding that makes them unreliable (``SUPPRESSES``).
+    When no cause fires: ``kd-no-gain`` if the KD student is no better than its baseline, else
+    ``healthy`` (verdict 'healthy' with a baseline, 'gain-not-checked' without). When no rule could
+    run at all there is no verdict: no findings, everything in ``not_checked``.
     """
     context = Context(settings, int(n_classes))
-    findings, not_checked, ran = [], [], 0
+    findings, not_checked, ran = [], [], []
     for rule in RULES:
         decision = rule.decide(measurements, context)
         if isinstance(decision, NotChecked):
             not_checked.append((rule.id, decision.reason))
             continue
-        ran += 1
+        ran.append(rule.id)
         not_checked += [(rule.id, note) for note in decision.notes]
         if isinstance(decision, Fired):
             words = rule.word(decision.facts, context)
@@ -73,13 +77,23 @@ def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) 
                                       "this comparison is meaningless") for rule_id in suppressed]
     order = {rule.id: i for i, rule in enumerate(RULES)}
     findings.sort(key=lambda f: (-f.severity, order[f.id]))
-    if not findings and ran:
-        findings = [_healthy(measurements, ran, len(RULES) - ran)]
-    return Diagnosis(findings=tuple(findings), not_checked=tuple(not_checked))
+    gain = first(measurements.outcome, lambda o: o.kd_gain, EVAL_FIRST)
+    if findings:
+        outcome = w.gain_sentence(gain)
+        findings = [replace(f, explanation=f"{f.explanation} {outcome}") if outcome else f for f in findings]
+        return Diagnosis(tuple(findings), tuple(not_checked), ids.PROBLEMS)
+    if not ran:
+        return Diagnosis((), tuple(not_checked), ids.NO_VERDICT)
+    normal = _checked_numbers(measurements)
+    if gain.ok and gain.value <= KD_GAIN_MIN:
+        return Diagnosis((_kd_no_gain(gain, normal, ran, context, measurements),), tuple(not_checked), ids.PROBLEMS)
+    verdict = ids.HEALTHY if gain.ok else ids.GAIN_NOT_CHECKED
+    return Diagnosis((_healthy(gain, normal, len(ran), len(RULES) - len(ran)),), tuple(not_checked), verdict)
 
 
-def _healthy(m: Measurements, ran: int, not_run: int) -> Finding:
-    shown = (  # the main numbers the rules checked, with the cut-off each was read against
+def _checked_numbers(m: Measurements) -> tuple[Evidence, ...]:
+    """The main numbers the rules checked, each against the cut-off it was read against."""
+    shown = (
         (first(m.outcome, lambda o: o.kd_gain, EVAL_FIRST), KD_GAIN_MIN),
         (first(m.outcome, lambda o: o.agreement, TRANSFER_FIRST), CAPACITY_AGREEMENT_MAX),
         (first(m.universe, lambda u: u.saturation_share, TRANSFER_FIRST), OVERCONFIDENT_SATURATION_MIN),
@@ -89,20 +103,23 @@ def _healthy(m: Measurements, ran: int, not_run: int) -> Finding:
         (first(m.domain, lambda d: d.output_similarity_transfer_score, TRANSFER_FIRST), STRUCTURE_SCORE_MIN),
         (first(m.instance, lambda i: i.teacher_error_rate, (TRANSFER,)), TEACHER_TRANSFER_ERROR_MAX),
     )
-    found = tuple(evidence(value, threshold, ">=" if value.value >= threshold else "<")
-                  for value, threshold in shown if value.ok)
-    skipped = f"; {not_run} could not run (see not checked)" if not_run else ""
-    gain = shown[0][0]
-    if gain.ok and gain.value <= KD_GAIN_MIN:
-        verdict = (f" Yet KD does not beat the baseline ({w.points(gain.value)}) and no known failure case "
-                   "explains it.")
-        advice = ("Check that the baseline was trained as long and as well as the KD student, and try other α "
-                  "and τ (within the informative range).")
-    else:
-        verdict = "" if not gain.ok else f" KD lifts the student {w.points(gain.value)} over the baseline."
-        advice = "Nothing to fix."
-    return Finding(
-        id=ids.HEALTHY, levels=(), severity=0.0, title="No failure case found", evidence=found,
-        explanation=(f"None of the {ran} rules that could run found a failure case{skipped}; the evidence lists "
-                     f"the main numbers they checked.{verdict}"),
-        advice=advice)
+    return tuple(evidence(value, threshold, ">=" if value.value >= threshold else "<")
+                 for value, threshold in shown if value.ok)
+
+
+def _kd_no_gain(gain: Measured, normal: tuple[Evidence, ...], ran: list[str], context: Context,
+                m: Measurements) -> Finding:
+    """KD did not beat the baseline and no cause rule explains it: the loss itself is the finding."""
+    significant = gain.ci is not None and gain.ci[1] < 0
+    grade_ = grade(-gain.value, -KD_GAIN_MIN, KD_LOSS_FULL)
+    whatif = m.universe.temperature_whatif
+    band = whatif.value.informative_range if whatif.ok else None
+    words = w.word_kd_no_gain(gain, significant, normal, ran, band, context)
+    return Finding(ids.KD_NO_GAIN, (OUTCOME,), severity(grade_, (1.0 if significant else 0.0,)), words.title,
+                   (evidence(gain, KD_GAIN_MIN, "<="),), words.explanation, words.advice)
+
+
+def _healthy(gain: Measured, normal: tuple[Evidence, ...], ran: int, not_run: int) -> Finding:
+    words = w.word_healthy(gain, ran, not_run)
+    return Finding(id=ids.HEALTHY, levels=(), severity=0.0, title=words.title, evidence=normal,
+                   explanation=words.explanation, advice=words.advice)

@@ -8,6 +8,13 @@ TEMPERATURE_MISMATCH = "temperature-mismatch"
 TEACHER_WRONG_ON_TRANSFER = "teacher-wrong-on-transfer"
 CAPACITY_GAP = "capacity-gap"
 STRUCTURE_NOT_TRANSFERRED = "structure-not-transferred"
+KD_NO_GAIN = "kd-no-gain"  # KD did not beat the baseline and no cause rule explains it
 
 FINDING_IDS = (HEALTHY, TEACHER_OVERCONFIDENT, TEACHER_LABEL_SMOOTHED, TEMPERATURE_MISMATCH, CAPACITY_GAP,
-               TEACHER_WEAK, TEACHER_WRONG_ON_TRANSFER, CLASS_ORDER_MISMATCH, STRUCTURE_NOT_TRANSFERRED)
+               TEACHER_WEAK, TEACHER_WRONG_ON_TRANSFER, CLASS_ORDER_MISMATCH, STRUCTURE_NOT_TRANSFERRED, KD_NO_GAIN)
+
+# The verdict of a diagnosis (Diagnosis.verdict)
+PROBLEMS = "problems"  # at least one finding names a problem (kd-no-gain included)
+GAIN_NOT_CHECKED = "gain-not-checked"  # no failure case found; no baseline, so whether KD helped is unknown
+NO_VERDICT = "none"  # no rule could run
+VERDICTS = (PROBLEMS, HEALTHY, GAIN_NOT_CHECKED, NO_VERDICT)

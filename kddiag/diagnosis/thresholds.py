@@ -96,6 +96,13 @@ CAPACITY_KL_MIN = 0.05  # mean KL(p‖q) at τ in nats, corroborating
 CAPACITY_KL_FULL = 0.5
 KD_GAIN_MIN = 0.0  # kd_gain ≤ 0: KD did not help at all (corroborating, counts in full)
 
+# ------------------------------------------------------------------ kd-no-gain (level 0)
+# Outcome first: a KD student no better than its baseline is never "healthy". When no cause rule fires,
+# the loss itself is the finding; its severity grows with the loss up to 5 points (the ccexam MNIST CNN
+# teacher's students lost 1.4-2.3 points), and a loss whose 95 % interval lies below 0 counts in full
+# as corroboration.
+KD_LOSS_FULL = 0.05
+
 # ------------------------------------------------------------------ teacher-wrong-on-transfer (level 3)
 # BAN 2018's confidence weighting (docs/literature.md §8): a teacher that contradicts the label on more than
 # a tenth of the transfer set pushes the student, with weight α, toward the wrong classes there.

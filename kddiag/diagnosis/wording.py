@@ -215,3 +215,47 @@ def word_structure(f: r.StructureFacts, context: Context) -> Wording:
         "(domain knowledge, level 2) were there to learn but did not reach the student.",
         f"Give the soft targets more weight or more time: a higher α (now {context.alpha:g}), {higher_tau}, "
         "or longer distillation.")
+
+
+def interval(gain) -> str:
+    """'−2.2 points (95 % interval −3.5 to −0.9, eval set)'."""
+    bounds = "" if gain.ci is None else f"95 % interval {100 * gain.ci[0]:+.1f} to {100 * gain.ci[1]:+.1f}, "
+    return f"{points(gain.value)} ({bounds}{gain.dataset} set)"
+
+
+def gain_sentence(gain) -> str:
+    """What KD did for the student against its baseline, for every finding; '' without a baseline."""
+    return f"Measured outcome: the KD student is {interval(gain)} against the baseline." if gain.ok else ""
+
+
+def word_kd_no_gain(gain, significant: bool, normal, ran: list[str], band, context: Context) -> Wording:
+    how = "significantly worse than" if significant else "no better than"
+    checked = "; ".join(f"{e.metric.split('.', 1)[-1]} {e.value:.3g} ({e.dataset})" for e in normal[1:])
+    tau = ("a τ inside the informative range" if band is None
+           else f"τ across the informative range {band[0]:g}–{band[1]:g} (now {context.temperature:g})")
+    return Wording(
+        f"KD did not beat the baseline ({points(gain.value)}), and no known failure case explains it",
+        f"The KD student is {how} the student trained without KD: {interval(gain)}. None of the known "
+        f"failure cases shows: {', '.join(ran)} were checked and found normal ({checked}).",
+        "First make sure the comparison is fair: the baseline and the KD student trained with the same "
+        "recipe, epochs and augmentation, and the eval set held out from both. Then vary what KD adds: a "
+        f"lower α (now {context.alpha:g}) weighs the labels more; {tau}; longer distillation. What could "
+        "not be checked is listed under not checked: give the missing inputs (transfer set, baseline) to "
+        "check it.")
+
+
+def word_healthy(gain, ran: int, not_run: int) -> Wording:
+    skipped = f"; {not_run} could not run (see not checked)" if not_run else ""
+    if gain.ok:
+        return Wording(
+            "KD beats the baseline and no failure case was found",
+            f"The KD student is {interval(gain)} against the student trained without KD, and none of the "
+            f"{ran} rules that could run found a failure case{skipped}; the evidence lists the main numbers "
+            "they checked.",
+            "Nothing to fix.")
+    return Wording(
+        "No known failure found; whether KD helped was not checked (no baseline)",
+        f"None of the {ran} rules that could run found a failure case{skipped}; the evidence lists the main "
+        "numbers they checked. Without a baseline (a student of the same kind trained without KD), kddiag "
+        "cannot tell whether distillation helped at all.",
+        "Give a baseline (--baseline) to check that KD beats training on the labels alone.")

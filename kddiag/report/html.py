@@ -78,6 +78,7 @@ def _context(report: Report) -> dict:
         "settings": _settings(report),
         "findings": [_finding(f) for f in problem_findings(report)],
         "healthy": next((_finding(f) for f in report.diagnosis.findings if f.id == HEALTHY), None),
+        "verdict": report.diagnosis.verdict,
         "not_checked": data["not_checked"],
         "levels": levels,
         "hardest": _hardest_examples(report),

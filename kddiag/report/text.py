@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kddiag import __version__
-from kddiag.diagnosis.ids import HEALTHY
+from kddiag.diagnosis.ids import HEALTHY, NO_VERDICT
 from kddiag.metrics.instance import LOW_WEIGHT
 from kddiag.metrics.universe import N_BINS, SATURATION
 from kddiag.results import NOT_MEASURED, Measured, Measurements
@@ -210,9 +210,12 @@ def problem_findings(report: Report) -> tuple[Finding, ...]:
 # ---------------------------------------------------------------- private
 
 def _verdict_lines(report: Report) -> list[str]:
-    findings = problem_findings(report)
-    if not findings:
-        return ["Verdict: healthy — no diagnosis rule fired; KD is doing what it should."]
+    findings, verdict = problem_findings(report), report.diagnosis.verdict
+    if verdict == NO_VERDICT or not report.diagnosis.findings:
+        return ["Verdict: none — no diagnosis rule could run (see Not checked)."]
+    if not findings:  # healthy, or no failure found without a baseline to judge the outcome
+        title = report.diagnosis.findings[0].title
+        return [_clip(f"Verdict: healthy — {title}" if verdict == HEALTHY else f"Verdict: {title}")]
     count = f"{len(findings)} problems" if len(findings) > 1 else "1 problem"
     verdict = f"Verdict: {findings[0].title} ({count}, most severe first)"
     if len(verdict) > WIDTH:  # shorten the aside before clipping the title

@@ -85,8 +85,9 @@ def build(changes: dict[Key, Any] | None = None, *, drop: tuple = (),
     for item in drop:
         values = {key: v for key, v in values.items() if not _matches(key, item)}
     metrics: dict = {}
-    for (section, name, dataset), value in values.items():
-        metrics.setdefault(section, {}).setdefault(name, {})[dataset] = {"value": value}
+    for (section, name, dataset), value in values.items():  # a {"value", "ci95"} dict is taken as the leaf
+        leaf = value if isinstance(value, dict) and "value" in value else {"value": value}
+        metrics.setdefault(section, {}).setdefault(name, {})[dataset] = leaf
     for (section, name, dataset), reason in (unavailable or {}).items():
         metrics.setdefault(section, {}).setdefault(name, {})[dataset] = {"value": None, "unavailable": reason}
     return Measurements.from_dict(metrics)  # as report.json would hold them

@@ -475,3 +475,46 @@ def test_memorizing_teacher_with_flat_rescaling_is_overconfident_short_of_one_ho
     assert "teacher-overconfident" not in ids(run(build(not_memorized)))
     varied = {**memorized_flat, ("instance", "untrained_rescaling_weight_cv", TRANSFER): 0.2}
     assert "teacher-overconfident" not in ids(run(build(varied)))
+
+
+# ---------------------------------------------------------------- outcome first
+
+def gain(value, lo, hi):
+    return {("outcome", "kd_gain", EVAL): {"value": value, "ci95": [lo, hi]}}
+
+
+def test_a_significant_loss_no_cause_explains_is_kd_no_gain_never_healthy():
+    diagnosis = run(build(gain(-0.022, -0.035, -0.009)))
+    assert ids(diagnosis) == ["kd-no-gain"] and diagnosis.verdict == "problems"
+    found = diagnosis.findings[0]
+    assert found.levels == ("outcome",)
+    assert "significantly worse" in found.explanation
+    assert "-2.2 points (95 % interval -3.5 to -0.9, eval set)" in found.explanation
+    assert "class-order-mismatch" in found.explanation  # lists what was checked and found normal
+    assert evidence_of(found, "outcome.kd_gain")[0].value == -0.022
+    null = finding(run(build(gain(0.0, -0.01, 0.01))), "kd-no-gain")
+    assert "no better than" in null.explanation and null.severity < found.severity
+
+
+def test_a_positive_gain_is_healthy_and_says_so():
+    diagnosis = run(build(gain(0.03, 0.01, 0.05)))
+    assert ids(diagnosis) == ["healthy"] and diagnosis.verdict == "healthy"
+    assert "+3.0 points (95 % interval +1.0 to +5.0, eval set)" in diagnosis.findings[0].explanation
+
+
+def test_without_a_baseline_whether_kd_helped_is_not_claimed():
+    diagnosis = run(build(drop=(("outcome", "kd_gain"), ("outcome", "baseline_accuracy"))))
+    assert ids(diagnosis) == ["healthy"] and diagnosis.verdict == "gain-not-checked"
+    assert diagnosis.findings[0].title == "No known failure found; whether KD helped was not checked (no baseline)"
+
+
+def test_a_found_cause_also_states_the_measured_gain():
+    changes = {**gain(-0.03, -0.05, -0.01), ("instance", "teacher_error_rate", TRANSFER): 0.25}
+    diagnosis = run(build(changes))
+    assert ids(diagnosis) == ["teacher-wrong-on-transfer"] and diagnosis.verdict == "problems"
+    assert diagnosis.findings[0].explanation.endswith(
+        "Measured outcome: the KD student is -3.0 points (95 % interval -5.0 to -1.0, eval set) against the baseline.")
+
+
+def test_no_rule_that_could_run_gives_no_verdict():
+    assert run(Measurements()).verdict == "none"

@@ -83,11 +83,23 @@ def test_lists_the_same_findings_as_the_json(full, full_html):
         assert rule in full_html
 
 
-def test_logits_only_report_renders_not_available_and_healthy(logits_html):
+def test_logits_only_report_renders_not_available_and_no_verdict(logits_html):
     assert _parse(logits_html).findings == []
-    assert "Verdict: healthy" in logits_html
+    assert "Verdict: none" in logits_html and "Verdict: healthy" not in logits_html
     assert NO_WEIGHTS in logits_html  # in the full metrics table
     assert "no transfer set given" in logits_html
+
+
+def test_the_banner_is_green_only_when_kd_beat_the_baseline(full):
+    healthy = Finding("healthy", (), 0.0, "KD beats the baseline and no failure case was found", (), "", "")
+    green = render_html(dataclasses.replace(full, diagnosis=Diagnosis((healthy,))))
+    assert 'class="verdict healthy"' in green
+    unknown = dataclasses.replace(healthy, title="No known failure found; whether KD helped was not checked")
+    grey = render_html(dataclasses.replace(full, diagnosis=Diagnosis((unknown,), verdict="gain-not-checked")))
+    assert 'class="verdict neutral"' in grey and "Verdict: healthy" not in grey
+    loss = Finding("kd-no-gain", ("outcome",), 0.6, "KD did not beat the baseline", (), "", "")
+    red = render_html(dataclasses.replace(full, diagnosis=Diagnosis((loss,))))
+    assert 'class="verdict healthy"' not in red and "kd-no-gain" in red
 
 
 def test_an_explicit_healthy_finding_is_listed_like_in_the_json(full):

@@ -54,12 +54,15 @@ def test_one_table_per_level_with_the_measured_sets(full):
     assert f"{teacher_eval:.3f} [" in text
 
 
-def test_healthy_when_no_rule_fired(logits_only):
-    text = render_text(logits_only)
-    assert text.startswith("Verdict: healthy")
-    healthy = Finding("healthy", (), 0.0, "KD is doing what it should", (), "", "")
+def test_the_verdict_line_follows_the_outcome(logits_only):
+    assert render_text(logits_only).startswith("Verdict: none — no diagnosis rule could run")
+    healthy = Finding("healthy", (), 0.0, "KD beats the baseline and no failure case was found", (), "", "")
     explicit = dataclasses.replace(logits_only, diagnosis=Diagnosis((healthy,)))
-    assert render_text(explicit).startswith("Verdict: healthy")
+    assert render_text(explicit).startswith("Verdict: healthy — KD beats the baseline")
+    unknown = dataclasses.replace(healthy, title="No known failure found; whether KD helped was not checked")
+    no_baseline = dataclasses.replace(logits_only, diagnosis=Diagnosis((unknown,), verdict="gain-not-checked"))
+    first = render_text(no_baseline).splitlines()[0]
+    assert first == "Verdict: No known failure found; whether KD helped was not checked" and "healthy" not in first
 
 
 def test_unavailable_metrics_say_why(logits_only):
