@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from importlib.resources import as_file, files
 
 import click
@@ -19,14 +20,18 @@ DEMO_EVAL_DATA, DEMO_TRANSFER_DATA = "digits:test", "digits:train"
 
 
 class KddiagGroup(click.Group):
-    """Shows kddiag's own errors as one line on stderr with exit code 1, never a traceback."""
+    """Shows kddiag's own errors as one line on stderr with exit code 1, never a traceback; keeps the
+    warnings of the libraries it calls (torch, numpy) off the user's terminal unless PYTHONWARNINGS asks."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except KddiagError as error:
-            click.echo(f"kddiag: error: {error}", err=True)
-            ctx.exit(EXIT_ERROR)
+        with warnings.catch_warnings():
+            if not sys.warnoptions:
+                warnings.simplefilter("ignore")
+            try:
+                return super().invoke(ctx)
+            except KddiagError as error:
+                click.echo(f"kddiag: error: {error}", err=True)
+                ctx.exit(EXIT_ERROR)
 
 
 @click.group(cls=KddiagGroup, epilog="Case studies (published KD failures reproduced on CPU) run from a source "
@@ -48,6 +53,15 @@ def _fail_on(value: str | None) -> str | float | None:
     if not 0 <= severity <= 1:
         raise click.BadParameter(f"severity must be in [0, 1]; got {severity}")
     return severity
+
+
+def _writable(out: str | None) -> str | None:
+    """--out, refused at once when it cannot be written (before any model is loaded)."""
+    if out is not None:
+        from kddiag.report.json import check_writable
+
+        check_writable(out)
+    return out
 
 
 def _finish(report, *, out: str | None, as_json: bool, fail_on) -> None:
@@ -75,7 +89,8 @@ def output_options(*, default_out: str | None = None):
     def decorate(command):
         for option in reversed((
             click.option("--out", default=default_out, show_default=default_out is not None,
-                         help="Directory for report.json and report.html."),
+                         callback=lambda ctx, param, value: _writable(value),
+                         help="Directory for report.json and report.html (checked before any work)."),
             click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."),
             click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
                          help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),

@@ -66,18 +66,17 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
 
 
 def write_outputs(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Render ``report.json`` and ``report.html`` in memory, then write each atomically into ``out_dir``."""
+    """Render ``report.json`` and ``report.html`` in memory, then write both into ``out_dir``, all or nothing."""
     from kddiag.report.html import render_html
-    from kddiag.report.json import render_json, write_atomic
+    from kddiag.report.json import check_writable, render_json, write_atomic
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise KddiagError(f"--out '{out_dir}': exists and is not a directory")
-    rendered = {"json": ("report.json", render_json(report)), "html": ("report.html", render_html(report))}
+    out_dir = check_writable(out_dir)
+    rendered = {out_dir / "report.json": render_json(report), out_dir / "report.html": render_html(report)}
     try:
-        return {kind: write_atomic(out_dir / name, text) for kind, (name, text) in rendered.items()}
+        json_path, html_path = write_atomic(rendered)
     except OSError as error:
         raise KddiagError(f"--out '{out_dir}': cannot write the report ({error.strerror or error})") from None
+    return {"json": json_path, "html": html_path}
 
 
 def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions) -> LoadedModel:

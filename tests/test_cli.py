@@ -304,3 +304,40 @@ def test_bad_classes_file_gives_one_line(tmp_path, content, fragments):
 def test_inspect_is_deterministic(tmp_path):
     first, second = (run("demo", "--out", tmp_path / name, "--json").stdout for name in ("a", "b"))
     assert json.loads(first) == json.loads(second)
+
+
+def test_an_unwritable_out_is_refused_before_any_model_is_loaded(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    for out, fragment in ((tmp_path / "taken", "exists and is not a directory"),
+                          (tmp_path / "taken" / "report", "is a file, not a directory")):
+        result = run("inspect", tmp_path / "missing-teacher.pt", tmp_path / "missing-student.pt",
+                     "--data", "digits:test", "--out", out)
+        assert_one_line_error(result, "--out", fragment)  # not the missing model files
+
+
+def test_library_warnings_never_reach_the_terminal(monkeypatch):
+    import warnings
+
+    from kddiag import pipeline
+    from kddiag.errors import KddiagError
+
+    def noisy(*args, **kwargs):
+        warnings.warn("TypedStorage is deprecated", UserWarning)
+        warnings.warn("overflow encountered in exp", RuntimeWarning)
+        raise KddiagError("data 'x.pt': the data set is empty (0 labels)")
+
+    monkeypatch.setattr(pipeline, "inspect", noisy)
+    monkeypatch.setattr(sys, "warnoptions", [])
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        result = run("inspect", "t.pt", "s.pt", "--data", "x.pt")
+    assert_one_line_error(result, "the data set is empty")
+    assert shown == []  # none reached Python's warning display (the terminal, outside tests)
+
+
+def test_python_dash_m_kddiag_is_the_same_command():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "kddiag", "--version"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == f"kddiag, version {kddiag.__version__}"

@@ -6,10 +6,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from kddiag import SCHEMA_VERSION, __version__
+from kddiag.errors import KddiagError
 from kddiag.types import Report
 
 
@@ -43,20 +45,42 @@ def render_json(report: Report) -> str:
     return json.dumps(report_to_dict(report), indent=2, allow_nan=False)
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` under a temporary name, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_atomic(files: Mapping[str | os.PathLike, str]) -> list[Path]:
+    """Write every ``{path: text}`` under a temporary name, then rename them all: all files or none.
+
+    A failure while writing (a full disk, a missing permission) removes every temporary file and leaves
+    the files already at those paths (an earlier report) untouched.
+    """
+    staged: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
+        for path, text in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return [path for _, path in staged]
+
+
+def check_writable(out_dir: str | os.PathLike) -> Path:
+    """The report directory, checked before any work: a directory (or creatable) that can be written."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KddiagError(f"--out '{out_dir}': exists and is not a directory")
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise KddiagError(f"--out '{out_dir}': '{existing}' is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise KddiagError(f"--out '{out_dir}': cannot write there (no permission on '{existing}')")
+    return out_dir
 
 
 def _umask() -> int:
