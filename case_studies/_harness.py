@@ -340,8 +340,9 @@ def write_results(result: dict, out_dir: Path) -> dict[str, Path]:
     from kddiag.report.json import write_atomic
 
     name = result["study"]
-    return {"json": write_atomic(out_dir / f"{name}.json", json.dumps(result, indent=1) + "\n"),
-            "md": write_atomic(out_dir / f"{name}.md", render_markdown(result))}
+    json_path, md_path = write_atomic({out_dir / f"{name}.json": json.dumps(result, indent=1) + "\n",
+                                       out_dir / f"{name}.md": render_markdown(result)})
+    return {"json": json_path, "md": md_path}
 
 
 def render_markdown(result: dict, *, brief: bool = False) -> str:

@@ -60,8 +60,8 @@ def main(*, seeds=(0, 1, 2), quick: bool = False, out_dir=None) -> dict:
     result["passed"] = bool(result["top1_accuracy"] is not None and result["top1_accuracy"] >= TARGET_ACCURACY
                             and result["false_alarms"] == 0)
     out = output_dir(out_dir, quick)
-    write_atomic(out / "benchmark.json", json.dumps(result, indent=1) + "\n")
-    write_atomic(out / "benchmark.md", render_markdown(result))
+    write_atomic({out / "benchmark.json": json.dumps(result, indent=1) + "\n",
+                  out / "benchmark.md": render_markdown(result)})
     print(render_markdown(result, brief=True))
     return result
 
