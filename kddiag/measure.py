@@ -39,6 +39,8 @@ STUDENT_NEVER_WRONG = "the student makes no error on this set (AUROC needs error
 STUDENT_ALWAYS_WRONG = "the student is wrong on every example of this set (AUROC needs errors and non-errors)"
 CONSTANT_DIFFICULTY = "rescaling weight or difficulty is constant over the examples"
 
+MIN_EXAMPLES = 30  # a set with fewer examples gives no measurement: "not enough data"
+MIN_EXAMPLES_PER_CLASS_RELABELLING = 10  # the relabelling search needs this many examples per class on average
 KNN_MAX_SAMPLES = 5000  # k-NN difficulty on at most this many examples (fixed-seed subsample) …
 KNN_MAX_WORK = 1e9  # … and at most this many distance multiply-adds (n_sub² · n_features)
 CKA_MAX_SAMPLES = 2048  # linear CKA on at most this many examples (fixed-seed subsample)
@@ -73,20 +75,28 @@ def measure(outputs: Collected | Sequence[SetOutputs], *, settings: Settings, cl
     """
     outputs = outputs if isinstance(outputs, Collected) else Collected(tuple(outputs))
     checked = [_as_set(data) for data in outputs]
+    enough = [data for data in checked if data.labels.size >= MIN_EXAMPLES]
     groups = None if class_info.groups is None else np.asarray(class_info.groups)
     temperature, alpha = settings.temperature.value, settings.alpha.value
-    views = {data.name: _views(data, temperature) for data in checked}
-    per_set = {level: {data.name: make(data, views[data.name]) for data in checked}
-               for level, make in (("outcome", _outcome), ("universe", _universe),
-                                   ("domain", lambda d, v: _domain(d, v, groups)),
-                                   ("instance", lambda d, v: _instance(d, v, alpha)))}
+    views = {data.name: _views(data, temperature) for data in enough}
+    makers = {OutcomeResult: (OutcomeOnSet, _outcome), UniverseResult: (UniverseOnSet, _universe),
+              DomainResult: (DomainOnSet, lambda d, v: _domain(d, v, groups)),
+              InstanceResult: (InstanceOnSet, lambda d, v: _instance(d, v, alpha))}
+    per_set = {level: {data.name: make(data, views[data.name]) if data.name in views
+                       else record.unmeasured(_not_enough(data), dataset=data.name) for data in checked}
+               for level, (record, make) in makers.items()}
     return Measurements(
-        outcome=OutcomeResult(**per_set["outcome"]),
-        universe=UniverseResult(**per_set["universe"], softness_gap=_softness_gap(views),
+        outcome=OutcomeResult(**per_set[OutcomeResult]),
+        universe=UniverseResult(**per_set[UniverseResult], softness_gap=_softness_gap(views, checked),
                                 temperature_whatif=_whatif(checked, alpha)),
-        domain=DomainResult(**per_set["domain"], weights=_weights(checked, groups)),
-        instance=InstanceResult(**per_set["instance"]),
+        domain=DomainResult(**per_set[DomainResult], weights=_weights(checked, groups)),
+        instance=InstanceResult(**per_set[InstanceResult]),
     )
+
+
+def _not_enough(data: _Set) -> str:
+    return (f"not enough data: {data.labels.size} examples on the {data.name} set "
+            f"(measurements need at least {MIN_EXAMPLES})")
 
 
 def _as_set(data: SetOutputs) -> _Set:
@@ -127,8 +137,8 @@ def _outcome(data: _Set, view: _Views) -> OutcomeOnSet:
         kd_gain = measured(np.mean(gain), ci=fidelity.bootstrap_ci(gain))
     else:
         baseline_agreement = kd_gain = unavailable(NO_BASELINE)
-    teacher_pred, student_pred = one["teacher"].prediction, one["student"].prediction
-    permutation = fidelity.permutation_of(teacher_pred, student_pred, one["teacher"].n_classes)
+    permuted, chance, permutation = _relabelling(one["teacher"].prediction, one["student"].prediction,
+                                                 one["teacher"].n_classes)
     return OutcomeOnSet(
         data.name,
         teacher_accuracy=accuracy["teacher"], student_accuracy=accuracy["student"],
@@ -140,9 +150,24 @@ def _outcome(data: _Set, view: _Views) -> OutcomeOnSet:
         kl_teacher_student=measured(np.mean(kl), ci=fidelity.bootstrap_ci(kl)),
         kl_teacher_student_at_temperature=measured(np.mean(view.teacher_t.kl_divergence())),
         kd_gain=kd_gain,
-        permuted_agreement=measured(fidelity.agreement_of(teacher_pred, permutation[student_pred])),
-        class_permutation=measured(permutation),
+        permuted_agreement=permuted, permuted_agreement_chance=chance, class_permutation=permutation,
     )
+
+
+def _relabelling(teacher_pred: np.ndarray, student_pred: np.ndarray, n_classes: int) -> tuple[Measured, ...]:
+    """Agreement after the best relabelling of the student's classes, the same on unpaired rows (what the
+    search finds by chance: the student's predictions shuffled with a fixed seed), and the relabelling.
+    Needs MIN_EXAMPLES_PER_CLASS_RELABELLING examples per class: with fewer, any relabelling fits."""
+    n_samples = teacher_pred.size
+    if n_samples < MIN_EXAMPLES_PER_CLASS_RELABELLING * n_classes:
+        why = (f"not enough data for the relabelling search: {n_samples} examples for {n_classes} classes "
+               f"(at least {MIN_EXAMPLES_PER_CLASS_RELABELLING} per class)")
+        return unavailable(why), unavailable(why), unavailable(why)
+    permutation = fidelity.permutation_of(teacher_pred, student_pred, n_classes)
+    unpaired = np.random.default_rng(0).permutation(student_pred)
+    chance = fidelity.agreement_of(teacher_pred, fidelity.permutation_of(teacher_pred, unpaired, n_classes)[unpaired])
+    return (measured(fidelity.agreement_of(teacher_pred, permutation[student_pred])), measured(chance),
+            measured(permutation))
 
 
 # ---------------------------------------------------------------- level 1
@@ -339,9 +364,12 @@ def _difficulty(data: _Set, one: dict[str, SoftmaxStats]) -> tuple[np.ndarray, s
 
 # ---------------------------------------------------------------- across sets
 
-def _softness_gap(views: dict[str, _Views]) -> Measured:
-    if EVAL not in views or TRANSFER not in views:
+def _softness_gap(views: dict[str, _Views], checked: list[_Set]) -> Measured:
+    if {data.name for data in checked} != {EVAL, TRANSFER}:
         return unavailable(NEEDS_BOTH_SETS, dataset=TRANSFER)
+    if set(views) != {EVAL, TRANSFER}:
+        small = next(data for data in checked if data.name not in views)
+        return unavailable(_not_enough(small), dataset=TRANSFER)
     gap = (universe.effective_smoothing_of(views[EVAL].teacher_t)
            - universe.effective_smoothing_of(views[TRANSFER].teacher_t))
     return measured(gap, dataset=TRANSFER)
@@ -350,7 +378,7 @@ def _softness_gap(views: dict[str, _Views]) -> Measured:
 def _whatif(checked: list[_Set], alpha: float) -> Measured:
     """The temperature what-if on the transfer set, else on eval."""
     data = next((c for c in checked if c.name == TRANSFER), checked[0])
+    if data.labels.size < MIN_EXAMPLES:
+        return unavailable(_not_enough(data), dataset=data.name)
     return measured(whatif.temperature_whatif_of(data.logits["teacher"], data.labels, alpha=alpha),
                     dataset=data.name)
-
-

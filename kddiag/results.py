@@ -129,6 +129,20 @@ class _Record:
                 given[item.name] = origin._from_dict(metrics, level, f"{prefix}{item.name}_", dataset)
         return cls(**given)
 
+    @classmethod
+    def unmeasured(cls, reason: str, **given: Any):
+        """The record with every value (sub-records included) unavailable for ``reason``."""
+        hints = typing.get_type_hints(cls)
+        for item in fields(cls):
+            if item.name in given:
+                continue
+            kind = typing.get_origin(hints[item.name]) or hints[item.name]
+            if kind is Measured:
+                given[item.name] = unavailable(reason)
+            elif isinstance(kind, type) and issubclass(kind, _Record):
+                given[item.name] = kind.unmeasured(reason)
+        return cls(**given)
+
     def values(self) -> Iterator[Measured]:
         """Every value in the record, sub-records included, in field order."""
         for item in fields(self):
@@ -196,6 +210,7 @@ class OutcomeOnSet(_OnSet):
     kl_teacher_student_at_temperature: Measured[float] = field(default_factory=_missing)
     kd_gain: Measured[float] = field(default_factory=_missing)
     permuted_agreement: Measured[float] = field(default_factory=_missing)
+    permuted_agreement_chance: Measured[float] = field(default_factory=_missing)  # the same search on unpaired rows
     class_permutation: Measured[np.ndarray] = field(default_factory=_missing)  # student k ↔ teacher π[k]
 
 

@@ -241,9 +241,9 @@ def test_a_list_of_sets_is_checked_as_collected_outputs():
 
 
 def test_agreement_where_teacher_correct_ignores_examples_the_teacher_gets_wrong():
-    y = np.array([0, 1, 2, 0, 1, 2])
-    teacher = np.eye(3)[[0, 1, 2, 1, 2, 0]] * 5.0  # right on the first three, wrong on the rest
-    student = np.eye(3)[[0, 1, 0, 0, 1, 2]] * 5.0  # follows the labels where the teacher is wrong
+    y = np.tile([0, 1, 2, 0, 1, 2], 5)  # 30 examples: the least a set is measured on
+    teacher = np.eye(3)[np.tile([0, 1, 2, 1, 2, 0], 5)] * 5.0  # right on the first three, wrong on the rest
+    student = np.eye(3)[np.tile([0, 1, 0, 0, 1, 2], 5)] * 5.0  # follows the labels where the teacher is wrong
     measured = measure([SetOutputs(EVAL, y, ModelOutputs(teacher), ModelOutputs(student))], settings=SETTINGS,
                        class_info=ClassInfo())
     assert measured.outcome.eval.agreement.value == pytest.approx(2 / 6)

@@ -113,8 +113,11 @@ def class_order_mismatch(m: Measurements, context: Context) -> Decision:
     if lack := missing(agreement, permuted):
         return lack
     permutation = first(m.outcome, lambda o: o.class_permutation, (agreement.dataset,))
+    chance = first(m.outcome, lambda o: o.permuted_agreement_chance, (agreement.dataset,))
     moves = None if not permutation.ok else tuple((k, int(t)) for k, t in enumerate(permutation.value) if int(t) != k)
-    gain = permuted.value - agreement.value
+    # the relabelling must explain the disagreement: beat both the pairing as it is and what the same
+    # search finds on unpaired rows (by chance)
+    gain = permuted.value - max(agreement.value, chance.value if chance.ok else 0.0)
     notes = fallback_notes((agreement,), TRANSFER)
     if gain < th.CLASS_ORDER_GAIN_MIN or permuted.value < th.CLASS_ORDER_PERMUTED_AGREEMENT_MIN or moves == ():
         return Clear(notes)

@@ -48,3 +48,42 @@ def test_every_rule_runs_on_measured_values_and_cites_real_names(given, scale):
     assert {rule for rule, _ in diagnosis.not_checked} <= {rule.id for rule in RULES}
     if full:  # everything measured: every rule could run
         assert not [rule for rule, why in diagnosis.not_checked if "not measured" in why]
+
+
+def _random_pair(n, n_classes, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    return SetOutputs(EVAL, y, ModelOutputs(rng.normal(size=(n, n_classes))), ModelOutputs(rng.normal(size=(n, n_classes))))
+
+
+def test_two_examples_give_no_verdict_only_not_enough_data():
+    data = SetOutputs(EVAL, np.array([0, 1]), ModelOutputs(np.array([[3.0, 0.0], [0.0, 3.0]])),
+                      ModelOutputs(np.array([[0.0, 3.0], [3.0, 0.0]])))
+    measured = measure([data], settings=SETTINGS, class_info=ClassInfo())
+    diagnosis = diagnose(measured, settings=SETTINGS, n_classes=2)
+    assert diagnosis.findings == () and diagnosis.verdict == "none"
+    reasons = dict(diagnosis.not_checked)
+    assert reasons.pop("teacher-wrong-on-transfer") == "not measured (transfer)"  # needs the transfer set
+    assert reasons and all("not enough data: 2 examples on the eval set" in why for why in reasons.values())
+
+
+@pytest.mark.parametrize("n, n_classes", [(2000, 500), (400, 20)])
+def test_unrelated_random_models_are_never_a_class_order_mismatch(n, n_classes):
+    measured = measure([_random_pair(n, n_classes, seed=n_classes)], settings=SETTINGS, class_info=ClassInfo())
+    outcome = measured.outcome.eval
+    if n < 10 * n_classes:  # too few examples per class: the search is not run
+        assert "not enough data for the relabelling search" in outcome.permuted_agreement.unavailable
+    else:  # run, and no better than on unpaired rows
+        assert outcome.permuted_agreement.value - outcome.permuted_agreement_chance.value < 0.05
+    assert "class-order-mismatch" not in {f.id for f in diagnose(measured, settings=SETTINGS, n_classes=n_classes).findings}
+
+
+def test_a_permuted_student_is_still_found():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 8, 400)
+    teacher = np.eye(8)[y] * 4 + rng.normal(size=(400, 8))
+    student = teacher[:, rng.permutation(8)] + 0.3 * rng.normal(size=(400, 8))
+    measured = measure([SetOutputs(EVAL, y, ModelOutputs(teacher), ModelOutputs(student))], settings=SETTINGS,
+                       class_info=ClassInfo())
+    assert measured.outcome.eval.permuted_agreement_chance.value < 0.3 < measured.outcome.eval.permuted_agreement.value
+    assert diagnose(measured, settings=SETTINGS, n_classes=8).findings[0].id == "class-order-mismatch"
