@@ -166,6 +166,16 @@ def test_native_code_in_export_archive_is_refused(tmp_path):
     assert_refused(inspect(path, DEMO_STUDENT), "data/aotinductor/model/model.so", "native code")
 
 
+def test_duplicate_member_is_refused(tmp_path):
+    """Two members of one name: what kddiag vets and what torch reads could differ."""
+    marker = tmp_path / "pwned"
+    path = rewrite(export(mlp(), tmp_path / "clean.pt2"), tmp_path / "teacher.pt2", lambda name, data: None)
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "a") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        archive.writestr("clean/data/sample_inputs/model.pt", saved((Marker(marker),)))
+    assert_refused(inspect(path, DEMO_STUDENT), "a member twice", marker=marker)
+
+
 @pytest.mark.parametrize("content", [bytes(range(256)) * 8, "truncated"])
 def test_random_or_truncated_pt2_gives_one_line(tmp_path, content):
     path = tmp_path / "teacher.pt2"
