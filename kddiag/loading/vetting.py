@@ -28,6 +28,7 @@ DENIED_OPERATORS = {
     "prim::rpc_sync": "network access", "prim::rpc_remote": "network access",
 }
 _SUSPECT = re.compile(r"file|save|load|rpc|socket|mmap|shm|exec|system|spawn|popen", re.IGNORECASE)
+_NATIVE_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia")  # compiled code torch may load
 _TRUST_HINT = "pass --trust-program to run it anyway"
 
 
@@ -103,7 +104,7 @@ def check_export_archive(data: bytes, where: str) -> None:
     if len(set(relative)) != len(relative):
         raise UnsafeLoadError(f"{where}: the archive lists a member twice; refused")
     for name, rel in zip(names, relative):
-        if rel.startswith(("data/aotinductor/", "data/executorch/", "data/mtia")) or rel.endswith((".so", ".dll", ".dylib")):
+        if rel.startswith(_NATIVE_DIRS) or rel.endswith((".so", ".dll", ".dylib")):
             raise UnsafeLoadError(f"{where}: member '{name}' is compiled native code (it can run anything); refused")
         if rel.endswith("_config.json") and rel.startswith(("data/weights/", "data/constants/")):
             _check_payload_config(archive, name, where)

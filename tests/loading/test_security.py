@@ -322,7 +322,8 @@ class Block(nn.Module):
         super().__init__()
         self.inp, self.qkv = nn.Linear(N_FEATURES, 4 * dim), nn.Linear(dim, 3 * dim)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ff, self.head, self.dim = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim)), nn.Linear(dim, N_CLASSES), dim
+        self.ff = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head, self.dim = nn.Linear(dim, N_CLASSES), dim
 
     def forward(self, x):
         h = self.inp(x).reshape(x.shape[0], 4, self.dim)
