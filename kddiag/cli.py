@@ -113,6 +113,8 @@ def output_options(*, default_out: str | None = None):
 @click.option("--alpha", type=float, help="Weight of the soft (KD) term in the student's loss, in [0, 1].")
 @click.option("--classes", help="JSON file with class names and groups: {\"names\": [...], \"groups\": [...]}.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading whole pickled models (runs code from the file).")
+@click.option("--trust-program", is_flag=True,
+              help="Run TorchScript/torch.export programs that call operators outside the allowlist.")
 @click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear).")
 @click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes.")
 @click.option("--device", help="Torch device (default: CUDA when present, else CPU).")

@@ -85,7 +85,8 @@ def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions)
     if isinstance(source, (str, os.PathLike)):
         from kddiag.loading import load_model
 
-        return load_model(source, arch=arch, trust_pickle=options.trust_pickle, role=role)
+        return load_model(source, arch=arch, trust_pickle=options.trust_pickle,
+                          trust_program=options.trust_program, role=role)
     import torch
 
     if isinstance(source, torch.nn.Module):

@@ -381,6 +381,7 @@ class InspectOptions:
     alpha: float | None = None
     classes: str | None = None  # JSON file with {"names": [...], "groups": [...]}
     trust_pickle: bool = False
+    trust_program: bool = False  # run TorchScript/torch.export programs with operators outside the allowlist
     feature_layer: str | None = None  # module name whose input/output is the penultimate feature
     batch_size: int = 512
     device: str | None = None  # None: CUDA when present, else CPU

@@ -2,7 +2,8 @@
 
 Formats are recognized by content where possible, by extension otherwise:
 
-- ``torch.export`` programs (``.pt2``) and TorchScript archives: architecture included, no pickle.
+- ``torch.export`` programs (``.pt2``) and TorchScript archives: architecture included; vetted before
+  they run (archive members, then operators against an allowlist: :mod:`.vetting`).
 - state dicts (``.pt``/``.pth`` read with ``weights_only=True``, ``.safetensors``) plus an
   architecture: ``package.module:callable`` or a built-in name (:mod:`kddiag.models`). Training
   framework layouts (``{'model': sd}``, ``{'state_dict': sd}``, ``module.``/``model.`` prefixes,
@@ -45,12 +46,13 @@ _EXTENSIONS = {".npy": "npy", ".npz": "npz", ".safetensors": "safetensors", ".pt
 
 
 def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False,
-               role: str = "teacher") -> LoadedModel:
+               trust_program: bool = False, role: str = "teacher") -> LoadedModel:
     """Load a checkpoint or a logits file as a :class:`~kddiag.types.LoadedModel`.
 
     ``arch`` builds the model a state dict belongs to: ``'package.module:callable'`` (called with no
     arguments; the current directory is importable) or a built-in name. ``trust_pickle`` allows
-    unpickling whole modules. ``role`` ('teacher', 'student', 'baseline') names the file in errors.
+    unpickling whole modules; ``trust_program`` runs TorchScript and torch.export programs whose
+    operators are outside the allowlist (:mod:`kddiag.loading.vetting`). ``role`` ('teacher', 'student', 'baseline') names the file in errors.
 
     >>> load_model("student.pt", arch="mlp:64-32-10", role="student").format
     'state_dict'
@@ -72,9 +74,9 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
     if kind == "npz":
         return _logits.load_npz(path, where)
     if kind == "torch.export":
-        return _programs.load_export(path, where)
+        return _programs.load_export(path, where, trust_program=trust_program)
     if kind == "torchscript":
-        return _programs.load_torchscript(path, where)
+        return _programs.load_torchscript(path, where, trust_program=trust_program)
     if kind == "safetensors":
         weights, metadata = _state_dicts.read_safetensors(path, where)
         return _state_dicts.state_dict_model(path, weights, arch, role, where, metadata)

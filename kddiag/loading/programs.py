@@ -1,42 +1,88 @@
-"""Archives that carry their own architecture: torch.export programs and TorchScript archives (no pickle)."""
+"""Archives that carry their own architecture: torch.export programs and TorchScript archives.
+
+Both are programs, so both are vetted (:mod:`.vetting`) before anything in them runs: torch.export
+archives member by member before ``torch.export.load``, TorchScript archives for load-time code,
+and then every operator either calls, unless ``trust_program`` is set.
+"""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import re
 import warnings
+import zipfile
 from pathlib import Path
 
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, UnsafeLoadError
+from kddiag.loading import vetting
 from kddiag.loading._text import one_line
 from kddiag.loading.metadata import METADATA_FILE, metadata_file
 from kddiag.types import LoadedModel
 
 
-def load_export(path: Path, where: str) -> LoadedModel:
+def load_export(path: Path, where: str, *, trust_program: bool = False) -> LoadedModel:
     """A ``torch.export`` program (``.pt2``), as its runnable module, with its ``kddiag.json`` settings."""
     import torch
 
+    data = path.read_bytes()  # read once: what is vetted is what torch loads
+    vetting.check_export_archive(data, where)
     extra = {METADATA_FILE: ""}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet("torch.export", "torch._export"):
             warnings.simplefilter("ignore")
-            program = torch.export.load(str(path), extra_files=extra)
-            module = program.module()
+            program = torch.export.load(io.BytesIO(data), extra_files=extra)
+    except Exception as error:
+        raise KddiagError(f"{where}: not a readable torch.export program ({one_line(error)})") from None
+    vetting.check_operators(vetting.export_operators(program), where, trust_program=trust_program)
+    try:
+        module = program.module()
     except Exception as error:
         raise KddiagError(f"{where}: not a readable torch.export program ({one_line(error)})") from None
     return LoadedModel(source=str(path), format="torch.export", module=module,
                        metadata=metadata_file(extra[METADATA_FILE], where))
 
 
-def load_torchscript(path: Path, where: str) -> LoadedModel:
+def load_torchscript(path: Path, where: str, *, trust_program: bool = False) -> LoadedModel:
     """A TorchScript archive, with its ``kddiag.json`` settings."""
     import torch
 
+    data = path.read_bytes()
+    if not trust_program:
+        _check_load_time_code(data, where)
     extra = {METADATA_FILE: ""}
     try:
         with warnings.catch_warnings():  # torch.jit is deprecated but still loads
             warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except Exception as error:
         raise KddiagError(f"{where}: not a readable TorchScript archive ({one_line(error)})") from None
+    vetting.check_operators(vetting.torchscript_operators(module), where, trust_program=trust_program)
     text = extra[METADATA_FILE]
     return LoadedModel(source=str(path), format="torchscript", module=module,
                        metadata=metadata_file(text.decode() if isinstance(text, bytes) else text, where))
+
+
+def _check_load_time_code(data: bytes, where: str) -> None:
+    """Refuse TorchScript whose ``__setstate__`` would run while loading, before its graph can be checked."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name in archive.namelist():
+                if "/code/" in name and name.endswith(".py") and re.search(rb"def\s+__setstate__", archive.read(name)):
+                    raise UnsafeLoadError(f"{where}: member '{name}' defines __setstate__, code that runs while "
+                                          f"loading; refused — pass --trust-program to run it anyway")
+    except (zipfile.BadZipFile, OSError) as error:
+        raise KddiagError(f"{where}: not a readable TorchScript archive ({one_line(error)})") from None
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """Keep torch's logged warnings (with tracebacks) off stderr while it reads a file; errors still raise."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
