@@ -111,11 +111,9 @@ def _load_file(path: Path, role: str) -> Dataset:
         raise KddiagError(f"{where}: the file is empty")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                content = {key: archive[key] for key in archive.files}
-        except Exception as error:
-            raise KddiagError(f"{where}: not a readable .npz file ({_one_line(error)})") from None
+        from kddiag.loading.logits import read_npz
+
+        content = read_npz(path, where)
     elif suffix in (".pt", ".pth"):
         import torch
 

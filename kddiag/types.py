@@ -395,13 +395,34 @@ class InspectOptions:
         size = self.batch_size
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise KddiagError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
+        if self.device is not None:
+            _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    """A torch device this machine has: 'cpu', 'cuda', 'cuda:1', 'mps', …"""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise KddiagError(f"--device must be a torch device such as cpu, cuda or cuda:1; got {device!r}") from None
+    backend = getattr(torch, parsed.type, None)
+    available = parsed.type == "cpu" or (backend is not None and hasattr(backend, "is_available")
+                                         and backend.is_available())
+    if not available:
+        raise KddiagError(f"--device {device!r}: this machine has no {parsed.type} device")
 
 
 # --- checks shared by the hand-off objects --------------------------------------------------------
 
+MAX_TEMPERATURE = 1e4  # far beyond any distillation τ (1-20 in practice); larger values only overflow
+
+
 def _check_temperature(value: Any, origin: str) -> None:
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise KddiagError(f"{origin} must be a finite number > 0; got {_shown(value)}")
+    if not _is_real(value) or not math.isfinite(value) or value <= 0 or value > MAX_TEMPERATURE:
+        raise KddiagError(f"{origin} must be a finite number > 0 and at most {MAX_TEMPERATURE:g}; "
+                          f"got {_shown(value)}")
 
 
 def _check_alpha(value: Any, origin: str) -> None:

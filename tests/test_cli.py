@@ -180,10 +180,12 @@ def test_bad_options_give_one_line(args, fragments):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--temperature", "inf"], "--temperature must be a finite number > 0; got inf"),
-    (["--temperature", "nan"], "--temperature must be a finite number > 0; got nan"),
-    (["--temperature", "0"], "--temperature must be a finite number > 0; got 0.0"),
-    (["--temperature", "-1"], "--temperature must be a finite number > 0; got -1.0"),
+    (["--temperature", "inf"], "--temperature must be a finite number > 0 and at most 10000; got inf"),
+    (["--temperature", "nan"], "--temperature must be a finite number > 0 and at most 10000; got nan"),
+    (["--temperature", "0"], "--temperature must be a finite number > 0 and at most 10000; got 0.0"),
+    (["--temperature", "-1"], "--temperature must be a finite number > 0 and at most 10000; got -1.0"),
+    (["--temperature", "1e308"], "--temperature must be a finite number > 0 and at most 10000; got 1e+308"),
+    (["--device", "banana"], "--device must be a torch device such as cpu, cuda or cuda:1; got 'banana'"),
     (["--alpha", "2"], "--alpha must be a number in [0, 1]; got 2.0"),
     (["--batch-size", "0"], "--batch-size must be a positive integer; got 0"),
 ])
@@ -225,7 +227,7 @@ def test_invalid_checkpoint_temperature_fails_naming_the_file_before_any_forward
     result = run("inspect", tmp_path / "teacher.pt", tmp_path / "student.pt", *arch, "--data", "digits:test",
                  "--no-progress")
     assert_one_line_error(result, f"the temperature stored in checkpoint '{tmp_path / 'student.pt'}' must be a "
-                                  f"finite number > 0; got inf")
+                                  f"finite number > 0 and at most 10000; got inf")
     assert exploding.FORWARD_CALLS == []
     sys.modules.pop("kd_exploding", None)
 
@@ -341,3 +343,30 @@ def test_python_dash_m_kddiag_is_the_same_command():
     result = subprocess.run([sys.executable, "-m", "kddiag", "--version"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and result.stdout.strip() == f"kddiag, version {kddiag.__version__}"
+
+
+RANDOM_BYTES = bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name, role, fragments", [
+    ("random.pt", "model", ["teacher checkpoint", "random.pt", "not a readable PyTorch file", "corrupt"]),
+    ("random.pth", "model", ["random.pth", "not a readable PyTorch file"]),
+    ("random.npz", "model", ["random.npz", "not a .npz", "does not start like one"]),
+    ("random.npy", "model", ["random.npy", "not a .npy", "does not start like one"]),
+    ("random.npz", "data", ["--data", "random.npz", "not a .npz", "does not start like one"]),
+    ("random.pt", "data", ["--data", "random.pt", "not a readable tensor file"]),
+    ("objects.npz", "model", ["objects.npz", "Python objects", "never unpickles"]),
+    ("objects.npz", "data", ["--data", "objects.npz", "Python objects"]),
+])
+def test_corrupt_files_are_called_corrupt_never_pointed_at_unsafe_options(tmp_path, name, role, fragments):
+    path = tmp_path / name
+    if name.startswith("objects"):
+        with open(path, "wb") as handle:  # an object array, written the way numpy writes pickled arrays
+            np.savez(handle, logits=np.array([{"a": 1}, None], dtype=object), x=np.array([[1], [2]], dtype=object))
+    else:
+        path.write_bytes(RANDOM_BYTES)
+    args = [path, STUDENT, "--data", "digits:test"] if role == "model" else [TEACHER, STUDENT, "--data", path]
+    result = run("inspect", *args, "--out", tmp_path / "out", "--no-progress")
+    assert_one_line_error(result, *fragments)
+    assert "--trust-pickle" not in result.stderr and "allow_pickle" not in result.stderr
+    assert not (tmp_path / "out").exists()

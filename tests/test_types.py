@@ -32,13 +32,14 @@ def test_valid_settings_keep_their_values_and_sources():
 
 
 @pytest.mark.parametrize("temperature, message", [
-    (Setting(math.inf, "cli"), r"^--temperature must be a finite number > 0; got inf$"),
-    (Setting(math.nan, "cli"), r"^--temperature must be a finite number > 0; got nan$"),
-    (Setting(0.0, "cli"), r"^--temperature must be a finite number > 0; got 0\.0$"),
-    (Setting(-1, "cli"), r"^--temperature must be a finite number > 0; got -1\.0$"),
-    (Setting("4", "cli"), r"^--temperature must be a finite number > 0; got '4'$"),
+    (Setting(math.inf, "cli"), r"^--temperature must be a finite number > 0 and at most 10000; got inf$"),
+    (Setting(math.nan, "cli"), r"^--temperature must be a finite number > 0 and at most 10000; got nan$"),
+    (Setting(0.0, "cli"), r"^--temperature must be a finite number > 0 and at most 10000; got 0\.0$"),
+    (Setting(-1, "cli"), r"^--temperature must be a finite number > 0 and at most 10000; got -1\.0$"),
+    (Setting("4", "cli"), r"^--temperature must be a finite number > 0 and at most 10000; got '4'$"),
     (Setting(math.inf, "checkpoint", path="runs/s.pt"),
-     r"^the temperature stored in checkpoint 'runs/s\.pt' must be a finite number > 0; got inf$"),
+     r"^the temperature stored in checkpoint 'runs/s\.pt' must be a finite number > 0 and at most 10000; got inf$"),
+    (Setting(1e308, "cli"), r"^--temperature must be a finite number > 0 and at most 10000; got 1e\+308$"),
 ])
 def test_settings_refuse_a_bad_temperature_naming_its_origin(temperature, message):
     with pytest.raises(KddiagError, match=message):
@@ -64,10 +65,10 @@ def test_setting_source_must_be_known():
 # --- InspectOptions ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, message", [
-    ({"temperature": math.inf}, r"^--temperature must be a finite number > 0; got inf$"),
-    ({"temperature": math.nan}, r"^--temperature must be a finite number > 0; got nan$"),
-    ({"temperature": 0}, r"^--temperature must be a finite number > 0; got 0\.0$"),
-    ({"temperature": -1.0}, r"^--temperature must be a finite number > 0; got -1\.0$"),
+    ({"temperature": math.inf}, r"^--temperature must be a finite number > 0 and at most 10000; got inf$"),
+    ({"temperature": math.nan}, r"^--temperature must be a finite number > 0 and at most 10000; got nan$"),
+    ({"temperature": 0}, r"^--temperature must be a finite number > 0 and at most 10000; got 0\.0$"),
+    ({"temperature": -1.0}, r"^--temperature must be a finite number > 0 and at most 10000; got -1\.0$"),
     ({"alpha": 2}, r"^--alpha must be a number in \[0, 1\]; got 2\.0$"),
     ({"alpha": -0.1}, r"^--alpha must be a number in \[0, 1\]; got -0\.1$"),
     ({"batch_size": 0}, r"^--batch-size must be a positive integer; got 0$"),

@@ -182,12 +182,13 @@ def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if "weights only load failed" not in str(error).lower():
-            raise KddiagError(f"{where}: not a readable PyTorch file ({one_line(error)})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found is None:  # nothing to unpickle: the file is not a torch.save file, or is damaged
+            raise KddiagError(f"{where}: not a readable PyTorch file (corrupt, truncated or not written by "
+                              f"torch.save)") from None
         if not trust_pickle:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
             raise UnsafeLoadError(
-                f"{where}: the file needs unpickling{f' (it contains {found.group(1)})' if found else ''}, "
+                f"{where}: the file needs unpickling (it contains {found.group(1)}), "
                 f"which can run arbitrary code; pass --trust-pickle only for files you trust, or save a "
                 f"state dict, torch.export or TorchScript model instead") from None
         try:

@@ -28,11 +28,7 @@ def load_npy(path: Path, where: str) -> LoadedModel:
 
 def load_npz(path: Path, where: str) -> LoadedModel:
     """A ``.npz`` file of logits (and labels) under the keys above."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            content = {key: archive[key] for key in archive.files}
-    except Exception as error:
-        raise KddiagError(f"{where}: not a readable .npz file ({one_line(error)})") from None
+    content = read_npz(path, where)
     if not set(content) & set(_LOGITS_KEYS):
         raise KddiagError(f"{where}: no logits (keys: {first(content)}); expected 'logits' or 'eval' for the "
                           f"eval set and/or 'transfer' for the transfer set")
@@ -78,11 +74,36 @@ def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedM
     return LoadedModel(source=str(path), format="logits", logits=logits, labels=labels or None)
 
 
+def read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, never unpickled; a file that is not one says so."""
+    _check_magic(path, (b"PK\x03\x04", b"PK\x05\x06"), ".npz (a zip of .npy arrays)", where)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise KddiagError(f"{where}: not a readable .npz file ({_numpy_reason(error)})") from None
+
+
 def _read_npy(path: Path, where: str) -> np.ndarray:
+    _check_magic(path, (b"\x93NUMPY",), ".npy", where)
     try:
         return np.load(path, allow_pickle=False)
     except Exception as error:
-        raise KddiagError(f"{where}: not a readable .npy file ({one_line(error)})") from None
+        raise KddiagError(f"{where}: not a readable .npy file ({_numpy_reason(error)})") from None
+
+
+def _check_magic(path: Path, magics: tuple[bytes, ...], kind: str, where: str) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(max(len(m) for m in magics))
+    if not head.startswith(magics):
+        raise KddiagError(f"{where}: not a {kind} file (it does not start like one: corrupt, truncated or "
+                          f"another format)")
+
+
+def _numpy_reason(error: Exception) -> str:
+    if "allow_pickle" in str(error):  # numpy's own advice names an option kddiag does not have
+        return "it holds Python objects (object arrays), which kddiag never unpickles; save numeric arrays"
+    return one_line(error)
 
 
 def _as_array(value: Any) -> np.ndarray:
