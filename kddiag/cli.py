@@ -64,13 +64,18 @@ def _writable(out: str | None) -> str | None:
     return out
 
 
-def _finish(report, *, out: str | None, as_json: bool, fail_on) -> None:
+def _check_arrays(out: str | None, arrays: bool) -> None:
+    if arrays and not out:
+        raise KddiagError("--arrays writes report-arrays.npz into --out: give --out DIR as well")
+
+
+def _finish(report, *, out: str | None, as_json: bool, fail_on, arrays: bool = False) -> None:
     """Print the summary (or JSON), write the report files, and apply --fail-on."""
     from kddiag.pipeline import write_outputs
     from kddiag.report.json import render_json
     from kddiag.report.text import render_text
 
-    written = write_outputs(report, out) if out else {}
+    written = write_outputs(report, out, arrays=arrays) if out else {}
     click.echo(render_json(report) if as_json else render_text(report))
     for path in written.values():
         click.echo(f"wrote {path}", err=as_json)
@@ -92,6 +97,9 @@ def output_options(*, default_out: str | None = None):
                          callback=lambda ctx, param, value: _writable(value),
                          help="Directory for report.json and report.html (checked before any work)."),
             click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the summary."),
+            click.option("--arrays", is_flag=True,
+                         help="Also write every class-by-class matrix to report-arrays.npz in --out (report.json "
+                              "summarizes them beyond 100 classes)."),
             click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
                          help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
         )):
@@ -121,16 +129,17 @@ def output_options(*, default_out: str | None = None):
 @click.option("--progress/--no-progress", default=None,
               help="Show progress on stderr (default: when stderr is a terminal).")
 @output_options()
-def inspect(teacher, student, data, transfer_data, baseline, out, as_json, fail_on, **options):
+def inspect(teacher, student, data, transfer_data, baseline, out, as_json, arrays, fail_on, **options):
     """Inspect a TEACHER / STUDENT pair and say why distillation helped or not."""
     from kddiag.pipeline import inspect as run_inspect
     from kddiag.types import InspectOptions
 
+    _check_arrays(out, arrays)
     if options["progress"] is None:
         options["progress"] = sys.stderr.isatty()
     report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
                          options=InspectOptions(**options))
-    _finish(report, out=out, as_json=as_json, fail_on=fail_on)
+    _finish(report, out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)
 
 
 def demo_report():
@@ -144,9 +153,10 @@ def demo_report():
 
 @main.command()
 @output_options(default_out="kddiag-report")
-def demo(out, as_json, fail_on):
+def demo(out, as_json, arrays, fail_on):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
-    _finish(demo_report(), out=out, as_json=as_json, fail_on=fail_on)
+    _check_arrays(out, arrays)
+    _finish(demo_report(), out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)
 
 
 if __name__ == "__main__":

@@ -65,18 +65,22 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
                   measurements=measurements, diagnosis=diagnosis, n_classes=n_classes)
 
 
-def write_outputs(report: Report, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Render ``report.json`` and ``report.html`` in memory, then write both into ``out_dir``, all or nothing."""
+def write_outputs(report: Report, out_dir: str | os.PathLike, *, arrays: bool = False) -> dict[str, Path]:
+    """Render ``report.json`` and ``report.html`` (and with ``arrays`` the class-by-class matrices as
+    ``report-arrays.npz``) in memory, then write them into ``out_dir``, all or nothing."""
     from kddiag.report.html import render_html
-    from kddiag.report.json import check_writable, render_json, write_atomic
+    from kddiag.report.json import check_writable, render_arrays, render_json, write_atomic
 
     out_dir = check_writable(out_dir)
-    rendered = {out_dir / "report.json": render_json(report), out_dir / "report.html": render_html(report)}
+    rendered = {"json": (out_dir / "report.json", render_json(report)),
+                "html": (out_dir / "report.html", render_html(report))}
+    if arrays:
+        rendered["arrays"] = (out_dir / "report-arrays.npz", render_arrays(report))
     try:
-        json_path, html_path = write_atomic(rendered)
+        written = write_atomic(dict(rendered.values()))
     except OSError as error:
         raise KddiagError(f"--out '{out_dir}': cannot write the report ({error.strerror or error})") from None
-    return {"json": json_path, "html": html_path}
+    return dict(zip(rendered, written))
 
 
 def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions) -> LoadedModel:

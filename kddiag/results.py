@@ -84,6 +84,10 @@ def _measured_from_dict(leaf: dict, kind: Any, dataset: str) -> Measured:
     value = leaf.get("value")
     if value is None:
         return unavailable(leaf.get("unavailable") or UNDEFINED, dataset=dataset)
+    if kind is np.ndarray and isinstance(value, dict):  # a matrix report.json summarized
+        shape = value.get("summary", {}).get("shape")
+        return unavailable(f"summarized in report.json ({shape} matrix; the whole matrix is in report-arrays.npz "
+                           "when written with --arrays)", dataset=dataset)
     if kind is np.ndarray:
         value = np.array([np.nan if v is None else v for v in np.ravel(np.array(value, dtype=object))]
                          ).reshape(np.shape(np.array(value, dtype=object)))

@@ -370,3 +370,12 @@ def test_corrupt_files_are_called_corrupt_never_pointed_at_unsafe_options(tmp_pa
     assert_one_line_error(result, *fragments)
     assert "--trust-pickle" not in result.stderr and "allow_pickle" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_arrays_need_an_out_directory_and_land_beside_the_report(tmp_path):
+    no_out = run("inspect", TEACHER, STUDENT, "--data", "digits:test", "--arrays", "--no-progress")
+    assert_one_line_error(no_out, "--arrays", "--out")
+    result = run("demo", "--out", tmp_path, "--arrays")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "report-arrays.npz") as arrays:
+        assert arrays["domain.teacher_output_similarity@transfer"].shape == (10, 10)

@@ -67,3 +67,41 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _report_with(n_classes, tmp_seed=0):
+    from kddiag.diagnosis import diagnose
+    from kddiag.measure import measure
+    from kddiag.types import EVAL, ClassInfo, ModelOutputs, Report, SetOutputs, Settings
+
+    rng = np.random.default_rng(tmp_seed)
+    y = rng.integers(0, n_classes, 400)
+    outputs = [SetOutputs(EVAL, y, ModelOutputs(rng.normal(size=(400, n_classes)), weight=rng.normal(size=(n_classes, 4))),
+                          ModelOutputs(rng.normal(size=(400, n_classes)), weight=rng.normal(size=(n_classes, 4))))]
+    measured = measure(outputs, settings=Settings(), class_info=ClassInfo())
+    return Report((), Settings(), ClassInfo(), measured, diagnose(measured, settings=Settings(), n_classes=n_classes),
+                  n_classes)
+
+
+def test_report_json_stays_small_beyond_a_hundred_classes_and_the_arrays_file_holds_the_rest(tmp_path):
+    from kddiag.pipeline import write_outputs
+    from kddiag.report.json import TOP_PAIRS, render_json
+    from kddiag.results import Measurements
+
+    small, large = _report_with(20), _report_with(300)
+    assert isinstance(json.loads(render_json(small))["metrics"]["domain"]["teacher_output_similarity"]["eval"]["value"],
+                      list)  # up to 100 classes the matrices stay whole
+    text = render_json(large)
+    assert len(text) < 200_000  # 3 matrices of 300 × 300 would be several MB
+    data = json.loads(text)
+    summary = data["metrics"]["domain"]["teacher_output_similarity"]["eval"]["value"]["summary"]
+    matrix = large.measurements.domain.eval.teacher.output_similarity.value
+    assert summary["shape"] == [300, 300] and len(summary["top_pairs"]) == TOP_PAIRS
+    i, j, value = summary["top_pairs"][0]
+    assert value == pytest.approx(np.nanmax(matrix[np.triu_indices(300, k=1)])) and matrix[i, j] == pytest.approx(value)
+    back = Measurements.from_dict(data["metrics"])
+    assert "summarized in report.json" in back.domain.eval.teacher.output_similarity.unavailable
+    written = write_outputs(large, tmp_path, arrays=True)
+    with np.load(written["arrays"]) as arrays:
+        np.testing.assert_array_equal(arrays["domain.teacher_output_similarity@eval"], matrix)
+        assert "domain.teacher_weight_similarity@weights" in arrays.files
