@@ -28,6 +28,7 @@ MAX_SCATTER_POINTS = 3000
 CLIP_PERCENTILES = (2.0, 98.0)  # y range of the trained-student w panel (its w is heavy-tailed) …
 IQR_FENCE = 10.0  # … and at most this many interquartile ranges beyond the quartiles
 MAX_TICK_LABELS = 30
+MAX_HEATMAP_CLASSES = 40  # beyond this many classes the heatmaps show the 40 most related ones
 
 
 # ---------------------------------------------------------------- level 0 — outcome
@@ -236,14 +237,14 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
     fig = _new_figure(fig, figsize=(4.6 * len(MODELS) + 0.8, 4.4 * len(rows)))
     grid = fig.add_gridspec(len(rows), len(MODELS) + 1, width_ratios=[1.0] * len(MODELS) + [0.05])
 
-    order = _shared_class_order(rows)
-    n_classes = len(order) if order is not None else 0
+    order, n_classes = _shared_class_order(rows)
+    n_shown = len(order)
     names = _class_names(class_info, n_classes)
     grouped = class_info.groups is not None and len(class_info.groups) == n_classes
     for row, similarity in enumerate(rows):
         matrices = similarity.matrices()
         present = {m: _floats(metric.value) for m, metric in matrices.items() if metric.ok}
-        present = {m: mat for m, mat in present.items() if mat.shape == (n_classes, n_classes)}
+        present = {m: mat[np.ix_(order, order)] for m, mat in present.items() if mat.shape == (n_classes, n_classes)}
         values = np.concatenate([_off_diagonal(mat) for mat in present.values()]) if present else np.zeros(0)
         values = np.abs(values[np.isfinite(values)])
         vmax = float(np.percentile(values, 99)) if values.size else 1.0
@@ -259,8 +260,8 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
                 default = f"no {model} {similarity.kind} measured"
                 _not_available(ax, _reason([matrices[model]] if model in matrices else [], default))
                 continue
-            mat = present[model][np.ix_(order, order)]
-            mask = np.eye(n_classes, dtype=bool) | ~np.isfinite(mat)
+            mat = present[model]
+            mask = np.eye(n_shown, dtype=bool) | ~np.isfinite(mat)
             sns.heatmap(mat, ax=ax, mask=mask, square=True, cmap="RdBu_r" if signed else "viridis",
                         vmin=-vmax if signed else 0.0, vmax=vmax, cbar=cbar_ax is not None, cbar_ax=cbar_ax,
                         cbar_kws={"label": "cosine similarity" if signed else "mean non-target probability",
@@ -272,7 +273,9 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
             if grouped:
                 _group_strips(ax, np.asarray(class_info.groups)[order])
         row_axes[0].set_ylabel(row_title, fontsize=10, labelpad=6)  # after seaborn, which clears it
-    fig.suptitle("Class similarity in one shared class order (clustered on the teacher; diagonal grey"
+    shown = "" if n_shown == n_classes else (f"the {n_shown} of {n_classes:,} classes most similar to the others "
+                                             "in the first matrix drawn, ")
+    fig.suptitle(f"Class similarity: {shown}in one shared class order (clustered on the teacher; diagonal grey"
                  + ("; edge strips: known class groups)" if grouped else ")"), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=3.0)  # room for the strips and titles below tick labels
     return fig
@@ -662,9 +665,11 @@ def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
     return matrix[~np.eye(matrix.shape[0], dtype=bool)]
 
 
-def _shared_class_order(rows: list[_SimilarityRow]) -> np.ndarray | None:
-    """Leaf order of average-linkage clustering on the teacher's similarity matrix (output-based,
-    else weight-based; any model's if the teacher has none), as display order for every heatmap."""
+def _shared_class_order(rows: list[_SimilarityRow]) -> tuple[np.ndarray, int]:
+    """The classes every heatmap shows, in one order, and the class count: average-linkage leaf order of the
+    teacher's similarity matrix (output-based, else weight-based; any model's if the teacher has none).
+    Beyond MAX_HEATMAP_CLASSES classes only the classes most similar to the others (largest off-diagonal
+    row sum) are shown: a heatmap of hundreds of classes is texture, not structure."""
     from scipy.cluster.hierarchy import leaves_list, linkage
     from scipy.spatial.distance import squareform
 
@@ -676,16 +681,22 @@ def _shared_class_order(rows: list[_SimilarityRow]) -> np.ndarray | None:
             similarity = np.nan_to_num(_floats(metric.value))
             if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
                 continue
-            n = similarity.shape[0]
+            n_classes = similarity.shape[0]
+            shown = np.arange(n_classes)
+            if n_classes > MAX_HEATMAP_CLASSES:
+                strength = similarity.sum(axis=1) - np.diag(similarity)
+                shown = np.sort(np.argsort(-strength, kind="stable")[:MAX_HEATMAP_CLASSES])
+                similarity = similarity[np.ix_(shown, shown)]
+            n = shown.size
             if n < 3:
-                return np.arange(n)
+                return shown, n_classes
             similarity = (similarity + similarity.T) / 2
             distance = _off_diagonal(similarity).max() - similarity
             np.fill_diagonal(distance, 0.0)
             tree = linkage(squareform(np.clip(distance, 0.0, None), checks=False), method="average",
                            optimal_ordering=n <= 200)
-            return leaves_list(tree)
-    return None
+            return shown[leaves_list(tree)], n_classes
+    return np.arange(0), 0
 
 
 def _class_names(class_info: ClassInfo, n_classes: int) -> list[str]:

@@ -352,3 +352,24 @@ def test_student_panel_uses_iqr_fences_when_even_the_percentiles_explode():
     lo, hi = ax.get_ylim()
     assert hi < q3 + 1.2 * plotting.IQR_FENCE * (q3 - q1) and hi < 10
     assert "quartiles ± 10 IQR" in ax.get_title()
+
+
+def test_many_classes_show_the_most_related_ones_and_say_so():
+    from kddiag.measure import measure
+    from kddiag.types import ClassInfo, ModelOutputs, SetOutputs, Settings
+
+    rng = np.random.default_rng(0)
+    n, n_classes = 600, 60
+    y = rng.integers(0, n_classes, n)
+    measured = measure([SetOutputs(EVAL, y, ModelOutputs(rng.normal(size=(n, n_classes))),
+                                   ModelOutputs(rng.normal(size=(n, n_classes))))],
+                       settings=Settings(), class_info=ClassInfo())
+    fig = plotting.plot_class_similarity(measured)
+    assert f"the {plotting.MAX_HEATMAP_CLASSES} of 60 classes" in fig._suptitle.get_text()
+    heatmaps = [c.get_array().shape for ax in fig.axes for c in ax.collections
+                if type(c).__name__ == "QuadMesh" and c.get_array().shape[1] > 1]  # not the colour bar
+    assert heatmaps == [(plotting.MAX_HEATMAP_CLASSES, plotting.MAX_HEATMAP_CLASSES)] * 2  # teacher, student
+    teacher = measured.domain.eval.teacher.output_similarity.value
+    strength = np.nansum(teacher, axis=1) - np.nan_to_num(np.diag(teacher))
+    order, total = plotting._shared_class_order(plotting._similarity_rows(measured))
+    assert total == 60 and set(order) == set(np.argsort(-strength, kind="stable")[:plotting.MAX_HEATMAP_CLASSES])
