@@ -124,6 +124,8 @@ class Dataset:
             if not shape or shape[0] != len(labels):
                 raise KddiagError(f"{where}: inputs 'x' have shape {shape} but there are {len(labels)} labels; "
                                   f"the first dimension of x must equal len(labels)")
+            if _has_non_finite(self.x):
+                raise KddiagError(f"{where}: inputs 'x' hold NaN or Inf; every input value must be finite")
 
 
 @dataclass(frozen=True)
@@ -436,6 +438,14 @@ def _is_real(value: Any) -> bool:
 
 def _shown(value: Any) -> str:
     return repr(float(value)) if _is_real(value) else repr(value)
+
+
+def _has_non_finite(x: Any) -> bool:
+    """Whether floating inputs (a tensor or an array) hold NaN or Inf; integer inputs never do."""
+    if hasattr(x, "is_floating_point"):
+        return bool(x.is_floating_point() and not x.isfinite().all())
+    array = np.asarray(x)
+    return array.dtype.kind in "fc" and not np.isfinite(array).all()
 
 
 def _real_array(value: Any, name: str) -> np.ndarray:

@@ -23,6 +23,7 @@ class Runner:
     def __init__(self, role: str, model: LoadedModel):
         self.role, self.module = role, model.module
         self.source = None if model.format == "module" else model.source  # named in errors
+        self._who = role if self.source is None else f"{role} '{self.source}'"
         self.logits: list = []
         self.features: list | None = []  # None: this model gives no features
         self.weight: np.ndarray | None = None
@@ -78,12 +79,12 @@ class Runner:
                 output, feats = self._forward(piece)
                 out = logits_of(output)
             except KddiagError as error:
-                raise KddiagError(f"{self.role}: {error}") from None
+                raise KddiagError(f"{self._who}: {error}") from None
             except Exception as error:
-                raise KddiagError(f"{self.role} failed on inputs of shape {tuple(piece.shape)} ({piece.dtype}): "
+                raise KddiagError(f"{self._who} failed on inputs of shape {tuple(piece.shape)} ({piece.dtype}): "
                                   f"{type(error).__name__}: {one_line(error)}") from None
             if out.ndim != 2 or out.shape[0] != len(piece):
-                raise KddiagError(f"{self.role} returned outputs of shape {tuple(out.shape)} for {len(piece)} "
+                raise KddiagError(f"{self._who} returned outputs of shape {tuple(out.shape)} for {len(piece)} "
                                   f"inputs; expected logits of shape (n_samples, n_classes) = ({len(piece)}, C)")
             logits.append(out)
             usable = isinstance(feats, torch.Tensor) and feats.ndim >= 2 and feats.shape[0] == len(piece)
