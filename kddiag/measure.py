@@ -39,7 +39,7 @@ STUDENT_NEVER_WRONG = "the student makes no error on this set (AUROC needs error
 STUDENT_ALWAYS_WRONG = "the student is wrong on every example of this set (AUROC needs errors and non-errors)"
 CONSTANT_DIFFICULTY = "rescaling weight or difficulty is constant over the examples"
 
-MIN_EXAMPLES = 30  # a set with fewer examples gives no measurement: "not enough data"
+MIN_EXAMPLES = 30  # a set with fewer examples (or fewer than one per class) gives no measurement: "not enough data"
 MIN_EXAMPLES_PER_CLASS_RELABELLING = 10  # the relabelling search needs this many examples per class on average
 KNN_MAX_SAMPLES = 5000  # k-NN difficulty on at most this many examples (fixed-seed subsample) …
 KNN_MAX_WORK = 1e9  # … and at most this many distance multiply-adds (n_sub² · n_features)
@@ -75,7 +75,7 @@ def measure(outputs: Collected | Sequence[SetOutputs], *, settings: Settings, cl
     """
     outputs = outputs if isinstance(outputs, Collected) else Collected(tuple(outputs))
     checked = [_as_set(data) for data in outputs]
-    enough = [data for data in checked if data.labels.size >= MIN_EXAMPLES]
+    enough = [data for data in checked if _enough(data)]
     groups = None if class_info.groups is None else np.asarray(class_info.groups)
     temperature, alpha = settings.temperature.value, settings.alpha.value
     views = {data.name: _views(data, temperature) for data in enough}
@@ -94,9 +94,17 @@ def measure(outputs: Collected | Sequence[SetOutputs], *, settings: Settings, cl
     )
 
 
+def _enough(data: _Set) -> bool:
+    """At least MIN_EXAMPLES examples and one per class on average: below that, rates and class-by-class
+    statistics are noise."""
+    n_classes = next(iter(data.logits.values())).shape[1]
+    return data.labels.size >= max(MIN_EXAMPLES, n_classes)
+
+
 def _not_enough(data: _Set) -> str:
-    return (f"not enough data: {data.labels.size} examples on the {data.name} set "
-            f"(measurements need at least {MIN_EXAMPLES})")
+    n_classes = next(iter(data.logits.values())).shape[1]
+    return (f"not enough data: {data.labels.size} examples on the {data.name} set for {n_classes} classes "
+            f"(measurements need at least {MIN_EXAMPLES} and one per class)")
 
 
 def _as_set(data: SetOutputs) -> _Set:
@@ -378,7 +386,7 @@ def _softness_gap(views: dict[str, _Views], checked: list[_Set]) -> Measured:
 def _whatif(checked: list[_Set], alpha: float) -> Measured:
     """The temperature what-if on the transfer set, else on eval."""
     data = next((c for c in checked if c.name == TRANSFER), checked[0])
-    if data.labels.size < MIN_EXAMPLES:
+    if not _enough(data):
         return unavailable(_not_enough(data), dataset=data.name)
     return measured(whatif.temperature_whatif_of(data.logits["teacher"], data.labels, alpha=alpha),
                     dataset=data.name)

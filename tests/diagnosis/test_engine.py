@@ -64,7 +64,15 @@ def test_two_examples_give_no_verdict_only_not_enough_data():
     assert diagnosis.findings == () and diagnosis.verdict == "none"
     reasons = dict(diagnosis.not_checked)
     assert reasons.pop("teacher-wrong-on-transfer") == "not measured (transfer)"  # needs the transfer set
-    assert reasons and all("not enough data: 2 examples on the eval set" in why for why in reasons.values())
+    assert reasons and all("not enough data: 2 examples on the eval set for 2 classes" in why
+                           for why in reasons.values())
+
+
+def test_fewer_examples_than_classes_give_no_verdict():
+    measured = measure([_random_pair(2000, 5000, seed=5)], settings=SETTINGS, class_info=ClassInfo())
+    diagnosis = diagnose(measured, settings=SETTINGS, n_classes=5000)
+    assert diagnosis.verdict == "none" and diagnosis.findings == ()
+    assert "2000 examples on the eval set for 5000 classes" in measured.outcome.eval.agreement.unavailable
 
 
 @pytest.mark.parametrize("n, n_classes", [(2000, 500), (400, 20)])
