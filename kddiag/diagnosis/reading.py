@@ -5,7 +5,6 @@ with :func:`first`, decides, and returns its evidence, its severity and the fact
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -125,6 +124,3 @@ def rounded(threshold: float) -> float:
     """A threshold derived from measured values, rounded for display."""
     return round(threshold, 6)
 
-
-def is_finite(value: Measured) -> bool:
-    return value.ok and (not isinstance(value.value, float) or math.isfinite(value.value))
