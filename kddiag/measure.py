@@ -1,24 +1,27 @@
 """The measure stage: every metric of the catalog (docs/metrics.md) on every data set given.
 
-``measure`` turns the collected outputs (:class:`~kddiag.types.Collected`) into typed
-:class:`~kddiag.results.Measurements`, one result per knowledge level. It runs the softmax pass once
-per model and temperature and hands the summaries to the metric modules, one per knowledge level. A metric that cannot be computed is still
-emitted, with value None and the reason (no baseline, no weights in logits mode, …): never a made-up value.
+``measure`` turns each data set's streaming statistics (:class:`~kddiag.accumulate.SetSummary`) into
+typed :class:`~kddiag.results.Measurements`, one result per knowledge level. Outputs held in memory
+(:class:`~kddiag.types.Collected`) are summarized first, in one pass. Exact statistics (means, bins,
+class sums) cover every example; what needs the examples themselves reads the fixed-seed reservoirs
+(see :mod:`kddiag.accumulate`). A metric that cannot be computed is still emitted, with value None
+and the reason (no baseline, no weights in logits mode, …): never a made-up value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Sequence
 
 import numpy as np
 
+from kddiag.accumulate import SetSummary, summarize
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
-from kddiag.metrics._common import SoftmaxStats, softmax_stats, subsample_indices
+from kddiag.metrics._common import subsample_indices
 from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWeights, DomainResult, InstanceOnSet,
                             InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
                             ReliabilityCalibration, UniverseOnSet, UniverseResult, WeightStructure, measured,
                             unavailable)
-from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, ModelOutputs, SetOutputs, Settings
+from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, SetOutputs, Settings
 
 
 NO_BASELINE = "no baseline given"
@@ -46,224 +49,208 @@ KNN_MAX_WORK = 1e9  # … and at most this many distance multiply-adds (n_sub² 
 CKA_MAX_SAMPLES = 2048  # linear CKA on at most this many examples (fixed-seed subsample)
 
 
-@dataclass(frozen=True)
-class _Set:
-    """One data set's outputs, by role."""
+def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *, settings: Settings,
+            class_info: ClassInfo) -> Measurements:
+    """Every catalog metric on every data set given (eval and/or transfer), one result per level.
 
-    name: str  # EVAL or TRANSFER
-    labels: np.ndarray
-    logits: dict[str, np.ndarray]  # role -> (n_samples, n_classes)
-    outputs: dict[str, ModelOutputs]  # role -> outputs (features, weight)
-
-
-@dataclass(frozen=True)
-class _Views:
-    """The softmax summaries of one set: τ = 1 (with class sums) and the distillation τ."""
-
-    one: dict[str, SoftmaxStats]  # role -> stats at τ = 1; teacher's with cross terms against the student
-    teacher_t: SoftmaxStats  # at τ, with cross terms against the student
-    student_t: SoftmaxStats
-
-
-def measure(outputs: Collected | Sequence[SetOutputs], *, settings: Settings, class_info: ClassInfo) -> Measurements:
-    """Every catalog metric on every data set collected (eval and/or transfer), one result per level.
-
-    Weight-based metrics are computed once (data set "weights"); ``softness_gap`` needs both sets;
-    the temperature what-if is measured on the transfer set, else on eval. The inputs are valid by
-    construction (:class:`~kddiag.types.Collected`, :class:`~kddiag.types.Settings`); ``class_info``
-    must match the class count. A plain sequence of sets is checked as a ``Collected``.
+    ``outputs``: the sets' summaries (:class:`~kddiag.accumulate.SetSummary`, from streaming
+    collection) or their outputs in memory (:class:`~kddiag.types.Collected`, or a sequence of
+    :class:`~kddiag.types.SetOutputs`, checked as one). Weight-based metrics are computed once (data
+    set "weights"); ``softness_gap`` needs both sets; the temperature what-if is measured on the
+    transfer set, else on eval. ``class_info`` must match the class count.
     """
-    outputs = outputs if isinstance(outputs, Collected) else Collected(tuple(outputs))
-    checked = [_as_set(data) for data in outputs]
-    enough = [data for data in checked if _enough(data)]
+    if not outputs or not all(isinstance(item, SetSummary) for item in outputs):
+        outputs = outputs if isinstance(outputs, Collected) else Collected(tuple(outputs))
+        outputs = [summarize(data, temperature=settings.temperature.value, alpha=settings.alpha.value)
+                   for data in outputs]
+    sets = list(outputs)
+    enough = {s.name for s in sets if _enough(s)}
     groups = None if class_info.groups is None else np.asarray(class_info.groups)
-    temperature, alpha = settings.temperature.value, settings.alpha.value
-    views = {data.name: _views(data, temperature) for data in enough}
+    alpha = settings.alpha.value
     makers = {OutcomeResult: (OutcomeOnSet, _outcome), UniverseResult: (UniverseOnSet, _universe),
-              DomainResult: (DomainOnSet, lambda d, v: _domain(d, v, groups)),
-              InstanceResult: (InstanceOnSet, lambda d, v: _instance(d, v, alpha))}
-    per_set = {level: {data.name: make(data, views[data.name]) if data.name in views
-                       else record.unmeasured(_not_enough(data), dataset=data.name) for data in checked}
+              DomainResult: (DomainOnSet, lambda s: _domain(s, groups)),
+              InstanceResult: (InstanceOnSet, _instance)}
+    per_set = {level: {s.name: make(s) if s.name in enough else record.unmeasured(_not_enough(s), dataset=s.name)
+                       for s in sets}
                for level, (record, make) in makers.items()}
     return Measurements(
         outcome=OutcomeResult(**per_set[OutcomeResult]),
-        universe=UniverseResult(**per_set[UniverseResult], softness_gap=_softness_gap(views, checked),
-                                temperature_whatif=_whatif(checked, alpha)),
-        domain=DomainResult(**per_set[DomainResult], weights=_weights(checked, groups)),
+        universe=UniverseResult(**per_set[UniverseResult], softness_gap=_softness_gap(sets, enough),
+                                temperature_whatif=_whatif(sets, alpha)),
+        domain=DomainResult(**per_set[DomainResult], weights=_weights(sets, groups)),
         instance=InstanceResult(**per_set[InstanceResult]),
     )
 
 
-def _enough(data: _Set) -> bool:
+def _enough(data: SetSummary) -> bool:
     """At least MIN_EXAMPLES examples and one per class on average: below that, rates and class-by-class
     statistics are noise."""
-    n_classes = next(iter(data.logits.values())).shape[1]
-    return data.labels.size >= max(MIN_EXAMPLES, n_classes)
+    return data.n_samples >= max(MIN_EXAMPLES, data.n_classes)
 
 
-def _not_enough(data: _Set) -> str:
-    n_classes = next(iter(data.logits.values())).shape[1]
-    return (f"not enough data: {data.labels.size} examples on the {data.name} set for {n_classes} classes "
+def _not_enough(data: SetSummary) -> str:
+    return (f"not enough data: {data.n_samples} examples on the {data.name} set for {data.n_classes} classes "
             f"(measurements need at least {MIN_EXAMPLES} and one per class)")
 
 
-def _as_set(data: SetOutputs) -> _Set:
-    outputs = {role: getattr(data, role) for role in ROLES if getattr(data, role) is not None}
-    return _Set(data.dataset, data.labels, {role: out.logits for role, out in outputs.items()}, outputs)
-
-
-# ---------------------------------------------------------------- the softmax pass, once per model and τ
-
-def _views(data: _Set, temperature: float) -> _Views:
-    y, logits = data.labels, data.logits
-    threshold = universe.bin_edges(universe.N_BINS)[1]  # class-wise ECE lists the entries above the first bin
-    one = {"student": softmax_stats(logits["student"], y, class_sums_threshold=threshold, logit_spread=True)}
-    one["teacher"] = softmax_stats(logits["teacher"], y, versus=(logits["student"], one["student"]),
-                                   class_sums_threshold=threshold, logit_spread=True)
-    if "baseline" in logits:
-        one["baseline"] = softmax_stats(logits["baseline"], y, class_sums_threshold=threshold, logit_spread=True)
-    if temperature == 1.0:
-        return _Views(one, one["teacher"], one["student"])
-    student_t = softmax_stats(logits["student"], y, temperature=temperature)
-    teacher_t = softmax_stats(logits["teacher"], y, temperature=temperature, versus=(logits["student"], student_t))
-    return _Views(one, teacher_t, student_t)
+def _mean_ci(data: SetSummary, name: str) -> Measured:
+    """The exact mean of a per-example quantity with its bootstrap interval (from the reservoir)."""
+    mean = data.mean(name)
+    return measured(mean, ci=fidelity.sample_bootstrap_ci(data.examples[name], mean=mean, n_total=data.n_samples))
 
 
 # ---------------------------------------------------------------- level 0
 
-def _outcome(data: _Set, view: _Views) -> OutcomeOnSet:
-    y, one = data.labels, view.one
-    correct = {role: (stats.prediction == y).astype(np.float64) for role, stats in one.items()}
-    accuracy = {role: measured(np.mean(correct[role]), ci=fidelity.bootstrap_ci(correct[role])) if role in correct
-                else unavailable(NO_BASELINE) for role in ROLES}
-    agree = (one["teacher"].prediction == one["student"].prediction).astype(np.float64)
-    teacher_right = correct["teacher"] > 0  # where following the label and the teacher is the same thing
-    kl = one["teacher"].kl_divergence()
-    if "baseline" in one:
-        gain = correct["student"] - correct["baseline"]
-        baseline_agreement = measured(fidelity.agreement_of(one["teacher"].prediction, one["baseline"].prediction))
-        kd_gain = measured(np.mean(gain), ci=fidelity.bootstrap_ci(gain))
+def _outcome(data: SetSummary) -> OutcomeOnSet:
+    accuracy = {role: _mean_ci(data, f"{role}.correct") if role in data.roles else unavailable(NO_BASELINE)
+                for role in ROLES}
+    teacher_right = data.moments.sum("teacher.correct")
+    if "baseline" in data.roles:
+        baseline_agreement, kd_gain = measured(data.mean("baseline_agree")), _mean_ci(data, "gain")
     else:
         baseline_agreement = kd_gain = unavailable(NO_BASELINE)
-    permuted, chance, permutation = _relabelling(one["teacher"].prediction, one["student"].prediction,
-                                                 one["teacher"].n_classes)
+    permuted, chance, permutation = _relabelling(data)
     return OutcomeOnSet(
         data.name,
         teacher_accuracy=accuracy["teacher"], student_accuracy=accuracy["student"],
         baseline_accuracy=accuracy["baseline"],
-        agreement=measured(np.mean(agree), ci=fidelity.bootstrap_ci(agree)),
-        agreement_where_teacher_correct=(measured(np.mean(agree[teacher_right])) if teacher_right.any()
-                                         else unavailable("the teacher is right on no example")),
+        agreement=_mean_ci(data, "agree"),
+        agreement_where_teacher_correct=(
+            measured(data.moments.sum("agree_where_teacher_correct") / teacher_right) if teacher_right > 0
+            else unavailable("the teacher is right on no example")),
         baseline_agreement=baseline_agreement,
-        kl_teacher_student=measured(np.mean(kl), ci=fidelity.bootstrap_ci(kl)),
-        kl_teacher_student_at_temperature=measured(np.mean(view.teacher_t.kl_divergence())),
+        kl_teacher_student=_mean_ci(data, "kl"),
+        kl_teacher_student_at_temperature=measured(data.mean("kl_t")),
         kd_gain=kd_gain,
         permuted_agreement=permuted, permuted_agreement_chance=chance, class_permutation=permutation,
     )
 
 
-def _relabelling(teacher_pred: np.ndarray, student_pred: np.ndarray, n_classes: int) -> tuple[Measured, ...]:
+def _relabelling(data: SetSummary) -> tuple[Measured, ...]:
     """Agreement after the best relabelling of the student's classes, the same on unpaired rows (what the
-    search finds by chance: the student's predictions shuffled with a fixed seed), and the relabelling.
-    Needs MIN_EXAMPLES_PER_CLASS_RELABELLING examples per class: with fewer, any relabelling fits."""
-    n_samples = teacher_pred.size
+    search finds by chance: the reservoir's student predictions shuffled with a fixed seed), and the
+    relabelling. Needs MIN_EXAMPLES_PER_CLASS_RELABELLING examples per class: with fewer, any
+    relabelling fits. Beyond DENSE_CLASSES classes the search covers the kept classes; the others keep
+    their labels."""
+    n_samples, n_classes = data.n_samples, data.n_classes
     if n_samples < MIN_EXAMPLES_PER_CLASS_RELABELLING * n_classes:
         why = (f"not enough data for the relabelling search: {n_samples} examples for {n_classes} classes "
                f"(at least {MIN_EXAMPLES_PER_CLASS_RELABELLING} per class)")
         return unavailable(why), unavailable(why), unavailable(why)
-    permutation = fidelity.permutation_of(teacher_pred, student_pred, n_classes)
+    kept = data.kept_classes
+    agreed_outside = data.moments.sum("agree") - np.trace(data.confusion)  # pairs outside the kept classes
+    permuted, permutation = _relabelled(data.confusion, agreed_outside, n_samples, kept, n_classes)
+    teacher_pred, student_pred = data.examples["teacher.prediction"], data.examples["student.prediction"]
     unpaired = np.random.default_rng(0).permutation(student_pred)
-    chance = fidelity.agreement_of(teacher_pred, fidelity.permutation_of(teacher_pred, unpaired, n_classes)[unpaired])
-    return (measured(fidelity.agreement_of(teacher_pred, permutation[student_pred])), measured(chance),
-            measured(permutation))
+    if kept is None:
+        confusion, outside = fidelity.confusion_of(teacher_pred, unpaired, n_classes), 0
+    else:
+        position = np.full(n_classes, -1, dtype=np.int64)
+        position[kept] = np.arange(kept.size)
+        t, s = position[teacher_pred], position[unpaired]
+        inside = (t >= 0) & (s >= 0)
+        confusion = fidelity.confusion_of(t[inside], s[inside], kept.size)
+        outside = int(np.sum((teacher_pred == unpaired) & ~inside))
+    chance, _ = _relabelled(confusion, outside, teacher_pred.size, kept, n_classes)
+    return measured(permuted), measured(chance), measured(permutation)
+
+
+def _relabelled(confusion: np.ndarray, agreed_outside: float, n_samples: int, kept: np.ndarray | None,
+                n_classes: int) -> tuple[float, np.ndarray]:
+    """Agreement after the best relabelling of the classes ``confusion`` covers (all, or ``kept``), and the
+    relabelling over all C classes (identity outside ``kept``)."""
+    within = fidelity.permutation_from(confusion)
+    agreed = confusion[within, np.arange(within.size)].sum() + agreed_outside
+    if kept is None:
+        return float(agreed / n_samples), within
+    permutation = np.arange(n_classes)
+    permutation[kept] = kept[within]
+    return float(agreed / n_samples), permutation
 
 
 # ---------------------------------------------------------------- level 1
 
-def _universe(data: _Set, view: _Views) -> UniverseOnSet:
-    teacher = view.teacher_t
+def _universe(data: SetSummary) -> UniverseOnSet:
+    effective = data.mean("smoothing_t")
     return UniverseOnSet(
         data.name,
-        teacher=_calibration(data, view, "teacher", ReliabilityCalibration),
-        student=_calibration(data, view, "student", ReliabilityCalibration),
-        baseline=_calibration(data, view, "baseline", Calibration),
-        effective_smoothing=measured(universe.effective_smoothing_of(teacher)),
-        equivalent_smoothing=measured(universe.equivalent_smoothing_of(teacher)),
-        saturation_share=measured(universe.saturation_share_of(teacher)),
-        target_entropy=measured(universe.target_entropy_of(teacher)),
-        target_confidence_histogram=measured(universe.target_confidence_histogram_of(teacher)),
+        teacher=_calibration(data, "teacher", ReliabilityCalibration),
+        student=_calibration(data, "student", ReliabilityCalibration),
+        baseline=_calibration(data, "baseline", Calibration),
+        effective_smoothing=measured(effective),
+        equivalent_smoothing=measured(universe.equivalent_smoothing_from(effective, data.n_classes)),
+        saturation_share=measured(data.mean("saturated_t")),
+        target_entropy=measured(data.mean("entropy_t")),
+        target_confidence_histogram=measured(universe.Histogram(np.linspace(0.0, 1.0, data.target_histogram.size + 1),
+                                                                data.target_histogram.copy())),
     )
 
 
-def _calibration(data: _Set, view: _Views, role: str, kind: type[Calibration]) -> Calibration:
-    stats, y = view.one.get(role), data.labels
-    if stats is None:
+def _calibration(data: SetSummary, role: str, kind: type[Calibration]) -> Calibration:
+    if role not in data.roles:
         return kind(**{item.name: unavailable(NO_BASELINE) for item in fields(kind)})
-    extra = {"reliability": measured(universe.reliability_of(stats, y))} if kind is ReliabilityCalibration else {}
+    bins, examples, rows = data.calibration[role], data.examples, data.rows
+    extra = {"reliability": measured(universe.reliability_of(bins))} if kind is ReliabilityCalibration else {}
     return kind(
-        ece=measured(universe.ece_of(stats, y)),
-        adaptive_ece=measured(universe.adaptive_ece_of(stats, y)),
-        mce=measured(universe.mce_of(stats, y)),
-        classwise_ece=measured(universe.classwise_ece_of(stats.class_sums, y)),
-        nll=measured(universe.nll_of(stats)),
-        brier=measured(universe.brier_of(stats)),
-        fitted_temperature=measured(universe.fitted_temperature_of(data.logits[role], y)),
+        ece=measured(universe.ece_of(bins)),
+        adaptive_ece=measured(universe.adaptive_ece_of(examples[f"{role}.confidence"], examples[f"{role}.correct"])),
+        mce=measured(universe.mce_of(bins)),
+        classwise_ece=measured(universe.classwise_ece_of(data.class_sums[role])),
+        nll=measured(data.mean(f"{role}.nll")),
+        brier=measured(data.mean(f"{role}.brier")),
+        fitted_temperature=measured(universe.fitted_temperature_of(rows[f"{role}.logits"], rows["labels"])),
         **extra,
     )
 
 
 # ---------------------------------------------------------------- level 2
 
-def _domain(data: _Set, view: _Views, groups: np.ndarray | None) -> DomainOnSet:
-    y = data.labels
-    similarity = {role: domain.output_similarity_of(stats, y) for role, stats in view.one.items()}
+def _domain(data: SetSummary, groups: np.ndarray | None) -> DomainOnSet:
+    kept_groups = groups if groups is None or data.kept_classes is None else groups[data.kept_classes]
+    similarity = {role: domain.output_similarity_of(data.class_sums[role]) for role in data.roles}
     structure = {}
     for role in ROLES:
-        stats = view.one.get(role)
-        if stats is None:
+        if role not in data.roles:
             structure[role] = ClassStructure(**{item.name: unavailable(NO_BASELINE) for item in fields(ClassStructure)})
             continue
+        spread = data.examples[f"{role}.logit_spread"]
+        spread = spread[np.isfinite(spread)]
         structure[role] = ClassStructure(
-            dark_knowledge_content=measured(domain.dark_knowledge_content_of(stats), why_none=NEEDS_THREE_CLASSES),
-            nontarget_logit_spread=measured(domain.nontarget_logit_spread_of(stats), why_none=NO_POSITIVE_MARGIN),
+            dark_knowledge_content=measured(data.mean(f"{role}.dark_knowledge") if data.n_classes >= 3 else None,
+                                            why_none=NEEDS_THREE_CLASSES),
+            nontarget_logit_spread=measured(float(np.median(spread)) if spread.size else None,
+                                            why_none=NO_POSITIVE_MARGIN),
             output_similarity=measured(similarity[role]),
-            group_recovery=_group_recovery(similarity[role], groups),
+            group_recovery=_group_recovery(similarity[role], kept_groups),
         )
     score, baseline_score = _transfer_scores(similarity, NO_BASELINE)
     cka = {}
     for other in ("student", "baseline"):
-        if other not in data.outputs:
+        if other not in data.roles:
             cka[other] = unavailable(NO_BASELINE)
-        elif data.outputs["teacher"].features is None or data.outputs[other].features is None:
+        elif not {"teacher", other} <= data.feature_roles:
             cka[other] = unavailable(NO_FEATURES)
         else:
-            cka[other] = measured(_feature_cka(data.outputs["teacher"], data.outputs[other], y.size),
+            cka[other] = measured(_feature_cka(data.rows["teacher.features"], data.rows[f"{other}.features"]),
                                   why_none=NO_FEATURE_VARIANCE)
     return DomainOnSet(
         data.name, **structure,
-        dark_knowledge_content_at_temperature=measured(domain.dark_knowledge_content_of(view.teacher_t),
-                                                       why_none=NEEDS_THREE_CLASSES),
+        dark_knowledge_content_at_temperature=measured(data.mean("dark_knowledge_t") if data.n_classes >= 3
+                                                       else None, why_none=NEEDS_THREE_CLASSES),
         output_similarity_transfer_score=score, baseline_output_similarity_transfer_score=baseline_score,
         feature_cka=cka["student"], baseline_feature_cka=cka["baseline"],
     )
 
 
-def _feature_cka(teacher: ModelOutputs, other: ModelOutputs, n_samples: int) -> float | None:
-    """Linear CKA on the examples both models kept features for, at most CKA_MAX_SAMPLES of them
+def _feature_cka(teacher: np.ndarray, other: np.ndarray) -> float | None:
+    """Linear CKA on the reservoir rows both models kept features for, at most CKA_MAX_SAMPLES of them
     (fixed-seed subsample), products in float32. O(n·d²) or O(n²·d): bounded, not the full set."""
-    teacher_rows, other_rows = _feature_rows(teacher, n_samples), _feature_rows(other, n_samples)
-    _, in_teacher, in_other = np.intersect1d(teacher_rows, other_rows, assume_unique=True, return_indices=True)
-    pick = subsample_indices(in_teacher.size, CKA_MAX_SAMPLES)
+    both = np.flatnonzero(np.isfinite(teacher[:, 0]) & np.isfinite(other[:, 0]))
+    pick = both[subsample_indices(both.size, CKA_MAX_SAMPLES)]
     if pick.size < 2:
         return None
-    return domain.linear_cka_of(np.asarray(teacher.features[in_teacher[pick]], dtype=np.float32),
-                                np.asarray(other.features[in_other[pick]], dtype=np.float32))
-
-
-def _feature_rows(outputs: ModelOutputs, n_samples: int) -> np.ndarray:
-    """The example index of each feature row."""
-    return np.arange(n_samples) if outputs.feature_rows is None else np.asarray(outputs.feature_rows)
-
+    return domain.linear_cka_of(np.asarray(teacher[pick], dtype=np.float32),
+                                np.asarray(other[pick], dtype=np.float32))
 
 def _group_recovery(similarity: np.ndarray, groups: np.ndarray | None) -> Measured:
     if groups is None:
@@ -284,16 +271,16 @@ def _transfer_scores(similarity: dict[str, np.ndarray], why_missing: str | dict[
     return scores[0], scores[1]
 
 
-def _weights(checked: list[_Set], groups: np.ndarray | None) -> DomainOnWeights:
+def _weights(sets: list[SetSummary], groups: np.ndarray | None) -> DomainOnWeights:
     """Weight-based class similarity, once (data set 'weights')."""
     weight, why = {}, {}
     for role in ROLES:
-        outputs = [data.outputs[role] for data in checked if role in data.outputs]
-        found = [out.weight for out in outputs if out.weight is not None]
-        if not outputs:
+        holding = [s for s in sets if role in s.roles]
+        found = [s.weights[role] for s in holding if role in s.weights]
+        if not holding:
             why[role] = NO_BASELINE
         elif not found:
-            logits_mode = all(out.features is None for out in outputs)
+            logits_mode = all(role not in s.feature_roles for s in holding)
             why[role] = NO_WEIGHTS_LOGITS_MODE if logits_mode else NO_WEIGHTS
         else:
             weight[role] = np.asarray(found[0], dtype=np.float64)
@@ -312,81 +299,83 @@ def _weights(checked: list[_Set], groups: np.ndarray | None) -> DomainOnWeights:
 
 # ---------------------------------------------------------------- level 3
 
-def _instance(data: _Set, view: _Views, alpha: float) -> InstanceOnSet:
-    y, one = data.labels, view.one
-    w = instance.rescaling_weights_of(view.teacher_t, view.student_t, one["student"], alpha=alpha)
-    finite = bool(np.all(np.isfinite(w)))
-    untrained = instance.untrained_rescaling_weights_of(view.teacher_t, alpha=alpha)
-    difficulty, source = _difficulty(data, one)
-    student_wrong = one["student"].prediction != y
-    decoupled = instance.decoupled_kd_of(view.teacher_t, view.student_t)
+def _instance(data: SetSummary) -> InstanceOnSet:
+    examples = data.examples
+    mean_w, std_w = data.mean("w"), data.moments.std("w")
+    mean_untrained, std_untrained = data.mean("w_untrained"), data.moments.std("w_untrained")
+    difficulty, source = _difficulty(data)
+    student_wrong = examples["student.correct"] == 0
+    teacher_error = 1.0 - data.mean("teacher.correct")
     return InstanceOnSet(
         data.name,
-        rescaling_weight_mean=measured(np.mean(w) if finite else None, why_none=W_OVERFLOW),
-        rescaling_weight_cv=measured(instance.coefficient_of_variation_of(w),
-                                     why_none=W_OVERFLOW if not finite else W_ZERO_MEAN),
-        rescaling_weight_low_share=measured(np.mean(w < instance.LOW_WEIGHT)),
-        untrained_rescaling_weight_cv=measured(instance.coefficient_of_variation_of(untrained), why_none=W_ZERO_MEAN),
-        untrained_rescaling_weight_low_share=measured(np.mean(untrained < instance.LOW_WEIGHT)),
-        rescaling_difficulty_correlation=measured(instance.rescaling_difficulty_correlation_of(untrained, difficulty),
-                                                  why_none=CONSTANT_DIFFICULTY),
+        rescaling_weight_mean=measured(mean_w, why_none=W_OVERFLOW),
+        rescaling_weight_cv=measured(_cv(mean_w, std_w), why_none=W_OVERFLOW if mean_w is None else W_ZERO_MEAN),
+        rescaling_weight_low_share=measured(data.mean("w_low")),
+        untrained_rescaling_weight_cv=measured(_cv(mean_untrained, std_untrained), why_none=W_ZERO_MEAN),
+        untrained_rescaling_weight_low_share=measured(data.mean("w_untrained_low")),
+        rescaling_difficulty_correlation=measured(
+            instance.rescaling_difficulty_correlation_of(examples["w_untrained"], difficulty),
+            why_none=CONSTANT_DIFFICULTY),
         difficulty_source=measured(source),
         confidence_error_auroc=measured(
-            instance.confidence_error_auroc_of(one["teacher"], one["student"].prediction, y),
-            why_none=STUDENT_ALWAYS_WRONG if student_wrong.all() else STUDENT_NEVER_WRONG),
-        tckd=measured(np.mean(decoupled.tckd)),
-        nckd=measured(np.mean(decoupled.nckd)),
-        nckd_weight=measured(np.mean(decoupled.nckd_weight)),
-        teacher_error_rate=measured(np.mean(one["teacher"].prediction != y)),
-        hardest_examples=measured(instance.hardest_examples_of(one["teacher"], y)),
-        examples=PerExample(teacher_target_confidence=view.teacher_t.target_prob, rescaling_weight=w,
-                            untrained_rescaling_weight=untrained, difficulty=difficulty),
+            instance.confidence_error_auroc_of(examples["teacher.nontarget_log_mass"], student_wrong),
+            why_none=STUDENT_ALWAYS_WRONG if data.mean("student.correct") == 0 else STUDENT_NEVER_WRONG),
+        tckd=measured(data.mean("tckd")),
+        nckd=measured(data.mean("nckd")),
+        nckd_weight=measured(data.mean("nckd_weight")),
+        teacher_error_rate=measured(teacher_error),
+        hardest_examples=measured(data.hardest),
+        examples=PerExample(teacher_target_confidence=examples["target_prob_t"], rescaling_weight=examples["w"],
+                            untrained_rescaling_weight=examples["w_untrained"], difficulty=difficulty),
     )
 
 
-def _difficulty(data: _Set, one: dict[str, SoftmaxStats]) -> tuple[np.ndarray, str]:
-    """Per-example difficulty: the baseline's cross-entropy, else k-NN label disagreement (NaN off the subsample).
+def _cv(mean: float | None, std: float | None) -> float | None:
+    """std / |mean|; None when undefined (as :func:`~kddiag.metrics.instance.coefficient_of_variation_of`)."""
+    return None if mean is None or std is None or mean == 0 else std / abs(mean)
+
+
+def _difficulty(data: SetSummary) -> tuple[np.ndarray, str]:
+    """Per-example difficulty on the reservoir: the baseline's cross-entropy, else k-NN label
+    disagreement (NaN off the row reservoir's k-NN subsample).
 
     k-NN runs in the teacher's feature space (its logits when no features) on a fixed-seed
-    subsample of at most KNN_MAX_SAMPLES examples and KNN_MAX_WORK distance multiply-adds.
+    subsample of the row reservoir of at most KNN_MAX_SAMPLES examples and KNN_MAX_WORK distance multiply-adds.
     """
-    if "baseline" in one:
-        return -one["baseline"].target_log_prob, "baseline_loss"
-    teacher = data.outputs["teacher"]
-    n_samples = data.labels.size
-    if teacher.features is not None:
-        source, space, space_rows = ("knn_disagreement_features", np.asarray(teacher.features),
-                                     _feature_rows(teacher, n_samples))
+    examples, rows = data.examples, data.rows
+    if "baseline" in data.roles:
+        return examples["baseline.nll"], "baseline_loss"
+    if "teacher" in data.feature_roles:
+        source, space = "knn_disagreement_features", rows["teacher.features"]
     else:
-        source, space, space_rows = "knn_disagreement_logits", data.logits["teacher"], np.arange(n_samples)
-    if space.dtype not in (np.float32, np.float64):
-        space = space.astype(np.float64)
+        source, space = "knn_disagreement_logits", rows["teacher.logits"]
+    usable = np.flatnonzero(np.isfinite(space[:, 0]))
     limit = int(min(KNN_MAX_SAMPLES, np.sqrt(KNN_MAX_WORK / max(1, space.shape[1]))))
-    pick = subsample_indices(space_rows.size, max(limit, instance.N_NEIGHBORS + 1))
-    rows = space_rows[pick]
-    difficulty = np.full(n_samples, np.nan)
-    if rows.size >= 2:
-        difficulty[rows] = instance.knn_label_disagreement_of(space[pick], data.labels[rows])
+    pick = usable[subsample_indices(usable.size, max(limit, instance.N_NEIGHBORS + 1))]
+    difficulty = np.full(examples["index"].size, np.nan)
+    if pick.size >= 2:
+        where = np.searchsorted(examples["index"], rows["index"][pick])  # the row reservoir is in the example one
+        space = space[pick] if space.dtype in (np.float32, np.float64) else space[pick].astype(np.float64)
+        difficulty[where] = instance.knn_label_disagreement_of(space, rows["labels"][pick])
     return difficulty, source
 
 
 # ---------------------------------------------------------------- across sets
 
-def _softness_gap(views: dict[str, _Views], checked: list[_Set]) -> Measured:
-    if {data.name for data in checked} != {EVAL, TRANSFER}:
+def _softness_gap(sets: list[SetSummary], enough: set[str]) -> Measured:
+    named = {s.name: s for s in sets}
+    if set(named) != {EVAL, TRANSFER}:
         return unavailable(NEEDS_BOTH_SETS, dataset=TRANSFER)
-    if set(views) != {EVAL, TRANSFER}:
-        small = next(data for data in checked if data.name not in views)
+    if enough != {EVAL, TRANSFER}:
+        small = next(s for s in sets if s.name not in enough)
         return unavailable(_not_enough(small), dataset=TRANSFER)
-    gap = (universe.effective_smoothing_of(views[EVAL].teacher_t)
-           - universe.effective_smoothing_of(views[TRANSFER].teacher_t))
-    return measured(gap, dataset=TRANSFER)
+    return measured(named[EVAL].mean("smoothing_t") - named[TRANSFER].mean("smoothing_t"), dataset=TRANSFER)
 
 
-def _whatif(checked: list[_Set], alpha: float) -> Measured:
-    """The temperature what-if on the transfer set, else on eval."""
-    data = next((c for c in checked if c.name == TRANSFER), checked[0])
+def _whatif(sets: list[SetSummary], alpha: float) -> Measured:
+    """The temperature what-if on the transfer set, else on eval (the row reservoir's teacher logits)."""
+    data = next((s for s in sets if s.name == TRANSFER), sets[0])
     if not _enough(data):
         return unavailable(_not_enough(data), dataset=data.name)
-    return measured(whatif.temperature_whatif_of(data.logits["teacher"], data.labels, alpha=alpha),
+    return measured(whatif.temperature_whatif_of(data.rows["teacher.logits"], data.rows["labels"], alpha=alpha),
                     dataset=data.name)

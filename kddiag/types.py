@@ -9,7 +9,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
@@ -230,6 +230,69 @@ class SetOutputs:
 
     def _logits(self, role: str, out: ModelOutputs) -> str:
         return f"{role} logits ({self.dataset} set" + (f", '{out.source}')" if out.source else ")")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Every model's outputs on consecutive examples ``start``, ``start + 1``, … of one data set: what
+    collection hands the streaming statistics (:mod:`kddiag.accumulate`), checked batch by batch.
+
+    ``logits``: role -> real, finite (n, C), C ≥ 2, the same C for every role, teacher and student
+    present; kept in their own float dtype (float16, float32 or float64). ``features``: role ->
+    (n, D) floats, NaN rows where a model kept none. ``labels``: n class ids in [0, C).
+    """
+
+    start: int
+    labels: np.ndarray
+    logits: Mapping[str, np.ndarray]
+    features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    sources: Mapping[str, str | None] = field(default_factory=dict)  # role -> file: named in errors
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise KddiagError(f"labels must be 1-D integer class ids; got {labels.dtype} of shape {labels.shape}")
+        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        if not {"teacher", "student"} <= set(self.logits) <= set(ROLES):
+            raise KddiagError(f"a batch needs teacher and student logits (and optionally baseline); "
+                              f"got {sorted(self.logits)}")
+        logits, n_classes = {}, None
+        for role in ROLES:
+            if role not in self.logits:
+                continue
+            name = self._name(role, "logits")
+            array = _real_array(self.logits[role], name)
+            if array.dtype.kind != "f":
+                array = array.astype(np.float64)
+            if array.ndim != 2 or array.shape[0] != labels.size or array.shape[1] < 2:
+                raise KddiagError(f"{name} must be (n_samples, n_classes) with one row per example "
+                                  f"({labels.size} here) and at least 2 classes; got shape {array.shape}")
+            if n_classes is not None and array.shape[1] != n_classes:
+                raise KddiagError(f"{name} have {array.shape[1]} classes but {self._name('teacher', 'logits')} "
+                                  f"have {n_classes}; all models must give the same classes")
+            n_classes = array.shape[1]
+            _check_finite_rows(array, name)
+            logits[role] = array
+        object.__setattr__(self, "logits", logits)
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            raise KddiagError(f"labels must lie in [0, {n_classes}) for {n_classes}-class models; got values "
+                              f"from {labels.min()} to {labels.max()}")
+        features = {}
+        for role, value in self.features.items():
+            array = _real_array(value, self._name(role, "features"))
+            if array.ndim != 2 or array.shape[0] != labels.size:
+                raise KddiagError(f"{self._name(role, 'features')} must be (n_samples, n_features) with one row "
+                                  f"per example; got shape {array.shape}")
+            features[role] = array
+        object.__setattr__(self, "features", features)
+
+    @property
+    def n_classes(self) -> int:
+        return self.logits["teacher"].shape[1]
+
+    def _name(self, role: str, what: str) -> str:
+        source = self.sources.get(role)
+        return f"{role} {what}" + (f" ('{source}')" if source else "")
 
 
 @dataclass(frozen=True)

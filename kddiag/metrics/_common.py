@@ -200,20 +200,59 @@ def _concat(parts: list[dict], key: str, unsort: np.ndarray | None = None) -> np
 
 # ---------------------------------------------------------------- the softmax pass
 
-@dataclass(frozen=True)
 class ClassSums:
-    """Class-level sums of p¹ and r over examples (for S_out and class-wise ECE); see :func:`softmax_stats`.
+    """Class-level sums of p¹ and r over examples, added to batch after batch (see :func:`softmax_stats`).
 
-    ``high_*`` list the entries p_ik above ``high_threshold`` (e.g. all bins of p_k but the first),
-    so a class-wise binning never touches the (n_samples, n_classes) matrix again.
+    Feeds the output similarity S_out (``nontarget_sum``) and the class-wise ECE (``binned``). The
+    (K, K) ``nontarget_sum`` covers the classes ``kept`` (sorted ids; None: all C classes), so its
+    memory is bounded when C is large; everything else is (C,) or (C, n_bins). Only entries p_ik above
+    the first bin edge are binned one by one: bin 0 of class k is its total minus the other bins.
     """
 
-    prob_sum: np.ndarray  # (n_classes,) Σ_i p_ik
-    nontarget_sum: np.ndarray  # (n_classes, n_classes): row c = Σ_{i: y_i = c} r_i (r_iy = 0)
-    high_threshold: float
-    high_rows: np.ndarray  # (m,) example index
-    high_cols: np.ndarray  # (m,) class index
-    high_prob: np.ndarray  # (m,) p_ik > high_threshold
+    def __init__(self, n_classes: int, *, n_bins: int, kept: np.ndarray | None = None) -> None:
+        self.n_classes, self.n_bins = n_classes, n_bins
+        self.kept = None if kept is None else np.asarray(kept, dtype=np.int64)
+        self._position = None
+        if self.kept is not None:
+            self._position = np.full(n_classes, -1, dtype=np.int64)
+            self._position[self.kept] = np.arange(self.kept.size)
+        size = n_classes if self.kept is None else self.kept.size
+        self.label_count = np.zeros(n_classes, dtype=np.int64)
+        self.prob_sum = np.zeros(n_classes)  # Σ_i p_ik
+        self.nontarget_sum = np.zeros((size, size))  # row c = Σ_{i: y_i = c} r_i (r_iy = 0), kept classes only
+        self.binned_prob = np.zeros((n_classes, n_bins))  # Σ p_ik per class and bin (bins ≥ 1)
+        self.binned_hit = np.zeros((n_classes, n_bins))  # Σ 1{y_i = k} per class and bin (bins ≥ 1)
+
+    @property
+    def threshold(self) -> float:
+        """The first bin edge: entries above it are binned one by one."""
+        return 1.0 / self.n_bins
+
+    def add_block(self, part: dict) -> None:
+        """One block's sums (from :func:`softmax_stats`)."""
+        self.label_count += part["label_count"]
+        self.prob_sum += part["prob_sum"]
+        rows, classes = part["nontarget_sum"], part["classes"]
+        if self._position is None:
+            self.nontarget_sum[classes] += rows
+        else:
+            position = self._position[classes]
+            keep = position >= 0
+            self.nontarget_sum[position[keep]] += rows[keep][:, self.kept]
+        np.add.at(self.binned_prob.reshape(-1), part["cells"], part["high_prob"])
+        np.add.at(self.binned_hit.reshape(-1), part["cells"], part["hits"])
+
+    def merge(self, other: "ClassSums") -> None:
+        """Add ``other``'s sums (same classes, bins and kept classes)."""
+        for name in ("label_count", "prob_sum", "nontarget_sum", "binned_prob", "binned_hit"):
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    def binned(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C, n_bins) sums of p_ik and of 1{y_i = k} per class and bin of p_ik, bin 0 included."""
+        prob, hit = self.binned_prob.copy(), self.binned_hit.copy()
+        prob[:, 0] = self.prob_sum - prob[:, 1:].sum(axis=1)
+        hit[:, 0] = self.label_count - hit[:, 1:].sum(axis=1)
+        return prob, hit
 
 
 @dataclass(frozen=True)
@@ -239,7 +278,6 @@ class SoftmaxStats:
     cross_entropy: np.ndarray | None = None
     nontarget_cross_entropy: np.ndarray | None = None
     logit_spread: np.ndarray | None = None  # std_{k≠y} z_k / (z_y − mean_{k≠y} z_k); NaN where that margin ≤ 0
-    class_sums: ClassSums | None = None
 
     @property
     def target_prob(self) -> np.ndarray:
@@ -266,13 +304,13 @@ _PER_EXAMPLE = ("prediction", "log_norm", "nontarget_log_norm", "target_log_prob
 
 def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0,
                   rows: np.ndarray | None = None, versus: tuple[np.ndarray, SoftmaxStats] | None = None,
-                  class_sums_threshold: float | None = None, logit_spread: bool = False) -> SoftmaxStats:
+                  class_sums: ClassSums | None = None, logit_spread: bool = False) -> SoftmaxStats:
     """One pass over ``logits`` (n_samples, n_classes): the :class:`SoftmaxStats` at ``temperature``.
 
     ``rows`` restricts it to those examples (a subsample), read in place without copying the logits.
     ``versus=(other_logits, other_stats)`` (other_stats at the same τ and rows) adds the cross terms;
     ``logit_spread`` adds the non-target logit spread (free of τ: a ratio of logit differences);
-    ``class_sums_threshold`` adds :class:`ClassSums` listing the probabilities above it (1.0: none).
+    ``class_sums`` (a :class:`ClassSums`) gets these rows' class sums added, block after block in order.
     With class sums the blocks run over the examples sorted by label, so each block's class sums
     are sums over runs of rows. Inputs must be valid (``check_*``): this is the private workhorse
     behind the public metric functions.
@@ -284,7 +322,7 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     n_classes = logits.shape[1]
     inv_t = 1.0 / temperature
     other, other_stats = versus if versus is not None else (None, None)
-    want_sums = class_sums_threshold is not None
+    want_sums = class_sums is not None
     out_labels = labels if rows is None else labels[rows]
     n_samples = out_labels.size
     # block order: ``unsort`` maps it to output positions, ``order`` to rows of ``logits``
@@ -350,8 +388,7 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
             out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
             out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
         if want_sums:
-            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, row, space,
-                                         class_sums_threshold))
+            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, row, space, class_sums))
         return out
 
     parts = map_blocks(block, n_samples, n_classes)
@@ -362,15 +399,17 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     if logit_spread:
         fields["logit_spread"] = _concat(parts, "logit_spread", unsort)
     if want_sums:
-        fields["class_sums"] = _join_class_sums(parts, unsort, n_classes, class_sums_threshold)
+        for part in parts:
+            class_sums.add_block(part)
     return SoftmaxStats(temperature=temperature, n_classes=n_classes, **fields)
 
 
-def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, threshold) -> dict:
+def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, sums: ClassSums) -> dict:
     """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed).
 
     p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i, so both sums are products of a
-    small weight matrix with ``e``, and p is never formed.
+    small weight matrix with ``e``, and p is never formed. Entries above the first bin edge are listed
+    by (class, bin) cell with their p and whether k is the label.
     """
     n_rows, n_classes = e.shape
     new_run = np.concatenate(([True], y[1:] != y[:-1]))
@@ -379,34 +418,34 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, thr
     weights[np.cumsum(new_run) - 1, rows] = 1.0 / s_nt  # one row per class present in the block …
     weights[-1] = nontarget_scale  # … and one for Σ_i p_ik
     # einsum, not BLAS: BLAS would start its own threads inside each worker thread
-    sums = np.einsum("ki,ij->kj", weights, e)
-    nontarget_sum = sums[:-1]
-    prob_sum = sums[-1] + np.bincount(y, weights=target_prob, minlength=n_classes)
+    totals = np.einsum("ki,ij->kj", weights, e)
+    prob_sum = totals[-1] + np.bincount(y, weights=target_prob, minlength=n_classes)
     with np.errstate(divide="ignore", over="ignore"):  # scale 0: those p underflowed, none is listed
         # a hair below the threshold: over-listed entries are binned by their own p afterwards
-        bound = threshold * (1.0 - 1e-9) / nontarget_scale
+        bound = sums.threshold * (1.0 - 1e-9) / nontarget_scale
     high = np.greater(e, bound[:, None], out=space.array("high", n_rows, bool))
     flat = np.flatnonzero(high) if high.any() else np.zeros(0, dtype=np.int64)
     high_prob = e.ravel()[flat] * nontarget_scale[flat // n_classes]
-    target_high = np.flatnonzero(target_prob > threshold)
-    flat = np.concatenate((flat, target_high * n_classes + y[target_high]))
-    return {"n_rows": n_rows, "classes": y[run_start], "nontarget_sum": nontarget_sum, "prob_sum": prob_sum,
-            "high_local": flat, "high_prob": np.concatenate((high_prob, target_prob[target_high]))}
+    target_high = np.flatnonzero(target_prob > sums.threshold)
+    row_of = np.concatenate((flat // n_classes, target_high))
+    col_of = np.concatenate((flat % n_classes, y[target_high]))
+    high_prob = np.concatenate((high_prob, target_prob[target_high]))
+    bins = bin_index(high_prob, sums.n_bins)
+    keep = bins > 0  # bin 0 is what is left of each class total
+    return {"classes": y[run_start], "nontarget_sum": totals[:-1], "prob_sum": prob_sum,
+            "label_count": np.bincount(y, minlength=n_classes),
+            "cells": col_of[keep] * sums.n_bins + bins[keep], "high_prob": high_prob[keep],
+            "hits": (col_of[keep] == y[row_of[keep]]).astype(np.float64)}
 
 
-def _join_class_sums(parts: list[dict], unsort: np.ndarray, n_classes: int, threshold: float) -> ClassSums:
-    nontarget_sum = np.zeros((n_classes, n_classes))
-    prob_sum = np.zeros(n_classes)
-    rows, cols, start = [], [], 0
-    for part in parts:
-        nontarget_sum[part["classes"]] += part["nontarget_sum"]
-        prob_sum += part["prob_sum"]
-        rows.append(unsort[start + part["high_local"] // n_classes])
-        cols.append(part["high_local"] % n_classes)
-        start += part["n_rows"]
-    return ClassSums(prob_sum=prob_sum, nontarget_sum=nontarget_sum, high_threshold=threshold,
-                     high_rows=np.concatenate(rows), high_cols=np.concatenate(cols),
-                     high_prob=np.concatenate([part["high_prob"] for part in parts]))
+def bin_edges(n_bins: int) -> np.ndarray:
+    """Edges of n_bins equal-width bins on [0, 1]."""
+    return np.linspace(0.0, 1.0, n_bins + 1)
+
+
+def bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each value in [0, 1]: bin m holds (m/M, (m+1)/M]; 0 falls in bin 0."""
+    return np.searchsorted(bin_edges(n_bins)[1:-1], values, side="left")
 
 
 def subsample_indices(n_samples: int, max_samples: int, *, seed: int = 0) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (SoftmaxStats, check_labels, check_logits, check_temperature, softmax_stats,
+from kddiag.metrics._common import (ClassSums, SoftmaxStats, check_labels, check_logits, check_temperature, softmax_stats,
                                     spearman)
 
 
@@ -45,7 +45,9 @@ def output_similarity(logits, labels) -> np.ndarray:
     """
     logits = check_logits(logits)
     labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
-    return output_similarity_of(softmax_stats(logits, labels, class_sums_threshold=1.0), labels)
+    sums = ClassSums(logits.shape[1], n_bins=1)
+    softmax_stats(logits, labels, class_sums=sums)
+    return output_similarity_of(sums)
 
 
 def weight_similarity(weight) -> np.ndarray:
@@ -124,11 +126,13 @@ def nontarget_logit_spread_of(stats: SoftmaxStats) -> float | None:
     return float(np.median(stats.logit_spread[keep])) if keep.any() else None
 
 
-def output_similarity_of(stats: SoftmaxStats, labels: np.ndarray) -> np.ndarray:
-    """S_out from the τ = 1 stats with class sums; see :func:`output_similarity`."""
-    count = np.bincount(labels, minlength=stats.n_classes).astype(np.float64)
+def output_similarity_of(sums: ClassSums) -> np.ndarray:
+    """S_out over the classes ``sums`` kept, from the τ = 1 class sums; see :func:`output_similarity`."""
+    count = sums.label_count.astype(np.float64)
+    if sums.kept is not None:
+        count = count[sums.kept]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = stats.class_sums.nontarget_sum / count[:, None]
+        mean = sums.nontarget_sum / count[:, None]
     mean[count == 0] = np.nan
     similarity = (mean + mean.T) / 2.0
     np.fill_diagonal(similarity, 0.0)

@@ -71,6 +71,20 @@ def bootstrap_ci(values, *, n_resamples: int = N_RESAMPLES, confidence: float = 
     return float(lo), float(hi)
 
 
+def sample_bootstrap_ci(sample: np.ndarray, *, mean: float, n_total: int) -> tuple[float, float]:
+    """The interval of the mean of ``n_total`` values, from a uniform ``sample`` of them and their exact ``mean``.
+
+    The plain :func:`bootstrap_ci` when the sample holds every value; otherwise the sample's
+    percentile interval moved to ``mean`` and narrowed by √(sample size / n_total), as the standard
+    error of a mean shrinks with the number of values.
+    """
+    lo, hi = bootstrap_ci(sample)
+    if sample.size >= n_total:
+        return lo, hi
+    centre, scale = float(np.mean(sample)), np.sqrt(sample.size / n_total)
+    return mean + (lo - centre) * scale, mean + (hi - centre) * scale
+
+
 def _bootstrap_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """Means of ``n_resamples`` bootstrap resamples of ``values`` (deterministic for a seed)."""
     n = values.size
@@ -116,8 +130,18 @@ def agreement_of(first_pred: np.ndarray, second_pred: np.ndarray) -> float:
 
 def permutation_of(teacher_pred: np.ndarray, student_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Hungarian relabelling of the student's predictions; see :func:`class_permutation`."""
-    confusion = np.bincount(teacher_pred * n_classes + student_pred, minlength=n_classes * n_classes)
-    teacher_class, student_class = linear_sum_assignment(confusion.reshape(n_classes, n_classes), maximize=True)
-    permutation = np.empty(n_classes, dtype=np.int64)
+    return permutation_from(confusion_of(teacher_pred, student_pred, n_classes))
+
+
+def confusion_of(teacher_pred: np.ndarray, student_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts of teacher prediction (rows) × student prediction (columns)."""
+    counts = np.bincount(teacher_pred * n_classes + student_pred, minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes)
+
+
+def permutation_from(confusion: np.ndarray) -> np.ndarray:
+    """π with student class k ↔ teacher class π[k], maximizing Σ_k confusion[π[k], k] (Hungarian assignment)."""
+    teacher_class, student_class = linear_sum_assignment(confusion, maximize=True)
+    permutation = np.empty(confusion.shape[0], dtype=np.int64)
     permutation[student_class] = teacher_class
     return permutation

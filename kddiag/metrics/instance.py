@@ -130,7 +130,8 @@ def confidence_error_auroc(teacher_logits, student_logits, labels) -> float | No
     """
     teacher_logits, student_logits = check_pair(teacher_logits, student_logits)
     labels = check_labels(labels, n_samples=teacher_logits.shape[0], n_classes=teacher_logits.shape[1])
-    return confidence_error_auroc_of(softmax_stats(teacher_logits, labels), student_logits.argmax(axis=1), labels)
+    teacher = softmax_stats(teacher_logits, labels)
+    return confidence_error_auroc_of(teacher.nontarget_log_mass, student_logits.argmax(axis=1) != labels)
 
 
 def decoupled_kd(teacher_logits, student_logits, labels, *, temperature: float) -> DecoupledKD:
@@ -157,7 +158,8 @@ def hardest_examples(teacher_logits, labels, *, k: int = N_HARDEST) -> tuple[Har
     """The k examples with the lowest teacher p¹_y (ties by index): index, label, teacher prediction, p¹_y."""
     teacher_logits = check_logits(teacher_logits, name="teacher logits")
     labels = check_labels(labels, n_samples=teacher_logits.shape[0], n_classes=teacher_logits.shape[1])
-    return hardest_examples_of(softmax_stats(teacher_logits, labels), labels, k=int(k))
+    stats = softmax_stats(teacher_logits, labels)
+    return hardest_examples_of(stats.target_log_prob, labels, stats.prediction, k=int(k))
 
 
 # ---------------------------------------------------------------- on valid input
@@ -214,12 +216,12 @@ def rescaling_difficulty_correlation_of(weights: np.ndarray, difficulty: np.ndar
     return spearman(w, -d)
 
 
-def confidence_error_auroc_of(teacher_one: SoftmaxStats, student_pred: np.ndarray, labels: np.ndarray) -> float | None:
-    """AUROC of 1 − p¹_y for student errors; None when the student is always right or always wrong."""
-    wrong = student_pred != labels
-    if wrong.all() or not wrong.any():
+def confidence_error_auroc_of(teacher_nontarget_log_mass: np.ndarray, student_wrong: np.ndarray) -> float | None:
+    """AUROC of the teacher's log(1 − p¹_y) (monotone in 1 − p¹_y, exact near p_y = 1) for the student's
+    errors; None when the student is always right or always wrong."""
+    if student_wrong.all() or not student_wrong.any():
         return None
-    return float(roc_auc_score(wrong, teacher_one.nontarget_log_mass))  # monotone in 1 − p_y, exact near p_y = 1
+    return float(roc_auc_score(student_wrong, teacher_nontarget_log_mass))
 
 
 def decoupled_kd_of(teacher: SoftmaxStats, student: SoftmaxStats) -> DecoupledKD:
@@ -230,12 +232,14 @@ def decoupled_kd_of(teacher: SoftmaxStats, student: SoftmaxStats) -> DecoupledKD
     return DecoupledKD(tckd=np.maximum(tckd, 0.0), nckd=teacher.nontarget_kl_divergence(), nckd_weight=p_rest)
 
 
-def hardest_examples_of(teacher_one: SoftmaxStats, labels: np.ndarray, *,
-                        k: int = N_HARDEST) -> tuple[HardExample, ...]:
-    """See :func:`hardest_examples`."""
+def hardest_examples_of(target_log_prob: np.ndarray, labels: np.ndarray, prediction: np.ndarray, *,
+                        index: np.ndarray | None = None, k: int = N_HARDEST) -> tuple[HardExample, ...]:
+    """See :func:`hardest_examples`: the k lowest ``target_log_prob`` (log p¹_y), ties by ``index``
+    (example indices, default 0..n−1). Selecting again among the picks of several batches gives the
+    picks of all of them together."""
+    index = np.arange(labels.size) if index is None else index
     k = min(k, labels.size)
-    score = teacher_one.target_log_prob
-    candidates = np.flatnonzero(score <= np.partition(score, k - 1)[k - 1])
-    chosen = candidates[np.lexsort((candidates, score[candidates]))][:k]
-    return tuple(HardExample(int(i), int(labels[i]), int(teacher_one.prediction[i]), float(np.exp(score[i])))
+    candidates = np.flatnonzero(target_log_prob <= np.partition(target_log_prob, k - 1)[k - 1])
+    chosen = candidates[np.lexsort((index[candidates], target_log_prob[candidates]))][:k]
+    return tuple(HardExample(int(index[i]), int(labels[i]), int(prediction[i]), float(np.exp(target_log_prob[i])))
                  for i in chosen)

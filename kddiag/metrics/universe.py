@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kddiag.metrics._common import (ClassSums, SoftmaxStats, Workspace, check_labels, check_logits, check_n_bins,
-                                    check_temperature, load_rows, map_blocks, softmax_stats, subsample_indices)
+from kddiag.metrics._common import (ClassSums, SoftmaxStats, Workspace, bin_edges, bin_index, check_labels,
+                                    check_logits, check_n_bins, check_temperature, load_rows, map_blocks,
+                                    softmax_stats, subsample_indices)
 
 N_BINS = 15
 HISTOGRAM_BINS = 20
@@ -72,19 +73,19 @@ def _array(values) -> np.ndarray:
 def expected_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
     """ECE = Σ_m (|B_m|/n)·|acc(B_m) − conf(B_m)|, equal-width bins (lo, hi] of max_k p¹_k (Guo 2017, Eq. 3)."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
-    return ece_of(stats, labels, n_bins=n_bins)
+    return ece_of(calibration_bins(stats, labels, n_bins=n_bins))
 
 
 def adaptive_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
     """ECE over equal-mass bins: examples sorted by (max p¹, correctness), split by ``np.array_split``."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
-    return adaptive_ece_of(stats, labels, n_bins=n_bins)
+    return adaptive_ece_of(np.exp(stats.max_log_prob), (stats.prediction == labels).astype(np.float64), n_bins=n_bins)
 
 
 def maximum_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
     """MCE = max_m |acc(B_m) − conf(B_m)| over the non-empty equal-width bins (Guo 2017)."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
-    return mce_of(stats, labels, n_bins=n_bins)
+    return mce_of(calibration_bins(stats, labels, n_bins=n_bins))
 
 
 def classwise_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> float:
@@ -92,15 +93,16 @@ def classwise_calibration_error(logits, labels, *, n_bins: int = N_BINS) -> floa
     logits = check_logits(logits)
     labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
     n_bins = check_n_bins(n_bins)
-    stats = softmax_stats(logits, labels, class_sums_threshold=bin_edges(n_bins)[1])
-    return classwise_ece_of(stats.class_sums, labels, n_bins=n_bins)
+    sums = ClassSums(logits.shape[1], n_bins=n_bins)
+    softmax_stats(logits, labels, class_sums=sums)
+    return classwise_ece_of(sums)
 
 
 def reliability_bins(logits, labels, *, n_bins: int = N_BINS) -> Reliability:
     """Reliability diagram data (:class:`Reliability`): equal-width bins of max p¹; an empty bin has
     confidence and accuracy NaN."""
     stats, labels, n_bins = _calibration_input(logits, labels, n_bins)
-    return reliability_of(stats, labels, n_bins=n_bins)
+    return reliability_of(calibration_bins(stats, labels, n_bins=n_bins))
 
 
 def nll_loss(logits, labels) -> float:
@@ -135,71 +137,51 @@ def _calibration_input(logits, labels, n_bins) -> tuple[SoftmaxStats, np.ndarray
     return softmax_stats(logits, labels), labels, check_n_bins(n_bins)
 
 
-def bin_edges(n_bins: int) -> np.ndarray:
-    """Edges of n_bins equal-width bins on [0, 1]."""
-    return np.linspace(0.0, 1.0, n_bins + 1)
-
-
-def bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin of each value in [0, 1]: bin m holds (m/M, (m+1)/M]; 0 falls in bin 0."""
-    return np.searchsorted(bin_edges(n_bins)[1:-1], values, side="left")
-
-
-def _binned(stats: SoftmaxStats, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(count, confidence sum, correct count) per equal-width bin of the max probability."""
+def calibration_bins(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> np.ndarray:
+    """(3, n_bins): count, confidence sum and correct count per equal-width bin of the max probability
+    (τ = 1 stats). Sums: the bins of several batches add up."""
     confidence = np.exp(stats.max_log_prob)
     correct = (stats.prediction == labels).astype(np.float64)
     index = bin_index(confidence, n_bins)
-    return (np.bincount(index, minlength=n_bins), np.bincount(index, weights=confidence, minlength=n_bins),
-            np.bincount(index, weights=correct, minlength=n_bins))
+    return np.stack((np.bincount(index, minlength=n_bins), np.bincount(index, weights=confidence, minlength=n_bins),
+                     np.bincount(index, weights=correct, minlength=n_bins)))
 
 
-def ece_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
-    """ECE from the τ = 1 stats; see :func:`expected_calibration_error`."""
-    _, confidence, correct = _binned(stats, labels, n_bins)
-    return float(np.abs(correct - confidence).sum() / labels.size)
+def ece_of(bins: np.ndarray) -> float:
+    """ECE from :func:`calibration_bins`; see :func:`expected_calibration_error`."""
+    count, confidence, correct = bins
+    return float(np.abs(correct - confidence).sum() / count.sum())
 
 
-def mce_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
-    """MCE from the τ = 1 stats; see :func:`maximum_calibration_error`."""
-    count, confidence, correct = _binned(stats, labels, n_bins)
+def mce_of(bins: np.ndarray) -> float:
+    """MCE from :func:`calibration_bins`; see :func:`maximum_calibration_error`."""
+    count, confidence, correct = bins
     filled = count > 0
     return float(np.max(np.abs(correct[filled] - confidence[filled]) / count[filled]))
 
 
-def adaptive_ece_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
-    """Adaptive ECE from the τ = 1 stats; see :func:`adaptive_calibration_error`."""
-    confidence = np.exp(stats.max_log_prob)
-    correct = (stats.prediction == labels).astype(np.float64)
+def adaptive_ece_of(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = N_BINS) -> float:
+    """Adaptive ECE from each example's max probability and correctness (0/1); see
+    :func:`adaptive_calibration_error`."""
     order = np.lexsort((correct, confidence))
-    size, extra = divmod(labels.size, n_bins)  # as np.array_split: the first `extra` bins hold one more
+    size, extra = divmod(confidence.size, n_bins)  # as np.array_split: the first `extra` bins hold one more
     group = np.repeat(np.arange(n_bins), [size + 1] * extra + [size] * (n_bins - extra))
     gap = np.bincount(group, weights=correct[order] - confidence[order], minlength=n_bins)
-    return float(np.abs(gap).sum() / labels.size)
+    return float(np.abs(gap).sum() / confidence.size)
 
 
-def classwise_ece_of(sums: ClassSums, labels: np.ndarray, *, n_bins: int = N_BINS) -> float:
-    """Class-wise ECE from :class:`ClassSums` (threshold = first bin edge); see :func:`classwise_calibration_error`.
-
-    Only entries above the first bin edge are binned one by one; the first bin of class k holds
-    the rest, so its sums are the class totals minus the other bins.
-    """
-    n_classes, n = sums.prob_sum.size, labels.size
-    cell = sums.high_cols * n_bins + bin_index(sums.high_prob, n_bins)
-    hit = (labels[sums.high_rows] == sums.high_cols).astype(np.float64)
-    confidence = np.bincount(cell, weights=sums.high_prob, minlength=n_classes * n_bins).reshape(n_classes, n_bins)
-    correct = np.bincount(cell, weights=hit, minlength=n_classes * n_bins).reshape(n_classes, n_bins)
-    confidence[:, 0] = sums.prob_sum - confidence[:, 1:].sum(axis=1)
-    correct[:, 0] = np.bincount(labels, minlength=n_classes) - correct[:, 1:].sum(axis=1)
-    return float(np.mean(np.abs(correct - confidence).sum(axis=1) / n))
+def classwise_ece_of(sums: ClassSums) -> float:
+    """Class-wise ECE from :class:`ClassSums`; see :func:`classwise_calibration_error`."""
+    confidence, correct = sums.binned()
+    return float(np.mean(np.abs(correct - confidence).sum(axis=1) / sums.label_count.sum()))
 
 
-def reliability_of(stats: SoftmaxStats, labels: np.ndarray, *, n_bins: int = N_BINS) -> Reliability:
-    """Reliability diagram data from the τ = 1 stats; see :func:`reliability_bins`."""
-    count, confidence, correct = _binned(stats, labels, n_bins)
+def reliability_of(bins: np.ndarray) -> Reliability:
+    """Reliability diagram data from :func:`calibration_bins`; see :func:`reliability_bins`."""
+    count, confidence, correct = bins
     filled = count > 0
     safe = np.where(filled, count, 1)
-    return Reliability(bin_edges(n_bins), np.where(filled, confidence / safe, np.nan),
+    return Reliability(bin_edges(count.size), np.where(filled, confidence / safe, np.nan),
                        np.where(filled, correct / safe, np.nan), count.astype(np.int64))
 
 
@@ -318,7 +300,12 @@ def effective_smoothing_of(stats: SoftmaxStats) -> float:
 
 def equivalent_smoothing_of(stats: SoftmaxStats) -> float:
     """ε_eff·C/(C − 1)."""
-    return effective_smoothing_of(stats) * stats.n_classes / (stats.n_classes - 1)
+    return equivalent_smoothing_from(effective_smoothing_of(stats), stats.n_classes)
+
+
+def equivalent_smoothing_from(effective_smoothing: float, n_classes: int) -> float:
+    """The label-smoothing strength γ = ε_eff·C/(C − 1) whose targets carry the same wrong-class mass."""
+    return effective_smoothing * n_classes / (n_classes - 1)
 
 
 def saturation_share_of(stats: SoftmaxStats) -> float:

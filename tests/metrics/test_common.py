@@ -6,8 +6,8 @@ from scipy.stats import rankdata, spearmanr
 
 from kddiag.errors import KddiagError
 from kddiag.metrics import _common
-from kddiag.metrics._common import (average_ranks, check_labels, check_logits, check_pair, softmax_stats,
-                                    spearman)
+from kddiag.metrics._common import (ClassSums, average_ranks, bin_index, check_labels, check_logits, check_pair,
+                                    softmax_stats, spearman)
 
 from ._helpers import log_probs, logits_and_labels, nontarget_distribution, nontarget_log_mass
 
@@ -17,8 +17,9 @@ def test_softmax_stats_match_scipy(temperature):
     teacher, student, y = logits_and_labels(seed=1)
     rows = np.arange(len(y))
     student_stats = softmax_stats(student, y, temperature=temperature)
+    sums = ClassSums(6, n_bins=15)
     stats = softmax_stats(teacher, y, temperature=temperature, versus=(student, student_stats),
-                          class_sums_threshold=1 / 15, logit_spread=True)
+                          class_sums=sums, logit_spread=True)
     lp, lq = log_probs(teacher, temperature), log_probs(student, temperature)
     p = np.exp(lp)
     r, r_s = nontarget_distribution(teacher, y, temperature), nontarget_distribution(student, y, temperature)
@@ -37,15 +38,17 @@ def test_softmax_stats_match_scipy(temperature):
     masked = np.where(nt, p, 0)
     np.testing.assert_allclose(stats.nontarget_sum_sq, (masked**2).sum(axis=1), atol=1e-14)
     np.testing.assert_array_equal(stats.prediction, teacher.argmax(axis=1))
-    sums = stats.class_sums
     np.testing.assert_allclose(sums.prob_sum, p.sum(axis=0), atol=1e-10)
     expected = np.zeros((6, 6))
     for i, c in enumerate(y):
         expected[c] += r[i]
     np.testing.assert_allclose(sums.nontarget_sum, expected, atol=1e-10)
-    listed = {(int(i), int(k)) for i, k in zip(sums.high_rows, sums.high_cols)}
-    assert listed == {(int(i), int(k)) for i, k in zip(*np.nonzero(p > 1 / 15))}
-    np.testing.assert_allclose(sums.high_prob, p[sums.high_rows, sums.high_cols], atol=1e-12)
+    # brute force: p_ik and 1{y_i = k} summed per class and bin of p_ik
+    cell = np.arange(6)[None, :] * 15 + bin_index(p, 15)
+    hit = (y[:, None] == np.arange(6)[None, :]).astype(float)
+    prob_binned, hit_binned = sums.binned()
+    np.testing.assert_allclose(prob_binned.ravel(), np.bincount(cell.ravel(), p.ravel(), 90), atol=1e-10)
+    np.testing.assert_allclose(hit_binned.ravel(), np.bincount(cell.ravel(), hit.ravel(), 90), atol=1e-10)
 
 
 def test_logit_spread_matches_loop():
@@ -63,8 +66,9 @@ def test_extreme_logits_stay_finite_and_exact():
     logits = rng.normal(size=(200, 8)) * 1e4
     y = rng.integers(0, 8, 200)
     other = rng.normal(size=(200, 8)) * 1e4
+    sums = ClassSums(8, n_bins=15)
     stats = softmax_stats(logits, y, temperature=2.0, versus=(other, softmax_stats(other, y, temperature=2.0)),
-                          class_sums_threshold=1 / 15, logit_spread=True)
+                          class_sums=sums, logit_spread=True)
     for name in ("log_norm", "nontarget_log_norm", "target_log_prob", "nontarget_log_mass", "entropy",
                  "nontarget_entropy", "nontarget_sum_sq", "cross_entropy", "nontarget_cross_entropy"):
         assert np.all(np.isfinite(getattr(stats, name))), name
@@ -75,7 +79,7 @@ def test_extreme_logits_stay_finite_and_exact():
     with np.errstate(divide="ignore", invalid="ignore"):
         h_r = -np.where(r > 0, r * np.log(r), 0).sum(axis=1)
     np.testing.assert_allclose(stats.nontarget_entropy, h_r, atol=1e-10)
-    assert np.all(np.isfinite(stats.class_sums.nontarget_sum))
+    assert np.all(np.isfinite(sums.nontarget_sum))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -85,27 +89,37 @@ def test_blocks_and_threads_do_not_change_results(monkeypatch, dtype):
     teacher, student = teacher.astype(dtype), student.astype(dtype)
 
     def run():
-        s = softmax_stats(student, y)
-        return softmax_stats(teacher, y, versus=(student, s), class_sums_threshold=0.2, logit_spread=True)
+        s, sums = softmax_stats(student, y), ClassSums(6, n_bins=5)
+        return softmax_stats(teacher, y, versus=(student, s), class_sums=sums, logit_spread=True), sums
 
-    one_block = run()
+    one_block, one_sums = run()
     monkeypatch.setattr(_common, "_BLOCK_ELEMENTS", 6 * 10)  # 10 rows per block, the last has 7
     monkeypatch.setattr(_common, "N_THREADS", 3)
-    blocked = run()
+    blocked, blocked_sums = run()
     for name in ("target_log_prob", "entropy", "cross_entropy", "nontarget_cross_entropy", "logit_spread"):
         np.testing.assert_allclose(getattr(blocked, name), getattr(one_block, name), rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(blocked.class_sums.nontarget_sum, one_block.class_sums.nontarget_sum, atol=1e-12)
-    np.testing.assert_allclose(blocked.class_sums.prob_sum, one_block.class_sums.prob_sum, atol=1e-12)
+    for name in ("nontarget_sum", "prob_sum", "binned_prob", "binned_hit"):
+        np.testing.assert_allclose(getattr(blocked_sums, name), getattr(one_sums, name), atol=1e-12)
 
 
 def test_rows_subset_equals_stats_of_the_subset():
     teacher, _, y = logits_and_labels(seed=5)
     rows = np.array([5, 2, 9, 100, 7])
-    subset = softmax_stats(teacher, y, temperature=2.0, rows=rows, class_sums_threshold=0.1)
-    direct = softmax_stats(teacher[rows], y[rows], temperature=2.0, class_sums_threshold=0.1)
+    subset_sums, direct_sums = ClassSums(6, n_bins=10), ClassSums(6, n_bins=10)
+    subset = softmax_stats(teacher, y, temperature=2.0, rows=rows, class_sums=subset_sums)
+    direct = softmax_stats(teacher[rows], y[rows], temperature=2.0, class_sums=direct_sums)
     np.testing.assert_allclose(subset.entropy, direct.entropy, rtol=1e-13)
-    np.testing.assert_allclose(subset.class_sums.nontarget_sum, direct.class_sums.nontarget_sum, rtol=1e-13)
-    np.testing.assert_array_equal(np.sort(subset.class_sums.high_rows), np.sort(direct.class_sums.high_rows))
+    for name in ("nontarget_sum", "binned_prob", "binned_hit", "label_count"):
+        np.testing.assert_allclose(getattr(subset_sums, name), getattr(direct_sums, name), rtol=1e-13)
+
+
+def test_class_sums_of_kept_classes_are_the_dense_sums_restricted():
+    teacher, _, y = logits_and_labels(seed=7)
+    dense, kept = ClassSums(6, n_bins=15), ClassSums(6, n_bins=15, kept=np.array([1, 4, 5]))
+    softmax_stats(teacher, y, class_sums=dense)
+    softmax_stats(teacher, y, class_sums=kept)
+    np.testing.assert_allclose(kept.nontarget_sum, dense.nontarget_sum[np.ix_([1, 4, 5], [1, 4, 5])], rtol=1e-13)
+    np.testing.assert_allclose(kept.binned()[0], dense.binned()[0], rtol=1e-13)
 
 
 def test_spearman_and_ranks_match_scipy():
