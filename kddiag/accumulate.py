@@ -26,7 +26,7 @@ import numpy as np
 
 from kddiag.metrics import domain, instance, universe
 from kddiag.metrics._common import ClassSums, SoftmaxStats, softmax_stats
-from kddiag.reservoir import Reservoir
+from kddiag.reservoir import Reservoir, priority
 from kddiag.types import ROLES, Batch, SetOutputs
 
 EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fixed-seed reservoir)
@@ -127,6 +127,13 @@ def row_samples(n_classes: int) -> int:
     return max(MIN_ROW_SAMPLES, min(ROW_SAMPLES, ROW_ELEMENTS // n_classes))
 
 
+def row_sample(n_samples: int, n_classes: int) -> np.ndarray:
+    """The sorted indices of the examples the row reservoir keeps of a set of ``n_samples``."""
+    keep = min(n_samples, row_samples(n_classes))
+    return np.sort(np.argpartition(priority(np.arange(n_samples)), keep - 1)[:keep]) if keep < n_samples \
+        else np.arange(n_samples)
+
+
 class SetAccumulator:
     """Streaming statistics of one data set (see the module docstring).
 
@@ -154,6 +161,7 @@ class SetAccumulator:
         self.examples = Reservoir(example_samples)
         self.rows = Reservoir(min(rows, example_samples))  # a subset of the example reservoir
         self.feature_roles: set[str] = set()
+        self.weights: dict[str, np.ndarray] = {}  # role -> logit-layer weight, where found (set by collection)
 
     def update(self, batch: Batch) -> None:
         """Add one batch of outputs (every role of this set, consecutive examples from ``batch.start``)."""
@@ -201,9 +209,10 @@ class SetAccumulator:
         self.examples.merge(other.examples)
         self.rows.merge(other.rows)
         self.feature_roles |= other.feature_roles
+        self.weights = {**other.weights, **self.weights}
 
-    def summary(self, weights: dict[str, np.ndarray] | None = None) -> SetSummary:
-        """The statistics as the measure stage reads them; ``weights``: each model's logit-layer weight."""
+    def summary(self) -> SetSummary:
+        """The statistics as the measure stage reads them."""
         index, examples = self.examples.sorted()
         row_index, rows = self.rows.sorted()
         hardest = instance.hardest_examples_of(self.hardest["score"], self.hardest["label"],
@@ -214,7 +223,7 @@ class SetAccumulator:
             calibration=self.calibration, target_histogram=self.target_histogram, class_sums=self.class_sums,
             kept_classes=self.kept, confusion=self.confusion, hardest=hardest,
             examples={"index": index, **examples}, rows={"index": row_index, **rows},
-            weights=dict(weights or {}), feature_roles=frozenset(self.feature_roles),
+            weights=dict(self.weights), feature_roles=frozenset(self.feature_roles),
         )
 
     def _softmax(self, y: np.ndarray, logits: dict[str, np.ndarray]
@@ -270,7 +279,8 @@ def summarize(data: SetOutputs, *, temperature: float, alpha: float) -> SetSumma
             features[role] = out.features
     accumulator.update(Batch(0, data.labels, {role: out.logits for role, out in outputs.items()}, features,
                              {role: out.source for role, out in outputs.items()}))
-    return accumulator.summary({role: out.weight for role, out in outputs.items() if out.weight is not None})
+    accumulator.weights = {role: out.weight for role, out in outputs.items() if out.weight is not None}
+    return accumulator.summary()
 
 
 def _positions(kept: np.ndarray, n_classes: int) -> np.ndarray:

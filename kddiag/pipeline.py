@@ -7,7 +7,7 @@ from typing import Any
 
 from kddiag.errors import KddiagError
 from kddiag.types import (
-    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Collected, Dataset, InputInfo,
+    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
     InspectOptions, LoadedModel, Report, Setting, Settings,
 )
 
@@ -23,7 +23,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
     >>> report.diagnosis.findings[0].id
     """
-    from kddiag.collect import collect_outputs
+    from kddiag.collect import collect_summary
     from kddiag.diagnosis import diagnose
     from kddiag.measure import measure
 
@@ -45,15 +45,16 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
 
         given_classes = load_class_info(options.classes)
 
-    collected = Collected(tuple(
-        collect_outputs(dataset, teacher=models["teacher"], student=models["student"],
-                        baseline=models.get("baseline"), set_name=name, batch_size=options.batch_size,
-                        device=options.device, feature_layer=options.feature_layer, progress=options.progress)
+    summaries = [
+        collect_summary(dataset, teacher=models["teacher"], student=models["student"],
+                        baseline=models.get("baseline"), set_name=name, temperature=settings.temperature.value,
+                        alpha=settings.alpha.value, batch_size=options.batch_size, device=options.device,
+                        feature_layer=options.feature_layer, progress=options.progress).summary()
         for name, dataset in datasets.items()
-    ))
-    n_classes = collected.n_classes
+    ]
+    n_classes = _n_classes(summaries, datasets)
     class_info = _class_info(given_classes, options.classes, datasets, n_classes)
-    measurements = measure(collected, settings=settings, class_info=class_info)
+    measurements = measure(summaries, settings=settings, class_info=class_info)
     diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
     inputs = tuple(
         [InputInfo(role, m.source, m.format, n_classes=n_classes) for role, m in models.items()]
@@ -63,6 +64,16 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     )
     return Report(inputs=inputs, settings=settings, class_info=class_info,
                   measurements=measurements, diagnosis=diagnosis, n_classes=n_classes)
+
+
+def _n_classes(summaries: list, datasets: dict[str, Dataset]) -> int:
+    """The class count every set shares."""
+    counts = {s.name: s.n_classes for s in summaries}
+    if len(set(counts.values())) > 1:
+        (first, c1), (second, c2) = counts.items()
+        raise KddiagError(f"the models give {c2} classes on the {second} set ('{datasets[second].name}') but {c1} "
+                          f"on the {first} set ('{datasets[first].name}'); all sets must share the classes")
+    return next(iter(counts.values()))
 
 
 def write_outputs(report: Report, out_dir: str | os.PathLike, *, arrays: bool = False) -> dict[str, Path]:

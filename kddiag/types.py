@@ -247,6 +247,8 @@ class Batch:
     logits: Mapping[str, np.ndarray]
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
     sources: Mapping[str, str | None] = field(default_factory=dict)  # role -> file: named in errors
+    dataset: str | None = None  # EVAL or TRANSFER: named in errors
+    data: str | None = None  # the data set's file or built-in name: named in errors
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -268,14 +270,16 @@ class Batch:
                 raise KddiagError(f"{name} must be (n_samples, n_classes) with one row per example "
                                   f"({labels.size} here) and at least 2 classes; got shape {array.shape}")
             if n_classes is not None and array.shape[1] != n_classes:
-                raise KddiagError(f"{name} have {array.shape[1]} classes but {self._name('teacher', 'logits')} "
-                                  f"have {n_classes}; all models must give the same classes")
+                raise KddiagError(f"{self._name('teacher', 'logits')} have {n_classes} classes but {name} have "
+                                  f"{array.shape[1]}; both must be (n_samples, n_classes)")
             n_classes = array.shape[1]
-            _check_finite_rows(array, name)
+            self._check_finite(array, name)
             logits[role] = array
         object.__setattr__(self, "logits", logits)
         if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-            raise KddiagError(f"labels must lie in [0, {n_classes}) for {n_classes}-class models; got values "
+            data = " of the " + " ".join(filter(None, (self.dataset and f"{self.dataset} set",
+                                                       self.data and f"('{self.data}')"))) if self.dataset else ""
+            raise KddiagError(f"labels{data} must lie in [0, {n_classes}) for {n_classes}-class models; got values "
                               f"from {labels.min()} to {labels.max()}")
         features = {}
         for role, value in self.features.items():
@@ -290,9 +294,21 @@ class Batch:
     def n_classes(self) -> int:
         return self.logits["teacher"].shape[1]
 
+    def _check_finite(self, array: np.ndarray, name: str) -> None:
+        """Raise naming the first example with NaN or Inf (a finite sum proves there is none)."""
+        with np.errstate(over="ignore"):
+            if np.isfinite(array.sum(dtype=np.float64)):
+                return
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        if bad.size:  # else the sum merely overflowed
+            raise KddiagError(f"{name}: NaN or Inf in example {self.start + bad[0]} ({bad.size} of the "
+                              f"{len(array)} examples from {self.start}); every value must be finite")
+
     def _name(self, role: str, what: str) -> str:
-        source = self.sources.get(role)
-        return f"{role} {what}" + (f" ('{source}')" if source else "")
+        where = [f"{self.dataset} set"] if self.dataset else []
+        if self.sources.get(role):
+            where.append(f"'{self.sources[role]}'")
+        return f"{role} {what}" + (f" ({', '.join(where)})" if where else "")
 
 
 @dataclass(frozen=True)

@@ -14,56 +14,114 @@ one strategy per kind of model:
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from kddiag.collect.stored import stored_outputs
+from kddiag.accumulate import SetAccumulator, kept_classes, row_sample
+from kddiag.collect.stored import stored_logits
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import subsample_indices
-from kddiag.types import Dataset, LoadedModel, ModelOutputs, SetOutputs
+from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, ModelOutputs, SetOutputs
 
 if TYPE_CHECKING:
     from kddiag.collect._runner import Runner
 
-# Penultimate features are kept for a fixed-seed subsample of at most this many examples: every
-# measurement that reads them (linear CKA, k-NN difficulty) reads at most that many, and memory stays
-# bounded on large transfer sets (a million examples of 2,048 features would take 8 GB).
-FEATURE_MAX_ROWS = 5_000
+__all__ = ["collect_outputs", "collect_summary", "batches"]
 
-__all__ = ["collect_outputs"]
+
+def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel,
+                    baseline: LoadedModel | None = None, set_name: str, temperature: float, alpha: float,
+                    rows: range | None = None, batch_size: int = 512, device: str | None = None,
+                    feature_layer: str | None = None, progress: bool = False) -> SetAccumulator:
+    """Every model over ``dataset`` (or its examples ``rows``, one shard), batch by batch, into a
+    :class:`~kddiag.accumulate.SetAccumulator`: nothing of size (n_samples, n_classes) is kept.
+
+    The accumulator's class subset comes from the whole set's labels, so the shards of one set merge.
+    See :func:`collect_outputs` for the other arguments.
+    """
+    accumulator, runners = None, {}
+    for batch, runners in batches(dataset, teacher=teacher, student=student, baseline=baseline, set_name=set_name,
+                                  rows=rows, batch_size=batch_size, device=device, feature_layer=feature_layer,
+                                  progress=progress):
+        if accumulator is None:
+            accumulator = SetAccumulator(
+                set_name, n_classes=batch.n_classes, roles=tuple(batch.logits), temperature=temperature, alpha=alpha,
+                kept=kept_classes(np.bincount(dataset.labels, minlength=batch.n_classes)))
+        accumulator.update(batch)
+    if accumulator is None:  # an empty shard: its classes come from the models on one probe row
+        raise KddiagError(f"no examples to collect on the {set_name} set (rows {rows})")
+    accumulator.weights = {role: r.weight for role, r in runners.items() if r.weight is not None}
+    return accumulator
 
 
 def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel,
                     baseline: LoadedModel | None = None, set_name: str, batch_size: int = 512,
                     device: str | None = None, feature_layer: str | None = None,
                     progress: bool = False) -> SetOutputs:
-    """Logits, penultimate features and logit-layer weights of every model on ``dataset``.
+    """Logits, penultimate features and logit-layer weights of every model on ``dataset``, in memory.
 
     ``set_name`` is 'eval' or 'transfer' (it also picks the stored logits in logits mode);
     ``batch_size`` >= 1 (:class:`~kddiag.types.InspectOptions` checks it); ``device`` None means CUDA
-    when available, else CPU; ``progress`` prints batches to stderr. The returned
+    when available, else CPU; ``progress`` prints batches to stderr. Features are kept for the rows
+    the measurements read (:func:`~kddiag.accumulate.row_sample`). The returned
     :class:`~kddiag.types.SetOutputs` checks the outputs' shapes, finiteness and the labels.
 
     >>> outputs = collect_outputs(load_dataset("digits"), teacher=t, student=s, set_name="eval")
     >>> outputs.teacher.logits.shape
     (540, 10)
     """
+    logits: dict[str, list] = {}
+    features: dict[str, list] = {}
+    kept, runners = None, {}
+    for batch, runners in batches(dataset, teacher=teacher, student=student, baseline=baseline, set_name=set_name,
+                                  batch_size=batch_size, device=device, feature_layer=feature_layer,
+                                  progress=progress):
+        if kept is None:
+            kept = row_sample(len(dataset.labels), batch.n_classes)
+        lo, hi = np.searchsorted(kept, (batch.start, batch.start + batch.labels.size))
+        for role, value in batch.logits.items():
+            logits.setdefault(role, []).append(value)
+        for role, value in batch.features.items():
+            features.setdefault(role, []).append(value[kept[lo:hi] - batch.start])
+    sources = {"teacher": teacher, "student": student, "baseline": baseline}
+    outputs = {}
+    for role, parts in logits.items():
+        model = sources[role]
+        weight = runners[role].weight if role in runners else None
+        extra = {}
+        if role in features and role in runners and runners[role].has_features:
+            extra = {"features": np.concatenate(features[role]),
+                     "feature_rows": None if kept.size == len(dataset.labels) else kept}
+        outputs[role] = ModelOutputs(logits=np.concatenate(parts), weight=weight, role=role,
+                                     source=None if model.format == "module" else model.source, **extra)
+    return SetOutputs(dataset=set_name, labels=dataset.labels, teacher=outputs["teacher"], student=outputs["student"],
+                      baseline=outputs.get("baseline"), source=dataset.name)
+
+
+def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel, baseline: LoadedModel | None,
+            set_name: str, rows: range | None = None, batch_size: int = 512, device: str | None = None,
+            feature_layer: str | None = None, progress: bool = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
+    """One :class:`~kddiag.types.Batch` of every model's outputs per ``batch_size`` examples of ``rows``
+    (default: all), with the runners (their ``weight``), each model in ``eval()`` under ``torch.inference_mode()``."""
     import torch
 
+    if set_name not in (EVAL, TRANSFER):
+        raise KddiagError(f"a data set must be '{EVAL}' or '{TRANSFER}'; got {set_name!r}")
     labels = dataset.labels
-    models = {"teacher": teacher, "student": student}
-    if baseline is not None:
-        models["baseline"] = baseline
-    outputs: dict[str, ModelOutputs] = {}
+    rows = range(len(labels)) if rows is None else rows
+    models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
+              if model is not None}
+    stored: dict[str, np.ndarray] = {}
     runners: dict[str, Runner] = {}
     for role, model in models.items():
         if model.format == "logits":
-            outputs[role] = stored_outputs(role, model, set_name, labels, dataset.name)
+            stored[role] = stored_logits(role, model, set_name, labels, dataset.name)
         elif model.module is None:
             raise KddiagError(f"{role} '{model.source}': has neither a module nor logits")
         else:
             runners[role] = _runner_for(role, model)
+    sources = {role: None if model.format == "module" else model.source for role, model in models.items()}
+    x = None
     if runners:
         if dataset.x is None:
             verb = "is a model and needs" if len(runners) == 1 else "are models and need"
@@ -71,29 +129,28 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
                               f"{verb} inputs 'x'")
         x = dataset.x if isinstance(dataset.x, torch.Tensor) else torch.as_tensor(np.asarray(dataset.x))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            with torch.inference_mode():
-                for runner in runners.values():
-                    runner.start(x[:1], device=device, feature_layer=feature_layer)
-                feature_rows = subsample_indices(len(labels), FEATURE_MAX_ROWS)
-                n_batches = -(-len(labels) // batch_size)
-                for index in range(n_batches):
-                    start = index * batch_size
-                    batch = x[start:start + batch_size]
-                    lo, hi = np.searchsorted(feature_rows, (start, start + len(batch)))
-                    kept = feature_rows[lo:hi] - start  # the batch's rows whose features are kept
-                    for runner in runners.values():
-                        runner.run(batch, kept)
-                    if progress:
-                        print(f"\rkddiag: {set_name} set, batch {index + 1}/{n_batches}", end="", file=sys.stderr)
-                if progress:
-                    print(file=sys.stderr)
-        finally:
+    starts = range(rows.start, rows.stop, batch_size)
+    try:
+        with torch.inference_mode():
             for runner in runners.values():
-                runner.finish()
-        outputs.update({role: runner.outputs(feature_rows) for role, runner in runners.items()})
-    return SetOutputs(dataset=set_name, labels=labels, teacher=outputs["teacher"], student=outputs["student"],
-                      baseline=outputs.get("baseline"), source=dataset.name)
+                runner.start(x[:1], device=device, feature_layer=feature_layer)
+            for number, start in enumerate(starts):
+                stop = min(start + batch_size, rows.stop)
+                logits = {role: value[start:stop] for role, value in stored.items()}
+                features = {}
+                for role, runner in runners.items():
+                    logits[role], found = runner.run(x[start:stop])
+                    if found is not None:
+                        features[role] = found
+                yield Batch(start, labels[start:stop], {role: logits[role] for role in ROLES if role in logits},
+                            features, sources, set_name, dataset.name), runners
+                if progress:
+                    print(f"\rkddiag: {set_name} set, batch {number + 1}/{len(starts)}", end="", file=sys.stderr)
+            if progress:
+                print(file=sys.stderr)
+    finally:
+        for runner in runners.values():
+            runner.finish()
 
 
 def _runner_for(role: str, model: LoadedModel) -> Runner:

@@ -8,11 +8,11 @@ import torch
 
 from kddiag.errors import KddiagError
 from kddiag.loading import logits_of
-from kddiag.types import LoadedModel, ModelOutputs
+from kddiag.types import LoadedModel
 
 
 class Runner:
-    """Runs one model batch by batch, keeping its logits and, when found, its penultimate features.
+    """Runs one model batch by batch, giving its logits and, when found, its penultimate features.
 
     A strategy (one subclass per kind of model) finds the features and the logit-layer weight in
     :meth:`_wire`, called once on a one-row probe, and may replace ``_forward``.
@@ -24,8 +24,8 @@ class Runner:
         self.role, self.module = role, model.module
         self.source = None if model.format == "module" else model.source  # named in errors
         self._who = role if self.source is None else f"{role} '{self.source}'"
-        self.logits: list = []
-        self.features: list | None = []  # None: this model gives no features
+        self.n_classes: int | None = None  # from the first batch: every batch must give as many
+        self.has_features = True  # False: this model gives no features
         self.weight: np.ndarray | None = None
         self._forward = self._plain  # what _call() runs: returns (output, features or None)
         self._was_training: bool | None = None
@@ -57,16 +57,16 @@ class Runner:
         output, _ = self._call(x)
         return output
 
-    def run(self, batch: Any, kept: np.ndarray) -> None:
-        """One batch; keeps the features of the rows ``kept`` (indices into the batch)."""
+    def run(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batch's logits (float32, or float64/float16 as the model computes them) and features
+        (float32, None once the model gave none), as numpy arrays on the CPU."""
         logits, features = self._call(batch)
-        self.logits.append(logits.to("cpu", dtype=torch.float64))
-        if self.features is not None:
-            if features is None:
-                self.features = None
-            else:
-                self.features.append(features[torch.as_tensor(kept, device=features.device)]
-                                     .to("cpu", dtype=torch.float32))
+        dtype = logits.dtype if logits.dtype in (torch.float16, torch.float64) else torch.float32
+        logits = logits.detach().to("cpu", dtype=dtype).numpy()
+        if features is None or not self.has_features:
+            self.has_features = False
+            return logits, None
+        return logits, features.detach().to("cpu", dtype=torch.float32).numpy()
 
     def _call(self, batch: Any) -> tuple[Any, Any]:
         """Logits (n, C) and features (n, D) or None for one batch, padding to a fixed batch size."""
@@ -90,20 +90,13 @@ class Runner:
             usable = isinstance(feats, torch.Tensor) and feats.ndim >= 2 and feats.shape[0] == len(piece)
             features.append(feats.flatten(1) if usable else None)
         out = (torch.cat(logits) if len(logits) > 1 else logits[0])[:n]  # [:n] drops the padding
-        if self.logits and out.shape[1] != self.logits[0].shape[1]:
+        if self.n_classes is not None and out.shape[1] != self.n_classes:
             raise KddiagError(f"{self.role} returned {out.shape[1]} classes on one batch and "
-                              f"{self.logits[0].shape[1]} on another")
+                              f"{self.n_classes} on another")
+        self.n_classes = out.shape[1]
         if any(f is None for f in features):
             return out, None
         return out, (torch.cat(features) if len(features) > 1 else features[0])[:n]
-
-    def outputs(self, feature_rows: np.ndarray) -> ModelOutputs:
-        logits = torch.cat(self.logits).numpy()
-        if not self.features:
-            return ModelOutputs(logits=logits, weight=self.weight, role=self.role, source=self.source)
-        return ModelOutputs(logits=logits, features=torch.cat(self.features).numpy(), weight=self.weight,
-                            feature_rows=None if len(feature_rows) == len(logits) else feature_rows,
-                            role=self.role, source=self.source)
 
     def finish(self) -> None:
         """Restore the module's training mode."""

@@ -24,7 +24,7 @@ class GraphRunner(Runner):
         """Copy the graph with the final linear layer's input as an extra output."""
         self._fixed_batch = _static_batch_size(self.module)
         n_classes = self._probe(probe_x).shape[1]
-        self.features = None
+        self.has_features = False
         try:
             found = _graph_feature_node(self.module, n_classes, feature_layer)
         except KddiagError:
@@ -37,11 +37,11 @@ class GraphRunner(Runner):
         if weight is not None:
             self.weight = weight_array(weight)
         try:
-            self._forward, self.features = _graph_with_output(self.module, node), []
+            self._forward, self.has_features = _graph_with_output(self.module, node), True
             if self._call(probe_x)[1] is None:
                 raise ValueError("the extra output is not (n_samples, n_features)")
         except Exception:
-            self._forward, self.features = self._plain, None
+            self._forward, self.has_features = self._plain, False
 
 
 def _graph_feature_node(module: Any, n_classes: int, feature_layer: str | None):

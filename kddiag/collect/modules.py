@@ -50,7 +50,7 @@ class HookRunner(Runner):
         if final is not None:
             self.weight = weight_array(final.weight)
         if target is None:
-            self.features = None
+            self.has_features = False
             return
         self._hooks.append(target.register_forward_pre_hook(self._capture))
 

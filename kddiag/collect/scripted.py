@@ -14,7 +14,7 @@ class ScriptRunner(Runner):
     def _wire(self, probe_x: Any, feature_layer: str | None) -> None:
         n_classes = self._probe(probe_x).shape[1]
         self.weight = _last_matrix(self.module, n_classes)
-        self.features = None
+        self.has_features = False
 
 
 def _last_matrix(module: Any, n_classes: int) -> np.ndarray | None:

@@ -7,16 +7,31 @@ from kddiag.errors import KddiagError
 from kddiag.types import EVAL, LoadedModel, ModelOutputs
 
 
-def stored_outputs(role: str, model: LoadedModel, set_name: str, labels: np.ndarray, data_name: str) -> ModelOutputs:
-    """The logits a logits-mode model holds for ``set_name``; labels stored beside them must match the data's."""
+def stored_logits(role: str, model: LoadedModel, set_name: str, labels: np.ndarray, data_name: str) -> np.ndarray:
+    """The logits a logits-mode model holds for ``set_name``, as stored (a memory-mapped ``.npy`` stays
+    on disk): one row per example of the data; labels stored beside them must match the data's.
+    Values are checked batch by batch when read (:class:`~kddiag.types.Batch`)."""
     where = f"{role} logits '{model.source}'"
     logits = (model.logits or {}).get(set_name)
     if logits is None:
         held = ", ".join(model.logits or {}) or "none"
         raise KddiagError(f"{where}: no {set_name} logits (holds: {held}); save them under "
                           f"'{'logits' if set_name == EVAL else 'transfer'}'")
+    shape = np.shape(logits)
+    if len(shape) != 2 or shape[1] < 2:
+        raise KddiagError(f"{where}: {set_name} logits must be (n_samples, n_classes) with at least 2 classes; "
+                          f"got shape {shape}")
+    if shape[0] != len(labels):
+        raise KddiagError(f"{where}: {shape[0]} rows of {set_name} logits but data '{data_name}' has "
+                          f"{len(labels)} examples; each model must give one row per example, in the data's order")
     stored = (model.labels or {}).get(set_name)
     if stored is not None and len(stored) == len(labels) and not np.array_equal(stored, labels):
         raise KddiagError(f"{where}: its {set_name} labels disagree with data '{data_name}' on "
                           f"{int((stored != labels).sum())} of {len(labels)} rows; rows must follow the data's order")
-    return ModelOutputs(logits=logits, role=role, source=model.source)  # checks shape and finiteness
+    return logits
+
+
+def stored_outputs(role: str, model: LoadedModel, set_name: str, labels: np.ndarray, data_name: str) -> ModelOutputs:
+    """The stored logits as :class:`~kddiag.types.ModelOutputs` (read whole, checked)."""
+    return ModelOutputs(logits=np.asarray(stored_logits(role, model, set_name, labels, data_name)), role=role,
+                        source=model.source)

@@ -38,7 +38,7 @@ class _NaNRows(nn.Module):
     (nn.Sequential(nn.Linear(D, C), nn.Flatten(0)), r"student returned outputs of shape \(\d+,\) for \d+ inputs; "
                                                     r"expected logits of shape \(n_samples, n_classes\)"),
     (nn.Linear(D, C + 1), r"teacher logits \(eval set\) have 3 classes but student logits \(eval set\) have 4"),
-    (_NaNRows(), r"student logits: NaN or Inf in 8 of 50 rows"),
+    (_NaNRows(), r"student logits \(eval set\): NaN or Inf in example 0 \(2 of the 16 examples from 0\)"),
 ])
 def test_model_errors_name_the_model(student, message):
     with pytest.raises(KddiagError, match=message) as error:
@@ -66,14 +66,16 @@ def test_progress_goes_to_stderr_only_when_asked(capsys):
     assert captured.out == "" and "transfer set, batch 3/3" in captured.err
 
 
-def test_features_are_kept_for_a_fixed_row_subsample_on_large_sets(monkeypatch):
-    import kddiag.collect as collect_module
+def test_features_are_kept_for_the_row_reservoir_on_large_sets(monkeypatch):
+    import kddiag.accumulate as accumulate
 
-    monkeypatch.setattr(collect_module, "FEATURE_MAX_ROWS", 13)
+    monkeypatch.setattr(accumulate, "ROW_SAMPLES", 13)
+    monkeypatch.setattr(accumulate, "MIN_ROW_SAMPLES", 13)
     data, teacher, student = make_data(), mlp(0, hidden=16), mlp(1, hidden=5)
     out = collect_outputs(data, teacher=in_memory(teacher), student=in_memory(student), set_name=EVAL, batch_size=7)
     rows = out.teacher.feature_rows
     assert rows is not None and rows.size == 13 and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, accumulate.row_sample(N, 3))  # the rows the measurements read
     np.testing.assert_array_equal(rows, out.student.feature_rows)
     _, features = manual(teacher, data.x)
     np.testing.assert_allclose(out.teacher.features, features[rows], rtol=1e-6, atol=1e-6)

@@ -36,11 +36,11 @@ def test_all_logits_mode_needs_no_inputs():
 
 
 @pytest.mark.parametrize("teacher, message", [
-    (_logits_model(np.zeros((N - 1, C))), r"teacher logits \(eval set, 't\.npz'\) have 49 rows but the eval set "
-                                          r"\('mem'\) has 50 labels"),
-    (_logits_model(np.zeros(N)), r"teacher logits \('t\.npz'\) must be \(n_samples, n_classes\).*got shape \(50,\)"),
+    (_logits_model(np.zeros((N - 1, C))), r"teacher logits 't\.npz': 49 rows of eval logits but data "
+                                          r"'mem' has 50 examples"),
+    (_logits_model(np.zeros(N)), r"teacher logits 't\.npz': eval logits must be \(n_samples, n_classes\).*got shape \(50,\)"),
     (_logits_model(np.where(np.arange(N)[:, None] < 3, np.nan, np.zeros((N, C)))),
-     r"teacher logits \('t\.npz'\): NaN or Inf in 3 of 50 rows"),
+     r"teacher logits \(eval set, 't\.npz'\): NaN or Inf in example 0 \(3 of the 50 examples from 0\)"),
     (_logits_model(transfer_logits=np.zeros((N, C))), r"teacher logits 't\.npz': no eval logits \(holds: transfer\)"),
     (_logits_model(np.zeros((N, C)), labels={EVAL: (np.arange(N) + 1) % C}),
      r"its eval labels disagree with data 'mem' on 50 of 50 rows"),
