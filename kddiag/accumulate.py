@@ -113,9 +113,11 @@ class SetSummary:
         return self.moments.mean(name)
 
 
-def kept_classes(label_count: np.ndarray, *, dense: int = DENSE_CLASSES, top: int = TOP_CLASSES) -> np.ndarray | None:
-    """The classes class-by-class statistics keep: all (None) up to ``dense`` classes, else the ``top``
-    most frequent labels (ties: lower class id), sorted."""
+def kept_classes(label_count: np.ndarray, *, dense: int | None = None, top: int | None = None) -> np.ndarray | None:
+    """The classes class-by-class statistics keep: all (None) up to ``dense`` (DENSE_CLASSES) classes,
+    else the ``top`` (TOP_CLASSES) most frequent labels (ties: lower class id), sorted."""
+    dense = DENSE_CLASSES if dense is None else dense
+    top = TOP_CLASSES if top is None else top
     if label_count.size <= dense:
         return None
     order = np.lexsort((np.arange(label_count.size), -label_count))
