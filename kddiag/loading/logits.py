@@ -85,9 +85,10 @@ def read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
 
 
 def _read_npy(path: Path, where: str) -> np.ndarray:
+    """A ``.npy`` array memory-mapped read-only in its own dtype: rows are read from disk batch by batch."""
     _check_magic(path, (b"\x93NUMPY",), ".npy", where)
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as error:
         raise KddiagError(f"{where}: not a readable .npy file ({_numpy_reason(error)})") from None
 
@@ -101,17 +102,19 @@ def _check_magic(path: Path, magics: tuple[bytes, ...], kind: str, where: str) -
 
 
 def _numpy_reason(error: Exception) -> str:
-    if "allow_pickle" in str(error):  # numpy's own advice names an option kddiag does not have
+    if "allow_pickle" in str(error) or "Python objects" in str(error):  # numpy's advice names options kddiag lacks
         return "it holds Python objects (object arrays), which kddiag never unpickles; save numeric arrays"
+    if "mmap length is greater than file size" in str(error):
+        return "truncated: the file is shorter than its header says"
     return one_line(error)
 
 
 def _as_array(value: Any) -> np.ndarray:
-    """A numpy array of ``value``; floating tensors become float64 (numpy has no bfloat16)."""
+    """A numpy array of ``value`` in its own dtype; bfloat16 tensors become float32 (numpy has no bfloat16)."""
     import torch
 
     if isinstance(value, torch.Tensor):
-        value = value.detach().to("cpu", torch.float64 if value.is_floating_point() else value.dtype).numpy()
+        value = value.detach().to("cpu", torch.float32 if value.dtype == torch.bfloat16 else value.dtype).numpy()
     return np.asarray(value)
 
 

@@ -18,6 +18,21 @@ def test_npy_logits_are_the_eval_set(tmp_path):
     np.testing.assert_array_equal(loaded.logits[EVAL], logits)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_npy_logits_stay_on_disk_in_their_own_dtype(tmp_path, dtype):
+    logits = np.random.default_rng(0).normal(size=(50, 3)).astype(dtype)
+    np.save(tmp_path / "t.npy", logits)
+    loaded = load_model(tmp_path / "t.npy").logits[EVAL]
+    assert isinstance(loaded, np.memmap) and loaded.dtype == dtype and not loaded.flags.writeable
+
+
+def test_bfloat16_tensors_become_float32_not_float64(tmp_path):
+    torch.save({"eval": torch.randn(5, 4, dtype=torch.bfloat16), "transfer": torch.randn(5, 4, dtype=torch.float16)},
+               tmp_path / "t.pt")
+    loaded = load_model(tmp_path / "t.pt").logits
+    assert loaded[EVAL].dtype == np.float32 and loaded[TRANSFER].dtype == np.float16
+
+
 def test_npz_logits_with_transfer_and_labels(tmp_path):
     rng = np.random.default_rng(0)
     content = {"logits": rng.normal(size=(4, 3)), "transfer_logits": rng.normal(size=(6, 3)),
@@ -34,7 +49,7 @@ def test_npz_logits_with_transfer_and_labels(tmp_path):
 def test_pt_logits_tensor_and_dict(tmp_path):
     logits = torch.randn(5, 4)
     torch.save(logits, tmp_path / "a.pt")
-    np.testing.assert_allclose(load_model(tmp_path / "a.pt").logits[EVAL], logits.double().numpy())
+    np.testing.assert_array_equal(load_model(tmp_path / "a.pt").logits[EVAL], logits.numpy())
     torch.save({"eval": logits, "transfer": torch.randn(2, 4), "labels": torch.tensor([0, 1, 2, 3, 0])},
                tmp_path / "b.pt")
     loaded = load_model(tmp_path / "b.pt")
@@ -57,3 +72,14 @@ def test_bad_logits_files(tmp_path, name, content, message):
         torch.save(content, path)
     with pytest.raises(KddiagError, match=message):
         load_model(path)
+
+
+def test_truncated_and_object_npy_files_say_why(tmp_path):
+    np.save(tmp_path / "full.npy", np.zeros((100, 3), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:-40])
+    with pytest.raises(KddiagError, match=r"^teacher checkpoint '.*cut\.npy': not a readable \.npy file "
+                                          r"\(truncated: the file is shorter than its header says\)$"):
+        load_model(tmp_path / "cut.npy")
+    np.save(tmp_path / "objects.npy", np.array([{}, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(KddiagError, match=r"holds Python objects \(object arrays\), which kddiag never unpickles"):
+        load_model(tmp_path / "objects.npy")
