@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kddiag.metrics import domain, instance, universe
-from kddiag.metrics._common import ClassSums, SoftmaxStats, softmax_stats
+from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, softmax_stats
 from kddiag.reservoir import Reservoir, priority
 from kddiag.types import ROLES, Batch, SetOutputs
 
@@ -37,39 +37,37 @@ DENSE_CLASSES = 2_048  # class-by-class sums over every class up to this many cl
 TOP_CLASSES = 1_024  # … beyond it over the TOP_CLASSES most frequent labels (ties: lower id)
 
 
-@dataclass
 class Moments:
     """Count, sum and sum of squares of named per-example quantities over their finite values, and how
-    many values were not finite. Additive: batches and shards merge by adding."""
+    many values were not finite. Additive: batches and shards merge by adding (sums compensated)."""
 
-    names: tuple[str, ...]
-    count: np.ndarray  # (n_names,) finite values seen
-    total: np.ndarray
-    total_sq: np.ndarray
-    nonfinite: np.ndarray
-
-    @classmethod
-    def of(cls, columns: dict[str, np.ndarray]) -> "Moments":
-        names = tuple(sorted(columns))
-        values = [np.asarray(columns[name], dtype=np.float64) for name in names]
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        """The moments of one batch's ``columns`` (name -> per-example values)."""
+        self.names = tuple(sorted(columns))
+        values = [np.asarray(columns[name], dtype=np.float64) for name in self.names]
         finite = [np.isfinite(v) for v in values]
-        return cls(names, np.array([f.sum() for f in finite]),
-                   np.array([v[f].sum() for v, f in zip(values, finite)]),
-                   np.array([np.dot(v[f], v[f]) for v, f in zip(values, finite)]),
-                   np.array([f.size - f.sum() for f in finite]))
+        self.count = np.array([f.sum() for f in finite], dtype=np.int64)
+        self.nonfinite = np.array([f.size - f.sum() for f in finite], dtype=np.int64)
+        self._total, self._total_sq = CompensatedSum(len(values)), CompensatedSum(len(values))
+        self._total.add(np.array([v[f].sum() for v, f in zip(values, finite)]))
+        self._total_sq.add(np.array([np.dot(v[f], v[f]) for v, f in zip(values, finite)]))
 
     def merge(self, other: "Moments") -> None:
         if other.names != self.names:
             raise ValueError(f"cannot merge moments of {other.names} into {self.names}")
         self.count += other.count
-        self.total += other.total
-        self.total_sq += other.total_sq
         self.nonfinite += other.nonfinite
+        self._total.merge(other._total)
+        self._total_sq.merge(other._total_sq)
+
+    def sum(self, name: str) -> float:
+        """Sum of the finite values of ``name``."""
+        return float(self._total.value()[self.names.index(name)])
 
     def mean(self, name: str) -> float | None:
         """Mean of ``name``; None when a value was not finite or there is none."""
         k = self.names.index(name)
-        return float(self.total[k] / self.count[k]) if self.count[k] and not self.nonfinite[k] else None
+        return self.sum(name) / self.count[k] if self.count[k] and not self.nonfinite[k] else None
 
     def std(self, name: str) -> float | None:
         """Population standard deviation of ``name`` (as ``np.std``); None as for :meth:`mean`."""
@@ -77,11 +75,7 @@ class Moments:
         if mean is None:
             return None
         k = self.names.index(name)
-        return float(np.sqrt(max(self.total_sq[k] / self.count[k] - mean * mean, 0.0)))
-
-    def sum(self, name: str) -> float:
-        """Sum of the finite values of ``name``."""
-        return float(self.total[self.names.index(name)])
+        return float(np.sqrt(max(self._total_sq.value()[k] / self.count[k] - mean * mean, 0.0)))
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
@@ -154,7 +148,7 @@ class SetAccumulator:
         self.n_samples = 0
         self.label_count = np.zeros(n_classes, dtype=np.int64)
         self.moments: Moments | None = None
-        self.calibration = {role: np.zeros((3, universe.N_BINS)) for role in self.roles}
+        self.calibration = {role: CompensatedSum((3, universe.N_BINS)) for role in self.roles}
         self.target_histogram = np.zeros(universe.HISTOGRAM_BINS, dtype=np.int64)
         self.class_sums = {role: ClassSums(n_classes, n_bins=universe.N_BINS, kept=kept) for role in self.roles}
         self.confusion = np.zeros((size, size), dtype=np.int64)
@@ -170,7 +164,7 @@ class SetAccumulator:
         y, logits = batch.labels, batch.logits
         one, teacher_t, student_t = self._softmax(y, logits)
         columns = example_columns(y, one, teacher_t, student_t, alpha=self.alpha)
-        moments = Moments.of({name: columns[name] for name in MOMENT_COLUMNS if name in columns})
+        moments = Moments({name: columns[name] for name in MOMENT_COLUMNS if name in columns})
         if self.moments is None:
             self.moments = moments
         else:
@@ -178,7 +172,7 @@ class SetAccumulator:
         self.n_samples += y.size
         self.label_count += np.bincount(y, minlength=self.n_classes)
         for role, stats in one.items():
-            self.calibration[role] += universe.calibration_bins(stats, y)
+            self.calibration[role].add(universe.calibration_bins(stats, y))
         self.target_histogram += universe.target_confidence_histogram_of(teacher_t).counts
         self._add_confusion(one["teacher"].prediction, one["student"].prediction)
         index = batch.start + np.arange(y.size)
@@ -202,7 +196,7 @@ class SetAccumulator:
         self.n_samples += other.n_samples
         self.label_count += other.label_count
         for role in self.roles:
-            self.calibration[role] += other.calibration[role]
+            self.calibration[role].merge(other.calibration[role])
             self.class_sums[role].merge(other.class_sums[role])
         self.target_histogram += other.target_histogram
         self.confusion += other.confusion
@@ -222,7 +216,7 @@ class SetAccumulator:
         return SetSummary(
             name=self.name, n_samples=self.n_samples, n_classes=self.n_classes, roles=self.roles,
             temperature=self.temperature, label_count=self.label_count, moments=self.moments,
-            calibration=self.calibration, target_histogram=self.target_histogram, class_sums=self.class_sums,
+            calibration={role: bins.value() for role, bins in self.calibration.items()}, target_histogram=self.target_histogram, class_sums=self.class_sums,
             kept_classes=self.kept, confusion=self.confusion, hardest=hardest,
             examples={"index": index, **examples}, rows={"index": row_index, **rows},
             weights=dict(self.weights), feature_roles=frozenset(self.feature_roles),

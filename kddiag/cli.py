@@ -139,6 +139,8 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, array
         options["progress"] = sys.stderr.isatty()
     report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
                          options=InspectOptions(**options))
+    if report is None:  # a torchrun rank other than 0: rank 0 writes the report
+        return
     _finish(report, out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)
 
 

@@ -13,8 +13,11 @@ from kddiag.types import (
 
 
 def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any = None,
-            baseline: Any = None, options: InspectOptions = InspectOptions()) -> Report:
+            baseline: Any = None, options: InspectOptions = InspectOptions()) -> Report | None:
     """Measure what ``teacher`` passed to ``student`` and diagnose why distillation fell short.
+
+    Under ``torchrun`` every rank collects its shard of the data and rank 0 gets the report; the other
+    ranks get None (:mod:`kddiag.distributed`).
 
     ``teacher``, ``student``, ``baseline``: a checkpoint path, an ``nn.Module`` or a ``LoadedModel``.
     ``data`` (held-out eval set) and ``transfer_data`` (the set the student was distilled on): a file
@@ -23,6 +26,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
     >>> report.diagnosis.findings[0].id
     """
+    from kddiag import distributed
     from kddiag.collect import collect_summary
     from kddiag.diagnosis import diagnose
     from kddiag.measure import measure
@@ -45,13 +49,20 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
 
         given_classes = load_class_info(options.classes)
 
-    summaries = [
-        collect_summary(dataset, teacher=models["teacher"], student=models["student"],
-                        baseline=models.get("baseline"), set_name=name, temperature=settings.temperature.value,
-                        alpha=settings.alpha.value, batch_size=options.batch_size, device=options.device,
-                        feature_layer=options.feature_layer, progress=options.progress).summary()
-        for name, dataset in datasets.items()
-    ]
+    with distributed.group(options.device) as ranks:
+        summaries = []
+        for name, dataset in datasets.items():
+            shard = collect_summary(
+                dataset, teacher=models["teacher"], student=models["student"], baseline=models.get("baseline"),
+                set_name=name, temperature=settings.temperature.value, alpha=settings.alpha.value,
+                rows=ranks.shard(len(dataset.labels), options.batch_size), batch_size=options.batch_size,
+                device=ranks.device or options.device, feature_layer=options.feature_layer,
+                progress=options.progress and ranks.is_main)
+            merged = ranks.merged(shard)
+            if merged is not None:
+                summaries.append(merged.summary())
+    if not ranks.is_main:
+        return None
     n_classes = _n_classes(summaries, datasets)
     class_info = _class_info(given_classes, options.classes, datasets, n_classes)
     measurements = measure(summaries, settings=settings, class_info=class_info)

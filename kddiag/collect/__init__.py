@@ -32,12 +32,12 @@ __all__ = ["collect_outputs", "collect_summary", "batches"]
 def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel,
                     baseline: LoadedModel | None = None, set_name: str, temperature: float, alpha: float,
                     rows: range | None = None, batch_size: int = 512, device: str | None = None,
-                    feature_layer: str | None = None, progress: bool = False) -> SetAccumulator:
+                    feature_layer: str | None = None, progress: bool = False) -> SetAccumulator | None:
     """Every model over ``dataset`` (or its examples ``rows``, one shard), batch by batch, into a
     :class:`~kddiag.accumulate.SetAccumulator`: nothing of size (n_samples, n_classes) is kept.
 
     The accumulator's class subset comes from the whole set's labels, so the shards of one set merge.
-    See :func:`collect_outputs` for the other arguments.
+    An empty shard gives None. See :func:`collect_outputs` for the other arguments.
     """
     accumulator, runners = None, {}
     for batch, runners in batches(dataset, teacher=teacher, student=student, baseline=baseline, set_name=set_name,
@@ -48,8 +48,8 @@ def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
                 set_name, n_classes=batch.n_classes, roles=tuple(batch.logits), temperature=temperature, alpha=alpha,
                 kept=kept_classes(np.bincount(dataset.labels, minlength=batch.n_classes)))
         accumulator.update(batch)
-    if accumulator is None:  # an empty shard: its classes come from the models on one probe row
-        raise KddiagError(f"no examples to collect on the {set_name} set (rows {rows})")
+    if accumulator is None:  # an empty shard
+        return None
     accumulator.weights = {role: r.weight for role, r in runners.items() if r.weight is not None}
     return accumulator
 

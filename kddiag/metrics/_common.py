@@ -200,6 +200,32 @@ def _concat(parts: list[dict], key: str, unsort: np.ndarray | None = None) -> np
 
 # ---------------------------------------------------------------- the softmax pass
 
+class CompensatedSum:
+    """Float64 sums kept as value + error term (Knuth's TwoSum), so the total hardly depends on the order
+    in which parts are added: batches and shards merged in any grouping give the same rounded value
+    (to about n·ε² of the sum). ``value()`` is the sum; ``add`` takes parts at ``index`` (None: all)."""
+
+    def __init__(self, shape) -> None:
+        self.high = np.zeros(shape)
+        self.low = np.zeros(shape)
+
+    def add(self, values, index=None) -> None:
+        """Add ``values`` at ``index`` (a basic or unique fancy index of the flat or full array)."""
+        where = slice(None) if index is None else index
+        high = self.high[where]
+        total = high + values
+        back = total - high
+        self.low[where] += (high - (total - back)) + (values - back)
+        self.high[where] = total
+
+    def merge(self, other: "CompensatedSum") -> None:
+        self.add(other.high)
+        self.low += other.low
+
+    def value(self) -> np.ndarray:
+        return self.high + self.low
+
+
 class ClassSums:
     """Class-level sums of p¹ and r over examples, added to batch after batch (see :func:`softmax_stats`).
 
@@ -218,38 +244,61 @@ class ClassSums:
             self._position[self.kept] = np.arange(self.kept.size)
         size = n_classes if self.kept is None else self.kept.size
         self.label_count = np.zeros(n_classes, dtype=np.int64)
-        self.prob_sum = np.zeros(n_classes)  # Σ_i p_ik
-        self.nontarget_sum = np.zeros((size, size))  # row c = Σ_{i: y_i = c} r_i (r_iy = 0), kept classes only
-        self.binned_prob = np.zeros((n_classes, n_bins))  # Σ p_ik per class and bin (bins ≥ 1)
-        self.binned_hit = np.zeros((n_classes, n_bins))  # Σ 1{y_i = k} per class and bin (bins ≥ 1)
+        self._prob_sum = CompensatedSum(n_classes)  # Σ_i p_ik
+        self._nontarget_sum = CompensatedSum((size, size))  # row c = Σ_{i: y_i = c} r_i (r_iy = 0), kept classes
+        self._binned_prob = CompensatedSum(n_classes * n_bins)  # Σ p_ik per class and bin (bins ≥ 1)
+        self._binned_hit = np.zeros(n_classes * n_bins, dtype=np.int64)  # Σ 1{y_i = k} per class and bin (≥ 1)
 
     @property
     def threshold(self) -> float:
         """The first bin edge: entries above it are binned one by one."""
         return 1.0 / self.n_bins
 
+    @property
+    def prob_sum(self) -> np.ndarray:
+        """(C,) Σ_i p_ik."""
+        return self._prob_sum.value()
+
+    @property
+    def nontarget_sum(self) -> np.ndarray:
+        """(K, K) Σ_{i: y_i = c} r_i over the kept classes."""
+        return self._nontarget_sum.value()
+
+    @property
+    def binned_prob(self) -> np.ndarray:
+        """(C, n_bins) Σ p_ik per class and bin, bins ≥ 1 (bin 0 is zero here; see :meth:`binned`)."""
+        return self._binned_prob.value().reshape(self.n_classes, self.n_bins)
+
+    @property
+    def binned_hit(self) -> np.ndarray:
+        """(C, n_bins) Σ 1{y_i = k} per class and bin, bins ≥ 1."""
+        return self._binned_hit.reshape(self.n_classes, self.n_bins).astype(np.float64)
+
     def add_block(self, part: dict) -> None:
         """One block's sums (from :func:`softmax_stats`)."""
         self.label_count += part["label_count"]
-        self.prob_sum += part["prob_sum"]
-        rows, classes = part["nontarget_sum"], part["classes"]
+        self._prob_sum.add(part["prob_sum"])
+        rows, classes = part["nontarget_sum"], part["classes"]  # classes are distinct within a block
         if self._position is None:
-            self.nontarget_sum[classes] += rows
+            self._nontarget_sum.add(rows, classes)
         else:
             position = self._position[classes]
             keep = position >= 0
-            self.nontarget_sum[position[keep]] += rows[keep][:, self.kept]
-        np.add.at(self.binned_prob.reshape(-1), part["cells"], part["high_prob"])
-        np.add.at(self.binned_hit.reshape(-1), part["cells"], part["hits"])
+            self._nontarget_sum.add(rows[keep][:, self.kept], position[keep])
+        cells, inverse = np.unique(part["cells"], return_inverse=True)
+        self._binned_prob.add(np.bincount(inverse, weights=part["high_prob"], minlength=cells.size), cells)
+        np.add.at(self._binned_hit, part["cells"], part["hits"])
 
     def merge(self, other: "ClassSums") -> None:
         """Add ``other``'s sums (same classes, bins and kept classes)."""
-        for name in ("label_count", "prob_sum", "nontarget_sum", "binned_prob", "binned_hit"):
-            getattr(self, name).__iadd__(getattr(other, name))
+        self.label_count += other.label_count
+        self._binned_hit += other._binned_hit
+        for name in ("_prob_sum", "_nontarget_sum", "_binned_prob"):
+            getattr(self, name).merge(getattr(other, name))
 
     def binned(self) -> tuple[np.ndarray, np.ndarray]:
         """(C, n_bins) sums of p_ik and of 1{y_i = k} per class and bin of p_ik, bin 0 included."""
-        prob, hit = self.binned_prob.copy(), self.binned_hit.copy()
+        prob, hit = self.binned_prob, self.binned_hit
         prob[:, 0] = self.prob_sum - prob[:, 1:].sum(axis=1)
         hit[:, 0] = self.label_count - hit[:, 1:].sum(axis=1)
         return prob, hit
@@ -435,7 +484,7 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, sum
     return {"classes": y[run_start], "nontarget_sum": totals[:-1], "prob_sum": prob_sum,
             "label_count": np.bincount(y, minlength=n_classes),
             "cells": col_of[keep] * sums.n_bins + bins[keep], "high_prob": high_prob[keep],
-            "hits": (col_of[keep] == y[row_of[keep]]).astype(np.float64)}
+            "hits": (col_of[keep] == y[row_of[keep]]).astype(np.int64)}
 
 
 def bin_edges(n_bins: int) -> np.ndarray:

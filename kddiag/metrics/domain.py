@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from kddiag.errors import KddiagError
 from kddiag.metrics._common import (ClassSums, SoftmaxStats, check_labels, check_logits, check_temperature, softmax_stats,
@@ -176,7 +177,13 @@ def linear_cka_of(first: np.ndarray, second: np.ndarray) -> float | None:
 
     ‖YᵀX‖²_F / (‖XᵀX‖_F·‖YᵀY‖_F) equals ⟨K, L⟩ / (‖K‖_F·‖L‖_F) with Gram matrices K = XXᵀ, L = YYᵀ;
     the feature form costs n·(d_x + d_y)², the Gram form n²·(d_x + d_y): the cheaper one is used.
+    BLAS runs on one thread, so the sums (and the result) do not depend on the thread count.
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _linear_cka(first, second)
+
+
+def _linear_cka(first: np.ndarray, second: np.ndarray) -> float | None:
     x = first - first.mean(axis=0)
     y = second - second.mean(axis=0)
     n, width = x.shape[0], x.shape[1] + y.shape[1]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from kddiag.errors import KddiagError
 from kddiag.metrics._common import (SoftmaxStats, check_alpha, check_labels, check_logits, check_pair,
@@ -191,7 +192,13 @@ def coefficient_of_variation_of(weights: np.ndarray) -> float | None:
 
 def knn_label_disagreement_of(features: np.ndarray, labels: np.ndarray, *,
                               n_neighbors: int = N_NEIGHBORS) -> np.ndarray:
-    """See :func:`knn_label_disagreement`: exact brute force, ‖a‖² − 2a·b + ‖b‖² by BLAS in row blocks."""
+    """See :func:`knn_label_disagreement`: exact brute force, ‖a‖² − 2a·b + ‖b‖² by BLAS in row blocks, on
+    one BLAS thread so that near-ties break the same way whatever the thread count."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _knn_label_disagreement(features, labels, n_neighbors)
+
+
+def _knn_label_disagreement(features: np.ndarray, labels: np.ndarray, n_neighbors: int) -> np.ndarray:
     x = np.asarray(features, dtype=np.float64)
     n_samples = x.shape[0]
     k = min(n_neighbors, n_samples - 1)

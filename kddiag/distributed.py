@@ -1,0 +1,91 @@
+"""Sharded runs under ``torchrun``: torch.distributed splits the data, collects and merges the statistics.
+
+Started by ``torchrun --nproc-per-node N -m kddiag inspect ...`` (or several nodes), every rank loads
+the models and data, collects its contiguous shard of whole batches of each set (:func:`shard`) into a
+:class:`~kddiag.accumulate.SetAccumulator` on its own device, and the accumulators are gathered on
+rank 0 with ``torch.distributed.gather_object`` and merged in rank order. Rank 0 measures, diagnoses
+and writes the report; the other ranks write nothing. The backend is NCCL when the ranks run on CUDA,
+else gloo. Outside torchrun (no ``WORLD_SIZE`` > 1 in the environment) this is one process, one shard.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from kddiag.accumulate import SetAccumulator
+from kddiag.errors import KddiagError
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the ranks of a run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str | None = None  # the device this rank runs its models on (None: the default)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the rank that measures and writes."""
+        return self.rank == 0
+
+    def shard(self, n_samples: int, batch_size: int) -> range:
+        """This rank's examples of a set of ``n_samples``: see :func:`shard`."""
+        return shard(n_samples, batch_size, self.rank, self.world_size)
+
+    def merged(self, accumulator: SetAccumulator | None) -> SetAccumulator | None:
+        """Every rank's accumulator of one set, merged in rank order, on rank 0 (None on the others)."""
+        if self.world_size == 1:
+            return accumulator
+        import torch.distributed as dist
+
+        gathered: list | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(accumulator, gathered, dst=0)
+        if not self.is_main:
+            return None
+        parts = [part for part in gathered if part is not None]
+        for part in parts[1:]:
+            parts[0].merge(part)
+        return parts[0]
+
+
+def shard(n_samples: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Rank ``rank``'s examples: whole batches (``batch_size`` examples from a multiple of it), contiguous,
+    as even as can be (shards differ by at most one batch); every example in exactly one shard.
+
+    Batches start where they would in one process, so every batch's statistics are computed on the
+    same rows whatever the number of ranks, and the merged sums equal one process's.
+    """
+    n_batches = -(-n_samples // batch_size)
+    first, last = n_batches * rank // world_size, n_batches * (rank + 1) // world_size
+    return range(min(first * batch_size, n_samples), min(last * batch_size, n_samples))
+
+
+@contextmanager
+def group(device: str | None) -> Iterator[Group]:
+    """The ranks of this run: joins the process group torchrun set up (and leaves it at the end), or a
+    single process when not under torchrun. ``device``: the requested device, made per-rank for CUDA."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        yield Group(device=device)
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise KddiagError("WORLD_SIZE > 1 but this torch has no torch.distributed; run one process")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if cuda:
+        device = f"cuda:{local_rank}" if device in (None, "cuda") else device
+        torch.cuda.set_device(torch.device(device))
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield Group(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+    finally:
+        if joined:
+            dist.destroy_process_group()

@@ -1,0 +1,70 @@
+"""Sharded runs: torchrun with 2 CPU ranks (gloo) writes the report one process writes, byte for byte."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kddiag.distributed import shard
+from kddiag.models import MLP
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("n_samples", [1, 7, 100, 1000, 1001])
+@pytest.mark.parametrize("batch_size", [1, 64, 512])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_shards_are_whole_batches_covering_every_example_once(n_samples, batch_size, world_size):
+    shards = [shard(n_samples, batch_size, rank, world_size) for rank in range(world_size)]
+    assert [i for part in shards for i in part] == list(range(n_samples))
+    assert all(part.start % batch_size == 0 for part in shards)
+    sizes = [-(-len(part) // batch_size) for part in shards]  # batches per shard
+    assert max(sizes) - min(sizes) <= 1
+
+
+def _run(args, out, *, ranks=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    prefix = [sys.executable, "-m", "kddiag"]
+    if ranks:
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+        prefix = [torchrun, "--standalone", "--nproc-per-node", str(ranks), "-m", "kddiag"]
+    done = subprocess.run([*prefix, "inspect", *args, "--out", str(out), "--batch-size", "64"], env=env,
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A logits-mode pair (float16 teacher) and a module pair with features, on eval and transfer sets."""
+    folder = tmp_path_factory.mktemp("dist")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(700, 12)).astype(np.float32)
+    y = (x[:, :5].argmax(axis=1) + (rng.random(700) < 0.1)) % 5
+    np.savez(folder / "eval.npz", x=x[:300], y=y[:300])
+    np.savez(folder / "train.npz", x=x[300:], y=y[300:])
+    torch.manual_seed(0)
+    for name, widths in (("teacher", (12, 32, 5)), ("student", (12, 8, 5))):
+        torch.save(MLP(widths).state_dict(), folder / f"{name}.pt")
+    base = rng.normal(size=(300, 5)) * 3
+    np.save(folder / "t.npy", (base + rng.normal(size=base.shape)).astype(np.float16))
+    np.save(folder / "s.npy", base + 2 * rng.normal(size=base.shape))
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["logits", "modules"])
+def test_two_ranks_write_the_report_one_process_writes(inputs, tmp_path, mode):
+    if mode == "logits":
+        args = [str(inputs / "t.npy"), str(inputs / "s.npy"), "--data", str(inputs / "eval.npz")]
+    else:
+        args = [str(inputs / "teacher.pt"), str(inputs / "student.pt"), "--teacher-arch", "mlp:12-32-5",
+                "--student-arch", "mlp:12-8-5", "--data", str(inputs / "eval.npz"),
+                "--transfer-data", str(inputs / "train.npz")]
+    single = _run(args, tmp_path / "one")
+    sharded = _run(args, tmp_path / "two", ranks=2)
+    assert (tmp_path / "one" / "report.json").read_bytes() == (tmp_path / "two" / "report.json").read_bytes()
+    assert sharded.stdout.replace(str(tmp_path / "two"), "OUT") == single.stdout.replace(str(tmp_path / "one"), "OUT")
