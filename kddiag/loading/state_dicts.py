@@ -2,19 +2,16 @@
 
 Layouts unwrapped: ``{'model': sd}``, ``{'state_dict': sd}``, ``module.``/``model.`` prefixes,
 ``{'student': sd, 'teacher': sd}``, epochs and optimizer states beside the weights. The architecture
-is ``package.module:callable`` (called with no arguments) or a built-in name (:mod:`kddiag.models`).
+is built from an ``--*-arch`` spec (:mod:`.archs`).
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
+from kddiag.loading.archs import build_arch, stored_builtin_arch
 from kddiag.loading.metadata import header_settings
 from kddiag.types import LoadedModel
 
@@ -32,11 +29,12 @@ def state_dict_model(path: Path, content: Mapping, arch: str | None, role: str, 
         raise KddiagError(f"{where}: no weights found (keys: {first(map(str, content))}); expected a "
                           f"state dict, a model, or logits")
     if arch is None:
-        arch = _stored_builtin_arch(content)
+        arch = stored_builtin_arch(content.get("arch"))
     if arch is None:
         raise KddiagError(f"{where}: holds a state dict (weights only); pass --{role}-arch "
-                          f"package.module:callable or a built-in name to build the model")
-    model = _build_arch(arch, role)
+                          f"package.module:Class, package.module:Class(28, hidden=64), path/to/models.py:Class "
+                          f"or a built-in name to build the model")
+    model = build_arch(arch, role)
     expected = model.state_dict()
     weights = _best_match(candidates, set(expected), role)
     _check_fit(weights, expected, where, arch)
@@ -59,17 +57,6 @@ def read_safetensors(path: Path, where: str) -> tuple[dict, dict]:
     except Exception as error:
         raise KddiagError(f"{where}: not a readable safetensors file ({one_line(error)})") from None
     return weights, header_settings(header, where)
-
-
-def _stored_builtin_arch(content: Mapping) -> str | None:
-    """A built-in architecture name saved beside the weights (``'arch': 'mlp:64-12-10'``).
-
-    Only built-in names are honoured: importing a module named inside an untrusted file would run its code.
-    """
-    stored = content.get("arch")
-    if isinstance(stored, str) and _builtin_factory(stored, "stored 'arch'") is not None:
-        return stored
-    return None
 
 
 def _weight_candidates(content: Mapping) -> list[tuple[tuple[str, ...], dict]]:
@@ -124,69 +111,3 @@ def _check_fit(weights: dict, expected: dict, where: str, arch: str) -> None:
                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)) if keys]
     if problems:
         raise KddiagError(f"{where}: does not fit architecture '{arch}'; " + "; ".join(problems))
-
-
-def _build_arch(arch: str, role: str):
-    """Instantiate ``package.module:callable`` (no arguments) or a built-in architecture name."""
-    import torch
-
-    option = f"--{role}-arch '{arch}'"
-    factory = _builtin_factory(arch, option)
-    if factory is None:
-        if ":" not in arch:
-            raise KddiagError(f"{option}: not a built-in architecture ({_builtin_help()}) and not "
-                              f"of the form package.module:callable")
-        factory = _import_callable(arch, option)
-    if not callable(factory):
-        raise KddiagError(f"{option}: '{arch}' is a {type(factory).__name__}, not callable")
-    try:
-        model = factory()
-    except KddiagError:
-        raise
-    except Exception as error:
-        raise KddiagError(f"{option}: calling it with no arguments failed ({one_line(error)})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise KddiagError(f"{option}: calling it returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _import_callable(arch: str, option: str) -> Any:
-    """The object named by ``package.module:attribute``; the current directory is importable."""
-    module_name, _, attribute = arch.partition(":")
-    added = os.getcwd() not in sys.path
-    if added:  # `kddiag` run from a project directory should find its modules
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as error:
-        raise KddiagError(f"{option}: cannot import module '{module_name}' ({one_line(error)})") from None
-    finally:
-        if added and os.getcwd() in sys.path:
-            sys.path.remove(os.getcwd())
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise KddiagError(f"{option}: module '{module_name}' has no attribute '{attribute}'")
-        target = getattr(target, part)
-    return target
-
-
-def _builtin_factory(name: str, option: str):
-    """The zero-argument factory of a built-in architecture name (kddiag.models), or None."""
-    try:
-        models = importlib.import_module("kddiag.models")
-    except ImportError:
-        return None
-    if hasattr(models, "builtin_arch"):
-        try:
-            return models.builtin_arch(name)
-        except KddiagError as error:
-            raise KddiagError(f"{option}: {error}") from None
-    return getattr(models, "BUILTIN_ARCHS", {}).get(name)
-
-
-def _builtin_help() -> str:
-    try:
-        models = importlib.import_module("kddiag.models")
-    except ImportError:
-        return "none available"
-    return getattr(models, "BUILTIN_ARCH_HELP", None) or ", ".join(getattr(models, "BUILTIN_ARCHS", {})) or "none"
