@@ -114,13 +114,22 @@ def output_options(*, default_out: str | None = None):
 @click.option("--data", help="Held-out eval set: .pt/.npz file with x, y, or a built-in name (digits, hierarchy).")
 @click.option("--transfer-data", help="The set the student was distilled on (usually the training set).")
 @click.option("--baseline", help="A student of the same kind trained without KD.")
-@click.option("--teacher-arch", help="Architecture for a teacher state dict: package.module:callable or mlp:IN-...-OUT.")
-@click.option("--student-arch", help="Architecture for a student state dict.")
-@click.option("--baseline-arch", help="Architecture for a baseline state dict.")
+@click.option("--teacher-arch", metavar="SPEC",
+              help="Architecture for a teacher state dict: 'package.module:Class', 'package.module:Class(28, hidden=64)' "
+                   "(literal arguments only; quote it in the shell), 'path/to/models.py:Class(28)', or built-in "
+                   "mlp:IN-...-OUT.")
+@click.option("--student-arch", metavar="SPEC", help="Architecture for a student state dict (as --teacher-arch).")
+@click.option("--baseline-arch", metavar="SPEC",
+              help="Architecture for a baseline state dict (as --teacher-arch; default: --student-arch).")
+@click.option("--ema", multiple=True, type=click.Choice(["teacher", "student", "baseline"]),
+              help="Use this model's EMA weights (timm's state_dict_ema, model_ema); repeatable. Default: raw "
+                   "weights, EMA only when no other weights fit.")
 @click.option("--temperature", type=float, help="Distillation temperature τ used to train the student.")
 @click.option("--alpha", type=float, help="Weight of the soft (KD) term in the student's loss, in [0, 1].")
 @click.option("--classes", help="JSON file with class names and groups: {\"names\": [...], \"groups\": [...]}.")
-@click.option("--trust-pickle", is_flag=True, help="Allow loading whole pickled models (runs code from the file).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Unpickle whole pickled models and other objects in checkpoints (runs code from the file); "
+                   "without it they are refused, or skipped when the weights lie beside them.")
 @click.option("--trust-program", is_flag=True,
               help="Run TorchScript/torch.export programs that call operators outside the allowlist.")
 @click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear).")
@@ -137,6 +146,7 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, array
     _check_arrays(out, arrays)
     if options["progress"] is None:
         options["progress"] = sys.stderr.isatty()
+    options["ema"] = tuple(options["ema"])
     report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
                          options=InspectOptions(**options))
     if report is None:  # a torchrun rank other than 0: rank 0 writes the report

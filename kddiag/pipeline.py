@@ -19,7 +19,9 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     Under ``torchrun`` every rank collects its shard of the data and rank 0 gets the report; the other
     ranks get None (:mod:`kddiag.distributed`).
 
-    ``teacher``, ``student``, ``baseline``: a checkpoint path, an ``nn.Module`` or a ``LoadedModel``.
+    ``teacher``, ``student``, ``baseline``: a checkpoint path, an ``nn.Module`` or a ``LoadedModel``;
+    a state dict is built with ``options.teacher_arch``/``student_arch``/``baseline_arch`` (the
+    baseline's defaults to the student's), e.g. ``'pkg.models:Net(28, hidden=64)'``.
     ``data`` (held-out eval set) and ``transfer_data`` (the set the student was distilled on): a file
     path, a built-in name (``digits``, ``hierarchy:train``, ...) or a ``Dataset``; at least one.
 
@@ -37,8 +39,9 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
         "teacher": _as_model(teacher, "teacher", options.teacher_arch, options),
         "student": _as_model(student, "student", options.student_arch, options),
     }
-    if baseline is not None:
-        models["baseline"] = _as_model(baseline, "baseline", options.baseline_arch, options)
+    if baseline is not None:  # a baseline is the student trained without KD: the student's arch by default
+        arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
+        models["baseline"] = _as_model(baseline, "baseline", arch, options)
     settings = _settings(options, models["student"], models["teacher"])  # before the forward passes
     datasets = {name: _as_dataset(source, role)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
@@ -68,7 +71,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     measurements = measure(summaries, settings=settings, class_info=class_info)
     diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
     inputs = tuple(
-        [InputInfo(role, m.source, m.format, n_classes=n_classes) for role, m in models.items()]
+        [InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes) for role, m in models.items()]
         + [InputInfo(name, ds.name, _dataset_format(ds.name), n_samples=len(ds.labels))
            for name, ds in datasets.items()]
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
@@ -112,7 +115,7 @@ def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions)
         from kddiag.loading import load_model
 
         return load_model(source, arch=arch, trust_pickle=options.trust_pickle,
-                          trust_program=options.trust_program, role=role)
+                          trust_program=options.trust_program, role=role, ema=role in options.ema)
     import torch
 
     if isinstance(source, torch.nn.Module):

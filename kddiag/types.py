@@ -422,9 +422,10 @@ class InputInfo:
     format: str  # e.g. 'torch.export', 'torchscript', 'state_dict', 'pickled-module', 'logits', 'builtin', 'pt', 'npz'
     n_samples: int | None = None
     n_classes: int | None = None
+    notes: tuple[str, ...] = ()  # how a checkpoint was read (LoadedModel.notes)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: (list(v) if k == "notes" else v) for k, v in self.__dict__.items() if v is not None and v != ()}
 
 
 @dataclass(frozen=True)
@@ -449,15 +450,22 @@ class LoadedModel:
     logits: dict[str, np.ndarray] | None = None  # logits mode: {'eval': (n, C), 'transfer': (m, C)}
     labels: dict[str, np.ndarray] | None = None  # labels stored beside the logits, if any
     metadata: dict = field(default_factory=dict)  # distillation settings found in the checkpoint
+    notes: tuple[str, ...] = ()  # how the file was read: which weights were chosen, what was not read
+
+
+ARCH_ROLES = ("teacher", "student", "baseline")  # the models an inspection loads
 
 
 @dataclass(frozen=True)
 class InspectOptions:
     """Settings of one inspection run (everything beyond the teacher, student and data)."""
 
-    teacher_arch: str | None = None  # 'package.module:callable' or a built-in name (kddiag.models)
+    # 'package.module:callable', 'package.module:Class(28, hidden=64)' (literal arguments only),
+    # 'path/to/models.py:Class(28)' or a built-in name (kddiag.models, kddiag.loading.archs)
+    teacher_arch: str | None = None
     student_arch: str | None = None
-    baseline_arch: str | None = None
+    baseline_arch: str | None = None  # None: the student's architecture
+    ema: tuple[str, ...] = ()  # roles ('teacher', 'student', 'baseline') whose EMA weights to use
     temperature: float | None = None  # None: from checkpoint metadata, else DEFAULT_TEMPERATURE (guessed)
     alpha: float | None = None
     classes: str | None = None  # JSON file with {"names": [...], "groups": [...]}
@@ -469,6 +477,17 @@ class InspectOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        from kddiag.loading.archs import parse_arch
+
+        for role in ARCH_ROLES:
+            spec = getattr(self, f"{role}_arch")
+            if spec is not None and not isinstance(spec, str):
+                raise KddiagError(f"--{role}-arch must be a string such as 'package.module:Class(28)'; "
+                                  f"got {type(spec).__name__}")
+            if spec is not None:
+                parse_arch(spec, f"--{role}-arch")  # a malformed spec fails before any model is loaded
+        if isinstance(self.ema, str) or not set(self.ema) <= set(ARCH_ROLES):
+            raise KddiagError(f"--ema must name roles among {', '.join(ARCH_ROLES)}; got {self.ema!r}")
         if self.temperature is not None:
             _check_temperature(self.temperature, "--temperature")
         if self.alpha is not None:

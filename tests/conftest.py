@@ -16,6 +16,12 @@ ARCH_SOURCE = textwrap.dedent('''
     def wide():
         return nn.Sequential(nn.Linear(N_FEATURES, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
 
+    class Sized(nn.Sequential):
+        """An MLP whose width is a required argument."""
+
+        def __init__(self, hidden, *, n_classes=N_CLASSES):
+            super().__init__(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
     not_callable = 42
 
     def returns_list():

@@ -69,6 +69,9 @@ def _files(root: Path) -> dict[str, str]:
     put("classes-list.json", lambda p: p.write_text("[1, 2, 3]"))
     put("classes-mismatch.json", lambda p: p.write_text(json.dumps({"names": list("abcdefghij"), "groups": [0, 1]})))
     put("a-file", lambda p: p.write_text("x"))
+    put("models.py", lambda p: p.write_text("from kddiag.models import MLP\n\n\nclass Net(MLP):\n"
+                                           "    def __init__(self, hidden):\n"
+                                           "        super().__init__((64, hidden, 10))\n"))
     return made
 
 
@@ -142,7 +145,18 @@ CASES = {  # name: (arguments, fragments the one line must hold); {name} is the 
                             ["--teacher-arch"]),
     "unknown built-in arch": (["{bare-state-dict.pt}", STUDENT, *DIGITS, "--teacher-arch", "mlp:abc"],
                               ["--teacher-arch"]),
-    "feature layer missing": ([TEACHER, STUDENT, *DIGITS, "--feature-layer", "no.such.layer"], ["no.such.layer"]),
+    "arch argument is a call": (["{bare-state-dict.pt}", STUDENT, *DIGITS, "--teacher-arch", "m:Net(open('x'))"],
+                                ["--teacher-arch", "must be a literal", "a call"]),
+    "arch argument is a name": (["{bare-state-dict.pt}", STUDENT, *DIGITS, "--teacher-arch", "m:Net(size)"],
+                                ["--teacher-arch", "must be a literal", "a name"]),
+    "arch syntax": (["{bare-state-dict.pt}", STUDENT, *DIGITS, "--teacher-arch", "m:Net(28"], ["--teacher-arch"]),
+    "arch file missing": (["{bare-state-dict.pt}", STUDENT, *DIGITS, "--teacher-arch", "nowhere/models.py:Net(8)"],
+                          ["--teacher-arch", "nowhere/models.py"]),
+    "arch arguments missing": (["{bare-state-dict.pt}", STUDENT, *DIGITS, "--teacher-arch", "{models.py}:Net"],
+                               ["--teacher-arch", "missing 1 required positional argument"]),
+    "ema but none in the file": ([TEACHER, STUDENT, *DIGITS, "--ema", "teacher"], ["teacher.pt", "--ema teacher"]),
+    "ema of an unknown role": ([TEACHER, STUDENT, *DIGITS, "--ema", "teachr"], ["--ema"]),
+        "feature layer missing": ([TEACHER, STUDENT, *DIGITS, "--feature-layer", "no.such.layer"], ["no.such.layer"]),
     "classes missing": ([TEACHER, STUDENT, *DIGITS, "--classes", "nowhere.json"], ["--classes"]),
     "classes not json": ([TEACHER, STUDENT, *DIGITS, "--classes", "{classes-not-json.json}"], ["--classes"]),
     "classes a list": ([TEACHER, STUDENT, *DIGITS, "--classes", "{classes-list.json}"], ["--classes"]),

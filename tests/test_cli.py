@@ -188,6 +188,8 @@ def test_bad_options_give_one_line(args, fragments):
     (["--device", "banana"], "--device must be a torch device such as cpu, cuda or cuda:1; got 'banana'"),
     (["--alpha", "2"], "--alpha must be a number in [0, 1]; got 2.0"),
     (["--batch-size", "0"], "--batch-size must be a positive integer; got 0"),
+    (["--student-arch", "pkg.models:Net(28, act=torch.relu)"],
+     "--student-arch 'pkg.models:Net(28, act=torch.relu)': argument act= must be a literal"),
 ])
 def test_bad_settings_fail_before_loading_anything(tmp_path, args, fragment):
     missing = [tmp_path / "no-teacher.pt", tmp_path / "no-student.pt"]  # never opened: the option fails first
@@ -379,3 +381,74 @@ def test_arrays_need_an_out_directory_and_land_beside_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "report-arrays.npz") as arrays:
         assert arrays["domain.teacher_output_similarity@transfer"].shape == (10, 10)
+
+
+MODELS_PY = """
+from kddiag.models import MLP
+
+
+class DigitsNet(MLP):
+    \"\"\"The demo student's architecture, its hidden width a required argument.\"\"\"
+
+    def __init__(self, hidden, *, n_classes=10):
+        super().__init__((64, hidden, n_classes))
+"""
+
+
+@pytest.fixture
+def bare(tmp_path, demo_modules):
+    """The demo student and baseline as bare state dicts: no stored arch, so --*-arch must build them."""
+    paths = {}
+    for role in ("student", "baseline"):
+        paths[role] = tmp_path / f"{role}.pt"
+        torch.save({"state_dict": demo_modules[role].state_dict()}, paths[role])
+    (tmp_path / "models.py").write_text(MODELS_PY)
+    return paths
+
+
+@pytest.mark.parametrize("arch", ["kddiag.models:MLP((64, 8, 10))", "{dir}/models.py:DigitsNet(8)",
+                                  "{dir}/models.py:DigitsNet(hidden=8, n_classes=10)"])
+def test_arch_with_arguments_and_baseline_arch_from_the_student(tmp_path, bare, arch):
+    arch = arch.format(dir=tmp_path)
+    result = run("inspect", TEACHER, bare["student"], "--baseline", bare["baseline"], *DIGITS,
+                 "--student-arch", arch, "--json", "--no-progress")  # no --baseline-arch
+    assert result.exit_code == 0, result.output
+    files = {f["role"]: f for f in json.loads(result.stdout)["inputs"]["files"]}
+    assert files["baseline"]["path"] == str(bare["baseline"]) and files["baseline"]["format"] == "state_dict"
+
+
+def test_baseline_arch_default_through_the_python_api(tmp_path, bare, demo_modules):
+    from kddiag.errors import KddiagError
+    from kddiag.types import InspectOptions
+
+    options = InspectOptions(student_arch=f"{tmp_path}/models.py:DigitsNet(8)")
+    report = kddiag.inspect(str(TEACHER), str(bare["student"]), baseline=str(bare["baseline"]),
+                            data="digits:test", options=options)
+    assert report.measurements.outcome.eval.kd_gain.value is not None
+    with pytest.raises(KddiagError, match=r"baseline checkpoint '.*baseline\.pt': holds a state dict"):
+        kddiag.inspect(str(TEACHER), str(STUDENT), baseline=str(bare["baseline"]), data="digits:test")
+
+
+def test_ema_weights_and_how_the_checkpoint_was_read_reach_the_report(tmp_path, demo_modules):
+    """A timm-style student checkpoint: raw and EMA weights, its KD arguments in an argparse.Namespace."""
+    import argparse
+
+    student = demo_modules["student"]
+    ema = {k: v + 0.01 for k, v in student.state_dict().items()}
+    args = argparse.Namespace(model="mlp", kd_model_name="teacher", kd_temperature=2.0, task_loss_weight=0.1,
+                              distill_loss_weight=None)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 9, "arch": "mlp:64-8-10", "version": 2, "args": args, "state_dict": student.state_dict(),
+                "state_dict_ema": ema, "metric": 90.0}, path)
+    reports = {}
+    for extra in ([], ["--ema", "student"]):
+        result = run("inspect", TEACHER, path, *DIGITS, "--json", "--no-progress", *extra)
+        assert result.exit_code == 0, result.output
+        reports[bool(extra)] = json.loads(result.stdout)
+    settings = reports[False]["inputs"]["settings"]
+    assert settings["temperature"]["value"] == 2.0 and settings["alpha"]["value"] == pytest.approx(0.9)
+    notes = {ema: next(f for f in r["inputs"]["files"] if f["role"] == "student")["notes"] for ema, r in reports.items()}
+    assert "pass --ema student to use them" in notes[False][0]
+    assert notes[True][0] == "weights: EMA weights from 'state_dict_ema' (asked for with --ema student)"
+    text = run("inspect", TEACHER, path, *DIGITS, "--no-progress").stdout
+    assert "the file also holds EMA weights in 'state_dict_ema'" in " ".join(text.split())

@@ -4,20 +4,24 @@ Formats are recognized by content where possible, by extension otherwise:
 
 - ``torch.export`` programs (``.pt2``) and TorchScript archives: architecture included; vetted before
   they run (archive members, then operators against an allowlist: :mod:`.vetting`).
-- state dicts (``.pt``/``.pth`` read with ``weights_only=True``, ``.safetensors``) plus an
-  architecture: ``package.module:callable`` or a built-in name (:mod:`kddiag.models`). Training
-  framework layouts (``{'model': sd}``, ``{'state_dict': sd}``, ``module.``/``model.`` prefixes,
-  ``{'student': sd, 'teacher': sd}``, epochs and optimizer states beside the weights) are unwrapped.
-- a whole pickled ``nn.Module`` (``torch.save(model)``): only with ``trust_pickle=True``, since
-  unpickling runs code from the file.
+- state dicts (``.pt``/``.pth``/``.ckpt`` read weights-only, ``.safetensors``) plus an architecture
+  (:mod:`.archs`): ``module:callable``, ``module:Class(28, hidden=64)``, ``path/to/models.py:Class(28)``
+  or a built-in name (:mod:`kddiag.models`). The layouts of torchdistill, mdistiller, RepDistiller,
+  timm (with EMA weights) and PyTorch Lightning are unwrapped (:mod:`.state_dicts`).
+- objects beside the weights: ``argparse.Namespace`` is read; any other object is skipped and named
+  (:mod:`.unpickling`). A whole pickled ``nn.Module`` (``torch.save(model)``) loads only with
+  ``trust_pickle=True``, since unpickling runs code from the file.
 - logits (``.npy``, ``.npz``, ``.pt`` holding an (n_samples, n_classes) tensor or a dict of them).
 
-Distillation settings stored with a checkpoint (``temperature``/``tau``/``T``, ``alpha`` at the top
-level or under ``config``/``kd``/``distillation``/...; a ``kddiag.json`` extra file in torch.export
-and TorchScript archives; safetensors header metadata) end up in ``LoadedModel.metadata``.
+Distillation settings stored with a checkpoint (``temperature``/``T``/``kd_T``/..., ``alpha`` at the top
+level or under ``config``/``hyper_parameters``/``args``/...; timm's and RepDistiller's own argument
+names; a ``kddiag.json`` extra file in torch.export and TorchScript archives; safetensors header
+metadata) end up in ``LoadedModel.metadata`` (:mod:`.metadata`); how they and the weights were
+found, and what could not be read, in ``LoadedModel.notes``.
 
-This module sniffs the format and dispatches; one module per kind of file: :mod:`.state_dicts`,
-:mod:`.programs` (torch.export, TorchScript), :mod:`.logits`, :mod:`.metadata` (stored settings).
+This module sniffs the format and dispatches; one module per kind of file: :mod:`.state_dicts`
+(with :mod:`.archs` and :mod:`.unpickling`), :mod:`.programs` (torch.export, TorchScript),
+:mod:`.logits`, :mod:`.metadata` (stored settings).
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading import logits as _logits
 from kddiag.loading import programs as _programs
 from kddiag.loading import state_dicts as _state_dicts
-from kddiag.loading._text import one_line
-from kddiag.loading.metadata import METADATA_FILE, settings_in
+from kddiag.loading import unpickling as _unpickling
+from kddiag.loading._text import first, one_line
+from kddiag.loading.metadata import METADATA_FILE, checkpoint_settings
 from kddiag.types import ClassInfo, LoadedModel
 
 __all__ = ["load_model", "load_class_info", "logits_of", "METADATA_FILE"]
@@ -46,13 +51,17 @@ _EXTENSIONS = {".npy": "npy", ".npz": "npz", ".safetensors": "safetensors", ".pt
 
 
 def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False,
-               trust_program: bool = False, role: str = "teacher") -> LoadedModel:
+               trust_program: bool = False, role: str = "teacher", ema: bool = False) -> LoadedModel:
     """Load a checkpoint or a logits file as a :class:`~kddiag.types.LoadedModel`.
 
-    ``arch`` builds the model a state dict belongs to: ``'package.module:callable'`` (called with no
-    arguments; the current directory is importable) or a built-in name. ``trust_pickle`` allows
-    unpickling whole modules; ``trust_program`` runs TorchScript and torch.export programs whose
-    operators are outside the allowlist (:mod:`kddiag.loading.vetting`). ``role`` ('teacher', 'student', 'baseline') names the file in errors.
+    ``arch`` builds the model a state dict belongs to (:mod:`.archs`): a built-in name,
+    ``'module:callable'``, ``'module:Class(28, hidden=64)'`` (literal arguments only) or
+    ``'path/to/models.py:Class(28)'``. ``ema`` uses a checkpoint's EMA weights (timm's
+    ``state_dict_ema``, ``model_ema``); without it raw weights come first. ``trust_pickle`` allows
+    unpickling whole modules and other objects; ``trust_program`` runs TorchScript and torch.export
+    programs whose operators are outside the allowlist (:mod:`kddiag.loading.vetting`). ``role``
+    ('teacher', 'student', 'baseline') names the file in errors and picks a role's weights from a
+    file holding several. How the weights were chosen, and what could not be read, is in ``.notes``.
 
     >>> load_model("student.pt", arch="mlp:64-32-10", role="student").format
     'state_dict'
@@ -70,17 +79,22 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
         raise KddiagError(f"{where}: unknown format (extension '{path.suffix or 'none'}', content not recognized); "
                           f"expected .pt2, TorchScript, .pt/.pth/.safetensors state dict, or .npy/.npz/.pt logits")
     if kind == "npy":
-        return _logits.load_npy(path, where)
-    if kind == "npz":
-        return _logits.load_npz(path, where)
-    if kind == "torch.export":
-        return _programs.load_export(path, where, trust_program=trust_program)
-    if kind == "torchscript":
-        return _programs.load_torchscript(path, where, trust_program=trust_program)
-    if kind == "safetensors":
+        loaded = _logits.load_npy(path, where)
+    elif kind == "npz":
+        loaded = _logits.load_npz(path, where)
+    elif kind == "torch.export":
+        loaded = _programs.load_export(path, where, trust_program=trust_program)
+    elif kind == "torchscript":
+        loaded = _programs.load_torchscript(path, where, trust_program=trust_program)
+    elif kind == "safetensors":
         weights, metadata = _state_dicts.read_safetensors(path, where)
-        return _state_dicts.state_dict_model(path, weights, arch, role, where, metadata)
-    return _load_torch_file(path, arch, trust_pickle, role, where)
+        loaded = _state_dicts.state_dict_model(path, weights, arch, role, where, metadata, ema=ema)
+    else:
+        loaded = _load_torch_file(path, arch, trust_pickle, role, where, ema)
+    if ema and loaded.format != "state_dict":
+        raise KddiagError(f"{where}: --ema {role} asks for EMA weights, which only state-dict checkpoints "
+                          f"hold; this file is a {loaded.format}")
+    return loaded
 
 
 def load_class_info(path: str | os.PathLike) -> ClassInfo:
@@ -175,27 +189,34 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
-def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str, where: str) -> LoadedModel:
-    """A ``torch.save`` file read with ``weights_only=True`` (unpickled only when trusted), routed by content."""
+def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str, where: str,
+                     ema: bool) -> LoadedModel:
+    """A ``torch.save`` file read weights-only (:mod:`.unpickling`), routed by content.
+
+    Objects beyond tensors, containers and argparse namespaces are unpickled only when trusted;
+    otherwise they are skipped (and named in the notes) when the weights lie outside them.
+    """
     import torch
 
+    notes: tuple[str, ...] = ()
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = _unpickling.load_weights_only(path)
     except Exception as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         if found is None:  # nothing to unpickle: the file is not a torch.save file, or is damaged
             raise KddiagError(f"{where}: not a readable PyTorch file (corrupt, truncated or not written by "
                               f"torch.save)") from None
-        if not trust_pickle:
-            raise UnsafeLoadError(
-                f"{where}: the file needs unpickling (it contains {found.group(1)}), "
-                f"which can run arbitrary code; pass --trust-pickle only for files you trust, or save a "
-                f"state dict, torch.export or TorchScript model instead") from None
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error2:
-            raise KddiagError(f"{where}: unpickling failed ({one_line(error2)}); the classes it refers "
-                              f"to must be importable") from None
+        if trust_pickle:
+            content = _unpickle(path, where)
+        else:
+            content = _unpickling.load_skipping_objects(path)
+            if not _holds_data(content):  # the weights are inside the objects: a pickled model
+                raise UnsafeLoadError(
+                    f"{where}: the file needs unpickling (it contains {found.group(1)}), "
+                    f"which can run arbitrary code; pass --trust-pickle only for files you trust, or save a "
+                    f"state dict, torch.export or TorchScript model instead") from None
+            notes = (f"not read: {first(_unpickling.skipped_objects(content))}: objects kddiag does not "
+                     f"unpickle (--trust-pickle would)",)
     if isinstance(content, torch.nn.Module):
         return LoadedModel(source=str(path), format="pickled-module", module=content)
     if isinstance(content, torch.Tensor):
@@ -203,13 +224,32 @@ def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str
     if isinstance(content, Mapping):
         if _logits.is_logits_dict(content):
             return _logits.logits_from(path, content, where)
+        settings, setting_notes = checkpoint_settings(content)
         for key in (role, *_state_dicts.WEIGHT_KEYS):  # a trusted pickle may hold the module under a key
             if isinstance(content.get(key), torch.nn.Module):
                 return LoadedModel(source=str(path), format="pickled-module", module=content[key],
-                                   metadata=settings_in(content))
-        return _state_dicts.state_dict_model(path, content, arch, role, where, settings_in(content))
+                                   metadata=settings, notes=setting_notes)
+        return _state_dicts.state_dict_model(path, content, arch, role, where, settings, ema=ema,
+                                             notes=(*setting_notes, *notes))
     raise KddiagError(f"{where}: holds a {type(content).__name__}; expected a state dict, a model, "
                       f"or logits of shape (n_samples, n_classes)")
+
+
+def _unpickle(path: Path, where: str) -> Any:
+    """The file fully unpickled (``--trust-pickle``): the classes it names are imported and built."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise KddiagError(f"{where}: unpickling failed ({one_line(error)}); the classes it refers "
+                          f"to must be importable") from None
+
+
+def _holds_data(content: Any) -> bool:
+    """Whether ``content`` (read with objects skipped) holds weights or logits outside the skipped objects."""
+    return isinstance(content, Mapping) and (_logits.is_logits_dict(content)
+                                             or _state_dicts.holds_weights(content))
 
 
 def _describe(value: Any) -> str:

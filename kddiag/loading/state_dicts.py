@@ -1,50 +1,104 @@
 """State dicts and the layouts training frameworks save them in, loaded into an architecture.
 
-Layouts unwrapped: ``{'model': sd}``, ``{'state_dict': sd}``, ``module.``/``model.`` prefixes,
-``{'student': sd, 'teacher': sd}``, epochs and optimizer states beside the weights. The architecture
-is ``package.module:callable`` (called with no arguments) or a built-in name (:mod:`kddiag.models`).
+Layouts unwrapped (each checked against the framework's own saving code):
+
+- ``{'model': sd, ...}``: RepDistiller (``epoch``, ``best_acc``/``accuracy``, ``optimizer``, ``opt``),
+  mdistiller (``epoch``, ``optimizer``, ``best_acc``; a full distiller checkpoint holds
+  ``module.student.*`` and ``module.teacher.*`` names), torchdistill (``optimizer``, ``best_value``,
+  ``lr_scheduler``, ``args``).
+- ``{'state_dict': sd, 'state_dict_ema': sd, ...}``: timm's CheckpointSaver (``epoch``, ``arch``,
+  ``optimizer``, ``version``, ``args``, ``metric``); older timm and DeiT use ``model_ema``.
+- PyTorch Lightning ``.ckpt``: ``state_dict`` with the LightningModule's attribute names as prefixes
+  (``model.``, ``student.``, ``teacher.``), beside ``hyper_parameters``, ``loops``, ``callbacks``, ...
+- ``module.``/``_orig_mod.`` wrapper prefixes, ``{'student': sd, 'teacher': sd}``.
+
+Which weights are used, when a file holds several sets: those whose names fit the architecture best;
+among equally good fits, the role's own (a teacher file's ``teacher.`` weights, never the other
+role's when the role's own are there), and raw weights before EMA weights. EMA weights are used
+when asked for (``ema=True``, ``--ema ROLE``) or when no other weights fit. Every such choice is said
+in ``LoadedModel.notes``.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
+from kddiag.loading.archs import build_arch, stored_builtin_arch
 from kddiag.loading.metadata import header_settings
 from kddiag.types import LoadedModel
 
 # where training frameworks keep the weights, and which prefixes they add to names
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "student", "teacher", "net", "network",
-                "module", "weights", "params", "model_ema", "ema")
-_PREFIXES = ("module.", "model.", "student.", "teacher.", "_orig_mod.", "net.")
+                "module", "weights", "params", "state_dict_ema", "model_ema", "ema", "ema_state_dict")
+_PREFIXES = ("module.", "model.", "student.", "teacher.", "_orig_mod.", "net.", "model_ema.", "ema_model.", "ema.")
+_ROLE_TAGS = ("teacher", "student")  # key or prefix names that say whose weights they are
 
 
-def state_dict_model(path: Path, content: Mapping, arch: str | None, role: str, where: str,
-                      metadata: dict) -> LoadedModel:
-    """``arch`` (or a built-in name stored beside the weights) built and loaded with the best-matching weights."""
-    candidates = _weight_candidates(content)
+@dataclass(frozen=True)
+class _Candidate:
+    """One set of weights in a file: the keys leading to it and the wrapper prefix removed from its names."""
+
+    trail: tuple[str, ...]
+    prefix: str
+    weights: dict
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (*self.trail, *self.prefix.split(".")[:-1])
+
+    @property
+    def is_ema(self) -> bool:
+        return any("ema" in part.lower().split("_") for part in self.parts)
+
+    @property
+    def roles(self) -> set[str]:
+        return set(self.parts) & set(_ROLE_TAGS)
+
+    def describe(self) -> str:
+        where = "/".join(self.trail) if self.trail else "the top level"
+        where = f"'{where}'" if self.trail else where
+        return where + (f" (names prefixed '{self.prefix}')" if self.prefix else "")
+
+
+def state_dict_model(path: Path, content: Mapping, arch: str | None, role: str, where: str, metadata: dict,
+                      *, ema: bool = False, notes: tuple[str, ...] = ()) -> LoadedModel:
+    """``arch`` (or a built-in name stored beside the weights) built and loaded with the best-matching weights.
+
+    ``ema`` asks for the EMA weights; ``notes`` (what the loader could not read) are passed on.
+    """
+    candidates = _candidates(content)
     if not candidates:
         raise KddiagError(f"{where}: no weights found (keys: {first(map(str, content))}); expected a "
                           f"state dict, a model, or logits")
+    if ema:
+        candidates = [c for c in candidates if c.is_ema]
+        if not candidates:
+            raise KddiagError(f"{where}: --ema {role} asks for EMA weights but the file holds none (keys: "
+                              f"{first(map(str, content))}); expected e.g. 'state_dict_ema' or 'model_ema'")
     if arch is None:
-        arch = _stored_builtin_arch(content)
+        arch = stored_builtin_arch(content.get("arch"))
     if arch is None:
         raise KddiagError(f"{where}: holds a state dict (weights only); pass --{role}-arch "
-                          f"package.module:callable or a built-in name to build the model")
-    model = _build_arch(arch, role)
+                          f"package.module:Class, package.module:Class(28, hidden=64), path/to/models.py:Class "
+                          f"or a built-in name to build the model")
+    model = build_arch(arch, role)
     expected = model.state_dict()
-    weights = _best_match(candidates, set(expected), role)
-    _check_fit(weights, expected, where, arch)
+    chosen, choice_notes = _choose(candidates, expected, role, ema)
+    _check_fit(chosen.weights, expected, where, arch)
     try:
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(chosen.weights, strict=True)
     except Exception as error:
         raise KddiagError(f"{where}: does not fit --{role}-arch {arch} ({one_line(error)})") from None
-    return LoadedModel(source=str(path), format="state_dict", module=model, metadata=metadata)
+    return LoadedModel(source=str(path), format="state_dict", module=model, metadata=metadata,
+                       notes=(*choice_notes, *notes))
+
+
+def holds_weights(content: Mapping) -> bool:
+    """Whether ``content`` holds a dict of named tensors, at the top level or nested up to two deep."""
+    return bool(_candidates(content))
 
 
 def read_safetensors(path: Path, where: str) -> tuple[dict, dict]:
@@ -61,19 +115,9 @@ def read_safetensors(path: Path, where: str) -> tuple[dict, dict]:
     return weights, header_settings(header, where)
 
 
-def _stored_builtin_arch(content: Mapping) -> str | None:
-    """A built-in architecture name saved beside the weights (``'arch': 'mlp:64-12-10'``).
-
-    Only built-in names are honoured: importing a module named inside an untrusted file would run its code.
-    """
-    stored = content.get("arch")
-    if isinstance(stored, str) and _builtin_factory(stored, "stored 'arch'") is not None:
-        return stored
-    return None
-
-
-def _weight_candidates(content: Mapping) -> list[tuple[tuple[str, ...], dict]]:
-    """Every dict of named tensors in the file (top level and nested up to two deep), with its key path."""
+def _candidates(content: Mapping) -> list[_Candidate]:
+    """Every dict of named tensors in the file (top level and nested up to two deep), also under each
+    known wrapper prefix with that prefix removed."""
     import torch
 
     found = []
@@ -81,7 +125,7 @@ def _weight_candidates(content: Mapping) -> list[tuple[tuple[str, ...], dict]]:
     def visit(node: Mapping, trail: tuple[str, ...]) -> None:
         tensors = {k: v for k, v in node.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
         if tensors:
-            found.append((trail, tensors))
+            found.extend(_Candidate(trail, prefix, variant) for prefix, variant in _prefix_variants(tensors, depth=2))
         if len(trail) < 2:
             for key, value in node.items():
                 if isinstance(value, Mapping):
@@ -91,16 +135,40 @@ def _weight_candidates(content: Mapping) -> list[tuple[tuple[str, ...], dict]]:
     return found
 
 
-def _best_match(candidates: list[tuple[tuple[str, ...], dict]], expected: set[str], role: str) -> dict:
-    """The candidate (after stripping wrapper prefixes) whose names best match the architecture's."""
-    options = []
-    for trail, weights in candidates:
-        for prefixes, variant in _prefix_variants(weights, depth=2):
-            names = set(variant)
-            known = sum(name in WEIGHT_KEYS for name in trail)
-            options.append(((len(names & expected), -len(names - expected),
-                             role in trail or f"{role}." in prefixes, known, -len(prefixes)), variant))
-    return max(options, key=lambda option: option[0])[1]
+def _choose(candidates: list[_Candidate], expected: dict, role: str, ema: bool) -> tuple[_Candidate, list[str]]:
+    """The candidate whose names and shapes best fit ``expected`` (the model's state dict), and notes
+    saying how it was chosen among others."""
+    tag = "teacher" if role == "teacher" else "student"  # a baseline is a student trained without KD
+
+    def fit(c: _Candidate) -> tuple[int, int, int]:  # names of the right shape, names known, names unknown
+        known = [k for k in c.weights if k in expected]
+        return (sum(c.weights[k].shape == expected[k].shape for k in known), len(known),
+                len(known) - len(c.weights))
+
+    def score(c: _Candidate) -> tuple:
+        known = sum(part in WEIGHT_KEYS for part in c.trail)
+        return (*fit(c), not c.roles - {tag}, not c.is_ema, known, -len(c.prefix))
+
+    own = [c for c in candidates if tag in c.roles]
+    allowed = [c for c in candidates if not c.roles - {tag}] if own else candidates  # never the other role's
+    chosen = max(allowed, key=score)
+    others = [c for c in candidates if c.weights is not chosen.weights]
+    notes = []
+    if chosen.is_ema:
+        why = f"asked for with --ema {role}" if ema else "no other weights in the file fit the architecture"
+        notes.append(f"weights: EMA weights from {chosen.describe()} ({why})")
+    elif any(c.is_ema and fit(c)[0] for c in others):
+        ema_source = next(c for c in others if c.is_ema and fit(c)[0]).describe()
+        notes.append(f"weights: raw weights from {chosen.describe()}; the file also holds EMA weights in "
+                     f"{ema_source} (pass --ema {role} to use them)")
+    other_tags = sorted({r for c in others for r in c.roles} - {tag})
+    if tag in chosen.roles and other_tags:
+        notes.append(f"weights: the {tag} weights from {chosen.describe()}, chosen by role ({role}); the file "
+                     f"also holds {' and '.join(other_tags)} weights")
+    elif chosen.roles - {tag}:
+        notes.append(f"weights: the file's {' and '.join(sorted(chosen.roles))} weights from {chosen.describe()}, "
+                     f"used as the {role}: no other weights in it fit the architecture")
+    return chosen, notes
 
 
 def _prefix_variants(weights: dict, *, depth: int):
@@ -124,69 +192,3 @@ def _check_fit(weights: dict, expected: dict, where: str, arch: str) -> None:
                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)) if keys]
     if problems:
         raise KddiagError(f"{where}: does not fit architecture '{arch}'; " + "; ".join(problems))
-
-
-def _build_arch(arch: str, role: str):
-    """Instantiate ``package.module:callable`` (no arguments) or a built-in architecture name."""
-    import torch
-
-    option = f"--{role}-arch '{arch}'"
-    factory = _builtin_factory(arch, option)
-    if factory is None:
-        if ":" not in arch:
-            raise KddiagError(f"{option}: not a built-in architecture ({_builtin_help()}) and not "
-                              f"of the form package.module:callable")
-        factory = _import_callable(arch, option)
-    if not callable(factory):
-        raise KddiagError(f"{option}: '{arch}' is a {type(factory).__name__}, not callable")
-    try:
-        model = factory()
-    except KddiagError:
-        raise
-    except Exception as error:
-        raise KddiagError(f"{option}: calling it with no arguments failed ({one_line(error)})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise KddiagError(f"{option}: calling it returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _import_callable(arch: str, option: str) -> Any:
-    """The object named by ``package.module:attribute``; the current directory is importable."""
-    module_name, _, attribute = arch.partition(":")
-    added = os.getcwd() not in sys.path
-    if added:  # `kddiag` run from a project directory should find its modules
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as error:
-        raise KddiagError(f"{option}: cannot import module '{module_name}' ({one_line(error)})") from None
-    finally:
-        if added and os.getcwd() in sys.path:
-            sys.path.remove(os.getcwd())
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise KddiagError(f"{option}: module '{module_name}' has no attribute '{attribute}'")
-        target = getattr(target, part)
-    return target
-
-
-def _builtin_factory(name: str, option: str):
-    """The zero-argument factory of a built-in architecture name (kddiag.models), or None."""
-    try:
-        models = importlib.import_module("kddiag.models")
-    except ImportError:
-        return None
-    if hasattr(models, "builtin_arch"):
-        try:
-            return models.builtin_arch(name)
-        except KddiagError as error:
-            raise KddiagError(f"{option}: {error}") from None
-    return getattr(models, "BUILTIN_ARCHS", {}).get(name)
-
-
-def _builtin_help() -> str:
-    try:
-        models = importlib.import_module("kddiag.models")
-    except ImportError:
-        return "none available"
-    return getattr(models, "BUILTIN_ARCH_HELP", None) or ", ".join(getattr(models, "BUILTIN_ARCHS", {})) or "none"

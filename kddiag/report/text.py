@@ -269,6 +269,8 @@ def _settings_lines(report: Report) -> list[str]:
         room = WIDTH - 12 - len(tail)  # a long path loses its start, not the format
         path = info.path if len(info.path) <= room else "…" + info.path[-(room - 1):]
         lines.append(_clip(f"  {info.role:<9} {path}{tail}"))
+        for note in info.notes:  # how the checkpoint was read: which weights, what was skipped
+            lines += textwrap.wrap(note, WIDTH, initial_indent=" " * 12, subsequent_indent=" " * 14)
     return lines
 
 

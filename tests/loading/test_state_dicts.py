@@ -70,7 +70,7 @@ def test_state_dict_without_arch_says_which_option(tmp_path, archs):
     path = tmp_path / "s.pt"
     torch.save(archs.mlp().state_dict(), path)
     with pytest.raises(KddiagError, match=r"student checkpoint '.*s\.pt': .*pass --student-arch "
-                                          r"package\.module:callable or a built-in name"):
+                                          r"package\.module:Class, .*path/to/models\.py:Class or a built-in name"):
         load_model(path, role="student")
 
 
