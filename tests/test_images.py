@@ -367,3 +367,93 @@ def test_bad_specs_name_the_spec_and_the_key(tmp_path, content, message):
 def test_a_missing_spec_is_a_missing_file(tmp_path):
     with pytest.raises(KddiagError, match=r"--data '.*gone\.json': no such file or folder"):
         load_dataset(str(tmp_path / "gone.json"))
+
+
+# --- end to end: a tiny CNN on an image folder ------------------------------------------------
+
+class TinyCNN(torch.nn.Module):
+    """conv → ReLU → global average → linear: takes (n, 3, 8, 8) images, gives 3 logits."""
+
+    def __init__(self, width: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, width, 3, padding=1)
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """An RGB image folder (3 classes × 4 images of 10×12, class k brightest in channel k) and two exported CNNs."""
+    root = tmp_path_factory.mktemp("image-run")
+    rng = np.random.default_rng(1)
+    for k, name in enumerate(("horse", "cat", "dog")):  # class order: cat, dog, horse
+        for i in range(4):
+            pixels = rng.integers(0, 128, (10, 12, 3), dtype=np.uint8)
+            pixels[..., k] += 127
+            save(root / "images" / name / f"{i}.png", pixels)
+    batch = {"x": {0: torch.export.Dim("batch")}}
+    for role, width, seed in (("teacher", 8, 0), ("student", 4, 1)):
+        program = torch.export.export(TinyCNN(width, seed).eval(), (torch.zeros(4, 3, 8, 8),), dynamic_shapes=batch)
+        torch.export.save(program, root / f"{role}.pt2")
+    return root
+
+
+def test_cli_inspect_on_an_image_folder(image_run, tmp_path):
+    from click.testing import CliRunner
+
+    from kddiag.cli import main
+
+    args = ["inspect", str(image_run / "teacher.pt2"), str(image_run / "student.pt2"), "--data",
+            str(image_run / "images"), "--resize", "8,8", "--normalize", "0.5,0.5,0.5,0.25,0.25,0.25", "--json",
+            "--no-progress", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["inputs"]["class_names"] == ["cat", "dog", "horse"] and report["inputs"]["n_classes"] == 3
+    data = next(f for f in report["inputs"]["files"] if f["role"] == "eval")
+    assert data["format"] == "image-folder" and data["n_samples"] == 12
+    assert "resized to 8×8" in data["preprocessing"] and "normalized with mean (0.5, 0.5, 0.5)" in data["preprocessing"]
+    low, high = data["input_range"]
+    assert -2 <= low < high <= 2 and low != high and -2 < data["input_mean"] < 2  # (p − 0.5)/0.25 for p in [0, 1]
+    assert (tmp_path / "out" / "report.html").exists()
+    without_resize = CliRunner().invoke(main, args[:5] + ["--no-progress"])  # 10×12 images: the programs need 8×8
+    assert without_resize.exit_code == 1 and "teacher" in without_resize.stderr
+
+
+def test_python_inspect_with_a_spec_and_image_options(image_run, tmp_path):
+    import kddiag
+    from kddiag.types import InspectOptions
+
+    path = spec(tmp_path, {"path": str(image_run / "images"), "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    options = InspectOptions(images=ImageOptions(resize=(8, 8)))  # for both sets; the spec's normalize for eval only
+    report = kddiag.inspect(str(image_run / "teacher.pt2"), str(image_run / "student.pt2"), data=path,
+                            transfer_data=str(image_run / "images"), options=options)
+    assert report.class_info.names == ("cat", "dog", "horse")
+    inputs = {info.role: info for info in report.inputs}
+    assert inputs["eval"].path == path and inputs["eval"].format == "spec:image-folder"
+    assert inputs["transfer"].format == "image-folder"
+    assert 0 <= inputs["transfer"].input_range[0] < inputs["transfer"].input_range[1] <= 1
+    assert -2 <= inputs["eval"].input_range[0] < 0 < inputs["eval"].input_range[1] <= 2
+    np.testing.assert_allclose((inputs["transfer"].input_mean - 0.5) / 0.25, inputs["eval"].input_mean, rtol=1e-5)
+    with pytest.raises(KddiagError, match=r"--data: the image options .* apply to data read from a path; the Dataset"):
+        kddiag.inspect(str(image_run / "teacher.pt2"), str(image_run / "student.pt2"),
+                       data=load_dataset(path), options=options)
+
+
+def test_cli_layout_reaches_image_arrays(image_run, tmp_path):
+    from click.testing import CliRunner
+
+    from kddiag.cli import main
+
+    np.savez(tmp_path / "d.npz", x=RNG.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), y=np.arange(6) % 3)
+    args = ["inspect", str(image_run / "teacher.pt2"), str(image_run / "student.pt2"), "--data", str(tmp_path / "d.npz"),
+            "--no-progress", "--json"]
+    as_given = CliRunner().invoke(main, args + ["--layout", "nhwc"])
+    assert as_given.exit_code == 0, as_given.output
+    files = json.loads(as_given.stdout)["inputs"]["files"]
+    assert "stored NHWC (as given)" in next(f for f in files if f["role"] == "eval")["preprocessing"]
+    wrong = CliRunner().invoke(main, args + ["--layout", "NCHW"])  # 8 channels of 8×3: not what the CNN takes
+    assert wrong.exit_code == 1 and "8, 8, 3) (torch.float32)" in wrong.stderr
