@@ -150,16 +150,22 @@ def output_options(*, default_out: str | None = None):
 @main.command()
 @click.argument("teacher")
 @click.argument("student")
-@click.option("--data", help="Held-out eval set: .pt/.npz file with x, y; an image folder (one sub-folder per class); "
-                             "a JSON data spec; or a built-in name (digits, hierarchy).")
+@click.option("--data", help="Held-out eval set: .pt/.npz file with x, y; an image folder (one sub-folder per class, "
+                             "sorted names = class order); a JSON data spec {\"path\": ..., \"normalize\": {\"mean\": "
+                             "[...], \"std\": [...]}, \"resize\": [H, W], \"layout\": ...}; or a built-in name "
+                             "(digits, hierarchy).")
 @click.option("--transfer-data", help="The set the student was distilled on (usually the training set); same forms.")
 @click.option("--normalize", metavar="MEANS,STDS", callback=lambda ctx, param, v: _normalize(v),
-              help="Normalize images per channel, all means then all stds: 0.5,0.25 (1 channel) or "
-                   "0.485,0.456,0.406,0.229,0.224,0.225 (RGB). Applied after uint8 pixels are scaled to [0, 1].")
+              help="Normalize the images of both sets per channel, all means then all stds: 0.5,0.25 (1 channel) "
+                   "or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB); after uint8 pixels are scaled to [0, 1]. A data "
+                   "spec's own 'normalize' must agree.")
 @click.option("--resize", metavar="H,W", callback=lambda ctx, param, v: _resize(v),
-              help="Resize images to height H and width W (bilinear, antialiased; Pillow for image folders).")
-@click.option("--layout", type=click.Choice(IMAGE_LAYOUTS, case_sensitive=False),
-              help="Axis order of 4-D image arrays in .pt/.npz files (default: the axis of 1, 3 or 4 channels).")
+              help="Resize the images of both sets to height H, width W (bilinear, antialiased; Pillow for image "
+                   "folders). Needed when a folder's images differ in size.")
+@click.option("--layout", type=click.Choice(IMAGE_LAYOUTS, case_sensitive=False), metavar="[NCHW|NHWC]",
+              help="Axis order of 4-D image arrays in .pt/.npz files (default: the axis, 1 or 3, of 1, 3 or 4 "
+                   "entries; axis 1 when both are). uint8 arrays of 3-4 dims are always images; float ones only "
+                   "with an image option.")
 @click.option("--baseline", help="A student of the same kind trained without KD.")
 @click.option("--teacher-arch", help="Architecture for a teacher state dict: package.module:callable or mlp:IN-...-OUT.")
 @click.option("--student-arch", help="Architecture for a student state dict.")
