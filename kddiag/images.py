@@ -31,12 +31,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.loading._text import one_line
 from kddiag.types import ImageOptions
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_array", "images_from_array", "read_image_folder"]
 
@@ -46,7 +51,7 @@ _GRAY_MODES = ("1", "L", "LA")
 _COLOR_MODES = ("P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")  # 8 bits per channel
 
 
-def is_image_array(x, options: ImageOptions) -> bool:
+def is_image_array(x: torch.Tensor, options: ImageOptions) -> bool:
     """Whether stored inputs ``x`` (a tensor) are images under the rule above."""
     import torch
 
@@ -55,7 +60,7 @@ def is_image_array(x, options: ImageOptions) -> bool:
     return x.dtype == torch.uint8 or (x.is_floating_point() and options.given)
 
 
-def images_from_array(x, options: ImageOptions, where: str):
+def images_from_array(x: torch.Tensor, options: ImageOptions, where: str) -> tuple[torch.Tensor, str]:
     """Image array (n, H, W), (n, H, W, C) or (n, C, H, W), uint8 or float → float32 (n, C, H, W), prepared.
 
     Returns the tensor and a one-line account of what was done. ``where`` names the file in errors.
@@ -75,7 +80,8 @@ def images_from_array(x, options: ImageOptions, where: str):
     return _prepare(x, options, where, notes, resize=True)
 
 
-def read_image_folder(root: Path, options: ImageOptions, where: str):
+def read_image_folder(root: Path, options: ImageOptions, where: str
+                      ) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...], str]:
     """An ImageFolder directory as float32 (n, C, H, W) images, prepared, with their labels.
 
     Returns ``(x, labels, class_names, notes)``: labels (n,) int64, class names in class order,
@@ -136,7 +142,8 @@ def _layout(shape: tuple[int, ...], given: str | None, where: str) -> tuple[str,
                       f"in a data spec)")
 
 
-def _prepare(x, options: ImageOptions, where: str, notes: list[str], *, resize: bool):
+def _prepare(x: torch.Tensor, options: ImageOptions, where: str, notes: list[str], *,
+             resize: bool) -> tuple[torch.Tensor, str]:
     """(n, C, H, W) uint8 or float → float32: scaled, resized (``resize``: with torch), normalized."""
     import torch
 
@@ -175,7 +182,7 @@ def _is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _read_image(path: Path, root: Path, where: str):
+def _read_image(path: Path, root: Path, where: str) -> Image.Image:
     """One image, decoded now: a Pillow image in mode 'L' (grayscale) or 'RGB'."""
     from PIL import Image
 
@@ -193,7 +200,7 @@ def _read_image(path: Path, root: Path, where: str):
                       f"channel); kddiag reads 8-bit grayscale, palette and colour images")
 
 
-def _gray_palette(image) -> bool:
+def _gray_palette(image: Image.Image) -> bool:
     """Whether a palette image has only gray colours (a grayscale GIF: GIF stores no 'L' images)."""
     if image.mode not in ("P", "PA"):
         return False
