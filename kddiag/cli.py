@@ -12,6 +12,7 @@ from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY
 from kddiag.errors import KddiagError
 
 EXIT_ERROR, EXIT_GATED = 1, 3
+IMAGE_LAYOUTS = ("NCHW", "NHWC")  # kddiag.types.IMAGE_LAYOUTS, spelled out to keep numpy out of --help
 
 # The demo pair, package data built by ``python -m case_studies demo-pair`` in a source checkout.
 DEMO_DIR = files("kddiag") / "demo"
@@ -53,6 +54,44 @@ def _fail_on(value: str | None) -> str | float | None:
     if not 0 <= severity <= 1:
         raise click.BadParameter(f"severity must be in [0, 1]; got {severity}")
     return severity
+
+
+def _numbers(value: str, convert: type) -> list:
+    """'0.5,0.25' → [0.5, 0.25]: comma-separated numbers, refused as a usage error when one is not."""
+    try:
+        return [convert(part) for part in value.split(",")]
+    except ValueError:
+        kind = "integers" if convert is int else "numbers"
+        raise click.BadParameter(f"expected {kind} separated by commas; got '{value}'") from None
+
+
+def _normalize(value: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """--normalize MEAN,STD or M1,M2,M3,S1,S2,S3 → (means, stds), checked."""
+    if value is None:
+        return None
+    numbers = _numbers(value, float)
+    if len(numbers) % 2:
+        raise click.BadParameter(f"expected one mean and one std per channel, all means then all stds "
+                                 f"(2 numbers for 1 channel, 6 for 3); got {len(numbers)} numbers")
+    half = len(numbers) // 2
+    from kddiag.types import check_normalize
+
+    try:
+        return check_normalize(numbers[:half], numbers[half:], "means and stds")
+    except KddiagError as error:
+        raise click.BadParameter(str(error).removeprefix("means and stds: ")) from None
+
+
+def _resize(value: str | None) -> tuple[int, int] | None:
+    """--resize H,W → (height, width), checked."""
+    if value is None:
+        return None
+    from kddiag.types import check_resize
+
+    try:
+        return check_resize(tuple(_numbers(value, int)), "the size")
+    except KddiagError:
+        raise click.BadParameter(f"expected two positive integers HEIGHT,WIDTH; got '{value}'") from None
 
 
 def _writable(out: str | None) -> str | None:
@@ -111,8 +150,22 @@ def output_options(*, default_out: str | None = None):
 @main.command()
 @click.argument("teacher")
 @click.argument("student")
-@click.option("--data", help="Held-out eval set: .pt/.npz file with x, y, or a built-in name (digits, hierarchy).")
-@click.option("--transfer-data", help="The set the student was distilled on (usually the training set).")
+@click.option("--data", help="Held-out eval set: .pt/.npz file with x, y; an image folder (one sub-folder per class, "
+                             "sorted names = class order); a JSON data spec {\"path\": ..., \"normalize\": {\"mean\": "
+                             "[...], \"std\": [...]}, \"resize\": [H, W], \"layout\": ...}; or a built-in name "
+                             "(digits, hierarchy).")
+@click.option("--transfer-data", help="The set the student was distilled on (usually the training set); same forms.")
+@click.option("--normalize", metavar="MEANS,STDS", callback=lambda ctx, param, v: _normalize(v),
+              help="Normalize the images of both sets per channel, all means then all stds: 0.5,0.25 (1 channel) "
+                   "or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB); after uint8 pixels are scaled to [0, 1]. A data "
+                   "spec's own 'normalize' must agree.")
+@click.option("--resize", metavar="H,W", callback=lambda ctx, param, v: _resize(v),
+              help="Resize the images of both sets to height H, width W (bilinear, antialiased; Pillow for image "
+                   "folders). Needed when a folder's images differ in size.")
+@click.option("--layout", type=click.Choice(IMAGE_LAYOUTS, case_sensitive=False), metavar="[NCHW|NHWC]",
+              help="Axis order of 4-D image arrays in .pt/.npz files (default: the axis, 1 or 3, of 1, 3 or 4 "
+                   "entries; axis 1 when both are). uint8 arrays of 3-4 dims are always images; float ones only "
+                   "with an image option.")
 @click.option("--baseline", help="A student of the same kind trained without KD.")
 @click.option("--teacher-arch", metavar="SPEC",
               help="Architecture for a teacher state dict: 'package.module:Class', 'package.module:Class(28, hidden=64)' "
@@ -141,14 +194,16 @@ def output_options(*, default_out: str | None = None):
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, arrays, fail_on, **options):
     """Inspect a TEACHER / STUDENT pair and say why distillation helped or not."""
     from kddiag.pipeline import inspect as run_inspect
-    from kddiag.types import InspectOptions
+    from kddiag.types import ImageOptions, InspectOptions
 
     _check_arrays(out, arrays)
     if options["progress"] is None:
         options["progress"] = sys.stderr.isatty()
     options["ema"] = tuple(options["ema"])
+    mean, std = options.pop("normalize") or (None, None)
+    images = ImageOptions(mean=mean, std=std, resize=options.pop("resize"), layout=options.pop("layout"))
     report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
-                         options=InspectOptions(**options))
+                         options=InspectOptions(images=images, **options))
     if report is None:  # a torchrun rank other than 0: rank 0 writes the report
         return
     _finish(report, out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)

@@ -1,4 +1,12 @@
-"""Data sets: tensor files (``.pt``/``.npz`` with ``x`` and ``y``) and built-in offline sets.
+"""Data sets: tensor files (``.pt``/``.npz`` with ``x`` and ``y``), image folders, JSON data specs and
+built-in offline sets.
+
+Image folders and image arrays are read by :mod:`kddiag.images` (which arrays are images, their layout,
+resizing and normalization). A JSON data spec names the data and how to prepare it, so a run can be
+repeated: ``{"path": "images/val", "normalize": {"mean": [0.5], "std": [0.25]}, "resize": [28, 28],
+"layout": "NHWC"}``. Only ``path`` is required; a relative path is read from the spec's folder; any
+other key is an error. Options given as well (``--normalize``, ``--resize``, ``--layout``) must agree
+with the spec's: a differing value is an error, never silently preferred.
 
 Built-in sets, addressable by name (nothing is downloaded):
 
@@ -11,37 +19,44 @@ Built-in sets, addressable by name (nothing is downloaded):
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from kddiag.errors import KddiagError
-from kddiag.types import ClassInfo, Dataset
+from kddiag.types import ClassInfo, Dataset, ImageOptions, check_layout, check_normalize, check_resize
 
-__all__ = ["BUILTIN_DATASETS", "load_dataset", "make_class_hierarchy"]
+__all__ = ["BUILTIN_DATASETS", "SPEC_KEYS", "load_dataset", "make_class_hierarchy"]
 
 BUILTIN_DATASETS = ("digits", "digits:train", "digits:test", "hierarchy", "hierarchy:train", "hierarchy:test")
+SPEC_KEYS = ("path", "normalize", "resize", "layout")  # a JSON data spec's keys; only 'path' is required
 _TEST_SIZE, _SPLIT_SEED = 0.3, 0
 
 
-def load_dataset(spec: str, *, role: str = "data") -> Dataset:
-    """Read a data set from a ``.pt``/``.npz`` file or build a built-in one by name.
+def load_dataset(spec: str, *, role: str = "data", images: ImageOptions = ImageOptions()) -> Dataset:
+    """Read a data set from a file, an image folder or a JSON data spec, or build a built-in one by name.
 
-    A file holds ``y`` (1-D integer labels ≥ 0), ``x`` (inputs, first dimension ``len(y)``; may be
-    absent in logits mode) and optionally ``class_names``. ``.pt`` files are read with
-    ``weights_only=True``. Floating inputs become float32 tensors, integer inputs (token ids) int64.
+    A ``.pt``/``.npz`` file holds ``y`` (1-D integer labels ≥ 0), ``x`` (inputs, first dimension
+    ``len(y)``; may be absent in logits mode) and optionally ``class_names``. ``.pt`` files are read
+    with ``weights_only=True``. Image arrays (:mod:`kddiag.images`) become float32 (n, C, H, W);
+    other floating inputs float32 tensors as stored, other integer inputs (token ids) int64. A
+    directory is an image folder; ``images`` says how images are resized and normalized.
+    ``role`` ('data' or 'transfer-data') names the option in errors.
 
     >>> load_dataset("digits:train").x.shape
     torch.Size([1257, 64])
     """
     spec = str(spec)
     path = Path(spec)
-    if path.is_file():
-        return _load_file(path, role)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return _load_spec(path, role, images)
+    if path.is_file() or path.is_dir():
+        return _load_path(path, role, images)
     if spec in BUILTIN_DATASETS:
-        return _load_builtin(spec)
-    if path.suffix.lower() in (".pt", ".pth", ".npz") or "/" in spec or "\\" in spec:
-        raise KddiagError(f"--{role} '{spec}': no such file")
+        return _load_builtin(spec, role, images)
+    if path.suffix.lower() in (".pt", ".pth", ".npz", ".json") or "/" in spec or "\\" in spec:
+        raise KddiagError(f"--{role} '{spec}': no such file or folder")
     raise KddiagError(f"--{role} '{spec}': not a file and not a built-in data set; "
                       f"built-in sets are {', '.join(BUILTIN_DATASETS)}")
 
@@ -84,7 +99,7 @@ def make_class_hierarchy(*, n_groups: int = 4, classes_per_group: int = 5, n_fea
     return x.astype(np.float32), y, groups
 
 
-def _load_builtin(name: str) -> Dataset:
+def _load_builtin(name: str, role: str, images: ImageOptions) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     base, _, part = name.partition(":")
@@ -102,11 +117,75 @@ def _load_builtin(name: str) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=_TEST_SIZE, random_state=_SPLIT_SEED, stratify=y)
     x, y = (x_train, y_train) if part == "train" else (x_test, y_test)
-    return _dataset(f"{base}:{part}", x, y, info)
+    return _dataset(f"{base}:{part}", x, y, info, where=f"--{role} '{name}'", images=images, format="builtin")
 
 
-def _load_file(path: Path, role: str) -> Dataset:
+def _load_spec(path: Path, role: str, images: ImageOptions) -> Dataset:
+    """A JSON data spec: the data it names, prepared with its options merged with ``images``."""
     where = f"--{role} '{path}'"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise KddiagError(f"{where}: not a JSON data spec ({_one_line(error)}); expected "
+                          f'{{"path": ..., "normalize": ..., "resize": ..., "layout": ...}}') from None
+    if not isinstance(spec, dict):
+        raise KddiagError(f"{where}: a data spec must be a JSON object with 'path'; got {type(spec).__name__}")
+    unknown = [key for key in spec if key not in SPEC_KEYS]
+    if unknown:
+        raise KddiagError(f"{where}: unknown key '{unknown[0]}' in the data spec; allowed keys: {', '.join(SPEC_KEYS)}")
+    target = spec.get("path")
+    if not isinstance(target, str) or not target:
+        raise KddiagError(f"{where}: the data spec needs 'path', the data file or image folder as a string; "
+                          f"got {target!r}")
+    resolved = path.parent / target  # an absolute path stays as it is
+    if resolved.suffix.lower() == ".json":
+        raise KddiagError(f"{where}: 'path' names another spec ('{target}'); it must name a data file or image folder")
+    if not resolved.exists():
+        raise KddiagError(f"{where}: 'path' '{target}' does not exist (looked for '{resolved}')")
+    merged = _merged(images, _spec_options(spec, where), where)
+    return _load_path(resolved, role, merged, spec=path)
+
+
+def _spec_options(spec: dict, where: str) -> ImageOptions:
+    """The image options of a data spec, each checked naming its key."""
+    mean = std = None
+    if spec.get("normalize") is not None:
+        normalize = spec["normalize"]
+        if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
+            raise KddiagError(f"{where}: 'normalize' must be an object with exactly 'mean' and 'std', lists of "
+                              f"one number per channel; got {json.dumps(normalize)}")
+        mean, std = check_normalize(normalize["mean"], normalize["std"], f"{where}: 'normalize'")
+    resize = None if spec.get("resize") is None else check_resize(spec["resize"], f"{where}: 'resize'")
+    layout = None if spec.get("layout") is None else check_layout(spec["layout"], f"{where}: 'layout'")
+    return ImageOptions(mean=mean, std=std, resize=resize, layout=layout)
+
+
+def _merged(given: ImageOptions, stored: ImageOptions, where: str) -> ImageOptions:
+    """Options from the command line (or Python) and from a spec; each set in one place, or the same in both."""
+    for option, key, fields in (("--normalize", "normalize", ("mean", "std")), ("--resize", "resize", ("resize",)),
+                                ("--layout", "layout", ("layout",))):
+        ours, theirs = ([getattr(o, f) for f in fields] for o in (given, stored))
+        if None not in ours and None not in theirs and ours != theirs:
+            raise KddiagError(f"{where}: {option} {_shown(ours)} differs from the spec's '{key}' {_shown(theirs)}; "
+                              f"give it in one place")
+    return ImageOptions(**{f: getattr(given, f) if getattr(given, f) is not None else getattr(stored, f)
+                           for f in ("mean", "std", "resize", "layout")})
+
+
+def _load_path(path: Path, role: str, images: ImageOptions, *, spec: Path | None = None) -> Dataset:
+    """A data file or an image folder; ``spec``: the data spec that named it, then the set's name."""
+    where = f"--{role} '{path}'"
+    name, format_prefix = (str(spec), "spec:") if spec else (str(path), "")
+    if not path.is_dir():
+        return _load_file(path, where, images, name=name, format_prefix=format_prefix)
+    from kddiag.images import read_image_folder
+
+    x, labels, class_names, notes = read_image_folder(path, images, where)
+    return Dataset(name=name, x=x, labels=labels, class_info=ClassInfo(names=class_names),
+                   format=format_prefix + "image-folder", preprocessing=notes)
+
+
+def _load_file(path: Path, where: str, images: ImageOptions, *, name: str, format_prefix: str) -> Dataset:
     if path.stat().st_size == 0:
         raise KddiagError(f"{where}: the file is empty")
     suffix = path.suffix.lower()
@@ -137,24 +216,44 @@ def _load_file(path: Path, role: str) -> Dataset:
             raise KddiagError(f"{where}: 'class_names' must be a 1-D list of strings; got {names.dtype} "
                               f"of shape {names.shape}")
         names = tuple(str(n) for n in names.tolist())
-    return _dataset(str(path), content.get("x"), content["y"], ClassInfo(names=names), where=where)
+    return _dataset(name, content.get("x"), content["y"], ClassInfo(names=names), where=where, images=images,
+                    format=format_prefix + suffix.lstrip("."))
 
 
-def _dataset(name: str, x, y, class_info: ClassInfo, *, where: str | None = None) -> Dataset:
-    """The Dataset with ``x`` as a float32 (or int64: token ids) tensor; Dataset checks labels and lengths."""
+def _dataset(name: str, x, y, class_info: ClassInfo, *, where: str, images: ImageOptions, format: str) -> Dataset:
+    """The Dataset with ``x`` as float32 images (n, C, H, W), float32 as stored, or int64 token ids;
+    Dataset checks labels and lengths."""
     import torch
 
-    where = where or name
+    from kddiag.images import images_from_array, is_image_array
+
     labels = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    notes = None
     if x is not None:
         x = x if isinstance(x, torch.Tensor) else _as_tensor(x, where)
-        if x.is_floating_point() or x.dtype == torch.bool:
-            x = x.to(torch.float32)
-        elif x.is_complex():
+        if x.is_complex():
             raise KddiagError(f"{where}: inputs 'x' are complex ({x.dtype}); expected real numbers")
+        if is_image_array(x, images):
+            x, notes = images_from_array(x, images, where)
+        elif images.given:
+            raise KddiagError(f"{where}: {_not_images(x, images)}")
+        elif x.is_floating_point() or x.dtype == torch.bool:
+            x = x.to(torch.float32)
         else:
             x = x.to(torch.int64)
-    return Dataset(name=name, x=x, labels=labels, class_info=class_info)
+    return Dataset(name=name, x=x, labels=labels, class_info=class_info, format=format, preprocessing=notes)
+
+
+def _not_images(x, images: ImageOptions) -> str:
+    """Why the image options given cannot apply to inputs ``x``."""
+    given = ", ".join(option for option, value in (("normalize", images.mean), ("resize", images.resize),
+                                                   ("layout", images.layout)) if value is not None)
+    dtype = str(x.dtype).removeprefix("torch.")
+    if x.dim() in (3, 4) and not x.is_floating_point():
+        return (f"inputs 'x' are {dtype} integers, which are token ids; the image options given ({given}) apply "
+                f"to images, stored as uint8 (0-255) or floating point")
+    return (f"the image options given ({given}) apply to images (n, H, W), (n, H, W, C) or (n, C, H, W); "
+            f"got {dtype} inputs of shape {tuple(x.shape)}")
 
 
 def _as_tensor(x, where: str):
@@ -164,6 +263,12 @@ def _as_tensor(x, where: str):
     if array.dtype.kind not in "biuf":
         raise KddiagError(f"{where}: inputs 'x' must be numeric; got dtype {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _shown(values: list) -> str:
+    """Option values as the command line spells them: 0.5,0.25 · 28,28 · NHWC."""
+    flat = [v for value in values for v in (value if isinstance(value, tuple) else (value,))]
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in flat)
 
 
 def _one_line(error: BaseException) -> str:

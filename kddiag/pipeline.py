@@ -7,7 +7,7 @@ from typing import Any
 
 from kddiag.errors import KddiagError
 from kddiag.types import (
-    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
+    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, ImageOptions, InputInfo,
     InspectOptions, LoadedModel, Report, Setting, Settings,
 )
 
@@ -23,7 +23,8 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     a state dict is built with ``options.teacher_arch``/``student_arch``/``baseline_arch`` (the
     baseline's defaults to the student's), e.g. ``'pkg.models:Net(28, hidden=64)'``.
     ``data`` (held-out eval set) and ``transfer_data`` (the set the student was distilled on): a file
-    path, a built-in name (``digits``, ``hierarchy:train``, ...) or a ``Dataset``; at least one.
+    path, an image folder, a JSON data spec, a built-in name (``digits``, ``hierarchy:train``, ...) or
+    a ``Dataset``; at least one. ``options.images`` prepares the images of both (:mod:`kddiag.images`).
 
     >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
     >>> report.diagnosis.findings[0].id
@@ -43,7 +44,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
         arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
         models["baseline"] = _as_model(baseline, "baseline", arch, options)
     settings = _settings(options, models["student"], models["teacher"])  # before the forward passes
-    datasets = {name: _as_dataset(source, role)
+    datasets = {name: _as_dataset(source, role, options.images)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
     given_classes = None
@@ -72,7 +73,8 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
     inputs = tuple(
         [InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes) for role, m in models.items()]
-        + [InputInfo(name, ds.name, _dataset_format(ds.name), n_samples=len(ds.labels))
+        + [InputInfo(name, ds.name, ds.format or _dataset_format(ds.name), n_samples=len(ds.labels),
+                     preprocessing=ds.preprocessing, **_input_stats(ds.x))
            for name, ds in datasets.items()]
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )
@@ -124,13 +126,16 @@ def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions)
                       f"got {type(source).__name__}")
 
 
-def _as_dataset(source: Any, role: str) -> Dataset:
+def _as_dataset(source: Any, role: str, images: ImageOptions) -> Dataset:
     if isinstance(source, Dataset):
+        if images.given:
+            raise KddiagError(f"--{role}: the image options (normalize, resize, layout) apply to data read "
+                              f"from a path; the Dataset '{source.name}' was given as it is: prepare its x first")
         return source
     if isinstance(source, (str, os.PathLike)):
         from kddiag.data import load_dataset
 
-        return load_dataset(str(source), role=role)
+        return load_dataset(str(source), role=role, images=images)
     raise KddiagError(f"--{role}: expected a file path, a built-in data set name or a Dataset; "
                       f"got {type(source).__name__}")
 
@@ -164,6 +169,19 @@ def _settings(options: InspectOptions, *models: LoadedModel) -> Settings:
 
     return Settings(temperature=pick("temperature", options.temperature, DEFAULT_TEMPERATURE),
                     alpha=pick("alpha", options.alpha, DEFAULT_ALPHA))
+
+
+def _input_stats(x: Any) -> dict[str, Any]:
+    """The range and mean of real-valued inputs, so a report can tell unnormalized images; {} for token ids."""
+    import torch
+
+    if x is None:
+        return {}
+    x = torch.as_tensor(x)
+    if not x.is_floating_point() or x.numel() == 0:
+        return {}
+    low, high = torch.aminmax(x)
+    return {"input_range": (float(low), float(high)), "input_mean": float(x.mean(dtype=torch.float64))}
 
 
 def _dataset_format(name: str) -> str:

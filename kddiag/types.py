@@ -95,6 +95,42 @@ class ClassInfo:
                               f"give one of each per class")
 
 
+IMAGE_LAYOUTS = ("NCHW", "NHWC")  # axis orders of 4-D image arrays
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How image inputs are prepared, in this order: resized to ``resize`` (height, width), uint8 pixels
+    scaled to [0, 1], then normalized per channel, x[c] ← (x[c] − mean[c]) / std[c].
+
+    ``layout``: the axis order of 4-D image arrays, 'NCHW' or 'NHWC'; None: detected (:mod:`kddiag.images`).
+    Any option given also marks floating-point arrays of 3 or 4 dimensions as images.
+    """
+
+    mean: tuple[float, ...] | None = None  # one per channel
+    std: tuple[float, ...] | None = None  # one per channel, each > 0
+    resize: tuple[int, int] | None = None  # (height, width)
+    layout: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise KddiagError("--normalize needs both the means and the stds; got only "
+                              + ("the means" if self.std is None else "the stds"))
+        if self.mean is not None:
+            mean, std = check_normalize(self.mean, self.std, "--normalize")
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "std", std)
+        if self.resize is not None:
+            object.__setattr__(self, "resize", check_resize(self.resize, "--resize"))
+        if self.layout is not None:
+            object.__setattr__(self, "layout", check_layout(self.layout, "--layout"))
+
+    @property
+    def given(self) -> bool:
+        """Whether any option is set."""
+        return any(v is not None for v in (self.mean, self.resize, self.layout))
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Inputs and integer labels of one data set. ``x`` is None in logits mode.
@@ -106,6 +142,8 @@ class Dataset:
     x: Any  # torch.Tensor (n_samples, ...) or None
     labels: np.ndarray  # (n_samples,) int64
     class_info: ClassInfo = ClassInfo()
+    format: str | None = None  # 'pt', 'npz', 'builtin', 'image-folder', 'spec:<format>'; None: unknown
+    preprocessing: str | None = None  # how ``x`` was made from what is stored, for reports
 
     def __post_init__(self) -> None:
         where = f"data '{self.name}'"
@@ -423,6 +461,9 @@ class InputInfo:
     n_samples: int | None = None
     n_classes: int | None = None
     notes: tuple[str, ...] = ()  # how a checkpoint was read (LoadedModel.notes)
+    preprocessing: str | None = None  # data sets: how the inputs were prepared (Dataset.preprocessing)
+    input_range: tuple[float, float] | None = None  # data sets with real-valued inputs: (min, max)
+    input_mean: float | None = None  # ... and their mean over every value
 
     def to_dict(self) -> dict:
         return {k: (list(v) if k == "notes" else v) for k, v in self.__dict__.items() if v is not None and v != ()}
@@ -475,6 +516,7 @@ class InspectOptions:
     batch_size: int = 512
     device: str | None = None  # None: CUDA when present, else CPU
     progress: bool = False
+    images: ImageOptions = ImageOptions()  # for every data set read from a path (--normalize, --resize, --layout)
 
     def __post_init__(self) -> None:
         from kddiag.loading.archs import parse_arch
@@ -497,6 +539,42 @@ class InspectOptions:
             raise KddiagError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
         if self.device is not None:
             _check_device(self.device)
+        if not isinstance(self.images, ImageOptions):
+            raise KddiagError(f"InspectOptions.images must be an ImageOptions; got {type(self.images).__name__}")
+
+
+def check_normalize(mean: Any, std: Any, origin: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel means and stds as float tuples: as many of each (at least one), finite, every std > 0."""
+    values = []
+    for name, given in (("means", mean), ("stds", std)):
+        if isinstance(given, (str, bytes)) or not hasattr(given, "__len__") or len(given) == 0:
+            raise KddiagError(f"{origin}: the {name} must be a non-empty list of numbers, one per channel; "
+                              f"got {given!r}")
+        if not all(_is_real(v) and math.isfinite(v) for v in given):
+            raise KddiagError(f"{origin}: the {name} must be finite numbers; got {list(given)!r}")
+        values.append(tuple(float(v) for v in given))
+    mean, std = values
+    if len(mean) != len(std):
+        raise KddiagError(f"{origin}: {len(mean)} means but {len(std)} stds; give one mean and one std per channel")
+    if min(std) <= 0:
+        raise KddiagError(f"{origin}: every std must be > 0; got {min(std):g}")
+    return mean, std
+
+
+def check_resize(size: Any, origin: str) -> tuple[int, int]:
+    """(height, width), two positive integers."""
+    if (isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) and v > 0
+                       for v in size)):
+        raise KddiagError(f"{origin} must be two positive integers (height, width); got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def check_layout(layout: Any, origin: str) -> str:
+    """'NCHW' or 'NHWC', in any case."""
+    if not isinstance(layout, str) or layout.upper() not in IMAGE_LAYOUTS:
+        raise KddiagError(f"{origin} must be one of {', '.join(IMAGE_LAYOUTS)}; got {layout!r}")
+    return layout.upper()
 
 
 def _check_device(device: str) -> None:

@@ -72,7 +72,34 @@ def _files(root: Path) -> dict[str, str]:
     put("models.py", lambda p: p.write_text("from kddiag.models import MLP\n\n\nclass Net(MLP):\n"
                                            "    def __init__(self, hidden):\n"
                                            "        super().__init__((64, hidden, 10))\n"))
+    _image_files(put)
     return made
+
+
+def _image_files(put) -> None:
+    """Image folders, image arrays and data specs that cannot be used."""
+    from PIL import Image
+
+    def folder(path: Path, images: dict[str, np.ndarray | bytes]) -> None:
+        for name, content in images.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                (path / name).write_bytes(content)
+            else:
+                Image.fromarray(content).save(path / name)
+
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    put("images-rgb", lambda p: folder(p, {"a/1.png": pixels, "b/2.png": pixels}))
+    put("images-corrupt", lambda p: folder(p, {"a/1.png": pixels, "b/corrupt.png": RANDOM[:100]}))
+    put("images-mixed", lambda p: folder(p, {"a/1.png": pixels, "b/2.png": np.zeros((9, 8, 3), np.uint8)}))
+    put("images-loose", lambda p: folder(p, {"1.png": pixels}))
+    put("images-sixteen-bit", lambda p: folder(p, {"a/deep.png": np.zeros((8, 8), np.uint16)}))
+    put("uint8-five-channels.npz", lambda p: np.savez(p, x=np.zeros((4, 5, 6, 7), np.uint8), y=np.zeros(4, int)))
+    put("token-cubes.npz", lambda p: np.savez(p, x=np.zeros((4, 2, 8, 8), np.int32), y=np.zeros(4, int)))
+    put("spec-unknown-key.json", lambda p: p.write_text(json.dumps({"path": ".", "size": [8, 8]})))
+    put("spec-not-json.json", lambda p: p.write_text("{path: images}"))
+    put("spec-missing-path.json", lambda p: p.write_text(json.dumps({"path": "nowhere"})))
+    put("spec-bad-std.json", lambda p: p.write_text(json.dumps({"path": ".", "normalize": {"mean": [0], "std": [0]}})))
 
 
 DIGITS = ["--data", "digits:test"]
@@ -165,6 +192,35 @@ CASES = {  # name: (arguments, fragments the one line must hold); {name} is the 
     "classes names vs groups": ([TEACHER, STUDENT, *DIGITS, "--classes", "{classes-mismatch.json}"],
                                 ["--classes"]),
     "arrays without out": ([TEACHER, STUDENT, *DIGITS, "--arrays"], ["--arrays"]),
+    # images: options, folders, arrays and data specs
+    "normalize text": ([TEACHER, STUDENT, *DIGITS, "--normalize", "a,b"], ["--normalize", "a,b"]),
+    "normalize odd count": ([TEACHER, STUDENT, *DIGITS, "--normalize", "0.5,0.25,0.1"], ["--normalize", "3 numbers"]),
+    "normalize std 0": ([TEACHER, STUDENT, *DIGITS, "--normalize", "0.5,0"], ["--normalize", "std"]),
+    "normalize std < 0": ([TEACHER, STUDENT, *DIGITS, "--normalize", "0.5,0.5,0.5,-1,1,1"], ["--normalize", "std"]),
+    "normalize nan": ([TEACHER, STUDENT, *DIGITS, "--normalize", "nan,1"], ["--normalize", "finite"]),
+    "resize one number": ([TEACHER, STUDENT, *DIGITS, "--resize", "8"], ["--resize", "HEIGHT,WIDTH"]),
+    "resize zero": ([TEACHER, STUDENT, *DIGITS, "--resize", "0,8"], ["--resize"]),
+    "resize text": ([TEACHER, STUDENT, *DIGITS, "--resize", "big"], ["--resize"]),
+    "resize three numbers": ([TEACHER, STUDENT, *DIGITS, "--resize", "8,8,8"], ["--resize"]),
+    "layout unknown": ([TEACHER, STUDENT, *DIGITS, "--layout", "HWC"], ["--layout"]),
+    "image options on flat features": ([TEACHER, STUDENT, *DIGITS, "--normalize", "0.5,0.25"],
+                                       ["--data 'digits:test'", "normalize"]),
+    "normalize vs channels": ([TEACHER, STUDENT, "--data", "{images-rgb}", "--normalize", "0.5,0.25"],
+                              ["images-rgb", "3 channel"]),
+    "corrupt image": ([TEACHER, STUDENT, "--data", "{images-corrupt}"], ["images-corrupt", "b/corrupt.png"]),
+    "mixed image sizes": ([TEACHER, STUDENT, "--data", "{images-mixed}"], ["images-mixed", "a/1.png", "b/2.png",
+                                                                          "--resize"]),
+    "images without class folders": ([TEACHER, STUDENT, "--data", "{images-loose}"], ["images-loose", "class folder"]),
+    "16-bit image": ([TEACHER, STUDENT, "--data", "{images-sixteen-bit}"], ["a/deep.png", "8-bit"]),
+    "image layout undetectable": ([TEACHER, STUDENT, "--data", "{uint8-five-channels.npz}"],
+                                  ["uint8-five-channels.npz", "--layout"]),
+    "image options on token ids": ([TEACHER, STUDENT, "--data", "{token-cubes.npz}", "--resize", "4,4"],
+                                   ["token-cubes.npz", "token ids"]),
+    "spec unknown key": ([TEACHER, STUDENT, "--data", "{spec-unknown-key.json}"], ["spec-unknown-key.json", "'size'"]),
+    "spec not JSON": ([TEACHER, STUDENT, "--data", "{spec-not-json.json}"], ["spec-not-json.json"]),
+    "spec path missing": ([TEACHER, STUDENT, "--transfer-data", "{spec-missing-path.json}"],
+                          ["--transfer-data", "spec-missing-path.json", "nowhere"]),
+    "spec std 0": ([TEACHER, STUDENT, "--data", "{spec-bad-std.json}"], ["spec-bad-std.json", "'normalize'"]),
     # output locations
     "out is a file": ([TEACHER, STUDENT, *DIGITS, "--out", "{a-file}"], ["--out"]),
     "out below a file": ([TEACHER, STUDENT, *DIGITS, "--out", "{a-file}/report"], ["--out"]),

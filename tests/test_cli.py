@@ -84,6 +84,9 @@ def test_inspect_demo_paths_json_output(tmp_path):
     assert report["inputs"]["settings"]["temperature"] == {"value": 1.0, "source": "checkpoint", "guessed": False}
     assert report["metrics"]["outcome"]["kd_gain"]["eval"]["value"] is not None
     assert report["metrics"]["domain"]["feature_cka"]["transfer"]["value"] is not None
+    eval_file = next(f for f in report["inputs"]["files"] if f["role"] == "eval")
+    assert eval_file["format"] == "builtin" and "preprocessing" not in eval_file  # inputs as stored
+    assert eval_file["input_range"] == [0.0, 1.0] and 0.2 < eval_file["input_mean"] < 0.4  # pixels / 16
 
 
 @pytest.mark.parametrize("pair, extra", [
