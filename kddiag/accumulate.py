@@ -33,6 +33,8 @@ EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fi
 ROW_SAMPLES = 5_000  # logit and feature rows of at most this many examples …
 ROW_ELEMENTS = 1 << 23  # … and at most this many logits per model (at least MIN_ROW_SAMPLES rows)
 MIN_ROW_SAMPLES = 256
+CHUNK_ROWS = 2_048  # statistics are updated per chunk of at most this many examples (a power of two) …
+CHUNK_ELEMENTS = 1 << 21  # … and about this many logits per model; shards are whole CHUNK_ROWS
 DENSE_CLASSES = 2_048  # class-by-class sums over every class up to this many classes …
 TOP_CLASSES = 1_024  # … beyond it over the TOP_CLASSES most frequent labels (ties: lower id)
 
@@ -118,6 +120,12 @@ def kept_classes(label_count: np.ndarray, *, dense: int | None = None, top: int 
     return np.sort(order[:top])
 
 
+def chunk_rows(n_classes: int) -> int:
+    """Examples per statistics update: a power of two, at most CHUNK_ROWS, about CHUNK_ELEMENTS logits."""
+    rows = max(1, min(CHUNK_ROWS, CHUNK_ELEMENTS // n_classes))
+    return 1 << (rows.bit_length() - 1)
+
+
 def row_samples(n_classes: int) -> int:
     """Rows the row reservoir keeps for C classes."""
     return max(MIN_ROW_SAMPLES, min(ROW_SAMPLES, ROW_ELEMENTS // n_classes))
@@ -158,10 +166,50 @@ class SetAccumulator:
         self.rows = Reservoir(min(rows, example_samples))  # a subset of the example reservoir
         self.feature_roles: set[str] = set()
         self.weights: dict[str, np.ndarray] = {}  # role -> logit-layer weight, where found (set by collection)
+        self.chunk_rows = chunk_rows(n_classes)
+        self._pending: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []  # (start, labels, logits)
 
     def update(self, batch: Batch) -> None:
-        """Add one batch of outputs (every role of this set, consecutive examples from ``batch.start``)."""
-        y, logits = batch.labels, batch.logits
+        """Add one batch of outputs (every role of this set, examples ``batch.start``, ``batch.start + 1``, …).
+
+        Rows go to the row reservoir at once; the statistics are computed per chunk of ``chunk_rows``
+        examples starting at a multiple of it, whatever the batches, so that sums are taken over the
+        same rows in any run. Consecutive batches fill a chunk; a gap flushes what is pending.
+        """
+        index = batch.start + np.arange(batch.labels.size)
+        rows = {"labels": batch.labels, **{f"{role}.logits": value for role, value in batch.logits.items()}}
+        for role, features in batch.features.items():
+            self.feature_roles.add(role)
+            rows[f"{role}.features"] = features
+        self.rows.add(index, rows)
+        if self._pending and self._pending_end() != batch.start:
+            self.flush()
+        self._pending.append((batch.start, batch.labels, dict(batch.logits)))
+        end = self._pending_end()
+        start = self._pending[0][0]
+        for boundary in range(start - start % self.chunk_rows + self.chunk_rows, end + 1, self.chunk_rows):
+            self._flush_until(boundary)  # one chunk at a time
+
+    def flush(self) -> None:
+        """Compute the statistics of the pending rows (an incomplete chunk at the end of the data)."""
+        if self._pending:
+            self._flush_until(self._pending_end())
+
+    def _pending_end(self) -> int:
+        start, labels, _ = self._pending[-1]
+        return start + labels.size
+
+    def _flush_until(self, stop: int) -> None:
+        """The statistics of the pending rows before ``stop``; the rest stays pending."""
+        start = self._pending[0][0]
+        labels = np.concatenate([part[1] for part in self._pending])
+        logits = {role: np.concatenate([part[2][role] for part in self._pending]) if len(self._pending) > 1
+                  else self._pending[0][2][role] for role in self._pending[0][2]}
+        cut = stop - start
+        self._pending = [] if cut == labels.size else [(stop, labels[cut:], {r: v[cut:] for r, v in logits.items()})]
+        self._update_statistics(start, labels[:cut], {role: value[:cut] for role, value in logits.items()})
+
+    def _update_statistics(self, start: int, y: np.ndarray, logits: dict[str, np.ndarray]) -> None:
         one, teacher_t, student_t = self._softmax(y, logits)
         columns = example_columns(y, one, teacher_t, student_t, alpha=self.alpha)
         moments = Moments({name: columns[name] for name in MOMENT_COLUMNS if name in columns})
@@ -175,19 +223,16 @@ class SetAccumulator:
             self.calibration[role].add(universe.calibration_bins(stats, y))
         self.target_histogram += universe.target_confidence_histogram_of(teacher_t).counts
         self._add_confusion(one["teacher"].prediction, one["student"].prediction)
-        index = batch.start + np.arange(y.size)
+        index = start + np.arange(y.size)
         self._add_hardest(one["teacher"].target_log_prob, y, one["teacher"].prediction, index)
         self.examples.add(index, {name: columns[name] for name in RESERVOIR_COLUMNS if name in columns})
-        rows = {"labels": y, **{f"{role}.logits": value for role, value in logits.items()}}
-        for role, features in batch.features.items():
-            self.feature_roles.add(role)
-            rows[f"{role}.features"] = features
-        self.rows.add(index, rows)
 
     def merge(self, other: "SetAccumulator") -> None:
         """Add the statistics of another shard of the same set (same classes, roles and settings)."""
         if (other.name, other.n_classes, other.roles) != (self.name, self.n_classes, self.roles):
             raise ValueError("cannot merge accumulators of different sets, classes or roles")
+        self.flush()
+        other.flush()
         if other.moments is not None:
             if self.moments is None:
                 self.moments = other.moments
@@ -209,6 +254,7 @@ class SetAccumulator:
 
     def summary(self) -> SetSummary:
         """The statistics as the measure stage reads them."""
+        self.flush()
         index, examples = self.examples.sorted()
         row_index, rows = self.rows.sorted()
         hardest = instance.hardest_examples_of(self.hardest["score"], self.hardest["label"],

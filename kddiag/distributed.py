@@ -1,7 +1,7 @@
 """Sharded runs under ``torchrun``: torch.distributed splits the data, collects and merges the statistics.
 
 Started by ``torchrun --nproc-per-node N -m kddiag inspect ...`` (or several nodes), every rank loads
-the models and data, collects its contiguous shard of whole batches of each set (:func:`shard`) into a
+the models and data, collects its contiguous shard (whole chunks of CHUNK_ROWS examples) of each set (:func:`shard`) into a
 :class:`~kddiag.accumulate.SetAccumulator` on its own device, and the accumulators are gathered on
 rank 0 with ``torch.distributed.gather_object`` and merged in rank order. Rank 0 measures, diagnoses
 and writes the report; the other ranks write nothing. The backend is NCCL when the ranks run on CUDA,
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from kddiag.accumulate import SetAccumulator
+from kddiag.accumulate import CHUNK_ROWS, SetAccumulator
 from kddiag.errors import KddiagError
 
 
@@ -31,9 +31,9 @@ class Group:
         """Rank 0: the rank that measures and writes."""
         return self.rank == 0
 
-    def shard(self, n_samples: int, batch_size: int) -> range:
+    def shard(self, n_samples: int) -> range:
         """This rank's examples of a set of ``n_samples``: see :func:`shard`."""
-        return shard(n_samples, batch_size, self.rank, self.world_size)
+        return shard(n_samples, CHUNK_ROWS, self.rank, self.world_size)
 
     def merged(self, accumulator: SetAccumulator | None) -> SetAccumulator | None:
         """Every rank's accumulator of one set, merged in rank order, on rank 0 (None on the others)."""
@@ -51,16 +51,16 @@ class Group:
         return parts[0]
 
 
-def shard(n_samples: int, batch_size: int, rank: int, world_size: int) -> range:
-    """Rank ``rank``'s examples: whole batches (``batch_size`` examples from a multiple of it), contiguous,
-    as even as can be (shards differ by at most one batch); every example in exactly one shard.
+def shard(n_samples: int, unit: int, rank: int, world_size: int) -> range:
+    """Rank ``rank``'s examples: whole units (``unit`` examples from a multiple of it), contiguous, as even
+    as can be (shards differ by at most one unit); every example in exactly one shard.
 
-    Batches start where they would in one process, so every batch's statistics are computed on the
-    same rows whatever the number of ranks, and the merged sums equal one process's.
+    With the unit a multiple of the accumulators' statistics chunks (CHUNK_ROWS), every chunk's statistics
+    are computed on the same rows whatever the number of ranks, and the merged sums equal one process's.
     """
-    n_batches = -(-n_samples // batch_size)
-    first, last = n_batches * rank // world_size, n_batches * (rank + 1) // world_size
-    return range(min(first * batch_size, n_samples), min(last * batch_size, n_samples))
+    n_units = -(-n_samples // unit)
+    first, last = n_units * rank // world_size, n_units * (rank + 1) // world_size
+    return range(min(first * unit, n_samples), min(last * unit, n_samples))
 
 
 @contextmanager

@@ -46,7 +46,7 @@ MIN_EXAMPLES = 30  # a set with fewer examples (or fewer than one per class) giv
 MIN_EXAMPLES_PER_CLASS_RELABELLING = 10  # the relabelling search needs this many examples per class on average
 KNN_MAX_SAMPLES = 5000  # k-NN difficulty on at most this many examples (fixed-seed subsample) …
 KNN_MAX_WORK = 1e9  # … and at most this many distance multiply-adds (n_sub² · n_features)
-CKA_MAX_SAMPLES = 2048  # linear CKA on at most this many examples (fixed-seed subsample)
+CKA_MAX_SAMPLES = 1024  # linear CKA on at most this many examples (fixed-seed subsample; no rule reads it)
 
 
 def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *, settings: Settings,

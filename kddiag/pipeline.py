@@ -59,7 +59,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
             shard = collect_summary(
                 dataset, teacher=models["teacher"], student=models["student"], baseline=models.get("baseline"),
                 set_name=name, temperature=settings.temperature.value, alpha=settings.alpha.value,
-                rows=ranks.shard(len(dataset.labels), options.batch_size), batch_size=options.batch_size,
+                rows=ranks.shard(len(dataset.labels)), batch_size=options.batch_size,
                 device=ranks.device or options.device, feature_layer=options.feature_layer,
                 progress=options.progress and ranks.is_main)
             merged = ranks.merged(shard)
@@ -181,7 +181,7 @@ def _input_stats(x: Any) -> dict[str, Any]:
     if not x.is_floating_point() or x.numel() == 0:
         return {}
     low, high = torch.aminmax(x)
-    return {"input_range": (float(low), float(high)), "input_mean": float(x.mean(dtype=torch.float64))}
+    return {"input_range": (float(low), float(high)), "input_mean": float(x.mean())}  # cascade sum: accurate
 
 
 def _dataset_format(name: str) -> str:

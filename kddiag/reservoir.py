@@ -27,50 +27,65 @@ class Reservoir:
     """The ``capacity`` examples of smallest :func:`priority`, each with its named per-example arrays.
 
     ``add`` takes global indices and arrays whose first axis runs over those examples (1-D values or
-    2-D rows such as logits); examples that cannot enter any more are dropped before anything is copied.
-    Memory stays below twice the capacity.
+    2-D rows such as logits); only the rows that rank among the ``capacity`` smallest priorities seen so
+    far are copied, and they are kept as a list of chunks, so adding costs what those rows cost, not
+    what the reservoir holds. Memory stays below about twice the capacity.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
-        self.index = np.zeros(0, dtype=np.int64)
-        self._priority = np.zeros(0, dtype=np.uint64)
-        self.arrays: dict[str, np.ndarray] = {}
-        self._cut: np.uint64 | None = None  # once full: no example above this priority can enter
+        self._chunks: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []  # (index, priority, arrays)
+        self._priority = np.zeros(0, dtype=np.uint64)  # of every row held, for the cut
+        self._cut: np.uint64 | None = None  # once full: rows above this priority can never be kept
 
     def add(self, index: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         """Offer the examples ``index`` with their ``arrays`` (first axis = examples)."""
         index = np.asarray(index, dtype=np.int64)
         rank = priority(index)
         if self._cut is not None:
-            keep = np.flatnonzero(rank < self._cut)
-            if keep.size < index.size:
-                index, rank = index[keep], rank[keep]
-                arrays = {name: value[keep] for name, value in arrays.items()}
-        if not index.size:
+            keep = rank <= self._cut
+        else:
+            keep = np.ones(rank.size, dtype=bool)
+        if self._priority.size + int(keep.sum()) > self.capacity:
+            pool = np.concatenate((self._priority, rank[keep]))
+            self._cut = np.partition(pool, self.capacity - 1)[self.capacity - 1]
+            keep &= rank <= self._cut
+        chosen = np.flatnonzero(keep)
+        if not chosen.size:
             return
-        if not self.arrays:
-            self.arrays = {name: np.asarray(value)[:0] for name, value in arrays.items()}
-        self.index = np.concatenate((self.index, index))
-        self._priority = np.concatenate((self._priority, rank))
-        self.arrays = {name: np.concatenate((self.arrays[name], np.asarray(arrays[name]))) for name in self.arrays}
-        if self.index.size > 2 * self.capacity:
-            self._prune()
+        self._chunks.append((index[chosen], rank[chosen], {name: np.asarray(value[chosen])
+                                                           for name, value in arrays.items()}))
+        self._priority = np.concatenate((self._priority, rank[chosen]))
+        if self._priority.size > 2 * self.capacity:
+            self._compact()
 
     def merge(self, other: "Reservoir") -> None:
         """Add every example ``other`` kept."""
-        self.add(other.index, other.arrays)
+        index, arrays = other.sorted()
+        if index.size:
+            self.add(index, arrays)
 
     def sorted(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The kept examples' indices and arrays, ordered by index."""
-        self._prune()
-        order = np.argsort(self.index, kind="stable")
-        return self.index[order], {name: value[order] for name, value in self.arrays.items()}
+        self._compact()
+        if not self._chunks:
+            return np.zeros(0, dtype=np.int64), {}
+        index, _, arrays = self._chunks[0]
+        if np.all(index[1:] > index[:-1]):  # added in order: nothing to move
+            return index, arrays
+        order = np.argsort(index, kind="stable")
+        return index[order], {name: value[order] for name, value in arrays.items()}
 
-    def _prune(self) -> None:
-        if self.index.size <= self.capacity:
+    def _compact(self) -> None:
+        """One chunk holding the rows still at or below the cut."""
+        if not self._chunks:
             return
-        keep = np.argpartition(self._priority, self.capacity - 1)[:self.capacity]
-        self.index, self._priority = self.index[keep], self._priority[keep]
-        self.arrays = {name: value[keep] for name, value in self.arrays.items()}
-        self._cut = self._priority.max()
+        if len(self._chunks) == 1 and (self._cut is None or self._priority.max() <= self._cut):
+            return
+        index = np.concatenate([chunk[0] for chunk in self._chunks])
+        rank = np.concatenate([chunk[1] for chunk in self._chunks])
+        keep = slice(None) if self._cut is None else np.flatnonzero(rank <= self._cut)
+        arrays = {name: np.concatenate([chunk[2][name] for chunk in self._chunks])[keep]
+                  for name in self._chunks[0][2]}
+        self._chunks = [(index[keep], rank[keep], arrays)]
+        self._priority = rank[keep]

@@ -16,13 +16,13 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize("n_samples", [1, 7, 100, 1000, 1001])
-@pytest.mark.parametrize("batch_size", [1, 64, 512])
+@pytest.mark.parametrize("unit", [1, 64, 512])
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8])
-def test_shards_are_whole_batches_covering_every_example_once(n_samples, batch_size, world_size):
-    shards = [shard(n_samples, batch_size, rank, world_size) for rank in range(world_size)]
+def test_shards_are_whole_units_covering_every_example_once(n_samples, unit, world_size):
+    shards = [shard(n_samples, unit, rank, world_size) for rank in range(world_size)]
     assert [i for part in shards for i in part] == list(range(n_samples))
-    assert all(part.start % batch_size == 0 for part in shards)
-    sizes = [-(-len(part) // batch_size) for part in shards]  # batches per shard
+    assert all(part.start % unit == 0 for part in shards)
+    sizes = [-(-len(part) // unit) for part in shards]  # units per shard
     assert max(sizes) - min(sizes) <= 1
 
 
@@ -43,14 +43,15 @@ def inputs(tmp_path_factory):
     """A logits-mode pair (float16 teacher) and a module pair with features, on eval and transfer sets."""
     folder = tmp_path_factory.mktemp("dist")
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(700, 12)).astype(np.float32)
-    y = (x[:, :5].argmax(axis=1) + (rng.random(700) < 0.1)) % 5
-    np.savez(folder / "eval.npz", x=x[:300], y=y[:300])
-    np.savez(folder / "train.npz", x=x[300:], y=y[300:])
+    n_eval, n_train = 2500, 4500  # more than one CHUNK_ROWS shard unit each: both ranks get examples
+    x = rng.normal(size=(n_eval + n_train, 12)).astype(np.float32)
+    y = (x[:, :5].argmax(axis=1) + (rng.random(len(x)) < 0.1)) % 5
+    np.savez(folder / "eval.npz", x=x[:n_eval], y=y[:n_eval])
+    np.savez(folder / "train.npz", x=x[n_eval:], y=y[n_eval:])
     torch.manual_seed(0)
     for name, widths in (("teacher", (12, 32, 5)), ("student", (12, 8, 5))):
         torch.save(MLP(widths).state_dict(), folder / f"{name}.pt")
-    base = rng.normal(size=(300, 5)) * 3
+    base = rng.normal(size=(n_eval, 5)) * 3
     np.save(folder / "t.npy", (base + rng.normal(size=base.shape)).astype(np.float16))
     np.save(folder / "s.npy", base + 2 * rng.normal(size=base.shape))
     return folder

@@ -54,8 +54,9 @@ def load_skipping_objects(path: Path) -> Any | None:
     if not hasattr(serialization, "get_unsafe_globals_in_checkpoint") or not hasattr(serialization, "safe_globals"):
         return None
     try:
+        readable = {f"{cls.__module__}.{cls.__qualname__}" for cls in READABLE_CLASSES}
         names = serialization.get_unsafe_globals_in_checkpoint(path)
-        stand_ins = [_stand_in(name) for name in names]
+        stand_ins = [_stand_in(name) for name in names if name not in readable]  # never stand in for those
         with serialization.safe_globals([*READABLE_CLASSES, *stand_ins]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:

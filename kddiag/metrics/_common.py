@@ -437,7 +437,7 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
             out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
             out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
         if want_sums:
-            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, row, space, class_sums))
+            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, space, class_sums))
         return out
 
     parts = map_blocks(block, n_samples, n_classes)
@@ -453,22 +453,21 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     return SoftmaxStats(temperature=temperature, n_classes=n_classes, **fields)
 
 
-def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, sums: ClassSums) -> dict:
+def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: ClassSums) -> dict:
     """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed).
 
-    p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i, so both sums are products of a
-    small weight matrix with ``e``, and p is never formed. Entries above the first bin edge are listed
-    by (class, bin) cell with their p and whether k is the label.
+    p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i: the class sums of r are sums over runs
+    of rows (``np.add.reduceat``), those of p a vector-matrix product, and p is never formed. Entries
+    above the first bin edge are listed by (class, bin) cell with their p and whether k is the label.
     """
     n_rows, n_classes = e.shape
     new_run = np.concatenate(([True], y[1:] != y[:-1]))
     run_start = np.flatnonzero(new_run)
-    weights = np.zeros((run_start.size + 1, n_rows))
-    weights[np.cumsum(new_run) - 1, rows] = 1.0 / s_nt  # one row per class present in the block …
-    weights[-1] = nontarget_scale  # … and one for Σ_i p_ik
-    # einsum, not BLAS: BLAS would start its own threads inside each worker thread
-    totals = np.einsum("ki,ij->kj", weights, e)
-    prob_sum = totals[-1] + np.bincount(y, weights=target_prob, minlength=n_classes)
+    # r_i = e_i / s_nt_i summed over each run of equal labels, and p_ik = e_ik·nontarget_scale_i over all rows
+    scaled = np.multiply(e, (1.0 / s_nt)[:, None], out=space.array("scaled", n_rows))
+    nontarget_rows = np.add.reduceat(scaled, run_start, axis=0)
+    nontarget_total = np.einsum("i,ij->j", nontarget_scale, e)  # einsum: no BLAS threads inside worker threads
+    prob_sum = nontarget_total + np.bincount(y, weights=target_prob, minlength=n_classes)
     with np.errstate(divide="ignore", over="ignore"):  # scale 0: those p underflowed, none is listed
         # a hair below the threshold: over-listed entries are binned by their own p afterwards
         bound = sums.threshold * (1.0 - 1e-9) / nontarget_scale
@@ -481,7 +480,7 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, rows, space, sum
     high_prob = np.concatenate((high_prob, target_prob[target_high]))
     bins = bin_index(high_prob, sums.n_bins)
     keep = bins > 0  # bin 0 is what is left of each class total
-    return {"classes": y[run_start], "nontarget_sum": totals[:-1], "prob_sum": prob_sum,
+    return {"classes": y[run_start], "nontarget_sum": nontarget_rows, "prob_sum": prob_sum,
             "label_count": np.bincount(y, minlength=n_classes),
             "cells": col_of[keep] * sums.n_bins + bins[keep], "high_prob": high_prob[keep],
             "hits": (col_of[keep] == y[row_of[keep]]).astype(np.int64)}
