@@ -26,15 +26,15 @@ import numpy as np
 
 from kddiag.metrics import domain, instance, universe
 from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, softmax_stats
-from kddiag.reservoir import Reservoir, priority
+from kddiag.reservoir import Reservoir, kept_indices
 from kddiag.types import ROLES, Batch, SetOutputs
 
 EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fixed-seed reservoir)
 ROW_SAMPLES = 5_000  # logit and feature rows of at most this many examples …
 ROW_ELEMENTS = 1 << 23  # … and at most this many logits per model (at least MIN_ROW_SAMPLES rows)
 MIN_ROW_SAMPLES = 256
-CHUNK_ROWS = 2_048  # statistics are updated per chunk of at most this many examples (a power of two) …
-CHUNK_ELEMENTS = 1 << 21  # … and about this many logits per model; shards are whole CHUNK_ROWS
+CHUNK_ROWS = 8_192  # statistics are updated per chunk of at most this many examples (a power of two) …
+CHUNK_ELEMENTS = 1 << 23  # … and about this many logits per model; shards are whole CHUNK_ROWS
 DENSE_CLASSES = 2_048  # class-by-class sums over every class up to this many classes …
 TOP_CLASSES = 1_024  # … beyond it over the TOP_CLASSES most frequent labels (ties: lower id)
 
@@ -133,21 +133,20 @@ def row_samples(n_classes: int) -> int:
 
 def row_sample(n_samples: int, n_classes: int) -> np.ndarray:
     """The sorted indices of the examples the row reservoir keeps of a set of ``n_samples``."""
-    keep = min(n_samples, row_samples(n_classes))
-    return np.sort(np.argpartition(priority(np.arange(n_samples)), keep - 1)[:keep]) if keep < n_samples \
-        else np.arange(n_samples)
+    return kept_indices(n_samples, min(row_samples(n_classes), EXAMPLE_SAMPLES))
 
 
 class SetAccumulator:
     """Streaming statistics of one data set (see the module docstring).
 
     ``kept`` are the classes of class-by-class statistics (:func:`kept_classes` of the whole set's
-    labels, the same on every shard). ``example_samples``/``row_samples`` bound the reservoirs.
+    labels, the same on every shard). ``example_samples``/``row_samples_`` bound the reservoirs;
+    ``n_total``, the whole set's size when known, lets them copy only the rows they will keep.
     """
 
     def __init__(self, name: str, *, n_classes: int, roles: tuple[str, ...], temperature: float, alpha: float,
                  kept: np.ndarray | None = None, example_samples: int = EXAMPLE_SAMPLES,
-                 row_samples_: int | None = None) -> None:
+                 row_samples_: int | None = None, n_total: int | None = None) -> None:
         self.name, self.n_classes, self.roles = name, n_classes, tuple(r for r in ROLES if r in roles)
         self.temperature, self.alpha = temperature, alpha
         self.kept = kept
@@ -162,8 +161,8 @@ class SetAccumulator:
         self.confusion = np.zeros((size, size), dtype=np.int64)
         self.hardest: dict[str, np.ndarray] = {}
         rows = row_samples(n_classes) if row_samples_ is None else row_samples_
-        self.examples = Reservoir(example_samples)
-        self.rows = Reservoir(min(rows, example_samples))  # a subset of the example reservoir
+        self.examples = Reservoir(example_samples, n_total=n_total)
+        self.rows = Reservoir(min(rows, example_samples), n_total=n_total)  # a subset of the example reservoir
         self.feature_roles: set[str] = set()
         self.weights: dict[str, np.ndarray] = {}  # role -> logit-layer weight, where found (set by collection)
         self.chunk_rows = chunk_rows(n_classes)
@@ -310,7 +309,8 @@ def summarize(data: SetOutputs, *, temperature: float, alpha: float) -> SetSumma
     roles = tuple(role for role in ROLES if getattr(data, role) is not None)
     outputs = {role: getattr(data, role) for role in roles}
     accumulator = SetAccumulator(data.dataset, n_classes=data.n_classes, roles=roles, temperature=temperature,
-                                 alpha=alpha, kept=kept_classes(np.bincount(data.labels, minlength=data.n_classes)))
+                                 alpha=alpha, kept=kept_classes(np.bincount(data.labels, minlength=data.n_classes)),
+                                 n_total=data.labels.size)
     features = {}
     for role, out in outputs.items():
         if out.features is not None and out.feature_rows is not None:

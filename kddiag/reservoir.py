@@ -23,6 +23,14 @@ def priority(index: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def kept_indices(n_total: int, capacity: int) -> np.ndarray:
+    """The sorted indices a reservoir of ``capacity`` keeps of the examples 0 … n_total − 1: known before
+    any example is seen when the set's size is, so that only those rows need be read or copied."""
+    if n_total <= capacity:
+        return np.arange(n_total)
+    return np.sort(np.argpartition(priority(np.arange(n_total)), capacity - 1)[:capacity])
+
+
 class Reservoir:
     """The ``capacity`` examples of smallest :func:`priority`, each with its named per-example arrays.
 
@@ -32,8 +40,11 @@ class Reservoir:
     what the reservoir holds. Memory stays below about twice the capacity.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, n_total: int | None = None) -> None:
+        """``n_total``: the number of examples of the whole set, when known: ``add`` then copies only the
+        rows of :func:`kept_indices` (the same sample, found without ranking)."""
         self.capacity = int(capacity)
+        self._known = None if n_total is None else kept_indices(n_total, self.capacity)
         self._chunks: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []  # (index, priority, arrays)
         self._priority = np.zeros(0, dtype=np.uint64)  # of every row held, for the cut
         self._cut: np.uint64 | None = None  # once full: rows above this priority can never be kept
@@ -41,6 +52,11 @@ class Reservoir:
     def add(self, index: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         """Offer the examples ``index`` with their ``arrays`` (first axis = examples)."""
         index = np.asarray(index, dtype=np.int64)
+        if self._known is not None:
+            at = np.minimum(np.searchsorted(self._known, index), self._known.size - 1)
+            chosen = np.flatnonzero(self._known[at] == index)
+            if chosen.size < index.size:
+                index, arrays = index[chosen], {name: value[chosen] for name, value in arrays.items()}
         rank = priority(index)
         if self._cut is not None:
             keep = rank <= self._cut

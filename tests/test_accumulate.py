@@ -85,7 +85,7 @@ def test_uneven_batches_give_the_one_pass_measurements(sets):
 def test_merged_shards_give_the_one_pass_measurements(sets):
     one_pass = measured([summarize(s, temperature=3.0, alpha=0.8) for s in sets])
     merged = [sharded(s, [0, 33, 34, 250, len(s.labels)], 17).summary() for s in sets]
-    assert_same(measured(merged), one_pass, rtol=1e-12)  # shards that split a chunk: equal to rounding
+    assert_same(measured(merged), one_pass, rtol=1e-9)  # shards that split a chunk: equal to rounding
 
 
 def test_shards_of_whole_chunks_give_exactly_the_one_pass_measurements(monkeypatch, sets):
@@ -107,7 +107,7 @@ def test_reservoirs_are_the_same_whatever_the_batches_and_shards(sets):
                 assert getattr(first, name).keys() == getattr(second, name).keys()
                 for key, value in getattr(first, name).items():
                     np.testing.assert_array_equal(value, getattr(second, name)[key], err_msg=f"{name}.{key}")
-        assert_same(measured(other), measured(runs), rtol=1e-12)
+        assert_same(measured(other), measured(runs), rtol=1e-9)
     assert runs[0].examples["index"].size == 90 and runs[0].rows["index"].size == 40
     assert np.isin(runs[0].rows["index"], runs[0].examples["index"]).all()  # rows ⊂ examples
 
@@ -134,6 +134,18 @@ def test_reservoir_keeps_the_smallest_priorities_in_any_order():
         np.testing.assert_array_equal(kept, expected)
         np.testing.assert_array_equal(arrays["value"], expected * 2.0)
     assert len(set(priority(np.arange(100_000)).tolist())) == 100_000  # a bijection: no ties
+
+
+def test_a_reservoir_told_the_set_size_keeps_the_same_sample():
+    index = np.arange(5000)
+    told, untold = Reservoir(300, n_total=5000), Reservoir(300)
+    for chunk in np.array_split(index, 41):
+        told.add(chunk, {"value": chunk * 3})
+        untold.add(chunk, {"value": chunk * 3})
+    (first, a), (second, b) = told.sorted(), untold.sorted()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(a["value"], b["value"])
+    assert first.size == 300
 
 
 def test_kept_classes_are_the_most_frequent_beyond_the_dense_limit():

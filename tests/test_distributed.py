@@ -43,7 +43,7 @@ def inputs(tmp_path_factory):
     """A logits-mode pair (float16 teacher) and a module pair with features, on eval and transfer sets."""
     folder = tmp_path_factory.mktemp("dist")
     rng = np.random.default_rng(0)
-    n_eval, n_train = 2500, 4500  # more than one CHUNK_ROWS shard unit each: both ranks get examples
+    n_eval, n_train = 9000, 10000  # more than one CHUNK_ROWS shard unit each: both ranks get examples
     x = rng.normal(size=(n_eval + n_train, 12)).astype(np.float32)
     y = (x[:, :5].argmax(axis=1) + (rng.random(len(x)) < 0.1)) % 5
     np.savez(folder / "eval.npz", x=x[:n_eval], y=y[:n_eval])

@@ -46,7 +46,8 @@ def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
         if accumulator is None:
             accumulator = SetAccumulator(
                 set_name, n_classes=batch.n_classes, roles=tuple(batch.logits), temperature=temperature, alpha=alpha,
-                kept=kept_classes(np.bincount(dataset.labels, minlength=batch.n_classes)))
+                kept=kept_classes(np.bincount(dataset.labels, minlength=batch.n_classes)),
+                n_total=len(dataset.labels))
         accumulator.update(batch)
     if accumulator is None:  # an empty shard
         return None

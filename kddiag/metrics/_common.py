@@ -14,6 +14,7 @@ so results do not depend on the number of threads.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -127,7 +128,7 @@ class Workspace:
     """
 
     def __init__(self, rows: int, cols: int) -> None:
-        self._shape = (rows, cols)
+        self.shape = self._shape = (rows, cols)
         self._arrays: dict[tuple[str, np.dtype], np.ndarray] = {}
 
     def array(self, name: str, n_rows: int, dtype=np.float64) -> np.ndarray:
@@ -147,24 +148,62 @@ def map_blocks(fn: Callable[[int, int, Workspace], dict], n_samples: int, n_clas
     """``[fn(start, stop, workspace) for each block of rows]`` in block order, in up to ``N_THREADS`` threads.
 
     Each thread takes every N-th block and owns one :class:`Workspace`; results do not depend on the
-    number of threads.
+    number of threads. The threads are one pool shared by every call.
     """
     step = block_rows(n_classes)
     bounds = [(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
     n_workers = min(N_THREADS, len(bounds))
 
     def work(k: int) -> list[dict]:
-        space = Workspace(step, n_classes)
-        return [fn(start, stop, space) for start, stop in bounds[k::n_workers]]
+        return _blocks_in_thread(fn, bounds[k::n_workers], step, n_classes)
 
-    if n_workers == 1:
-        return work(0)
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        per_worker = list(pool.map(work, range(n_workers)))
+    if n_workers == 1 or getattr(_IN_WORKER, "active", False):  # a nested call runs in its caller's thread
+        per_worker = [work(k) for k in range(n_workers)]
+    else:
+        per_worker = list(_pool().map(_as_worker(work), range(n_workers)))
     results: list = [None] * len(bounds)
     for k, part in enumerate(per_worker):
         results[k::n_workers] = part
     return results
+
+
+_IN_WORKER = threading.local()  # set in the shared pool's threads: a nested map_blocks runs serially there
+_SPACES = threading.local()  # each thread's last Workspace, reused while the block shape stays the same
+
+
+def _blocks_in_thread(fn: Callable[[int, int, Workspace], dict], bounds: list[tuple[int, int]],
+                      rows: int, cols: int) -> list[dict]:
+    """``fn`` on each block, with this thread's kept :class:`Workspace` (fresh scratch memory costs page
+    faults on every call), or a new one when the kept one is in use by an outer call."""
+    space = getattr(_SPACES, "space", None)
+    busy = getattr(_SPACES, "busy", False)
+    if busy or space is None or space.shape != (rows, cols):
+        space = Workspace(rows, cols)
+        if not busy:
+            _SPACES.space = space
+    _SPACES.busy = True
+    try:
+        return [fn(start, stop, space) for start, stop in bounds]
+    finally:
+        _SPACES.busy = busy
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool of N_THREADS threads for the process: starting threads on every call costs more than small blocks."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="kddiag"))
+    return _POOL[0]
+
+
+def _as_worker(work: Callable[[int], list]) -> Callable[[int], list]:
+    def run(k: int) -> list:
+        _IN_WORKER.active = True
+        try:
+            return work(k)
+        finally:
+            _IN_WORKER.active = False
+    return run
 
 
 def load_rows(source: np.ndarray, start: int, stop: int, space: Workspace, name: str,
@@ -226,6 +265,32 @@ class CompensatedSum:
         return self.high + self.low
 
 
+class FixedPointSum:
+    """Sums of non-negative float64 parts kept as int64 multiples of 2⁻³² (each part rounded to the
+    nearest): integer addition is exact, so any grouping of the parts gives the same total, at the cost
+    of 2.3·10⁻¹⁰ absolute per part. Totals must stay below 2³¹ (e.g. sums of probabilities over fewer
+    than 2³¹ examples)."""
+
+    SCALE = float(1 << 32)
+
+    def __init__(self, shape) -> None:
+        self.units = np.zeros(shape, dtype=np.int64)
+
+    def add(self, values, index=None) -> None:
+        """Add ``values`` at ``index`` (a basic or unique fancy index; None: everywhere)."""
+        units = np.rint(np.multiply(values, self.SCALE)).astype(np.int64)
+        if index is None:
+            self.units += units
+        else:
+            self.units[index] += units
+
+    def merge(self, other: "FixedPointSum") -> None:
+        self.units += other.units
+
+    def value(self) -> np.ndarray:
+        return self.units / self.SCALE
+
+
 class ClassSums:
     """Class-level sums of p¹ and r over examples, added to batch after batch (see :func:`softmax_stats`).
 
@@ -233,6 +298,7 @@ class ClassSums:
     (K, K) ``nontarget_sum`` covers the classes ``kept`` (sorted ids; None: all C classes), so its
     memory is bounded when C is large; everything else is (C,) or (C, n_bins). Only entries p_ik above
     the first bin edge are binned one by one: bin 0 of class k is its total minus the other bins.
+    Sums are fixed point (:class:`FixedPointSum`): the same in any grouping of blocks, batches and shards.
     """
 
     def __init__(self, n_classes: int, *, n_bins: int, kept: np.ndarray | None = None) -> None:
@@ -244,9 +310,9 @@ class ClassSums:
             self._position[self.kept] = np.arange(self.kept.size)
         size = n_classes if self.kept is None else self.kept.size
         self.label_count = np.zeros(n_classes, dtype=np.int64)
-        self._prob_sum = CompensatedSum(n_classes)  # Σ_i p_ik
-        self._nontarget_sum = CompensatedSum((size, size))  # row c = Σ_{i: y_i = c} r_i (r_iy = 0), kept classes
-        self._binned_prob = CompensatedSum(n_classes * n_bins)  # Σ p_ik per class and bin (bins ≥ 1)
+        self._prob_sum = FixedPointSum(n_classes)  # Σ_i p_ik
+        self._nontarget_sum = FixedPointSum((size, size))  # row c = Σ_{i: y_i = c} r_i (r_iy = 0), kept classes
+        self._binned_prob = FixedPointSum(n_classes * n_bins)  # Σ p_ik per class and bin (bins ≥ 1)
         self._binned_hit = np.zeros(n_classes * n_bins, dtype=np.int64)  # Σ 1{y_i = k} per class and bin (≥ 1)
 
     @property
@@ -465,7 +531,7 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
     run_start = np.flatnonzero(new_run)
     # r_i = e_i / s_nt_i summed over each run of equal labels, and p_ik = e_ik·nontarget_scale_i over all rows
     scaled = np.multiply(e, (1.0 / s_nt)[:, None], out=space.array("scaled", n_rows))
-    nontarget_rows = np.add.reduceat(scaled, run_start, axis=0)
+    nontarget_rows = _run_sums(scaled, run_start)
     nontarget_total = np.einsum("i,ij->j", nontarget_scale, e)  # einsum: no BLAS threads inside worker threads
     prob_sum = nontarget_total + np.bincount(y, weights=target_prob, minlength=n_classes)
     with np.errstate(divide="ignore", over="ignore"):  # scale 0: those p underflowed, none is listed
@@ -484,6 +550,19 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
             "label_count": np.bincount(y, minlength=n_classes),
             "cells": col_of[keep] * sums.n_bins + bins[keep], "high_prob": high_prob[keep],
             "hits": (col_of[keep] == y[row_of[keep]]).astype(np.int64)}
+
+
+def _run_sums(rows: np.ndarray, run_start: np.ndarray) -> np.ndarray:
+    """Sums of the runs of ``rows`` starting at ``run_start``: ``np.add.reduceat`` for long runs; for short
+    ones (many classes, few rows each) a few row additions, as reduceat is slow on runs of one or two rows."""
+    length = np.diff(np.append(run_start, rows.shape[0]))
+    if length.max() > 8:
+        return np.add.reduceat(rows, run_start, axis=0)
+    sums = rows[run_start]
+    for step in range(1, int(length.max())):
+        longer = np.flatnonzero(length > step)
+        sums[longer] += rows[run_start[longer] + step]
+    return sums
 
 
 def bin_edges(n_bins: int) -> np.ndarray:
