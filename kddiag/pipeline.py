@@ -78,8 +78,8 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
            for name, ds in datasets.items()]
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )
-    return Report(inputs=inputs, settings=settings, class_info=class_info,
-                  measurements=measurements, diagnosis=diagnosis, n_classes=n_classes)
+    return Report(inputs=inputs, settings=settings, class_info=class_info, measurements=measurements,
+                  diagnosis=diagnosis, n_classes=n_classes, coverage=tuple(s.coverage() for s in summaries))
 
 
 def _n_classes(summaries: list, datasets: dict[str, Dataset]) -> int:

@@ -470,6 +470,42 @@ class InputInfo:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """What one data set's measurements read: every example for exact statistics, a fixed-seed sample
+    of ``n_examples_sampled`` for per-example ones and of ``n_rows_sampled`` for logit/feature rows,
+    and the classes class-by-class statistics keep (``classes_kept`` of ``n_classes``)."""
+
+    dataset: str
+    n_samples: int
+    n_examples_sampled: int
+    n_rows_sampled: int
+    n_classes: int
+    classes_kept: int
+
+    @property
+    def restricted(self) -> bool:
+        """Whether any measurement read less than the whole set or fewer than all classes."""
+        return self.n_examples_sampled < self.n_samples or self.classes_kept < self.n_classes
+
+    def describe(self) -> str:
+        """One line for the reports."""
+        parts = [f"{self.dataset} set: exact statistics over all {self.n_samples:,} examples"]
+        if self.n_examples_sampled < self.n_samples:
+            parts.append(f"intervals, adaptive ECE, medians, correlations and plots on a fixed-seed sample of "
+                         f"{self.n_examples_sampled:,}")
+        parts.append(f"T*, the temperature what-if, k-NN difficulty and CKA on {self.n_rows_sampled:,} rows")
+        if self.classes_kept < self.n_classes:
+            parts.append(f"class-by-class statistics (similarity matrices, relabelling) on the {self.classes_kept:,} "
+                         f"most frequent of {self.n_classes:,} classes")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"n_samples": self.n_samples, "n_examples_sampled": self.n_examples_sampled,
+                "n_rows_sampled": self.n_rows_sampled, "n_classes": self.n_classes,
+                "classes_kept": self.classes_kept}
+
+
+@dataclass(frozen=True)
 class Report:
     """The complete result of one inspection."""
 
@@ -479,6 +515,7 @@ class Report:
     measurements: Measurements
     diagnosis: Diagnosis
     n_classes: int
+    coverage: tuple[Coverage, ...] = ()  # per data set, when measured from streaming statistics
 
 
 @dataclass(frozen=True)

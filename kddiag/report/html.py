@@ -86,6 +86,7 @@ def _context(report: Report) -> dict:
         "whatif_summary": _whatif_summary(report),
         "fidelity": _fidelity_rows(report),
         "classes": _class_summary(report),
+        "coverage": [c.describe() for c in report.coverage],
         "metrics": [{"section": section, "name": name, "dataset": dataset,
                      "value": summarize_value(leaf.get("value")),
                      "ci": "[{}, {}]".format(*(format_number(v) for v in leaf["ci95"])) if leaf.get("ci95") else "",

@@ -40,6 +40,7 @@ def report_to_dict(report: Report) -> dict:
             "class_names": list(info.names) if info.names else None,
             "class_groups": list(info.groups) if info.groups else None,
         },
+        "coverage": {c.dataset: c.to_dict() for c in report.coverage},
         "metrics": _bounded(report.measurements.to_dict()),
         **report.diagnosis.to_dict(),
     })

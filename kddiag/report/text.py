@@ -271,6 +271,9 @@ def _settings_lines(report: Report) -> list[str]:
         lines.append(_clip(f"  {info.role:<9} {path}{tail}"))
         for note in info.notes:  # how the checkpoint was read: which weights, what was skipped
             lines += textwrap.wrap(note, WIDTH, initial_indent=" " * 12, subsequent_indent=" " * 14)
+    for coverage in report.coverage:
+        if coverage.restricted:  # say what was read on a sample or on a class subset
+            lines += textwrap.wrap(coverage.describe(), WIDTH, initial_indent="  ", subsequent_indent="    ")
     return lines
 
 
