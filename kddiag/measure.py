@@ -272,7 +272,11 @@ def _transfer_scores(similarity: dict[str, np.ndarray], why_missing: str | dict[
 
 
 def _weights(sets: list[SetSummary], groups: np.ndarray | None) -> DomainOnWeights:
-    """Weight-based class similarity, once (data set 'weights')."""
+    """Weight-based class similarity, once (data set 'weights'), over the classes the transfer set's
+    class-by-class statistics keep (else the eval set's): all of them up to DENSE_CLASSES."""
+    kept = next((s for s in sets if s.name == TRANSFER), sets[0]).kept_classes
+    if kept is not None and groups is not None:
+        groups = groups[kept]
     weight, why = {}, {}
     for role in ROLES:
         holding = [s for s in sets if role in s.roles]
@@ -283,7 +287,7 @@ def _weights(sets: list[SetSummary], groups: np.ndarray | None) -> DomainOnWeigh
             logits_mode = all(role not in s.feature_roles for s in holding)
             why[role] = NO_WEIGHTS_LOGITS_MODE if logits_mode else NO_WEIGHTS
         else:
-            weight[role] = np.asarray(found[0], dtype=np.float64)
+            weight[role] = np.asarray(found[0] if kept is None else found[0][kept], dtype=np.float64)
     similarity = {role: domain.weight_similarity_of(w) for role, w in weight.items()}
     structure = {
         role: (WeightStructure(weight_similarity=measured(similarity[role]),

@@ -173,6 +173,8 @@ def test_class_structure_over_kept_classes_is_the_dense_one_restricted(monkeypat
     assert similarity.shape == (4, 4)
     full = measure([dense], **settings)
     np.testing.assert_allclose(similarity, full.domain.eval.teacher.output_similarity.value[np.ix_(kept, kept)])
+    weights = measure([restricted], **settings).domain.weights.teacher.weight_similarity.value
+    np.testing.assert_allclose(weights, full.domain.weights.teacher.weight_similarity.value[np.ix_(kept, kept)])
 
 
 def test_accumulators_of_other_sets_do_not_merge(sets):

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from kddiag.accumulate import SetAccumulator, kept_classes, row_sample
-from kddiag.collect.stored import stored_logits
+from kddiag.accumulate import SetAccumulator, chunk_rows, kept_classes, row_sample
+from kddiag.collect.stored import release, stored_logits
 from kddiag.errors import KddiagError
 from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, ModelOutputs, SetOutputs
 
@@ -145,6 +145,8 @@ def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel, bas
                         features[role] = found
                 yield Batch(start, labels[start:stop], {role: logits[role] for role in ROLES if role in logits},
                             features, sources, set_name, dataset.name), runners
+                for value in stored.values():  # rows of whole statistics chunks are done with
+                    release(value, start - start % chunk_rows(value.shape[1]))
                 if progress:
                     print(f"\rkddiag: {set_name} set, batch {number + 1}/{len(starts)}", end="", file=sys.stderr)
             if progress:

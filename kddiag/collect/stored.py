@@ -1,6 +1,8 @@
 """Logits mode: the logits stored in a file stand for the model; no features, no weight."""
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from kddiag.errors import KddiagError
@@ -35,3 +37,15 @@ def stored_outputs(role: str, model: LoadedModel, set_name: str, labels: np.ndar
     """The stored logits as :class:`~kddiag.types.ModelOutputs` (read whole, checked)."""
     return ModelOutputs(logits=np.asarray(stored_logits(role, model, set_name, labels, data_name)), role=role,
                         source=model.source)
+
+
+def release(logits: np.ndarray, stop: int) -> None:
+    """Let the kernel drop the pages of a memory-mapped ``.npy``'s rows before ``stop``: they were read
+    (and would be read again from the file if touched), so resident memory stays flat over a large file."""
+    handle = getattr(logits, "_mmap", None)  # numpy.memmap's mapping
+    if handle is None or not hasattr(handle, "madvise") or not logits.flags.c_contiguous:
+        return
+    end = logits.offset % mmap.ALLOCATIONGRANULARITY + stop * logits.strides[0]
+    end -= end % mmap.PAGESIZE
+    if end > 0:
+        handle.madvise(mmap.MADV_DONTNEED, 0, end)
