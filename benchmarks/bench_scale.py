@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -31,16 +32,24 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Peak memory is the child's own VmHWM, printed as it exits: ru_maxrss would carry over the high-water
+# mark of the forked parent across exec (Linux keeps it), i.e. this script's own memory.
+PEAK_PROBE = ("import atexit, re, sys; atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
+              "open('/proc/self/status').read()).group(1), file=sys.stderr)); import runpy; "
+              "sys.argv = ['kddiag', *sys.argv[1:]]; runpy.run_module('kddiag', run_name='__main__')")
+
+
 def run_child(command: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MiB) of one child process (the largest of its processes)."""
+    """Wall seconds and peak resident memory (MiB, the largest of its processes) of ``kddiag`` run with
+    ``command`` as arguments (or of a torchrun launch: then every rank's peak, the largest printed)."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                             env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
     wall = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{child.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-2000:]}")
+    peaks = [int(kib) for kib in re.findall(r"VmHWM (\d+)", done.stderr)]
+    return wall, max(peaks, default=0) / 1024
 
 
 def write_logits(path: Path, n: int, c: int, base_seed: int, noise: float, chunk: int = 100_000) -> None:
@@ -68,7 +77,7 @@ def labels_for(n: int, c: int) -> np.ndarray:
 
 
 def kddiag(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kddiag", "inspect", *args]
+    return [sys.executable, "-c", PEAK_PROBE, "inspect", *args]
 
 
 def part_memory(folder: Path, sizes: list[int]) -> None:

@@ -15,8 +15,10 @@ ever held. What it keeps:
 - a smaller one of logit and feature rows (``ROW_SAMPLES`` examples, fewer when C is large) for the
   fitted temperature T*, the temperature what-if, k-NN difficulty and linear CKA.
 
-Sums differ from a one-pass computation by float rounding only; the reservoirs hold the same examples
-whatever the batches, their order and the number of shards.
+Statistics are computed per chunk of ``chunk_rows`` consecutive examples starting at a multiple of it,
+and the chunks' sums are combined with compensated (moments, bins) or fixed-point (class sums) addition;
+the reservoirs keep the examples of smallest hash. So the summary is the same, to the last bit, whatever
+the batches and whatever number of shards of whole chunks were merged.
 """
 from __future__ import annotations
 

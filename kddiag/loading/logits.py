@@ -1,7 +1,8 @@
 """Precomputed logits: ``.npy`` (the eval set), ``.npz`` and ``.pt`` (a tensor, or a dict of sets and labels).
 
 Keys: ``logits``/``eval``/``eval_logits`` for the eval set, ``transfer``/``transfer_logits`` for the
-transfer set; labels beside them under ``labels``/``y``/``eval_labels``/``transfer_labels``. The
+transfer set; labels beside them under ``labels``/``y``/``eval_labels``/``transfer_labels``. A ``.npz``
+may hold top-k logits instead (:mod:`.topk`). The
 logits are kept as stored: :class:`~kddiag.types.ModelOutputs` checks their shape and values.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
+from kddiag.loading.topk import KEYS, topk_sets
 from kddiag.types import EVAL, TRANSFER, LoadedModel
 
 # logits-file keys: which set each names
@@ -27,11 +29,25 @@ def load_npy(path: Path, where: str) -> LoadedModel:
 
 
 def load_npz(path: Path, where: str) -> LoadedModel:
-    """A ``.npz`` file of logits (and labels) under the keys above."""
+    """A ``.npz`` file of logits (and labels) under the keys above, or of top-k logits (:mod:`.topk`)."""
     content = read_npz(path, where)
+    if set(content) & {key for keys in KEYS.values() for key in keys[:2]}:
+        if set(content) & set(_LOGITS_KEYS):
+            raise KddiagError(f"{where}: holds both full and top-k logits; keep one kind per file")
+        sets = topk_sets(content, where)
+        labels = {set_name: _labels_array(content[key], where, key) for key, set_name in _LABEL_KEYS.items()
+                  if key in content}
+        model = _logits_model(path, sets, labels, where)
+        k = next(iter(sets.values())).k
+        note = (f"top-{k} logits of {next(iter(sets.values())).n_classes:,} classes: the other classes share the "
+                f"remaining probability evenly (exact: accuracy, agreement, max-probability calibration, p_y where y "
+                f"is in the top {k}; the rest approximate)")
+        return LoadedModel(source=model.source, format="logits", logits=model.logits, labels=model.labels,
+                           notes=(note,))
     if not set(content) & set(_LOGITS_KEYS):
         raise KddiagError(f"{where}: no logits (keys: {first(content)}); expected 'logits' or 'eval' for the "
-                          f"eval set and/or 'transfer' for the transfer set")
+                          f"eval set and/or 'transfer' for the transfer set, or top-k logits ('topk_ids', "
+                          f"'topk_logprobs', 'n_classes')")
     return _load_logits_dict(path, content, where)
 
 

@@ -83,3 +83,42 @@ def test_truncated_and_object_npy_files_say_why(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{}, 1], dtype=object), allow_pickle=True)
     with pytest.raises(KddiagError, match=r"holds Python objects \(object arrays\), which kddiag never unpickles"):
         load_model(tmp_path / "objects.npy")
+
+
+def _topk_file(path, logits, k, **extra):
+    """A top-k logits file as LLM pipelines log them: ids and log-probabilities of the k largest entries."""
+    logprobs = torch.log_softmax(torch.as_tensor(logits), dim=1)
+    values, ids = logprobs.topk(k, dim=1)
+    np.savez(path, topk_ids=ids.numpy(), topk_logprobs=values.numpy().astype(np.float32),
+             n_classes=np.int64(logits.shape[1]), **extra)
+
+
+def test_topk_logits_complete_rows_with_the_remaining_mass_spread_evenly(tmp_path):
+    logits = np.random.default_rng(0).normal(0, 3, size=(40, 50))
+    _topk_file(tmp_path / "t.npz", logits, 5, y=np.zeros(40, np.int64))
+    loaded = load_model(tmp_path / "t.npz")
+    dense = loaded.logits[EVAL][0:40]
+    assert dense.shape == (40, 50) and dense.dtype == np.float32
+    p, q = np.exp(dense.astype(np.float64)), torch.softmax(torch.as_tensor(logits), 1).numpy()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)  # a distribution over all C classes
+    top = np.argsort(-logits, axis=1)[:, :5]
+    np.testing.assert_allclose(np.take_along_axis(p, top, 1), np.take_along_axis(q, top, 1), rtol=1e-5)
+    np.testing.assert_array_equal(p.argmax(axis=1), logits.argmax(axis=1))
+    assert "top-5 logits of 50 classes" in loaded.notes[0]
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"topk_ids": np.zeros((3, 2), int), "topk_logprobs": np.full((3, 2), -1.0)}, r"need 'n_classes'"),
+    ({"topk_ids": np.array([[0, 0]]), "topk_logprobs": np.full((1, 2), -1.0), "n_classes": 5}, r"repeats a class id in row 0"),
+    ({"topk_ids": np.array([[0, 7]]), "topk_logprobs": np.full((1, 2), -1.0), "n_classes": 5}, r"class ids in \[0, 5\)"),
+    ({"topk_ids": np.array([[0, 1]]), "topk_logprobs": np.full((1, 2), -0.1), "n_classes": 5}, r"sum to 1\.8097 > 1"),
+    ({"topk_ids": np.array([[0, 1]]), "topk_logprobs": np.array([[0.5, -3.0]]), "n_classes": 5}, r"log-probabilities \(≤ 0\)"),
+    ({"topk_ids": np.array([[0, 1]]), "n_classes": 5}, r"go together"),
+    ({"topk_ids": np.zeros((1, 5), int), "topk_logprobs": np.full((1, 5), -3.0), "n_classes": 5}, r"fewer than n_classes"),
+    ({"topk_ids": np.array([[0, 1]]), "topk_logprobs": np.full((1, 2), -1.0), "n_classes": 5,
+      "logits": np.zeros((1, 5))}, r"both full and top-k logits"),
+])
+def test_bad_topk_files(tmp_path, content, message):
+    np.savez(tmp_path / "k.npz", **content)
+    with pytest.raises(KddiagError, match=message):
+        load_model(tmp_path / "k.npz")
