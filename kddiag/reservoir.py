@@ -37,14 +37,17 @@ class Reservoir:
     ``add`` takes global indices and arrays whose first axis runs over those examples (1-D values or
     2-D rows such as logits); only the rows that rank among the ``capacity`` smallest priorities seen so
     far are copied, and they are kept as a list of chunks, so adding costs what those rows cost, not
-    what the reservoir holds. Memory stays below about twice the capacity.
+    what the reservoir holds. Memory stays below about twice the capacity (once the capacity when the
+    set's size is known).
     """
 
     def __init__(self, capacity: int, *, n_total: int | None = None) -> None:
-        """``n_total``: the number of examples of the whole set, when known: ``add`` then copies only the
-        rows of :func:`kept_indices` (the same sample, found without ranking)."""
+        """``n_total``: the number of examples of the whole set, when known: ``add`` then writes only the
+        rows of :func:`kept_indices` (the same sample, found without ranking) straight into their place."""
         self.capacity = int(capacity)
         self._known = None if n_total is None else kept_indices(n_total, self.capacity)
+        self._placed: dict[str, np.ndarray] = {}  # with a known sample: its arrays, row i for _known[i]
+        self._filled = np.zeros(0 if self._known is None else self._known.size, dtype=bool)
         self._chunks: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []  # (index, priority, arrays)
         self._priority = np.zeros(0, dtype=np.uint64)  # of every row held, for the cut
         self._cut: np.uint64 | None = None  # once full: rows above this priority can never be kept
@@ -53,10 +56,8 @@ class Reservoir:
         """Offer the examples ``index`` with their ``arrays`` (first axis = examples)."""
         index = np.asarray(index, dtype=np.int64)
         if self._known is not None:
-            at = np.minimum(np.searchsorted(self._known, index), self._known.size - 1)
-            chosen = np.flatnonzero(self._known[at] == index)
-            if chosen.size < index.size:
-                index, arrays = index[chosen], {name: value[chosen] for name, value in arrays.items()}
+            self._place(index, arrays)
+            return
         rank = priority(index)
         if self._cut is not None:
             keep = rank <= self._cut
@@ -75,6 +76,19 @@ class Reservoir:
         if self._priority.size > 2 * self.capacity:
             self._compact()
 
+    def _place(self, index: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Write the rows of the known sample among ``index`` into their places."""
+        at = np.minimum(np.searchsorted(self._known, index), self._known.size - 1)
+        chosen = np.flatnonzero(self._known[at] == index)
+        if not chosen.size:
+            return
+        if not self._placed:
+            self._placed = {name: np.empty((self._known.size, *np.shape(value)[1:]), dtype=np.asarray(value[:0]).dtype)
+                            for name, value in arrays.items()}
+        for name, value in arrays.items():
+            self._placed[name][at[chosen]] = value[chosen]
+        self._filled[at[chosen]] = True
+
     def merge(self, other: "Reservoir") -> None:
         """Add every example ``other`` kept."""
         index, arrays = other.sorted()
@@ -83,6 +97,10 @@ class Reservoir:
 
     def sorted(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The kept examples' indices and arrays, ordered by index."""
+        if self._known is not None:
+            if self._filled.all():
+                return self._known, self._placed
+            return self._known[self._filled], {name: value[self._filled] for name, value in self._placed.items()}
         self._compact()
         if not self._chunks:
             return np.zeros(0, dtype=np.int64), {}
