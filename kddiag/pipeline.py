@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kddiag.errors import KddiagError
 from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, ImageOptions, InputInfo,
@@ -79,7 +81,19 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )
     return Report(inputs=inputs, settings=settings, class_info=class_info, measurements=measurements,
-                  diagnosis=diagnosis, n_classes=n_classes, coverage=tuple(s.coverage() for s in summaries))
+                  diagnosis=diagnosis, n_classes=n_classes, coverage=tuple(s.coverage() for s in summaries),
+                  example_inputs=_listed_inputs(measurements, datasets))
+
+
+def _listed_inputs(measurements, datasets: dict[str, Dataset]) -> dict[str, dict[int, Any]]:
+    """The inputs of the examples the report lists (the teacher's hardest), per set, as numpy arrays."""
+    listed = {}
+    for record in measurements.instance.sets():
+        dataset = datasets.get(record.dataset)
+        examples = record.hardest_examples.value or ()
+        if dataset is not None and dataset.x is not None and examples:
+            listed[record.dataset] = {item.index: np.asarray(dataset.x[item.index]) for item in examples}
+    return listed
 
 
 def _n_classes(summaries: list, datasets: dict[str, Dataset]) -> int:

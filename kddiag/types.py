@@ -516,6 +516,8 @@ class Report:
     diagnosis: Diagnosis
     n_classes: int
     coverage: tuple[Coverage, ...] = ()  # per data set, when measured from streaming statistics
+    example_inputs: Mapping[str, Mapping[int, np.ndarray]] = field(default_factory=dict)  # set -> index -> the
+    # inputs of the examples the report lists (the hardest ones), for thumbnails when they are images
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import io
 import re
 from typing import Any, Callable
 
+import numpy as np
+
 from kddiag import __version__
 from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_instance_rescaling, plot_reliability,
                              plot_target_confidence, plot_temperature_whatif, similarity_rows)
@@ -132,16 +134,45 @@ def _fidelity_rows(report: Report) -> list[dict]:
 
 
 def _hardest_examples(report: Report) -> dict | None:
-    """The hardest examples table of the instance section (transfer set first)."""
+    """The hardest examples table of the instance section (transfer set first), with a thumbnail of each
+    input when the inputs are images, and whether the teacher gets it wrong."""
     for record in report.measurements.instance.sets():
         examples = record.hardest_examples.value
         if not examples:
             continue
         columns = [item.name for item in dataclasses.fields(examples[0])]
         names = report.class_info.names
-        rows = [[_example_cell(key, getattr(row, key), names) for key in columns] for row in examples]
-        return {"dataset": record.dataset, "columns": [c.replace("_", " ") for c in columns], "rows": rows}
+        inputs = report.example_inputs.get(record.dataset, {})
+        images = {row.index: _thumbnail(inputs[row.index]) for row in examples if row.index in inputs}
+        rows = [{"cells": [_example_cell(key, getattr(row, key), names) for key in columns],
+                 "image": images.get(row.index), "teacher_wrong": row.teacher_prediction != row.label}
+                for row in examples]
+        return {"dataset": record.dataset, "columns": [c.replace("_", " ") for c in columns], "rows": rows,
+                "images": any(images.values())}
     return None
+
+
+THUMBNAIL_SIDE = 56  # pixels: small images are enlarged (nearest neighbour) to about this size
+
+
+def _thumbnail(x: np.ndarray) -> str | None:
+    """A PNG data URI of one input when it is an image ((C, H, W) with 1 or 3 channels, or (H, W)), its
+    values stretched to the full grey or colour range; None for anything else (feature vectors, token ids)."""
+    from PIL import Image
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 3 and x.shape[0] in (1, 3):
+        x = x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 3)) or min(x.shape[:2]) < 4 or not np.all(np.isfinite(x)):
+        return None
+    low, high = x.min(), x.max()
+    pixels = np.zeros(x.shape) if high == low else (x - low) / (high - low)
+    image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+    scale = max(1, THUMBNAIL_SIDE // max(image.size))
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _example_cell(key: str, value: Any, names) -> str:

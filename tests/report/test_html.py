@@ -203,3 +203,42 @@ def test_every_reader_reads_only_attributes_that_exist(build, monkeypatch):
         plot(report)
         plot(report.measurements)
     plt.close("all")
+
+
+def test_thumbnails_are_drawn_for_images_only():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from kddiag.report.html import _thumbnail
+
+    gray = _thumbnail(np.linspace(-1, 1, 64).reshape(1, 8, 8))
+    image = Image.open(io.BytesIO(base64.b64decode(gray.split(",", 1)[1])))
+    assert image.size == (56, 56) and image.mode == "L"
+    assert np.asarray(image).min() == 0 and np.asarray(image).max() == 255  # stretched to the full range
+    rgb = Image.open(io.BytesIO(base64.b64decode(_thumbnail(np.random.rand(3, 28, 28)).split(",", 1)[1])))
+    assert rgb.mode == "RGB" and rgb.size == (56, 56)
+    for not_an_image in (np.zeros(64), np.zeros((5, 8, 8)), np.arange(12).reshape(3, 4) * np.nan):
+        assert _thumbnail(not_an_image) is None
+
+
+def test_image_inputs_get_thumbnails_in_the_report_and_flat_inputs_do_not(tmp_path):
+    import numpy as np
+    import torch
+
+    from kddiag.models import MLP
+    from kddiag.pipeline import inspect
+    from kddiag.types import Dataset, InspectOptions
+
+    torch.manual_seed(0)
+    x = torch.rand(200, 1, 8, 8)
+    y = np.arange(200) % 10
+    teacher, student = MLP((64, 32, 10)), MLP((64, 8, 10))
+    options = InspectOptions(temperature=4.0, alpha=0.9)
+    images = render_html(inspect(teacher, student, data=Dataset("img", x, y), options=options))
+    assert images.count('class="thumb"') == 10 and "teacher wrong" in images
+    flat = render_html(inspect(teacher, student, data=Dataset("flat", x.reshape(200, 64), y), options=options))
+    assert 'class="thumb"' not in flat
+    assert "<details>" in flat  # the full metrics table is folded
