@@ -30,6 +30,7 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(ids.DATA_PIPELINE_SUSPECT, (OUTCOME,), r.data_pipeline_suspect, w.word_data_pipeline),
     Rule(ids.CLASS_ORDER_MISMATCH, (OUTCOME,), r.class_order_mismatch, w.word_class_order),
     Rule(ids.TEACHER_WEAK, (OUTCOME,), r.teacher_weak, w.word_teacher_weak),
     Rule(ids.TEACHER_LABEL_SMOOTHED, (DOMAIN,), r.teacher_label_smoothed, w.word_label_smoothed),
@@ -40,6 +41,10 @@ RULES: tuple[Rule, ...] = (
     Rule(ids.STRUCTURE_NOT_TRANSFERRED, (DOMAIN,), r.structure_not_transferred, w.word_structure),
 )
 
+#: Findings about the inputs come before those about the models, whatever their severity: every model-level
+#: reading is taken on those inputs.
+RANKED_FIRST = frozenset({ids.DATA_PIPELINE_SUSPECT})
+
 #: When the key fires, the rules it names rest on comparisons it shows to be meaningless.
 SUPPRESSES: dict[str, tuple[str, ...]] = {
     ids.CLASS_ORDER_MISMATCH: (ids.CAPACITY_GAP, ids.STRUCTURE_NOT_TRANSFERRED),
@@ -49,7 +54,8 @@ SUPPRESSES: dict[str, tuple[str, ...]] = {
 def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) -> Diagnosis:
     """Run every rule, rank what fires, and judge the outcome first.
 
-    Findings are sorted by severity, ties by the order of ``RULES``; each states the measured KD gain.
+    Findings are sorted by severity (``RANKED_FIRST`` before the rest), ties by the order of ``RULES``;
+    each states the measured KD gain.
     A rule whose inputs are missing goes to ``not_checked`` with the reason, as do the parts of a check
     a rule had to skip and the rules suppressed by a finding that makes them unreliable (``SUPPRESSES``).
     When no cause fires: ``kd-no-gain`` if the KD student is no better than its baseline, else
@@ -76,7 +82,7 @@ def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) 
             not_checked += [(rule_id, f"{suppressor} fired: teacher and student classes do not line up, so "
                                       "this comparison is meaningless") for rule_id in suppressed]
     order = {rule.id: i for i, rule in enumerate(RULES)}
-    findings.sort(key=lambda f: (-f.severity, order[f.id]))
+    findings.sort(key=lambda f: (f.id not in RANKED_FIRST, -f.severity, order[f.id]))
     gain = first(measurements.outcome, lambda o: o.kd_gain, EVAL_FIRST)
     if findings:
         outcome = w.gain_sentence(gain)

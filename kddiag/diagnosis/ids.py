@@ -1,5 +1,6 @@
 """The stable ids of the diagnosis's findings (report.json, --fail-on), in one place."""
 HEALTHY = "healthy"
+DATA_PIPELINE_SUSPECT = "data-pipeline-suspect"  # the teacher fails on the eval inputs: check them first
 CLASS_ORDER_MISMATCH = "class-order-mismatch"
 TEACHER_WEAK = "teacher-weak"
 TEACHER_LABEL_SMOOTHED = "teacher-label-smoothed"
@@ -11,7 +12,8 @@ STRUCTURE_NOT_TRANSFERRED = "structure-not-transferred"
 KD_NO_GAIN = "kd-no-gain"  # KD did not beat the baseline and no cause rule explains it
 
 FINDING_IDS = (HEALTHY, TEACHER_OVERCONFIDENT, TEACHER_LABEL_SMOOTHED, TEMPERATURE_MISMATCH, CAPACITY_GAP,
-               TEACHER_WEAK, TEACHER_WRONG_ON_TRANSFER, CLASS_ORDER_MISMATCH, STRUCTURE_NOT_TRANSFERRED, KD_NO_GAIN)
+               TEACHER_WEAK, TEACHER_WRONG_ON_TRANSFER, CLASS_ORDER_MISMATCH, STRUCTURE_NOT_TRANSFERRED, KD_NO_GAIN,
+               DATA_PIPELINE_SUSPECT)
 
 # The verdict of a diagnosis (Diagnosis.verdict)
 PROBLEMS = "problems"  # at least one finding names a problem (kd-no-gain included)

@@ -131,6 +131,48 @@ def class_order_mismatch(m: Measurements, context: Context) -> Decision:
 
 
 @dataclass(frozen=True)
+class DataPipelineFacts:
+    teacher_eval: Measured
+    teacher_transfer: Measured | None  # when the teacher does far better there
+    student_eval: Measured | None
+    student_transfer: Measured | None
+    near_chance: bool
+
+
+def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
+    """The teacher is near chance on the eval set, or far worse there than on the transfer set while its
+    student is not: the eval inputs, not the models, are the first suspect."""
+    teacher_eval = first(m.outcome, lambda o: o.teacher_accuracy, (EVAL,))
+    if lack := missing(teacher_eval):
+        return lack
+    teacher_transfer = first(m.outcome, lambda o: o.teacher_accuracy, (TRANSFER,))
+    student_eval = first(m.outcome, lambda o: o.student_accuracy, (EVAL,))
+    student_transfer = first(m.outcome, lambda o: o.student_accuracy, (TRANSFER,))
+    found, grades = [], []
+    near_chance = context.normalized(teacher_eval.value) < th.NEAR_CHANCE_NORMALIZED_ACCURACY
+    if near_chance:
+        found.append(evidence(teacher_eval, rounded(context.accuracy_at(th.NEAR_CHANCE_NORMALIZED_ACCURACY)), "<"))
+        grades.append(grade(context.normalized(teacher_eval.value), th.NEAR_CHANCE_NORMALIZED_ACCURACY,
+                            th.NEAR_CHANCE_NORMALIZED_ACCURACY_FULL))
+    gap_found = False
+    if teacher_transfer.ok and student_eval.ok and student_transfer.ok:
+        gap = teacher_transfer.value - teacher_eval.value
+        student_gap = student_transfer.value - student_eval.value
+        if gap >= th.DATA_GAP_MIN and student_gap <= th.DATA_GAP_STUDENT_SHARE_MAX * gap:
+            gap_found = True
+            found += [evidence(teacher_eval, rounded(teacher_transfer.value - th.DATA_GAP_MIN), "<="),
+                      evidence(student_eval, rounded(student_transfer.value - th.DATA_GAP_STUDENT_SHARE_MAX * gap),
+                               ">=")]
+            grades.append(grade(gap, th.DATA_GAP_MIN, th.DATA_GAP_FULL))
+    if not found:
+        return Clear()
+    return Fired(tuple(found), severity(max(grades), ()),
+                 DataPipelineFacts(teacher_eval, teacher_transfer if gap_found else None,
+                                   student_eval if gap_found else None, student_transfer if gap_found else None,
+                                   near_chance))
+
+
+@dataclass(frozen=True)
 class TeacherWeakFacts:
     teacher: Measured
     compared: Measured | None  # the baseline, else the student, when the teacher is not clearly better

@@ -30,6 +30,9 @@ TEACHER_WEAK_MARGIN_FULL = -0.05  # teacher 5 points below the best other model
 # quarter of the reference model's errors is then enough to count as clearly better.
 TEACHER_WEAK_ERROR_SHARE = 0.25
 # Normalized accuracy κ = (accuracy − 1/C)/(1 − 1/C): 0 at chance, 1 when perfect.
+DATA_GAP_MIN = 0.3  # the teacher's transfer-set accuracy minus its eval accuracy at least this …
+DATA_GAP_STUDENT_SHARE_MAX = 0.5  # … while the student's own gap is at most this share of it: the eval inputs
+DATA_GAP_FULL = 0.6  # fail the teacher only (a pipeline difference), not a general lack of generalization
 NEAR_CHANCE_NORMALIZED_ACCURACY = 0.2  # below: a near-chance teacher (Yuan's 1-epoch De-KD teacher)
 NEAR_CHANCE_NORMALIZED_ACCURACY_FULL = 0.0
 

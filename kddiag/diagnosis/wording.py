@@ -50,6 +50,28 @@ def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
         f"of the output heads): {mapping}. Then run kddiag again.")
 
 
+def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
+    t = f.teacher_eval
+    sentences = []
+    if f.near_chance:
+        sentences.append(f"The teacher is right on only {t.value:.1%} of the eval set, near chance "
+                         f"({context.chance:.1%} for {context.n_classes} classes).")
+    if f.teacher_transfer is not None:
+        sentences.append(f"It is right on {f.teacher_transfer.value:.1%} of the transfer set but only {t.value:.1%} "
+                         f"of the eval set, while its student keeps most of its accuracy "
+                         f"({f.student_transfer.value:.1%} → {f.student_eval.value:.1%}).")
+    return Wording(
+        "The teacher fails on the inputs it was given: check the data pipeline first",
+        " ".join(sentences) + " A teacher that works where it was trained and fails here usually sees inputs "
+        "prepared differently from its training (normalization, image size, channel order, class order, "
+        "tokenizer) or a data set other than the one intended; every other finding compares the models on "
+        "these inputs and is only as good as they are.",
+        "Check that the data is prepared the way the teacher was trained (the inputs' range and mean are in "
+        "report.json under inputs.files; give --normalize/--resize/--layout for images), that the labels use "
+        "the teacher's class order, and that --data is the intended set. If the inputs are right, the teacher "
+        "itself is weak on this data: see teacher-weak.")
+
+
 def word_teacher_weak(f: r.TeacherWeakFacts, context: Context) -> Wording:
     t = f.teacher
     sentences = []

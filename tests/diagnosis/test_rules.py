@@ -45,6 +45,10 @@ CASES = {
                              ("instance", "teacher_error_rate", TRANSFER): 0.87,
                              ("domain", "teacher_dark_knowledge_content", TRANSFER): 0.03,
                              ("domain", "teacher_nontarget_logit_spread", TRANSFER): 0.1}, (), SETTINGS),
+    "eval-inputs-broken": ({("outcome", "teacher_accuracy", EVAL): 0.45,
+                            ("outcome", "teacher_accuracy", TRANSFER): 0.98,
+                            ("outcome", "student_accuracy", EVAL): 0.80,
+                            ("outcome", "student_accuracy", TRANSFER): 0.86}, (), SETTINGS),
     "label-smoothed": ({("domain", "teacher_dark_knowledge_content", TRANSFER): 0.07,
                         ("domain", "teacher_nontarget_logit_spread", TRANSFER): 0.13}, (), SETTINGS),
     "plain-teacher-too-high-tau": ({("universe", "effective_smoothing", TRANSFER): 0.88,
@@ -90,6 +94,7 @@ EXPECTED = {
     "class-order": "class-order-mismatch",
     "teacher-weak": "teacher-weak",
     "near-chance-teacher": "teacher-weak",
+    "eval-inputs-broken": "data-pipeline-suspect",
     "label-smoothed": "teacher-label-smoothed",
     "plain-teacher-too-high-tau": "temperature-mismatch",
     "tau-too-low": "temperature-mismatch",
@@ -113,6 +118,24 @@ def run_case(name: str):
 def test_every_rule_has_a_case():
     assert set(EXPECTED.values()) == RULE_IDS
     assert len(RULES) == len(RULE_IDS)
+
+
+def test_inputs_that_fail_the_teacher_come_before_model_findings():
+    """Near chance on eval, or far worse on eval than on transfer while the student is not: the data
+    pipeline is named first, above every model-level finding (here teacher-weak)."""
+    for case in ("near-chance-teacher", "eval-inputs-broken"):
+        _, diagnosis = run_case(case)
+        assert diagnosis.findings[0].id == "data-pipeline-suspect", case
+    _, diagnosis = run_case("near-chance-teacher")
+    assert "teacher-weak" in ids(diagnosis)  # still said: if the inputs are right, the teacher is weak
+    found = finding(run_case("eval-inputs-broken")[1], "data-pipeline-suspect")
+    assert "98.0% of the transfer set but only 45.0%" in found.explanation
+
+
+def test_a_teacher_that_generalizes_like_its_student_is_not_a_pipeline_suspect():
+    measurements = build({("outcome", "teacher_accuracy", EVAL): 0.62, ("outcome", "teacher_accuracy", TRANSFER): 1.0,
+                          ("outcome", "student_accuracy", EVAL): 0.55, ("outcome", "student_accuracy", TRANSFER): 0.95})
+    assert "data-pipeline-suspect" not in ids(run(measurements))  # both over-fit: no pipeline difference
 
 
 def test_healthy_run_gives_only_healthy_with_the_checked_numbers():
@@ -199,7 +222,7 @@ def test_teacher_weak_compares_with_the_baseline_and_grades():
 
 def test_near_chance_teacher_is_weak_not_label_smoothed():
     _, diagnosis = run_case("near-chance-teacher")
-    assert ids(diagnosis)[0] == "teacher-weak"
+    assert ids(diagnosis)[:2] == ["data-pipeline-suspect", "teacher-weak"]  # the inputs first, then the teacher
     assert finding(diagnosis, "teacher-weak").severity == pytest.approx(0.9)
     assert "teacher-label-smoothed" not in ids(diagnosis)
     assert "structure-not-transferred" not in ids(diagnosis)
