@@ -81,9 +81,6 @@ class Moments:
         k = self.names.index(name)
         return float(np.sqrt(max(self._total_sq.value()[k] / self.count[k] - mean * mean, 0.0)))
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.names
-
 
 @dataclass(frozen=True)
 class SetSummary:

@@ -128,14 +128,14 @@ class Workspace:
     """
 
     def __init__(self, rows: int, cols: int) -> None:
-        self.shape = self._shape = (rows, cols)
+        self.shape = (rows, cols)
         self._arrays: dict[tuple[str, np.dtype], np.ndarray] = {}
 
     def array(self, name: str, n_rows: int, dtype=np.float64) -> np.ndarray:
         """The first ``n_rows`` rows of the scratch array ``name``."""
         key = (name, np.dtype(dtype))
         if key not in self._arrays:
-            self._arrays[key] = np.empty(self._shape, dtype=dtype)
+            self._arrays[key] = np.empty(self.shape, dtype=dtype)
         return self._arrays[key][:n_rows]
 
 
@@ -242,20 +242,18 @@ def _concat(parts: list[dict], key: str, unsort: np.ndarray | None = None) -> np
 class CompensatedSum:
     """Float64 sums kept as value + error term (Knuth's TwoSum), so the total hardly depends on the order
     in which parts are added: batches and shards merged in any grouping give the same rounded value
-    (to about n·ε² of the sum). ``value()`` is the sum; ``add`` takes parts at ``index`` (None: all)."""
+    (to about n·ε² of the sum). ``value()`` is the sum."""
 
     def __init__(self, shape) -> None:
         self.high = np.zeros(shape)
         self.low = np.zeros(shape)
 
-    def add(self, values, index=None) -> None:
-        """Add ``values`` at ``index`` (a basic or unique fancy index of the flat or full array)."""
-        where = slice(None) if index is None else index
-        high = self.high[where]
-        total = high + values
-        back = total - high
-        self.low[where] += (high - (total - back)) + (values - back)
-        self.high[where] = total
+    def add(self, values) -> None:
+        """Add ``values`` (an array of the sums' shape)."""
+        total = self.high + values
+        back = total - self.high
+        self.low += (self.high - (total - back)) + (values - back)
+        self.high = total
 
     def merge(self, other: "CompensatedSum") -> None:
         self.add(other.high)
