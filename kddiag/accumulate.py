@@ -226,7 +226,8 @@ class SetAccumulator:
         for role, stats in one.items():
             self.calibration[role].add(universe.calibration_bins(stats, y))
         self.target_histogram += universe.target_confidence_histogram_of(teacher_t).counts
-        self._add_confusion(one["teacher"].prediction, one["student"].prediction)
+        if "student" in one:
+            self._add_confusion(one["teacher"].prediction, one["student"].prediction)
         index = start + np.arange(y.size)
         self._add_hardest(one["teacher"].target_log_prob, y, one["teacher"].prediction, index)
         self.examples.add(index, {name: columns[name] for name in RESERVOIR_COLUMNS if name in columns})
@@ -273,17 +274,18 @@ class SetAccumulator:
         )
 
     def _softmax(self, y: np.ndarray, logits: dict[str, np.ndarray]
-                 ) -> tuple[dict[str, SoftmaxStats], SoftmaxStats, SoftmaxStats]:
-        """Each model at τ = 1 (class sums added), teacher and student at τ, teacher with cross terms."""
-        one = {"student": softmax_stats(logits["student"], y, class_sums=self.class_sums["student"],
-                                        logit_spread=True)}
-        one["teacher"] = softmax_stats(logits["teacher"], y, versus=(logits["student"], one["student"]),
-                                       class_sums=self.class_sums["teacher"], logit_spread=True)
-        if "baseline" in logits:
-            one["baseline"] = softmax_stats(logits["baseline"], y, class_sums=self.class_sums["baseline"],
-                                            logit_spread=True)
+                 ) -> tuple[dict[str, SoftmaxStats], SoftmaxStats, SoftmaxStats | None]:
+        """Each model at τ = 1 (class sums added), teacher and student at τ, the teacher with cross terms
+        against the student (no student: the teacher's alone, student at τ None)."""
+        one = {role: softmax_stats(logits[role], y, class_sums=self.class_sums[role], logit_spread=True)
+               for role in ("student", "baseline") if role in logits}
+        versus = (logits["student"], one["student"]) if "student" in logits else None
+        one["teacher"] = softmax_stats(logits["teacher"], y, versus=versus, class_sums=self.class_sums["teacher"],
+                                       logit_spread=True)
         if self.temperature == 1.0:
-            return one, one["teacher"], one["student"]
+            return one, one["teacher"], one.get("student")
+        if versus is None:
+            return one, softmax_stats(logits["teacher"], y, temperature=self.temperature), None
         student_t = softmax_stats(logits["student"], y, temperature=self.temperature)
         teacher_t = softmax_stats(logits["teacher"], y, temperature=self.temperature,
                                   versus=(logits["student"], student_t))
@@ -355,9 +357,10 @@ RESERVOIR_COLUMNS = (
 
 
 def example_columns(y: np.ndarray, one: dict[str, SoftmaxStats], teacher_t: SoftmaxStats,
-                    student_t: SoftmaxStats, *, alpha: float) -> dict[str, np.ndarray]:
+                    student_t: SoftmaxStats | None, *, alpha: float) -> dict[str, np.ndarray]:
     """Every per-example quantity the measurements average or sample, named as in MOMENT_COLUMNS and
-    RESERVOIR_COLUMNS (the baseline's only with a baseline; dark knowledge only with C ≥ 3)."""
+    RESERVOIR_COLUMNS (a model's only with that model, comparisons with the student only with a student;
+    dark knowledge only with C ≥ 3)."""
     columns: dict[str, np.ndarray] = {"labels": y}
     for role, stats in one.items():
         correct = (stats.prediction == y).astype(np.float64)
@@ -370,23 +373,26 @@ def example_columns(y: np.ndarray, one: dict[str, SoftmaxStats], teacher_t: Soft
         dark = domain.dark_knowledge_per_example(stats)
         if dark is not None:
             columns[f"{role}.dark_knowledge"] = dark
-    agree = (one["teacher"].prediction == one["student"].prediction).astype(np.float64)
-    columns.update(agree=agree, agree_where_teacher_correct=agree * columns["teacher.correct"],
-                   kl=one["teacher"].kl_divergence(), kl_t=teacher_t.kl_divergence(),
-                   smoothing_t=teacher_t.nontarget_mass,
+    columns.update(smoothing_t=teacher_t.nontarget_mass,
                    saturated_t=(teacher_t.target_log_prob > np.log(universe.SATURATION)).astype(np.float64),
                    entropy_t=teacher_t.entropy, target_prob_t=teacher_t.target_prob,
                    **{"teacher.nontarget_log_mass": one["teacher"].nontarget_log_mass})
     if "baseline" in one:
-        columns["gain"] = columns["student.correct"] - columns["baseline.correct"]
         columns["baseline_agree"] = (one["teacher"].prediction == one["baseline"].prediction).astype(np.float64)
     dark_t = domain.dark_knowledge_per_example(teacher_t)
     if dark_t is not None:
         columns["dark_knowledge_t"] = dark_t
-    w = instance.rescaling_weights_of(teacher_t, student_t, one["student"], alpha=alpha)
     untrained = instance.untrained_rescaling_weights_of(teacher_t, alpha=alpha)
+    columns.update(w_untrained=untrained, w_untrained_low=(untrained < instance.LOW_WEIGHT).astype(np.float64),
+                   nckd_weight=teacher_t.nontarget_mass)
+    if student_t is None:
+        return columns
+    agree = (one["teacher"].prediction == one["student"].prediction).astype(np.float64)
+    w = instance.rescaling_weights_of(teacher_t, student_t, one["student"], alpha=alpha)
     decoupled = instance.decoupled_kd_of(teacher_t, student_t)
-    columns.update(w=w, w_low=(w < instance.LOW_WEIGHT).astype(np.float64), w_untrained=untrained,
-                   w_untrained_low=(untrained < instance.LOW_WEIGHT).astype(np.float64),
-                   tckd=decoupled.tckd, nckd=decoupled.nckd, nckd_weight=decoupled.nckd_weight)
+    columns.update(agree=agree, agree_where_teacher_correct=agree * columns["teacher.correct"],
+                   kl=one["teacher"].kl_divergence(), kl_t=teacher_t.kl_divergence(),
+                   w=w, w_low=(w < instance.LOW_WEIGHT).astype(np.float64), tckd=decoupled.tckd, nckd=decoupled.nckd)
+    if "baseline" in one:
+        columns["gain"] = columns["student.correct"] - columns["baseline.correct"]
     return columns

@@ -149,7 +149,7 @@ def output_options(*, default_out: str | None = None):
 
 @main.command()
 @click.argument("teacher")
-@click.argument("student")
+@click.argument("student", required=False)
 @click.option("--data", help="Held-out eval set: .pt/.npz file with x, y; an image folder (one sub-folder per class, "
                              "sorted names = class order); a JSON data spec {\"path\": ..., \"normalize\": {\"mean\": "
                              "[...], \"std\": [...]}, \"resize\": [H, W], \"layout\": ...}; or a built-in name "
@@ -192,7 +192,11 @@ def output_options(*, default_out: str | None = None):
               help="Show progress on stderr (default: when stderr is a terminal).")
 @output_options()
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, arrays, fail_on, **options):
-    """Inspect a TEACHER / STUDENT pair and say why distillation helped or not."""
+    """Inspect a TEACHER / STUDENT pair and say why distillation helped or not.
+
+    With the TEACHER alone: a check before distilling (is it calibrated, are its targets on the transfer
+    set informative at τ and for which τ, does it hold class structure; with --baseline, is it better
+    than the small model trained on labels alone)."""
     from kddiag.pipeline import inspect as run_inspect
     from kddiag.types import ImageOptions, InspectOptions
 

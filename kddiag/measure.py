@@ -25,6 +25,7 @@ from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, SetOutputs
 
 
 NO_BASELINE = "no baseline given"
+NO_STUDENT = "no student given (a teacher-only check)"
 NO_WEIGHTS_LOGITS_MODE = "logits mode: no logit-layer weights"
 NO_WEIGHTS = "no logit-layer weights found"
 NO_FEATURES = "no penultimate features found"
@@ -93,6 +94,11 @@ def _not_enough(data: SetSummary) -> str:
             f"(measurements need at least {MIN_EXAMPLES} and one per class)")
 
 
+def _absent(role: str) -> str:
+    """Why a model's values are missing: it was not given."""
+    return NO_STUDENT if role == "student" else NO_BASELINE
+
+
 def _mean_ci(data: SetSummary, name: str) -> Measured:
     """The exact mean of a per-example quantity with its bootstrap interval (from the reservoir)."""
     mean = data.mean(name)
@@ -102,26 +108,25 @@ def _mean_ci(data: SetSummary, name: str) -> Measured:
 # ---------------------------------------------------------------- level 0
 
 def _outcome(data: SetSummary) -> OutcomeOnSet:
-    accuracy = {role: _mean_ci(data, f"{role}.correct") if role in data.roles else unavailable(NO_BASELINE)
+    accuracy = {role: _mean_ci(data, f"{role}.correct") if role in data.roles else unavailable(_absent(role))
                 for role in ROLES}
+    baseline_agreement = (measured(data.mean("baseline_agree")) if "baseline" in data.roles
+                          else unavailable(NO_BASELINE))
+    shared = dict(teacher_accuracy=accuracy["teacher"], student_accuracy=accuracy["student"],
+                  baseline_accuracy=accuracy["baseline"], baseline_agreement=baseline_agreement)
+    if "student" not in data.roles:
+        return OutcomeOnSet.unmeasured(NO_STUDENT, dataset=data.name, **shared)
     teacher_right = data.moments.sum("teacher.correct")
-    if "baseline" in data.roles:
-        baseline_agreement, kd_gain = measured(data.mean("baseline_agree")), _mean_ci(data, "gain")
-    else:
-        baseline_agreement = kd_gain = unavailable(NO_BASELINE)
     permuted, chance, permutation = _relabelling(data)
     return OutcomeOnSet(
-        data.name,
-        teacher_accuracy=accuracy["teacher"], student_accuracy=accuracy["student"],
-        baseline_accuracy=accuracy["baseline"],
+        data.name, **shared,
         agreement=_mean_ci(data, "agree"),
         agreement_where_teacher_correct=(
             measured(data.moments.sum("agree_where_teacher_correct") / teacher_right) if teacher_right > 0
             else unavailable("the teacher is right on no example")),
-        baseline_agreement=baseline_agreement,
         kl_teacher_student=_mean_ci(data, "kl"),
         kl_teacher_student_at_temperature=measured(data.mean("kl_t")),
-        kd_gain=kd_gain,
+        kd_gain=_mean_ci(data, "gain") if "baseline" in data.roles else unavailable(NO_BASELINE),
         permuted_agreement=permuted, permuted_agreement_chance=chance, class_permutation=permutation,
     )
 
@@ -188,7 +193,7 @@ def _universe(data: SetSummary) -> UniverseOnSet:
 
 def _calibration(data: SetSummary, role: str, kind: type[Calibration]) -> Calibration:
     if role not in data.roles:
-        return kind(**{item.name: unavailable(NO_BASELINE) for item in fields(kind)})
+        return kind(**{item.name: unavailable(_absent(role)) for item in fields(kind)})
     bins, examples, rows = data.calibration[role], data.examples, data.rows
     extra = {"reliability": measured(universe.reliability_of(bins))} if kind is ReliabilityCalibration else {}
     return kind(
@@ -211,7 +216,8 @@ def _domain(data: SetSummary, groups: np.ndarray | None) -> DomainOnSet:
     structure = {}
     for role in ROLES:
         if role not in data.roles:
-            structure[role] = ClassStructure(**{item.name: unavailable(NO_BASELINE) for item in fields(ClassStructure)})
+            structure[role] = ClassStructure(**{item.name: unavailable(_absent(role))
+                                                for item in fields(ClassStructure)})
             continue
         spread = data.examples[f"{role}.logit_spread"]
         spread = spread[np.isfinite(spread)]
@@ -223,11 +229,11 @@ def _domain(data: SetSummary, groups: np.ndarray | None) -> DomainOnSet:
             output_similarity=measured(similarity[role]),
             group_recovery=_group_recovery(similarity[role], kept_groups),
         )
-    score, baseline_score = _transfer_scores(similarity, NO_BASELINE)
+    score, baseline_score = _transfer_scores(similarity, {role: _absent(role) for role in ROLES})
     cka = {}
     for other in ("student", "baseline"):
         if other not in data.roles:
-            cka[other] = unavailable(NO_BASELINE)
+            cka[other] = unavailable(_absent(other))
         elif not {"teacher", other} <= data.feature_roles:
             cka[other] = unavailable(NO_FEATURES)
         else:
@@ -282,7 +288,7 @@ def _weights(sets: list[SetSummary], groups: np.ndarray | None) -> DomainOnWeigh
         holding = [s for s in sets if role in s.roles]
         found = [s.weights[role] for s in holding if role in s.weights]
         if not holding:
-            why[role] = NO_BASELINE
+            why[role] = _absent(role)
         elif not found:
             logits_mode = all(role not in s.feature_roles for s in holding)
             why[role] = NO_WEIGHTS_LOGITS_MODE if logits_mode else NO_WEIGHTS
@@ -305,32 +311,35 @@ def _weights(sets: list[SetSummary], groups: np.ndarray | None) -> DomainOnWeigh
 
 def _instance(data: SetSummary) -> InstanceOnSet:
     examples = data.examples
-    mean_w, std_w = data.mean("w"), data.moments.std("w")
     mean_untrained, std_untrained = data.mean("w_untrained"), data.moments.std("w_untrained")
     difficulty, source = _difficulty(data)
-    student_wrong = examples["student.correct"] == 0
-    teacher_error = 1.0 - data.mean("teacher.correct")
-    return InstanceOnSet(
-        data.name,
-        rescaling_weight_mean=measured(mean_w, why_none=W_OVERFLOW),
-        rescaling_weight_cv=measured(_cv(mean_w, std_w), why_none=W_OVERFLOW if mean_w is None else W_ZERO_MEAN),
-        rescaling_weight_low_share=measured(data.mean("w_low")),
+    teacher_side = dict(
         untrained_rescaling_weight_cv=measured(_cv(mean_untrained, std_untrained), why_none=W_ZERO_MEAN),
         untrained_rescaling_weight_low_share=measured(data.mean("w_untrained_low")),
         rescaling_difficulty_correlation=measured(
             instance.rescaling_difficulty_correlation_of(examples["w_untrained"], difficulty),
             why_none=CONSTANT_DIFFICULTY),
         difficulty_source=measured(source),
+        nckd_weight=measured(data.mean("nckd_weight")),
+        teacher_error_rate=measured(1.0 - data.mean("teacher.correct")),
+        hardest_examples=measured(data.hardest),
+        examples=PerExample(teacher_target_confidence=examples["target_prob_t"], rescaling_weight=examples.get("w"),
+                            untrained_rescaling_weight=examples["w_untrained"], difficulty=difficulty),
+    )
+    if "student" not in data.roles:
+        return InstanceOnSet.unmeasured(NO_STUDENT, dataset=data.name, **teacher_side)
+    mean_w, std_w = data.mean("w"), data.moments.std("w")
+    student_wrong = examples["student.correct"] == 0
+    return InstanceOnSet(
+        data.name, **teacher_side,
+        rescaling_weight_mean=measured(mean_w, why_none=W_OVERFLOW),
+        rescaling_weight_cv=measured(_cv(mean_w, std_w), why_none=W_OVERFLOW if mean_w is None else W_ZERO_MEAN),
+        rescaling_weight_low_share=measured(data.mean("w_low")),
         confidence_error_auroc=measured(
             instance.confidence_error_auroc_of(examples["teacher.nontarget_log_mass"], student_wrong),
             why_none=STUDENT_ALWAYS_WRONG if data.mean("student.correct") == 0 else STUDENT_NEVER_WRONG),
         tckd=measured(data.mean("tckd")),
         nckd=measured(data.mean("nckd")),
-        nckd_weight=measured(data.mean("nckd_weight")),
-        teacher_error_rate=measured(teacher_error),
-        hardest_examples=measured(data.hardest),
-        examples=PerExample(teacher_target_confidence=examples["target_prob_t"], rescaling_weight=examples["w"],
-                            untrained_rescaling_weight=examples["w_untrained"], difficulty=difficulty),
     )
 
 

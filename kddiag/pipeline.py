@@ -14,14 +14,16 @@ from kddiag.types import (
 )
 
 
-def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any = None,
+def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_data: Any = None,
             baseline: Any = None, options: InspectOptions = InspectOptions()) -> Report | None:
     """Measure what ``teacher`` passed to ``student`` and diagnose why distillation fell short.
 
     Under ``torchrun`` every rank collects its shard of the data and rank 0 gets the report; the other
     ranks get None (:mod:`kddiag.distributed`).
 
-    ``teacher``, ``student``, ``baseline``: a checkpoint path, an ``nn.Module`` or a ``LoadedModel``;
+    ``teacher``, ``student``, ``baseline``: a checkpoint path, an ``nn.Module`` or a ``LoadedModel``.
+    Without a student it is a teacher-only check before distilling: the teacher's levels 1-2, the
+    temperature what-if, and against a baseline whether the teacher is worth distilling at all;
     a state dict is built with ``options.teacher_arch``/``student_arch``/``baseline_arch`` (the
     baseline's defaults to the student's), e.g. ``'pkg.models:Net(28, hidden=64)'``.
     ``data`` (held-out eval set) and ``transfer_data`` (the set the student was distilled on): a file
@@ -38,14 +40,13 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
 
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
-    models = {
-        "teacher": _as_model(teacher, "teacher", options.teacher_arch, options),
-        "student": _as_model(student, "student", options.student_arch, options),
-    }
+    models = {"teacher": _as_model(teacher, "teacher", options.teacher_arch, options)}
+    if student is not None:
+        models["student"] = _as_model(student, "student", options.student_arch, options)
     if baseline is not None:  # a baseline is the student trained without KD: the student's arch by default
         arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
         models["baseline"] = _as_model(baseline, "baseline", arch, options)
-    settings = _settings(options, models["student"], models["teacher"])  # before the forward passes
+    settings = _settings(options, *(models[role] for role in ("student", "teacher") if role in models))
     datasets = {name: _as_dataset(source, role, options.images)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
@@ -59,7 +60,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
         summaries = []
         for name, dataset in datasets.items():
             shard = collect_summary(
-                dataset, teacher=models["teacher"], student=models["student"], baseline=models.get("baseline"),
+                dataset, teacher=models["teacher"], student=models.get("student"), baseline=models.get("baseline"),
                 set_name=name, temperature=settings.temperature.value, alpha=settings.alpha.value,
                 rows=ranks.shard(len(dataset.labels)), batch_size=options.batch_size,
                 device=ranks.device or options.device, feature_layer=options.feature_layer,
@@ -72,7 +73,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     n_classes = _n_classes(summaries, datasets)
     class_info = _class_info(given_classes, options.classes, datasets, n_classes)
     measurements = measure(summaries, settings=settings, class_info=class_info)
-    diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes)
+    diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes, teacher_only="student" not in models)
     inputs = tuple(
         [InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes) for role, m in models.items()]
         + [InputInfo(name, ds.name, ds.format or _dataset_format(ds.name), n_samples=len(ds.labels),
@@ -82,7 +83,7 @@ def inspect(teacher: Any, student: Any, *, data: Any = None, transfer_data: Any 
     )
     return Report(inputs=inputs, settings=settings, class_info=class_info, measurements=measurements,
                   diagnosis=diagnosis, n_classes=n_classes, coverage=tuple(s.coverage() for s in summaries),
-                  example_inputs=_listed_inputs(measurements, datasets))
+                  example_inputs=_listed_inputs(measurements, datasets), models=tuple(models))
 
 
 def _listed_inputs(measurements, datasets: dict[str, Dataset]) -> dict[str, dict[int, Any]]:

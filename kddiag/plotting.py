@@ -233,9 +233,10 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
     import seaborn as sns
 
     measurements, class_info, _ = _unpack(report)
+    models = report.columns if isinstance(report, Report) else MODELS  # a teacher-only check: no student panel
     rows = _similarity_rows(measurements)
-    fig = _new_figure(fig, figsize=(4.6 * len(MODELS) + 0.8, 4.4 * len(rows)))
-    grid = fig.add_gridspec(len(rows), len(MODELS) + 1, width_ratios=[1.0] * len(MODELS) + [0.05])
+    fig = _new_figure(fig, figsize=(4.6 * len(models) + 0.8, 4.4 * len(rows)))
+    grid = fig.add_gridspec(len(rows), len(models) + 1, width_ratios=[1.0] * len(models) + [0.05])
 
     order, n_classes = _shared_class_order(rows)
     n_shown = len(order)
@@ -253,8 +254,8 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
         signed = similarity.signed
         cbar_ax = fig.add_subplot(grid[row, -1]) if present else None
         row_title = similarity.title
-        row_axes = [fig.add_subplot(grid[row, col]) for col in range(len(MODELS))]
-        for ax, model in zip(row_axes, MODELS):
+        row_axes = [fig.add_subplot(grid[row, col]) for col in range(len(models))]
+        for ax, model in zip(row_axes, models):
             ax.set_title(model, fontsize=10, color=MODEL_COLORS[model], pad=16 if grouped else 6)
             if model not in present:
                 default = f"no {model} {similarity.kind} measured"
@@ -397,12 +398,13 @@ def plot_student_rescaling_vs_difficulty(report: Report | Measurements, *, datas
 def plot_instance_rescaling(report: Report | Measurements, *, dataset: str | None = None, fig=None):
     """Level-3 figure: :func:`plot_rescaling_vs_difficulty` (the teacher's effect, large) above
     :func:`plot_student_rescaling_vs_difficulty` (the trained student, clipped), on one x axis.
-    The student panel is left out when the set has no per-example values at all."""
+    The student panel is left out when the set has no per-example values at all, or no student."""
     measurements, _, _ = _unpack(report)
     dataset = _rescaling_set(measurements, dataset)
-    fig = _new_figure(fig, figsize=(6.0, 7.4))
     record = measurements.instance.on(dataset)
-    if record is None or record.examples is None:
+    alone = record is None or record.examples is None or record.examples.rescaling_weight is None
+    fig = _new_figure(fig, figsize=(6.0, 4.8 if alone else 7.4))
+    if alone:
         plot_rescaling_vs_difficulty(report, dataset=dataset, ax=fig.add_subplot())
         fig.tight_layout()
         return fig
@@ -437,7 +439,7 @@ class _RescalingPoints:
     @classmethod
     def build(cls, record: InstanceOnSet | None, weight: Callable[[PerExample], np.ndarray], max_points: int):
         """The points of ``record``'s per-example ``weight`` vs difficulty; None when there are none."""
-        if record is None or record.examples is None:
+        if record is None or record.examples is None or weight(record.examples) is None:
             return None
         difficulty = np.asarray(record.examples.difficulty, dtype=float)
         weights = np.asarray(weight(record.examples), dtype=float)

@@ -344,7 +344,7 @@ class PerExample:
     """Per-example values the plots draw (not in report.json); each (n_samples,)."""
 
     teacher_target_confidence: np.ndarray  # p_y at τ
-    rescaling_weight: np.ndarray  # w of the trained student (may overflow to ±inf)
+    rescaling_weight: np.ndarray | None  # w of the trained student (may overflow to ±inf); None: no student
     untrained_rescaling_weight: np.ndarray  # w of an untrained student: the teacher's effect alone
     difficulty: np.ndarray  # NaN outside the k-NN subsample
 

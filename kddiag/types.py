@@ -230,7 +230,7 @@ class SetOutputs:
     dataset: str  # EVAL or TRANSFER
     labels: np.ndarray  # (n_samples,)
     teacher: ModelOutputs
-    student: ModelOutputs
+    student: ModelOutputs | None  # None: a teacher-only check
     baseline: ModelOutputs | None = None
     source: str | None = None  # the data set's file or built-in name: named in errors
 
@@ -275,9 +275,9 @@ class Batch:
     """Every model's outputs on consecutive examples ``start``, ``start + 1``, … of one data set: what
     collection hands the streaming statistics (:mod:`kddiag.accumulate`), checked batch by batch.
 
-    ``logits``: role -> real, finite (n, C), C ≥ 2, the same C for every role, teacher and student
-    present; kept in their own float dtype (float16, float32 or float64). ``features``: role ->
-    (n, D) floats, NaN rows where a model kept none. ``labels``: n class ids in [0, C).
+    ``logits``: role -> real, finite (n, C), C ≥ 2, the same C for every role, the teacher's present
+    (no student: a teacher-only check); kept in their own float dtype (float16, float32 or float64).
+    ``features``: role -> (n, D) floats, NaN rows where a model kept none. ``labels``: n class ids in [0, C).
     """
 
     start: int
@@ -293,8 +293,8 @@ class Batch:
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise KddiagError(f"labels must be 1-D integer class ids; got {labels.dtype} of shape {labels.shape}")
         object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
-        if not {"teacher", "student"} <= set(self.logits) <= set(ROLES):
-            raise KddiagError(f"a batch needs teacher and student logits (and optionally baseline); "
+        if not {"teacher"} <= set(self.logits) <= set(ROLES):
+            raise KddiagError(f"a batch needs teacher logits (and optionally student and baseline); "
                               f"got {sorted(self.logits)}")
         logits, n_classes = {}, None
         for role in ROLES:
@@ -429,7 +429,8 @@ class Diagnosis:
 
     ``verdict`` is one of ``kddiag.diagnosis.ids.VERDICTS``: 'problems' (a finding names a problem),
     'healthy' (KD beat the baseline and no failure case was found), 'gain-not-checked' (no failure
-    case found, but no baseline to tell whether KD helped) or 'none' (no rule could run).
+    case found, but no baseline to tell whether KD helped), 'teacher-ready' (a teacher-only check found
+    no problem with the teacher) or 'none' (no rule could run).
     """
 
     findings: tuple[Finding, ...]
@@ -518,6 +519,17 @@ class Report:
     coverage: tuple[Coverage, ...] = ()  # per data set, when measured from streaming statistics
     example_inputs: Mapping[str, Mapping[int, np.ndarray]] = field(default_factory=dict)  # set -> index -> the
     # inputs of the examples the report lists (the hardest ones), for thumbnails when they are images
+    models: tuple[str, ...] = ROLES  # the models inspected; without 'student' a teacher-only check
+
+    @property
+    def teacher_only(self) -> bool:
+        """Whether no student was given: a check of the teacher before distilling."""
+        return "student" not in self.models
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The models the report's tables show: all three, or teacher and baseline in a teacher-only check."""
+        return ("teacher", "baseline") if self.teacher_only else ROLES
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["collect_outputs", "collect_summary", "batches"]
 
 
-def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel,
+def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
                     baseline: LoadedModel | None = None, set_name: str, temperature: float, alpha: float,
                     rows: range | None = None, batch_size: int = 512, device: str | None = None,
                     feature_layer: str | None = None, progress: bool = False) -> SetAccumulator | None:
@@ -55,7 +55,7 @@ def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
     return accumulator
 
 
-def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel,
+def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
                     baseline: LoadedModel | None = None, set_name: str, batch_size: int = 512,
                     device: str | None = None, feature_layer: str | None = None,
                     progress: bool = False) -> SetOutputs:
@@ -95,11 +95,11 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
                      "feature_rows": None if kept.size == len(dataset.labels) else kept}
         outputs[role] = ModelOutputs(logits=np.concatenate(parts), weight=weight, role=role,
                                      source=None if model.format == "module" else model.source, **extra)
-    return SetOutputs(dataset=set_name, labels=dataset.labels, teacher=outputs["teacher"], student=outputs["student"],
+    return SetOutputs(dataset=set_name, labels=dataset.labels, teacher=outputs["teacher"], student=outputs.get("student"),
                       baseline=outputs.get("baseline"), source=dataset.name)
 
 
-def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel, baseline: LoadedModel | None,
+def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None, baseline: LoadedModel | None,
             set_name: str, rows: range | None = None, batch_size: int = 512, device: str | None = None,
             feature_layer: str | None = None, progress: bool = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
     """One :class:`~kddiag.types.Batch` of every model's outputs per ``batch_size`` examples of ``rows``

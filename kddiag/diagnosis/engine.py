@@ -27,19 +27,22 @@ class Rule:
     levels: tuple[str, ...]
     decide: Callable
     word: Callable
+    needs_student: bool = False  # compares teacher and student: skipped in a teacher-only check
 
 
 RULES: tuple[Rule, ...] = (
     Rule(ids.DATA_PIPELINE_SUSPECT, (OUTCOME,), r.data_pipeline_suspect, w.word_data_pipeline),
-    Rule(ids.CLASS_ORDER_MISMATCH, (OUTCOME,), r.class_order_mismatch, w.word_class_order),
+    Rule(ids.CLASS_ORDER_MISMATCH, (OUTCOME,), r.class_order_mismatch, w.word_class_order, needs_student=True),
     Rule(ids.TEACHER_WEAK, (OUTCOME,), r.teacher_weak, w.word_teacher_weak),
     Rule(ids.TEACHER_LABEL_SMOOTHED, (DOMAIN,), r.teacher_label_smoothed, w.word_label_smoothed),
     Rule(ids.TEACHER_OVERCONFIDENT, (UNIVERSE, INSTANCE), r.teacher_overconfident, w.word_overconfident),
     Rule(ids.TEMPERATURE_MISMATCH, (UNIVERSE, INSTANCE), r.temperature_mismatch, w.word_temperature),
     Rule(ids.TEACHER_WRONG_ON_TRANSFER, (INSTANCE,), r.teacher_wrong_on_transfer, w.word_wrong_on_transfer),
-    Rule(ids.CAPACITY_GAP, (OUTCOME, DOMAIN), r.capacity_gap, w.word_capacity_gap),
-    Rule(ids.STRUCTURE_NOT_TRANSFERRED, (DOMAIN,), r.structure_not_transferred, w.word_structure),
+    Rule(ids.CAPACITY_GAP, (OUTCOME, DOMAIN), r.capacity_gap, w.word_capacity_gap, needs_student=True),
+    Rule(ids.STRUCTURE_NOT_TRANSFERRED, (DOMAIN,), r.structure_not_transferred, w.word_structure,
+         needs_student=True),
 )
+NEEDS_STUDENT = "needs a student: this is a teacher-only check"
 
 #: Findings about the inputs come before those about the models, whatever their severity: every model-level
 #: reading is taken on those inputs.
@@ -51,7 +54,8 @@ SUPPRESSES: dict[str, tuple[str, ...]] = {
 }
 
 
-def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) -> Diagnosis:
+def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int,
+             teacher_only: bool = False) -> Diagnosis:
     """Run every rule, rank what fires, and judge the outcome first.
 
     Findings are sorted by severity (``RANKED_FIRST`` before the rest), ties by the order of ``RULES``;
@@ -61,10 +65,16 @@ def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) 
     When no cause fires: ``kd-no-gain`` if the KD student is no better than its baseline, else
     ``healthy`` (verdict 'healthy' with a baseline, 'gain-not-checked' without). When no rule could
     run at all there is no verdict: no findings, everything in ``not_checked``.
+
+    ``teacher_only`` (no student was given): the rules comparing teacher and student are not checked,
+    and when nothing fires the verdict is 'teacher-ready', with the τ range the what-if found informative.
     """
-    context = Context(settings, int(n_classes))
+    context = Context(settings, int(n_classes), teacher_only)
     findings, not_checked, ran = [], [], []
     for rule in RULES:
+        if teacher_only and rule.needs_student:
+            not_checked.append((rule.id, NEEDS_STUDENT))
+            continue
         decision = rule.decide(measurements, context)
         if isinstance(decision, NotChecked):
             not_checked.append((rule.id, decision.reason))
@@ -91,6 +101,12 @@ def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int) 
     if not ran:
         return Diagnosis((), tuple(not_checked), ids.NO_VERDICT)
     normal = _checked_numbers(measurements)
+    if teacher_only:
+        whatif = measurements.universe.temperature_whatif
+        band = whatif.value.informative_range if whatif.ok else None
+        words = w.word_teacher_ready(len(ran), len(RULES) - len(ran), band, context)
+        ready = Finding(ids.HEALTHY, (), 0.0, words.title, normal, words.explanation, words.advice)
+        return Diagnosis((ready,), tuple(not_checked), ids.TEACHER_READY)
     if gain.ok and gain.value <= KD_GAIN_MIN:
         return Diagnosis((_kd_no_gain(gain, normal, ran, context, measurements),), tuple(not_checked), ids.PROBLEMS)
     verdict = ids.HEALTHY if gain.ok else ids.GAIN_NOT_CHECKED

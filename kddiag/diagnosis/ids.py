@@ -18,5 +18,6 @@ FINDING_IDS = (HEALTHY, TEACHER_OVERCONFIDENT, TEACHER_LABEL_SMOOTHED, TEMPERATU
 # The verdict of a diagnosis (Diagnosis.verdict)
 PROBLEMS = "problems"  # at least one finding names a problem (kd-no-gain included)
 GAIN_NOT_CHECKED = "gain-not-checked"  # no failure case found; no baseline, so whether KD helped is unknown
+TEACHER_READY = "teacher-ready"  # a teacher-only check (no student) found no problem with the teacher
 NO_VERDICT = "none"  # no rule could run
-VERDICTS = (PROBLEMS, HEALTHY, GAIN_NOT_CHECKED, NO_VERDICT)
+VERDICTS = (PROBLEMS, HEALTHY, GAIN_NOT_CHECKED, TEACHER_READY, NO_VERDICT)

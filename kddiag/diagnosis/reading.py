@@ -18,10 +18,12 @@ EVAL_FIRST = (EVAL, TRANSFER)
 
 @dataclass(frozen=True)
 class Context:
-    """What a rule needs besides the measurements: the distillation settings and the class count."""
+    """What a rule needs besides the measurements: the distillation settings, the class count, and whether
+    this is a teacher-only check (no student: the settings are the planned ones)."""
 
     settings: Settings
     n_classes: int
+    teacher_only: bool = False
 
     @property
     def temperature(self) -> float:

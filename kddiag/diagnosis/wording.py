@@ -28,6 +28,9 @@ def points(difference: float) -> str:
 def _guessed_temperature(context: Context) -> str:
     if not context.settings.temperature.guessed:
         return ""
+    if context.teacher_only:
+        return (f" τ = {context.temperature:g} was guessed, not given: pass the τ you plan to distil with "
+                "(--temperature).")
     return (f" τ = {context.temperature:g} was guessed, not given: pass the value the student was "
             "distilled with (--temperature) before acting on this.")
 
@@ -264,6 +267,22 @@ def word_kd_no_gain(gain, significant: bool, normal, ran: list[str], band, conte
         f"lower α (now {context.alpha:g}) weighs the labels more; {tau}; longer distillation. What could "
         "not be checked is listed under not checked: give the missing inputs (transfer set, baseline) to "
         "check it.")
+
+
+def word_teacher_ready(ran: int, not_run: int, band, context: Context) -> Wording:
+    skipped = f"; {not_run} need a student or could not run (see not checked)" if not_run else ""
+    if band is None:
+        tau = f"at the planned τ = {context.temperature:g}"
+    else:
+        inside = band[0] <= context.temperature <= band[1]
+        tau = (f"at a τ inside the range where its targets are informative, {band[0]:g}–{band[1]:g} (the "
+               f"planned τ = {context.temperature:g} is {'inside' if inside else 'outside'} it)")
+    return Wording(
+        "No known problem with this teacher found (teacher-only check, no student given)",
+        f"None of the {ran} rules that apply to a teacher alone found a failure case{skipped}; the evidence "
+        "lists the main numbers they checked." + _guessed_temperature(context),
+        f"Distil {tau}. Then inspect the student with a baseline (a student of the same kind trained "
+        "without KD) to check that KD helped.")
 
 
 def word_healthy(gain, ran: int, not_run: int) -> Wording:

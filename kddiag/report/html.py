@@ -72,7 +72,7 @@ def _context(report: Report) -> dict:
     }
     levels = [{"id": section, "code": LEVEL_CODES[section], "title": LEVEL_TITLES[section],
                "intro": LEVEL_INTROS[section], "figures": level_figures[section],
-               "table": headline_table(measurements, section)} for section in SECTIONS]
+               "table": headline_table(measurements, section, report.columns)} for section in SECTIONS]
     return {
         "version": __version__,
         "n_classes": report.n_classes,
@@ -86,7 +86,8 @@ def _context(report: Report) -> dict:
         "hardest": _hardest_examples(report),
         "whatif_figure": _figure("Temperature what-if", plot_temperature_whatif, report, (13.0, 3.6)),
         "whatif_summary": _whatif_summary(report),
-        "fidelity": _fidelity_rows(report),
+        "fidelity": [] if report.teacher_only else _fidelity_rows(report),
+        "teacher_only": report.teacher_only,
         "classes": _class_summary(report),
         "coverage": [c.describe() for c in report.coverage],
         "metrics": [{"section": section, "name": name, "dataset": dataset,

@@ -37,6 +37,7 @@ def report_to_dict(report: Report) -> dict:
             "datasets": datasets,
             "settings": settings,
             "n_classes": report.n_classes,
+            "models": list(report.models),
             "class_names": list(info.names) if info.names else None,
             "class_groups": list(info.groups) if info.groups else None,
         },

@@ -112,15 +112,16 @@ class HeadlineTable:
     """One level's headline numbers: rows of (label, data set, teacher, student, baseline cells)."""
 
     section: str
-    rows: tuple[tuple[str, str, str, str, str], ...]
+    rows: tuple[tuple[str, ...], ...]  # (label, data set, one cell per column)
     notes: tuple[str, ...]  # the 'n/a' reasons and column notes, one line each
+    columns: tuple[str, ...] = MODELS
 
 
 def render_text(report: Report) -> str:
     """The terminal summary of ``report`` as plain text (≤ 100 columns), the verdict first."""
     lines = _verdict_lines(report)
     for section in SECTIONS:
-        lines += ["", *_table_lines(headline_table(report.measurements, section))]
+        lines += ["", *_table_lines(headline_table(report.measurements, section, report.columns))]
     lines += ["", *_settings_lines(report)]
     if report.diagnosis.not_checked:
         lines += ["", "Not checked"]
@@ -128,19 +129,20 @@ def render_text(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline_table(measurements: Measurements, section: str) -> HeadlineTable:
+def headline_table(measurements: Measurements, section: str, columns: tuple[str, ...] = MODELS) -> HeadlineTable:
     """The headline rows of one knowledge level, one per metric and data set it was measured on
-    (transfer first, then eval, then weights)."""
+    (transfer first, then eval, then weights), with a cell per model of ``columns``. Without a student
+    column (a teacher-only check) a row shows only when one of its cells has a value."""
     level = {item.LEVEL: item for item in measurements.levels()}[section]
     rows, reasons = [], {}
     for headline in HEADLINES[section]:
         for record in headline.records(level):
             found = {model: metric for model, metric in headline.cells(record).items()
-                     if metric.ok or metric.unavailable != NOT_MEASURED}  # left unmeasured: '—', as absent
-            if not found:
+                     if model in columns and (metric.ok or metric.unavailable != NOT_MEASURED)}  # unmeasured: '—'
+            if not found or ("student" not in columns and not any(m.ok for m in found.values())):
                 continue  # no row, as for a set not given
             cells = []
-            for model in MODELS:
+            for model in columns:
                 metric = found.get(model)
                 if metric is not None and metric.unavailable:
                     reasons.setdefault(metric.unavailable, []).append(metric.name.split(".", 1)[-1])
@@ -148,8 +150,8 @@ def headline_table(measurements: Measurements, section: str) -> HeadlineTable:
             rows.append((headline.label, next(iter(found.values())).dataset, *cells))
     notes = [f"n/a: {reason} ({_names(names)})" for reason, names in reasons.items()]
     if section in HEADLINE_NOTES and rows:
-        notes += HEADLINE_NOTES[section]
-    return HeadlineTable(section, tuple(rows), tuple(notes))
+        notes += HEADLINE_NOTES[section][:1 if "student" not in columns else None]
+    return HeadlineTable(section, tuple(rows), tuple(notes), columns)
 
 
 def format_number(value: Any) -> str:
@@ -240,11 +242,11 @@ def _table_lines(table: HeadlineTable) -> list[str]:
     rows, notes = list(table.rows), list(table.notes)
     label_width = max(30, *(len(row[0]) for row in rows))
     cell_width = max(10, *(len(cell) for row in rows for cell in row[2:]))
-    if 2 + label_width + 9 + 3 * (cell_width + 1) > WIDTH:  # too wide: values without their intervals
+    if 2 + label_width + 9 + len(table.columns) * (cell_width + 1) > WIDTH:  # too wide: values without intervals
         rows = [(*row[:2], *(cell.split(" [")[0] for cell in row[2:])) for row in rows]
         cell_width = max(10, *(len(cell) for row in rows for cell in row[2:]))
         notes.append("95% intervals: see report.json or the HTML report")
-    header = f"  {'metric':<{label_width}} {'set':<8}" + "".join(f" {m:>{cell_width}}" for m in MODELS)
+    header = f"  {'metric':<{label_width}} {'set':<8}" + "".join(f" {m:>{cell_width}}" for m in table.columns)
     lines = [title, _clip(header)]
     for label, dataset, *cells in rows:
         line = f"  {label:<{label_width}} {dataset:<8}" + "".join(f" {c:>{cell_width}}" for c in cells)
