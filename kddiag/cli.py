@@ -118,9 +118,14 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on, arrays: bool = F
     click.echo(render_json(report) if as_json else render_text(report))
     for path in written.values():
         click.echo(f"wrote {path}", err=as_json)
+    _gate(report.diagnosis.findings, fail_on)
+
+
+def _gate(findings, fail_on) -> None:
+    """--fail-on: exit with code 3 when a finding has at least that severity or that id."""
     if fail_on is None:
         return
-    gating = [f for f in report.diagnosis.findings
+    gating = [f for f in findings
               if f.id != HEALTHY and (f.id == fail_on if isinstance(fail_on, str) else f.severity >= fail_on)]
     if gating:
         click.echo(f"kddiag: --fail-on {fail_on}: " + ", ".join(f"{f.id} ({f.severity:.2f})" for f in gating),
@@ -128,10 +133,10 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on, arrays: bool = F
         sys.exit(EXIT_GATED)
 
 
-def output_options(*, default_out: str | None = None):
-    """--out, --json and --fail-on, shared by the commands that produce a report."""
+def output_options(*, default_out: str | None = None, arrays: bool = True):
+    """--out, --json, --arrays (with ``arrays``) and --fail-on, shared by the commands that produce a report."""
     def decorate(command):
-        for option in reversed((
+        options = [
             click.option("--out", default=default_out, show_default=default_out is not None,
                          callback=lambda ctx, param, value: _writable(value),
                          help="Directory for report.json and report.html (checked before any work)."),
@@ -141,55 +146,79 @@ def output_options(*, default_out: str | None = None):
                               "summarizes them beyond 100 classes)."),
             click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
                          help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
-        )):
+        ]
+        for option in reversed(options if arrays else options[:2] + options[3:]):
             command = option(command)
         return command
     return decorate
 
 
+def input_options(command):
+    """The options of the commands that load models and data: data sets, image preparation, baseline,
+    architectures, checkpoints, settings, classes, trust, running."""
+    for option in reversed((
+        click.option("--data", help="Held-out eval set: .pt/.npz file with x, y; an image folder (one sub-folder per "
+                                    "class, sorted names = class order); a JSON data spec {\"path\": ..., "
+                                    "\"normalize\": {\"mean\": [...], \"std\": [...]}, \"resize\": [H, W], "
+                                    "\"layout\": ...}; or a built-in name (digits, hierarchy)."),
+        click.option("--transfer-data", help="The set the student was distilled on (usually the training set); same "
+                                             "forms."),
+        click.option("--normalize", metavar="MEANS,STDS", callback=lambda ctx, param, v: _normalize(v),
+                     help="Normalize the images of both sets per channel, all means then all stds: 0.5,0.25 (1 "
+                          "channel) or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB); after uint8 pixels are scaled to "
+                          "[0, 1]. A data spec's own 'normalize' must agree."),
+        click.option("--resize", metavar="H,W", callback=lambda ctx, param, v: _resize(v),
+                     help="Resize the images of both sets to height H, width W (bilinear, antialiased; Pillow for "
+                          "image folders). Needed when a folder's images differ in size."),
+        click.option("--layout", type=click.Choice(IMAGE_LAYOUTS, case_sensitive=False), metavar="[NCHW|NHWC]",
+                     help="Axis order of 4-D image arrays in .pt/.npz files (default: the axis, 1 or 3, of 1, 3 or "
+                          "4 entries; axis 1 when both are). uint8 arrays of 3-4 dims are always images; float "
+                          "ones only with an image option."),
+        click.option("--baseline", help="A student of the same kind trained without KD."),
+        click.option("--teacher-arch", metavar="SPEC",
+                     help="Architecture for a teacher state dict: 'package.module:Class', 'package.module:Class(28, "
+                          "hidden=64)' (literal arguments only; quote it in the shell), 'path/to/models.py:Class(28)', "
+                          "or built-in mlp:IN-...-OUT."),
+        click.option("--student-arch", metavar="SPEC", help="Architecture for a student state dict (as --teacher-arch)."),
+        click.option("--baseline-arch", metavar="SPEC",
+                     help="Architecture for a baseline state dict (as --teacher-arch; default: --student-arch)."),
+        click.option("--ema", multiple=True, type=click.Choice(["teacher", "student", "baseline"]),
+                     help="Use this model's EMA weights (timm's state_dict_ema, model_ema); repeatable. Default: raw "
+                          "weights, EMA only when no other weights fit."),
+        click.option("--classes", help="JSON file with class names and groups: {\"names\": [...], \"groups\": [...]}."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Unpickle whole pickled models and other objects in checkpoints (runs code from the file); "
+                          "without it they are refused, or skipped when the weights lie beside them."),
+        click.option("--trust-program", is_flag=True,
+                     help="Run TorchScript/torch.export programs that call operators outside the allowlist."),
+        click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear)."),
+        click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes."),
+        click.option("--device", help="Torch device (default: CUDA when present, else CPU)."),
+        click.option("--progress/--no-progress", default=None,
+                     help="Show progress on stderr (default: when stderr is a terminal)."),
+    )):
+        command = option(command)
+    return command
+
+
+def _inspect_options(options: dict):
+    """The InspectOptions of a command's parsed options (popping the image options)."""
+    from kddiag.types import ImageOptions, InspectOptions
+
+    if options["progress"] is None:
+        options["progress"] = sys.stderr.isatty()
+    options["ema"] = tuple(options["ema"])
+    mean, std = options.pop("normalize") or (None, None)
+    images = ImageOptions(mean=mean, std=std, resize=options.pop("resize"), layout=options.pop("layout"))
+    return InspectOptions(images=images, **options)
+
+
 @main.command()
 @click.argument("teacher")
 @click.argument("student", required=False)
-@click.option("--data", help="Held-out eval set: .pt/.npz file with x, y; an image folder (one sub-folder per class, "
-                             "sorted names = class order); a JSON data spec {\"path\": ..., \"normalize\": {\"mean\": "
-                             "[...], \"std\": [...]}, \"resize\": [H, W], \"layout\": ...}; or a built-in name "
-                             "(digits, hierarchy).")
-@click.option("--transfer-data", help="The set the student was distilled on (usually the training set); same forms.")
-@click.option("--normalize", metavar="MEANS,STDS", callback=lambda ctx, param, v: _normalize(v),
-              help="Normalize the images of both sets per channel, all means then all stds: 0.5,0.25 (1 channel) "
-                   "or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB); after uint8 pixels are scaled to [0, 1]. A data "
-                   "spec's own 'normalize' must agree.")
-@click.option("--resize", metavar="H,W", callback=lambda ctx, param, v: _resize(v),
-              help="Resize the images of both sets to height H, width W (bilinear, antialiased; Pillow for image "
-                   "folders). Needed when a folder's images differ in size.")
-@click.option("--layout", type=click.Choice(IMAGE_LAYOUTS, case_sensitive=False), metavar="[NCHW|NHWC]",
-              help="Axis order of 4-D image arrays in .pt/.npz files (default: the axis, 1 or 3, of 1, 3 or 4 "
-                   "entries; axis 1 when both are). uint8 arrays of 3-4 dims are always images; float ones only "
-                   "with an image option.")
-@click.option("--baseline", help="A student of the same kind trained without KD.")
-@click.option("--teacher-arch", metavar="SPEC",
-              help="Architecture for a teacher state dict: 'package.module:Class', 'package.module:Class(28, hidden=64)' "
-                   "(literal arguments only; quote it in the shell), 'path/to/models.py:Class(28)', or built-in "
-                   "mlp:IN-...-OUT.")
-@click.option("--student-arch", metavar="SPEC", help="Architecture for a student state dict (as --teacher-arch).")
-@click.option("--baseline-arch", metavar="SPEC",
-              help="Architecture for a baseline state dict (as --teacher-arch; default: --student-arch).")
-@click.option("--ema", multiple=True, type=click.Choice(["teacher", "student", "baseline"]),
-              help="Use this model's EMA weights (timm's state_dict_ema, model_ema); repeatable. Default: raw "
-                   "weights, EMA only when no other weights fit.")
+@input_options
 @click.option("--temperature", type=float, help="Distillation temperature τ used to train the student.")
 @click.option("--alpha", type=float, help="Weight of the soft (KD) term in the student's loss, in [0, 1].")
-@click.option("--classes", help="JSON file with class names and groups: {\"names\": [...], \"groups\": [...]}.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Unpickle whole pickled models and other objects in checkpoints (runs code from the file); "
-                   "without it they are refused, or skipped when the weights lie beside them.")
-@click.option("--trust-program", is_flag=True,
-              help="Run TorchScript/torch.export programs that call operators outside the allowlist.")
-@click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear).")
-@click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes.")
-@click.option("--device", help="Torch device (default: CUDA when present, else CPU).")
-@click.option("--progress/--no-progress", default=None,
-              help="Show progress on stderr (default: when stderr is a terminal).")
 @output_options()
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, arrays, fail_on, **options):
     """Inspect a TEACHER / STUDENT pair and say why distillation helped or not.
@@ -198,19 +227,48 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, array
     set informative at τ and for which τ, does it hold class structure; with --baseline, is it better
     than the small model trained on labels alone)."""
     from kddiag.pipeline import inspect as run_inspect
-    from kddiag.types import ImageOptions, InspectOptions
 
     _check_arrays(out, arrays)
-    if options["progress"] is None:
-        options["progress"] = sys.stderr.isatty()
-    options["ema"] = tuple(options["ema"])
-    mean, std = options.pop("normalize") or (None, None)
-    images = ImageOptions(mean=mean, std=std, resize=options.pop("resize"), layout=options.pop("layout"))
     report = run_inspect(teacher, student, data=data, transfer_data=transfer_data, baseline=baseline,
-                         options=InspectOptions(images=images, **options))
+                         options=_inspect_options(options))
     if report is None:  # a torchrun rank other than 0: rank 0 writes the report
         return
     _finish(report, out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)
+
+
+@main.command()
+@click.argument("teacher")
+@click.argument("students", nargs=-1, required=True)
+@input_options
+@click.option("--temperature", metavar="T[,T...]", callback=lambda ctx, param, v: v and _numbers(v, float),
+              help="Distillation τ: one for every student or one per student, in order (1,4,16). Default: each "
+                   "student's checkpoint, else guessed.")
+@click.option("--alpha", metavar="A[,A...]", callback=lambda ctx, param, v: v and _numbers(v, float),
+              help="Weight of the soft term: one for every student or one per student, in order.")
+@output_options(arrays=False)
+def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail_on, temperature, alpha, **options):
+    """Compare several STUDENTS of one TEACHER in one report: their key measurements side by side, which
+    is best on held-out data and why, and each one's diagnosis. The teacher (and the baseline) run once."""
+    from kddiag.pipeline import compare as run_compare
+
+    settings = {}
+    for name, values in (("temperature", temperature), ("alpha", alpha)):
+        if values is not None and len(values) == 1:
+            options[name] = values[0]  # one value: every student's
+        else:
+            settings[f"{name}s"] = values
+    comparison = run_compare(teacher, list(students), data=data, transfer_data=transfer_data, baseline=baseline,
+                             options=_inspect_options(options), **settings)
+    if comparison is None:  # a torchrun rank other than 0
+        return
+    from kddiag.pipeline import write_comparison
+    from kddiag.report.comparison import render_comparison_json, render_comparison_text
+
+    written = write_comparison(comparison, out) if out else {}
+    click.echo(render_comparison_json(comparison) if as_json else render_comparison_text(comparison))
+    for path in written.values():
+        click.echo(f"wrote {path}", err=as_json)
+    _gate([f for report in comparison.reports for f in report.diagnosis.findings], fail_on)
 
 
 def demo_report():

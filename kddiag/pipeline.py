@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, ImageOptions, InputInfo,
     InspectOptions, LoadedModel, Report, Setting, Settings,
 )
+
+if TYPE_CHECKING:
+    from kddiag.comparison import Comparison
 
 
 def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_data: Any = None,
@@ -33,20 +36,67 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
     >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
     >>> report.diagnosis.findings[0].id
     """
-    from kddiag import distributed
-    from kddiag.collect import collect_summary
-    from kddiag.diagnosis import diagnose
-    from kddiag.measure import measure
+    if data is None and transfer_data is None:
+        raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
+    run = _run(teacher, (student,), data=data, transfer_data=transfer_data, baseline=baseline, options=options)
+    return None if run is None else run[0][0]
+
+
+def compare(teacher: Any, students: Sequence[Any] | Mapping[str, Any], *, data: Any = None,
+            transfer_data: Any = None, baseline: Any = None, options: InspectOptions = InspectOptions(),
+            temperatures: Sequence[float] | None = None, alphas: Sequence[float] | None = None) -> Comparison | None:
+    """Inspect several students of one teacher over one collection pass (the teacher and the baseline run
+    once per batch) and say which is best on held-out data and why (:mod:`kddiag.comparison`).
+
+    ``students``: a sequence of students (named after their files, else 'student 1', …) or a mapping
+    name -> student, each as ``inspect``'s ``student``. Each student's τ and α: ``temperatures``/``alphas``
+    (one per student), else ``options.temperature``/``alpha`` for all, else its checkpoint's, else the
+    teacher's, else guessed. Under ``torchrun`` rank 0 gets the comparison, the other ranks None.
+    """
+    from kddiag.comparison import Comparison, rank
 
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
-    models = {"teacher": _as_model(teacher, "teacher", options.teacher_arch, options)}
-    if student is not None:
-        models["student"] = _as_model(student, "student", options.student_arch, options)
+    if isinstance(students, (str, os.PathLike)) or not isinstance(students, (Sequence, Mapping)):
+        raise KddiagError("students: expected a list of students or a mapping name -> student; "
+                          f"got {type(students).__name__}")
+    names = _student_names(students)
+    given = tuple(students.values()) if isinstance(students, Mapping) else tuple(students)
+    if len(given) < 2:
+        raise KddiagError(f"compare needs at least 2 students; got {len(given)}")
+    for option, values in (("temperature", temperatures), ("alpha", alphas)):
+        if values is not None and getattr(options, option) is not None:
+            raise KddiagError(f"--{option}: give one value for every student or one per student, not both")
+        if values is not None and len(values) != len(given):
+            raise KddiagError(f"--{option}: {len(values)} values for {len(given)} students; give one per student")
+    run = _run(teacher, given, data=data, transfer_data=transfer_data, baseline=baseline, options=options,
+               temperatures=temperatures, alphas=alphas)
+    if run is None:
+        return None
+    reports, summaries = run
+    return Comparison(names=names, reports=tuple(reports), ranking=rank(names, reports, summaries))
+
+
+def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: Any, baseline: Any,
+         options: InspectOptions, temperatures: Sequence[float] | None = None,
+         alphas: Sequence[float] | None = None) -> tuple[list[Report], list[list]] | None:
+    """Load, collect (one pass over each set for every student), measure and diagnose each student (None:
+    a teacher-only check): each student's report and its sets' summaries; None on a rank other than 0."""
+    from kddiag import distributed
+    from kddiag.collect import collect_summaries
+    from kddiag.diagnosis import diagnose
+    from kddiag.measure import measure
+
+    loaded_teacher = _as_model(teacher, "teacher", options.teacher_arch, options)
+    loaded = tuple(None if s is None else _as_model(s, "student", options.student_arch, options) for s in students)
+    loaded_baseline = None
     if baseline is not None:  # a baseline is the student trained without KD: the student's arch by default
         arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
-        models["baseline"] = _as_model(baseline, "baseline", arch, options)
-    settings = _settings(options, *(models[role] for role in ("student", "teacher") if role in models))
+        loaded_baseline = _as_model(baseline, "baseline", arch, options)
+    settings = [_settings(options, *([] if s is None else [s]), loaded_teacher,
+                          temperature=None if temperatures is None else temperatures[k],
+                          alpha=None if alphas is None else alphas[k])
+                for k, s in enumerate(loaded)]  # before the forward passes
     datasets = {name: _as_dataset(source, role, options.images)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
@@ -56,34 +106,59 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
 
         given_classes = load_class_info(options.classes)
 
+    summaries: list[list] = [[] for _ in loaded]
     with distributed.group(options.device) as ranks:
-        summaries = []
         for name, dataset in datasets.items():
-            shard = collect_summary(
-                dataset, teacher=models["teacher"], student=models.get("student"), baseline=models.get("baseline"),
-                set_name=name, temperature=settings.temperature.value, alpha=settings.alpha.value,
+            shards = collect_summaries(
+                dataset, teacher=loaded_teacher, students=loaded, baseline=loaded_baseline, set_name=name,
+                settings=tuple((s.temperature.value, s.alpha.value) for s in settings),
                 rows=ranks.shard(len(dataset.labels)), batch_size=options.batch_size,
                 device=ranks.device or options.device, feature_layer=options.feature_layer,
                 progress=options.progress and ranks.is_main)
-            merged = ranks.merged(shard)
-            if merged is not None:
-                summaries.append(merged.summary())
+            for k, shard in enumerate(shards):
+                merged = ranks.merged(shard)
+                if merged is not None:
+                    summaries[k].append(merged.summary())
     if not ranks.is_main:
         return None
-    n_classes = _n_classes(summaries, datasets)
+    n_classes = _n_classes(summaries[0], datasets)
     class_info = _class_info(given_classes, options.classes, datasets, n_classes)
-    measurements = measure(summaries, settings=settings, class_info=class_info)
-    diagnosis = diagnose(measurements, settings=settings, n_classes=n_classes, teacher_only="student" not in models)
-    inputs = tuple(
-        [InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes) for role, m in models.items()]
-        + [InputInfo(name, ds.name, ds.format or _dataset_format(ds.name), n_samples=len(ds.labels),
-                     preprocessing=ds.preprocessing, **_input_stats(ds.x))
-           for name, ds in datasets.items()]
+    data_inputs = (
+        [InputInfo(name, ds.name, ds.format or _dataset_format(ds.name), n_samples=len(ds.labels),
+                   preprocessing=ds.preprocessing, **_input_stats(ds.x))
+         for name, ds in datasets.items()]
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )
-    return Report(inputs=inputs, settings=settings, class_info=class_info, measurements=measurements,
-                  diagnosis=diagnosis, n_classes=n_classes, coverage=tuple(s.coverage() for s in summaries),
-                  example_inputs=_listed_inputs(measurements, datasets), models=tuple(models))
+    reports = []
+    for student, student_settings, student_summaries in zip(loaded, settings, summaries):
+        models = {role: m for role, m in (("teacher", loaded_teacher), ("student", student),
+                                          ("baseline", loaded_baseline)) if m is not None}
+        measurements = measure(student_summaries, settings=student_settings, class_info=class_info)
+        diagnosis = diagnose(measurements, settings=student_settings, n_classes=n_classes,
+                             teacher_only=student is None)
+        inputs = tuple([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
+                        for role, m in models.items()] + data_inputs)
+        reports.append(Report(inputs=inputs, settings=student_settings, class_info=class_info,
+                              measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
+                              coverage=tuple(s.coverage() for s in student_summaries),
+                              example_inputs=_listed_inputs(measurements, datasets), models=tuple(models)))
+    return reports, summaries
+
+
+def _student_names(students: Sequence[Any] | Mapping[str, Any]) -> tuple[str, ...]:
+    """Each student's name: the mapping's keys, else its file's name without suffix (made unique), else
+    'student k'."""
+    if isinstance(students, Mapping):
+        names = tuple(str(name) for name in students)
+    else:
+        names = tuple(Path(s).stem if isinstance(s, (str, os.PathLike)) else f"student {k + 1}"
+                      for k, s in enumerate(students))
+        if len(set(names)) < len(names):  # same file names in different folders: keep the parent
+            names = tuple(str(Path(s).with_suffix("")) if isinstance(s, (str, os.PathLike)) else name
+                          for s, name in zip(students, names))
+    if len(set(names)) < len(names):
+        names = tuple(f"{name} ({k + 1})" for k, name in enumerate(names))
+    return names
 
 
 def _listed_inputs(measurements, datasets: dict[str, Dataset]) -> dict[str, dict[int, Any]]:
@@ -111,13 +186,30 @@ def write_outputs(report: Report, out_dir: str | os.PathLike, *, arrays: bool = 
     """Render ``report.json`` and ``report.html`` (and with ``arrays`` the class-by-class matrices as
     ``report-arrays.npz``) in memory, then write them into ``out_dir``, all or nothing."""
     from kddiag.report.html import render_html
-    from kddiag.report.json import check_writable, render_arrays, render_json, write_atomic
+    from kddiag.report.json import check_writable, render_arrays, render_json
 
     out_dir = check_writable(out_dir)
     rendered = {"json": (out_dir / "report.json", render_json(report)),
                 "html": (out_dir / "report.html", render_html(report))}
     if arrays:
         rendered["arrays"] = (out_dir / "report-arrays.npz", render_arrays(report))
+    return _write(out_dir, rendered)
+
+
+def write_comparison(comparison: Comparison, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Render a comparison's ``report.json`` and ``report.html`` in memory, then write them into ``out_dir``,
+    all or nothing."""
+    from kddiag.report.comparison import render_comparison_html, render_comparison_json
+    from kddiag.report.json import check_writable
+
+    out_dir = check_writable(out_dir)
+    return _write(out_dir, {"json": (out_dir / "report.json", render_comparison_json(comparison)),
+                            "html": (out_dir / "report.html", render_comparison_html(comparison))})
+
+
+def _write(out_dir: Path, rendered: dict[str, tuple[Path, str | bytes]]) -> dict[str, Path]:
+    from kddiag.report.json import write_atomic
+
     try:
         written = write_atomic(dict(rendered.values()))
     except OSError as error:
@@ -172,8 +264,10 @@ def _class_info(given: ClassInfo | None, path: str | None, datasets: dict[str, D
     return info
 
 
-def _settings(options: InspectOptions, *models: LoadedModel) -> Settings:
-    """Each setting from the command line, else the student's (then teacher's) checkpoint, else guessed."""
+def _settings(options: InspectOptions, *models: LoadedModel, temperature: float | None = None,
+              alpha: float | None = None) -> Settings:
+    """Each setting as given (``temperature``/``alpha``, else the options), else the student's (then
+    teacher's) checkpoint, else guessed."""
     def pick(name: str, given: float | None, default: float) -> Setting:
         if given is not None:
             return Setting(float(given), "cli")
@@ -182,8 +276,9 @@ def _settings(options: InspectOptions, *models: LoadedModel) -> Settings:
                 return Setting(float(model.metadata[name]), "checkpoint", path=model.source)
         return Setting(default, "guessed")
 
-    return Settings(temperature=pick("temperature", options.temperature, DEFAULT_TEMPERATURE),
-                    alpha=pick("alpha", options.alpha, DEFAULT_ALPHA))
+    return Settings(temperature=pick("temperature", options.temperature if temperature is None else temperature,
+                                     DEFAULT_TEMPERATURE),
+                    alpha=pick("alpha", options.alpha if alpha is None else alpha, DEFAULT_ALPHA))
 
 
 def _input_stats(x: Any) -> dict[str, Any]:

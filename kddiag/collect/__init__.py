@@ -14,7 +14,7 @@ one strategy per kind of model:
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, Mod
 if TYPE_CHECKING:
     from kddiag.collect._runner import Runner
 
-__all__ = ["collect_outputs", "collect_summary", "batches"]
+__all__ = ["collect_outputs", "collect_summary", "collect_summaries", "batches", "model_batches"]
 
 
 def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
@@ -39,20 +39,44 @@ def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
     The accumulator's class subset comes from the whole set's labels, so the shards of one set merge.
     An empty shard gives None. See :func:`collect_outputs` for the other arguments.
     """
-    accumulator, runners = None, {}
-    for batch, runners in batches(dataset, teacher=teacher, student=student, baseline=baseline, set_name=set_name,
-                                  rows=rows, batch_size=batch_size, device=device, feature_layer=feature_layer,
-                                  progress=progress):
-        if accumulator is None:
-            accumulator = SetAccumulator(
-                set_name, n_classes=batch.n_classes, roles=tuple(batch.logits), temperature=temperature, alpha=alpha,
-                kept=kept_classes(np.bincount(dataset.labels, minlength=batch.n_classes)),
-                n_total=len(dataset.labels))
-        accumulator.update(batch)
-    if accumulator is None:  # an empty shard
-        return None
-    accumulator.weights = {role: r.weight for role, r in runners.items() if r.weight is not None}
-    return accumulator
+    return collect_summaries(dataset, teacher=teacher, students=(student,), baseline=baseline, set_name=set_name,
+                             settings=((temperature, alpha),), rows=rows, batch_size=batch_size, device=device,
+                             feature_layer=feature_layer, progress=progress)[0]
+
+
+def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple[LoadedModel | None, ...],
+                      baseline: LoadedModel | None = None, set_name: str, settings: tuple[tuple[float, float], ...],
+                      rows: range | None = None, batch_size: int = 512, device: str | None = None,
+                      feature_layer: str | None = None, progress: bool = False) -> list[SetAccumulator | None]:
+    """One accumulator per student of one teacher (as :func:`collect_summary`), over one pass in which the
+    teacher and the baseline run once per batch; ``settings``: each student's (temperature, alpha). A
+    student None is a teacher-only check."""
+    models = {"teacher": teacher, **{f"student:{k}": s for k, s in enumerate(students) if s is not None}}
+    if baseline is not None:
+        models["baseline"] = baseline
+    pairs = [{role: key for role, key in (("teacher", "teacher"), ("student", f"student:{k}"), ("baseline", "baseline"))
+              if key in models} for k in range(len(students))]  # per student: role -> model key
+    sources = {key: None if model.format == "module" else model.source for key, model in models.items()}
+    accumulators: list[SetAccumulator | None] = [None] * len(students)
+    runners = {}
+    for part, runners in model_batches(dataset, models, set_name=set_name, rows=rows, batch_size=batch_size,
+                                       device=device, feature_layer=feature_layer, progress=progress):
+        for k, pair in enumerate(pairs):
+            batch = Batch(part.start, part.labels, {role: part.logits[key] for role, key in pair.items()},
+                          {role: part.features[key] for role, key in pair.items() if key in part.features},
+                          {role: sources[key] for role, key in pair.items()}, set_name, dataset.name)
+            if accumulators[k] is None:
+                temperature, alpha = settings[k]
+                accumulators[k] = SetAccumulator(
+                    set_name, n_classes=batch.n_classes, roles=tuple(batch.logits), temperature=temperature,
+                    alpha=alpha, kept=kept_classes(np.bincount(dataset.labels, minlength=batch.n_classes)),
+                    n_total=len(dataset.labels))
+            accumulators[k].update(batch)
+    for accumulator, pair in zip(accumulators, pairs):
+        if accumulator is not None:
+            accumulator.weights = {role: runners[key].weight for role, key in pair.items()
+                                   if key in runners and runners[key].weight is not None}
+    return accumulators
 
 
 def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
@@ -104,29 +128,51 @@ def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | No
             feature_layer: str | None = None, progress: bool = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
     """One :class:`~kddiag.types.Batch` of every model's outputs per ``batch_size`` examples of ``rows``
     (default: all), with the runners (their ``weight``), each model in ``eval()`` under ``torch.inference_mode()``."""
+    models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
+              if model is not None}
+    sources = {role: None if model.format == "module" else model.source for role, model in models.items()}
+    for part, runners in model_batches(dataset, models, set_name=set_name, rows=rows, batch_size=batch_size,
+                                       device=device, feature_layer=feature_layer, progress=progress):
+        yield Batch(part.start, part.labels, {role: part.logits[role] for role in ROLES if role in part.logits},
+                    part.features, sources, set_name, dataset.name), runners
+
+
+class Outputs(NamedTuple):
+    """The outputs of every model on examples ``start``, ``start + 1``, … of one batch, by model key."""
+
+    start: int
+    labels: np.ndarray
+    logits: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+
+
+def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name: str, rows: range | None = None,
+                  batch_size: int = 512, device: str | None = None, feature_layer: str | None = None,
+                  progress: bool = False) -> Iterator[tuple[Outputs, dict[str, "Runner"]]]:
+    """Every model of ``models`` (key -> model; a key's role, named in errors, is its part before ':', e.g.
+    'student:2') over ``rows`` of ``dataset``, batch by batch, each model run once per batch."""
     import torch
 
     if set_name not in (EVAL, TRANSFER):
         raise KddiagError(f"a data set must be '{EVAL}' or '{TRANSFER}'; got {set_name!r}")
     labels = dataset.labels
     rows = range(len(labels)) if rows is None else rows
-    models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
-              if model is not None}
     stored: dict[str, np.ndarray] = {}
     runners: dict[str, Runner] = {}
-    for role, model in models.items():
+    for key, model in models.items():
+        role = key.split(":")[0]
         if model.format == "logits":
-            stored[role] = stored_logits(role, model, set_name, labels, dataset.name)
+            stored[key] = stored_logits(role, model, set_name, labels, dataset.name)
         elif model.module is None:
             raise KddiagError(f"{role} '{model.source}': has neither a module nor logits")
         else:
-            runners[role] = _runner_for(role, model)
-    sources = {role: None if model.format == "module" else model.source for role, model in models.items()}
+            runners[key] = _runner_for(role, model)
     x = None
     if runners:
         if dataset.x is None:
+            roles = list(dict.fromkeys(key.split(":")[0] for key in runners))
             verb = "is a model and needs" if len(runners) == 1 else "are models and need"
-            raise KddiagError(f"data '{dataset.name}' has labels only, but the {' and '.join(runners)} "
+            raise KddiagError(f"data '{dataset.name}' has labels only, but the {' and '.join(roles)} "
                               f"{verb} inputs 'x'")
         x = dataset.x if isinstance(dataset.x, torch.Tensor) else torch.as_tensor(np.asarray(dataset.x))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,14 +183,13 @@ def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | No
                 runner.start(x[:1], device=device, feature_layer=feature_layer)
             for number, start in enumerate(starts):
                 stop = min(start + batch_size, rows.stop)
-                logits = {role: value[start:stop] for role, value in stored.items()}
+                logits = {key: value[start:stop] for key, value in stored.items()}
                 features = {}
-                for role, runner in runners.items():
-                    logits[role], found = runner.run(x[start:stop])
+                for key, runner in runners.items():
+                    logits[key], found = runner.run(x[start:stop])
                     if found is not None:
-                        features[role] = found
-                yield Batch(start, labels[start:stop], {role: logits[role] for role in ROLES if role in logits},
-                            features, sources, set_name, dataset.name), runners
+                        features[key] = found
+                yield Outputs(start, labels[start:stop], logits, features), runners
                 for value in stored.values():  # rows of whole statistics chunks are done with
                     release(value, start - start % chunk_rows(value.shape[1]))
                 if progress:

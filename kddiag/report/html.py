@@ -39,11 +39,15 @@ _SCHEME = re.compile(r"\b(?:https?|ftp)://", re.IGNORECASE)
 
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML document (a string; nothing is written)."""
+    return _environment().get_template("report.html.j2").render(**_context(report))
+
+
+def _environment():
+    """The templates (package data), autoescaped, with no URL scheme let through."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    env = Environment(loader=PackageLoader("kddiag.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, finalize=_without_scheme, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("report.html.j2").render(**_context(report))
+    return Environment(loader=PackageLoader("kddiag.report", "templates"), autoescape=True,
+                       undefined=StrictUndefined, finalize=_without_scheme, trim_blocks=True, lstrip_blocks=True)
 
 
 def summarize_value(value: Any) -> str:
