@@ -32,7 +32,7 @@ def _run(args, out, *, ranks=None):
     if ranks:
         torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
         prefix = [torchrun, "--standalone", "--nproc-per-node", str(ranks), "-m", "kddiag"]
-    done = subprocess.run([*prefix, "inspect", *args, "--out", str(out), "--batch-size", "64"], env=env,
+    done = subprocess.run([*prefix, *args, "--out", str(out), "--batch-size", "64"], env=env,
                           capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -57,12 +57,15 @@ def inputs(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("mode", ["logits", "modules"])
+@pytest.mark.parametrize("mode", ["logits", "modules", "compare"])
 def test_two_ranks_write_the_report_one_process_writes(inputs, tmp_path, mode):
     if mode == "logits":
-        args = [str(inputs / "t.npy"), str(inputs / "s.npy"), "--data", str(inputs / "eval.npz")]
+        args = ["inspect", str(inputs / "t.npy"), str(inputs / "s.npy"), "--data", str(inputs / "eval.npz")]
+    elif mode == "compare":  # two students of one teacher; the teacher as its own second student
+        args = ["compare", str(inputs / "t.npy"), str(inputs / "s.npy"), str(inputs / "t.npy"),
+                "--data", str(inputs / "eval.npz")]
     else:
-        args = [str(inputs / "teacher.pt"), str(inputs / "student.pt"), "--teacher-arch", "mlp:12-32-5",
+        args = ["inspect", str(inputs / "teacher.pt"), str(inputs / "student.pt"), "--teacher-arch", "mlp:12-32-5",
                 "--student-arch", "mlp:12-8-5", "--data", str(inputs / "eval.npz"),
                 "--transfer-data", str(inputs / "train.npz")]
     single = _run(args, tmp_path / "one")
