@@ -7,7 +7,7 @@ and turns the measurements into a ranked diagnosis.
 __version__ = "0.1.0"
 SCHEMA_VERSION = "1.4"
 
-__all__ = ["__version__", "SCHEMA_VERSION", "inspect"]
+__all__ = ["__version__", "SCHEMA_VERSION", "inspect", "Monitor"]
 
 
 def inspect(*args, **kwargs):
@@ -15,3 +15,12 @@ def inspect(*args, **kwargs):
     from kddiag.pipeline import inspect as _inspect
 
     return _inspect(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    """``kddiag.Monitor`` imported on first use, so ``import kddiag`` stays light."""
+    if name == "Monitor":
+        from kddiag.monitor import Monitor
+
+        return Monitor
+    raise AttributeError(f"module 'kddiag' has no attribute {name!r}")

@@ -1,0 +1,166 @@
+"""Figures of a monitored training run: each ``plot_*`` draws the records over the training steps.
+
+Every function takes the monitor's history (:class:`~kddiag.history.MonitorRecord`, in step order) and
+draws on ``ax`` (created when None); values the records hold as None leave gaps, and a panel with
+nothing measured says so. Nothing is recomputed, shown or saved here; matplotlib is imported lazily.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kddiag.history import KEY_MEASUREMENTS, FindingSpan, MonitorRecord
+
+MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
+SECOND_COLOR = "#009E73"  # a second student curve on the same axes
+SEVERITY_CMAP = "YlOrRd"
+
+
+def plot_accuracy_over_steps(history: Sequence[MonitorRecord], *, ax=None):
+    """Student accuracy and top-1 agreement with the teacher per step; the teacher's and the
+    baseline's accuracy (fixed during training) as horizontal lines."""
+    ax = _new_axes(ax)
+    drawn = _curves(ax, history, (("student_accuracy", MODEL_COLORS["student"], "o"),
+                                  ("agreement", SECOND_COLOR, "s")))
+    _levels(ax, history, (("teacher_accuracy", MODEL_COLORS["teacher"], "--"),
+                          ("baseline_accuracy", MODEL_COLORS["baseline"], ":")))
+    return _finish(ax, drawn, "Accuracy and agreement", "fraction of the held-out set")
+
+
+def plot_kl_over_steps(history: Sequence[MonitorRecord], *, ax=None):
+    """KL(teacher ‖ student) at τ = 1 and at the distillation τ per step (nats)."""
+    ax = _new_axes(ax)
+    drawn = _curves(ax, history, (("kl_teacher_student", MODEL_COLORS["student"], "o"),
+                                  ("kl_teacher_student_at_temperature", SECOND_COLOR, "s")))
+    return _finish(ax, drawn, "KL(teacher ‖ student)", "nats")
+
+
+def plot_ece_over_steps(history: Sequence[MonitorRecord], *, ax=None):
+    """Student ECE per step; the teacher's and the baseline's as horizontal lines."""
+    ax = _new_axes(ax)
+    drawn = _curves(ax, history, (("student_ece", MODEL_COLORS["student"], "o"),))
+    _levels(ax, history, (("teacher_ece", MODEL_COLORS["teacher"], "--"),
+                          ("baseline_ece", MODEL_COLORS["baseline"], ":")))
+    return _finish(ax, drawn, "Calibration (ECE at τ = 1)", "ECE")
+
+
+def plot_structure_over_steps(history: Sequence[MonitorRecord], *, ax=None):
+    """The class-similarity transfer score (Spearman of the student's class similarity with the
+    teacher's) and the feature CKA per step; the baseline's transfer score as a horizontal line."""
+    ax = _new_axes(ax)
+    drawn = _curves(ax, history, (("output_similarity_transfer_score", MODEL_COLORS["student"], "o"),
+                                  ("feature_cka", SECOND_COLOR, "s")))
+    _levels(ax, history, (("baseline_output_similarity_transfer_score", MODEL_COLORS["baseline"], ":"),))
+    return _finish(ax, drawn, "Domain knowledge transferred", "score")
+
+
+def plot_rescaling_over_steps(history: Sequence[MonitorRecord], *, ax=None):
+    """The mean gradient-rescaling weight w (left axis) and its coefficient of variation (right axis), both
+    on symmetric-log scales: w of a trained student is heavy-tailed (it grows as 1 − q¹_y underflows)."""
+    ax = _new_axes(ax)
+    ax.set_yscale("symlog", linthresh=1.0)
+    drawn = _curves(ax, history, (("rescaling_weight_mean", MODEL_COLORS["student"], "o"),))
+    right = ax.twinx()
+    right.set_yscale("symlog", linthresh=1.0)
+    drawn_cv = _curves(right, history, (("rescaling_weight_cv", SECOND_COLOR, "s"),))
+    right.set_ylabel("CV of w", color=SECOND_COLOR)
+    if drawn_cv:
+        lines = ax.get_lines() + right.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=8, frameon=False, loc="best")
+    return _finish(ax, drawn or drawn_cv, "Instance-specific rescaling", "mean w", legend=not drawn_cv)
+
+
+def plot_findings_timeline(history: Sequence[MonitorRecord], spans: Sequence[FindingSpan], *, ax=None):
+    """One row per finding id (in order of first firing): a bar over each stretch of calls it fired at,
+    and a dot per call coloured by its severity."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    ax = _new_axes(ax)
+    ax.set_title("Findings over training", loc="left")
+    ids = list(dict.fromkeys(span.id for span in spans))
+    if not ids:
+        return _not_available(ax, "no finding fired" if history else "no call yet")
+    cmap, norm = colormaps[SEVERITY_CMAP], Normalize(0.0, 1.0)
+    row = {finding_id: k for k, finding_id in enumerate(ids)}
+    for span in spans:
+        ax.plot([span.first_step, span.last_step], [row[span.id]] * 2, color="#c7ccd6", lw=6,
+                solid_capstyle="round", zorder=1)
+    steps, rows, severities = [], [], []
+    for record in history:
+        for mark in record.findings:
+            steps.append(record.step)
+            rows.append(row[mark.id])
+            severities.append(mark.severity)
+    points = ax.scatter(steps, rows, c=severities, cmap=cmap, norm=norm, s=36, edgecolors="black",
+                        linewidths=0.4, zorder=2)
+    ax.figure.colorbar(points, ax=ax, label="severity", fraction=0.04, pad=0.01)
+    ax.set_yticks(range(len(ids)), ids)
+    ax.set_ylim(len(ids) - 0.5, -0.5)
+    ax.set_xlim(*_step_range(history))
+    ax.set_xlabel("training step")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _new_axes(ax):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(5.6, 3.4))[1]
+
+
+def _series(history: Sequence[MonitorRecord], name: str) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.array([r.step for r in history], dtype=np.float64)
+    values = np.array([np.nan if getattr(r, name) is None else getattr(r, name) for r in history], dtype=np.float64)
+    return steps, values
+
+
+def _curves(ax, history: Sequence[MonitorRecord], curves) -> bool:
+    """Draw each (field, colour, marker) as a line over the steps; whether any value was drawn."""
+    drawn = False
+    for name, color, marker in curves:
+        steps, values = _series(history, name)
+        if np.isfinite(values).any():
+            ax.plot(steps, values, color=color, marker=marker, ms=4, lw=1.5, label=KEY_MEASUREMENTS[name][0])
+            drawn = True
+    return drawn
+
+
+def _levels(ax, history: Sequence[MonitorRecord], levels) -> None:
+    """A horizontal line at the last measured value of each fixed (teacher, baseline) quantity."""
+    for name, color, style in levels:
+        _, values = _series(history, name)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            ax.axhline(finite[-1], color=color, ls=style, lw=1.2, label=KEY_MEASUREMENTS[name][0])
+
+
+def _finish(ax, drawn: bool, title: str, ylabel: str, *, legend: bool = True):
+    ax.set_title(title, loc="left")
+    if not drawn:
+        return _not_available(ax, "not measured at any call")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8, frameon=False, loc="best")
+    return ax
+
+
+def _step_range(history: Sequence[MonitorRecord]) -> tuple[float, float]:
+    steps = [r.step for r in history] or [0]
+    pad = max(1.0, 0.03 * (max(steps) - min(steps)))
+    return min(steps) - pad, max(steps) + pad
+
+
+def _not_available(ax, reason: str):
+    ax.text(0.5, 0.5, f"not available: {reason}", ha="center", va="center", transform=ax.transAxes,
+            color="#5b6474", fontsize=9, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
