@@ -7,7 +7,7 @@ and turns the measurements into a ranked diagnosis.
 __version__ = "0.1.0"
 SCHEMA_VERSION = "1.4"
 
-__all__ = ["__version__", "SCHEMA_VERSION", "inspect", "Monitor"]
+__all__ = ["__version__", "SCHEMA_VERSION", "inspect", "compare", "Monitor"]
 
 
 def inspect(*args, **kwargs):
@@ -15,6 +15,13 @@ def inspect(*args, **kwargs):
     from kddiag.pipeline import inspect as _inspect
 
     return _inspect(*args, **kwargs)
+
+
+def compare(*args, **kwargs):
+    """Compare several students of one teacher; see :func:`kddiag.pipeline.compare`."""
+    from kddiag.pipeline import compare as _compare
+
+    return _compare(*args, **kwargs)
 
 
 def __getattr__(name: str):

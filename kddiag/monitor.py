@@ -26,8 +26,8 @@ import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.history import FindingSpan, MonitorRecord, finding_spans
-from kddiag.types import (DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, ClassInfo, Dataset, Diagnosis, LoadedModel,
-                          ModelOutputs, SetOutputs, Setting, Settings, _check_alpha, _check_temperature)
+from kddiag.types import (EVAL, ClassInfo, Dataset, Diagnosis, InspectOptions, LoadedModel, ModelOutputs,
+                          SetOutputs, Settings, _check_alpha, _check_temperature)
 
 __all__ = ["Monitor", "as_monitor_data"]
 
@@ -189,7 +189,6 @@ def collect_model_outputs(dataset: Dataset, model: LoadedModel, *, role: str, ba
     if model.module is None:
         raise KddiagError(f"{role} '{model.source}': a monitor needs a model to run, not stored logits")
     module = model.module
-    modes = [(m, m.training) for m in module.modules()] if isinstance(module, torch.nn.Module) else []
     runner = _runner_for(role, model)
     x, n = dataset.x, len(dataset.labels)
     logits, features, kept = [], [], None
@@ -207,8 +206,6 @@ def collect_model_outputs(dataset: Dataset, model: LoadedModel, *, role: str, ba
                     features.append(batch_features[kept[lo:hi] - start])
     finally:
         runner.finish()
-        for submodule, training in modes:  # the runner restores the top module only
-            submodule.training = training
     extra = {}
     if runner.has_features and features:
         extra = {"features": np.concatenate(features), "feature_rows": None if kept.size == n else kept}
@@ -322,28 +319,14 @@ def _step_number(step: Any) -> int:
 
 
 def _as_model(source: Any, role: str, arch: str | None) -> LoadedModel:
-    """A model to run: an ``nn.Module``, a ``LoadedModel`` or a checkpoint path."""
-    import torch
+    """A model to run: an ``nn.Module``, a ``LoadedModel`` or a checkpoint path (loaded safely)."""
+    from kddiag.pipeline import as_model
 
-    if isinstance(source, LoadedModel):
-        return source
-    if isinstance(source, torch.nn.Module):
-        return LoadedModel(source="<in-memory>", format="module", module=source)
-    if isinstance(source, (str, os.PathLike)):
-        from kddiag.loading import load_model
-
-        return load_model(source, arch=arch, role=role)
-    raise KddiagError(f"{role}: expected an nn.Module, a LoadedModel or a checkpoint path; got {type(source).__name__}")
+    return as_model(source, role, arch, InspectOptions())
 
 
 def _settings(temperature: float | None, alpha: float | None, teacher: LoadedModel) -> Settings:
     """Each setting as given, else the teacher checkpoint's, else guessed."""
-    def pick(name: str, given: float | None, default: float) -> Setting:
-        if given is not None:
-            return Setting(float(given), "cli")
-        if teacher.metadata.get(name) is not None:
-            return Setting(float(teacher.metadata[name]), "checkpoint", path=teacher.source)
-        return Setting(default, "guessed")
+    from kddiag.pipeline import settings_of
 
-    return Settings(temperature=pick("temperature", temperature, DEFAULT_TEMPERATURE),
-                    alpha=pick("alpha", alpha, DEFAULT_ALPHA))
+    return settings_of(InspectOptions(), teacher, temperature=temperature, alpha=alpha)

@@ -87,13 +87,13 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     from kddiag.diagnosis import diagnose
     from kddiag.measure import measure
 
-    loaded_teacher = _as_model(teacher, "teacher", options.teacher_arch, options)
-    loaded = tuple(None if s is None else _as_model(s, "student", options.student_arch, options) for s in students)
+    loaded_teacher = as_model(teacher, "teacher", options.teacher_arch, options)
+    loaded = tuple(None if s is None else as_model(s, "student", options.student_arch, options) for s in students)
     loaded_baseline = None
     if baseline is not None:  # a baseline is the student trained without KD: the student's arch by default
         arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
-        loaded_baseline = _as_model(baseline, "baseline", arch, options)
-    settings = [_settings(options, *([] if s is None else [s]), loaded_teacher,
+        loaded_baseline = as_model(baseline, "baseline", arch, options)
+    settings = [settings_of(options, *([] if s is None else [s]), loaded_teacher,
                           temperature=None if temperatures is None else temperatures[k],
                           alpha=None if alphas is None else alphas[k])
                 for k, s in enumerate(loaded)]  # before the forward passes
@@ -217,7 +217,7 @@ def _write(out_dir: Path, rendered: dict[str, tuple[Path, str | bytes]]) -> dict
     return dict(zip(rendered, written))
 
 
-def _as_model(source: Any, role: str, arch: str | None, options: InspectOptions) -> LoadedModel:
+def as_model(source: Any, role: str, arch: str | None, options: InspectOptions) -> LoadedModel:
     if isinstance(source, LoadedModel):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -264,7 +264,7 @@ def _class_info(given: ClassInfo | None, path: str | None, datasets: dict[str, D
     return info
 
 
-def _settings(options: InspectOptions, *models: LoadedModel, temperature: float | None = None,
+def settings_of(options: InspectOptions, *models: LoadedModel, temperature: float | None = None,
               alpha: float | None = None) -> Settings:
     """Each setting as given (``temperature``/``alpha``, else the options), else the student's (then
     teacher's) checkpoint, else guessed."""

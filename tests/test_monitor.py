@@ -118,7 +118,7 @@ def test_bad_options_name_the_argument(teacher, data, options, message):
 def test_bad_teacher_and_student_are_named(teacher, data):
     from kddiag import Monitor
 
-    with pytest.raises(KddiagError, match="teacher: expected an nn.Module, a LoadedModel or a checkpoint path"):
+    with pytest.raises(KddiagError, match="teacher: expected a checkpoint path, an nn.Module or a LoadedModel"):
         Monitor(42, data=data)
     with pytest.raises(KddiagError, match="teacher checkpoint '.*missing.pt': no such file"):
         Monitor("missing.pt", data=data)

@@ -28,7 +28,7 @@ class Runner:
         self.has_features = True  # False: this model gives no features
         self.weight: np.ndarray | None = None
         self._forward = self._plain  # what _call() runs: returns (output, features or None)
-        self._was_training: bool | None = None
+        self._modes: list[tuple[Any, bool]] = []  # every submodule's training flag, put back by finish()
         self._fixed_batch: int | None = None  # programs exported for one batch size get exactly that
         self.device: Any = None
         self.float_dtype: Any = None
@@ -41,7 +41,7 @@ class Runner:
         except Exception as error:
             raise KddiagError(f"{self.role}: cannot move the model to {device} ({one_line(error)})") from None
         if self.sets_eval_mode:
-            self._was_training = self.module.training
+            self._modes = [(m, m.training) for m in self.module.modules()]
             self.module.eval()
         params = [p for p in self.module.parameters() if p.is_floating_point()]
         self.float_dtype = params[0].dtype if params else torch.float32
@@ -99,9 +99,9 @@ class Runner:
         return out, (torch.cat(features) if len(features) > 1 else features[0])[:n]
 
     def finish(self) -> None:
-        """Restore the module's training mode."""
-        if self._was_training:
-            self.module.train()
+        """Put back every submodule's training flag (a train-mode model may hold frozen eval-mode parts)."""
+        for module, training in self._modes:
+            module.training = training
 
 
 def weight_array(weight: Any) -> np.ndarray:
