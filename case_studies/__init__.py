@@ -23,7 +23,7 @@ _MODULES = {
     "healthy-pairs": "healthy_pairs",
     "benchmark": "benchmark",
 }
-_PROGRAMS = {"demo-pair": "demo_pair"}
+_PROGRAMS = {"demo-pair": "demo_pair", "demo-students": "demo_students"}
 
 __all__ = ["STUDIES", "PROGRAMS"]
 

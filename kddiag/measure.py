@@ -51,7 +51,7 @@ CKA_MAX_SAMPLES = 1024  # linear CKA on at most this many examples (fixed-seed s
 
 
 def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *, settings: Settings,
-            class_info: ClassInfo) -> Measurements:
+            class_info: ClassInfo, reuse: dict | None = None) -> Measurements:
     """Every catalog metric on every data set given (eval and/or transfer), one result per level.
 
     ``outputs``: the sets' summaries (:class:`~kddiag.accumulate.SetSummary`, from streaming
@@ -59,7 +59,13 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
     :class:`~kddiag.types.SetOutputs`, checked as one). Weight-based metrics are computed once (data
     set "weights"); ``softness_gap`` needs both sets; the temperature what-if is measured on the
     transfer set, else on eval. ``class_info`` must match the class count.
+
+    ``reuse``: a dict kept across calls that share the teacher, the data and the settings (a
+    :class:`~kddiag.monitor.Monitor`'s calls, where only the student changes): the measurements that
+    read the teacher alone and cost the most (k-NN difficulty, the temperature what-if, the teacher's
+    T*) are computed on the first call and read from it afterwards.
     """
+    cached = _Reuse(reuse)
     if not outputs or not all(isinstance(item, SetSummary) for item in outputs):
         outputs = outputs if isinstance(outputs, Collected) else Collected(tuple(outputs))
         outputs = [summarize(data, temperature=settings.temperature.value, alpha=settings.alpha.value)
@@ -68,19 +74,33 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
     enough = {s.name for s in sets if _enough(s)}
     groups = None if class_info.groups is None else np.asarray(class_info.groups)
     alpha = settings.alpha.value
-    makers = {OutcomeResult: (OutcomeOnSet, _outcome), UniverseResult: (UniverseOnSet, _universe),
+    makers = {OutcomeResult: (OutcomeOnSet, _outcome), UniverseResult: (UniverseOnSet, lambda s: _universe(s, cached)),
               DomainResult: (DomainOnSet, lambda s: _domain(s, groups)),
-              InstanceResult: (InstanceOnSet, _instance)}
+              InstanceResult: (InstanceOnSet, lambda s: _instance(s, cached))}
     per_set = {level: {s.name: make(s) if s.name in enough else record.unmeasured(_not_enough(s), dataset=s.name)
                        for s in sets}
                for level, (record, make) in makers.items()}
     return Measurements(
         outcome=OutcomeResult(**per_set[OutcomeResult]),
         universe=UniverseResult(**per_set[UniverseResult], softness_gap=_softness_gap(sets, enough),
-                                temperature_whatif=_whatif(sets, alpha)),
+                                temperature_whatif=cached("whatif", lambda: _whatif(sets, alpha))),
         domain=DomainResult(**per_set[DomainResult], weights=_weights(sets, groups)),
         instance=InstanceResult(**per_set[InstanceResult]),
     )
+
+
+class _Reuse:
+    """Teacher-only results by name: computed once into ``store`` when one is given, else every time."""
+
+    def __init__(self, store: dict | None) -> None:
+        self.store = store
+
+    def __call__(self, key: str, compute):
+        if self.store is None:
+            return compute()
+        if key not in self.store:
+            self.store[key] = compute()
+        return self.store[key]
 
 
 def _enough(data: SetSummary) -> bool:
@@ -175,11 +195,11 @@ def _relabelled(confusion: np.ndarray, agreed_outside: float, n_samples: int, ke
 
 # ---------------------------------------------------------------- level 1
 
-def _universe(data: SetSummary) -> UniverseOnSet:
+def _universe(data: SetSummary, cached: _Reuse) -> UniverseOnSet:
     effective = data.mean("smoothing_t")
     return UniverseOnSet(
         data.name,
-        teacher=_calibration(data, "teacher", ReliabilityCalibration),
+        teacher=_calibration(data, "teacher", ReliabilityCalibration, cached),
         student=_calibration(data, "student", ReliabilityCalibration),
         baseline=_calibration(data, "baseline", Calibration),
         effective_smoothing=measured(effective),
@@ -191,7 +211,7 @@ def _universe(data: SetSummary) -> UniverseOnSet:
     )
 
 
-def _calibration(data: SetSummary, role: str, kind: type[Calibration]) -> Calibration:
+def _calibration(data: SetSummary, role: str, kind: type[Calibration], cached: _Reuse = _Reuse(None)) -> Calibration:
     if role not in data.roles:
         return kind(**{item.name: unavailable(_absent(role)) for item in fields(kind)})
     bins, examples, rows = data.calibration[role], data.examples, data.rows
@@ -203,7 +223,8 @@ def _calibration(data: SetSummary, role: str, kind: type[Calibration]) -> Calibr
         classwise_ece=measured(universe.classwise_ece_of(data.class_sums[role])),
         nll=measured(data.mean(f"{role}.nll")),
         brier=measured(data.mean(f"{role}.brier")),
-        fitted_temperature=measured(universe.fitted_temperature_of(rows[f"{role}.logits"], rows["labels"])),
+        fitted_temperature=measured(cached(f"{data.name}.{role}.fitted_temperature", lambda: (
+            universe.fitted_temperature_of(rows[f"{role}.logits"], rows["labels"])))),
         **extra,
     )
 
@@ -309,10 +330,10 @@ def _weights(sets: list[SetSummary], groups: np.ndarray | None) -> DomainOnWeigh
 
 # ---------------------------------------------------------------- level 3
 
-def _instance(data: SetSummary) -> InstanceOnSet:
+def _instance(data: SetSummary, cached: _Reuse) -> InstanceOnSet:
     examples = data.examples
     mean_untrained, std_untrained = data.mean("w_untrained"), data.moments.std("w_untrained")
-    difficulty, source = _difficulty(data)
+    difficulty, source = cached(f"{data.name}.difficulty", lambda: _difficulty(data))
     teacher_side = dict(
         untrained_rescaling_weight_cv=measured(_cv(mean_untrained, std_untrained), why_none=W_ZERO_MEAN),
         untrained_rescaling_weight_low_share=measured(data.mean("w_untrained_low")),

@@ -85,6 +85,7 @@ class Monitor:
                 raise KddiagError(f"baseline: gives {self.baseline_outputs.logits.shape[1]} classes but the "
                                   f"teacher gives {self.n_classes}; both must be (n_samples, n_classes)")
         self._history: list[MonitorRecord] = []
+        self._reuse: dict = {}  # the teacher-only measurements, computed on the first call (measure's reuse)
         self._calls = 0  # step() calls so far: the step number when none is given
         self.last_diagnosis: Diagnosis | None = None
         self.last_measurements = None  # kddiag.results.Measurements of the last call
@@ -133,7 +134,7 @@ class Monitor:
         outputs = SetOutputs(EVAL, self.data.labels, self.teacher_outputs, student_outputs,
                              baseline=self.baseline_outputs, source=self.data.name)
         summary = summarize(outputs, temperature=self.settings.temperature.value, alpha=self.settings.alpha.value)
-        measurements = measure([summary], settings=self.settings, class_info=self.class_info)
+        measurements = measure([summary], settings=self.settings, class_info=self.class_info, reuse=self._reuse)
         diagnosis = diagnose(measurements, settings=self.settings, n_classes=self.n_classes)
         self.last_measurements, self.last_diagnosis = measurements, diagnosis
         return MonitorRecord.of(step, measurements, diagnosis, seconds=time.perf_counter() - started)
