@@ -282,3 +282,24 @@ def test_report_json_metrics_read_back_into_the_same_measurements(full):
     assert [(v.name, v.dataset) for v in again.values()] == [(v.name, v.dataset) for v in measured.values()]
     assert again.universe.temperature_whatif.value.band == measured.universe.temperature_whatif.value.band
     assert again.instance.transfer.hardest_examples.value == measured.instance.transfer.hardest_examples.value
+
+
+def test_reused_teacher_only_parts_give_the_measurements_computed_afresh():
+    """A Monitor's calls share the teacher and the data: measure(reuse=) must not change any value."""
+    from dataclasses import replace as replaced
+
+    from kddiag.report.json import _jsonable
+    from kddiag.types import ClassInfo, ModelOutputs, Setting, Settings
+    from test_accumulate import make_set
+
+    settings = Settings(temperature=Setting(3.0, "cli"), alpha=Setting(0.8, "cli"))
+    first = make_set("eval", 600, 4, baseline=False)
+    rng = np.random.default_rng(9)
+    other = ModelOutputs(first.student.logits + rng.normal(size=first.student.logits.shape))
+    second = replaced(first, student=other)
+    reuse = {}
+    measure([first], settings=settings, class_info=ClassInfo(), reuse=reuse)
+    assert {"whatif", "eval.difficulty", "eval.teacher.fitted_temperature"} <= set(reuse)
+    got = measure([second], settings=settings, class_info=ClassInfo(), reuse=reuse)
+    expected = measure([second], settings=settings, class_info=ClassInfo())
+    assert json.dumps(_jsonable(got.to_dict())) == json.dumps(_jsonable(expected.to_dict()))
