@@ -24,8 +24,8 @@ KEY_MEASUREMENTS: dict[str, tuple[str, Callable[[Measurements], Measured]]] = {
     "output_similarity_transfer_score": ("class-similarity transfer score",
                                          lambda m: m.domain.on(EVAL).output_similarity_transfer_score),
     "feature_cka": ("feature CKA teacher ↔ student", lambda m: m.domain.on(EVAL).feature_cka),
-    "rescaling_weight_mean": ("mean rescaling weight w", lambda m: m.instance.on(EVAL).rescaling_weight_mean),
-    "rescaling_weight_cv": ("rescaling weight CV", lambda m: m.instance.on(EVAL).rescaling_weight_cv),
+    "tckd": ("TCKD at τ (target class), nats", lambda m: m.instance.on(EVAL).tckd),
+    "nckd": ("NCKD at τ (non-target classes), nats", lambda m: m.instance.on(EVAL).nckd),
     # fixed during training (teacher and baseline are not trained): lines for the plots to compare against
     "teacher_accuracy": ("teacher accuracy", lambda m: m.outcome.on(EVAL).teacher_accuracy),
     "baseline_accuracy": ("baseline accuracy", lambda m: m.outcome.on(EVAL).baseline_accuracy),
@@ -63,8 +63,8 @@ class MonitorRecord:
     student_ece: float | None = None
     output_similarity_transfer_score: float | None = None
     feature_cka: float | None = None
-    rescaling_weight_mean: float | None = None
-    rescaling_weight_cv: float | None = None
+    tckd: float | None = None
+    nckd: float | None = None
     teacher_accuracy: float | None = None
     baseline_accuracy: float | None = None
     teacher_ece: float | None = None

@@ -55,20 +55,16 @@ def plot_structure_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     return _finish(ax, drawn, "Domain knowledge transferred", "score")
 
 
-def plot_rescaling_over_steps(history: Sequence[MonitorRecord], *, ax=None):
-    """The mean gradient-rescaling weight w (left axis) and its coefficient of variation (right axis), both
-    on symmetric-log scales: w of a trained student is heavy-tailed (it grows as 1 − q¹_y underflows)."""
+def plot_decoupled_kd_over_steps(history: Sequence[MonitorRecord], *, ax=None):
+    """KL(teacher ‖ student) at τ split in its target-class part (TCKD) and its non-target part (NCKD,
+    Zhao et al. 2022) per step, on a log scale: how much of what the student has not yet taken on is
+    the teacher's confidence in the label, and how much its ranking of the wrong classes (the trained
+    student's rescaling weight w is not drawn: it is heavy-tailed where the student is confident)."""
     ax = _new_axes(ax)
-    ax.set_yscale("symlog", linthresh=1.0)
-    drawn = _curves(ax, history, (("rescaling_weight_mean", MODEL_COLORS["student"], "o"),))
-    right = ax.twinx()
-    right.set_yscale("symlog", linthresh=1.0)
-    drawn_cv = _curves(right, history, (("rescaling_weight_cv", SECOND_COLOR, "s"),))
-    right.set_ylabel("CV of w", color=SECOND_COLOR)
-    if drawn_cv:
-        lines = ax.get_lines() + right.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], fontsize=8, frameon=False, loc="best")
-    return _finish(ax, drawn or drawn_cv, "Instance-specific rescaling", "mean w", legend=not drawn_cv)
+    drawn = _curves(ax, history, (("tckd", MODEL_COLORS["student"], "o"), ("nckd", SECOND_COLOR, "s")))
+    if drawn and all(v > 0 for r in history for v in (r.tckd, r.nckd) if v is not None):
+        ax.set_yscale("log")
+    return _finish(ax, drawn, "What the student has yet to take on (decoupled KD)", "nats")
 
 
 def plot_findings_timeline(history: Sequence[MonitorRecord], spans: Sequence[FindingSpan], *, ax=None):

@@ -25,7 +25,7 @@ DPI = 100
 TABLE_COLUMNS = {  # the table of every call: record field -> column header
     "student_accuracy": "student acc.", "agreement": "agreement", "kl_teacher_student": "KL(t‖s)",
     "student_ece": "student ECE", "output_similarity_transfer_score": "transfer score", "feature_cka": "CKA",
-    "rescaling_weight_mean": "mean w", "rescaling_weight_cv": "CV of w", "kd_gain": "KD gain",
+    "tckd": "TCKD", "nckd": "NCKD", "kd_gain": "KD gain",
 }
 
 
@@ -62,13 +62,13 @@ def render_training_html(monitor: "Monitor") -> str:
 
 def _context(monitor: "Monitor") -> dict:
     from kddiag.monitor_plots import (plot_accuracy_over_steps, plot_ece_over_steps, plot_findings_timeline,
-                                      plot_kl_over_steps, plot_rescaling_over_steps, plot_structure_over_steps)
+                                      plot_kl_over_steps, plot_decoupled_kd_over_steps, plot_structure_over_steps)
 
     history, spans = monitor.history, monitor.spans
     figures = [_figure(title, lambda ax, plot=plot: plot(history, ax=ax), (5.6, 3.4)) for title, plot in (
         ("Accuracy and agreement", plot_accuracy_over_steps), ("KL(teacher ‖ student)", plot_kl_over_steps),
         ("Calibration", plot_ece_over_steps), ("Domain knowledge transferred", plot_structure_over_steps),
-        ("Instance-specific rescaling", plot_rescaling_over_steps))]
+        ("What the student has yet to take on (decoupled KD)", plot_decoupled_kd_over_steps))]
     timeline = _figure("Findings over training", lambda ax: plot_findings_timeline(history, spans, ax=ax),
                        (11.4, 1.4 + 0.45 * max(1, len({s.id for s in spans}))))
     seconds = [r.seconds for r in history]
