@@ -38,6 +38,10 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
     """
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
+    if student is None and (options.student_arch is not None or "student" in options.ema):
+        option = "--student-arch" if options.student_arch is not None else "--ema student"
+        raise KddiagError(f"{option} was given but no student: give the student checkpoint, or leave the option "
+                          f"out for a teacher-only check")
     run = _run(teacher, (student,), data=data, transfer_data=transfer_data, baseline=baseline, options=options)
     return None if run is None else run[0][0]
 

@@ -129,3 +129,8 @@ def test_settings_come_from_the_teacher_checkpoint_when_no_student_gives_them():
     alone = kddiag.inspect(str(DEMO_TEACHER), data="digits:test")
     assert paired.settings.temperature.source == "checkpoint"
     assert alone.settings.temperature.source in ("checkpoint", "guessed")
+
+
+def test_student_options_without_a_student_are_refused():
+    result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), *DIGITS, "--student-arch", "mlp:64-8-10"])
+    assert result.exit_code == 1 and "--student-arch was given but no student" in result.stderr
