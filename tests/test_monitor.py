@@ -315,6 +315,8 @@ def _trainer(max_steps: int, callback):
                              enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
 
 
+@pytest.mark.filterwarnings("ignore:Found .* module.* in eval mode")  # the frozen teacher: Lightning's note
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated")  # Lightning 2.6 on torch 2.13, not kddiag
 def test_lightning_callback_records_history_and_writes_the_report(teacher, data, tmp_path):
     from kddiag.lightning import KddiagCallback
 
@@ -330,6 +332,8 @@ def test_lightning_callback_records_history_and_writes_the_report(teacher, data,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.html", "monitor.json"]
 
 
+@pytest.mark.filterwarnings("ignore:Found .* module.* in eval mode")  # the frozen teacher: Lightning's note
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated")  # Lightning 2.6 on torch 2.13, not kddiag
 def test_lightning_callback_measures_the_module_itself_and_never_breaks_training(teacher, data):
     import lightning
 
