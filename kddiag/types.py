@@ -131,6 +131,75 @@ class ImageOptions:
         return any(v is not None for v in (self.mean, self.resize, self.layout))
 
 
+IGNORE_INDEX = -100  # a target position nothing is predicted at (Hugging Face's convention)
+
+
+@dataclass(frozen=True)
+class TokenInputs:
+    """Tokenized sequences: what a Hugging Face model adapter (:mod:`kddiag.loading.hf`) takes.
+
+    ``input_ids`` and ``attention_mask``: (n_sequences, length) int64 tensors, the mask 1 on real tokens
+    and 0 on padding. ``targets`` (causal language models only): (n_sequences, length) int64, the token
+    to be predicted from each position, IGNORE_INDEX where there is none (padding, the last token,
+    labels masked with -100). Then every target position is one example of the data set: examples are
+    numbered sequence by sequence, position by position (row-major), and a model gives one row of
+    logits per target position. Without targets (sequence classifiers) every sequence is one example.
+    Slicing (``inputs[a:b]``) takes sequences.
+    """
+
+    input_ids: Any
+    attention_mask: Any
+    targets: Any = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        shapes = {name: tuple(getattr(self, name).shape) for name in ("input_ids", "attention_mask", "targets")
+                  if getattr(self, name) is not None}
+        for name in shapes:
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.ndim != 2:
+                raise KddiagError(f"token inputs: {name} must be a 2-D int64 tensor (n_sequences, length); got "
+                                  f"{type(value).__name__} {getattr(value, 'dtype', '')} of shape {shapes[name]}")
+        if len(set(shapes.values())) > 1:
+            raise KddiagError(f"token inputs: input_ids, attention_mask and targets must have one shape; got {shapes}")
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def __getitem__(self, rows: slice) -> "TokenInputs":
+        return TokenInputs(self.input_ids[rows], self.attention_mask[rows],
+                           None if self.targets is None else self.targets[rows])
+
+    @property
+    def per_position(self) -> bool:
+        """Whether the examples are target positions (a causal language model), not sequences."""
+        return self.targets is not None
+
+    @property
+    def n_examples(self) -> int:
+        """Target positions with ``targets``, else sequences."""
+        return int((self.targets != IGNORE_INDEX).sum()) if self.per_position else len(self)
+
+    def example_offsets(self) -> np.ndarray:
+        """(n_sequences + 1,) int64: the examples of sequence i are offsets[i] … offsets[i + 1] − 1."""
+        counts = ((self.targets != IGNORE_INDEX).sum(dim=1).numpy() if self.per_position
+                  else np.ones(len(self), dtype=np.int64))
+        return np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+    def to(self, device: Any) -> "TokenInputs":
+        return TokenInputs(*(None if t is None else t.to(device)
+                             for t in (self.input_ids, self.attention_mask, self.targets)))
+
+    def is_floating_point(self) -> bool:
+        return False
+
+
+def n_examples_of(x: Any) -> int:
+    """How many examples inputs hold: rows of an array or tensor, or :attr:`TokenInputs.n_examples`."""
+    return x.n_examples if isinstance(x, TokenInputs) else int(np.shape(x)[0])
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Inputs and integer labels of one data set. ``x`` is None in logits mode.
@@ -157,7 +226,12 @@ class Dataset:
         if labels.min() < 0:
             raise KddiagError(f"{where}: labels must be >= 0; got {labels.min()}")
         object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
-        if self.x is not None:
+        if isinstance(self.x, TokenInputs):
+            if self.x.n_examples != len(labels):
+                what = "target positions" if self.x.per_position else "sequences"
+                raise KddiagError(f"{where}: {self.x.n_examples} {what} but {len(labels)} labels; give one label "
+                                  f"per {what[:-1]}")
+        elif self.x is not None:
             shape = tuple(np.shape(self.x))
             if not shape or shape[0] != len(labels):
                 raise KddiagError(f"{where}: inputs 'x' have shape {shape} but there are {len(labels)} labels; "
