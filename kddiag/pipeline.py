@@ -10,7 +10,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, ImageOptions, InputInfo,
-    InspectOptions, LoadedModel, Report, Setting, Settings,
+    InspectOptions, LoadedModel, Report, Setting, Settings, TokenInputs,
 )
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def _listed_inputs(measurements, datasets: dict[str, Dataset]) -> dict[str, dict
     for record in measurements.instance.sets():
         dataset = datasets.get(record.dataset)
         examples = record.hardest_examples.value or ()
-        if dataset is not None and dataset.x is not None and examples:
+        if dataset is not None and dataset.x is not None and not isinstance(dataset.x, TokenInputs) and examples:
             listed[record.dataset] = {item.index: np.asarray(dataset.x[item.index]) for item in examples}
     return listed
 
@@ -289,7 +289,7 @@ def _input_stats(x: Any) -> dict[str, Any]:
     """The range and mean of real-valued inputs, so a report can tell unnormalized images; {} for token ids."""
     import torch
 
-    if x is None:
+    if x is None or isinstance(x, TokenInputs):
         return {}
     x = torch.as_tensor(x)
     if not x.is_floating_point() or x.numel() == 0:

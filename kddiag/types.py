@@ -194,6 +194,14 @@ class TokenInputs:
     def is_floating_point(self) -> bool:
         return False
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.input_ids.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self.input_ids.dtype
+
 
 def n_examples_of(x: Any) -> int:
     """How many examples inputs hold: rows of an array or tensor, or :attr:`TokenInputs.n_examples`."""

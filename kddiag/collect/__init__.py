@@ -21,7 +21,7 @@ import numpy as np
 from kddiag.accumulate import SetAccumulator, chunk_rows, kept_classes, row_sample
 from kddiag.collect.stored import release, stored_logits
 from kddiag.errors import KddiagError
-from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, ModelOutputs, SetOutputs
+from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, ModelOutputs, SetOutputs, TokenInputs
 
 if TYPE_CHECKING:
     from kddiag.collect._runner import Runner
@@ -174,31 +174,66 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
             verb = "is a model and needs" if len(runners) == 1 else "are models and need"
             raise KddiagError(f"data '{dataset.name}' has labels only, but the {' and '.join(roles)} "
                               f"{verb} inputs 'x'")
-        x = dataset.x if isinstance(dataset.x, torch.Tensor) else torch.as_tensor(np.asarray(dataset.x))
+        x = dataset.x
+        if not isinstance(x, (torch.Tensor, TokenInputs)):
+            x = torch.as_tensor(np.asarray(x))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    starts = range(rows.start, rows.stop, batch_size)
     try:
         with torch.inference_mode():
             for runner in runners.values():
-                runner.start(x[:1], device=device, feature_layer=feature_layer)
-            for number, start in enumerate(starts):
-                stop = min(start + batch_size, rows.stop)
+                runner.start(_probe(x), device=device, feature_layer=feature_layer)
+            spans = _spans(x, rows, batch_size, next(iter(runners.values())).n_classes if runners else None)
+            for number, (start, stop, inputs, keep) in enumerate(spans):
                 logits = {key: value[start:stop] for key, value in stored.items()}
                 features = {}
                 for key, runner in runners.items():
-                    logits[key], found = runner.run(x[start:stop])
+                    logits[key], found = runner.run(inputs)
+                    logits[key] = logits[key][keep]
                     if found is not None:
-                        features[key] = found
+                        features[key] = found[keep]
                 yield Outputs(start, labels[start:stop], logits, features), runners
                 for value in stored.values():  # rows of whole statistics chunks are done with
                     release(value, start - start % chunk_rows(value.shape[1]))
                 if progress:
-                    print(f"\rkddiag: {set_name} set, batch {number + 1}/{len(starts)}", end="", file=sys.stderr)
+                    print(f"\rkddiag: {set_name} set, batch {number + 1}/{len(spans)}", end="", file=sys.stderr)
             if progress:
                 print(file=sys.stderr)
     finally:
         for runner in runners.values():
             runner.finish()
+
+
+TOKEN_BATCH_ELEMENTS = 1 << 25  # a batch of token sequences gives at most about this many logits per model
+
+
+def _spans(x, rows: range, batch_size: int, n_classes: int | None) -> list[tuple[int, int, object, slice]]:
+    """The batches over the examples ``rows``: (first example, end, the inputs to run, the rows of the
+    models' outputs that are these examples). Inputs of one example per row are cut in ``batch_size``
+    rows; token sequences whose examples are target positions in ``batch_size`` sequences (fewer when
+    their logits would pass TOKEN_BATCH_ELEMENTS), the sequences at a shard's edges run whole and the
+    positions outside it dropped."""
+    if not (isinstance(x, TokenInputs) and x.per_position):
+        return [(start, min(start + batch_size, rows.stop), None if x is None else x[start:min(start + batch_size,
+                 rows.stop)], slice(None)) for start in range(rows.start, rows.stop, batch_size)]
+    offsets = x.example_offsets()
+    first = int(np.searchsorted(offsets, rows.start, side="right")) - 1
+    last = int(np.searchsorted(offsets, rows.stop, side="left"))  # sequences [first, last) hold the rows
+    per_batch = max(1, min(batch_size, TOKEN_BATCH_ELEMENTS // max(1, x.input_ids.shape[1] * (n_classes or 1))))
+    spans = []
+    for a in range(max(first, 0), last, per_batch):
+        b = min(a + per_batch, last)
+        start, stop = max(int(offsets[a]), rows.start), min(int(offsets[b]), rows.stop)
+        if stop > start:
+            spans.append((start, stop, x[a:b], slice(start - int(offsets[a]), stop - int(offsets[a]))))
+    return spans
+
+
+def _probe(x):
+    """A one-example input for wiring the feature capture: a sequence with a target position, for tokens."""
+    if isinstance(x, TokenInputs) and x.per_position:
+        with_targets = np.flatnonzero(np.diff(x.example_offsets()) > 0)
+        return x[int(with_targets[0]):int(with_targets[0]) + 1]
+    return x[:1]
 
 
 def _runner_for(role: str, model: LoadedModel) -> Runner:

@@ -8,7 +8,7 @@ import torch
 
 from kddiag.errors import KddiagError
 from kddiag.loading import logits_of
-from kddiag.types import LoadedModel
+from kddiag.types import LoadedModel, n_examples_of
 
 
 class Runner:
@@ -71,7 +71,7 @@ class Runner:
     def _call(self, batch: Any) -> tuple[Any, Any]:
         """Logits (n, C) and features (n, D) or None for one batch, padding to a fixed batch size."""
         x = batch.to(self.device, dtype=self.float_dtype) if batch.is_floating_point() else batch.to(self.device)
-        n = len(x)
+        n = n_examples_of(x)  # rows of logits expected: inputs, or a causal LM's target positions
         pieces = [x] if self._fixed_batch is None else _fixed_chunks(x, self._fixed_batch)
         logits, features = [], []
         for piece in pieces:
@@ -83,11 +83,12 @@ class Runner:
             except Exception as error:
                 raise KddiagError(f"{self._who} failed on inputs of shape {tuple(piece.shape)} ({piece.dtype}): "
                                   f"{type(error).__name__}: {one_line(error)}") from None
-            if out.ndim != 2 or out.shape[0] != len(piece):
-                raise KddiagError(f"{self._who} returned outputs of shape {tuple(out.shape)} for {len(piece)} "
-                                  f"inputs; expected logits of shape (n_samples, n_classes) = ({len(piece)}, C)")
+            rows = n_examples_of(piece)
+            if out.ndim != 2 or out.shape[0] != rows:
+                raise KddiagError(f"{self._who} returned outputs of shape {tuple(out.shape)} for {rows} "
+                                  f"inputs; expected logits of shape (n_samples, n_classes) = ({rows}, C)")
             logits.append(out)
-            usable = isinstance(feats, torch.Tensor) and feats.ndim >= 2 and feats.shape[0] == len(piece)
+            usable = isinstance(feats, torch.Tensor) and feats.ndim >= 2 and feats.shape[0] == rows
             features.append(feats.flatten(1) if usable else None)
         out = (torch.cat(logits) if len(logits) > 1 else logits[0])[:n]  # [:n] drops the padding
         if self.n_classes is not None and out.shape[1] != self.n_classes:

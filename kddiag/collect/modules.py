@@ -11,7 +11,7 @@ import torch
 
 from kddiag.collect._runner import Runner, weight_array
 from kddiag.errors import KddiagError
-from kddiag.types import LoadedModel
+from kddiag.types import LoadedModel, n_examples_of
 
 
 class HookRunner(Runner):
@@ -36,7 +36,7 @@ class HookRunner(Runner):
                 hook.remove()
         final = next((mod for name, mod, x in reversed(calls)
                       if mod.out_features == n_classes and isinstance(x, torch.Tensor)
-                      and x.ndim == 2 and x.shape[0] == len(probe_x)), None)
+                      and x.ndim == 2 and x.shape[0] == n_examples_of(probe_x)), None)
         target = final
         if feature_layer is not None:
             named = dict(self.module.named_modules())
