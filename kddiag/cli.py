@@ -191,6 +191,12 @@ def input_options(command):
                           "without it they are refused, or skipped when the weights lie beside them."),
         click.option("--trust-program", is_flag=True,
                      help="Run TorchScript/torch.export programs that call operators outside the allowlist."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Let a Hugging Face model directory run the modelling code it ships (auto_map); "
+                          "without it such a model is refused."),
+        click.option("--max-length", type=int,
+                     help="Text data (.jsonl, .txt) for Hugging Face models: tokens per sequence, longer text "
+                          "truncated (default: the tokenizer's maximum, within reason)."),
         click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear)."),
         click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes."),
         click.option("--device", help="Torch device (default: CUDA when present, else CPU)."),

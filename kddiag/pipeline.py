@@ -9,7 +9,7 @@ import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.types import (
-    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, ImageOptions, InputInfo,
+    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
     InspectOptions, LoadedModel, Report, Setting, Settings, TokenInputs,
 )
 
@@ -101,7 +101,14 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                           temperature=None if temperatures is None else temperatures[k],
                           alpha=None if alphas is None else alphas[k])
                 for k, s in enumerate(loaded)]  # before the forward passes
-    datasets = {name: _as_dataset(source, role, options.images)
+    mismatched = _vocabulary_mismatches(loaded_teacher, loaded)
+    if mismatched and len(mismatched) == sum(s is not None for s in loaded):
+        return _mismatch_reports(loaded_teacher, loaded, loaded_baseline, settings, mismatched), [[] for _ in loaded]
+    if mismatched:
+        raise KddiagError("students " + ", ".join(f"{k + 1} ('{loaded[k].source}')" for k in mismatched)
+                          + " use another vocabulary than the teacher: compare them separately "
+                            "(kddiag inspect says how the vocabularies differ)")
+    datasets = {name: _as_dataset(source, role, options, loaded_teacher)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
     given_classes = None
@@ -227,8 +234,9 @@ def as_model(source: Any, role: str, arch: str | None, options: InspectOptions) 
     if isinstance(source, (str, os.PathLike)):
         from kddiag.loading import load_model
 
-        return load_model(source, arch=arch, trust_pickle=options.trust_pickle,
-                          trust_program=options.trust_program, role=role, ema=role in options.ema)
+        return load_model(source, arch=arch, trust_pickle=options.trust_pickle, trust_program=options.trust_program,
+                          role=role, ema=role in options.ema, **({"trust_remote_code": True}
+                                                                 if options.trust_remote_code else {}))
     import torch
 
     if isinstance(source, torch.nn.Module):
@@ -237,7 +245,51 @@ def as_model(source: Any, role: str, arch: str | None, options: InspectOptions) 
                       f"got {type(source).__name__}")
 
 
-def _as_dataset(source: Any, role: str, images: ImageOptions) -> Dataset:
+def _vocabulary_mismatches(teacher: LoadedModel, students: tuple[LoadedModel | None, ...]) -> dict[int, Any]:
+    """The students whose tokenizer differs from the teacher's (Hugging Face directories with tokenizers),
+    with how: read before any forward pass."""
+    from kddiag.vocabulary import compare_vocabularies, read_vocabulary
+
+    if not teacher.metadata.get("tokenizer_dir"):
+        return {}
+    found = {}
+    for k, student in enumerate(students):
+        if student is None or not student.metadata.get("tokenizer_dir"):
+            continue
+        comparison = compare_vocabularies(read_vocabulary(teacher.metadata["tokenizer_dir"], "teacher"),
+                                          read_vocabulary(student.metadata["tokenizer_dir"], "student"))
+        if not comparison.same:
+            found[k] = comparison
+    return found
+
+
+def _mismatch_reports(teacher: LoadedModel, students, baseline, settings, mismatched: dict) -> list[Report]:
+    """Reports of students whose vocabulary differs from the teacher's: that finding, nothing measured."""
+    from kddiag.diagnosis.engine import vocabulary_mismatch
+    from kddiag.results import Measurements
+
+    reports = []
+    for k, student in enumerate(students):
+        models = {role: m for role, m in (("teacher", teacher), ("student", student), ("baseline", baseline))
+                  if m is not None}
+        sizes = {role: m.metadata.get("vocab_size") for role, m in models.items()}
+        inputs = tuple(InputInfo(role, m.source, m.format, n_classes=sizes[role], notes=m.notes)
+                       for role, m in models.items())
+        reports.append(Report(inputs=inputs, settings=settings[k], class_info=ClassInfo(),
+                              measurements=Measurements(), diagnosis=vocabulary_mismatch(mismatched[k]),
+                              n_classes=int(sizes["teacher"] or 0), models=tuple(models)))
+    return reports
+
+
+def _as_dataset(source: Any, role: str, options: InspectOptions, teacher: LoadedModel | None = None) -> Dataset:
+    """A data set from a path (text data tokenized with a Hugging Face teacher's tokenizer) or as given."""
+    images = options.images
+    if isinstance(source, (str, os.PathLike)) and teacher is not None and teacher.format.startswith("hf-"):
+        from kddiag.text import load_text_dataset
+
+        task = "causal-lm" if teacher.format == "hf-causal-lm" else "sequence-classification"
+        return load_text_dataset(str(source), role=role, task=task, tokenizer_dir=teacher.metadata.get("tokenizer_dir"),
+                                 max_length=options.max_length)
     if isinstance(source, Dataset):
         if images.given:
             raise KddiagError(f"--{role}: the image options (normalize, resize, layout) apply to data read "

@@ -645,6 +645,8 @@ class InspectOptions:
     classes: str | None = None  # JSON file with {"names": [...], "groups": [...]}
     trust_pickle: bool = False
     trust_program: bool = False  # run TorchScript/torch.export programs with operators outside the allowlist
+    trust_remote_code: bool = False  # let a Hugging Face model directory run its own modelling code
+    max_length: int | None = None  # text data: tokens per sequence (None: the tokenizer's, within reason)
     feature_layer: str | None = None  # module name whose input/output is the penultimate feature
     batch_size: int = 512
     device: str | None = None  # None: CUDA when present, else CPU
@@ -672,6 +674,9 @@ class InspectOptions:
             raise KddiagError(f"--batch-size must be a positive integer; got {self.batch_size!r}")
         if self.device is not None:
             _check_device(self.device)
+        length = self.max_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 2):
+            raise KddiagError(f"--max-length must be an integer >= 2; got {self.max_length!r}")
         if not isinstance(self.images, ImageOptions):
             raise KddiagError(f"InspectOptions.images must be an ImageOptions; got {type(self.images).__name__}")
 

@@ -113,6 +113,20 @@ def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int,
     return Diagnosis((_healthy(gain, normal, len(ran), len(RULES) - len(ran)),), tuple(not_checked), verdict)
 
 
+def vocabulary_mismatch(comparison) -> Diagnosis:
+    """The diagnosis when teacher and student tokenizers differ (:mod:`kddiag.vocabulary`): one level-0
+    finding, found before any forward pass; every other rule is not checked."""
+    words = w.word_vocabulary_mismatch(comparison)
+    evidence_ = [Evidence("inputs.vocabulary_differing_ids", float(comparison.n_differing), 0.0, "inputs", ">")]
+    if comparison.teacher_size != comparison.student_size:
+        evidence_.append(Evidence("inputs.student_vocabulary_size", float(comparison.student_size),
+                                  float(comparison.teacher_size), "inputs", "!="))
+    finding = Finding(ids.VOCABULARY_MISMATCH, (OUTCOME,), severity(1.0), words.title, tuple(evidence_),
+                      words.explanation, words.advice)
+    reason = f"{ids.VOCABULARY_MISMATCH}: teacher and student vocabularies differ, nothing was measured"
+    return Diagnosis((finding,), tuple((rule.id, reason) for rule in RULES), ids.PROBLEMS)
+
+
 def _checked_numbers(m: Measurements) -> tuple[Evidence, ...]:
     """The main numbers the rules checked, each against the cut-off it was read against."""
     shown = (

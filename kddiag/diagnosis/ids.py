@@ -10,10 +10,11 @@ TEACHER_WRONG_ON_TRANSFER = "teacher-wrong-on-transfer"
 CAPACITY_GAP = "capacity-gap"
 STRUCTURE_NOT_TRANSFERRED = "structure-not-transferred"
 KD_NO_GAIN = "kd-no-gain"  # KD did not beat the baseline and no cause rule explains it
+VOCABULARY_MISMATCH = "vocabulary-mismatch"  # teacher and student tokenizers differ: nothing per token is comparable
 
 FINDING_IDS = (HEALTHY, TEACHER_OVERCONFIDENT, TEACHER_LABEL_SMOOTHED, TEMPERATURE_MISMATCH, CAPACITY_GAP,
                TEACHER_WEAK, TEACHER_WRONG_ON_TRANSFER, CLASS_ORDER_MISMATCH, STRUCTURE_NOT_TRANSFERRED, KD_NO_GAIN,
-               DATA_PIPELINE_SUSPECT)
+               DATA_PIPELINE_SUSPECT, VOCABULARY_MISMATCH)
 
 # The verdict of a diagnosis (Diagnosis.verdict)
 PROBLEMS = "problems"  # at least one finding names a problem (kd-no-gain included)

@@ -269,6 +269,19 @@ def word_kd_no_gain(gain, significant: bool, normal, ran: list[str], band, conte
         "check it.")
 
 
+def word_vocabulary_mismatch(comparison) -> Wording:
+    return Wording(
+        "Teacher and student use different vocabularies",
+        f"Their tokenizers differ: {comparison.describe()}. Token-level distillation matches the teacher's and "
+        "the student's next-token distributions id by id; with different vocabularies the same id is a "
+        "different token, so the soft targets the student was trained on, and every per-token measurement, "
+        "pair unrelated tokens. Nothing was measured.",
+        "Distil into a student that shares the teacher's tokenizer (save the teacher's tokenizer with the "
+        "student, and size the student's embedding and output layer to it), or use a distillation that maps "
+        "between vocabularies (e.g. universal logit distillation, which compares sorted probabilities) and "
+        "check the student with that mapping. Then run kddiag again.")
+
+
 def word_teacher_ready(ran: int, not_run: int, band, context: Context) -> Wording:
     skipped = f"; {not_run} need a student or could not run (see not checked)" if not_run else ""
     if band is None:
