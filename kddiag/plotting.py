@@ -137,7 +137,9 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
 
 def plot_target_confidence(report: Report | Measurements, *, ax=None):
     """Histogram of the teacher's target probability p_y at τ, transfer set vs eval set
-    (``universe.<set>.target_confidence_histogram``), with the set's saturation cut marked."""
+    (``universe.<set>.target_confidence_histogram``), with the set's saturation cut marked. When most
+    targets of a set are saturated (the linear histogram is one bar), the wrong-class mass 1 − p_y is
+    drawn instead on a log axis, from the per-example sample (:func:`_plot_wrong_class_mass`)."""
     measurements, _, settings = _unpack(report)
     ax = _new_axes(ax, figsize=(5.6, 4.0))
     tau = "" if settings is None else f" (τ = {settings.temperature.value:g})"
@@ -147,6 +149,11 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
     if not drawn:
         return _not_available(ax, _reason([r.target_confidence_histogram for r in records],
                                           "no target confidences measured"))
+    saturated_sets = [r for r in drawn if r.saturation_share.ok and r.saturation_share.value >= SATURATED_PLOT_SHARE]
+    samples = {r.dataset: _target_confidence_sample(measurements, r.dataset) for r in drawn}
+    if saturated_sets and all(sample is not None for sample in samples.values()):
+        ax.set_title(f"Teacher wrong-class mass 1 − p_y{tau}")
+        return _plot_wrong_class_mass(ax, drawn, samples)
     for record in drawn:
         histogram = record.target_confidence_histogram.value
         edges, counts = _floats(histogram.bin_edges), np.nan_to_num(_floats(histogram.counts))
@@ -160,6 +167,42 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
         ax.axvline(cut, color="black", ls="--", lw=1, label=f"saturation p_y > {cut:g}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("teacher probability of the true class, p_y")
+    ax.set_ylabel("share of examples")
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    return ax
+
+
+SATURATED_PLOT_SHARE = 0.5  # from this saturated share on, target confidence is drawn as 1 − p_y on a log axis
+WRONG_MASS_FLOOR = 1e-12  # … and values of 1 − p_y below it are drawn in the first bin
+
+
+def _target_confidence_sample(measurements: Measurements, dataset: str) -> np.ndarray | None:
+    """The teacher's p_y at τ on the set's per-example sample, or None when not kept."""
+    record = measurements.instance.on(dataset)
+    if record is None or record.examples is None:
+        return None
+    values = _floats(record.examples.teacher_target_confidence)
+    return values[np.isfinite(values)] if values.size else None
+
+
+def _plot_wrong_class_mass(ax, drawn: list, samples: dict[str, np.ndarray]):
+    """Histograms of 1 − p_y on log-spaced bins from WRONG_MASS_FLOOR to 1, one per set, the
+    saturation cut (1 − p_y < 1 − cut) marked: readable however close to one-hot the targets are."""
+    edges = np.logspace(np.log10(WRONG_MASS_FLOOR), 0, 49)
+    for record in drawn:
+        mass = np.clip(1.0 - samples[record.dataset], WRONG_MASS_FLOOR, 1.0)
+        counts, _ = np.histogram(mass, bins=edges)
+        share = counts / max(mass.size, 1)
+        label = f"{record.dataset} set (sample of {mass.size:,}"
+        saturated = record.saturation_share
+        label += f", {100 * float(saturated.value):.0f}% saturated)" if saturated.ok else ")"
+        ax.stairs(share, edges, fill=True, alpha=0.35, color=SET_COLORS[record.dataset])
+        ax.stairs(share, edges, color=SET_COLORS[record.dataset], lw=1.5, label=label)
+    for cut in dict.fromkeys(record.saturation_cut for record in drawn):
+        ax.axvline(1.0 - cut, color="black", ls="--", lw=1, label=f"saturation: 1 − p_y < {1 - cut:g}")
+    ax.set_xscale("log")
+    ax.set_xlim(WRONG_MASS_FLOOR, 1.0)
+    ax.set_xlabel(f"wrong-class mass 1 − p_y (log scale; below {WRONG_MASS_FLOOR:g} in the first bin)")
     ax.set_ylabel("share of examples")
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
     return ax

@@ -96,7 +96,25 @@ def test_target_confidence_marks_saturation_and_both_sets(full):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(label.startswith("transfer set") for label in labels)
     assert any(label.startswith("eval set") for label in labels)
-    assert any(np.allclose(line.get_xdata(), full.measurements.universe.transfer.saturation_cut) for line in ax.lines)
+    cut = full.measurements.universe.transfer.saturation_cut
+    saturated = full.measurements.universe.transfer.saturation_share.value >= plotting.SATURATED_PLOT_SHARE
+    assert any(np.allclose(line.get_xdata(), 1 - cut if saturated else cut) for line in ax.lines)
+
+
+def test_a_saturated_teacher_is_drawn_as_wrong_class_mass_on_a_log_axis():
+    confidence = 1 - np.logspace(-9, -1, 400)  # 1 − p_y from 1e-9 to 0.1: one bar on a linear p_y axis
+    examples = PerExample(teacher_target_confidence=confidence, rescaling_weight=None,
+                          untrained_rescaling_weight=np.ones(400), difficulty=np.ones(400))
+    histogram = Histogram(bin_edges=np.linspace(0.0, 1.0, 5), counts=np.array([0, 0, 0, 400]))
+    measurements = Measurements(
+        universe=UniverseResult(eval=UniverseOnSet(EVAL, target_confidence_histogram=measured(histogram),
+                                                   saturation_share=measured(0.9), saturation_cut=0.99)),
+        instance=InstanceResult(eval=InstanceOnSet(EVAL, examples=examples)))
+    ax = plotting.plot_target_confidence(measurements)
+    assert ax.get_xscale() == "log" and "1 − p_y" in ax.get_title()
+    heights = np.concatenate([patch.get_path().vertices[:, 1] for patch in ax.patches])
+    assert (heights > 0).sum() > 10  # spread over many bins, not one bar
+    assert any(np.allclose(line.get_xdata(), 0.01) for line in ax.lines)
 
 
 def test_target_confidence_draws_the_record_histogram_and_saturation_cut():

@@ -18,8 +18,8 @@ from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_instance
                              plot_target_confidence, plot_temperature_whatif, similarity_rows)
 from kddiag.diagnosis.ids import HEALTHY
 from kddiag.report.json import report_to_dict
-from kddiag.report.text import (LEVEL_CODES, evidence_summary, format_cell, format_number, headline_table,
-                                problem_findings, severity_word)
+from kddiag.report.text import (CLIPPED_METRICS, LEVEL_CODES, W_SHOWN_MAX, clipped_value, evidence_summary, format_cell,
+                                format_number, headline_table, problem_findings, severity_word)
 from kddiag.results import Measured, OutcomeOnSet
 from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER, Report
 
@@ -95,8 +95,10 @@ def _context(report: Report) -> dict:
         "classes": _class_summary(report),
         "coverage": [c.describe() for c in report.coverage],
         "metrics": [{"section": section, "name": name, "dataset": dataset,
-                     "value": summarize_value(leaf.get("value")),
-                     "ci": "[{}, {}]".format(*(format_number(v) for v in leaf["ci95"])) if leaf.get("ci95") else "",
+                     "value": (clipped_value(leaf["value"]) if name in CLIPPED_METRICS and isinstance(leaf.get("value"), float)
+                               and abs(leaf["value"]) > W_SHOWN_MAX else summarize_value(leaf.get("value"))),
+                     "ci": "" if name in CLIPPED_METRICS else
+                           "[{}, {}]".format(*(format_number(v) for v in leaf["ci95"])) if leaf.get("ci95") else "",
                      "unavailable": leaf.get("unavailable", "")}
                     for section, names in data["metrics"].items()
                     for name, by_set in names.items() for dataset, leaf in by_set.items()],

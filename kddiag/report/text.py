@@ -35,6 +35,7 @@ class Headline:
     label: str
     cells: Callable[[Any], Cells]
     records: Callable[[Any], tuple] = lambda level: level.sets()
+    clip: float | None = None  # values beyond ±clip are shown as '>clip' / '<−clip' (heavy-tailed statistics)
 
 
 def _each_model(value: Callable[[Any], Measured]) -> Callable[[Any], Cells]:
@@ -50,6 +51,18 @@ def _weights(level) -> tuple:
 def _level_wide(level) -> tuple:
     return (level,)
 
+
+W_SHOWN_MAX = 100.0  # the trained student's mean w and CV are shown within ±this (report.json keeps them)
+CLIPPED_METRICS = ("rescaling_weight_mean", "rescaling_weight_cv")  # report.json names of those two
+
+
+def clipped_value(value: float, clip: float = W_SHOWN_MAX) -> str:
+    """'>100' or '<−100' for a value beyond ±clip."""
+    return f"{'>' if value > 0 else '<−'}{clip:g}"
+
+
+CLIPPED_NOTE = (f"'>{W_SHOWN_MAX:g}': the trained student's mean w or CV is beyond ±{W_SHOWN_MAX:g}, where a few "
+                "examples it is saturated on dominate it (report.json keeps the value)")
 
 HEADLINES: dict[str, tuple[Headline, ...]] = {
     "outcome": (
@@ -85,9 +98,9 @@ HEADLINES: dict[str, tuple[Headline, ...]] = {
         Headline("feature CKA with teacher", lambda r: {"student": r.feature_cka, "baseline": r.baseline_feature_cka}),
     ),
     "instance": (
-        Headline("rescaling weight w, mean", lambda r: {"student": r.rescaling_weight_mean}),
+        Headline("rescaling weight w, mean", lambda r: {"student": r.rescaling_weight_mean}, clip=W_SHOWN_MAX),
         Headline("rescaling weight w, CV", lambda r: {"teacher": r.untrained_rescaling_weight_cv,
-                                                      "student": r.rescaling_weight_cv}),
+                                                      "student": r.rescaling_weight_cv}, clip=W_SHOWN_MAX),
         Headline(f"share of w < {LOW_WEIGHT:g}", lambda r: {"teacher": r.untrained_rescaling_weight_low_share,
                                                             "student": r.rescaling_weight_low_share}),
         Headline("Spearman(w, −difficulty)", lambda r: {"teacher": r.rescaling_difficulty_correlation}),
@@ -134,7 +147,7 @@ def headline_table(measurements: Measurements, section: str, columns: tuple[str,
     (transfer first, then eval, then weights), with a cell per model of ``columns``. Without a student
     column (a teacher-only check) a row shows only when one of its cells has a value."""
     level = {item.LEVEL: item for item in measurements.levels()}[section]
-    rows, reasons = [], {}
+    rows, reasons, was_clipped = [], {}, False
     for headline in HEADLINES[section]:
         for record in headline.records(level):
             found = {model: metric for model, metric in headline.cells(record).items()
@@ -146,11 +159,18 @@ def headline_table(measurements: Measurements, section: str, columns: tuple[str,
                 metric = found.get(model)
                 if metric is not None and metric.unavailable:
                     reasons.setdefault(metric.unavailable, []).append(metric.name.split(".", 1)[-1])
-                cells.append(format_cell(metric))
+                if (headline.clip is not None and metric is not None and metric.ok
+                        and abs(float(metric.value)) > headline.clip):
+                    cells.append(clipped_value(metric.value, headline.clip))
+                    was_clipped = True
+                else:
+                    cells.append(format_cell(metric))
             rows.append((headline.label, next(iter(found.values())).dataset, *cells))
     notes = [f"n/a: {reason} ({_names(names)})" for reason, names in reasons.items()]
     if section in HEADLINE_NOTES and rows:
         notes += HEADLINE_NOTES[section][:1 if "student" not in columns else None]
+    if was_clipped:
+        notes.append(CLIPPED_NOTE)
     return HeadlineTable(section, tuple(rows), tuple(notes), columns)
 
 
