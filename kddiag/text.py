@@ -139,13 +139,13 @@ def _class_ids(labels: list, places: list[str], where: str) -> tuple[np.ndarray,
                 raise KddiagError(f"{where}: {place}: label {json.dumps(label)} is a class name, but "
                                   f"{places[0]}'s label is an integer; give every label as an integer or every "
                                   f"label as a name")
-            if isinstance(label, bool) or not isinstance(label, int):
+            if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Integral):
                 raise KddiagError(f"{where}: {place}: the label must be an integer class id; got "
                                   f"{json.dumps(label)}")
             if label < 0:
                 raise KddiagError(f"{where}: {place}: the label must be a class id >= 0; got {label}")
     if not named:
-        return np.asarray(labels, dtype=np.int64), None
+        return np.asarray([int(label) for label in labels], dtype=np.int64), None
     names = tuple(sorted(set(labels)))
     index = {name: k for k, name in enumerate(names)}
     return np.asarray([index[label] for label in labels], dtype=np.int64), names
@@ -159,9 +159,9 @@ def _read_txt(path: Path, where: str) -> list[str]:
 
 
 def _lines(path: Path, where: str) -> Iterator[tuple[int, str]]:
-    """(line number from 1, line without its line break)."""
+    """(line number from 1, line without its line break); a UTF-8 byte-order mark is dropped."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             for number, line in enumerate(handle, start=1):
                 yield number, line.rstrip("\r\n")
     except UnicodeDecodeError as error:
@@ -230,9 +230,10 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
         raise KddiagError(f"{where}: a DatasetDict with splits {', '.join(table)}; give one split's directory")
     columns = list(table.column_names)
     if "input_ids" in columns:
-        content = {key: table[key] for key in ("input_ids", "attention_mask", "labels") if key in columns}
+        # columns as lists of rows (recent datasets versions return lazy Column objects)
+        content = {key: list(table[key]) for key in ("input_ids", "attention_mask", "labels") if key in columns}
         if task == SEQUENCE_CLASSIFICATION and "labels" not in columns and "label" in columns:
-            content["labels"] = table["label"]
+            content["labels"] = list(table["label"])
         return _from_columns(content, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
                              max_length=max_length, format="hf-datasets", ragged_ok=True)
     if "text" not in columns:

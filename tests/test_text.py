@@ -116,7 +116,8 @@ def test_jsonl_causal_ids_targets_and_labels(tmp_path, word_dir):
 
 def test_txt_causal_matches_jsonl(tmp_path, word_dir):
     path = tmp_path / "val.txt"
-    path.write_text("the cat sat\n\n   \r\na dog ran far away\r\nthe cat sat on the mat\nzebra", encoding="utf-8")
+    path.write_text("the cat sat\n\n   \r\na dog ran far away\r\nthe cat sat on the mat\nzebra",
+                    encoding="utf-8-sig")  # with a byte-order mark
     data = load_text_dataset(path, role="data", task=CAUSAL, tokenizer_dir=word_dir)
     jsonl = load_text_dataset(_write_jsonl(tmp_path / "v.jsonl", [{"text": t} for t in TEXTS]), role="data",
                               task=CAUSAL, tokenizer_dir=word_dir)
@@ -416,7 +417,7 @@ def test_hf_datasets_text_and_ragged_token_columns(tmp_path, monkeypatch, word_d
     split = tmp_path / "split"
     split.mkdir()
     (split / "state.json").write_text("{}")
-    _fake_datasets(monkeypatch, _FakeTable({"text": ["the cat", "a dog ran"], "label": [1, 0]}))
+    _fake_datasets(monkeypatch, _FakeTable({"text": ["the cat", "a dog ran"], "label": np.array([1, 0])}))
     data = load_text_dataset(split, role="data", task=CLASSIFY, tokenizer_dir=word_dir)
     assert data.format == "hf-datasets" and data.labels.tolist() == [1, 0]
     assert data.x.input_ids[1].tolist() == _ids(word_dir, "a dog ran")
