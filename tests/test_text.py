@@ -428,3 +428,6 @@ def test_hf_datasets_text_and_ragged_token_columns(tmp_path, monkeypatch, word_d
     assert data.x.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert data.x.targets.tolist() == [[IGNORE_INDEX, 7, IGNORE_INDEX], [9, IGNORE_INDEX, IGNORE_INDEX]]
     assert "1 rows of different lengths right-padded" in data.preprocessing
+    _fake_datasets(monkeypatch, _FakeTable({"input_ids": [[5, 6], [7, 8]], "label": [0, 1]}))
+    data = load_text_dataset(split, role="data", task=CLASSIFY)
+    assert data.x.input_ids.tolist() == [[5, 6], [7, 8]] and data.labels.tolist() == [0, 1]
