@@ -1,0 +1,558 @@
+"""Text data for token-level distillation: text or token ids in, :class:`~kddiag.types.TokenInputs` out.
+
+Formats (:func:`load_text_dataset`):
+
+- ``.jsonl``: one JSON object per line with ``text`` (a string) and, for sequence classification,
+  ``label`` (an integer class id ≥ 0, or a class name: names map to ids in sorted order). Blank lines
+  are skipped.
+- ``.txt``: one text per non-blank line (causal language models only: a classifier needs labels).
+- ``.pt`` (read with ``weights_only=True``) / ``.npz`` (never unpickled): pre-tokenized ``input_ids``
+  (n, L), optional ``attention_mask`` (n, L) (default all ones) and ``labels``: for a causal LM (n, L)
+  aligned with ``input_ids`` as Hugging Face does (the model shifts them; -100 ignored; default
+  ``input_ids``), for a classifier (n,) class ids.
+- A directory written by Hugging Face ``datasets``' ``save_to_disk`` (one split), with columns
+  ``text`` [+ ``label``] or ``input_ids`` [+ ``attention_mask``, ``labels``]; needs ``datasets``.
+
+Text is tokenized with the teacher's tokenizer, special tokens added as the tokenizer adds them by
+default, truncated to ``max_length`` and right-padded to the longest sequence of the set.
+
+For a causal LM the example at position t of a sequence is the prediction of the token at t + 1:
+``targets[:, t] = labels[:, t + 1]``, IGNORE_INDEX (-100) at the last position, where position t or
+t + 1 is padding, and where ``labels[:, t + 1]`` is -100. ``Dataset.labels`` are the targets that are
+not -100, row-major.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import numbers
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from kddiag.errors import KddiagError
+from kddiag.types import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
+
+__all__ = ["TASKS", "TEXT_FORMATS", "load_text_dataset", "next_token_targets"]
+
+CAUSAL_LM, SEQUENCE_CLASSIFICATION = TASKS = ("causal-lm", "sequence-classification")
+TEXT_FORMATS = (".jsonl", ".txt", ".pt", ".pth", ".npz")  # and a Hugging Face datasets directory
+DEFAULT_MAX_LENGTH = 512  # when the tokenizer states no usable model_max_length
+MAX_SANE_MODEL_MAX_LENGTH = 8192  # above this a tokenizer's model_max_length is a placeholder (often 1e30)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer.model", "sentencepiece.bpe.model")
+_HF_MARKERS = ("dataset_info.json", "state.json")  # files save_to_disk writes in one split's directory
+_HF_DICT_MARKER = "dataset_dict.json"  # ... and in a DatasetDict's directory
+_PRETOKENIZED_HINT = "give pre-tokenized data instead (.pt or .npz with 'input_ids')"
+
+
+def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: str | Path | None = None,
+                      max_length: int | None = None) -> Dataset:
+    """Read text or token ids for a Hugging Face model as a :class:`Dataset` whose ``x`` is TokenInputs.
+
+    ``task``: 'causal-lm' (examples are target positions, labels the next tokens) or
+    'sequence-classification' (examples are sequences, labels their class ids). ``tokenizer_dir``: the
+    teacher's directory, whose tokenizer turns text into ids and bounds pre-tokenized ids to its
+    vocabulary. ``max_length``: tokens kept per sequence; None: the tokenizer's ``model_max_length``
+    when it is at most 8192, else 512 (pre-tokenized data: not truncated). ``role`` ('data' or
+    'transfer-data') names the option in errors.
+
+    >>> load_text_dataset("val.jsonl", role="data", task="causal-lm", tokenizer_dir="gpt2/").x.input_ids.shape
+    torch.Size([100, 37])  # doctest: +SKIP
+    """
+    where = f"--{role} '{path}'"
+    if task not in TASKS:
+        raise KddiagError(f"{where}: the task must be one of {', '.join(TASKS)}; got {task!r}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral)
+                                   or max_length < 1):
+        raise KddiagError(f"{where}: max_length must be a positive integer; got {max_length!r}")
+    path = Path(path)
+    if path.is_dir():
+        return _load_hf_datasets(path, where, task, tokenizer_dir, max_length)
+    if not path.is_file():
+        raise KddiagError(f"{where}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_FORMATS:
+        raise KddiagError(f"{where}: unknown text data format '{suffix or path.name}'; expected .jsonl, .txt, "
+                          f".pt or .npz, or a directory written by Hugging Face datasets' save_to_disk")
+    if path.stat().st_size == 0:
+        raise KddiagError(f"{where}: the file is empty")
+    if suffix in (".jsonl", ".txt"):
+        if suffix == ".txt" and task == SEQUENCE_CLASSIFICATION:
+            raise KddiagError(f"{where}: a .txt file holds no labels, which sequence classification needs; use "
+                              f".jsonl with 'text' and 'label' on each line")
+        texts, labels, names = (_read_jsonl(path, where, task) if suffix == ".jsonl"
+                                else (_read_txt(path, where), None, None))
+        return _from_texts(texts, labels, names, name=str(path), where=where, task=task,
+                           tokenizer_dir=tokenizer_dir, max_length=max_length, format=suffix.lstrip("."))
+    columns = _read_npz(path, where) if suffix == ".npz" else _read_pt(path, where)
+    return _from_columns(columns, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
+                         max_length=max_length, format="npz" if suffix == ".npz" else "pt")
+
+
+# --- reading files ----------------------------------------------------------------------------------
+
+def _read_jsonl(path: Path, where: str, task: str) -> tuple[list[str], list | None, tuple[str, ...] | None]:
+    """Texts and, for classification, class ids (and the class names when labels are strings)."""
+    texts, labels, places = [], [], []
+    for number, line in _lines(path, where):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise KddiagError(f"{where}: line {number} is not valid JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise KddiagError(f"{where}: line {number} must be a JSON object with 'text'; got "
+                              f"{type(record).__name__}")
+        if "text" not in record:
+            raise KddiagError(f"{where}: line {number} has no 'text' field (fields: "
+                              f"{', '.join(map(repr, record)) or 'none'})")
+        if not isinstance(record["text"], str):
+            raise KddiagError(f"{where}: line {number}: 'text' must be a string; got {type(record['text']).__name__}")
+        texts.append(record["text"])
+        places.append(f"line {number}")
+        if task == SEQUENCE_CLASSIFICATION:
+            if "label" not in record:
+                raise KddiagError(f"{where}: line {number} has no 'label' field; sequence classification needs "
+                                  f"an integer class id (or a class name) on each line")
+            labels.append(record["label"])
+    if not texts:
+        raise KddiagError(f"{where}: no examples (only blank lines)")
+    if task != SEQUENCE_CLASSIFICATION:
+        return texts, None, None
+    ids, names = _class_ids(labels, places, where)
+    return texts, ids, names
+
+
+def _class_ids(labels: list, places: list[str], where: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Integer class ids ≥ 0 as given, or class names mapped to ids in sorted order (then the names).
+    ``places``: where each label is ('line 3', 'row 2'), for errors."""
+    named = isinstance(labels[0], str)
+    for label, place in zip(labels, places):
+        if named and not isinstance(label, str):
+            raise KddiagError(f"{where}: {place}: label {json.dumps(label)} is not a class name, but "
+                              f"{places[0]}'s label is; give every label as an integer or every label as a name")
+        if not named:
+            if isinstance(label, str):
+                raise KddiagError(f"{where}: {place}: label {json.dumps(label)} is a class name, but "
+                                  f"{places[0]}'s label is an integer; give every label as an integer or every "
+                                  f"label as a name")
+            if isinstance(label, (bool, np.bool_)) or not isinstance(label, numbers.Integral):
+                raise KddiagError(f"{where}: {place}: the label must be an integer class id; got "
+                                  f"{json.dumps(label)}")
+            if label < 0:
+                raise KddiagError(f"{where}: {place}: the label must be a class id >= 0; got {label}")
+    if not named:
+        return np.asarray([int(label) for label in labels], dtype=np.int64), None
+    names = tuple(sorted(set(labels)))
+    index = {name: k for k, name in enumerate(names)}
+    return np.asarray([index[label] for label in labels], dtype=np.int64), names
+
+
+def _read_txt(path: Path, where: str) -> list[str]:
+    texts = [line for _, line in _lines(path, where) if line.strip()]
+    if not texts:
+        raise KddiagError(f"{where}: no examples (only blank lines)")
+    return texts
+
+
+def _lines(path: Path, where: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line without its line break); a UTF-8 byte-order mark is dropped."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            for number, line in enumerate(handle, start=1):
+                yield number, line.rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise KddiagError(f"{where}: not UTF-8 text (byte {error.start} of the file cannot be decoded)") from None
+
+
+def _read_pt(path: Path, where: str) -> dict:
+    import re
+
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:  # the weights-only unpickler met an object it does not allow
+            raise KddiagError(f"{where}: not a plain tensor file: it holds pickled Python objects ({found.group(1)}), "
+                              f"which kddiag never loads; save a dict of tensors ('input_ids', optionally "
+                              f"'attention_mask' and 'labels') with torch.save") from None
+        # torch's own message advises weights_only=False or names pickle opcodes: not the user's concern
+        raise KddiagError(f"{where}: not a readable tensor file (corrupt, truncated or not written by torch.save); "
+                          f"expected a dict of tensors "
+                          f"'input_ids', optionally 'attention_mask' and 'labels', saved by torch.save") from None
+    if not isinstance(content, dict):
+        raise KddiagError(f"{where}: expected a dict with 'input_ids' (and optionally 'attention_mask' and 'labels'); "
+                          f"got {type(content).__name__}")
+    return content
+
+
+def _read_npz(path: Path, where: str) -> dict:
+    with open(path, "rb") as handle:
+        if not handle.read(4).startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            raise KddiagError(f"{where}: not a .npz file (a zip of .npy arrays): corrupt, truncated or another format")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as error:
+        if "pickle" in str(error) or "Python objects" in str(error):
+            raise KddiagError(f"{where}: holds object arrays (Python objects, or sequences of different lengths), "
+                              f"which kddiag never unpickles; pad the sequences and save integer arrays") from None
+        raise KddiagError(f"{where}: not a readable .npz file ({_one_line(error)})") from None
+    except Exception as error:
+        raise KddiagError(f"{where}: not a readable .npz file ({_one_line(error)})") from None
+
+
+def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_length) -> Dataset:
+    """One split saved by Hugging Face ``datasets``: text columns or token columns (ragged rows are padded)."""
+    if (path / _HF_DICT_MARKER).is_file():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise KddiagError(f"{where}: a DatasetDict with several splits ({', '.join(splits) or 'none'}); give one "
+                          f"split's directory, e.g. '{path / (splits[0] if splits else 'validation')}'")
+    if not any((path / marker).is_file() for marker in _HF_MARKERS):
+        raise KddiagError(f"{where}: a folder, but not one written by Hugging Face datasets' save_to_disk (no "
+                          f"{' or '.join(_HF_MARKERS)}); give a .jsonl, .txt, .pt or .npz file or such a folder")
+    try:
+        import datasets
+    except ImportError:
+        raise KddiagError(f"{where}: reading a Hugging Face datasets folder needs the datasets package: "
+                          f"pip install datasets") from None
+    try:
+        with _quiet():
+            table = datasets.load_from_disk(str(path))
+    except Exception as error:
+        raise KddiagError(f"{where}: not a readable Hugging Face datasets folder ({_one_line(error)})") from None
+    if isinstance(table, datasets.DatasetDict):
+        raise KddiagError(f"{where}: a DatasetDict with splits {', '.join(table)}; give one split's directory")
+    columns = list(table.column_names)
+    if "input_ids" in columns:
+        # columns as lists of rows (recent datasets versions return lazy Column objects)
+        content = {key: list(table[key]) for key in ("input_ids", "attention_mask", "labels") if key in columns}
+        if task == SEQUENCE_CLASSIFICATION and "labels" not in columns and "label" in columns:
+            content["labels"] = list(table["label"])
+        return _from_columns(content, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
+                             max_length=max_length, format="hf-datasets", ragged_ok=True)
+    if "text" not in columns:
+        raise KddiagError(f"{where}: no 'text' or 'input_ids' column (columns: {', '.join(columns) or 'none'})")
+    texts = list(table["text"])
+    if not texts:
+        raise KddiagError(f"{where}: the data set is empty (0 rows)")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise KddiagError(f"{where}: row {bad}: 'text' must be a string; got {type(texts[bad]).__name__}")
+    labels = names = None
+    if task == SEQUENCE_CLASSIFICATION:
+        if "label" not in columns:
+            raise KddiagError(f"{where}: no 'label' column, which sequence classification needs (columns: "
+                              f"{', '.join(columns)})")
+        labels, names = _class_ids(list(table["label"]), [f"row {i}" for i in range(len(texts))], where)
+        feature = getattr(table, "features", {}).get("label")
+        if names is None and getattr(feature, "names", None):  # a ClassLabel column: ids with names
+            names = tuple(str(n) for n in feature.names)
+    return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
+                       max_length=max_length, format="hf-datasets")
+
+
+# --- from text --------------------------------------------------------------------------------------
+
+def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task: str, tokenizer_dir,
+                max_length: int | None, format: str) -> Dataset:
+    if tokenizer_dir is None:
+        raise KddiagError(f"{where}: text must be tokenized with the teacher's tokenizer, but the teacher has none "
+                          f"(no Hugging Face directory with tokenizer files); {_PRETOKENIZED_HINT}")
+    tokenizer = _load_tokenizer(tokenizer_dir, where, required=True)
+    if max_length is None:
+        stated = getattr(tokenizer, "model_max_length", None)
+        sane = isinstance(stated, numbers.Integral) and 0 < stated <= MAX_SANE_MODEL_MAX_LENGTH
+        max_length = int(stated) if sane else DEFAULT_MAX_LENGTH
+        length_note = (f"max_length {max_length} (the tokenizer's model_max_length)" if sane else
+                       f"max_length {max_length} (default: the tokenizer states no model_max_length ≤ "
+                       f"{MAX_SANE_MODEL_MAX_LENGTH})")
+    else:
+        length_note = f"max_length {max_length}"
+    rows, n_truncated = _tokenize(tokenizer, texts, max_length, where)
+    empty = next((i for i, row in enumerate(rows) if not row), None)
+    if empty is not None:
+        raise KddiagError(f"{where}: example {empty + 1} ({_shown_text(texts[empty])}) gives no tokens; every "
+                          f"example needs at least one")
+    pad_id, pad_note = _pad_id(tokenizer)
+    input_ids, attention_mask = _padded(rows, pad_id)
+    side = getattr(tokenizer, "truncation_side", "right")
+    notes = [f"tokenized with the tokenizer in '{tokenizer_dir}'", "special tokens as it adds them",
+             f"{length_note}, {n_truncated:,} of {len(rows):,} sequences truncated"
+             + (f" (from the {side})" if n_truncated and side != "right" else ""),
+             f"right-padded to {input_ids.shape[1]} tokens with pad id {pad_id} ({pad_note})"]
+    return _dataset(input_ids, attention_mask, input_ids.copy() if task == CAUSAL_LM else labels, names,
+                    name=name, where=where, task=task, vocab=len(tokenizer), notes=notes, format=format)
+
+
+def _tokenize(tokenizer, texts: list[str], max_length: int, where: str) -> tuple[list[list[int]], int]:
+    """Token ids of each text, truncated by the tokenizer to ``max_length``; and how many were truncated."""
+    try:
+        with _quiet():
+            rows = [list(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+            long = [i for i, row in enumerate(rows) if len(row) > max_length]
+            if long:  # the tokenizer truncates, so that the special tokens it adds stay
+                cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)["input_ids"]
+                for i, ids in zip(long, cut):
+                    rows[i] = list(ids)
+    except Exception as error:
+        raise KddiagError(f"{where}: the tokenizer failed ({_one_line(error)})") from None
+    over = next((row for row in rows if len(row) > max_length), None)
+    if over is not None:  # the tokenizer does not truncate below the special tokens it adds
+        raise KddiagError(f"{where}: max_length {max_length} is too short: the tokenizer keeps {len(over)} tokens "
+                          f"of a sequence (with the special tokens it adds); give a larger max_length")
+    return rows, len(long)
+
+
+def _pad_id(tokenizer) -> tuple[int, str]:
+    """The pad id, and what it is: the pad token, else the eos token, else 0 (masked out all the same)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id), f"the pad token {tokenizer.pad_token!r}"
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id), f"no pad token: the eos token {tokenizer.eos_token!r}"
+    return 0, "no pad or eos token: id 0"
+
+
+def _padded(rows: list, pad_id: int):
+    """(n, longest) int64 ids right-padded with ``pad_id``, and the attention mask (1 on real tokens)."""
+    length = max(len(row) for row in rows)
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+# --- from token ids ---------------------------------------------------------------------------------
+
+def _from_columns(content: dict, *, name: str, where: str, task: str, tokenizer_dir, max_length: int | None,
+                  format: str, ragged_ok: bool = False) -> Dataset:
+    """Pre-tokenized ``input_ids``, ``attention_mask`` and ``labels``; ``ragged_ok``: rows of different
+    lengths are right-padded (Hugging Face datasets store them so), else refused."""
+    if "input_ids" not in content:
+        raise KddiagError(f"{where}: no 'input_ids' (found keys: {', '.join(map(str, content)) or 'none'}); expected "
+                          f"'input_ids' (n_sequences, length) and optionally 'attention_mask' and 'labels'")
+    causal = task == CAUSAL_LM
+    keys = ("input_ids", "attention_mask") + (("labels",) if causal else ())
+    if ragged_ok:
+        content = _pad_ragged(content, keys, where)
+    arrays = {key: _int_matrix(content[key], key, where) for key in keys if content.get(key) is not None}
+    input_ids = arrays["input_ids"]
+    for key, array in arrays.items():
+        if array.shape != input_ids.shape:
+            raise KddiagError(f"{where}: '{key}' has shape {array.shape} but 'input_ids' {input_ids.shape}; "
+                              f"{'labels for a causal LM align' if key == 'labels' else 'the mask aligns'} "
+                              f"with input_ids, one value per token")
+    if input_ids.size == 0:
+        raise KddiagError(f"{where}: 'input_ids' is empty (shape {input_ids.shape})")
+    mask = arrays.get("attention_mask")
+    if mask is not None and not np.isin(mask, (0, 1)).all():
+        raise KddiagError(f"{where}: 'attention_mask' must hold only 0 (padding) and 1 (real tokens); got values "
+                          f"from {mask.min()} to {mask.max()}")
+    notes = [f"pre-tokenized ({'attention_mask given' if mask is not None else 'no attention_mask: all ones'}"
+             + (f", {'labels given' if 'labels' in arrays else 'no labels: input_ids'}" if causal else "") + ")"]
+    if content.get("_padded_rows"):
+        notes.append(f"{content['_padded_rows']:,} rows of different lengths right-padded (mask 0)")
+    if mask is None:
+        mask = np.ones_like(input_ids)
+    if causal:
+        labels = arrays.get("labels", input_ids.copy())
+    else:
+        labels = _class_vector(content.get("labels"), len(input_ids), where)
+    if max_length is not None and input_ids.shape[1] > max_length:
+        n_truncated = int(mask[:, max_length:].any(axis=1).sum())
+        input_ids, mask = input_ids[:, :max_length], mask[:, :max_length]
+        labels = labels[:, :max_length] if causal else labels
+        notes.append(f"max_length {max_length}, {n_truncated:,} of {len(input_ids):,} sequences truncated")
+    tokenizer = _load_tokenizer(tokenizer_dir, where, required=False) if tokenizer_dir is not None else None
+    vocab = None if tokenizer is None else len(tokenizer)
+    notes.append(f"token ids checked against the {vocab:,}-token vocabulary in '{tokenizer_dir}'" if vocab
+                 else "token ids not checked against a vocabulary (no tokenizer)")
+    return _dataset(input_ids, mask, labels, None, name=name, where=where, task=task, vocab=vocab, notes=notes,
+                    format=format)
+
+
+def _pad_ragged(content: dict, keys: tuple[str, ...], where: str) -> dict:
+    """Rows given as lists of different lengths, right-padded: ids with 0, the mask with 0, labels with -100."""
+    rows = {key: list(content[key]) for key in keys if content.get(key) is not None}
+    lengths = [len(row) for row in rows["input_ids"]]
+    if len(set(lengths)) <= 1:
+        return content
+    for key, value in rows.items():
+        if [len(row) for row in value] != lengths:
+            raise KddiagError(f"{where}: the rows of '{key}' and 'input_ids' differ in length; each needs one value "
+                              f"per token")
+    fills = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
+    padded = {key: _padded(value, fills[key])[0] for key, value in rows.items()}
+    if "attention_mask" not in padded:
+        padded["attention_mask"] = _padded(rows["input_ids"], 0)[1]
+    else:
+        padded["attention_mask"] = padded["attention_mask"] * _padded(rows["input_ids"], 0)[1]
+    return {**content, **padded, "_padded_rows": sum(n < max(lengths) for n in lengths)}
+
+
+def _int_matrix(value: Any, key: str, where: str) -> np.ndarray:
+    """(n, L) int64 from a tensor, an array or a list of equal-length rows."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+    elif isinstance(value, (list, tuple)):
+        rows = [r.detach().cpu().numpy() if isinstance(r, torch.Tensor) else np.asarray(r) for r in value]
+        lengths = {r.shape for r in rows}
+        if len(lengths) > 1:
+            sizes = [r.shape[0] if r.ndim else 0 for r in rows]
+            odd = next(i for i, s in enumerate(sizes) if s != sizes[0])
+            raise KddiagError(f"{where}: '{key}' is ragged: sequence 0 has {sizes[0]} tokens but sequence {odd} has "
+                              f"{sizes[odd]}; pad every sequence to one length and give 'attention_mask' (0 on "
+                              f"padding)")
+        value = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise KddiagError(f"{where}: '{key}' is ragged or holds Python objects; pad every sequence to one length "
+                          f"and give integer arrays")
+    if array.ndim != 2:
+        aligned = ", aligned with 'input_ids' (the model shifts them)" if key == "labels" else ""
+        raise KddiagError(f"{where}: '{key}' must be 2-D (n_sequences, length){aligned}; got shape {array.shape}")
+    if array.dtype.kind == "b":
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise KddiagError(f"{where}: '{key}' must hold integers; got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def _class_vector(value: Any, n: int, where: str) -> np.ndarray:
+    """(n,) int64 class ids ≥ 0 of a classification set."""
+    import torch
+
+    if value is None:
+        raise KddiagError(f"{where}: no 'labels'; sequence classification needs 'labels', one class id per "
+                          f"sequence (n_sequences,)")
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if array.shape != (n,):
+        raise KddiagError(f"{where}: 'labels' for sequence classification must be ({n},), one class id per "
+                          f"sequence; got shape {array.shape}")
+    if array.dtype.kind not in "iu":
+        raise KddiagError(f"{where}: 'labels' must be integer class ids; got dtype {array.dtype}")
+    if array.min() < 0:
+        raise KddiagError(f"{where}: 'labels' must be class ids >= 0; got {array.min()} "
+                          f"(sequence {int(np.argmin(array))})")
+    return array.astype(np.int64, copy=False)
+
+
+# --- the data set -----------------------------------------------------------------------------------
+
+def _dataset(input_ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, names, *, name: str, where: str,
+             task: str, vocab: int | None, notes: list[str], format: str) -> Dataset:
+    """The Dataset, after checking token ids (and causal labels) against [0, vocab)."""
+    import torch
+
+    _check_ids(input_ids, "token ids in 'input_ids'", where, vocab)
+    if task == CAUSAL_LM:
+        targets = next_token_targets(labels, mask)
+        flat = targets[targets != IGNORE_INDEX]
+        _check_ids(flat, "'labels' at target positions (other than -100)", where, vocab)
+        if flat.size == 0:
+            raise KddiagError(f"{where}: no target position: no sequence has a real token after another whose "
+                              f"label is not -100; a causal LM needs sequences of at least 2 tokens")
+        x = TokenInputs(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(targets))
+        labels, count = flat, f"{len(input_ids):,} sequences, {flat.size:,} target positions"
+    else:
+        x = TokenInputs(torch.from_numpy(input_ids), torch.from_numpy(mask))
+        count = f"{len(input_ids):,} sequences"
+        if names is not None:
+            notes.append(f"string labels mapped to class ids in sorted order ({_shown_names(names)})")
+    return Dataset(name=name, x=x, labels=labels, class_info=ClassInfo(names=names), format=format,
+                   preprocessing="; ".join(notes + [count]))
+
+
+def next_token_targets(labels: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """(n, L) int64: ``labels[:, t + 1]`` at position t, IGNORE_INDEX at the last position, where position
+    t or t + 1 is padding (``attention_mask`` 0) and where ``labels[:, t + 1]`` is IGNORE_INDEX.
+
+    ``labels`` are aligned with the input ids, as Hugging Face causal LMs take them (the model shifts).
+    """
+    real = attention_mask.astype(bool)
+    targets = np.full(labels.shape, IGNORE_INDEX, dtype=np.int64)
+    keep = real[:, :-1] & real[:, 1:]
+    targets[:, :-1] = np.where(keep, labels[:, 1:], IGNORE_INDEX)
+    return targets
+
+
+def _check_ids(ids: np.ndarray, what: str, where: str, vocab: int | None) -> None:
+    if ids.size and ids.min() < 0:
+        raise KddiagError(f"{where}: {what} must be >= 0; got {ids.min()}")
+    if vocab is not None and ids.size and ids.max() >= vocab:
+        raise KddiagError(f"{where}: {what} must lie in [0, {vocab}) for the tokenizer's {vocab:,}-token "
+                          f"vocabulary; got {ids.max()}")
+
+
+# --- the tokenizer ----------------------------------------------------------------------------------
+
+def _load_tokenizer(directory, where: str, *, required: bool):
+    """The tokenizer in ``directory`` (local files only). ``required``: text needs it, so its absence is an
+    error; else (token ids, checked against it when present) None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        if not required:
+            return None
+        raise KddiagError(f"{where}: the tokenizer directory '{directory}' is not a directory; text is tokenized "
+                          f"with the teacher's tokenizer from its Hugging Face directory")
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        if not required:
+            return None
+        raise KddiagError(f"{where}: the teacher directory '{directory}' has no tokenizer (none of "
+                          f"{', '.join(TOKENIZER_FILES[:2])}, …), so text cannot be tokenized; "
+                          f"{_PRETOKENIZED_HINT}")
+    try:
+        import transformers
+    except ImportError:
+        if not required:
+            return None
+        raise KddiagError(f"{where}: tokenizing text needs the transformers package: "
+                          f"pip install 'kddiag[transformers]'") from None
+    try:
+        with _quiet():
+            return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as error:
+        raise KddiagError(f"{where}: could not read the tokenizer in '{directory}' ({_one_line(error)}); "
+                          f"{_PRETOKENIZED_HINT}") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No warnings or log lines from transformers/datasets (e.g. 'Token indices sequence length is longer…')."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("transformers", "datasets", "huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _shown_text(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _shown_names(names: tuple[str, ...]) -> str:
+    shown = ", ".join(f"{k}={n}" for k, n in enumerate(names[:6]))
+    return shown + (f", … ({len(names)} classes)" if len(names) > 6 else "")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text[:240] + "…") if len(text) > 240 else text or type(error).__name__
