@@ -4,10 +4,12 @@ Oracles: each model's own forward (its ``.logits``, selected at the target posit
 last hidden state and its head's weight.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from kddiag.loading import load_model  # noqa: E402
 from kddiag.loading.hf import CausalLMAdapter, _check_causal_lm, load_hf_model  # noqa: E402
 from kddiag.types import IGNORE_INDEX, TokenInputs  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]  # subprocesses import this checkout's kddiag
 VOCAB, HIDDEN, N_LABELS = 64, 16, 3
 LLAMA_LIKE = dict(hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                   num_key_value_heads=1, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -242,6 +245,42 @@ def test_remote_code_needs_trust_remote_code(copy_of):
     _one_line(error, "student checkpoint", "auto_map", "--trust-remote-code")
 
 
+REMOTE_CONFIG = """
+from transformers import GPT2Config
+class TinyConfig(GPT2Config):
+    model_type = "tiny-remote"
+"""
+REMOTE_MODEL = """
+import pathlib
+from transformers import GPT2LMHeadModel
+from .configuration_tiny import TinyConfig
+pathlib.Path(__file__).parent.joinpath("ran").touch()  # marks that the shipped code ran
+class TinyForCausalLM(GPT2LMHeadModel):
+    config_class = TinyConfig
+"""
+
+
+def test_remote_code_runs_only_with_trust_remote_code(copy_of, tmp_path):
+    directory = copy_of("gpt2")
+    (directory / "configuration_tiny.py").write_text(REMOTE_CONFIG)
+    (directory / "modeling_tiny.py").write_text(REMOTE_MODEL)
+    _edit_config(directory, model_type="tiny-remote", architectures=["TinyForCausalLM"],
+                 auto_map={"AutoConfig": "configuration_tiny.TinyConfig",
+                           "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"})
+    with pytest.raises(UnsafeLoadError):
+        load_model(directory, role="teacher")
+    assert not list(directory.rglob("ran"))
+    cache = tmp_path / "modules"  # transformers copies shipped code there: a fresh process, kept off ~/.cache
+    code = ("import sys; from kddiag.loading import load_model; "
+            "m = load_model(sys.argv[1], role='teacher', trust_remote_code=True); "
+            "print(m.format, type(m.module.model).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True,
+                          env={**os.environ, "HF_MODULES_CACHE": str(cache)}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hf-causal-lm", "TinyForCausalLM"] and done.stderr == ""
+    assert list(cache.rglob("ran"))  # the shipped code ran (from transformers' copy) only in that process
+
+
 @pytest.mark.parametrize("name", ["gpt2", "org/model", "meta-llama/Llama-3.2-1B"])
 def test_hub_ids_are_refused(name, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
@@ -330,4 +369,4 @@ def test_without_transformers_one_line_says_how_to_install(saved, monkeypatch):
 def test_importing_kddiag_does_not_import_transformers():
     code = ("import sys, kddiag, kddiag.loading, kddiag.loading.hf, kddiag.collect, kddiag.cli; "
             "assert 'transformers' not in sys.modules, 'transformers imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
