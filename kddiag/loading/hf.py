@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,11 +66,13 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
     use_safetensors = _weights_format(path, where, trust_pickle)
     auto = (transformers.AutoModelForCausalLM if kind == CAUSAL_LM
             else transformers.AutoModelForSequenceClassification)
+    # transformers >= 4.56 names it dtype (and 5 defaults to the stored one); older ones load float32
+    dtype = {"dtype": torch.float32} if _version(transformers.__version__) >= (4, 56) else {}
     with _quiet():
         try:
             model, info = auto.from_pretrained(
                 str(path), local_files_only=True, use_safetensors=use_safetensors,
-                trust_remote_code=trust_remote_code, dtype=torch.float32, output_loading_info=True)
+                trust_remote_code=trust_remote_code, output_loading_info=True, **dtype)
         except Exception as error:
             raise KddiagError(f"{where}: transformers could not load it as {architecture} "
                               f"({type(error).__name__}: {one_line(error)})") from None
@@ -245,6 +248,11 @@ def _check_inputs(inputs: Any, *, need_targets: bool) -> None:
     if need_targets and inputs.targets is None:
         raise KddiagError("a causal language model needs token inputs with targets (the token to predict at "
                           "each position, -100 where none)")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """'4.56.0.dev0' -> (4, 56)."""
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
 
 
 @contextlib.contextmanager
