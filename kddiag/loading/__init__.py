@@ -12,6 +12,8 @@ Formats are recognized by content where possible, by extension otherwise:
   (:mod:`.unpickling`). A whole pickled ``nn.Module`` (``torch.save(model)``) loads only with
   ``trust_pickle=True``, since unpickling runs code from the file.
 - logits (``.npy``, ``.npz``, ``.pt`` holding an (n_samples, n_classes) tensor or a dict of them).
+- Hugging Face directories written by ``save_pretrained`` (:mod:`.hf`, needs ``kddiag[transformers]``):
+  sequence classifiers and causal language models; never downloaded.
 
 Distillation settings stored with a checkpoint (``temperature``/``T``/``kd_T``/..., ``alpha`` at the top
 level or under ``config``/``hyper_parameters``/``args``/...; timm's and RepDistiller's own argument
@@ -49,9 +51,12 @@ _EXTENSIONS = {".npy": "npy", ".npz": "npz", ".safetensors": "safetensors", ".pt
                ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch", ".tar": "torch",
                ".ts": "torchscript", ".jit": "torchscript", ".torchscript": "torchscript"}
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # 'gpt2', 'org/model-1.5B'
+
 
 def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False,
-               trust_program: bool = False, role: str = "teacher", ema: bool = False) -> LoadedModel:
+               trust_program: bool = False, role: str = "teacher", ema: bool = False,
+               trust_remote_code: bool = False) -> LoadedModel:
     """Load a checkpoint or a logits file as a :class:`~kddiag.types.LoadedModel`.
 
     ``arch`` builds the model a state dict belongs to (:mod:`.archs`): a built-in name,
@@ -61,7 +66,9 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
     unpickling whole modules and other objects; ``trust_program`` runs TorchScript and torch.export
     programs whose operators are outside the allowlist (:mod:`kddiag.loading.vetting`). ``role``
     ('teacher', 'student', 'baseline') names the file in errors and picks a role's weights from a
-    file holding several. How the weights were chosen, and what could not be read, is in ``.notes``.
+    file holding several. A directory holding ``config.json`` is a Hugging Face ``save_pretrained``
+    directory (:mod:`.hf`); ``trust_remote_code`` runs the code such a model ships (``auto_map``).
+    How the weights were chosen, and what could not be read, is in ``.notes``.
 
     >>> load_model("student.pt", arch="mlp:64-32-10", role="student").format
     'state_dict'
@@ -69,7 +76,20 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
     path = Path(path)
     where = f"{role} checkpoint '{path}'"
     if not path.exists():
+        if _HUB_ID.fullmatch(str(path)) and path.suffix.lower() not in _EXTENSIONS:
+            raise KddiagError(f"{where}: no such file or directory; if it is a Hugging Face Hub id: kddiag never "
+                              f"downloads models, pass a local directory written by save_pretrained")
         raise KddiagError(f"{where}: no such file")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise KddiagError(f"{where}: a directory without config.json; kddiag reads Hugging Face directories "
+                              f"written by save_pretrained (config.json + model.safetensors)")
+        if arch is not None or ema:
+            raise KddiagError(f"{where}: a Hugging Face directory brings its own architecture and weights; "
+                              f"--{role}-arch and --ema do not apply to it")
+        from kddiag.loading.hf import load_hf_model
+
+        return load_hf_model(path, role=role, trust_remote_code=trust_remote_code, trust_pickle=trust_pickle)
     if not path.is_file():
         raise KddiagError(f"{where}: not a file")
     if path.stat().st_size == 0:
