@@ -235,8 +235,7 @@ def as_model(source: Any, role: str, arch: str | None, options: InspectOptions) 
         from kddiag.loading import load_model
 
         return load_model(source, arch=arch, trust_pickle=options.trust_pickle, trust_program=options.trust_program,
-                          role=role, ema=role in options.ema, **({"trust_remote_code": True}
-                                                                 if options.trust_remote_code else {}))
+                          role=role, ema=role in options.ema, trust_remote_code=options.trust_remote_code)
     import torch
 
     if isinstance(source, torch.nn.Module):
