@@ -36,6 +36,7 @@ def _save_tokenizer(directory, vocab, *, unk, post_processor=None, **special_tok
 @pytest.fixture(scope="module")
 def word_dir(tmp_path_factory):
     """A word-level tokenizer with a pad token that adds [BOS] … [EOS]; model_max_length 16."""
+    pytest.importorskip("transformers")  # and tokenizers, which it brings
     from tokenizers import processors
 
     vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}  # [PAD] = 0, [BOS] = 2, [EOS] = 3
