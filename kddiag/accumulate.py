@@ -22,11 +22,11 @@ the batches and whatever number of shards of whole chunks were merged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from kddiag.metrics import domain, instance, universe
+from kddiag.metrics import domain, instance, strata, universe
 from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, softmax_stats
 from kddiag.reservoir import Reservoir, kept_indices
 from kddiag.types import ROLES, Batch, Coverage, SetOutputs
@@ -37,6 +37,7 @@ ROW_ELEMENTS = 1 << 23  # … and at most this many logits per model (at least M
 MIN_ROW_SAMPLES = 256
 CHUNK_ROWS = 8_192  # statistics are updated per chunk of at most this many examples (a power of two) …
 CHUNK_ELEMENTS = 1 << 23  # … and about this many logits per model; shards are whole CHUNK_ROWS
+STRATUM = "stratum:"  # pending per-example bucket ids travel with the logits under this prefix
 DENSE_CLASSES = 2_048  # class-by-class sums over every class up to this many classes …
 TOP_CLASSES = 1_024  # … beyond it over the TOP_CLASSES most frequent labels (ties: lower id)
 
@@ -103,6 +104,8 @@ class SetSummary:
     rows: dict[str, np.ndarray]  # row reservoir, by index ("index", "labels", "<role>.logits", "<role>.features")
     weights: dict[str, np.ndarray]  # role -> logit-layer weight, where found
     feature_roles: frozenset[str]  # roles whose features were seen
+    strata: dict = field(default_factory=dict)  # name -> (count per bucket, column -> sum per bucket)
+    # (kddiag.metrics.strata; token positions only)
 
     def mean(self, name: str) -> float | None:
         return self.moments.mean(name)
@@ -171,7 +174,9 @@ class SetAccumulator:
         self.feature_roles: set[str] = set()
         self.weights: dict[str, np.ndarray] = {}  # role -> logit-layer weight, where found (set by collection)
         self.chunk_rows = chunk_rows(n_classes)
-        self._pending: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []  # (start, labels, logits)
+        self._pending: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []  # (start, labels, logits
+        # and strata buckets under STRATUM + name)
+        self.strata: dict[str, tuple[np.ndarray, dict[str, CompensatedSum]]] = {}  # name -> (count, sums)
 
     def update(self, batch: Batch) -> None:
         """Add one batch of outputs (every role of this set, examples ``batch.start``, ``batch.start + 1``, …).
@@ -188,7 +193,8 @@ class SetAccumulator:
         self.rows.add(index, rows)
         if self._pending and self._pending_end() != batch.start:
             self.flush()
-        self._pending.append((batch.start, batch.labels, dict(batch.logits)))
+        self._pending.append((batch.start, batch.labels, {**batch.logits, **{STRATUM + name: bucket for name, bucket
+                                                                              in batch.strata.items()}}))
         end = self._pending_end()
         start = self._pending[0][0]
         for boundary in range(start - start % self.chunk_rows + self.chunk_rows, end + 1, self.chunk_rows):
@@ -214,8 +220,11 @@ class SetAccumulator:
         self._update_statistics(start, labels[:cut], {role: value[:cut] for role, value in logits.items()})
 
     def _update_statistics(self, start: int, y: np.ndarray, logits: dict[str, np.ndarray]) -> None:
+        strata = {key[len(STRATUM):]: logits.pop(key) for key in list(logits) if key.startswith(STRATUM)}
         one, teacher_t, student_t = self._softmax(y, logits)
         columns = example_columns(y, one, teacher_t, student_t, alpha=self.alpha)
+        for name, bucket in strata.items():
+            self._add_stratum(name, np.asarray(bucket, dtype=np.int64), columns)
         moments = Moments({name: columns[name] for name in MOMENT_COLUMNS if name in columns})
         if self.moments is None:
             self.moments = moments
@@ -231,6 +240,16 @@ class SetAccumulator:
         index = start + np.arange(y.size)
         self._add_hardest(one["teacher"].target_log_prob, y, one["teacher"].prediction, index)
         self.examples.add(index, {name: columns[name] for name in RESERVOIR_COLUMNS if name in columns})
+
+    def _add_stratum(self, name: str, bucket: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        """Count the examples per bucket of stratum ``name`` and sum the STRATUM_COLUMNS values per bucket."""
+        n = strata.N_BUCKETS[name]
+        count, sums = self.strata.setdefault(name, (np.zeros(n, dtype=np.int64), {}))
+        count += np.bincount(bucket, minlength=n)
+        for column in strata.STRATUM_COLUMNS:
+            if column in columns:
+                sums.setdefault(column, CompensatedSum(n)).add(np.bincount(bucket, weights=columns[column],
+                                                                           minlength=n))
 
     def merge(self, other: "SetAccumulator") -> None:
         """Add the statistics of another shard of the same set (same classes, roles and settings)."""
@@ -252,6 +271,14 @@ class SetAccumulator:
         self.confusion += other.confusion
         if other.hardest:
             self._add_hardest(*(other.hardest[key] for key in ("score", "label", "prediction", "index")))
+        for name, (count, sums) in other.strata.items():
+            mine_count, mine_sums = self.strata.setdefault(name, (np.zeros_like(count), {}))
+            mine_count += count
+            for column, total in sums.items():
+                if column in mine_sums:
+                    mine_sums[column].merge(total)
+                else:
+                    mine_sums[column] = total
         self.examples.merge(other.examples)
         self.rows.merge(other.rows)
         self.feature_roles |= other.feature_roles
@@ -271,6 +298,8 @@ class SetAccumulator:
             kept_classes=self.kept, confusion=self.confusion, hardest=hardest,
             examples={"index": index, **examples}, rows={"index": row_index, **rows},
             weights=dict(self.weights), feature_roles=frozenset(self.feature_roles),
+            strata={name: (count.copy(), {column: total.value() for column, total in sums.items()})
+                    for name, (count, sums) in self.strata.items()},
         )
 
     def _softmax(self, y: np.ndarray, logits: dict[str, np.ndarray]

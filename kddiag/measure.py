@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from kddiag.accumulate import SetSummary, summarize
-from kddiag.metrics import domain, fidelity, instance, universe, whatif
+from kddiag.metrics import domain, fidelity, instance, strata, universe, whatif
 from kddiag.metrics._common import subsample_indices
 from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWeights, DomainResult, InstanceOnSet,
                             InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
@@ -26,6 +26,7 @@ from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, SetOutputs
 
 NO_BASELINE = "no baseline given"
 NO_STUDENT = "no student given (a teacher-only check)"
+NOT_TOKENS = "language models only (examples are token positions)"
 NO_WEIGHTS_LOGITS_MODE = "logits mode: no logit-layer weights"
 NO_WEIGHTS = "no logit-layer weights found"
 NO_FEATURES = "no penultimate features found"
@@ -133,7 +134,11 @@ def _outcome(data: SetSummary) -> OutcomeOnSet:
     baseline_agreement = (measured(data.mean("baseline_agree")) if "baseline" in data.roles
                           else unavailable(NO_BASELINE))
     shared = dict(teacher_accuracy=accuracy["teacher"], student_accuracy=accuracy["student"],
-                  baseline_accuracy=accuracy["baseline"], baseline_agreement=baseline_agreement)
+                  baseline_accuracy=accuracy["baseline"], baseline_agreement=baseline_agreement,
+                  **{field_name: (measured(strata.breakdown_of(name, *data.strata[name])) if name in data.strata
+                                  else unavailable(NOT_TOKENS))
+                     for field_name, name in (("by_token_frequency", strata.FREQUENCY),
+                                              ("by_position", strata.POSITION))})
     if "student" not in data.roles:
         return OutcomeOnSet.unmeasured(NO_STUDENT, dataset=data.name, **shared)
     teacher_right = data.moments.sum("teacher.correct")

@@ -117,6 +117,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
 
         given_classes = load_class_info(options.classes)
 
+    strata = _token_strata(datasets)
     summaries: list[list] = [[] for _ in loaded]
     with distributed.group(options.device) as ranks:
         for name, dataset in datasets.items():
@@ -125,7 +126,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                 settings=tuple((s.temperature.value, s.alpha.value) for s in settings),
                 rows=ranks.shard(len(dataset.labels)), batch_size=options.batch_size,
                 device=ranks.device or options.device, feature_layer=options.feature_layer,
-                progress=options.progress and ranks.is_main)
+                progress=options.progress and ranks.is_main, strata=strata.get(name))
             for k, shard in enumerate(shards):
                 merged = ranks.merged(shard)
                 if merged is not None:
@@ -154,6 +155,21 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                               coverage=tuple(s.coverage() for s in student_summaries),
                               example_inputs=_listed_inputs(measurements, datasets), models=tuple(models)))
     return reports, summaries
+
+
+def _token_strata(datasets: dict[str, Dataset]) -> dict[str, dict[str, np.ndarray]]:
+    """For the sets whose examples are token positions: each example's frequency bucket (by its target
+    token's rank in the transfer set's labels, else the set's own) and position bucket."""
+    from kddiag.metrics.strata import FREQUENCY, POSITION, frequency_buckets, position_buckets
+
+    token = {name: ds for name, ds in datasets.items() if isinstance(ds.x, TokenInputs) and ds.x.per_position}
+    if not token:
+        return {}
+    size = max(int(ds.labels.max()) for ds in datasets.values()) + 1
+    reference = datasets.get(TRANSFER, next(iter(datasets.values())))
+    counts = np.bincount(reference.labels, minlength=size)
+    return {name: {FREQUENCY: frequency_buckets(ds.labels, counts),
+                   POSITION: position_buckets(ds.x.target_positions())} for name, ds in token.items()}
 
 
 def _student_names(students: Sequence[Any] | Mapping[str, Any]) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ import numpy as np
 from kddiag.metrics import instance as _instance
 from kddiag.metrics import universe as _universe
 from kddiag.metrics.instance import HardExample
+from kddiag.metrics.strata import Breakdown
 from kddiag.metrics.universe import Histogram, Reliability
 from kddiag.metrics.whatif import WhatIf
 from kddiag.types import DOMAIN, EVAL, INSTANCE, OUTCOME, TRANSFER, UNIVERSE, WEIGHTS
@@ -216,6 +217,8 @@ class OutcomeOnSet(_OnSet):
     permuted_agreement: Measured[float] = field(default_factory=_missing)
     permuted_agreement_chance: Measured[float] = field(default_factory=_missing)  # the same search on unpaired rows
     class_permutation: Measured[np.ndarray] = field(default_factory=_missing)  # student k ↔ teacher π[k]
+    by_token_frequency: Measured[Breakdown] = field(default_factory=_missing)  # token positions only
+    by_position: Measured[Breakdown] = field(default_factory=_missing)
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,10 @@ class TokenInputs:
         """Target positions with ``targets``, else sequences."""
         return int((self.targets != IGNORE_INDEX).sum()) if self.per_position else len(self)
 
+    def target_positions(self) -> np.ndarray:
+        """Each example's index t in its sequence (row-major), for target positions."""
+        return (self.targets != IGNORE_INDEX).nonzero()[:, 1].numpy()
+
     def example_offsets(self) -> np.ndarray:
         """(n_sequences + 1,) int64: the examples of sequence i are offsets[i] … offsets[i + 1] − 1."""
         counts = ((self.targets != IGNORE_INDEX).sum(dim=1).numpy() if self.per_position
@@ -369,6 +373,8 @@ class Batch:
     sources: Mapping[str, str | None] = field(default_factory=dict)  # role -> file: named in errors
     dataset: str | None = None  # EVAL or TRANSFER: named in errors
     data: str | None = None  # the data set's file or built-in name: named in errors
+    strata: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> each example's bucket
+    # (kddiag.metrics.strata: 'frequency', 'position'; token positions only)
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -401,6 +407,14 @@ class Batch:
                                                        self.data and f"('{self.data}')"))) if self.dataset else ""
             raise KddiagError(f"labels{data} must lie in [0, {n_classes}) for {n_classes}-class models; got values "
                               f"from {labels.min()} to {labels.max()}")
+        from kddiag.metrics.strata import N_BUCKETS
+
+        for name, bucket in self.strata.items():
+            bucket = np.asarray(bucket)
+            if (name not in N_BUCKETS or bucket.shape != labels.shape or bucket.dtype.kind not in "iu"
+                    or (bucket.size and (bucket.min() < 0 or bucket.max() >= N_BUCKETS[name]))):
+                raise KddiagError(f"stratum {name!r}: one bucket id in [0, {N_BUCKETS.get(name, '?')}) per example; "
+                                  f"got {bucket.dtype} of shape {bucket.shape}")
         features = {}
         for role, value in self.features.items():
             array = _real_array(value, self._name(role, "features"))

@@ -47,10 +47,13 @@ def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
 def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple[LoadedModel | None, ...],
                       baseline: LoadedModel | None = None, set_name: str, settings: tuple[tuple[float, float], ...],
                       rows: range | None = None, batch_size: int = 512, device: str | None = None,
-                      feature_layer: str | None = None, progress: bool = False) -> list[SetAccumulator | None]:
+                      feature_layer: str | None = None, progress: bool = False,
+                      strata: dict[str, np.ndarray] | None = None) -> list[SetAccumulator | None]:
     """One accumulator per student of one teacher (as :func:`collect_summary`), over one pass in which the
     teacher and the baseline run once per batch; ``settings``: each student's (temperature, alpha). A
-    student None is a teacher-only check."""
+    student None is a teacher-only check. ``strata``: name -> every example's bucket (token data,
+    :mod:`kddiag.metrics.strata`), summed per bucket."""
+    strata = strata or {}
     models = {"teacher": teacher, **{f"student:{k}": s for k, s in enumerate(students) if s is not None}}
     if baseline is not None:
         models["baseline"] = baseline
@@ -64,7 +67,8 @@ def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple
         for k, pair in enumerate(pairs):
             batch = Batch(part.start, part.labels, {role: part.logits[key] for role, key in pair.items()},
                           {role: part.features[key] for role, key in pair.items() if key in part.features},
-                          {role: sources[key] for role, key in pair.items()}, set_name, dataset.name)
+                          {role: sources[key] for role, key in pair.items()}, set_name, dataset.name,
+                          {name: bucket[part.start:part.start + part.labels.size] for name, bucket in strata.items()})
             if accumulators[k] is None:
                 temperature, alpha = settings[k]
                 accumulators[k] = SetAccumulator(

@@ -119,3 +119,40 @@ def test_sequence_classifier_inputs_are_one_example_per_sequence():
                               temperature=2.0, alpha=0.5, batch_size=7).summary()
     assert summary.n_samples == 50 and summary.n_classes == 3
     assert "teacher" in summary.feature_roles
+
+
+def test_breakdowns_by_frequency_and_position_equal_brute_force_sums():
+    from kddiag.collect import collect_summaries
+    from kddiag.metrics import strata
+    from kddiag.metrics.strata import Breakdown
+
+    data = token_set(n=30, seed=5)
+    loaded = models()
+    buckets = {strata.FREQUENCY: strata.frequency_buckets(data.labels, np.bincount(data.labels, minlength=VOCAB)),
+               strata.POSITION: strata.position_buckets(data.x.target_positions())}
+    (acc,) = collect_summaries(data, teacher=loaded["teacher"], students=(loaded["student"],), set_name="eval",
+                               settings=((2.0, 0.5),), batch_size=4, strata=buckets)
+    measured = measure([acc.summary()], settings=Settings(), class_info=ClassInfo())
+    with torch.inference_mode():
+        teacher, student = (loaded[r].module(data.x).numpy() for r in ("teacher", "student"))
+    teacher_right = teacher.argmax(1) == data.labels
+    agree = teacher.argmax(1) == student.argmax(1)
+    for breakdown, by in ((measured.outcome.eval.by_token_frequency.value, strata.FREQUENCY),
+                          (measured.outcome.eval.by_position.value, strata.POSITION)):
+        assert breakdown.count.sum() == data.labels.size
+        names = strata.bucket_names(by)
+        for k, name in enumerate(breakdown.buckets):
+            rows = buckets[by] == names.index(name)
+            assert breakdown.count[k] == rows.sum()
+            assert breakdown.means["teacher_accuracy"][k] == pytest.approx(teacher_right[rows].mean())
+            assert breakdown.means["agreement"][k] == pytest.approx(agree[rows].mean())
+        again = Breakdown.from_dict(json.loads(json.dumps(_jsonable(breakdown.to_dict()))))
+        assert again.buckets == breakdown.buckets
+        np.testing.assert_allclose(again.means["kl_teacher_student"], breakdown.means["kl_teacher_student"])
+
+
+def test_positions_are_numbered_within_their_sequence():
+    data = token_set(n=5, seed=2)
+    targets = data.x.targets.numpy()
+    expected = [t for row in targets for t, value in enumerate(row) if value != IGNORE_INDEX]
+    np.testing.assert_array_equal(data.x.target_positions(), expected)
