@@ -773,3 +773,48 @@ def _group_strips(ax, groups: np.ndarray) -> None:
         color = palette(ids[group] % 20)
         ax.add_patch(Rectangle((-thickness, i), thickness, 1, color=color, clip_on=False, lw=0))
         ax.add_patch(Rectangle((i, -thickness), 1, thickness, color=color, clip_on=False, lw=0))
+
+
+# ---------------------------------------------------------------- token level
+
+def has_token_breakdowns(report: Report | Measurements) -> bool:
+    """Whether a set's examples were token positions (the breakdowns were measured)."""
+    measurements, _, _ = _unpack(report)
+    return any(record.by_position.ok for record in measurements.outcome.sets())
+
+
+def plot_token_breakdowns(report: Report | Measurements, *, fig=None):
+    """Accuracy of teacher and student, their agreement (left axis) and KL(teacher ‖ student) at τ = 1
+    (right axis) per bucket of token frequency rank (left panel) and of position in the sequence
+    (right panel), on the eval set (else transfer); the share of positions in each bucket under its name."""
+    measurements, _, _ = _unpack(report)
+    fig = _new_figure(fig, figsize=(12.0, 3.8))
+    axes = fig.subplots(1, 2)
+    dataset = EVAL if measurements.outcome.on(EVAL) is not None else TRANSFER
+    record = measurements.outcome.on(dataset)
+    for ax, (title, value) in zip(axes, (("token frequency rank", record and record.by_token_frequency),
+                                         ("position in the sequence", record and record.by_position))):
+        ax.set_title(f"{dataset.capitalize()} set, by {title}", fontsize=10)
+        if value is None or not value.ok:
+            _not_available(ax, _reason([] if value is None else [value], "not token-level data"))
+            continue
+        breakdown = value.value
+        x = np.arange(len(breakdown.buckets))
+        share = breakdown.count / max(int(breakdown.count.sum()), 1)
+        for name, label, color, marker in (("teacher_accuracy", "teacher accuracy", MODEL_COLORS["teacher"], "o"),
+                                           ("student_accuracy", "student accuracy", MODEL_COLORS["student"], "s"),
+                                           ("agreement", "agreement teacher ↔ student", "#444444", "^")):
+            ax.plot(x, breakdown.means[name], marker=marker, ms=4, lw=1.4, color=color, label=label)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("share of positions")
+        right = ax.twinx()
+        right.plot(x, breakdown.means["kl_teacher_student"], ls="--", marker="x", color="#7B3294",
+                   label="KL(teacher ‖ student), τ = 1")
+        right.set_ylabel("KL, nats", color="#7B3294")
+        right.set_ylim(bottom=0)
+        ax.set_xticks(x, [f"{name}\n{100 * s:.0f}%" for name, s in zip(breakdown.buckets, share)], fontsize=7)
+        lines = ax.get_lines() + right.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="lower left", framealpha=0.85)
+        ax.grid(alpha=0.25)
+    fig.tight_layout()
+    return fig

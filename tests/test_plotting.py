@@ -391,3 +391,21 @@ def test_many_classes_show_the_most_related_ones_and_say_so():
     strength = np.nansum(teacher, axis=1) - np.nan_to_num(np.diag(teacher))
     order, total = plotting._shared_class_order(plotting._similarity_rows(measured))
     assert total == 60 and set(order) == set(np.argsort(-strength, kind="stable")[:plotting.MAX_HEATMAP_CLASSES])
+
+
+def test_token_breakdowns_draw_both_stratifications_or_say_why():
+    from kddiag.metrics.strata import FREQUENCY, POSITION, Breakdown
+    from kddiag.results import OutcomeOnSet, OutcomeResult
+
+    means = {name: np.array([0.5, 0.4]) for name in ("teacher_accuracy", "student_accuracy", "agreement",
+                                                     "kl_teacher_student", "kl_teacher_student_at_temperature",
+                                                     "teacher_smoothing_at_temperature")}
+    record = OutcomeOnSet(EVAL, by_token_frequency=measured(Breakdown(FREQUENCY, ("rank 1-10", "unseen"),
+                                                                      np.array([9, 1]), means)),
+                          by_position=measured(Breakdown(POSITION, ("0", "1"), np.array([5, 5]), means)))
+    measurements = Measurements(outcome=OutcomeResult(eval=record))
+    assert plotting.has_token_breakdowns(measurements)
+    fig = plotting.plot_token_breakdowns(measurements)
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["rank 1-10\n90%", "unseen\n10%"]
+    assert not plotting.has_token_breakdowns(Measurements(outcome=OutcomeResult(eval=OutcomeOnSet(EVAL))))

@@ -14,8 +14,9 @@ from typing import Any, Callable
 import numpy as np
 
 from kddiag import __version__
-from kddiag.plotting import (plot_accuracy, plot_class_similarity, plot_instance_rescaling, plot_reliability,
-                             plot_target_confidence, plot_temperature_whatif, similarity_rows)
+from kddiag.plotting import (has_token_breakdowns, plot_accuracy, plot_class_similarity, plot_instance_rescaling,
+                             plot_reliability, plot_target_confidence, plot_temperature_whatif,
+                             plot_token_breakdowns, similarity_rows)
 from kddiag.diagnosis.ids import HEALTHY
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (CLIPPED_METRICS, LEVEL_CODES, W_SHOWN_MAX, clipped_value, evidence_summary, format_cell,
@@ -67,7 +68,9 @@ def _context(report: Report) -> dict:
     data = report_to_dict(report)
     measurements = report.measurements
     level_figures: dict[str, list[dict]] = {
-        "outcome": [_axes_figure("Accuracy per model and data set", plot_accuracy, report, (6.4, 3.0))],
+        "outcome": [_axes_figure("Accuracy per model and data set", plot_accuracy, report, (6.4, 3.0))]
+                   + ([_figure("Per token frequency and position", plot_token_breakdowns, report, (12.0, 3.8))]
+                      if has_token_breakdowns(report) else []),
         "universe": [_axes_figure("Reliability diagram", plot_reliability, report, (5.2, 4.6),
                                   dataset=_reliability_set(report)),
                      _axes_figure("Teacher target confidence", plot_target_confidence, report, (5.6, 4.6))],
