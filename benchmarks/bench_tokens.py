@@ -1,0 +1,94 @@
+"""Benchmark: kddiag inspect on a causal language-model pair, token by token, against the bare forward passes.
+
+Run: ``python benchmarks/bench_tokens.py`` (needs ``pip install 'kddiag[transformers]'``). Builds a GPT-2
+teacher (``--teacher-layers`` × ``--width``) and a smaller student over a ``--vocab``-token vocabulary from
+configs (untrained: the cost does not depend on the weights), ``--positions`` target positions of random
+token ids in sequences of ``--length``, and times, in alternating rounds:
+
+1. the bare forward passes of both models over the sequences (batched, inference mode, logits at the
+   target positions only, as kddiag's adapter computes them);
+2. ``kddiag.inspect`` on the same models and data (one pass: forward + streaming statistics, then every
+   measurement and the diagnosis).
+
+Prints their ratio (target ≤ 1.2×) and the peak resident memory of the process, which must not grow with
+the number of positions (``--positions`` 25000 and 100000 side by side show it).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def build(vocab: int, width: int, layers: int, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from kddiag.loading.hf import CausalLMAdapter
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=layers, n_head=max(1, width // 64), n_embd=width, vocab_size=vocab, n_positions=1024,
+                        bos_token_id=0, eos_token_id=0)
+    return CausalLMAdapter(GPT2LMHeadModel(config).eval())
+
+
+def token_data(n_positions: int, length: int, vocab: int, seed: int):
+    from kddiag.types import IGNORE_INDEX, Dataset, TokenInputs
+
+    n_sequences = -(-n_positions // (length - 1))
+    rng = np.random.default_rng(seed)
+    ids = torch.as_tensor(rng.integers(0, vocab, (n_sequences, length)))
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    targets[:, :-1] = ids[:, 1:]
+    x = TokenInputs(ids, torch.ones_like(ids), targets)
+    return Dataset("random tokens", x, targets[targets != IGNORE_INDEX].numpy())
+
+
+def bare(models, data, batch: int) -> None:
+    with torch.inference_mode():
+        for model in models:
+            for start in range(0, len(data.x), batch):
+                model(data.x[start:start + batch])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=32_000)
+    parser.add_argument("--positions", type=int, nargs="+", default=[25_000, 100_000])
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--teacher-layers", type=int, default=4)
+    parser.add_argument("--student-layers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    from kddiag.pipeline import inspect
+    from kddiag.types import InspectOptions, LoadedModel
+
+    teacher = build(args.vocab, args.width, args.teacher_layers, 0)
+    student = build(args.vocab, args.width // 2, args.student_layers, 1)
+    models = [LoadedModel("<teacher>", "hf-causal-lm", teacher), LoadedModel("<student>", "hf-causal-lm", student)]
+    print(f"torch threads {torch.get_num_threads()}; vocabulary {args.vocab:,}; teacher GPT-2 {args.teacher_layers}"
+          f"×{args.width}, student {args.student_layers}×{args.width // 2}; sequences of {args.length}")
+    for n in args.positions:
+        data = token_data(n, args.length, args.vocab, 0)
+        batch = max(1, (1 << 25) // (args.length * args.vocab))  # what kddiag's collection uses
+        options = InspectOptions(temperature=2.0, alpha=0.5, batch_size=batch)
+        rounds = []
+        for _ in range(args.repeats):
+            a = time.perf_counter()
+            bare((teacher, student), data, batch)
+            b = time.perf_counter()
+            inspect(models[0], models[1], data=data, options=options)
+            rounds.append((b - a, time.perf_counter() - b))
+        forward, full = (statistics.median(r[k] for r in rounds) for k in (0, 1))
+        ratio = statistics.median(r[1] / r[0] for r in rounds)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{data.labels.size:,} positions × {args.vocab:,}: bare forward passes {forward:7.1f} s, kddiag inspect "
+              f"{full:7.1f} s, ratio {ratio:4.2f}x (target <= 1.2x); peak memory so far {peak:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
