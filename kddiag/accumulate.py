@@ -306,8 +306,9 @@ class SetAccumulator:
                  ) -> tuple[dict[str, SoftmaxStats], SoftmaxStats, SoftmaxStats | None]:
         """Each model at τ = 1 (class sums added), teacher and student at τ, the teacher with cross terms
         against the student (no student: the teacher's alone, student at τ None)."""
-        one = {role: softmax_stats(logits[role], y, class_sums=self.class_sums[role], logit_spread=True)
-               for role in ("student", "baseline") if role in logits}
+        one = {role: softmax_stats(logits[role], y, class_sums=self.class_sums[role], logit_spread=True,
+                                   versus=(logits["teacher"], None) if role == "student" else None)
+               for role in ("student", "baseline") if role in logits}  # the student with E_q[z/τ]: reverse KL
         versus = (logits["student"], one["student"]) if "student" in logits else None
         one["teacher"] = softmax_stats(logits["teacher"], y, versus=versus, class_sums=self.class_sums["teacher"],
                                        logit_spread=True)
@@ -315,7 +316,7 @@ class SetAccumulator:
             return one, one["teacher"], one.get("student")
         if versus is None:
             return one, softmax_stats(logits["teacher"], y, temperature=self.temperature), None
-        student_t = softmax_stats(logits["student"], y, temperature=self.temperature)
+        student_t = softmax_stats(logits["student"], y, temperature=self.temperature, versus=(logits["teacher"], None))
         teacher_t = softmax_stats(logits["teacher"], y, temperature=self.temperature,
                                   versus=(logits["student"], student_t))
         return one, teacher_t, student_t
@@ -371,7 +372,7 @@ def _positions(kept: np.ndarray, n_classes: int) -> np.ndarray:
 
 MOMENT_COLUMNS = (
     "teacher.correct", "student.correct", "baseline.correct", "agree", "agree_where_teacher_correct",
-    "baseline_agree", "kl", "kl_t", "gain",
+    "baseline_agree", "kl", "kl_t", "kl_reverse", "kl_reverse_t", "gain",
     "teacher.nll", "student.nll", "baseline.nll", "teacher.brier", "student.brier", "baseline.brier",
     "smoothing_t", "saturated_t", "entropy_t",
     "teacher.dark_knowledge", "student.dark_knowledge", "baseline.dark_knowledge", "dark_knowledge_t",
@@ -379,7 +380,7 @@ MOMENT_COLUMNS = (
 )
 RESERVOIR_COLUMNS = (
     "labels", "teacher.prediction", "student.prediction", "teacher.correct", "student.correct",
-    "baseline.correct", "agree", "kl", "gain", "teacher.confidence", "student.confidence", "baseline.confidence",
+    "baseline.correct", "agree", "kl", "kl_reverse", "gain", "teacher.confidence", "student.confidence", "baseline.confidence",
     "teacher.logit_spread", "student.logit_spread", "baseline.logit_spread", "teacher.nontarget_log_mass",
     "target_prob_t", "w", "w_untrained", "baseline.nll",
 )
@@ -421,6 +422,8 @@ def example_columns(y: np.ndarray, one: dict[str, SoftmaxStats], teacher_t: Soft
     decoupled = instance.decoupled_kd_of(teacher_t, student_t)
     columns.update(agree=agree, agree_where_teacher_correct=agree * columns["teacher.correct"],
                    kl=one["teacher"].kl_divergence(), kl_t=teacher_t.kl_divergence(),
+                   kl_reverse=one["student"].kl_divergence_to(one["teacher"]),
+                   kl_reverse_t=student_t.kl_divergence_to(teacher_t),
                    w=w, w_low=(w < instance.LOW_WEIGHT).astype(np.float64), tckd=decoupled.tckd, nckd=decoupled.nckd)
     if "baseline" in one:
         columns["gain"] = columns["student.correct"] - columns["baseline.correct"]

@@ -151,6 +151,8 @@ def _outcome(data: SetSummary) -> OutcomeOnSet:
             else unavailable("the teacher is right on no example")),
         kl_teacher_student=_mean_ci(data, "kl"),
         kl_teacher_student_at_temperature=measured(data.mean("kl_t")),
+        kl_student_teacher=_mean_ci(data, "kl_reverse"),
+        kl_student_teacher_at_temperature=measured(data.mean("kl_reverse_t")),
         kd_gain=_mean_ci(data, "gain") if "baseline" in data.roles else unavailable(NO_BASELINE),
         permuted_agreement=permuted, permuted_agreement_chance=chance, class_permutation=permutation,
     )

@@ -213,6 +213,8 @@ class OutcomeOnSet(_OnSet):
     baseline_agreement: Measured[float] = field(default_factory=_missing)
     kl_teacher_student: Measured[float] = field(default_factory=_missing)
     kl_teacher_student_at_temperature: Measured[float] = field(default_factory=_missing)
+    kl_student_teacher: Measured[float] = field(default_factory=_missing)  # reverse KL(q¹ ‖ p¹)
+    kl_student_teacher_at_temperature: Measured[float] = field(default_factory=_missing)
     kd_gain: Measured[float] = field(default_factory=_missing)
     permuted_agreement: Measured[float] = field(default_factory=_missing)
     permuted_agreement_chance: Measured[float] = field(default_factory=_missing)  # the same search on unpaired rows

@@ -391,6 +391,12 @@ class SoftmaxStats:
     cross_entropy: np.ndarray | None = None
     nontarget_cross_entropy: np.ndarray | None = None
     logit_spread: np.ndarray | None = None  # std_{k≠y} z_k / (z_y − mean_{k≠y} z_k); NaN where that margin ≤ 0
+    other_mean: np.ndarray | None = None  # E_p[b/τ] for the second model's logits b (with ``versus``)
+
+    def kl_divergence_to(self, other: "SoftmaxStats") -> np.ndarray:
+        """KL(p ‖ o) per example, o the ``versus`` model's distribution (its stats at the same τ and rows):
+        H(p, o) − H(p), with H(p, o) = log Σ_k exp(b_k/τ) − E_p[b/τ]."""
+        return np.maximum(other.log_norm - self.other_mean - self.entropy, 0.0)
 
     @property
     def target_prob(self) -> np.ndarray:
@@ -422,6 +428,7 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
 
     ``rows`` restricts it to those examples (a subsample), read in place without copying the logits.
     ``versus=(other_logits, other_stats)`` (other_stats at the same τ and rows) adds the cross terms;
+    ``versus=(other_logits, None)`` only E_p[other/τ] (``other_mean``, for :meth:`SoftmaxStats.kl_divergence_to`);
     ``logit_spread`` adds the non-target logit spread (free of τ: a ratio of logit differences);
     ``class_sums`` (a :class:`ClassSums`) gets these rows' class sums added, block after block in order.
     With class sums the blocks run over the examples sorted by label, so each block's class sums
@@ -443,7 +450,7 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     order = unsort if rows is None else (rows if unsort is None else rows[unsort])
     ordered = (lambda a: a) if unsort is None else (lambda a: a[unsort])
     block_labels = ordered(out_labels)
-    if other is not None:
+    if other_stats is not None:
         other_log_norm = ordered(other_stats.log_norm)
         other_nontarget_log_norm = ordered(other_stats.nontarget_log_norm)
 
@@ -498,8 +505,10 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
             b_y = b[row, y] * inv_t
             r_mean_b = np.einsum("ij,ij->i", e, b) * inv_t / s_nt
             p_mean_b = (s_nt * nt_scale * r_mean_b + e_y * b_y) / s_full
-            out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
-            out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
+            out["other_mean"] = p_mean_b
+            if other_stats is not None:
+                out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
+                out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
         if want_sums:
             out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, space, class_sums))
         return out
@@ -507,6 +516,8 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     parts = map_blocks(block, n_samples, n_classes)
     fields = {key: _concat(parts, key, unsort) for key in _PER_EXAMPLE}
     if other is not None:
+        fields["other_mean"] = _concat(parts, "other_mean", unsort)
+    if other_stats is not None:
         fields["cross_entropy"] = _concat(parts, "cross_entropy", unsort)
         fields["nontarget_cross_entropy"] = _concat(parts, "nontarget_cross_entropy", unsort)
     if logit_spread:

@@ -72,6 +72,7 @@ HEADLINES: dict[str, tuple[Headline, ...]] = {
         Headline("agreement after relabelling", lambda r: {"student": r.permuted_agreement}),
         Headline("KL(teacher‖model), τ=1, nats", lambda r: {"student": r.kl_teacher_student}),
         Headline("KL(teacher‖model) at τ, nats", lambda r: {"student": r.kl_teacher_student_at_temperature}),
+        Headline("KL(model‖teacher), τ=1, nats", lambda r: {"student": r.kl_student_teacher}),
         Headline("KD gain over baseline", lambda r: {"student": r.kd_gain}),
     ),
     "universe": (

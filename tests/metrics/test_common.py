@@ -157,3 +157,20 @@ def test_checks_name_argument_expectation_and_value():
 def test_log_softmax_reference_is_what_we_think():
     np.testing.assert_allclose(log_probs([[0.0, np.log(3.0)]]), log_softmax([[0.0, np.log(3.0)]], axis=1))
     np.testing.assert_allclose(np.exp(log_probs([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+
+
+def test_reverse_kl_from_the_other_mean_equals_brute_force():
+    from scipy.special import log_softmax
+
+    from kddiag.metrics._common import softmax_stats
+
+    rng = np.random.default_rng(3)
+    for scale, temperature in ((1.0, 1.0), (5.0, 2.0), (300.0, 4.0)):
+        teacher, student = rng.normal(size=(40, 7)) * scale, rng.normal(size=(40, 7)) * scale
+        y = rng.integers(0, 7, 40)
+        q = softmax_stats(student, y, temperature=temperature, versus=(teacher, None))
+        p = softmax_stats(teacher, y, temperature=temperature, versus=(student, q))
+        log_q, log_p = log_softmax(student / temperature, axis=1), log_softmax(teacher / temperature, axis=1)
+        expected = np.sum(np.exp(log_q) * (log_q - log_p), axis=1)
+        np.testing.assert_allclose(q.kl_divergence_to(p), np.maximum(expected, 0), rtol=1e-7, atol=1e-9)
+        assert q.cross_entropy is None  # no stats of the other model given: only its mean
