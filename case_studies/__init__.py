@@ -21,6 +21,7 @@ _MODULES = {
     "noisy-teacher": "noisy_teacher",
     "weak-teacher": "weak_teacher",
     "healthy-pairs": "healthy_pairs",
+    "token-lm": "token_lm",
     "benchmark": "benchmark",
 }
 _PROGRAMS = {"demo-pair": "demo_pair", "demo-students": "demo_students"}

@@ -44,8 +44,9 @@ def test_bayes_accuracy_and_the_one_hot_ceiling_by_brute_force():
             hits += max(dist, key=dist.get) == word
             total += 1
     assert grammar.bayes_accuracy(sentences) == pytest.approx(hits / total)
-    # prefixes with one continuation within these three: all but '' (a/two), 'a dog eats a' (plum/cake)
-    assert grammar.unique_continuation_share(sentences) == pytest.approx((17 - 2 * 1 - 3 * 1) / 17)
+    # 19 targets (7 + 7 + 5); the prefixes '' (a or two: 3 targets) and 'a dog eats a' (plum or cake: 2)
+    # go on in two ways within these three sentences, every other prefix in one
+    assert grammar.unique_continuation_share(sentences) == pytest.approx((19 - 3 - 2) / 19)
 
 
 def test_the_saved_tokenizer_gives_the_ids_the_study_trains_on(tmp_path):
