@@ -158,11 +158,13 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     if teacher_transfer.ok and student_eval.ok and student_transfer.ok:
         gap = teacher_transfer.value - teacher_eval.value
         student_gap = student_transfer.value - student_eval.value
-        if gap >= th.DATA_GAP_MIN and student_gap <= th.DATA_GAP_STUDENT_SHARE_MAX * gap:
+        below_student = student_eval.value - teacher_eval.value
+        if (gap >= th.DATA_GAP_MIN and student_gap <= th.DATA_GAP_STUDENT_SHARE_MAX * gap
+                and below_student >= th.DATA_GAP_BELOW_STUDENT_MIN):
             gap_found = True
             found += [evidence(teacher_eval, rounded(teacher_transfer.value - th.DATA_GAP_MIN), "<="),
-                      evidence(student_eval, rounded(student_transfer.value - th.DATA_GAP_STUDENT_SHARE_MAX * gap),
-                               ">=")]
+                      evidence(student_eval, rounded(max(student_transfer.value - th.DATA_GAP_STUDENT_SHARE_MAX * gap,
+                                                         teacher_eval.value + th.DATA_GAP_BELOW_STUDENT_MIN)), ">=")]
             grades.append(grade(gap, th.DATA_GAP_MIN, th.DATA_GAP_FULL))
     if not found:
         return Clear()
@@ -356,7 +358,9 @@ class WrongOnTransferFacts:
 
 
 def teacher_wrong_on_transfer(m: Measurements, context: Context) -> Decision:
-    """The teacher's top class contradicts the label on many transfer examples."""
+    """The teacher's top class contradicts the label on many transfer examples, and (with an eval set) on
+    more of them than it errs on held-out data: errors it makes as often on fresh data are the task's own
+    uncertainty (a language model's next token), which the student meets anyway, not wrong targets."""
     error = first(m.instance, lambda i: i.teacher_error_rate, (TRANSFER,))
     if lack := missing(error):
         return lack
@@ -367,6 +371,8 @@ def teacher_wrong_on_transfer(m: Measurements, context: Context) -> Decision:
         "no eval set: the teacher's transfer-set errors were not compared with its held-out errors",)
     excess = error.value - (1 - held_out.value) if held_out.ok else None
     suspect = excess is not None and excess >= th.TRANSFER_ERROR_EXCESS_MIN
+    if held_out.ok and not suspect:
+        return Clear()
     found = [evidence(error, th.TEACHER_TRANSFER_ERROR_MAX, ">=")]
     support = 0.0
     if suspect:

@@ -138,6 +138,17 @@ def test_a_teacher_that_generalizes_like_its_student_is_not_a_pipeline_suspect()
     assert "data-pipeline-suspect" not in ids(run(measurements))  # both over-fit: no pipeline difference
 
 
+def test_a_memorizing_teacher_about_as_good_as_its_student_held_out_is_not_a_pipeline_suspect():
+    """The token-level case study's memorizer: 0.76 on its transfer text, 0.405 held out, its student
+    0.43 on both: a large gap, but the teacher is not failed by the eval inputs."""
+    measurements = build({("outcome", "teacher_accuracy", EVAL): 0.405, ("outcome", "teacher_accuracy", TRANSFER): 0.76,
+                          ("outcome", "student_accuracy", EVAL): 0.43, ("outcome", "student_accuracy", TRANSFER): 0.45})
+    assert "data-pipeline-suspect" not in ids(run(measurements))
+    failed_by_inputs = build({("outcome", "teacher_accuracy", EVAL): 0.3, ("outcome", "teacher_accuracy", TRANSFER): 0.76,
+                              ("outcome", "student_accuracy", EVAL): 0.43, ("outcome", "student_accuracy", TRANSFER): 0.45})
+    assert "data-pipeline-suspect" in ids(run(failed_by_inputs))
+
+
 def test_healthy_run_gives_only_healthy_with_the_checked_numbers():
     measurements = build()
     diagnosis = run(measurements)
@@ -342,12 +353,12 @@ def test_teacher_wrong_on_transfer_is_worse_when_held_out_accuracy_contradicts_i
     suspicious = finding(diagnosis, "teacher-wrong-on-transfer")
     assert evidence_of(suspicious, "outcome.teacher_accuracy")[0].dataset == EVAL
     assert "pipeline" in suspicious.advice and "lower α (now 0.9)" in suspicious.advice
-    plain = finding(run(build({("instance", "teacher_error_rate", TRANSFER): 0.25,
+    as_often_held_out = build({("instance", "teacher_error_rate", TRANSFER): 0.25,
                                ("outcome", "teacher_accuracy", EVAL): 0.7,
                                ("outcome", "student_accuracy", EVAL): 0.6,
-                               ("outcome", "baseline_accuracy", EVAL): 0.6})),
-                    "teacher-wrong-on-transfer")
-    assert plain.severity < suspicious.severity
+                               ("outcome", "baseline_accuracy", EVAL): 0.6})
+    # errors as frequent on held-out data are the task's own difficulty (a language model's next token)
+    assert "teacher-wrong-on-transfer" not in ids(run(as_often_held_out))
     few_errors = build({("instance", "teacher_error_rate", TRANSFER): 0.05})
     assert "teacher-wrong-on-transfer" not in ids(run(few_errors))
 
