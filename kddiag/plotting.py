@@ -786,7 +786,8 @@ def has_token_breakdowns(report: Report | Measurements) -> bool:
 def plot_token_breakdowns(report: Report | Measurements, *, fig=None):
     """Accuracy of teacher and student, their agreement (left axis) and KL(teacher ‖ student) at τ = 1
     (right axis) per bucket of token frequency rank (left panel) and of position in the sequence
-    (right panel), on the eval set (else transfer); the share of positions in each bucket under its name."""
+    (right panel), on the eval set (else transfer); the share of the set's positions in each bucket under
+    its name."""
     measurements, _, _ = _unpack(report)
     fig = _new_figure(fig, figsize=(12.0, 3.8))
     axes = fig.subplots(1, 2)
@@ -806,7 +807,7 @@ def plot_token_breakdowns(report: Report | Measurements, *, fig=None):
                                            ("agreement", "agreement teacher ↔ student", "#444444", "^")):
             ax.plot(x, breakdown.means[name], marker=marker, ms=4, lw=1.4, color=color, label=label)
         ax.set_ylim(0, 1.02)
-        ax.set_ylabel("share of positions")
+        ax.set_ylabel("accuracy, agreement")
         right = ax.twinx()
         right.plot(x, breakdown.means["kl_teacher_student"], ls="--", marker="x", color="#7B3294",
                    label="KL(teacher ‖ student), τ = 1")
