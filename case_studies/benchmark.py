@@ -46,8 +46,16 @@ def main(*, seeds=(0, 1, 2), quick: bool = False, out_dir=None) -> dict:
     from kddiag.report.json import write_atomic
 
     start = time.perf_counter()
-    studies = {name: module.main(seeds=seeds, quick=quick, out_dir=out_dir)
-               for name, module in STUDIES.items() if name != "benchmark"}
+    studies, skipped = {}, {}
+    for name, module in STUDIES.items():
+        if name == "benchmark":
+            continue
+        missing = getattr(module, "missing_extra", lambda: None)()  # a study that needs an optional extra
+        if missing:
+            skipped[name] = missing
+            print(f"benchmark: skipping {name}: {missing}")
+            continue
+        studies[name] = module.main(seeds=seeds, quick=quick, out_dir=out_dir)
     verdicts = [v for result in studies.values() for v in result["verdicts"] if v["benchmark"]]
     result = {
         "study": "benchmark", "seeds": list(tuple(seeds)[:1] if quick else seeds), "quick": quick,
@@ -56,6 +64,7 @@ def main(*, seeds=(0, 1, 2), quick: bool = False, out_dir=None) -> dict:
         **score(verdicts),
         "studies": {name: {"reproduced": r["reproduced"], "seconds": r["seconds"],
                            "checks": r["checks"]} for name, r in studies.items()},
+        "skipped": skipped,
     }
     result["passed"] = bool(result["top1_accuracy"] is not None and result["top1_accuracy"] >= TARGET_ACCURACY
                             and result["false_alarms"] == 0)
@@ -85,6 +94,7 @@ def render_markdown(result: dict, *, brief: bool = False) -> str:
               "| study | reproduced | seconds |", "|---|---|---|"]
     lines += [f"| {name} | {'yes' if s['reproduced'] else 'no'} | {s['seconds']:.0f} |"
               for name, s in result["studies"].items()]
+    lines += [f"| {name} | skipped: {why} | – |" for name, why in result.get("skipped", {}).items()]
     if not brief and result["misses"]:
         lines += ["", "### Misses", "", "| study / scenario | seed | true cause | findings (severity: evidence) |",
                   "|---|---|---|---|"]

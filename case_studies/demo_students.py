@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from case_studies._training import (Recipe, logits_of, new_mlp, save_checkpoint, teacher_targets, train_kd,
-                                    use_few_threads)
+from case_studies._training import logits_of, new_mlp, save_checkpoint, teacher_targets, train_kd, use_few_threads
 from case_studies.demo_pair import ALPHA, DEMO_DIR, SEED, STUDENT_RECIPE, STUDENT_WIDTHS
 
 OUT_DIR = Path(__file__).resolve().parent / "results" / "demo-students"

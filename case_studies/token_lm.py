@@ -336,13 +336,20 @@ def _row(teacher: float, baseline: float, student: float) -> dict[str, float]:
             "KD gain": student - baseline}
 
 
-def _require_transformers() -> None:
+def missing_extra() -> str | None:
+    """Why this study cannot run here (the transformers extra is not installed), else None."""
     try:
         import tokenizers  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
-        raise SystemExit("the token-lm case study needs transformers and tokenizers: "
-                         "pip install 'kddiag[transformers]'") from None
+        return "needs transformers and tokenizers: pip install 'kddiag[transformers]'"
+    return None
+
+
+def _require_transformers() -> None:
+    missing = missing_extra()
+    if missing:
+        raise SystemExit(f"the token-lm case study {missing}")
 
 
 # --- the claim checks -------------------------------------------------------------------------------
