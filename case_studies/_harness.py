@@ -204,10 +204,16 @@ class Context:
         ``true_cause`` None: a scenario without one clear cause, shown but never scored.
         """
         import kddiag
-        from kddiag.pipeline import write_outputs
 
         report = kddiag.inspect(str(teacher), str(student), data=task.test, transfer_data=task.train,
                                 baseline=None if baseline is None else str(baseline))
+        return self.record(scenario, true_cause, report, benchmark=benchmark)
+
+    def record(self, scenario: str, true_cause: str | None, report, *, benchmark: bool = True, **extra):
+        """Keep ``report``'s verdict on ``scenario`` (and its HTML page with ``keep_html``); ``extra`` entries
+        (e.g. the model ``family``) go into the verdict record."""
+        from kddiag.pipeline import write_outputs
+
         html = None
         if self.keep_html:
             with tempfile.TemporaryDirectory() as tmp:
@@ -217,12 +223,13 @@ class Context:
                 shutil.move(str(written["html"]), html)
                 html.chmod(0o644)
         findings = report.diagnosis.findings
+        measured = bool(report.measurements.outcome.sets())  # a vocabulary mismatch stops before measuring
         self.verdicts.append({
-            "study": self.study, "scenario": scenario, "true_cause": true_cause, "seed": self.seed,
+            "study": self.study, **extra, "scenario": scenario, "true_cause": true_cause, "seed": self.seed,
             "verdict": findings[0].id if findings else "healthy",
             "findings": [{"id": f.id, "severity": round(float(f.severity), 3),
                           "evidence": [e.to_dict() for e in f.evidence]} for f in findings],
-            "metrics": _kept_metrics(report.measurements),
+            "metrics": _kept_metrics(report.measurements) if measured else {},
             "html": None if html is None else str(html.relative_to(self.out_dir)),
             "benchmark": benchmark and true_cause is not None,
         })

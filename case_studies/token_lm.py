@@ -32,7 +32,6 @@ would (``--temperature``, ``--alpha``, ``--classes``).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from case_studies import _grammar as grammar
-from case_studies._harness import Check, Context, Rows, _kept_metrics, compare, run_study
+from case_studies._harness import Check, Context, Rows, compare, run_study
 from case_studies._training import distillation_loss
 
 FAMILY = "token-lm"  # kept with every verdict, for a benchmark that scores families apart
@@ -201,35 +200,15 @@ def save_pair_member(model, directory: Path, words: tuple[str, ...] | None = Non
 
 def inspect_pair(ctx: Context, scenario: str, *, teacher: Path, student: Path, baseline: Path | None,
                  held: Path, transfer: Path, classes: Path, temperature: float, alpha: float):
-    """``kddiag.inspect`` on the saved folders and text files, recorded as ``Context.inspect`` records a verdict
-    (which reads datasets and checkpoint settings, not text files and --temperature), with the family."""
+    """``kddiag.inspect`` on the saved folders and text files (``Context.inspect`` reads datasets and
+    checkpoint settings, not text files and --temperature), its verdict recorded with the family."""
     import kddiag
-    from kddiag.pipeline import write_outputs
     from kddiag.types import InspectOptions
 
     options = InspectOptions(temperature=temperature, alpha=alpha, classes=str(classes))
     report = kddiag.inspect(str(teacher), str(student), data=str(held), transfer_data=str(transfer),
                             baseline=None if baseline is None else str(baseline), options=options)
-    html = None
-    if ctx.keep_html:
-        with tempfile.TemporaryDirectory() as tmp:
-            written = write_outputs(report, tmp)
-            html = ctx.out_dir / "html" / ctx.study / f"{scenario}.html"
-            html.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(written["html"]), html)
-            html.chmod(0o644)
-    findings = report.diagnosis.findings
-    measured = bool(report.measurements.outcome.sets())  # a vocabulary mismatch stops before any measurement
-    ctx.verdicts.append({
-        "study": ctx.study, "family": FAMILY, "scenario": scenario, "true_cause": SCENARIOS[scenario],
-        "seed": ctx.seed, "verdict": findings[0].id if findings else "healthy",
-        "findings": [{"id": f.id, "severity": round(float(f.severity), 3),
-                      "evidence": [e.to_dict() for e in f.evidence]} for f in findings],
-        "metrics": _kept_metrics(report.measurements) if measured else {},
-        "html": None if html is None else str(html.relative_to(ctx.out_dir)),
-        "benchmark": JOIN_BENCHMARK,
-    })
-    return report
+    return ctx.record(scenario, SCENARIOS[scenario], report, benchmark=JOIN_BENCHMARK, family=FAMILY)
 
 
 # --- one seed ---------------------------------------------------------------------------------------
