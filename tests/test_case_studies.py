@@ -175,3 +175,22 @@ def test_every_docs_citation_names_a_section_that_exists():
     assert {(name, number) for name, number in cited if number not in sections} == set()
     outside = ("DESIGN" + ".md", "LITERATURE" + ".md")  # design notes kept outside the repository
     assert [path.name for path in citing if any(name in path.read_text() for name in outside)] == []
+
+
+def test_the_benchmark_skips_a_study_whose_extra_is_missing(monkeypatch, tmp_path):
+    import types
+
+    import case_studies
+    from case_studies import benchmark
+
+    ran = []
+    needs_extra = types.SimpleNamespace(missing_extra=lambda: "needs something: pip install it",
+                                        main=lambda **_: ran.append("extra"))
+    plain = types.SimpleNamespace(main=lambda **_: ran.append("plain") or {
+        "verdicts": [{"study": "plain", "scenario": "s", "true_cause": "healthy", "seed": 0, "verdict": "healthy",
+                      "findings": [], "metrics": {}, "html": None, "benchmark": True}],
+        "reproduced": True, "seconds": 0.0, "checks": []})
+    monkeypatch.setattr(case_studies, "STUDIES", {"plain": plain, "needs-extra": needs_extra})
+    result = benchmark.main(seeds=(0,), out_dir=tmp_path)
+    assert ran == ["plain"] and result["skipped"] == {"needs-extra": "needs something: pip install it"}
+    assert "| needs-extra | skipped: needs something" in (tmp_path / "benchmark.md").read_text()
