@@ -153,7 +153,8 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
         reports.append(Report(inputs=inputs, settings=student_settings, class_info=class_info,
                               measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
                               coverage=tuple(s.coverage() for s in student_summaries),
-                              example_inputs=_listed_inputs(measurements, datasets), models=tuple(models)))
+                              example_inputs=_listed_inputs(measurements, datasets, loaded_teacher),
+                              models=tuple(models)))
     return reports, summaries
 
 
@@ -188,13 +189,21 @@ def _student_names(students: Sequence[Any] | Mapping[str, Any]) -> tuple[str, ..
     return names
 
 
-def _listed_inputs(measurements, datasets: dict[str, Dataset]) -> dict[str, dict[int, Any]]:
-    """The inputs of the examples the report lists (the teacher's hardest), per set, as numpy arrays."""
+def _listed_inputs(measurements, datasets: dict[str, Dataset], teacher: LoadedModel) -> dict[str, dict[int, Any]]:
+    """The inputs of the examples the report lists (the teacher's hardest), per set: numpy arrays, or for
+    token positions their decoded context (:func:`kddiag.text.token_contexts`)."""
     listed = {}
     for record in measurements.instance.sets():
         dataset = datasets.get(record.dataset)
         examples = record.hardest_examples.value or ()
-        if dataset is not None and dataset.x is not None and not isinstance(dataset.x, TokenInputs) and examples:
+        if dataset is None or dataset.x is None or not examples:
+            continue
+        if isinstance(dataset.x, TokenInputs):
+            from kddiag.text import token_contexts
+
+            listed[record.dataset] = token_contexts(dataset, [item.index for item in examples],
+                                                    teacher.metadata.get("tokenizer_dir"))
+        else:
             listed[record.dataset] = {item.index: np.asarray(dataset.x[item.index]) for item in examples}
     return listed
 

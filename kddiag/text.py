@@ -556,3 +556,30 @@ def _shown_names(names: tuple[str, ...]) -> str:
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return (text[:240] + "…") if len(text) > 240 else text or type(error).__name__
+
+
+CONTEXT_TOKENS = 8  # tokens of context shown before a listed target position
+
+
+def token_contexts(dataset: Dataset, indices, tokenizer_dir) -> dict[int, str]:
+    """For examples ``indices`` of a causal-LM data set (target positions): the last CONTEXT_TOKENS tokens up
+    to the position, decoded with the teacher's tokenizer, and the token that follows ('… the big ▸ dog');
+    {} without a tokenizer. For the report's hardest examples."""
+    x = dataset.x
+    if not (isinstance(x, TokenInputs) and x.per_position) or tokenizer_dir is None:
+        return {}
+    tokenizer = _load_tokenizer(tokenizer_dir, "the report's examples", required=False)
+    if tokenizer is None:
+        return {}
+    offsets, positions = x.example_offsets(), x.target_positions()
+    contexts = {}
+    with _quiet():
+        for index in indices:
+            sequence = int(np.searchsorted(offsets, index, side="right")) - 1
+            t = int(positions[index])
+            start = max(0, t - CONTEXT_TOKENS + 1)
+            ids = x.input_ids[sequence, start:t + 1][x.attention_mask[sequence, start:t + 1] == 1].tolist()
+            text = tokenizer.decode(ids, skip_special_tokens=False).strip()
+            following = tokenizer.decode([int(dataset.labels[index])], skip_special_tokens=False).strip()
+            contexts[int(index)] = f"{'… ' if start > 0 else ''}{text} ▸ {following}"
+    return contexts

@@ -113,3 +113,18 @@ def test_a_model_name_that_is_not_a_local_directory_is_refused(text_files):
     result = run("inspect", "gpt2", "distilgpt2", "--data", text_files / "held.jsonl")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "download" in result.stderr
+
+
+def test_hardest_token_positions_are_listed_with_their_decoded_context(tmp_path, text_files):
+    import kddiag
+    from kddiag.report.html import render_html
+
+    teacher, student = causal_lm(tmp_path / "teacher", 16, 0), causal_lm(tmp_path / "student", 16, 1)
+    report = kddiag.inspect(str(teacher), str(student), data=str(text_files / "held.jsonl"))
+    contexts = report.example_inputs["eval"]
+    hardest = report.measurements.instance.eval.hardest_examples.value
+    assert set(contexts) == {item.index for item in hardest}
+    for text in contexts.values():
+        before, _, following = text.partition(" ▸ ")
+        assert following and all(word in WORDS + SPECIALS for word in before.replace("… ", "").split())
+    assert "context ▸ next token" in render_html(report)

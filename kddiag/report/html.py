@@ -153,12 +153,15 @@ def _hardest_examples(report: Report) -> dict | None:
         columns = [item.name for item in dataclasses.fields(examples[0])]
         names = report.class_info.names
         inputs = report.example_inputs.get(record.dataset, {})
-        images = {row.index: _thumbnail(inputs[row.index]) for row in examples if row.index in inputs}
-        rows = [{"cells": [_example_cell(key, getattr(row, key), names) for key in columns],
+        texts = {row.index: inputs[row.index] for row in examples if isinstance(inputs.get(row.index), str)}
+        images = {row.index: _thumbnail(inputs[row.index]) for row in examples
+                  if row.index in inputs and row.index not in texts}
+        rows = [{"cells": ([texts.get(row.index, "")] if texts else [])
+                          + [_example_cell(key, getattr(row, key), names) for key in columns],
                  "image": images.get(row.index), "teacher_wrong": row.teacher_prediction != row.label}
                 for row in examples]
-        return {"dataset": record.dataset, "columns": [c.replace("_", " ") for c in columns], "rows": rows,
-                "images": any(images.values())}
+        return {"dataset": record.dataset, "rows": rows, "images": any(images.values()),
+                "columns": (["context ▸ next token"] if texts else []) + [c.replace("_", " ") for c in columns]}
     return None
 
 
