@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import numpy as np
 
 from kddiag.errors import KddiagError
+from kddiag.metrics.strata import N_BUCKETS
 
 if TYPE_CHECKING:
     from kddiag.results import Measurements
@@ -407,8 +408,6 @@ class Batch:
                                                        self.data and f"('{self.data}')"))) if self.dataset else ""
             raise KddiagError(f"labels{data} must lie in [0, {n_classes}) for {n_classes}-class models; got values "
                               f"from {labels.min()} to {labels.max()}")
-        from kddiag.metrics.strata import N_BUCKETS
-
         for name, bucket in self.strata.items():
             bucket = np.asarray(bucket)
             if (name not in N_BUCKETS or bucket.shape != labels.shape or bucket.dtype.kind not in "iu"
