@@ -24,6 +24,7 @@ from case_studies._training import (Recipe, logits_of, new_mlp, save_checkpoint,
 from kddiag.types import ClassInfo, Dataset
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FAMILY_MLP = "mlp"  # a verdict's model family unless its study says otherwise (the benchmark scores families apart)
 
 # The standard pair: a wide teacher and a student with 16 hidden units (about 1/150 of its parameters).
 TEACHER_HIDDEN, STUDENT_HIDDEN = (256, 256), (16,)
@@ -224,9 +225,13 @@ class Context:
                 html.chmod(0o644)
         findings = report.diagnosis.findings
         measured = bool(report.measurements.outcome.sets())  # a vocabulary mismatch stops before measuring
+        held_out = report.measurements.outcome.on("eval")
+        gain = None if held_out is None else held_out.kd_gain
         self.verdicts.append({
-            "study": self.study, **extra, "scenario": scenario, "true_cause": true_cause, "seed": self.seed,
-            "verdict": findings[0].id if findings else "healthy",
+            "study": self.study, "family": FAMILY_MLP, **extra, "scenario": scenario, "true_cause": true_cause,
+            "seed": self.seed, "verdict": findings[0].id if findings else "healthy",
+            "kd_gain": None if gain is None or not gain.ok else round(gain.value, 4),
+            "kd_gain_ci95": None if gain is None or gain.ci is None else [round(c, 4) for c in gain.ci],
             "findings": [{"id": f.id, "severity": round(float(f.severity), 3),
                           "evidence": [e.to_dict() for e in f.evidence]} for f in findings],
             "metrics": _kept_metrics(report.measurements) if measured else {},

@@ -114,6 +114,26 @@ def test_compare_and_score():
     assert result["confusion"]["teacher-weak"] == {"capacity-gap": 1}
 
 
+def test_score_counts_a_healthy_verdict_on_a_significant_loss_and_scores_families_apart():
+    from case_studies.benchmark import by_family
+
+    def run(family, true_cause, verdict, ci):
+        return {"family": family, "true_cause": true_cause, "verdict": verdict, "kd_gain_ci95": ci,
+                "findings": [] if verdict == "healthy" else [{"id": verdict}]}
+
+    verdicts = [run("mlp", "healthy", "healthy", [0.01, 0.05]),
+                run("mlp", "teacher-weak", "teacher-weak", [-0.04, -0.01]),
+                run("cnn", "teacher-overconfident", "healthy", [-0.05, -0.02]),  # false 'healthy'
+                run("cnn", "capacity-gap", "capacity-gap", [-0.03, 0.01]),  # a loss within the noise
+                {"true_cause": "healthy", "verdict": "healthy", "findings": []}]  # no family, no baseline: mlp
+    pooled = score(verdicts)
+    assert (pooled["false_healthy"], pooled["n_significant_loss"]) == (1, 2)
+    families = by_family(verdicts)
+    assert sorted(families) == ["cnn", "mlp"]
+    assert families["mlp"]["n_scenarios"] == 3 and families["mlp"]["passed"]
+    assert families["cnn"]["false_healthy"] == 1 and not families["cnn"]["passed"]
+
+
 @pytest.mark.parametrize("name", sorted(STUDIES))
 def test_every_study_states_claim_and_source_and_has_main(name):
     module = STUDIES[name]

@@ -93,3 +93,24 @@ def test_train_lm_masks_padding_and_alpha_zero_is_cross_entropy():
                     teacher_logits=ignored_teacher, temperature=4.0, alpha=0.0)
     for a, b in zip(plain.parameters(), same.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_the_classifier_examples_hide_the_subject_and_label_its_group_and_number(tmp_path):
+    from case_studies.token_lm import SUBJECT_CLASSES, subject_examples, write_jsonl
+    from case_studies.token_lm import encode
+    from kddiag.text import load_text_dataset
+
+    texts, labels = subject_examples(["the small dogs eat a plum .", "a teacher sees the cat ."])
+    assert texts == ["the small [UNK] eat a plum .", "a [UNK] sees the cat ."]  # only the subject is hidden
+    assert [SUBJECT_CLASSES[y] for y in labels] == ["animal pl", "person sg"]
+    sentences = grammar.generate(300, seed=5)
+    texts, labels = subject_examples(sentences)
+    assert all(t.count("[UNK]") == 1 for t in texts) and set(labels) == {0, 1, 2, 3}
+    directory = tmp_path / "tok"
+    grammar.save_word_tokenizer(directory)
+    data = load_text_dataset(write_jsonl(tmp_path / "c.jsonl", texts, labels), role="data",
+                             task="sequence-classification", tokenizer_dir=directory)
+    assert data.labels.tolist() == labels  # what kddiag reads is what the case study trained on
+    vocab = {token: i for i, token in enumerate(grammar.SPECIALS + grammar.vocabulary())}
+    ids, mask = encode(vocab, texts)
+    assert torch.equal(data.x.input_ids[:, :ids.shape[1]] * data.x.attention_mask[:, :ids.shape[1]], ids * mask)
