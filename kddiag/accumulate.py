@@ -376,7 +376,7 @@ MOMENT_COLUMNS = (
     "teacher.nll", "student.nll", "baseline.nll", "teacher.brier", "student.brier", "baseline.brier",
     "smoothing_t", "saturated_t", "entropy_t",
     "teacher.dark_knowledge", "student.dark_knowledge", "baseline.dark_knowledge", "dark_knowledge_t",
-    "w", "w_low", "w_untrained", "w_untrained_low", "tckd", "nckd", "nckd_weight",
+    "alternatives_t", "w", "w_low", "w_untrained", "w_untrained_low", "tckd", "nckd", "nckd_weight",
 )
 RESERVOIR_COLUMNS = (
     "labels", "teacher.prediction", "student.prediction", "teacher.correct", "student.correct",
@@ -412,6 +412,7 @@ def example_columns(y: np.ndarray, one: dict[str, SoftmaxStats], teacher_t: Soft
     dark_t = domain.dark_knowledge_per_example(teacher_t)
     if dark_t is not None:
         columns["dark_knowledge_t"] = dark_t
+    columns["alternatives_t"] = domain.dark_knowledge_alternatives_per_example(teacher_t)
     untrained = instance.untrained_rescaling_weights_of(teacher_t, alpha=alpha)
     columns.update(w_untrained=untrained, w_untrained_low=(untrained < instance.LOW_WEIGHT).astype(np.float64),
                    nckd_weight=teacher_t.nontarget_mass)

@@ -33,6 +33,8 @@ NO_FEATURES = "no penultimate features found"
 NEEDS_BOTH_SETS = "needs both eval and transfer sets"
 NO_GROUPS = "no class groups given"
 NEEDS_THREE_CLASSES = "needs at least 3 classes (with 2 the non-target distribution is a single class)"
+FEW_CLASSES_FOR_TOP_K = (f"needs more than {domain.TOP_K_ALTERNATIVES + 1} classes (with fewer the top "
+                         f"{domain.TOP_K_ALTERNATIVES} wrong classes hold all the non-target mass)")
 NO_POSITIVE_MARGIN = "no example has a positive margin z_y − mean_{k≠y} z_k"
 CONSTANT_SIMILARITY = "a similarity matrix is constant off the diagonal (or has fewer than 3 finite pairs)"
 GROUPS_ONE_SIDED = "the class groups put every class pair on the same side (all same group or all different)"
@@ -271,9 +273,22 @@ def _domain(data: SetSummary, groups: np.ndarray | None) -> DomainOnSet:
         data.name, **structure,
         dark_knowledge_content_at_temperature=measured(data.mean("dark_knowledge_t") if data.n_classes >= 3
                                                        else None, why_none=NEEDS_THREE_CLASSES),
+        dark_knowledge_alternatives_at_temperature=measured(data.mean("alternatives_t")),
+        top_k_nontarget_share_at_temperature=measured(_top_k_share(data), why_none=FEW_CLASSES_FOR_TOP_K),
         output_similarity_transfer_score=score, baseline_output_similarity_transfer_score=baseline_score,
         feature_cka=cka["student"], baseline_feature_cka=cka["baseline"],
     )
+
+
+def _top_k_share(data: SetSummary) -> float | None:
+    """The teacher's top-k non-target share at τ, on the row sample (exact per row; a sample of rows)."""
+    logits = data.rows["teacher.logits"]
+    keep = np.flatnonzero(np.isfinite(logits[:, 0]))
+    if keep.size == 0:
+        return None
+    shares = domain.top_k_nontarget_share_per_example(logits[keep], data.rows["labels"][keep],
+                                                      temperature=data.temperature)
+    return None if shares is None else float(np.mean(shares))
 
 
 def _feature_cka(teacher: np.ndarray, other: np.ndarray) -> float | None:
@@ -377,8 +392,9 @@ def _cv(mean: float | None, std: float | None) -> float | None:
 
 
 def _difficulty(data: SetSummary) -> tuple[np.ndarray, str]:
-    """Per-example difficulty on the reservoir: the baseline's cross-entropy, else k-NN label
-    disagreement (NaN off the row reservoir's k-NN subsample).
+    """Per-example difficulty on the reservoir: the baseline's cross-entropy; else, on token positions, the
+    target token's surprisal under the set's token frequencies; else k-NN label disagreement (NaN off the
+    row reservoir's k-NN subsample).
 
     k-NN runs in the teacher's feature space (its logits when no features) on a fixed-seed
     subsample of the row reservoir of at most KNN_MAX_SAMPLES examples and KNN_MAX_WORK distance multiply-adds.
@@ -386,6 +402,8 @@ def _difficulty(data: SetSummary) -> tuple[np.ndarray, str]:
     examples, rows = data.examples, data.rows
     if "baseline" in data.roles:
         return examples["baseline.nll"], "baseline_loss"
+    if data.strata:  # token positions: a rare next token is a hard one
+        return instance.token_surprisal_of(examples["labels"], data.label_count), "token_frequency"
     if "teacher" in data.feature_roles:
         source, space = "knn_disagreement_features", rows["teacher.features"]
     else:

@@ -547,7 +547,8 @@ class _RescalingPoints:
             ax.set_xscale("log")
         xlabel = {"baseline_loss": "difficulty: baseline student's loss (nats, log scale)",
                   "knn_disagreement_features": "difficulty: k-NN label disagreement (teacher features)",
-                  "knn_disagreement_logits": "difficulty: k-NN label disagreement (teacher logits)"}
+                  "knn_disagreement_logits": "difficulty: k-NN label disagreement (teacher logits)",
+                  "token_frequency": "difficulty: target token's surprisal, −log frequency (nats)"}
         label = xlabel.get(source, "difficulty" + (" (log scale)" if self.log else ""))
         ax.set_xlabel(label + (", jittered" if self.jittered else ""), fontsize=9)
         ax.grid(alpha=0.25, lw=0.5)
@@ -587,8 +588,8 @@ def _trained_weight(examples: PerExample) -> np.ndarray:
 
 def _log_difficulty(difficulty: np.ndarray, source: str | None) -> bool:
     """Whether to draw difficulty on a log axis: a loss (spanning decades), never a share in [0, 1]."""
-    if source is not None and source.startswith("knn_disagreement"):
-        return False
+    if source is not None and (source.startswith("knn_disagreement") or source == "token_frequency"):
+        return False  # a share, or already a logarithm
     positive = difficulty[difficulty > 0]
     if source == "baseline_loss":
         return positive.size > 0

@@ -305,6 +305,8 @@ class DomainOnSet(_OnSet):
     student: ClassStructure = field(default_factory=ClassStructure)
     baseline: ClassStructure = field(default_factory=ClassStructure)
     dark_knowledge_content_at_temperature: Measured[float] = field(default_factory=_missing)
+    dark_knowledge_alternatives_at_temperature: Measured[float] = field(default_factory=_missing)
+    top_k_nontarget_share_at_temperature: Measured[float] = field(default_factory=_missing)
     output_similarity_transfer_score: Measured[float] = field(default_factory=_missing)
     baseline_output_similarity_transfer_score: Measured[float] = field(default_factory=_missing)
     feature_cka: Measured[float] = field(default_factory=_missing)

@@ -84,6 +84,10 @@ def test_causal_lm_pair_from_save_pretrained_directories_and_jsonl(tmp_path, tex
     n_positions = report["inputs"]["datasets"]["eval"]["n_samples"]
     assert n_positions > 60  # target positions, not sequences
     assert report["metrics"]["outcome"]["agreement"]["eval"]["value"] is not None
+    instance, domain = report["metrics"]["instance"], report["metrics"]["domain"]
+    assert instance["difficulty_source"]["transfer"]["value"] == "token_frequency"  # no baseline: rare tokens are hard
+    assert 1 <= domain["dark_knowledge_alternatives_at_temperature"]["transfer"]["value"] <= len(WORDS) + len(SPECIALS)
+    assert 0 < domain["top_k_nontarget_share_at_temperature"]["transfer"]["value"] <= 1
     assert report["verdict"] in ("problems", "gain-not-checked")
     assert (tmp_path / "out" / "report.html").exists()
 

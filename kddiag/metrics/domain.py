@@ -16,6 +16,8 @@ from kddiag.errors import KddiagError
 from kddiag.metrics._common import (ClassSums, SoftmaxStats, check_labels, check_logits, check_temperature, softmax_stats,
                                     spearman)
 
+TOP_K_ALTERNATIVES = 10  # the wrong classes (tokens) top_k_nontarget_share counts
+
 
 def dark_knowledge_content(logits, labels, *, temperature: float = 1.0) -> float | None:
     """mean KL(r ‖ U_{C−1}) / log(C − 1), in [0, 1]; r from softmax(z/τ). None when C = 2 (r is a point mass).
@@ -92,6 +94,26 @@ def group_recovery(similarity, groups) -> float | None:
     return group_recovery_of(similarity, groups)
 
 
+def dark_knowledge_alternatives(logits, labels, *, temperature: float = 1.0) -> float:
+    """mean exp(H(r)): over how many wrong classes the non-target distribution r of softmax(z/τ) spreads
+    (its perplexity: 1 for all mass on one wrong class, C − 1 for a flat r). Reads whatever the vocabulary
+    size: a teacher whose next-token alternatives are a few plausible words scores a few, not 32,000."""
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    return float(np.mean(dark_knowledge_alternatives_per_example(
+        softmax_stats(logits, labels, temperature=check_temperature(temperature)))))
+
+
+def top_k_nontarget_share(logits, labels, *, temperature: float = 1.0, k: int = TOP_K_ALTERNATIVES) -> float | None:
+    """mean over examples of the share of the non-target mass 1 − p_y that the k most likely wrong classes hold
+    under softmax(z/τ): Σ_{top k of r} r_j. Near 1: the dark knowledge is a few alternatives; near k/(C − 1):
+    spread evenly. None when C − 1 ≤ k (the share is 1 by construction)."""
+    logits = check_logits(logits)
+    labels = check_labels(labels, n_samples=logits.shape[0], n_classes=logits.shape[1])
+    shares = top_k_nontarget_share_per_example(logits, labels, temperature=check_temperature(temperature), k=k)
+    return None if shares is None else float(np.mean(shares))
+
+
 def linear_cka(teacher_features, student_features) -> float | None:
     """Linear CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F·‖YᵀY‖_F) on column-centred features (Kornblith et al. 2019).
 
@@ -119,6 +141,26 @@ def dark_knowledge_per_example(stats: SoftmaxStats) -> np.ndarray | None:
         return None
     log_rest = np.log(stats.n_classes - 1)
     return np.clip((log_rest - stats.nontarget_entropy) / log_rest, 0.0, 1.0)
+
+
+def dark_knowledge_alternatives_per_example(stats: SoftmaxStats) -> np.ndarray:
+    """exp(H(r)) per example, in [1, C − 1] (1 when C = 2)."""
+    return np.clip(np.exp(stats.nontarget_entropy), 1.0, max(1, stats.n_classes - 1))
+
+
+def top_k_nontarget_share_per_example(logits: np.ndarray, labels: np.ndarray, *, temperature: float,
+                                      k: int = TOP_K_ALTERNATIVES) -> np.ndarray | None:
+    """Σ_{top k of r} r_j per row of ``logits`` (valid input; rows may be a sample), in log space:
+    r = softmax over the non-target logits / τ. None when C − 1 ≤ k."""
+    n, n_classes = logits.shape
+    if n_classes - 1 <= k:
+        return None
+    t = np.array(logits, dtype=np.float64) / temperature
+    t[np.arange(n), labels] = -np.inf
+    t -= t.max(axis=1, keepdims=True)
+    e = np.exp(t)
+    top = np.partition(e, n_classes - k, axis=1)[:, n_classes - k:]
+    return top.sum(axis=1) / e.sum(axis=1)
 
 
 def nontarget_logit_spread_of(stats: SoftmaxStats) -> float | None:

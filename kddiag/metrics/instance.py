@@ -214,6 +214,13 @@ def _knn_label_disagreement(features: np.ndarray, labels: np.ndarray, n_neighbor
     return out
 
 
+def token_surprisal_of(labels: np.ndarray, label_count: np.ndarray) -> np.ndarray:
+    """−log((count_y + 1) / (N + C)) per example: how rare its target token is in the set (add-one smoothed,
+    so every class has a finite value); the difficulty of a token position when no baseline is given."""
+    counts = np.asarray(label_count, dtype=np.float64)
+    return -np.log((counts[labels] + 1.0) / (counts.sum() + counts.size))
+
+
 def rescaling_difficulty_correlation_of(weights: np.ndarray, difficulty: np.ndarray) -> float | None:
     """Spearman(w, −difficulty) over the examples where both are finite."""
     keep = np.isfinite(weights) & np.isfinite(difficulty)

@@ -87,6 +87,10 @@ HEADLINES: dict[str, tuple[Headline, ...]] = {
     "domain": (
         Headline("dark-knowledge content, τ=1", _each_model(lambda m: m.dark_knowledge_content)),
         Headline("dark-knowledge content at τ", lambda r: {"teacher": r.dark_knowledge_content_at_temperature}),
+        Headline("wrong classes it spreads over, at τ",
+                 lambda r: {"teacher": r.dark_knowledge_alternatives_at_temperature}),
+        Headline("top-10 share of wrong-class mass, τ",
+                 lambda r: {"teacher": r.top_k_nontarget_share_at_temperature}),
         Headline("non-target logit spread", _each_model(lambda m: m.nontarget_logit_spread)),
         Headline("output-sim. match (Spearman)", lambda r: {
             "student": r.output_similarity_transfer_score,

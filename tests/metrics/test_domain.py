@@ -36,6 +36,31 @@ def test_dark_knowledge_content_extremes():
     assert domain.dark_knowledge_content(np.zeros((3, 2)), np.array([0, 1, 0])) is None
 
 
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_dark_knowledge_alternatives_and_top_k_share_match_loops(temperature):
+    teacher, _, y = logits_and_labels(n=60, n_classes=40, seed=36, scale=3.0)
+    perplexity, share = [], []
+    for row, label in zip(teacher, y):
+        r = _non_target(softmax(row / temperature), label)
+        perplexity.append(np.exp(-np.sum(r * np.log(r))))
+        share.append(np.sort(r)[-domain.TOP_K_ALTERNATIVES:].sum())
+    assert domain.dark_knowledge_alternatives(teacher, y, temperature=temperature) == pytest.approx(np.mean(perplexity))
+    assert domain.top_k_nontarget_share(teacher, y, temperature=temperature) == pytest.approx(np.mean(share))
+
+
+def test_alternatives_and_top_k_share_at_their_extremes():
+    flat = np.zeros((4, 50))
+    flat[:, 0] = 30.0  # the wrong classes tie: r is uniform over 49
+    y = np.zeros(4, dtype=int)
+    assert domain.dark_knowledge_alternatives(flat, y) == pytest.approx(49.0)
+    assert domain.top_k_nontarget_share(flat, y) == pytest.approx(10 / 49)
+    one = flat.copy()
+    one[:, 7] = 20.0  # every wrong-class unit of mass on class 7
+    assert domain.dark_knowledge_alternatives(one, y) == pytest.approx(1.0, abs=1e-5)
+    assert domain.top_k_nontarget_share(one, y) == pytest.approx(1.0)
+    assert domain.top_k_nontarget_share(flat[:, :11], y) is None  # 10 wrong classes: always 1
+
+
 def test_nontarget_logit_spread_matches_loop():
     teacher, _, y = logits_and_labels(n=200, n_classes=6, seed=31)
     values = []

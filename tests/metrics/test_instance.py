@@ -137,3 +137,11 @@ def test_errors():
         instance.untrained_rescaling_weights(np.zeros((2, 3)), np.array([0, 1]), temperature=1.0, alpha=2)
     with pytest.raises(KddiagError, match="difficulty must have 3 values, one per example; got 2"):
         instance.rescaling_difficulty_correlation([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_token_surprisal_is_the_smoothed_negative_log_frequency():
+    labels = np.array([0, 0, 0, 1, 2])
+    counts = np.bincount(labels, minlength=4)  # class 3 never occurs
+    expected = [-np.log((counts[y] + 1) / (5 + 4)) for y in labels]
+    np.testing.assert_allclose(instance.token_surprisal_of(labels, counts), expected)
+    assert np.isfinite(instance.token_surprisal_of(np.array([3]), counts)).all()
