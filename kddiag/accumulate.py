@@ -210,14 +210,23 @@ class SetAccumulator:
         return start + labels.size
 
     def _flush_until(self, stop: int) -> None:
-        """The statistics of the pending rows before ``stop``; the rest stays pending."""
+        """The statistics of the pending rows before ``stop``; the rest stays pending. Only rows of a chunk
+        that straddles two batches are copied (joined); every other chunk is read in place."""
         start = self._pending[0][0]
-        labels = np.concatenate([part[1] for part in self._pending])
-        logits = {role: np.concatenate([part[2][role] for part in self._pending]) if len(self._pending) > 1
-                  else self._pending[0][2][role] for role in self._pending[0][2]}
-        cut = stop - start
-        self._pending = [] if cut == labels.size else [(stop, labels[cut:], {r: v[cut:] for r, v in logits.items()})]
-        self._update_statistics(start, labels[:cut], {role: value[:cut] for role, value in logits.items()})
+        head, rest = [], []
+        for part_start, labels, values in self._pending:
+            cut = min(labels.size, max(0, stop - part_start))
+            if cut:
+                head.append((labels[:cut], {name: value[:cut] for name, value in values.items()}))
+            if cut < labels.size:
+                rest.append((part_start + cut, labels[cut:], {name: value[cut:] for name, value in values.items()}))
+        self._pending = rest
+        if len(head) == 1:
+            labels, values = head[0]
+        else:
+            labels = np.concatenate([part[0] for part in head])
+            values = {name: np.concatenate([part[1][name] for part in head]) for name in head[0][1]}
+        self._update_statistics(start, labels, values)
 
     def _update_statistics(self, start: int, y: np.ndarray, logits: dict[str, np.ndarray]) -> None:
         strata = {key[len(STRATUM):]: logits.pop(key) for key in list(logits) if key.startswith(STRATUM)}
