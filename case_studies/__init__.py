@@ -22,6 +22,7 @@ _MODULES = {
     "weak-teacher": "weak_teacher",
     "healthy-pairs": "healthy_pairs",
     "token-lm": "token_lm",
+    "cnn-digits": "cnn_digits",
     "benchmark": "benchmark",
 }
 _PROGRAMS = {"demo-pair": "demo_pair", "demo-students": "demo_students"}
