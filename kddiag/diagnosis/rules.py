@@ -66,8 +66,18 @@ def sharpness(m: Measurements, context: Context) -> Sharpness | NotChecked | Non
     fitted = first(m.universe, lambda u: u.teacher.fitted_temperature, (EVAL,))
     fitted = fitted if fitted.ok and fitted.value >= th.FITTED_TEMPERATURE_MIN else None
     whatif = whatif_on(m, dataset)
-    at_fault = context.temperature >= 1.0 or (whatif is not None and _sharp_at(whatif, 1.0)) or fitted is not None
+    # below τ = 1 a calibrated teacher sharp already at τ = 1 is confident because the task is easy for it,
+    # not over-confident: only a τ ≥ 1 can soften it, so the setting is at fault unless the teacher is
+    # miscalibrated (T*) or memorized its transfer set (the softness gap)
+    memorized = dataset == TRANSFER and gap.ok and gap.value >= th.SOFTNESS_GAP_MIN
+    sharp_at_one = whatif is not None and _sharp_at(whatif, 1.0) and (memorized or not fitted_ok(m))
+    at_fault = context.temperature >= 1.0 or sharp_at_one or fitted is not None
     return Sharpness(tuple(found), max(grades), saturation, smoothing, at_fault, fitted, one_hot)
+
+
+def fitted_ok(m: Measurements) -> bool:
+    """Whether the teacher's held-out T* was measured (its calibration is known)."""
+    return first(m.universe, lambda u: u.teacher.fitted_temperature, (EVAL,)).ok
 
 
 def whatif_on(m: Measurements, dataset: str) -> WhatIf | None:
@@ -140,8 +150,9 @@ class DataPipelineFacts:
 
 
 def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
-    """The teacher is near chance on the eval set, or far worse there than on the transfer set while its
-    student is not: the eval inputs, not the models, are the first suspect."""
+    """The teacher is near chance on the eval set yet not under-confident (a trained model fed wrong inputs
+    stays confident; an untrained one is near uniform: teacher-weak), or far worse there than on the
+    transfer set while its student is not: the eval inputs, not the models, are the first suspect."""
     teacher_eval = first(m.outcome, lambda o: o.teacher_accuracy, (EVAL,))
     if lack := missing(teacher_eval):
         return lack
@@ -149,7 +160,9 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     student_eval = first(m.outcome, lambda o: o.student_accuracy, (EVAL,))
     student_transfer = first(m.outcome, lambda o: o.student_accuracy, (TRANSFER,))
     found, grades = [], []
-    near_chance = context.normalized(teacher_eval.value) < th.NEAR_CHANCE_NORMALIZED_ACCURACY
+    fitted = first(m.universe, lambda u: u.teacher.fitted_temperature, (EVAL,))
+    unlearned = fitted.ok and fitted.value <= th.NEAR_CHANCE_LEARNED_FITTED_TEMPERATURE_MIN  # near-uniform outputs
+    near_chance = context.normalized(teacher_eval.value) < th.NEAR_CHANCE_NORMALIZED_ACCURACY and not unlearned
     if near_chance:
         found.append(evidence(teacher_eval, rounded(context.accuracy_at(th.NEAR_CHANCE_NORMALIZED_ACCURACY)), "<"))
         grades.append(grade(context.normalized(teacher_eval.value), th.NEAR_CHANCE_NORMALIZED_ACCURACY,

@@ -39,6 +39,12 @@ DATA_GAP_FULL = 0.6  # fail the teacher only (a pipeline difference), not a gene
 DATA_GAP_BELOW_STUDENT_MIN = 0.1
 NEAR_CHANCE_NORMALIZED_ACCURACY = 0.2  # below: a near-chance teacher (Yuan's 1-epoch De-KD teacher)
 NEAR_CHANCE_NORMALIZED_ACCURACY_FULL = 0.0
+# A teacher that fails for its inputs has still learned: fed wrong inputs it stays confident (its held-out
+# T* ≥ 1: it would need softening). A near-chance teacher that would need sharpening twofold to be
+# calibrated (T* ≤ 0.5) has not learned: its outputs are near uniform, teacher-weak's case, not the
+# pipeline's. cnn-digits (out of family, 2026-12-01): 5-step weak CNN teachers at 0.19-0.37 accuracy have
+# T* 0.15-0.38 and ε_eff 0.88 of 0.9 (uniform); before this cut 2 of 3 seeds were called pipeline suspects.
+NEAR_CHANCE_LEARNED_FITTED_TEMPERATURE_MIN = 0.5
 
 # ------------------------------------------------------------------ teacher-label-smoothed (level 2)
 # kddiag's probe on small MLPs (docs/literature.md §14): LS (ε = 0.25) teacher content at τ = 1 ≈ 0.07 and logit spread

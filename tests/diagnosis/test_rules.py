@@ -231,6 +231,14 @@ def test_teacher_weak_compares_with_the_baseline_and_grades():
     assert "capacity-gap" not in ids(diagnosis)
 
 
+def test_a_near_chance_teacher_with_near_uniform_outputs_has_not_learned_it_is_no_pipeline_suspect():
+    changes, drop, settings_ = CASES["near-chance-teacher"]
+    unlearned = run(build({**changes, ("universe", "teacher_fitted_temperature", EVAL): 0.3}, drop=drop), settings_)
+    assert ids(unlearned)[0] == "teacher-weak" and "data-pipeline-suspect" not in ids(unlearned)
+    confident = run(build({**changes, ("universe", "teacher_fitted_temperature", EVAL): 1.1}, drop=drop), settings_)
+    assert ids(confident)[0] == "data-pipeline-suspect"  # trained, confidently wrong: the inputs first
+
+
 def test_near_chance_teacher_is_weak_not_label_smoothed():
     _, diagnosis = run_case("near-chance-teacher")
     assert ids(diagnosis)[:2] == ["data-pipeline-suspect", "teacher-weak"]  # the inputs first, then the teacher
@@ -275,7 +283,7 @@ def test_tau_too_low_is_a_setting_problem_when_the_teacher_is_not_memorizing():
     assert "teacher-overconfident" not in ids(diagnosis)
 
 
-def test_sharp_targets_at_tau_one_or_above_are_the_teachers_doing():
+def test_sharp_targets_at_tau_one_or_above_are_the_teachers_doing_unless_calibrated_and_not_memorized():
     changes, drop, _ = CASES["tau-too-low"]
     at_one = run(build(changes, drop=drop), settings(temperature=1.0))
     assert "teacher-overconfident" in ids(at_one) and "temperature-mismatch" not in ids(at_one)
@@ -283,7 +291,14 @@ def test_sharp_targets_at_tau_one_or_above_are_the_teachers_doing():
         (2.0, 8.0), temperatures=[0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         effective_smoothing=[0.01, 0.03, 0.25, 0.45, 0.7, 0.85],
         saturation_share=[0.9, 0.7, 0.05, 0.0, 0.0, 0.0])}
-    assert "teacher-overconfident" in ids(run(build(sharp_at_one, drop=drop), settings(temperature=0.5)))
+    # sharp already at τ = 1 but calibrated and as confident held out: an easy task, τ = 0.5 is at fault
+    easy = run(build(sharp_at_one, drop=drop), settings(temperature=0.5))
+    assert "temperature-mismatch" in ids(easy) and "teacher-overconfident" not in ids(easy)
+    memorized = {**sharp_at_one, ("universe", "softness_gap", TRANSFER): 0.15}
+    assert "teacher-overconfident" in ids(run(build(memorized, drop=drop), settings(temperature=0.5)))
+    uncalibrated = run(build(sharp_at_one, drop=(*drop, ("universe", "teacher_fitted_temperature"))),
+                       settings(temperature=0.5))
+    assert "teacher-overconfident" in ids(uncalibrated)  # calibration unknown: the teacher stays the suspect
     overconfident_held_out = {**changes, ("universe", "teacher_fitted_temperature", EVAL): 2.0}
     assert "teacher-overconfident" in ids(run(build(overconfident_held_out, drop=drop),
                                               settings(temperature=0.5)))
