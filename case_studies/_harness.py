@@ -185,6 +185,7 @@ class Context:
     out_dir: Path
     keep_html: bool  # write an HTML report per scenario (done for the first seed only)
     verdicts: list[dict] = field(default_factory=list)
+    advice: list[dict] = field(default_factory=list)  # follow_advice's trials
 
     def epochs(self, n: int) -> int:
         """A training length, shortened in quick mode (a smoke test, not a result)."""
@@ -233,12 +234,33 @@ class Context:
             "kd_gain": None if gain is None or not gain.ok else round(gain.value, 4),
             "kd_gain_ci95": None if gain is None or gain.ci is None else [round(c, 4) for c in gain.ci],
             "findings": [{"id": f.id, "severity": round(float(f.severity), 3),
-                          "evidence": [e.to_dict() for e in f.evidence]} for f in findings],
+                          "evidence": [e.to_dict() for e in f.evidence],
+                          "remedy": None if f.remedy is None else f.remedy.to_dict()} for f in findings],
             "metrics": _kept_metrics(report.measurements) if measured else {},
             "html": None if html is None else str(html.relative_to(self.out_dir)),
             "benchmark": benchmark and true_cause is not None,
         })
         return report
+
+    def follow_advice(self, scenario: str, before: float, retrain: Callable[[float, float], float], *,
+                      temperature: float, alpha: float) -> dict | None:
+        """Do what kddiag's top finding on ``scenario`` advises, when its advice names a setting (its
+        ``remedy``): ``retrain(temperature, alpha)`` trains the same student again with that setting changed
+        (the other as it was) and returns its held-out accuracy, kept against ``before``, the original
+        student's. Returns the trial, or None when the top finding names no setting."""
+        verdict = next(v for v in reversed(self.verdicts) if v["scenario"] == scenario)
+        top = verdict["findings"][0] if verdict["findings"] else None
+        remedy = None if top is None else top.get("remedy")
+        if not remedy:
+            return None
+        followed = {"temperature": remedy.get("temperature", temperature), "alpha": remedy.get("alpha", alpha)}
+        after = float(retrain(followed["temperature"], followed["alpha"]))
+        trial = {"study": self.study, "family": verdict["family"], "scenario": scenario, "seed": self.seed,
+                 "rule": top["id"], "remedy": remedy, "before": {"temperature": temperature, "alpha": alpha},
+                 "accuracy_before": round(float(before), 4), "accuracy_after": round(after, 4),
+                 "change": round(after - float(before), 4)}
+        self.advice.append(trial)
+        return trial
 
     def severity(self, scenario: str, finding_id: str) -> float:
         """Severity of ``finding_id`` in this seed's verdict on ``scenario`` (0 when it did not fire)."""
@@ -311,18 +333,19 @@ def run_study(study: str, doc: str, *, run_seed: Callable[[Context], Rows],
     out_dir = output_dir(out_dir, quick)
     use_few_threads()
     start = time.perf_counter()
-    per_seed, verdicts = [], []
+    per_seed, verdicts, advice = [], [], []
     for i, seed in enumerate(seeds):
         ctx = Context(study=study, seed=seed, quick=quick, out_dir=out_dir, keep_html=i == 0)
         per_seed.append(run_seed(ctx))
         verdicts += ctx.verdicts
+        advice += ctx.advice
     claim, source = claim_and_source(doc)
     results = checks(per_seed)
     result = {
         "study": study, "claim": claim, "source": source, "seeds": list(seeds), "quick": quick,
         "seconds": round(time.perf_counter() - start, 1),
         "table": summarize(per_seed), "checks": [c.to_dict() for c in results],
-        "reproduced": all(c.holds for c in results), "verdicts": verdicts,
+        "reproduced": all(c.holds for c in results), "verdicts": verdicts, "advice": advice,
     }
     write_results(result, out_dir)
     print(render_markdown(result, brief=True))
@@ -376,6 +399,15 @@ def render_markdown(result: dict, *, brief: bool = False) -> str:
         for (scenario, cause), found in by_scenario.items():
             marks = ", ".join(f if f == cause or cause is None else f"**{f}**" for f in found)
             lines.append(f"| {scenario} | {cause or '(not labelled)'} | {marks} |")
+        lines.append("")
+    if result.get("advice"):
+        lines += ["kddiag's advice followed (the top finding's remedy; the same student retrained with it):", "",
+                  "| scenario | seed | finding | remedy | accuracy before → after | change |", "|---|---|---|---|---|---|"]
+        for t in result["advice"]:
+            remedy = ", ".join(f"{'τ' if k == 'temperature' else 'α'} {t['before'][k]:g} → {v:g}"
+                               for k, v in t["remedy"].items())
+            lines.append(f"| {t['scenario']} | {t['seed']} | {t['rule']} | {remedy} | {t['accuracy_before']:.3f} → "
+                         f"{t['accuracy_after']:.3f} | {100 * t['change']:+.1f} pt |")
         lines.append("")
     return "\n".join(lines)
 

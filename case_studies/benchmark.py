@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+
 from case_studies._harness import FAMILY_MLP, output_dir
 
 TARGET_ACCURACY = 0.9
@@ -41,6 +43,22 @@ def score(verdicts: list[dict]) -> dict:
         "confusion": confusion,
         "misses": [v for v, ok in zip(verdicts, correct) if not ok],
     }
+
+
+def advice_success(trials: list[dict]) -> dict[str, dict]:
+    """Per rule, over the runs where its remedy was followed (the same student retrained as the top
+    finding's advice says): how many, the share where accuracy rose, and the mean and spread of the change;
+    also per family."""
+    out: dict[str, dict] = {}
+    for rule in sorted({t["rule"] for t in trials}):
+        mine = [t for t in trials if t["rule"] == rule]
+        changes = np.array([t["change"] for t in mine])
+        out[rule] = {"n": len(mine), "helped": int((changes > 0).sum()), "success_rate": float((changes > 0).mean()),
+                     "mean_change": float(changes.mean()),
+                     "std_change": float(changes.std(ddof=1)) if len(changes) > 1 else 0.0,
+                     "families": {family: [t["change"] for t in mine if t["family"] == family]
+                                  for family in sorted({t["family"] for t in mine})}}
+    return out
 
 
 def significant_loss(verdict: dict) -> bool:
@@ -82,12 +100,14 @@ def main(*, seeds=(0, 1, 2), quick: bool = False, out_dir=None) -> dict:
             continue
         studies[name] = module.main(seeds=seeds, quick=quick, out_dir=out_dir)
     verdicts = [v for result in studies.values() for v in result["verdicts"] if v["benchmark"]]
+    trials = [t for result in studies.values() for t in result.get("advice", [])]
     result = {
         "study": "benchmark", "seeds": list(tuple(seeds)[:1] if quick else seeds), "quick": quick,
         "seconds": round(time.perf_counter() - start, 1),
         "target_top1_accuracy": TARGET_ACCURACY,
         **score(verdicts),
         "families": by_family(verdicts),
+        "advice": advice_success(trials), "advice_trials": trials,
         "studies": {name: {"reproduced": r["reproduced"], "seconds": r["seconds"],
                            "checks": r["checks"]} for name, r in studies.items()},
         "skipped": skipped,
@@ -122,8 +142,19 @@ def render_markdown(result: dict, *, brief: bool = False) -> str:
     lines += ["", f"**All families pooled:** top-1 {result['top1_accuracy']:.1%}; true cause among the findings "
                   f"{result['true_cause_among_findings']:.1%}; false alarms {result['false_alarms']} of "
                   f"{result['n_healthy']}; false 'healthy' {result['false_healthy']} of {result['n_significant_loss']}.",
-              f"**Target met in every family:** {'yes' if result['passed'] else 'no'}.", "",
-              "| study | reproduced | seconds |", "|---|---|---|"]
+              f"**Target met in every family:** {'yes' if result['passed'] else 'no'}.", ""]
+    if result.get("advice"):
+        lines += ["Advice followed: where the top finding names a setting (its remedy: τ or α), the same student was "
+                  "retrained with it; success = held-out accuracy rose.", "",
+                  "| finding | runs | success rate | mean change ± std | by family (runs: mean change) |",
+                  "|---|---|---|---|---|"]
+        for rule, a in result["advice"].items():
+            families = "; ".join(f"{family} ({len(c)}: {100 * float(np.mean(c)):+.1f} pt)"
+                                 for family, c in a["families"].items())
+            lines.append(f"| {rule} | {a['n']} | {a['helped']}/{a['n']} ({a['success_rate']:.0%}) | "
+                         f"{100 * a['mean_change']:+.1f} ± {100 * a['std_change']:.1f} pt | {families} |")
+        lines.append("")
+    lines += ["| study | reproduced | seconds |", "|---|---|---|"]
     lines += [f"| {name} | {'yes' if s['reproduced'] else 'no'} | {s['seconds']:.0f} |"
               for name, s in result["studies"].items()]
     lines += [f"| {name} | skipped: {why} | – |" for name, why in result.get("skipped", {}).items()]

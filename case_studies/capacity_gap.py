@@ -32,17 +32,20 @@ def _teacher_row(hidden: tuple[int, ...], task) -> str:
     return "teacher " + "-".join(map(str, (task.n_features, *hidden, task.n_classes)))
 
 
-def _distil(ctx: Context, task, teacher, *, temperature: float, hidden=None):
+def _distil(ctx: Context, task, teacher, *, temperature: float, hidden=None, alpha: float = ALPHA):
     targets = teacher_targets(logits_of(teacher, task.train.x), temperature=temperature)
     options = {} if hidden is None else {"hidden": hidden}
-    return fit_student(ctx, task, soft_targets=targets, temperature=temperature, alpha=ALPHA, **options)
+    return fit_student(ctx, task, soft_targets=targets, temperature=temperature, alpha=alpha, **options)
 
 
 def _inspect_row(ctx: Context, task, row: dict, scenario: str, true_cause: str | None, *, teacher, student, baseline_path,
-                 temperature: float, benchmark: bool = True) -> None:
+                 temperature: float, benchmark: bool = True, hidden=None) -> None:
     report = ctx.inspect(scenario, true_cause, task=task, benchmark=benchmark, baseline=baseline_path,
                          teacher=ctx.save(teacher, f"{scenario}-teacher"),
                          student=ctx.save(student, f"{scenario}-student", temperature=temperature, alpha=ALPHA))
+    ctx.follow_advice(scenario, eval_accuracy(student, task),
+                      lambda t, a: eval_accuracy(_distil(ctx, task, teacher, temperature=t, hidden=hidden, alpha=a),
+                                                 task), temperature=temperature, alpha=ALPHA)
     row[f"saturation share τ={temperature:g}"] = report.measurements.universe.transfer.saturation_share.value
     row["agreement (transfer)"] = report.measurements.outcome.transfer.agreement.value
     for finding in ("teacher-overconfident", "capacity-gap"):
@@ -86,7 +89,8 @@ def run_seed(ctx: Context) -> Rows:
                                      "KD from the teacher": eval_accuracy(direct, task),
                                      "KD via a 32-16-20 assistant": eval_accuracy(via_assistant, task)}
     _inspect_row(ctx, task, row, "tiny-student", "capacity-gap", teacher=teacher, student=direct,
-                 baseline_path=ctx.save(tiny_baseline, "tiny-baseline"), temperature=TINY_TEMPERATURE)
+                 baseline_path=ctx.save(tiny_baseline, "tiny-baseline"), temperature=TINY_TEMPERATURE,
+                 hidden=TINY_HIDDEN)
     return rows
 
 

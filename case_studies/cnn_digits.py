@@ -212,6 +212,10 @@ def _run_seed(ctx: Context) -> Rows:
         row = rows[scenario] = _row(pairs.accuracy(teacher), pairs.accuracy(baseline), pairs.accuracy(student))
         pairs.inspect(scenario, teacher=teacher_path, baseline=baseline_path,
                       student=pairs.save(student, f"{scenario}-student", temperature=temperature, alpha=alpha))
+        ctx.follow_advice(scenario, row["KD student accuracy"],
+                          lambda t, a: pairs.accuracy(pairs.student(shape, teacher_logits=cnn_logits(teacher, train_x),
+                                                                    temperature=t, alpha=a)),
+                          temperature=temperature, alpha=alpha)
         return row
 
     # healthy: an early-stopped teacher on 3,000 digits, τ = 4

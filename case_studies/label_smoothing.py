@@ -58,6 +58,10 @@ def run_seed(ctx: Context) -> Rows:
                                      task=task, teacher=teacher_path, baseline=baseline_path,
                                      student=ctx.save(student, f"student-eps{epsilon:g}", temperature=temperature,
                                                       alpha=ALPHA))
+                ctx.follow_advice(f"ls-teacher-eps{epsilon:g}", row[_student(temperature)],
+                                  lambda t, a: eval_accuracy(fit_student(
+                                      ctx, task, soft_targets=teacher_targets(logits, temperature=t),
+                                      temperature=t, alpha=a), task), temperature=temperature, alpha=ALPHA)
                 teacher_structure = report.measurements.domain.transfer.teacher
                 row["dark-knowledge content τ=1"] = teacher_structure.dark_knowledge_content.value
                 row["non-target logit spread"] = teacher_structure.nontarget_logit_spread.value

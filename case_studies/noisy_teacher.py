@@ -67,6 +67,10 @@ def run_seed(ctx: Context) -> Rows:
             true_cause = "teacher-wrong-on-transfer" if labels is noisy else "healthy"
             ctx.inspect(scenario, true_cause, task=task, teacher=teacher_path, baseline=baseline_path,
                         student=ctx.save(student, scenario, temperature=TEMPERATURE, alpha=alpha))
+            ctx.follow_advice(scenario, rows[f"{name}, α={alpha:g}"]["student accuracy"],
+                              lambda t, a: eval_accuracy(fit_student(
+                                  ctx, task, soft_targets=teacher_targets(logits, temperature=t), temperature=t,
+                                  alpha=a), task), temperature=TEMPERATURE, alpha=alpha)
     return rows
 
 

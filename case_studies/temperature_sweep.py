@@ -52,6 +52,10 @@ def run_seed(ctx: Context) -> Rows:
             student_path = ctx.save(student, scenario, temperature=temperature, alpha=ALPHA)
             ctx.inspect(scenario, INSPECTED[temperature], task=task, teacher=paths["teacher"],
                         baseline=paths["baseline"], student=student_path)
+            ctx.follow_advice(scenario, rows[_row(temperature)]["student accuracy"],
+                              lambda t, a: eval_accuracy(fit_student(
+                                  ctx, task, soft_targets=teacher_targets(logits, temperature=t), temperature=t,
+                                  alpha=a), task), temperature=temperature, alpha=ALPHA)
     return rows
 
 

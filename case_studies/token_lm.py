@@ -262,6 +262,14 @@ def _run_seed(ctx: Context) -> Rows:
         inspect_pair(ctx, scenario, teacher=teacher, student=student, baseline=baseline, held=files["held"],
                      transfer=files["transfer"], classes=files["classes"], temperature=temperature, alpha=ALPHA)
 
+    def follow_advice(scenario: str, teacher_logits: torch.Tensor, *, shape: Model = STUDENT,
+                      temperature: float) -> None:
+        """Retrain the scenario's student as kddiag's top finding advises (when it names a setting)."""
+        ctx.follow_advice(scenario, rows[scenario]["KD student accuracy"],
+                          lambda t, a: accuracy(fit(shape, transfer, STUDENT_RECIPE, teacher_logits=teacher_logits,
+                                                    temperature=t, alpha=a)),
+                          temperature=temperature, alpha=ALPHA)
+
     rows: Rows = {"Bayes-optimal (held-out)": {"teacher accuracy": grammar.bayes_accuracy(texts.held)}}
     # healthy: a teacher stopped early on more text (the transfer set and the extra text), τ = 2
     teacher = fit(TEACHER, encode(vocab, texts.transfer + texts.extra), EARLY_TEACHER, teacher=True)
@@ -273,6 +281,7 @@ def _run_seed(ctx: Context) -> Rows:
     rows["healthy"] = _row(accuracy(teacher), accuracy(baseline), accuracy(student))
     inspect("healthy", save(student, "healthy-student"), teacher=paths["teacher"], baseline=paths["baseline"],
             temperature=TEMPERATURE)
+    follow_advice("healthy", kd["teacher_logits"], temperature=TEMPERATURE)
 
     # memorizing teacher: trained long on the transfer set alone; its student at τ = 1
     memorizer = fit(TEACHER, transfer, MEMORIZING_TEACHER, teacher=True)
@@ -283,12 +292,14 @@ def _run_seed(ctx: Context) -> Rows:
                                   "one-hot ceiling (transfer)": grammar.unique_continuation_share(texts.transfer)}
     inspect("memorizing-teacher", save(memorizer_student, "memorizing-teacher-student"),
             teacher=save(memorizer, "memorizing-teacher"), baseline=paths["baseline"], temperature=1.0)
+    follow_advice("memorizing-teacher", lm_logits(memorizer, *transfer), temperature=1.0)
 
     # τ far too high: the healthy teacher and baseline
     hot = fit(STUDENT, transfer, STUDENT_RECIPE, **{**kd, "temperature": HIGH_TEMPERATURE})
     rows["tau-75"] = _row(accuracy(teacher), accuracy(baseline), accuracy(hot))
     inspect("tau-75", save(hot, "tau-75-student"), teacher=paths["teacher"], baseline=paths["baseline"],
             temperature=HIGH_TEMPERATURE)
+    follow_advice("tau-75", kd["teacher_logits"], temperature=HIGH_TEMPERATURE)
 
     # capacity gap: a width-4 student, against a width-4 CE baseline
     tiny_baseline = fit(TINY_STUDENT, transfer, STUDENT_RECIPE)
@@ -296,6 +307,7 @@ def _run_seed(ctx: Context) -> Rows:
     rows["tiny-student"] = _row(accuracy(teacher), accuracy(tiny_baseline), accuracy(tiny))
     inspect("tiny-student", save(tiny, "tiny-student"), teacher=paths["teacher"],
             baseline=save(tiny_baseline, "tiny-baseline"), temperature=TEMPERATURE)
+    follow_advice("tiny-student", kd["teacher_logits"], shape=TINY_STUDENT, temperature=TEMPERATURE)
 
     # another tokenizer: the same words in another id order, and 3 extra words; a CE student trained in it
     words = permuted_words(ctx.seed)

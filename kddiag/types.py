@@ -501,6 +501,19 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class Remedy:
+    """The distillation settings a finding's advice changes first, for a program to follow (the case
+    studies retrain with it); None: that setting stays as it was."""
+
+    temperature: float | None = None
+    alpha: float | None = None
+
+    def to_dict(self) -> dict:
+        return {name: value for name, value in (("temperature", self.temperature), ("alpha", self.alpha))
+                if value is not None}
+
+
+@dataclass(frozen=True)
 class Finding:
     """One diagnosis: what went wrong, the evidence, why it matters and what to do."""
 
@@ -511,11 +524,15 @@ class Finding:
     evidence: tuple[Evidence, ...]
     explanation: str
     advice: str
+    remedy: Remedy | None = None  # the settings change the advice names first, where it names one
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "level": list(self.levels), "severity": round(self.severity, 4),
-                "title": self.title, "evidence": [e.to_dict() for e in self.evidence],
-                "explanation": self.explanation, "advice": self.advice}
+        out = {"id": self.id, "level": list(self.levels), "severity": round(self.severity, 4),
+               "title": self.title, "evidence": [e.to_dict() for e in self.evidence],
+               "explanation": self.explanation, "advice": self.advice}
+        if self.remedy is not None:
+            out["remedy"] = self.remedy.to_dict()
+        return out
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from scipy.special import softmax
 
 from case_studies import PROGRAMS, STUDIES
-from case_studies._harness import claim_and_source, compare, hierarchy_task
+from case_studies._harness import Context, claim_and_source, compare, hierarchy_task
 from case_studies._training import (dkpp_targets, distillation_loss, kd_pt_sim_targets, kd_pt_targets,
                                     class_similarity_targets, matching_sim_temperature, tf_kd_reg_targets)
 from case_studies.benchmark import score
@@ -132,6 +132,32 @@ def test_score_counts_a_healthy_verdict_on_a_significant_loss_and_scores_familie
     assert sorted(families) == ["cnn", "mlp"]
     assert families["mlp"]["n_scenarios"] == 3 and families["mlp"]["passed"]
     assert families["cnn"]["false_healthy"] == 1 and not families["cnn"]["passed"]
+
+
+def test_advice_success_counts_the_runs_where_following_the_remedy_raised_accuracy():
+    from case_studies.benchmark import advice_success
+
+    trials = [{"rule": "temperature-mismatch", "family": "mlp", "change": 0.02},
+              {"rule": "temperature-mismatch", "family": "cnn", "change": -0.01},
+              {"rule": "temperature-mismatch", "family": "cnn", "change": 0.0},  # no change: not a success
+              {"rule": "teacher-wrong-on-transfer", "family": "mlp", "change": 0.05}]
+    result = advice_success(trials)
+    tau = result["temperature-mismatch"]
+    assert (tau["n"], tau["helped"]) == (3, 1) and tau["success_rate"] == pytest.approx(1 / 3)
+    assert tau["mean_change"] == pytest.approx(0.01 / 3) and tau["families"] == {"cnn": [-0.01, 0.0], "mlp": [0.02]}
+    assert result["teacher-wrong-on-transfer"]["std_change"] == 0.0
+
+
+def test_follow_advice_retrains_with_the_top_findings_remedy(tmp_path):
+    ctx = Context(study="s", seed=0, quick=True, out_dir=tmp_path, keep_html=False)
+    ctx.verdicts.append({"scenario": "a", "family": "mlp", "findings": [
+        {"id": "temperature-mismatch", "remedy": {"temperature": 4.0}}, {"id": "x", "remedy": {"alpha": 0.1}}]})
+    calls = []
+    trial = ctx.follow_advice("a", 0.70, lambda t, a: calls.append((t, a)) or 0.75, temperature=100.0, alpha=0.9)
+    assert calls == [(4.0, 0.9)]  # τ as advised, α as it was
+    assert trial["change"] == pytest.approx(0.05) and ctx.advice == [trial]
+    ctx.verdicts.append({"scenario": "b", "family": "mlp", "findings": [{"id": "capacity-gap", "remedy": None}]})
+    assert ctx.follow_advice("b", 0.7, lambda t, a: 1 / 0, temperature=4.0, alpha=0.9) is None  # nothing to follow
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))

@@ -84,7 +84,7 @@ def diagnose(measurements: Measurements, *, settings: Settings, n_classes: int,
         if isinstance(decision, Fired):
             words = rule.word(decision.facts, context)
             findings.append(Finding(rule.id, rule.levels, decision.severity, words.title, decision.evidence,
-                                    words.explanation, words.advice))
+                                    words.explanation, words.advice, words.remedy))
     fired = {finding.id for finding in findings}
     for suppressor, suppressed in SUPPRESSES.items():
         if suppressor in fired:

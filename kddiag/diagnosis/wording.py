@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kddiag.diagnosis import rules as r
 from kddiag.diagnosis.reading import Context
+from kddiag.types import Remedy
 
 _MAX_LISTED_MOVES = 20
 
@@ -18,6 +19,7 @@ class Wording:
     title: str
     explanation: str
     advice: str
+    remedy: Remedy | None = None  # the settings change the advice names first
 
 
 def points(difference: float) -> str:
@@ -113,7 +115,7 @@ def word_label_smoothed(f: r.LabelSmoothedFacts, context: Context) -> Wording:
         f"{f.content.value:.2f}), as label smoothing makes them (Müller et al. 2019). The class relationships "
         "(domain knowledge, level 2) were erased in the teacher, so the student can get smoothing (level 1) "
         "but no class structure from it.",
-        advice)
+        advice, Remedy(temperature=1.0) if context.temperature > 1 else None)
 
 
 def word_overconfident(f: r.OverconfidentFacts, context: Context) -> Wording:
@@ -138,19 +140,22 @@ def word_overconfident(f: r.OverconfidentFacts, context: Context) -> Wording:
         sentences.append(f"No τ above {temperature:g} makes its targets informative.")
     elif f.whatif is not None and band is None:
         sentences.append(f"No τ on the grid (up to {max(f.whatif.temperatures):g}) makes its targets informative.")
-    advice = []
+    advice, remedy = [], None
     if f.higher_helps:
         caveat = ", but does not undo the memorization" if f.memorized is not None else ""
-        advice.append(f"Raising τ to about {r.nearest_informative(f.whatif, temperature):g} (informative range "
+        remedy = Remedy(temperature=r.nearest_informative(f.whatif, temperature))
+        advice.append(f"Raising τ to about {remedy.temperature:g} (informative range "
                       f"{band[0]:g}–{band[1]:g} on this set) softens the targets{caveat}.")
     if sharp.fitted is not None:
+        calibrated = float(f"{temperature * sharp.fitted.value:.3g}")
+        remedy = remedy or Remedy(temperature=calibrated)
         advice.append(f"Dividing the teacher's logits by T* = {sharp.fitted.value:.2f} (calibrating it) is the "
-                      f"same as distilling at τ ≈ {temperature * sharp.fitted.value:.3g}.")
+                      f"same as distilling at τ ≈ {calibrated:g}.")
     advice.append("Use an early-stopped or less over-fit teacher (Cho & Hariharan 2019), stronger augmentation "
                   "with the same views for teacher and student, or cross-fitted teacher predictions (each "
                   "transfer example scored by a teacher that did not train on it).")
     return Wording("The teacher is over-confident on the transfer set", " ".join(sentences),
-                   " ".join(advice) + _guessed_temperature(context))
+                   " ".join(advice) + _guessed_temperature(context), remedy)
 
 
 def word_temperature(f: r.TemperatureFacts, context: Context) -> Wording:
@@ -181,10 +186,11 @@ def word_temperature(f: r.TemperatureFacts, context: Context) -> Wording:
         f"Distil at τ between {lo:g} and {hi:g}, where this teacher's {dataset}-set targets are informative "
         f"({band.min_smoothing:g} ≤ mean wrong-class mass ≤ {band.max_smoothing:.2f}, at most "
         f"{band.max_saturation:.0%} saturated); on the τ grid, {nearest:g} is the closest to the current "
-        f"τ = {temperature:g}." + _guessed_temperature(context))
+        f"τ = {temperature:g}." + _guessed_temperature(context), Remedy(temperature=nearest))
 
 
 def word_wrong_on_transfer(f: r.WrongOnTransferFacts, context: Context) -> Wording:
+    lower = round(context.alpha / 2, 3)  # the first step: half the weight on the teacher
     sentences = [
         f"The teacher's top class differs from the label on {f.error.value:.1%} of the transfer set. With "
         f"α = {context.alpha:g} those examples pull the student toward the teacher's class and away from the "
@@ -197,13 +203,16 @@ def word_wrong_on_transfer(f: r.WrongOnTransferFacts, context: Context) -> Wordi
         advice = ("Check the data pipeline first: the transfer set's labels and preprocessing against the "
                   "teacher's (label map, normalization, augmentation); then filter or relabel the examples the "
                   "teacher contradicts most confidently (the report's hardest examples). Where the teacher, not "
-                  f"the label, is wrong, lower α (now {context.alpha:g}) so the labels weigh more.")
+                  f"the label, is wrong, lower α (now {context.alpha:g}; {lower:g} as a first step) so the labels "
+                  "weigh more.")
     else:
-        advice = (f"Lower α (now {context.alpha:g}) so the labels weigh more where the teacher errs; filter or "
+        advice = (f"Lower α (now {context.alpha:g}; {lower:g} as a first step) so the labels weigh more where "
+                  "the teacher errs; filter or "
                   "relabel the examples where teacher and label disagree with high teacher confidence (the "
                   "report's hardest examples); and check the data pipeline (label map, preprocessing) for a "
                   "mismatch between the teacher and the transfer set.")
-    return Wording("The teacher contradicts the labels on many transfer examples", " ".join(sentences), advice)
+    return Wording("The teacher contradicts the labels on many transfer examples", " ".join(sentences), advice,
+                   Remedy(alpha=lower))
 
 
 def word_capacity_gap(f: r.CapacityFacts, context: Context) -> Wording:

@@ -7,7 +7,7 @@ from kddiag.diagnosis import diagnose
 from kddiag.diagnosis import engine as engine_module
 from kddiag.diagnosis.engine import RULES
 from kddiag.results import Measurements
-from kddiag.types import EVAL, SECTIONS, TRANSFER, Settings
+from kddiag.types import EVAL, SECTIONS, TRANSFER, Remedy, Settings
 from measurement_builder import N_CLASSES, SETTINGS, WEIGHTS, build, numbers_in, settings, whatif
 
 RULE_IDS = {rule.id for rule in RULES}
@@ -279,7 +279,7 @@ def test_tau_too_low_is_a_setting_problem_when_the_teacher_is_not_memorizing():
     _, diagnosis = run_case("tau-too-low")
     found = finding(diagnosis, "temperature-mismatch")
     assert "too low" in found.title and "between 1 and 8" in found.advice
-    assert "1 is the closest" in found.advice
+    assert "1 is the closest" in found.advice and found.remedy == Remedy(temperature=1.0)
     assert "teacher-overconfident" not in ids(diagnosis)
 
 
@@ -309,6 +309,7 @@ def test_memorizing_teacher_is_overconfident_and_advice_names_the_higher_tau():
     found = finding(diagnosis, "teacher-overconfident")
     assert evidence_of(found, "universe.softness_gap")[0].value == 0.15
     assert "Raising τ to about 8" in found.advice and "memorization" in found.advice
+    assert found.remedy == Remedy(temperature=8.0)  # what a program follows: the τ the advice names
     assert "temperature-mismatch" not in ids(diagnosis)  # the teacher is at fault; its advice names τ
     without_gap = build({**CASES["overconfident-memorized"][0], ("universe", "softness_gap", TRANSFER): 0.01})
     assert "memorized" not in finding(run(without_gap), "teacher-overconfident").explanation
@@ -367,7 +368,8 @@ def test_teacher_wrong_on_transfer_is_worse_when_held_out_accuracy_contradicts_i
     _, diagnosis = run_case("teacher-wrong-on-transfer")
     suspicious = finding(diagnosis, "teacher-wrong-on-transfer")
     assert evidence_of(suspicious, "outcome.teacher_accuracy")[0].dataset == EVAL
-    assert "pipeline" in suspicious.advice and "lower α (now 0.9)" in suspicious.advice
+    assert "pipeline" in suspicious.advice and "lower α (now 0.9; 0.45 as a first step)" in suspicious.advice
+    assert suspicious.remedy == Remedy(alpha=0.45) and suspicious.to_dict()["remedy"] == {"alpha": 0.45}
     as_often_held_out = build({("instance", "teacher_error_rate", TRANSFER): 0.25,
                                ("outcome", "teacher_accuracy", EVAL): 0.7,
                                ("outcome", "student_accuracy", EVAL): 0.6,
