@@ -247,13 +247,15 @@ class Context:
         """Do what kddiag's top finding on ``scenario`` advises, when its advice names a setting (its
         ``remedy``): ``retrain(temperature, alpha)`` trains the same student again with that setting changed
         (the other as it was) and returns its held-out accuracy, kept against ``before``, the original
-        student's. Returns the trial, or None when the top finding names no setting."""
+        student's. Returns the trial, or None when the top finding names no setting to change."""
         verdict = next(v for v in reversed(self.verdicts) if v["scenario"] == scenario)
         top = verdict["findings"][0] if verdict["findings"] else None
         remedy = None if top is None else top.get("remedy")
         if not remedy:
             return None
         followed = {"temperature": remedy.get("temperature", temperature), "alpha": remedy.get("alpha", alpha)}
+        if followed == {"temperature": temperature, "alpha": alpha}:
+            return None  # advice to keep the settings as they are: nothing to retrain
         after = float(retrain(followed["temperature"], followed["alpha"]))
         trial = {"study": self.study, "family": verdict["family"], "scenario": scenario, "seed": self.seed,
                  "rule": top["id"], "remedy": remedy, "before": {"temperature": temperature, "alpha": alpha},

@@ -93,10 +93,13 @@ def _sharp_at(whatif: WhatIf, temperature: float) -> bool:
                               or whatif.effective_smoothing[i] <= th.OVERCONFIDENT_SMOOTHING_MAX)
 
 
-def nearest_informative(whatif: WhatIf, temperature: float) -> float:
-    """The grid τ inside the informative range closest (in ratio) to ``temperature``."""
+def nearest_informative(whatif: WhatIf, temperature: float, *, above: bool = False) -> float:
+    """The grid τ inside the informative range closest (in ratio) to ``temperature``; with ``above``, the
+    closest one above it (a τ to raise to; the range must reach above ``temperature``)."""
     lo, hi = whatif.informative_range
     inside = [float(t) for t in whatif.temperatures if lo <= t <= hi] or [lo, hi]
+    if above:
+        inside = [t for t in inside if t > temperature] or [hi]
     return min(inside, key=lambda t: abs(math.log(t / temperature)))
 
 

@@ -320,6 +320,10 @@ class ClassSums:
         self._binned_prob = FixedPointSum(n_classes * n_bins)  # Σ p_ik per class and bin (bins ≥ 1)
         self._binned_hit = np.zeros(n_classes * n_bins, dtype=np.int64)  # Σ 1{y_i = k} per class and bin (≥ 1)
 
+    def positions(self, classes: np.ndarray) -> np.ndarray:
+        """Each class's row in ``nontarget_sum``: its index among the kept classes, -1 when not kept."""
+        return np.asarray(classes) if self._position is None else self._position[classes]
+
     @property
     def threshold(self) -> float:
         """The first bin edge: entries above it are binned one by one."""
@@ -349,13 +353,8 @@ class ClassSums:
         """One block's sums (from :func:`softmax_stats`)."""
         self.label_count += part["label_count"]
         self._prob_sum.add(part["prob_sum"])
-        rows, classes = part["nontarget_sum"], part["classes"]  # classes are distinct within a block
-        if self._position is None:
-            self._nontarget_sum.add(rows, classes)
-        else:
-            position = self._position[classes]
-            keep = position >= 0
-            self._nontarget_sum.add(rows[keep][:, self.kept], position[keep])
+        rows, classes = part["nontarget_sum"], part["classes"]  # distinct within a block; kept ones only
+        self._nontarget_sum.add(rows, classes if self._position is None else self._position[classes])
         cells, inverse = np.unique(part["cells"], return_inverse=True)
         self._binned_prob.add(np.bincount(inverse, weights=part["high_prob"], minlength=cells.size), cells)
         np.add.at(self._binned_hit, part["cells"], part["hits"])
@@ -552,9 +551,22 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
     n_rows, n_classes = e.shape
     new_run = np.concatenate(([True], y[1:] != y[:-1]))
     run_start = np.flatnonzero(new_run)
-    # r_i = e_i / s_nt_i summed over each run of equal labels, and p_ik = e_ik·nontarget_scale_i over all rows
-    scaled = np.multiply(e, (1.0 / s_nt)[:, None].astype(e.dtype), out=space.array("scaled", n_rows, e.dtype))
-    nontarget_rows = _run_sums(scaled, run_start).astype(np.float64, copy=False)
+    classes = y[run_start]
+    # r_i = e_i / s_nt_i summed over each run of equal labels (of the kept classes, in the kept columns:
+    # never runs × C when C is large), and p_ik = e_ik·nontarget_scale_i over all rows
+    inverse = (1.0 / s_nt).astype(e.dtype)
+    if sums.kept is None:
+        scaled = np.multiply(e, inverse[:, None], out=space.array("scaled", n_rows, e.dtype))
+        nontarget_rows = _run_sums(scaled, run_start)
+    else:
+        lengths = np.diff(np.append(run_start, n_rows))
+        kept_runs = sums.positions(classes) >= 0
+        rows = np.flatnonzero(np.repeat(kept_runs, lengths))
+        scaled = e[np.ix_(rows, sums.kept)] * inverse[rows, None]
+        classes, lengths = classes[kept_runs], lengths[kept_runs]
+        nontarget_rows = (_run_sums(scaled, np.cumsum(lengths) - lengths) if classes.size
+                          else np.zeros((0, sums.kept.size), dtype=e.dtype))
+    nontarget_rows = nontarget_rows.astype(np.float64, copy=False)
     # einsum: no BLAS threads inside worker threads
     nontarget_total = np.einsum("i,ij->j", nontarget_scale.astype(e.dtype), e).astype(np.float64, copy=False)
     prob_sum = nontarget_total + np.bincount(y, weights=target_prob, minlength=n_classes)
@@ -570,7 +582,7 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
     high_prob = np.concatenate((high_prob, target_prob[target_high]))
     bins = bin_index(high_prob, sums.n_bins)
     keep = bins > 0  # bin 0 is what is left of each class total
-    return {"classes": y[run_start], "nontarget_sum": nontarget_rows, "prob_sum": prob_sum,
+    return {"classes": classes, "nontarget_sum": nontarget_rows, "prob_sum": prob_sum,
             "label_count": np.bincount(y, minlength=n_classes),
             "cells": col_of[keep] * sums.n_bins + bins[keep], "high_prob": high_prob[keep],
             "hits": (col_of[keep] == y[row_of[keep]]).astype(np.int64)}

@@ -249,10 +249,11 @@ def test_near_chance_teacher_is_weak_not_label_smoothed():
 
 # ---------------------------------------------------------------- teacher-label-smoothed
 
-def test_label_smoothed_teacher_advice_and_severity_depend_on_tau():
+def test_label_smoothed_teacher_severity_depends_on_tau_and_its_advice_names_no_setting():
     measurements, at_four = run_case("label-smoothed")
     found = finding(at_four, "teacher-label-smoothed")
-    assert "τ = 1" in found.advice and "structure-not-transferred" not in ids(at_four)
+    assert "structure-not-transferred" not in ids(at_four)
+    assert "without label smoothing" in found.advice and found.remedy is None  # τ = 1 was tried: it hurt
     at_one = finding(run(measurements, settings(temperature=1.0)), "teacher-label-smoothed")
     assert at_one.severity < found.severity
 
@@ -310,6 +311,9 @@ def test_memorizing_teacher_is_overconfident_and_advice_names_the_higher_tau():
     assert evidence_of(found, "universe.softness_gap")[0].value == 0.15
     assert "Raising τ to about 8" in found.advice and "memorization" in found.advice
     assert found.remedy == Remedy(temperature=8.0)  # what a program follows: the τ the advice names
+    inside = run(build(CASES["overconfident-memorized"][0]), settings(temperature=2.0))
+    raised = finding(inside, "teacher-overconfident").remedy.temperature
+    assert raised > 2.0  # τ already in the informative range: the advice raises it, never "to about 2"
     assert "temperature-mismatch" not in ids(diagnosis)  # the teacher is at fault; its advice names τ
     without_gap = build({**CASES["overconfident-memorized"][0], ("universe", "softness_gap", TRANSFER): 0.01})
     assert "memorized" not in finding(run(without_gap), "teacher-overconfident").explanation
