@@ -94,6 +94,7 @@ def test_blocks_and_threads_do_not_change_results(monkeypatch, dtype):
 
     one_block, one_sums = run()
     monkeypatch.setattr(_common, "_BLOCK_ELEMENTS", 6 * 10)  # 10 rows per block, the last has 7
+    monkeypatch.setattr(_common, "MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(_common, "N_THREADS", 3)
     blocked, blocked_sums = run()
     for name in ("target_log_prob", "entropy", "cross_entropy", "nontarget_cross_entropy", "logit_spread"):
