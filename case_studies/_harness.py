@@ -270,6 +270,18 @@ class Context:
         return next((f["severity"] for f in verdict["findings"] if f["id"] == finding_id), 0.0)
 
 
+def outcome_row(teacher: float, baseline: float, student: float) -> dict[str, float]:
+    """A scenario's held-out accuracies and the KD gain, under the column names the out-of-family studies share."""
+    return {"teacher accuracy": teacher, "baseline (CE) accuracy": baseline, "KD student accuracy": student,
+            "KD gain": student - baseline}
+
+
+def require_extra(study: str, missing: str | None) -> None:
+    """Stop a study that cannot run here with one line (``missing``: why, from its ``missing_extra``)."""
+    if missing:
+        raise SystemExit(f"the {study} case study {missing}")
+
+
 def _kept_metrics(measurements) -> dict[str, float | None]:
     """``{'level.metric@dataset': value rounded to 4 decimals, or None}`` for every getter in KEPT_METRICS."""
     out = {}
@@ -404,7 +416,8 @@ def render_markdown(result: dict, *, brief: bool = False) -> str:
         lines.append("")
     if result.get("advice"):
         lines += ["kddiag's advice followed (the top finding's remedy; the same student retrained with it):", "",
-                  "| scenario | seed | finding | remedy | accuracy before → after | change |", "|---|---|---|---|---|---|"]
+                  "| scenario | seed | finding | remedy | accuracy before → after | change |",
+                  "|---|---|---|---|---|---|"]
         for t in result["advice"]:
             remedy = ", ".join(f"{'τ' if k == 'temperature' else 'α'} {t['before'][k]:g} → {v:g}"
                                for k, v in t["remedy"].items())

@@ -141,7 +141,8 @@ def render_markdown(result: dict, *, brief: bool = False) -> str:
                      f"{f['false_healthy']} of {f['n_significant_loss']} | {'yes' if f['passed'] else '**no**'} |")
     lines += ["", f"**All families pooled:** top-1 {result['top1_accuracy']:.1%}; true cause among the findings "
                   f"{result['true_cause_among_findings']:.1%}; false alarms {result['false_alarms']} of "
-                  f"{result['n_healthy']}; false 'healthy' {result['false_healthy']} of {result['n_significant_loss']}.",
+                  f"{result['n_healthy']}; false 'healthy' {result['false_healthy']} of "
+                  f"{result['n_significant_loss']}.",
               f"**Target met in every family:** {'yes' if result['passed'] else 'no'}.", ""]
     if result.get("advice"):
         lines += ["Advice followed: where the top finding names a setting (its remedy: τ or α), the same student was "

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from case_studies._cnn import CNNRecipe, cnn_logits, new_cnn, save_cnn, train_cnn
-from case_studies._harness import Check, Context, Rows, Task, compare, run_study
+from case_studies._harness import Check, Context, Rows, Task, compare, outcome_row, require_extra, run_study
 from case_studies._training import teacher_targets
 from case_studies.class_order import first_appearance_order
 from case_studies.noisy_teacher import noisy_labels
@@ -136,7 +136,7 @@ def load_ccexam_teacher():
 # --- one seed -----------------------------------------------------------------------------------------
 
 def run_seed(ctx: Context) -> Rows:
-    _require_extras()
+    require_extra("cnn-digits", missing_extra())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small CNNs train several times faster on one thread beside other jobs
     try:
@@ -209,7 +209,8 @@ def _run_seed(ctx: Context) -> Rows:
                                    paths["baseline path"] if baseline_path is None else baseline_path)
         student = pairs.student(shape, teacher_logits=cnn_logits(teacher, train_x), temperature=temperature,
                                 alpha=alpha)
-        row = rows[scenario] = _row(pairs.accuracy(teacher), pairs.accuracy(baseline), pairs.accuracy(student))
+        row = rows[scenario] = outcome_row(pairs.accuracy(teacher), pairs.accuracy(baseline),
+                                           pairs.accuracy(student))
         pairs.inspect(scenario, teacher=teacher_path, baseline=baseline_path,
                       student=pairs.save(student, f"{scenario}-student", temperature=temperature, alpha=alpha))
         ctx.follow_advice(scenario, row["KD student accuracy"],
@@ -281,10 +282,6 @@ def _run_seed(ctx: Context) -> Rows:
     return rows
 
 
-def _row(teacher: float, baseline: float, student: float) -> dict[str, float]:
-    return {"teacher accuracy": teacher, "baseline (CE) accuracy": baseline, "KD student accuracy": student,
-            "KD gain": student - baseline}
-
 
 def missing_extra() -> str | None:
     """Why this study cannot run here (mlxtend or ccexam is not installed), else None."""
@@ -294,11 +291,6 @@ def missing_extra() -> str | None:
                 f"pip install --no-deps ccexam")
     return None
 
-
-def _require_extras() -> None:
-    missing = missing_extra()
-    if missing:
-        raise SystemExit(f"the cnn-digits case study {missing}")
 
 
 # --- the claim checks ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from case_studies import _grammar as grammar
-from case_studies._harness import Check, Context, Rows, compare, run_study
+from case_studies._harness import Check, Context, Rows, compare, outcome_row, require_extra, run_study
 from case_studies._training import distillation_loss
 
 FAMILY = "token-lm"  # kept with every verdict: the benchmark scores each model family apart
@@ -230,7 +230,7 @@ def inspect_pair(ctx: Context, scenario: str, *, teacher: Path, student: Path, b
 # --- one seed ---------------------------------------------------------------------------------------
 
 def run_seed(ctx: Context) -> Rows:
-    _require_transformers()
+    require_extra("token-lm", missing_extra())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # models this small train 5-25x faster on one thread, above all beside other jobs
     try:
@@ -278,7 +278,7 @@ def _run_seed(ctx: Context) -> Rows:
     paths["baseline"] = save(baseline, "baseline")
     kd = dict(temperature=TEMPERATURE, alpha=ALPHA, teacher_logits=lm_logits(teacher, *transfer))
     student = fit(STUDENT, transfer, STUDENT_RECIPE, **kd)
-    rows["healthy"] = _row(accuracy(teacher), accuracy(baseline), accuracy(student))
+    rows["healthy"] = outcome_row(accuracy(teacher), accuracy(baseline), accuracy(student))
     inspect("healthy", save(student, "healthy-student"), teacher=paths["teacher"], baseline=paths["baseline"],
             temperature=TEMPERATURE)
     follow_advice("healthy", kd["teacher_logits"], temperature=TEMPERATURE)
@@ -287,7 +287,8 @@ def _run_seed(ctx: Context) -> Rows:
     memorizer = fit(TEACHER, transfer, MEMORIZING_TEACHER, teacher=True)
     memorizer_student = fit(STUDENT, transfer, STUDENT_RECIPE, teacher_logits=lm_logits(memorizer, *transfer),
                             temperature=1.0, alpha=ALPHA)
-    rows["memorizing-teacher"] = {**_row(accuracy(memorizer), accuracy(baseline), accuracy(memorizer_student)),
+    rows["memorizing-teacher"] = {**outcome_row(accuracy(memorizer), accuracy(baseline),
+                                                accuracy(memorizer_student)),
                                   "teacher accuracy on the transfer text": token_accuracy(memorizer, *transfer),
                                   "one-hot ceiling (transfer)": grammar.unique_continuation_share(texts.transfer)}
     inspect("memorizing-teacher", save(memorizer_student, "memorizing-teacher-student"),
@@ -296,7 +297,7 @@ def _run_seed(ctx: Context) -> Rows:
 
     # τ far too high: the healthy teacher and baseline
     hot = fit(STUDENT, transfer, STUDENT_RECIPE, **{**kd, "temperature": HIGH_TEMPERATURE})
-    rows["tau-75"] = _row(accuracy(teacher), accuracy(baseline), accuracy(hot))
+    rows["tau-75"] = outcome_row(accuracy(teacher), accuracy(baseline), accuracy(hot))
     inspect("tau-75", save(hot, "tau-75-student"), teacher=paths["teacher"], baseline=paths["baseline"],
             temperature=HIGH_TEMPERATURE)
     follow_advice("tau-75", kd["teacher_logits"], temperature=HIGH_TEMPERATURE)
@@ -304,7 +305,7 @@ def _run_seed(ctx: Context) -> Rows:
     # capacity gap: a width-4 student, against a width-4 CE baseline
     tiny_baseline = fit(TINY_STUDENT, transfer, STUDENT_RECIPE)
     tiny = fit(TINY_STUDENT, transfer, STUDENT_RECIPE, **kd)
-    rows["tiny-student"] = _row(accuracy(teacher), accuracy(tiny_baseline), accuracy(tiny))
+    rows["tiny-student"] = outcome_row(accuracy(teacher), accuracy(tiny_baseline), accuracy(tiny))
     inspect("tiny-student", save(tiny, "tiny-student"), teacher=paths["teacher"],
             baseline=save(tiny_baseline, "tiny-baseline"), temperature=TEMPERATURE)
     follow_advice("tiny-student", kd["teacher_logits"], shape=TINY_STUDENT, temperature=TEMPERATURE)
@@ -414,7 +415,7 @@ def classifier_pair(ctx: Context, texts: Texts, vocab: dict[str, int], root: Pat
     inspect_pair(ctx, "classifier-healthy", teacher=paths["teacher"], student=paths["student"],
                  baseline=paths["baseline"], held=files["held"], transfer=files["transfer"], classes=classes,
                  temperature=TEMPERATURE, alpha=ALPHA, family=CLASSIFIER_FAMILY)
-    return _row(accuracy["teacher"], accuracy["baseline"], accuracy["student"])
+    return outcome_row(accuracy["teacher"], accuracy["baseline"], accuracy["student"])
 
 
 EXTRA_WORDS = ("yes", "no", "maybe")
@@ -434,10 +435,6 @@ def ctx_recipe(ctx: Context, recipe: LMRecipe) -> LMRecipe:
     return replace(recipe, epochs=max(2, recipe.epochs // 4)) if ctx.quick else recipe
 
 
-def _row(teacher: float, baseline: float, student: float) -> dict[str, float]:
-    return {"teacher accuracy": teacher, "baseline (CE) accuracy": baseline, "KD student accuracy": student,
-            "KD gain": student - baseline}
-
 
 def missing_extra() -> str | None:
     """Why this study cannot run here (the transformers extra is not installed), else None."""
@@ -448,11 +445,6 @@ def missing_extra() -> str | None:
         return "needs transformers and tokenizers: pip install 'kddiag[transformers]'"
     return None
 
-
-def _require_transformers() -> None:
-    missing = missing_extra()
-    if missing:
-        raise SystemExit(f"the token-lm case study {missing}")
 
 
 # --- the claim checks -------------------------------------------------------------------------------
