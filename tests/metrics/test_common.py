@@ -156,6 +156,20 @@ def test_class_sums_of_kept_classes_are_the_dense_sums_restricted():
     np.testing.assert_allclose(kept.binned()[0], dense.binned()[0], rtol=1e-13)
 
 
+def test_kept_class_sums_over_short_runs_in_many_blocks(monkeypatch):
+    """Many classes, few rows each, blocks of 7 rows: the kept classes' runs are cut before summing and
+    still give the dense sums restricted."""
+    teacher, _, y = logits_and_labels(n=150, n_classes=40, seed=8)
+    monkeypatch.setattr(_common, "_BLOCK_ELEMENTS", 40 * 7)
+    monkeypatch.setattr(_common, "MIN_BLOCK_ROWS", 1)
+    chosen = np.array([0, 3, 17, 22, 39])
+    dense, kept = ClassSums(40, n_bins=15), ClassSums(40, n_bins=15, kept=chosen)
+    softmax_stats(teacher, y, class_sums=dense)
+    softmax_stats(teacher, y, class_sums=kept)
+    np.testing.assert_allclose(kept.nontarget_sum, dense.nontarget_sum[np.ix_(chosen, chosen)], rtol=1e-12)
+    np.testing.assert_array_equal(kept.label_count, dense.label_count)
+
+
 def test_spearman_and_ranks_match_scipy():
     rng = np.random.default_rng(6)
     a, b = rng.normal(size=500), rng.normal(size=500)
