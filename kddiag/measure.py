@@ -16,7 +16,7 @@ import numpy as np
 
 from kddiag.accumulate import SetSummary, summarize
 from kddiag.metrics import domain, fidelity, instance, strata, universe, whatif
-from kddiag.metrics._common import subsample_indices
+from kddiag.metrics._common import map_tasks, subsample_indices
 from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWeights, DomainResult, InstanceOnSet,
                             InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
                             ReliabilityCalibration, UniverseOnSet, UniverseResult, WeightStructure, measured,
@@ -80,14 +80,18 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
     makers = {OutcomeResult: (OutcomeOnSet, _outcome), UniverseResult: (UniverseOnSet, lambda s: _universe(s, cached)),
               DomainResult: (DomainOnSet, lambda s: _domain(s, groups)),
               InstanceResult: (InstanceOnSet, lambda s: _instance(s, cached))}
-    per_set = {level: {s.name: make(s) if s.name in enough else record.unmeasured(_not_enough(s), dataset=s.name)
-                       for s in sets}
-               for level, (record, make) in makers.items()}
+    tasks = {(level, s.name): (lambda make=make, s=s: make(s)) for level, (_, make) in makers.items()
+             for s in sets if s.name in enough}
+    tasks.update(whatif=lambda: cached("whatif", lambda: _whatif(sets, alpha)), weights=lambda: _weights(sets, groups))
+    done = map_tasks(tasks)  # independent: run side by side
+    per_set = {level: {s.name: done[level, s.name] if s.name in enough
+                       else record.unmeasured(_not_enough(s), dataset=s.name) for s in sets}
+               for level, (record, _) in makers.items()}
     return Measurements(
         outcome=OutcomeResult(**per_set[OutcomeResult]),
         universe=UniverseResult(**per_set[UniverseResult], softness_gap=_softness_gap(sets, enough),
-                                temperature_whatif=cached("whatif", lambda: _whatif(sets, alpha))),
-        domain=DomainResult(**per_set[DomainResult], weights=_weights(sets, groups)),
+                                temperature_whatif=done["whatif"]),
+        domain=DomainResult(**per_set[DomainResult], weights=done["weights"]),
         instance=InstanceResult(**per_set[InstanceResult]),
     )
 

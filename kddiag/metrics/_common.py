@@ -17,7 +17,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -198,6 +198,48 @@ def _pool() -> ThreadPoolExecutor:
     if not _POOL:
         _POOL.append(ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="kddiag"))
     return _POOL[0]
+
+
+def map_tasks(tasks: Mapping[Any, Callable[[], Any]]) -> dict[Any, Any]:
+    """``{key: task()}``, the tasks run in the shared pool's threads with BLAS on one thread
+    (``single_thread_blas``), so results do not depend on which thread runs what. A task's own
+    :func:`map_blocks` runs in its thread; called from a pool thread, the tasks run there in turn."""
+    with single_thread_blas:
+        if getattr(_IN_WORKER, "active", False) or N_THREADS == 1:
+            return {key: task() for key, task in tasks.items()}
+        futures = {key: _pool().submit(_as_worker(lambda _, task=task: task()), 0) for key, task in tasks.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+class _SingleThreadBlas:
+    """BLAS on one thread inside ``with single_thread_blas:``: the sums inside one matrix product then do
+    not depend on the thread count (a single process and torchrun ranks give the same bits). The limit
+    is the process's: the first of nested or concurrent users sets it, the last one out restores it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._controller: Any = None  # threadpoolctl's, made once: finding the libraries costs milliseconds
+        self._limit: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                if self._controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                self._limit = self._controller.limit(limits=1, user_api="blas")
+            self._users += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._limit.restore_original_limits()
+
+
+single_thread_blas = _SingleThreadBlas()
 
 
 def _as_worker(work: Callable[[int], list]) -> Callable[[int], list]:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from threadpoolctl import threadpool_limits
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (ClassSums, SoftmaxStats, check_labels, check_logits, check_temperature, softmax_stats,
-                                    spearman)
+from kddiag.metrics._common import (ClassSums, SoftmaxStats, check_labels, check_logits, check_temperature,
+                                    single_thread_blas, softmax_stats, spearman)
 
 TOP_K_ALTERNATIVES = 10  # the wrong classes (tokens) top_k_nontarget_share counts
 
@@ -221,7 +220,7 @@ def linear_cka_of(first: np.ndarray, second: np.ndarray) -> float | None:
     the feature form costs n·(d_x + d_y)², the Gram form n²·(d_x + d_y): the cheaper one is used.
     BLAS runs on one thread, so the sums (and the result) do not depend on the thread count.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_thread_blas:
         return _linear_cka(first, second)
 
 

@@ -10,10 +10,11 @@ from scipy.optimize import linear_sum_assignment
 
 from kddiag.errors import KddiagError
 from kddiag.metrics._common import (Workspace, check_labels, check_logits, check_pair, check_temperature,
-                                    check_values, map_blocks, softmax_stats)
+                                    check_values, map_blocks, softmax_stats, subsample_indices)
 
 N_RESAMPLES = 1000
 _MAX_CATEGORIES = 16  # values with at most this many distinct levels are resampled by category counts
+BOOTSTRAP_MAX_VALUES = 4096  # sample_bootstrap_ci resamples at most this many continuous values (see there)
 
 
 def accuracy(logits, labels) -> float:
@@ -76,8 +77,14 @@ def sample_bootstrap_ci(sample: np.ndarray, *, mean: float, n_total: int) -> tup
 
     The plain :func:`bootstrap_ci` when the sample holds every value; otherwise the sample's
     percentile interval moved to ``mean`` and narrowed by √(sample size / n_total), as the standard
-    error of a mean shrinks with the number of values.
+    error of a mean shrinks with the number of values. Continuous values (more than _MAX_CATEGORIES
+    levels, resampled index by index) are first cut to a fixed-seed subsample of BOOTSTRAP_MAX_VALUES,
+    so an interval costs the same at any size: the width's relative error from the subsample is about
+    √((kurtosis − 1) / (4·BOOTSTRAP_MAX_VALUES)), 1.6 % for normal values, below the resampling noise.
     """
+    sample = check_values(sample, name="sample")
+    if sample.size > BOOTSTRAP_MAX_VALUES and np.unique(sample).size > _MAX_CATEGORIES:
+        sample = sample[subsample_indices(sample.size, BOOTSTRAP_MAX_VALUES)]
     lo, hi = bootstrap_ci(sample)
     if sample.size >= n_total:
         return lo, hi

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from threadpoolctl import threadpool_limits
 
 from kddiag.errors import KddiagError
 from kddiag.metrics._common import (SoftmaxStats, check_alpha, check_labels, check_logits, check_pair,
-                                    check_temperature, check_values, softmax_stats, spearman)
+                                    check_temperature, check_values, single_thread_blas, softmax_stats,
+                                    spearman)
 
 N_NEIGHBORS = 10
 LOW_WEIGHT = 0.5  # an example is down-weighted when w < this
@@ -194,7 +194,7 @@ def knn_label_disagreement_of(features: np.ndarray, labels: np.ndarray, *,
                               n_neighbors: int = N_NEIGHBORS) -> np.ndarray:
     """See :func:`knn_label_disagreement`: exact brute force, ‖a‖² − 2a·b + ‖b‖² by BLAS in row blocks, on
     one BLAS thread so that near-ties break the same way whatever the thread count."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_thread_blas:
         return _knn_label_disagreement(features, labels, n_neighbors)
 
 

@@ -75,6 +75,24 @@ def test_bootstrap_ci_width_shrinks_with_n():
     assert width(large) < width(small) / 5
 
 
+def test_sample_bootstrap_ci_of_many_continuous_values_resamples_a_subsample_as_wide_as_all():
+    """Past BOOTSTRAP_MAX_VALUES continuous values the interval comes from a fixed subsample, narrowed to
+    the whole sample's size: close to the plain bootstrap of every value, around the exact mean."""
+    values = np.random.default_rng(18).exponential(size=6 * fidelity.BOOTSTRAP_MAX_VALUES)
+    lo, hi = fidelity.sample_bootstrap_ci(values, mean=values.mean(), n_total=values.size)
+    ref_lo, ref_hi = fidelity.bootstrap_ci(values)
+    assert lo < values.mean() < hi
+    assert hi - lo == pytest.approx(ref_hi - ref_lo, rel=0.1)
+    assert (lo + hi) / 2 == pytest.approx((ref_lo + ref_hi) / 2, abs=0.1 * (ref_hi - ref_lo))
+    assert fidelity.sample_bootstrap_ci(values, mean=values.mean(), n_total=values.size) == (lo, hi)
+
+
+def test_sample_bootstrap_ci_of_categorical_values_resamples_them_all():
+    values = (np.random.default_rng(19).random(3 * fidelity.BOOTSTRAP_MAX_VALUES) < 0.4).astype(float)
+    assert fidelity.sample_bootstrap_ci(values, mean=values.mean(), n_total=values.size) == \
+        fidelity.bootstrap_ci(values)
+
+
 def test_class_permutation_recovers_a_known_relabelling():
     teacher, _, _ = logits_and_labels(n=500, n_classes=5, seed=15)
     relabel = np.array([3, 0, 4, 1, 2])  # student class k = teacher class relabel[k]
