@@ -674,6 +674,15 @@ def spearman(first: np.ndarray, second: np.ndarray) -> float | None:
     return float(np.clip(np.dot(a, b) / norm, -1.0, 1.0)) if norm > 0 else None
 
 
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the boolean ``positive`` (both classes present): the
+    Mann–Whitney statistic from average ranks, ties counting one half (as scikit-learn's ``roc_auc_score``)."""
+    n_positive = int(np.count_nonzero(positive))
+    n_negative = positive.size - n_positive
+    rank_sum = float(average_ranks(score)[positive].sum())
+    return (rank_sum - n_positive * (n_positive + 1) / 2.0) / (n_positive * n_negative)
+
+
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their average rank (``scipy.stats.rankdata(method="average")``)."""
     order = np.argsort(values)

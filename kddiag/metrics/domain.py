@@ -9,10 +9,9 @@ logit-layer weights (S_w, Tang et al. 2020); linear CKA follows Kornblith et al.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (ClassSums, SoftmaxStats, check_labels, check_logits, check_temperature,
+from kddiag.metrics._common import (ClassSums, SoftmaxStats, auroc, check_labels, check_logits, check_temperature,
                                     single_thread_blas, softmax_stats, spearman)
 
 TOP_K_ALTERNATIVES = 10  # the wrong classes (tokens) top_k_nontarget_share counts
@@ -210,7 +209,7 @@ def group_recovery_of(similarity: np.ndarray, groups: np.ndarray) -> float | Non
     score, same = score[keep], same[keep]
     if same.all() or not same.any():
         return None
-    return float(roc_auc_score(same, score))
+    return auroc(same, score)
 
 
 def linear_cka_of(first: np.ndarray, second: np.ndarray) -> float | None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (SoftmaxStats, check_alpha, check_labels, check_logits, check_pair,
+from kddiag.metrics._common import (SoftmaxStats, auroc, check_alpha, check_labels, check_logits, check_pair,
                                     check_temperature, check_values, single_thread_blas, softmax_stats,
                                     spearman)
 
@@ -235,7 +234,7 @@ def confidence_error_auroc_of(teacher_nontarget_log_mass: np.ndarray, student_wr
     errors; None when the student is always right or always wrong."""
     if student_wrong.all() or not student_wrong.any():
         return None
-    return float(roc_auc_score(student_wrong, teacher_nontarget_log_mass))
+    return auroc(np.asarray(student_wrong, dtype=bool), teacher_nontarget_log_mass)
 
 
 def decoupled_kd_of(teacher: SoftmaxStats, student: SoftmaxStats) -> DecoupledKD:

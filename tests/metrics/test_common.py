@@ -6,7 +6,7 @@ from scipy.stats import rankdata, spearmanr
 
 from kddiag.errors import KddiagError
 from kddiag.metrics import _common
-from kddiag.metrics._common import (ClassSums, average_ranks, bin_index, check_labels, check_logits, check_pair,
+from kddiag.metrics._common import (ClassSums, auroc, average_ranks, bin_index, check_labels, check_logits, check_pair,
                                     softmax_stats, spearman)
 
 from ._helpers import log_probs, logits_and_labels, nontarget_distribution, nontarget_log_mass
@@ -168,6 +168,17 @@ def test_kept_class_sums_over_short_runs_in_many_blocks(monkeypatch):
     softmax_stats(teacher, y, class_sums=kept)
     np.testing.assert_allclose(kept.nontarget_sum, dense.nontarget_sum[np.ix_(chosen, chosen)], rtol=1e-12)
     np.testing.assert_array_equal(kept.label_count, dense.label_count)
+
+
+def test_auroc_matches_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(21)
+    positive = rng.random(500) < 0.3
+    for score in (rng.normal(size=500) + positive, rng.integers(0, 4, 500).astype(float)):  # continuous, tied
+        assert auroc(positive, score) == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
+    assert auroc(np.array([True, False]), np.array([1.0, 0.0])) == 1.0
+    assert auroc(np.array([True, False]), np.array([0.0, 0.0])) == 0.5
 
 
 def test_spearman_and_ranks_match_scipy():
