@@ -95,6 +95,16 @@ def test_shards_of_whole_chunks_give_exactly_the_one_pass_measurements(monkeypat
     assert_same(measured(merged), one_pass, rtol=0)
 
 
+def test_measurements_side_by_side_equal_those_taken_in_turn(monkeypatch, sets):
+    """The measurement step's parts run in the shared threads: the same bits as one after another."""
+    from kddiag.metrics import _common
+
+    summaries = [summarize(s, temperature=3.0, alpha=0.8) for s in sets]
+    side_by_side = measured(summaries)
+    monkeypatch.setattr(_common, "N_THREADS", 1)
+    assert_same(measured(summaries), side_by_side, rtol=0)
+
+
 def test_reservoirs_are_the_same_whatever_the_batches_and_shards(sets):
     """With reservoirs smaller than the set, the sample (and all it feeds) is exactly the same."""
     sizes = dict(example_samples=90, row_samples_=40)

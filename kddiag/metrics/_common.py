@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -208,6 +208,7 @@ def map_tasks(tasks: Mapping[Any, Callable[[], Any]]) -> dict[Any, Any]:
         if getattr(_IN_WORKER, "active", False) or N_THREADS == 1:
             return {key: task() for key, task in tasks.items()}
         futures = {key: _pool().submit(_as_worker(lambda _, task=task: task()), 0) for key, task in tasks.items()}
+        wait(futures.values())  # all done before a failure is raised and the BLAS limit lifted
         return {key: future.result() for key, future in futures.items()}
 
 

@@ -1,4 +1,6 @@
 """The shared softmax pass and input checks (kddiag/metrics/_common.py) against scipy and brute force."""
+import time
+
 import numpy as np
 import pytest
 from scipy.special import log_softmax
@@ -168,6 +170,36 @@ def test_kept_class_sums_over_short_runs_in_many_blocks(monkeypatch):
     softmax_stats(teacher, y, class_sums=kept)
     np.testing.assert_allclose(kept.nontarget_sum, dense.nontarget_sum[np.ix_(chosen, chosen)], rtol=1e-12)
     np.testing.assert_array_equal(kept.label_count, dense.label_count)
+
+
+def test_map_tasks_gives_each_result_by_key_and_raises_after_every_task_ran():
+    assert _common.map_tasks({"a": lambda: 1, ("b", 2): lambda: np.arange(3).sum()}) == {"a": 1, ("b", 2): 3}
+    ran = []
+
+    def fail():
+        raise KddiagError("task failed")
+
+    def slow():
+        time.sleep(0.05)
+        ran.append("slow")
+
+    with pytest.raises(KddiagError, match="task failed"):
+        _common.map_tasks({"fail": fail, "slow": slow})
+    assert ran == ["slow"] or _common.N_THREADS == 1  # in turn, a failure stops the tasks after it
+
+
+def test_single_thread_blas_holds_while_any_user_is_inside_then_restores():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    before = blas_threads()
+    with _common.single_thread_blas:
+        with _common.single_thread_blas:
+            assert set(blas_threads().values()) <= {1}
+        assert set(blas_threads().values()) <= {1}  # the outer user is still inside
+    assert blas_threads() == before
 
 
 def test_auroc_matches_scikit_learn_with_ties():
