@@ -661,6 +661,29 @@ ARCH_ROLES = ("teacher", "student", "baseline")  # the models an inspection load
 
 
 @dataclass(frozen=True)
+class ProbeOptions:
+    """How remedy probes train (:mod:`kddiag.probe`): ``steps`` Adam steps of ``batch_size`` transfer
+    examples per setting and seed (None: ten passes over the transfer set, within 100–2,000 steps),
+    ``seeds`` initializations, learning rate ``lr`` (None: the checkpoint's, else a short check)."""
+
+    steps: int | None = None
+    batch_size: int = 64
+    seeds: int = 2
+    lr: float | None = None
+    seed: int = 0  # the first initialization's seed; seed k is seed + k
+
+    def __post_init__(self) -> None:
+        for name, least in (("steps", 1), ("batch_size", 1), ("seeds", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if value is None and name == "steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise KddiagError(f"--probe-{name.replace('_', '-')} must be an integer >= {least}; got {value!r}")
+        if self.lr is not None and not (_is_real(self.lr) and math.isfinite(self.lr) and 0 < self.lr <= 10):
+            raise KddiagError(f"--probe-lr must be a number in (0, 10]; got {self.lr!r}")
+
+
+@dataclass(frozen=True)
 class InspectOptions:
     """Settings of one inspection run (everything beyond the teacher, student and data)."""
 
@@ -682,6 +705,7 @@ class InspectOptions:
     device: str | None = None  # None: CUDA when present, else CPU
     progress: bool = False
     images: ImageOptions = ImageOptions()  # for every data set read from a path (--normalize, --resize, --layout)
+    probe: ProbeOptions | None = None  # train remedy probes of the student (kddiag.probe); None: no probes
 
     def __post_init__(self) -> None:
         from kddiag.loading.archs import parse_arch
@@ -707,6 +731,8 @@ class InspectOptions:
         length = self.max_length
         if length is not None and (isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 2):
             raise KddiagError(f"--max-length must be an integer >= 2; got {self.max_length!r}")
+        if self.probe is not None and not isinstance(self.probe, ProbeOptions):
+            raise KddiagError(f"InspectOptions.probe must be a ProbeOptions or None; got {type(self.probe).__name__}")
         if not isinstance(self.images, ImageOptions):
             raise KddiagError(f"InspectOptions.images must be an ImageOptions; got {type(self.images).__name__}")
 

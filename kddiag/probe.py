@@ -1,0 +1,517 @@
+"""Remedy probes: the user's own student trained briefly under each candidate setting, against a control.
+
+A remedy is a causal claim about one teacher–student pair, so it is tested on that pair before it is
+advised (docs/probes.md). Every arm trains a fresh copy of the student's architecture — one seeded
+initialization per seed, the same batches in the same order, the same budget — under the current
+settings (the control) or a candidate's, then is scored on the same held-out examples: an arm's
+accuracy change against the control is paired, and "more training" cancels out.
+
+Why a fresh initialization and not the trained student continued: continuing starts every arm from
+the optimum of the current setting, so a short run mostly measures how far each setting pulls away
+from it (sign agreement with full retraining 16 of 27 on real teachers, issue 19); short runs from
+the initialization agreed 27 of 27 there. Short runs favour settings that learn fast early (the
+low-fidelity bias of successive halving); the budget and seeds are validated against full retraining
+in ``case_studies/probe_validation.py``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from kddiag.errors import KddiagError
+from kddiag.types import IGNORE_INDEX, Dataset, LoadedModel, ProbeOptions, Settings, TokenInputs
+
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # Adam learning rates the short check chooses from
+LR_CHECK_SHARE = 0.2  # the check trains the control for this share of the budget at each rate
+EVAL_MAX = 20_000  # arms are scored on a fixed-seed sample of at most this many held-out examples
+NOT_TRAINABLE = ("torch.export", "torchscript", "logits")  # formats with no initializer to start from
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting to train under: temperature τ, weight α of the soft loss, and the divisor of the
+    teacher's logits (its fitted temperature T* to calibrate it; 1 as it is)."""
+
+    label: str
+    temperature: float
+    alpha: float
+    teacher_scale: float = 1.0
+    origin: str = "grid"  # 'control', 'grid' (kddiag's fixed set) or the id of the finding that advised it
+
+    @property
+    def key(self) -> tuple[float, float, float]:
+        return (round(self.temperature, 6), round(self.alpha, 6), round(self.teacher_scale, 6))
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "temperature": self.temperature, "alpha": self.alpha,
+                "teacher_scale": self.teacher_scale, "origin": self.origin}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One candidate's outcome: held-out accuracy (mean over seeds) and the paired change against the
+    control with its 95 % bootstrap interval over the same examples (None for the control)."""
+
+    candidate: Candidate
+    accuracy: float | None
+    seed_accuracies: tuple[float, ...] = ()
+    change: float | None = None
+    ci: tuple[float, float] | None = None
+    seed_changes: tuple[float, ...] = ()
+    halfway_change: float | None = None  # the change at half the budget: which way it is moving
+    failed: str | None = None  # why this arm has no score (e.g. a non-finite loss)
+
+    @property
+    def helped(self) -> bool:
+        """Beat the control: the interval above 0 and every seed's change positive."""
+        return self.ci is not None and self.ci[0] > 0 and all(c > 0 for c in self.seed_changes)
+
+    @property
+    def hurt(self) -> bool:
+        """Lost to the control: the interval below 0 and every seed's change negative."""
+        return self.ci is not None and self.ci[1] < 0 and all(c < 0 for c in self.seed_changes)
+
+    @property
+    def verdict(self) -> str:
+        if self.failed:
+            return "failed"
+        if self.candidate.origin == "control":
+            return "control"
+        return "helped" if self.helped else "hurt" if self.hurt else "no clear change"
+
+    def to_dict(self) -> dict:
+        out = {**self.candidate.to_dict(), "verdict": self.verdict, "accuracy": _round(self.accuracy),
+               "seed_accuracies": [_round(a) for a in self.seed_accuracies]}
+        if self.candidate.origin != "control":
+            out.update(change=_round(self.change), ci95=None if self.ci is None else [_round(c) for c in self.ci],
+                       seed_changes=[_round(c) for c in self.seed_changes], halfway_change=_round(self.halfway_change))
+        if self.failed:
+            out["failed"] = self.failed
+        return out
+
+
+@dataclass(frozen=True)
+class ProbeDesign:
+    """What the probe did: its budget, optimizer, data and cost, stated in the report."""
+
+    start: str  # 'initialization': every arm from a fresh seeded initialization of the student's architecture
+    steps: int
+    batch_size: int
+    seeds: int
+    learning_rate: float
+    learning_rate_source: str  # 'given', 'checkpoint' or 'short check'
+    n_transfer: int  # examples the arms train on
+    n_eval: int  # held-out examples they are scored on
+    epochs: float  # passes over the transfer set per arm and seed
+    seconds: float
+    where: str  # the device; under torchrun, that rank 0 probed alone
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "steps": self.steps, "batch_size": self.batch_size, "seeds": self.seeds,
+                "optimizer": "Adam", "learning_rate": self.learning_rate,
+                "learning_rate_source": self.learning_rate_source, "n_transfer": self.n_transfer,
+                "n_eval": self.n_eval, "epochs_per_arm": round(self.epochs, 3), "seconds": round(self.seconds, 2),
+                "where": self.where, "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Every arm's outcome against the control, or why nothing was probed."""
+
+    arms: tuple[Arm, ...] = ()
+    design: ProbeDesign | None = None
+    not_probed: str | None = None  # why no probe ran
+
+    @property
+    def ran(self) -> bool:
+        return self.not_probed is None
+
+    @property
+    def control(self) -> Arm | None:
+        return next((a for a in self.arms if a.candidate.origin == "control"), None)
+
+    @property
+    def candidates(self) -> tuple[Arm, ...]:
+        return tuple(a for a in self.arms if a.candidate.origin != "control")
+
+    @property
+    def helped(self) -> tuple[Arm, ...]:
+        """The arms that beat the control, largest change first."""
+        return tuple(sorted((a for a in self.candidates if a.helped), key=lambda a: -a.change))
+
+    def arm_for(self, temperature: float, alpha: float, teacher_scale: float = 1.0) -> Arm | None:
+        key = Candidate("", temperature, alpha, teacher_scale).key
+        return next((a for a in self.arms if a.candidate.key == key), None)
+
+    def to_dict(self) -> dict:
+        if not self.ran:
+            return {"probed": False, "reason": self.not_probed}
+        return {"probed": True, "design": self.design.to_dict(), "arms": [a.to_dict() for a in self.arms]}
+
+
+# ---------------------------------------------------------------- candidates
+
+def candidates_for(settings: Settings, *, grid: tuple[float, ...], fitted_temperature: float | None = None,
+                   remedies: tuple[tuple[str, float | None, float | None], ...] = ()) -> tuple[Candidate, ...]:
+    """The control and the settings worth trying: the grid τ just below and just above the current one,
+    α halved, α = 0 (the labels only), the teacher calibrated by its T* (when it differs from 1 by more
+    than 10 %), and each finding's remedy ``(finding id, τ or None, α or None)``; duplicates dropped,
+    the first kept (a remedy that is also in the fixed set keeps the fixed set's label)."""
+    tau, alpha = float(settings.temperature.value), float(settings.alpha.value)
+    found = [Candidate(f"control (τ {tau:g}, α {alpha:g})", tau, alpha, origin="control")]
+    below = [t for t in grid if t < tau * 0.999]
+    above = [t for t in grid if t > tau * 1.001]
+    found += [Candidate(f"τ {t:g}", t, alpha) for t in (below[-1:] + above[:1])]
+    if alpha > 0:
+        found += [Candidate(f"α {alpha / 2:g}", tau, alpha / 2), Candidate("labels only (α 0)", tau, 0.0)]
+        if fitted_temperature is not None and abs(math.log(fitted_temperature)) > math.log(1.1):
+            found.append(Candidate(f"teacher ÷ T* ({fitted_temperature:.2f})", tau, alpha, fitted_temperature))
+    for rule, t, a in remedies:
+        t, a = tau if t is None else float(t), alpha if a is None else float(a)
+        parts = ([f"τ {t:g}"] if t != tau else []) + ([f"α {a:g}"] if a != alpha else [])
+        if parts:
+            found.append(Candidate(", ".join(parts), t, a, origin=rule))
+    unique: dict[tuple, Candidate] = {}
+    for candidate in found:
+        unique.setdefault(candidate.key, candidate)
+    return tuple(unique.values())
+
+
+# ---------------------------------------------------------------- the paired comparison
+
+def compare_arms(correct: np.ndarray, *, control: int = 0) -> list[tuple[float, tuple[float, float], tuple[float, ...]]]:
+    """Each arm's change in accuracy against arm ``control``: (mean change, 95 % paired bootstrap interval,
+    each seed's change).
+
+    ``correct``: (n_arms, n_seeds, n_examples) booleans, every arm and seed scored on the same examples.
+    The interval resamples examples, each carrying its seed-averaged correctness difference.
+    """
+    from kddiag.metrics.fidelity import bootstrap_ci
+
+    correct = np.asarray(correct, dtype=np.float64)
+    out = []
+    for arm in range(correct.shape[0]):
+        diff = (correct[arm] - correct[control]).mean(axis=0)
+        seeds = tuple(float(d) for d in (correct[arm] - correct[control]).mean(axis=1))
+        out.append((float(diff.mean()), bootstrap_ci(diff), seeds))
+    return out
+
+
+# ---------------------------------------------------------------- running the arms
+
+def run_probes(teacher: LoadedModel, student: LoadedModel, *, transfer: Dataset, held_out: Dataset,
+               candidates: tuple[Candidate, ...], options: ProbeOptions, device: str | None = None,
+               progress: bool = False, where: str | None = None) -> ProbeResult:
+    """Train the student's architecture from a fresh initialization under each candidate on ``transfer``
+    and score it on ``held_out``; a reason instead when the pair cannot be probed (never raises on what
+    the models or data do during training: that becomes the reason)."""
+    import torch
+
+    reason = _not_probeable(teacher, student, transfer, held_out)
+    if reason:
+        return ProbeResult(not_probed=reason)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    try:
+        cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), _teacher_in_eval(teacher, device):  # the caller's state kept
+            return _probe(teacher, student, transfer, held_out, candidates, options, device, progress,
+                          where or device, started)
+    except KddiagError as error:
+        return ProbeResult(not_probed=str(error))
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        from kddiag.collect._runner import one_line
+
+        return ProbeResult(not_probed=f"training the student failed: {type(error).__name__}: {one_line(error)}")
+
+
+def _not_probeable(teacher: LoadedModel, student: LoadedModel, transfer: Dataset | None,
+                   held_out: Dataset | None) -> str | None:
+    """Why this pair cannot be probed, or None."""
+    if student.format in NOT_TRAINABLE or student.module is None:
+        what = {"logits": "precomputed logits", "torchscript": "a TorchScript program",
+                "torch.export": "a torch.export program"}.get(student.format, "not a model")
+        return (f"the student is {what}, with no initializer to train a fresh copy from: give its state dict "
+                f"and --student-arch to probe")
+    if not any(p.requires_grad and p.is_floating_point() for p in student.module.parameters()):
+        return "the student has no trainable parameters"
+    if transfer is None or held_out is None:
+        return "probes train on the transfer set and score on the eval set: give both (--transfer-data, --data)"
+    if transfer.x is None or held_out.x is None:
+        return "the data sets hold labels only: the probes need inputs to train the student on"
+    if teacher.format == "logits" and isinstance(transfer.x, TokenInputs):
+        return "a teacher given as logits of token positions cannot be probed: give the teacher model"
+    if teacher.format == "logits" and "transfer" not in (teacher.logits or {}):
+        return "the teacher's logits hold no transfer set to distil from"
+    return None
+
+
+def _probe(teacher, student, transfer, held_out, candidates, options, device, progress, where, started):
+    import torch
+
+    n_transfer = _n_examples(transfer)
+    batch_size = min(options.batch_size, len(transfer.x))
+    steps = options.steps or default_steps(len(transfer.x), batch_size)
+    teach = _teacher_fn(teacher, device)
+    eval_rows = _eval_rows(held_out)
+    notes = []
+    lr, lr_source = options.lr, "given"
+    if lr is None and student.metadata.get("learning_rate") is not None:
+        lr, lr_source = float(student.metadata["learning_rate"]), "checkpoint"
+    if lr is None:
+        lr, lr_source = _check_learning_rate(student.module, teach, transfer, candidates[0], steps, batch_size,
+                                             options.seed, device), "short check"
+    n_arms, halfway = len(candidates), max(1, steps // 2)
+    correct = np.zeros((2, n_arms, options.seeds, len(eval_rows[1])), dtype=bool)
+    failed: dict[int, str] = {}
+    for s in range(options.seeds):
+        seed = options.seed + s
+        init, untouched = fresh_state(student.module, seed)
+        if s == 0 and untouched:
+            notes.append(f"{untouched} parameter tensor(s) have no initializer and start from the trained values")
+        models = [_start(student.module, init, device) for _ in candidates]
+        optimizers = [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
+        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, steps, seed, device), start=1):
+            soft = teach(x, idx)
+            for k, (model, optimizer, candidate) in enumerate(zip(models, optimizers, candidates)):
+                if k in failed:
+                    continue
+                torch.manual_seed(seed * 1_000_003 + step)  # every arm gets the same dropout at this step
+                loss = _loss(model, x, y, soft, candidate)
+                if not torch.isfinite(loss):
+                    failed[k] = f"the loss became {float(loss.detach())} at step {step} (seed {seed})"
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if 0 in failed:
+                raise KddiagError(f"the control's training diverged: {failed[0]}; pass a smaller --probe-lr "
+                                  f"(it was {lr:g})")
+            if step == halfway or step == steps:
+                for k, model in enumerate(models):
+                    if k not in failed:
+                        correct[int(step == steps), k, s] = _correct(model, held_out, eval_rows, device)
+            if progress:
+                print(f"\rkddiag: probing {n_arms} settings, seed {s + 1}/{options.seeds}, step {step}/{steps}",
+                      end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    arms = _arms(candidates, correct, failed)
+    design = ProbeDesign("initialization", steps, batch_size, options.seeds, lr, lr_source, n_transfer,
+                         len(eval_rows[1]), steps * batch_size / len(transfer.x), time.perf_counter() - started,
+                         where, tuple(notes))
+    return ProbeResult(arms=arms, design=design)
+
+
+def default_steps(n_transfer: int, batch_size: int) -> int:
+    """The budget when none is given: DEFAULT_EPOCHS passes over the transfer set, within [MIN_STEPS, MAX_STEPS]."""
+    return int(min(MAX_STEPS, max(MIN_STEPS, math.ceil(DEFAULT_EPOCHS * n_transfer / batch_size))))
+
+
+DEFAULT_EPOCHS = 10.0
+MIN_STEPS, MAX_STEPS = 100, 2_000
+
+
+def _arms(candidates, correct: np.ndarray, failed: dict[int, str]) -> tuple[Arm, ...]:
+    """Arms from the scores at half (correct[0]) and the whole budget (correct[1])."""
+    final, half = compare_arms(correct[1]), compare_arms(correct[0])
+    arms = []
+    for k, candidate in enumerate(candidates):
+        if k in failed:
+            arms.append(Arm(candidate, None, failed=failed[k]))
+            continue
+        accuracies = tuple(float(a) for a in correct[1, k].mean(axis=1))
+        arm = Arm(candidate, float(np.mean(accuracies)), accuracies)
+        if candidate.origin != "control":
+            change, ci, seeds = final[k]
+            arm = replace(arm, change=change, ci=ci, seed_changes=seeds, halfway_change=half[k][0])
+        arms.append(arm)
+    return tuple(arms)
+
+
+def fresh_state(module: Any, seed: int) -> tuple[dict, int]:
+    """A freshly initialized state dict of ``module``'s architecture (seeded), and how many parameter
+    tensors no initializer covered (they keep the trained values): every submodule's
+    ``reset_parameters``, then a Hugging Face model's own ``_init_weights``."""
+    import torch
+
+    torch.manual_seed(seed)
+    fresh = copy.deepcopy(module)
+    before = {name: p.detach().clone() for name, p in fresh.named_parameters()}
+    for sub in fresh.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    for sub in fresh.modules():
+        init = getattr(sub, "_init_weights", None)
+        if callable(init) and hasattr(sub, "config"):  # a transformers PreTrainedModel
+            sub.apply(init)
+            break
+    untouched = sum(bool(torch.equal(before[name], p.detach())) for name, p in fresh.named_parameters())
+    return {k: v.detach().clone() for k, v in fresh.state_dict().items()}, untouched
+
+
+def _start(module: Any, state: dict, device: str):
+    model = copy.deepcopy(module)
+    model.load_state_dict(state)
+    model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(p.is_floating_point())
+    model.train()
+    return model
+
+
+def _loss(model, x, y, soft, candidate: Candidate):
+    import torch
+
+    from kddiag.distill import distillation_loss
+    from kddiag.loading import logits_of
+
+    logits = logits_of(model(x)).float()
+    targets = None
+    if candidate.alpha > 0:
+        targets = torch.softmax(soft / (candidate.teacher_scale * candidate.temperature), dim=1)
+    return distillation_loss(logits, y, targets, temperature=candidate.temperature, alpha=candidate.alpha)
+
+
+def _teacher_fn(teacher: LoadedModel, device: str) -> Callable[[Any, np.ndarray], Any]:
+    """The teacher's float32 logits of a batch (its inputs, and their example indices for stored logits).
+    A teacher module must already be in eval mode on ``device`` (:func:`_teacher_in_eval`)."""
+    import torch
+
+    if teacher.format == "logits":
+        stored = teacher.logits["transfer"]
+        return lambda x, idx: torch.as_tensor(np.asarray(stored[np.sort(idx)][np.argsort(np.argsort(idx))]),
+                                              dtype=torch.float32, device=device)
+    from kddiag.loading import logits_of
+
+    module = teacher.module
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+    def teach(x, idx):
+        with torch.inference_mode():
+            inputs = x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x
+            return logits_of(module(inputs)).float().clone()
+    return teach
+
+
+@contextmanager
+def _teacher_in_eval(teacher: LoadedModel, device: str) -> Iterator[None]:
+    """The teacher module on ``device`` in eval mode for the probe, its modes put back after (no copy:
+    the teacher may be large)."""
+    if teacher.module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in teacher.module.modules()]
+    teacher.module.to(device).eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _batches(data: Dataset, batch_size: int, steps: int, seed: int, device: str) -> Iterator[tuple[Any, Any, np.ndarray]]:
+    """``steps`` batches (inputs, labels, row indices) in a seeded order of epochs; token inputs by sequence."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    n, order = len(data.x), np.empty(0, dtype=np.int64)
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(n)])
+        idx, order = order[:batch_size], order[batch_size:]
+        yield (*_rows(data, idx, device), idx)
+
+
+def _rows(data: Dataset, idx: np.ndarray, device: str) -> tuple[Any, Any]:
+    """Inputs and labels of the rows ``idx`` (sequences for token inputs) on ``device``."""
+    import torch
+
+    rows = torch.as_tensor(idx)
+    if isinstance(data.x, TokenInputs):
+        x = data.x[rows]
+        labels = x.targets[x.targets != IGNORE_INDEX] if x.per_position else torch.as_tensor(data.labels[idx])
+        return x.to(device), labels.to(device)
+    x = torch.as_tensor(data.x[rows]) if torch.is_tensor(data.x) else torch.as_tensor(np.asarray(data.x)[idx])
+    x = x.float() if x.is_floating_point() else x
+    return x.to(device), torch.as_tensor(data.labels[idx]).to(device)
+
+
+def _eval_rows(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out rows the arms are scored on (a fixed-seed sample, sequences for token inputs) and
+    their labels: at most EVAL_MAX examples."""
+    from kddiag.metrics._common import subsample_indices
+
+    if isinstance(data.x, TokenInputs) and data.x.per_position:
+        offsets = data.x.example_offsets()
+        order = np.random.default_rng(0).permutation(len(data.x))
+        counts = np.diff(offsets)[order]
+        rows = np.sort(order[: max(1, int(np.searchsorted(np.cumsum(counts), EVAL_MAX, side="right")))])
+        x = data.x[rows]
+        return rows, x.targets[x.targets != IGNORE_INDEX].numpy()
+    rows = np.sort(subsample_indices(len(data.labels), EVAL_MAX))
+    return rows, data.labels[rows]
+
+
+def _correct(model, data: Dataset, eval_rows: tuple[np.ndarray, np.ndarray], device: str,
+             batch_size: int = 256) -> np.ndarray:
+    """Whether ``model`` predicts each scored held-out example's label."""
+    import torch
+
+    from kddiag.loading import logits_of
+
+    rows, labels = eval_rows
+    model.eval()
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            x, _ = _rows(data, rows[start:start + batch_size], device)
+            predictions.append(logits_of(model(x)).argmax(dim=1).cpu().numpy())
+    model.train()
+    return np.concatenate(predictions) == labels
+
+
+def _n_examples(data: Dataset) -> int:
+    return data.x.n_examples if isinstance(data.x, TokenInputs) else len(data.labels)
+
+
+def _check_learning_rate(module, teach, transfer: Dataset, control: Candidate, steps: int, batch_size: int,
+                         seed: int, device: str) -> float:
+    """The Adam learning rate (of LEARNING_RATES) whose control run reaches the lowest training loss over
+    the last half of a short run (LR_CHECK_SHARE of the budget); a rate whose loss is not finite is out."""
+    import torch
+
+    check_steps = max(10, int(steps * LR_CHECK_SHARE))
+    init, _ = fresh_state(module, seed)
+    scores = {}
+    for lr in LEARNING_RATES:
+        model = _start(module, init, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        losses = []
+        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, check_steps, seed, device), start=1):
+            torch.manual_seed(seed * 1_000_003 + step)
+            loss = _loss(model, x, y, teach(x, idx), control)
+            if not torch.isfinite(loss):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        if len(losses) == check_steps:
+            scores[lr] = float(np.mean(losses[check_steps // 2:]))
+    if not scores:
+        raise KddiagError("no learning rate trained the student without a non-finite loss; pass --probe-lr")
+    return min(scores, key=scores.get)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

@@ -1,0 +1,149 @@
+"""Remedy probes: candidates, the paired comparison, determinism and bad inputs."""
+import numpy as np
+import pytest
+import torch
+
+from kddiag.errors import KddiagError
+from kddiag.metrics.whatif import TEMPERATURES
+from kddiag.models import MLP
+from kddiag.probe import Candidate, candidates_for, compare_arms, fresh_state, run_probes
+from kddiag.types import Dataset, LoadedModel, ProbeOptions, Setting, Settings
+
+
+def _settings(tau=4.0, alpha=0.9):
+    return Settings(Setting(tau, "cli"), Setting(alpha, "cli"))
+
+
+def _pair(seed=0, n=240):
+    """A teacher trained a little on separable blobs, an untrained student, and the two sets."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, 6)) * 3
+    y = rng.integers(0, 4, size=n)
+    x = torch.as_tensor(centres[y] + rng.normal(size=(n, 6)), dtype=torch.float32)
+    torch.manual_seed(seed)
+    teacher = MLP((6, 32, 4))
+    optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(50):
+        loss = torch.nn.functional.cross_entropy(teacher(x), torch.as_tensor(y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    student = MLP((6, 4, 4))
+    half = n // 2
+    return (LoadedModel("<t>", "module", teacher), LoadedModel("<s>", "module", student),
+            Dataset("train", x[:half], y[:half]), Dataset("test", x[half:], y[half:]))
+
+
+def test_candidates_hold_the_control_the_grid_neighbours_the_alphas_the_calibrated_teacher_and_remedies():
+    found = candidates_for(_settings(4.0, 0.9), grid=TEMPERATURES, fitted_temperature=2.0,
+                           remedies=(("teacher-overconfident", 16.0, None), ("temperature-mismatch", 6.0, None)))
+    assert [c.label for c in found] == ["control (τ 4, α 0.9)", "τ 3", "τ 6", "α 0.45", "labels only (α 0)",
+                                        "teacher ÷ T* (2.00)", "τ 16"]
+    assert found[0].origin == "control" and found[-1].origin == "teacher-overconfident"
+    assert found[2].origin == "grid"  # a remedy already in the fixed set keeps the fixed set's entry
+
+
+def test_candidates_skip_a_calibrated_teacher_and_the_alphas_of_labels_only_training():
+    found = candidates_for(_settings(0.5, 0.0), grid=TEMPERATURES, fitted_temperature=1.05)
+    assert [c.label for c in found] == ["control (τ 0.5, α 0)", "τ 1"]
+
+
+def test_compare_arms_pairs_examples_and_averages_seeds():
+    correct = np.zeros((2, 2, 100), dtype=bool)
+    correct[0, :, :50] = True
+    correct[1, :, :60] = True  # the second arm gets 10 more examples right in both seeds
+    correct[1, 1, 60:70] = True  # and 10 more in the second seed
+    (c0, ci0, s0), (c1, ci1, s1) = compare_arms(correct)
+    assert c0 == 0 and s0 == (0.0, 0.0)
+    assert c1 == pytest.approx(0.15) and s1 == pytest.approx((0.10, 0.20))
+    assert 0 < ci1[0] < 0.15 < ci1[1]
+
+
+def test_a_probe_is_deterministic_under_its_seed_and_leaves_the_callers_random_state():
+    teacher, student, train, test = _pair()
+    candidates = candidates_for(_settings(4.0, 0.9), grid=TEMPERATURES)
+    options = ProbeOptions(steps=30, batch_size=32, seeds=2, lr=3e-3)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = run_probes(teacher, student, transfer=train, held_out=test, candidates=candidates, options=options)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = run_probes(teacher, student, transfer=train, held_out=test, candidates=candidates, options=options)
+    strip = lambda r: {**r.to_dict(), "design": {**r.to_dict()["design"], "seconds": 0}}
+    assert first.ran and strip(first) == strip(second)
+    assert len(first.arms) == len(candidates) and first.control.candidate.origin == "control"
+    assert all(a.change is not None and len(a.seed_changes) == 2 for a in first.candidates)
+    assert first.design.steps == 30 and first.design.learning_rate_source == "given"
+    other = run_probes(teacher, student, transfer=train, held_out=test, candidates=candidates,
+                       options=ProbeOptions(steps=30, batch_size=32, seeds=2, lr=3e-3, seed=7))
+    assert strip(other) != strip(first)
+
+
+def test_the_learning_rate_comes_from_a_short_check_when_not_given():
+    teacher, student, train, test = _pair()
+    result = run_probes(teacher, student, transfer=train, held_out=test,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2],
+                        options=ProbeOptions(steps=20, seeds=1))
+    assert result.ran and result.design.learning_rate_source == "short check"
+
+
+def test_fresh_state_reinitializes_every_layer_with_an_initializer():
+    _, student, _, _ = _pair()
+    state, untouched = fresh_state(student.module, seed=3)
+    again, _ = fresh_state(student.module, seed=3)
+    assert untouched == 0
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert not torch.equal(state["head.weight"], student.module.state_dict()["head.weight"])
+
+
+@pytest.mark.parametrize("format_, words", [("logits", "precomputed logits"), ("torchscript", "TorchScript")])
+def test_a_student_without_an_initializer_is_not_probed_with_the_reason(format_, words):
+    teacher, student, train, test = _pair()
+    student = LoadedModel("s.pt", format_, None if format_ == "logits" else student.module)
+    result = run_probes(teacher, student, transfer=train, held_out=test,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES), options=ProbeOptions(steps=5))
+    assert not result.ran and words in result.not_probed and "--student-arch" in result.not_probed
+    assert result.to_dict() == {"probed": False, "reason": result.not_probed}
+
+
+def test_probes_need_both_sets():
+    teacher, student, train, _ = _pair()
+    result = run_probes(teacher, student, transfer=train, held_out=None,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES), options=ProbeOptions(steps=5))
+    assert not result.ran and "--data" in result.not_probed
+
+
+class _Exploding(torch.nn.Module):
+    """A student whose outputs are not finite, whatever its weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(x) * float("inf")
+
+
+def test_a_diverging_control_is_one_line_naming_the_learning_rate():
+    teacher, _, train, test = _pair()
+    student = LoadedModel("<s>", "module", _Exploding())
+    result = run_probes(teacher, student, transfer=train, held_out=test,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES), options=ProbeOptions(steps=5, lr=1e-3))
+    assert not result.ran and "diverged" in result.not_probed and "--probe-lr" in result.not_probed
+    assert "\n" not in result.not_probed
+
+
+def test_an_arm_that_diverges_is_marked_and_the_others_are_scored():
+    teacher, student, train, test = _pair()
+    candidates = (Candidate("control", 4.0, 0.9, origin="control"), Candidate("broken teacher", 4.0, 0.9, float("nan")))
+    result = run_probes(teacher, student, transfer=train, held_out=test, candidates=candidates,
+                        options=ProbeOptions(steps=5, lr=1e-3, seeds=1))
+    assert result.ran and result.arms[1].failed and "step 1" in result.arms[1].failed
+    assert result.arms[1].verdict == "failed" and result.arms[0].accuracy is not None
+
+
+@pytest.mark.parametrize("kwargs, option", [({"steps": 0}, "--probe-steps"), ({"seeds": 0}, "--probe-seeds"),
+                                            ({"batch_size": 1.5}, "--probe-batch-size"),
+                                            ({"lr": float("nan")}, "--probe-lr"), ({"lr": -1}, "--probe-lr")])
+def test_bad_probe_options_are_one_line_naming_the_option(kwargs, option):
+    with pytest.raises(KddiagError, match=option):
+        ProbeOptions(**kwargs)
