@@ -23,6 +23,8 @@ _MODULES = {
     "healthy-pairs": "healthy_pairs",
     "token-lm": "token_lm",
     "cnn-digits": "cnn_digits",
+    "real-teachers": "real_teachers",
+    "probe-validation": "probe_validation",
     "benchmark": "benchmark",
 }
 _PROGRAMS = {"demo-pair": "demo_pair", "demo-students": "demo_students"}

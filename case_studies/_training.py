@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.special import softmax
 
+from kddiag.distill import distillation_loss  # the one loss, shared with kddiag's remedy probes
 from kddiag.models import MLP, mlp_name
 
 
@@ -40,22 +40,6 @@ def new_mlp(widths: tuple[int, ...], *, seed: int) -> MLP:
     """A freshly initialized ReLU MLP (``kddiag.models.MLP``), seeded."""
     torch.manual_seed(seed)
     return MLP(tuple(widths))
-
-
-# --- the one loss -------------------------------------------------------------------------------
-
-def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, soft_targets: torch.Tensor | None,
-                      *, temperature: float, alpha: float) -> torch.Tensor:
-    """(1 − α)·CE(e_y, q¹) + α·τ²·KL(ρ ‖ softmax(s/τ)), mean over the batch (Hinton 2015).
-
-    ``soft_targets`` ρ: (n_samples, n_classes) probabilities, already at temperature τ.
-    """
-    hard = F.cross_entropy(student_logits, labels)
-    if alpha == 0 or soft_targets is None:
-        return hard
-    log_q = F.log_softmax(student_logits / temperature, dim=1)
-    soft = F.kl_div(log_q, soft_targets, reduction="batchmean")
-    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
 
 
 def train(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe,

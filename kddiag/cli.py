@@ -8,7 +8,7 @@ from importlib.resources import as_file, files
 import click
 
 from kddiag import __version__
-from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY
+from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY, KD_HELPED
 from kddiag.errors import KddiagError
 
 EXIT_ERROR, EXIT_GATED = 1, 3
@@ -118,14 +118,15 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on, arrays: bool = F
     click.echo(render_json(report) if as_json else render_text(report))
     for path in written.values():
         click.echo(f"wrote {path}", err=as_json)
-    _gate(report.diagnosis.findings, fail_on)
+    _gate([report.diagnosis], fail_on)
 
 
-def _gate(findings, fail_on) -> None:
-    """--fail-on: exit with code 3 when a finding has at least that severity or that id."""
+def _gate(diagnoses, fail_on) -> None:
+    """--fail-on: exit with code 3 when a finding has at least that severity or that id; never under a
+    'kd-helped' verdict (KD beat the baseline: its findings are room to improve, not failures)."""
     if fail_on is None:
         return
-    gating = [f for f in findings
+    gating = [f for diagnosis in diagnoses if diagnosis.verdict != KD_HELPED for f in diagnosis.findings
               if f.id != HEALTHY and (f.id == fail_on if isinstance(fail_on, str) else f.severity >= fail_on)]
     if gating:
         click.echo(f"kddiag: --fail-on {fail_on}: " + ", ".join(f"{f.id} ({f.severity:.2f})" for f in gating),
@@ -145,7 +146,8 @@ def output_options(*, default_out: str | None = None, arrays: bool = True):
                          help="Also write every class-by-class matrix to report-arrays.npz in --out (report.json "
                               "summarizes them beyond 100 classes)."),
             click.option("--fail-on", callback=lambda ctx, param, v: _fail_on(v),
-                         help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id."),
+                         help="Exit with code 3 if a finding fires with at least this severity (0-1) or this id "
+                              "(never when KD beat the baseline: verdict kd-helped)."),
         ]
         for option in reversed(options if arrays else options[:2] + options[3:]):
             command = option(command)
@@ -207,9 +209,38 @@ def input_options(command):
     return command
 
 
+def probe_options(command):
+    """--probe and its budget: short paired trainings of the student under each candidate setting."""
+    for option in reversed((
+        click.option("--probe", is_flag=True,
+                     help="Test the advice on this pair: train fresh copies of the student under the current τ/α "
+                          "and each candidate setting (neighbouring τ, α halved, α = 0, the teacher calibrated, "
+                          "the findings' remedies) and advise only what beat the current setting. Needs a "
+                          "trainable student (state dict + architecture, nn.Module, Hugging Face folder) and both "
+                          "sets."),
+        click.option("--probe-steps", type=int, help="Adam steps per setting and seed (default: ten passes over "
+                                                     "the transfer set, within 100-2,000)."),
+        click.option("--probe-seeds", type=int, default=2, show_default=True,
+                     help="Initializations per setting (paired: every setting starts from the same ones)."),
+        click.option("--probe-lr", type=float,
+                     help="Adam learning rate (default: the checkpoint's, else a short check of five rates)."),
+        click.option("--probe-batch-size", type=int, default=64, show_default=True,
+                     help="Transfer examples (sequences, for text) per step."),
+    )):
+        command = option(command)
+    return command
+
+
 def _inspect_options(options: dict):
-    """The InspectOptions of a command's parsed options (popping the image options)."""
-    from kddiag.types import ImageOptions, InspectOptions
+    """The InspectOptions of a command's parsed options (popping the image and probe options)."""
+    from kddiag.types import ImageOptions, InspectOptions, ProbeOptions
+
+    probe = {name: options.pop(f"probe_{name}") for name in ("steps", "seeds", "lr", "batch_size")
+             if f"probe_{name}" in options}  # the commands without --probe have none
+    if options.pop("probe", False):
+        options["probe"] = ProbeOptions(**probe)
+    elif probe.get("steps") is not None or probe.get("lr") is not None:
+        raise KddiagError("--probe-steps/--probe-lr set the probes' budget: add --probe to run them")
 
     if options["progress"] is None:
         options["progress"] = sys.stderr.isatty()
@@ -225,6 +256,7 @@ def _inspect_options(options: dict):
 @input_options
 @click.option("--temperature", type=float, help="Distillation temperature τ used to train the student.")
 @click.option("--alpha", type=float, help="Weight of the soft (KD) term in the student's loss, in [0, 1].")
+@probe_options
 @output_options()
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, arrays, fail_on, **options):
     """Inspect a TEACHER / STUDENT pair and say why distillation helped or not.
@@ -274,24 +306,29 @@ def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail
     click.echo(render_comparison_json(comparison) if as_json else render_comparison_text(comparison))
     for path in written.values():
         click.echo(f"wrote {path}", err=as_json)
-    _gate([f for report in comparison.reports for f in report.diagnosis.findings], fail_on)
+    _gate([report.diagnosis for report in comparison.reports], fail_on)
 
 
-def demo_report():
-    """Inspect the shipped demo pair on the digits eval and transfer sets."""
+def demo_report(*, probe=None):
+    """Inspect the shipped demo pair on the digits eval and transfer sets (``probe``: ProbeOptions)."""
     from kddiag.pipeline import inspect as run_inspect
+    from kddiag.types import InspectOptions
 
     with as_file(DEMO_TEACHER) as teacher, as_file(DEMO_STUDENT) as student, as_file(DEMO_BASELINE) as baseline:
         return run_inspect(str(teacher), str(student), data=DEMO_EVAL_DATA, transfer_data=DEMO_TRANSFER_DATA,
-                           baseline=str(baseline))
+                           baseline=str(baseline), options=InspectOptions(probe=probe))
 
 
 @main.command()
+@click.option("--probe", is_flag=True, help="Also test the advice on the demo pair with remedy probes (≈ 15 s).")
 @output_options(default_out="kddiag-report")
-def demo(out, as_json, arrays, fail_on):
+def demo(probe, out, as_json, arrays, fail_on):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
+    from kddiag.types import ProbeOptions
+
     _check_arrays(out, arrays)
-    _finish(demo_report(), out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)
+    _finish(demo_report(probe=ProbeOptions() if probe else None), out=out, as_json=as_json, fail_on=fail_on,
+            arrays=arrays)
 
 
 if __name__ == "__main__":

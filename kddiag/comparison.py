@@ -2,8 +2,9 @@
 
 :func:`rank` orders the students by accuracy on the eval set (else the transfer set), gives the margin of
 the best over the runner-up with a paired bootstrap interval (the students' per-example correctness on the
-same fixed-seed sample of examples), and says where the best one differs from the others at each level:
-the findings it avoided, and the key measurements (:data:`KEY_ROWS`) on which it leads.
+same fixed-seed sample of examples), says which students beat the baseline beyond the noise (plainly when
+none does), and where the best one differs from the others at each level: the findings it avoided, and
+the key measurements (:data:`KEY_ROWS`) on which it leads.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kddiag.diagnosis.ids import HEALTHY
-from kddiag.diagnosis.reading import EVAL_FIRST, TRANSFER_FIRST, first
+from kddiag.diagnosis.reading import EVAL_FIRST, TRANSFER_FIRST, beats_baseline, first
+from kddiag.diagnosis.wording import gain_points
 from kddiag.metrics.fidelity import sample_bootstrap_ci
 from kddiag.results import EVAL, TRANSFER, Measured, measured, unavailable
 from kddiag.types import DOMAIN, INSTANCE, LEVEL_TITLES, OUTCOME, UNIVERSE, Report
@@ -77,12 +79,15 @@ KEY_ROWS: tuple[KeyRow, ...] = (
 
 @dataclass(frozen=True)
 class Ranking:
-    """The students best first by accuracy on ``dataset``, the best one's margin over the runner-up, and why."""
+    """The students best first by accuracy on ``dataset``, the best one's margin over the runner-up, each
+    one's gain over the baseline, and why."""
 
     dataset: str | None  # EVAL, else TRANSFER; None when no student accuracy was measured
     order: tuple[int, ...]  # student indices, best first (students without an accuracy last)
     margin: Measured  # accuracy of the best − the runner-up's, with a paired 95 % bootstrap interval
     reasons: tuple[str, ...]  # why the best one is best, one sentence per knowledge level
+    accuracy: tuple[Measured, ...] = ()  # each student's accuracy on ``dataset``, in the students' order
+    gain: tuple[Measured, ...] = ()  # each student's KD gain over the baseline on ``dataset``, with its interval
 
     @property
     def best(self) -> int | None:
@@ -92,6 +97,14 @@ class Ranking:
     def clear(self) -> bool:
         """Whether the best one is better than the runner-up beyond the noise (its interval above 0)."""
         return self.margin.ok and self.margin.ci is not None and self.margin.ci[0] > 0
+
+    @property
+    def beat_baseline(self) -> tuple[int, ...] | None:
+        """The students whose gain over the baseline is beyond the noise (interval above 0), best first;
+        None when no gain was measured (no baseline)."""
+        if not any(gain.ok for gain in self.gain):
+            return None
+        return tuple(k for k in self.order if beats_baseline(self.gain[k]))
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,8 @@ def rank(names: Sequence[str], reports: Sequence[Report], summaries: Sequence[Se
                     if any(_accuracy(r, d).ok for r in reports)), None)
     if dataset is None:
         return Ranking(None, tuple(range(len(reports))), unavailable(NO_ACCURACY), ())
-    accuracy = [_accuracy(r, dataset) for r in reports]
+    accuracy = tuple(_accuracy(r, dataset) for r in reports)
+    gain = tuple(first(r.measurements.outcome, lambda o: o.kd_gain, (dataset,)) for r in reports)
     nll = [_nll(r, dataset) for r in reports]  # breaks ties of accuracy: the better probabilities first
     order = tuple(sorted(range(len(reports)), key=lambda k: (not accuracy[k].ok, -(accuracy[k].value or 0.0),
                                                              nll[k].value if nll[k].ok else np.inf, k)))
@@ -126,7 +140,7 @@ def rank(names: Sequence[str], reports: Sequence[Report], summaries: Sequence[Se
     margin = unavailable(NO_ACCURACY)
     if accuracy[runner_up].ok:
         margin = _paired_difference(_summary(summaries[best], dataset), _summary(summaries[runner_up], dataset))
-    return Ranking(dataset, order, margin, _reasons(names, reports, order, margin, dataset))
+    return Ranking(dataset, order, margin, _reasons(names, reports, order, margin, dataset, gain), accuracy, gain)
 
 
 def _accuracy(report: Report, dataset: str) -> Measured:
@@ -154,7 +168,7 @@ def _paired_difference(a, b) -> Measured:
 
 
 def _reasons(names: Sequence[str], reports: Sequence[Report], order: tuple[int, ...], margin: Measured,
-             dataset: str) -> tuple[str, ...]:
+             dataset: str, gain: tuple[Measured, ...]) -> tuple[str, ...]:
     """Sentences on why the best student is best: the outcome, then each level where it differs."""
     best, runner_up = order[0], order[1]
     accuracy = _accuracy(reports[best], dataset)
@@ -170,7 +184,7 @@ def _reasons(names: Sequence[str], reports: Sequence[Report], order: tuple[int, 
             lead += f"; {names[best]} ranks first on NLL ({nll[0].value:.3g} vs {nll[1].value:.3g} nats)"
     elif margin.ok and margin.ci is not None and margin.ci[0] <= 0:
         lead += ": a difference within the noise of this eval set, so the ranking of these two is not settled"
-    sentences = [lead + "."]
+    sentences = [lead + ".", *_against_baseline(names, order, gain)]
     if dataset == TRANSFER:
         sentences.append("No eval set was given: this ranks the students on the data they were distilled on, "
                          "which says little about how they generalize.")
@@ -192,6 +206,18 @@ def _reasons(names: Sequence[str], reports: Sequence[Report], order: tuple[int, 
     if remaining:
         sentences.append(f"{names[best]} still has findings of its own: {', '.join(remaining)} (see its diagnosis).")
     return tuple(sentences)
+
+
+def _against_baseline(names: Sequence[str], order: tuple[int, ...], gain: tuple[Measured, ...]) -> list[str]:
+    """One sentence on which students beat the baseline beyond the noise (none without a baseline)."""
+    best = order[0]
+    if not gain[best].ok:
+        return []
+    winners = [k for k in order if beats_baseline(gain[k])]
+    if not winners:
+        return [f"No student beats the baseline: the best, '{names[best]}', gains {gain_points(gain[best])}."]
+    listed = ", ".join(f"'{names[k]}' by {gain_points(gain[k])}" for k in winners)
+    return [f"{len(winners)} of {len(names)} students beat the baseline beyond the noise: {listed}."]
 
 
 def _leads(names: Sequence[str], reports: Sequence[Report], best: int, level: str) -> list[str]:

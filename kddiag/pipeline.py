@@ -89,6 +89,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     from kddiag import distributed
     from kddiag.collect import collect_summaries
     from kddiag.diagnosis import diagnose
+    from kddiag.diagnosis.advice import settle_advice
     from kddiag.measure import measure
 
     loaded_teacher = as_model(teacher, "teacher", options.teacher_arch, options)
@@ -147,15 +148,38 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                                           ("baseline", loaded_baseline)) if m is not None}
         measurements = measure(student_summaries, settings=student_settings, class_info=class_info)
         diagnosis = diagnose(measurements, settings=student_settings, n_classes=n_classes,
-                             teacher_only=student is None)
+                             teacher_only=student is None, inputs=tuple(data_inputs))
+        probe = None
+        if options.probe is not None and student is not None:
+            probe = _probe(loaded_teacher, student, datasets, measurements, diagnosis, student_settings, options,
+                           device=ranks.device or options.device, world_size=ranks.world_size)
+        diagnosis = settle_advice(diagnosis, probe, student_settings)
         inputs = tuple([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
                         for role, m in models.items()] + data_inputs)
         reports.append(Report(inputs=inputs, settings=student_settings, class_info=class_info,
                               measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
                               coverage=tuple(s.coverage() for s in student_summaries),
                               example_inputs=_listed_inputs(measurements, datasets, loaded_teacher),
-                              models=tuple(models)))
+                              models=tuple(models), probe=probe))
     return reports, summaries
+
+
+def _probe(teacher: LoadedModel, student: LoadedModel, datasets: dict[str, Dataset], measurements, diagnosis,
+           settings: Settings, options: InspectOptions, *, device: str | None, world_size: int):
+    """Remedy probes of the student (:mod:`kddiag.probe`): the fixed candidates and every finding's remedy,
+    trained on the transfer set and scored on the eval set; under torchrun rank 0 probes alone."""
+    from kddiag.diagnosis.reading import first
+    from kddiag.metrics.whatif import TEMPERATURES
+    from kddiag.probe import candidates_for, run_probes
+
+    fitted = first(measurements.universe, lambda u: u.teacher.fitted_temperature, (EVAL,))
+    remedies = tuple((f.id, f.remedy.temperature, f.remedy.alpha) for f in diagnosis.findings if f.remedy is not None)
+    candidates = candidates_for(settings, grid=TEMPERATURES, fitted_temperature=fitted.value if fitted.ok else None,
+                                remedies=remedies)
+    where = None if world_size == 1 else f"rank 0 alone (of {world_size}), on its device"
+    return run_probes(teacher, student, transfer=datasets.get(TRANSFER), held_out=datasets.get(EVAL),
+                      candidates=candidates, options=options.probe, device=device, progress=options.progress,
+                      where=where)
 
 
 def _token_strata(datasets: dict[str, Dataset]) -> dict[str, dict[str, np.ndarray]]:

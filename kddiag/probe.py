@@ -30,6 +30,13 @@ from kddiag.types import IGNORE_INDEX, Dataset, LoadedModel, ProbeOptions, Setti
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # Adam learning rates the short check chooses from
 LR_CHECK_SHARE = 0.2  # the check trains the control for this share of the budget at each rate
+DEFAULT_EPOCHS = 10.0  # the default budget's first try: ten passes over the transfer set …
+MIN_STEPS, MAX_STEPS = 100, 2_000  # … within these many steps; doubled up to MAX_STEPS while the control still learns
+PLATEAU_GAIN_MAX = 0.01  # a control still gaining more than this over the last half of its budget is still learning
+# … and then its arms are ranked only past this many passes over the transfer set: in the validation's tuning
+# set (case_studies/probe_validation.py, mlp seeds 0-2) runs still learning at 10 passes called 2 of 19 arms
+# wrongly, at 20 and 40 passes none of 30
+RANKED_EPOCHS_MIN = 2 * DEFAULT_EPOCHS
 EVAL_MAX = 20_000  # arms are scored on a fixed-seed sample of at most this many held-out examples
 NOT_TRAINABLE = ("torch.export", "torchscript", "logits")  # formats with no initializer to start from
 
@@ -67,16 +74,17 @@ class Arm:
     seed_changes: tuple[float, ...] = ()
     halfway_change: float | None = None  # the change at half the budget: which way it is moving
     failed: str | None = None  # why this arm has no score (e.g. a non-finite loss)
+    ranked: bool = True  # False: the control was still learning, so no arm is called better or worse
 
     @property
     def helped(self) -> bool:
-        """Beat the control: the interval above 0 and every seed's change positive."""
-        return self.ci is not None and self.ci[0] > 0 and all(c > 0 for c in self.seed_changes)
+        """Beat the control: the interval above 0 and every seed's change positive (ranked arms only)."""
+        return self.ranked and self.ci is not None and self.ci[0] > 0 and all(c > 0 for c in self.seed_changes)
 
     @property
     def hurt(self) -> bool:
-        """Lost to the control: the interval below 0 and every seed's change negative."""
-        return self.ci is not None and self.ci[1] < 0 and all(c < 0 for c in self.seed_changes)
+        """Lost to the control: the interval below 0 and every seed's change negative (ranked arms only)."""
+        return self.ranked and self.ci is not None and self.ci[1] < 0 and all(c < 0 for c in self.seed_changes)
 
     @property
     def verdict(self) -> str:
@@ -84,6 +92,8 @@ class Arm:
             return "failed"
         if self.candidate.origin == "control":
             return "control"
+        if not self.ranked:
+            return "not ranked (too short)"
         return "helped" if self.helped else "hurt" if self.hurt else "no clear change"
 
     def to_dict(self) -> dict:
@@ -129,6 +139,15 @@ class ProbeResult:
     arms: tuple[Arm, ...] = ()
     design: ProbeDesign | None = None
     not_probed: str | None = None  # why no probe ran
+    control_late_gain: float | None = None  # the control's held-out accuracy gain over the last half of the budget
+
+    @property
+    def still_learning(self) -> bool:
+        """Whether the control had not levelled off (it gained more than PLATEAU_GAIN_MAX over the last half
+        of a budget under RANKED_EPOCHS_MIN passes): then no setting is ranked, as short runs favour the
+        fastest learners."""
+        return (self.control_late_gain is not None and self.control_late_gain > PLATEAU_GAIN_MAX
+                and self.design.epochs < RANKED_EPOCHS_MIN)
 
     @property
     def ran(self) -> bool:
@@ -144,7 +163,7 @@ class ProbeResult:
 
     @property
     def helped(self) -> tuple[Arm, ...]:
-        """The arms that beat the control, largest change first."""
+        """The arms that beat the control, largest change first (none while the control was still learning)."""
         return tuple(sorted((a for a in self.candidates if a.helped), key=lambda a: -a.change))
 
     def arm_for(self, temperature: float, alpha: float, teacher_scale: float = 1.0) -> Arm | None:
@@ -154,7 +173,9 @@ class ProbeResult:
     def to_dict(self) -> dict:
         if not self.ran:
             return {"probed": False, "reason": self.not_probed}
-        return {"probed": True, "design": self.design.to_dict(), "arms": [a.to_dict() for a in self.arms]}
+        return {"probed": True, "still_learning": self.still_learning,
+                "control_late_gain": _round(self.control_late_gain), "design": self.design.to_dict(),
+                "arms": [a.to_dict() for a in self.arms]}
 
 
 # ---------------------------------------------------------------- candidates
@@ -264,12 +285,13 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
     eval_rows = _eval_rows(held_out)
     notes = []
     lr, lr_source = options.lr, "given"
-    if lr is None and student.metadata.get("learning_rate") is not None:
-        lr, lr_source = float(student.metadata["learning_rate"]), "checkpoint"
+    stored = student.metadata.get("learning_rate")
+    if lr is None and stored is not None and math.isfinite(stored) and 0 < stored <= 10:
+        lr, lr_source = float(stored), "checkpoint"
     if lr is None:
         lr, lr_source = _check_learning_rate(student.module, teach, transfer, candidates[0], steps, batch_size,
                                              options.seed, device), "short check"
-    n_arms, halfway = len(candidates), max(1, steps // 2)
+    n_arms, budget = len(candidates), steps
     correct = np.zeros((2, n_arms, options.seeds, len(eval_rows[1])), dtype=bool)
     failed: dict[int, str] = {}
     for s in range(options.seeds):
@@ -279,12 +301,17 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
             notes.append(f"{untouched} parameter tensor(s) have no initializer and start from the trained values")
         models = [_start(student.module, init, device) for _ in candidates]
         optimizers = [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
-        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, steps, seed, device), start=1):
+        # the first seed may double the default budget while the control is still learning (its held-out
+        # accuracy rose by more than PLATEAU_GAIN_MAX over the last half): the later seeds train as long
+        grow = s == 0 and options.steps is None
+        scores: dict[int, np.ndarray] = {}
+        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, MAX_STEPS if grow else budget, seed,
+                                                    device), start=1):
             soft = teach(x, idx)
             for k, (model, optimizer, candidate) in enumerate(zip(models, optimizers, candidates)):
                 if k in failed:
                     continue
-                torch.manual_seed(seed * 1_000_003 + step)  # every arm gets the same dropout at this step
+                _seed_step(seed * 1_000_003 + step, device)  # every arm gets the same dropout at this step
                 loss = _loss(model, x, y, soft, candidate)
                 if not torch.isfinite(loss):
                     failed[k] = f"the loss became {float(loss.detach())} at step {step} (seed {seed})"
@@ -295,20 +322,36 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
             if 0 in failed:
                 raise KddiagError(f"the control's training diverged: {failed[0]}; pass a smaller --probe-lr "
                                   f"(it was {lr:g})")
-            if step == halfway or step == steps:
-                for k, model in enumerate(models):
-                    if k not in failed:
-                        correct[int(step == steps), k, s] = _correct(model, held_out, eval_rows, device)
             if progress:
-                print(f"\rkddiag: probing {n_arms} settings, seed {s + 1}/{options.seeds}, step {step}/{steps}",
+                print(f"\rkddiag: probing {n_arms} settings, seed {s + 1}/{options.seeds}, step {step}/{budget}",
                       end="", file=sys.stderr)
+            if step in (max(1, budget // 2), budget):
+                scores[step] = np.stack([np.zeros(len(eval_rows[1]), bool) if k in failed else
+                                         _correct(m, held_out, eval_rows, device) for k, m in enumerate(models)])
+            if step == budget:
+                if grow and 2 * budget <= MAX_STEPS and _still_learning(scores, budget):
+                    budget *= 2
+                    continue
+                break
+        correct[0, :, s], correct[1, :, s] = scores[max(1, budget // 2)], scores[budget]
     if progress:
         print(file=sys.stderr)
-    arms = _arms(candidates, correct, failed)
+    epochs = budget * batch_size / len(transfer.x)
+    late_gain = float(correct[1, 0].mean() - correct[0, 0].mean())
+    ranked = late_gain <= PLATEAU_GAIN_MAX or epochs >= RANKED_EPOCHS_MIN
+    if not ranked:
+        notes.append(f"the control's held-out accuracy still rose {100 * late_gain:.1f} pt over the last half of "
+                     f"the budget: too short to rank settings that pay off late (raise --probe-steps)")
+    steps = budget
+    arms = _arms(candidates, correct, failed, ranked=ranked)
     design = ProbeDesign("initialization", steps, batch_size, options.seeds, lr, lr_source, n_transfer,
-                         len(eval_rows[1]), steps * batch_size / len(transfer.x), time.perf_counter() - started,
-                         where, tuple(notes))
-    return ProbeResult(arms=arms, design=design)
+                         len(eval_rows[1]), epochs, time.perf_counter() - started, where, tuple(notes))
+    return ProbeResult(arms=arms, design=design, control_late_gain=late_gain)
+
+
+def _still_learning(scores: dict[int, np.ndarray], step: int) -> bool:
+    """Whether the control (row 0) gained more than PLATEAU_GAIN_MAX held-out accuracy from step/2 to ``step``."""
+    return float(np.mean(scores[step][0]) - np.mean(scores[max(1, step // 2)][0])) > PLATEAU_GAIN_MAX
 
 
 def default_steps(n_transfer: int, batch_size: int) -> int:
@@ -316,11 +359,8 @@ def default_steps(n_transfer: int, batch_size: int) -> int:
     return int(min(MAX_STEPS, max(MIN_STEPS, math.ceil(DEFAULT_EPOCHS * n_transfer / batch_size))))
 
 
-DEFAULT_EPOCHS = 10.0
-MIN_STEPS, MAX_STEPS = 100, 2_000
 
-
-def _arms(candidates, correct: np.ndarray, failed: dict[int, str]) -> tuple[Arm, ...]:
+def _arms(candidates, correct: np.ndarray, failed: dict[int, str], *, ranked: bool) -> tuple[Arm, ...]:
     """Arms from the scores at half (correct[0]) and the whole budget (correct[1])."""
     final, half = compare_arms(correct[1]), compare_arms(correct[0])
     arms = []
@@ -329,7 +369,7 @@ def _arms(candidates, correct: np.ndarray, failed: dict[int, str]) -> tuple[Arm,
             arms.append(Arm(candidate, None, failed=failed[k]))
             continue
         accuracies = tuple(float(a) for a in correct[1, k].mean(axis=1))
-        arm = Arm(candidate, float(np.mean(accuracies)), accuracies)
+        arm = Arm(candidate, float(np.mean(accuracies)), accuracies, ranked=ranked)
         if candidate.origin != "control":
             change, ci, seeds = final[k]
             arm = replace(arm, change=change, ci=ci, seed_changes=seeds, halfway_change=half[k][0])
@@ -357,6 +397,17 @@ def fresh_state(module: Any, seed: int) -> tuple[dict, int]:
             break
     untouched = sum(bool(torch.equal(before[name], p.detach())) for name, p in fresh.named_parameters())
     return {k: v.detach().clone() for k, v in fresh.state_dict().items()}, untouched
+
+
+def _seed_step(value: int, device: str) -> None:
+    """Seed the generators the step's random layers (dropout) draw from: the CPU's, and the device's own.
+    (``torch.manual_seed`` would seed every accelerator on every call: a third of a small probe's time.)"""
+    import torch
+
+    torch.default_generator.manual_seed(value)
+    where = torch.device(device)
+    if where.type == "cuda":
+        torch.cuda.default_generators[where.index or 0].manual_seed(value)
 
 
 def _start(module: Any, state: dict, device: str):
@@ -498,7 +549,7 @@ def _check_learning_rate(module, teach, transfer: Dataset, control: Candidate, s
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         losses = []
         for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, check_steps, seed, device), start=1):
-            torch.manual_seed(seed * 1_000_003 + step)
+            _seed_step(seed * 1_000_003 + step, device)
             loss = _loss(model, x, y, teach(x, idx), control)
             if not torch.isfinite(loss):
                 break

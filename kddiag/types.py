@@ -507,10 +507,22 @@ class Remedy:
 
     temperature: float | None = None
     alpha: float | None = None
+    teacher_scale: float | None = None  # divide the teacher's logits by this (its T*); None: as they are
+    probe_change: float | None = None  # the accuracy change its probe measured on this pair; None: not tested
+    probe_ci95: tuple[float, float] | None = None
+
+    @property
+    def tested(self) -> bool:
+        """Whether a probe of this pair backs it (it beat the current setting)."""
+        return self.probe_change is not None
 
     def to_dict(self) -> dict:
-        return {name: value for name, value in (("temperature", self.temperature), ("alpha", self.alpha))
-                if value is not None}
+        out = {name: value for name, value in (("temperature", self.temperature), ("alpha", self.alpha),
+                                               ("teacher_scale", self.teacher_scale)) if value is not None}
+        out["tested_on_this_pair"] = self.tested
+        if self.tested:
+            out.update(probe_change=self.probe_change, probe_ci95=list(self.probe_ci95))
+        return out
 
 
 @dataclass(frozen=True)
@@ -540,6 +552,8 @@ class Diagnosis:
     """Ranked findings (most severe first), the checks that could not run with why, and the verdict.
 
     ``verdict`` is one of ``kddiag.diagnosis.ids.VERDICTS``: 'problems' (a finding names a problem),
+    'kd-helped' (KD beat the baseline beyond the noise, so the findings are room to improve, not problems;
+    only the engine, which reads the KD gain, gives it),
     'healthy' (KD beat the baseline and no failure case was found), 'gain-not-checked' (no failure
     case found, but no baseline to tell whether KD helped), 'teacher-ready' (a teacher-only check found
     no problem with the teacher) or 'none' (no rule could run).
@@ -558,6 +572,9 @@ class Diagnosis:
             object.__setattr__(self, "verdict", verdict)
         elif self.verdict not in ids.VERDICTS:
             raise KddiagError(f"a diagnosis verdict must be one of {', '.join(ids.VERDICTS)}; got {self.verdict!r}")
+        elif self.verdict == ids.KD_HELPED and all(f.id == ids.HEALTHY for f in self.findings):
+            raise KddiagError("a 'kd-helped' diagnosis needs the findings that are room to improve; "
+                              "without one it is 'healthy'")
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "findings": [f.to_dict() for f in self.findings],
@@ -632,6 +649,7 @@ class Report:
     example_inputs: Mapping[str, Mapping[int, np.ndarray]] = field(default_factory=dict)  # set -> index -> the
     # inputs of the examples the report lists (the hardest ones), for thumbnails when they are images
     models: tuple[str, ...] = ROLES  # the models inspected; without 'student' a teacher-only check
+    probe: Any = None  # kddiag.probe.ProbeResult when remedy probes were asked for
 
     @property
     def teacher_only(self) -> bool:

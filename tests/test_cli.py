@@ -133,6 +133,16 @@ def test_fail_on_severity_and_id_gate_the_exit_code(tmp_path):
     assert run("demo", "--out", tmp_path, "--fail-on", "nonsense").exit_code == 2
 
 
+def test_fail_on_never_gates_kd_that_helped(full, monkeypatch, tmp_path):
+    from report._fixtures import kd_helped
+
+    top = full.diagnosis.findings[0].id
+    for report, code in ((full, 3), (kd_helped(full, 0.016, (0.004, 0.028)), 0)):
+        monkeypatch.setattr("kddiag.cli.demo_report", lambda *_, report=report, **__: report)
+        for gate in ("0", top):
+            assert run("demo", "--out", tmp_path, "--fail-on", gate).exit_code == code, (report.diagnosis.verdict, gate)
+
+
 @pytest.mark.parametrize("make_args, fragments", [
     (lambda p: ["missing.pt", STUDENT], ["teacher", "missing.pt"]),
     (lambda p: [TEACHER, p["corrupt.pt"]], ["student", "corrupt.pt"]),

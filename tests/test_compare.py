@@ -9,11 +9,14 @@ from click.testing import CliRunner
 
 from kddiag.cli import DEMO_BASELINE, DEMO_STUDENT, DEMO_TEACHER, main
 from kddiag.comparison import KEY_ROWS, rank
+from kddiag.diagnosis.wording import gain_points
 from kddiag.errors import KddiagError
 from kddiag.loading import load_model
 from kddiag.pipeline import compare, inspect
 from kddiag.report.comparison import comparison_to_dict, render_comparison_html, render_comparison_text
 from kddiag.report.json import report_to_dict
+from kddiag.measure import NO_BASELINE
+from kddiag.results import measured, unavailable
 from kddiag.types import InspectOptions
 
 DATA = dict(data="digits:test", transfer_data="digits:train")
@@ -103,6 +106,39 @@ class SummaryStub:
 
     def mean(self, name):
         return float(np.mean(self.examples[name]))
+
+
+def test_says_plainly_when_no_student_beats_the_baseline(comparison):
+    names, ranking = comparison.names, comparison.ranking
+    assert ranking.beat_baseline == ()  # the KD student gains nothing, one student is the baseline itself
+    best = ranking.best
+    sentence = f"No student beats the baseline: the best, '{names[best]}', gains {gain_points(ranking.gain[best])}."
+    assert ranking.reasons[1] == sentence
+    text = render_comparison_text(comparison)
+    assert sentence in " ".join(text.split())
+    rows = text[text.index("Ranking on the eval set"):text.index("Key measurements")].splitlines()[1:]
+    for place, k in enumerate(ranking.order, start=1):  # each student's gain with its interval, best first
+        assert rows[place - 1].startswith(f"  {place}. {names[k]}") and rows[place - 1].endswith(
+            gain_points(ranking.gain[k]))
+        assert " [" in rows[place - 1]
+    assert comparison_to_dict(comparison)["best"]["beat_baseline"] == []
+
+
+def _with_gain(report, gain):
+    outcome = report.measurements.outcome
+    eval_set = replace(outcome.eval, kd_gain=gain)
+    return replace(report, measurements=replace(report.measurements, outcome=replace(outcome, eval=eval_set)))
+
+
+def test_names_the_students_that_beat_the_baseline(comparison):
+    same = comparison.reports[0]
+    gains = (measured(0.016, ci=(0.004, 0.028), dataset="eval"), measured(0.01, ci=(-0.01, 0.03), dataset="eval"))
+    ranking = rank(["a", "b"], [_with_gain(same, gain) for gain in gains], [[SummaryStub()], [SummaryStub()]])
+    assert ranking.beat_baseline == (0,)
+    assert "1 of 2 students beat the baseline beyond the noise: 'a' by +1.6 pt [0.4, 2.8]." in ranking.reasons
+    alone = _with_gain(same, unavailable(NO_BASELINE))
+    without = rank(["a", "b"], [alone, alone], [[SummaryStub()], [SummaryStub()]])
+    assert without.beat_baseline is None and not any("beat" in reason for reason in without.reasons)
 
 
 def test_the_key_table_has_a_value_per_student_for_every_row_shown(comparison):

@@ -132,3 +132,18 @@ def test_hardest_token_positions_are_listed_with_their_decoded_context(tmp_path,
         before, _, following = text.partition(" ▸ ")
         assert following and all(word in WORDS + SPECIALS for word in before.replace("… ", "").split())
     assert "context ▸ next token" in render_html(report)
+
+
+@pytest.mark.parametrize("kind", ["causal-lm", "classifier"])
+def test_probe_fine_tunes_a_fresh_hugging_face_student_on_the_transfer_text(tmp_path, text_files, kind):
+    build = causal_lm if kind == "causal-lm" else classifier
+    teacher, student = build(tmp_path / "teacher", 32, 0), build(tmp_path / "student", 16, 1)
+    result = run("inspect", teacher, student, "--data", text_files / "held.jsonl", "--transfer-data",
+                 text_files / "train.jsonl", "--temperature", "2", "--alpha", "0.5", "--probe", "--probe-steps",
+                 "6", "--probe-seeds", "1", "--probe-lr", "0.001", "--probe-batch-size", "8", "--json")
+    assert result.exit_code == 0, result.output
+    probe = json.loads(result.stdout)["probe"]
+    assert probe["probed"], probe
+    assert probe["design"]["n_transfer"] > 60 if kind == "causal-lm" else probe["design"]["n_transfer"] == 60
+    assert [a["label"] for a in probe["arms"]][:4] == ["control (τ 2, α 0.5)", "τ 1", "τ 3", "α 0.25"]
+    assert all(0 <= a["accuracy"] <= 1 for a in probe["arms"])

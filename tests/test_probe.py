@@ -147,3 +147,70 @@ def test_an_arm_that_diverges_is_marked_and_the_others_are_scored():
 def test_bad_probe_options_are_one_line_naming_the_option(kwargs, option):
     with pytest.raises(KddiagError, match=option):
         ProbeOptions(**kwargs)
+
+
+def _demo_args(*extra):
+    from kddiag.cli import DEMO_BASELINE, DEMO_STUDENT, DEMO_TEACHER
+
+    return ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test", "--transfer-data",
+            "digits:train", "--baseline", str(DEMO_BASELINE), *extra]
+
+
+def test_inspect_probe_writes_the_probe_table_and_settles_the_advice(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from kddiag.cli import main
+
+    args = _demo_args("--probe", "--probe-steps", "20", "--probe-seeds", "1", "--probe-lr", "0.003")
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Probes of this pair (1 seed(s) × 20 steps of 64" in result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["probe"]["probed"] and report["probe"]["design"]["learning_rate_source"] == "given"
+    assert report["probe"]["arms"][0]["origin"] == "control" and len(report["probe"]["arms"]) >= 5
+    assert report["findings"][-1]["id"] in ("better-setting", "settings-not-the-limit")
+    assert all(f["remedy"]["tested_on_this_pair"] for f in report["findings"] if "remedy" in f)
+
+
+def test_inspect_without_probe_marks_remedies_untested():
+    from click.testing import CliRunner
+
+    from kddiag.cli import main
+
+    result = CliRunner().invoke(main, _demo_args("--json"))
+    import json
+
+    report = json.loads(result.output)
+    assert "probe" not in report
+    remedies = [f["remedy"] for f in report["findings"] if "remedy" in f]
+    assert remedies and not any(r["tested_on_this_pair"] for r in remedies)
+
+
+@pytest.mark.parametrize("extra, words", [(["--probe", "--probe-steps", "0"], "--probe-steps must be an integer >= 1"),
+                                          (["--probe-steps", "5"], "add --probe to run them")])
+def test_bad_probe_command_lines_are_one_line(extra, words):
+    from click.testing import CliRunner
+
+    from kddiag.cli import main
+
+    result = CliRunner().invoke(main, _demo_args(*extra))
+    assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_learning_rate_stored_with_the_student_is_the_probes(tmp_path):
+    from kddiag.loading import load_model
+    from kddiag.models import mlp_name
+
+    teacher, student, train, test = _pair()
+    path = tmp_path / "student.pt"
+    torch.save({"state_dict": student.module.state_dict(), "arch": mlp_name((6, 4, 4)), "hparams": {"lr": 0.002}},
+               path)
+    loaded = load_model(path, role="student")
+    assert loaded.metadata["learning_rate"] == 0.002
+    result = run_probes(teacher, loaded, transfer=train, held_out=test,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2],
+                        options=ProbeOptions(steps=10, seeds=1))
+    assert result.design.learning_rate == 0.002 and result.design.learning_rate_source == "checkpoint"

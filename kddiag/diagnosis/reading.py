@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from kddiag.diagnosis.thresholds import SEVERITY_MAX, SEVERITY_MIN, SUPPORT_WEIGHT
 from kddiag.results import EVAL, TRANSFER, Measured
-from kddiag.types import Evidence, Settings
+from kddiag.types import Evidence, InputInfo, Settings
 
 TRANSFER_FIRST = (TRANSFER, EVAL)
 EVAL_FIRST = (EVAL, TRANSFER)
@@ -18,12 +18,14 @@ EVAL_FIRST = (EVAL, TRANSFER)
 
 @dataclass(frozen=True)
 class Context:
-    """What a rule needs besides the measurements: the distillation settings, the class count, and whether
-    this is a teacher-only check (no student: the settings are the planned ones)."""
+    """What a rule needs besides the measurements: the distillation settings, the class count, whether
+    this is a teacher-only check (no student: the settings are the planned ones), and the inputs inspected
+    (their recorded range and mean per data set, when the caller gives them)."""
 
     settings: Settings
     n_classes: int
     teacher_only: bool = False
+    inputs: tuple[InputInfo, ...] = ()
 
     @property
     def temperature(self) -> float:
@@ -87,6 +89,16 @@ def first(level: Any, pick: Callable[[Any], Measured], datasets: tuple[str, ...]
         reasons.append(f"{value.unavailable} ({dataset})")
     why = "; ".join(reasons) if reasons else f"not measured ({' or '.join(datasets)})"
     return Measured(None, unavailable=f"{name or 'value'}: {why}" if name else why, name=name)
+
+
+def kd_gain(measurements: Any) -> Measured:
+    """The KD student's accuracy minus its baseline's, on the eval set first: the outcome the verdict reads."""
+    return first(measurements.outcome, lambda o: o.kd_gain, EVAL_FIRST)
+
+
+def beats_baseline(gain: Measured) -> bool:
+    """Whether KD beat the baseline beyond the noise: the gain's 95 % interval lies above 0."""
+    return gain.ok and gain.ci is not None and gain.ci[0] > 0
 
 
 def missing(*values: Measured) -> NotChecked | None:

@@ -16,7 +16,7 @@ from kddiag.diagnosis.reading import (EVAL_FIRST, Clear, Context, Decision, Fire
                                       evidence, fallback_notes, first, grade, missing, rounded, severity)
 from kddiag.metrics.whatif import RANGE, WhatIf
 from kddiag.results import EVAL, TRANSFER, WEIGHTS, Measured, Measurements
-from kddiag.types import Evidence
+from kddiag.types import Evidence, InputInfo
 
 
 # ---------------------------------------------------------------- shared readings
@@ -103,6 +103,33 @@ def nearest_informative(whatif: WhatIf, temperature: float, *, above: bool = Fal
     return min(inside, key=lambda t: abs(math.log(t / temperature)))
 
 
+@dataclass(frozen=True)
+class Underfit:
+    """Transfer-set accuracies of a KD student that fits the labels clearly worse than a baseline of its size."""
+
+    shortfall: Measured  # the KD gain on the transfer set: student − baseline accuracy, below 0
+    student: Measured
+    baseline: Measured
+    teacher: Measured
+
+
+def underfit(m: Measurements) -> Underfit | NotChecked | None:
+    """The KD student fits the transfer labels UNDERFIT_SHORTFALL_MIN worse than its baseline (the gain's
+    95 % interval below 0) and than its teacher, while the baseline fits them about as well as the teacher
+    (within CAPACITY_ACCURACY_GAP_MIN): a student of its size can fit them, this one did not. None otherwise."""
+    shortfall = first(m.outcome, lambda o: o.kd_gain, (TRANSFER,))
+    student, baseline, teacher = (first(m.outcome, pick, (TRANSFER,)) for pick in (
+        lambda o: o.student_accuracy, lambda o: o.baseline_accuracy, lambda o: o.teacher_accuracy))
+    if lack := missing(shortfall, student, baseline, teacher):
+        return lack
+    beyond_noise = shortfall.ci is None or shortfall.ci[1] < 0
+    if (-shortfall.value >= th.UNDERFIT_SHORTFALL_MIN and beyond_noise
+            and teacher.value - student.value >= th.UNDERFIT_SHORTFALL_MIN
+            and baseline.value >= teacher.value - th.CAPACITY_ACCURACY_GAP_MIN):
+        return Underfit(shortfall, student, baseline, teacher)
+    return None
+
+
 def range_evidence(m: Measurements, value: float, threshold: float, comparison: str) -> Evidence:
     """Evidence on an end of the what-if's informative range."""
     whatif = m.universe.temperature_whatif
@@ -146,48 +173,78 @@ def class_order_mismatch(m: Measurements, context: Context) -> Decision:
 @dataclass(frozen=True)
 class DataPipelineFacts:
     teacher_eval: Measured
-    teacher_transfer: Measured | None  # when the teacher does far better there
-    student_eval: Measured | None
-    student_transfer: Measured | None
-    near_chance: bool
+    teacher_transfer: Measured
+    near_chance: bool  # on the eval set
+    works_on_transfer: bool  # far more accurate on the transfer set: it works where it was trained
+    student: tuple[Measured, Measured] | None  # its student's (transfer, eval) accuracy, when it keeps most of it
+    fitted: tuple[Measured, Measured] | None  # the teacher's (eval, transfer) T*, when far flatter on eval
+    inputs: tuple[InputInfo, InputInfo] | None  # the (eval, transfer) inputs, when on different scales
 
 
 def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
-    """The teacher is near chance on the eval set yet not under-confident (a trained model fed wrong inputs
-    stays confident; an untrained one is near uniform: teacher-weak), or far worse there than on the
-    transfer set while its student is not: the eval inputs, not the models, are the first suspect."""
+    """The eval inputs fail a teacher that works on the transfer set: it is far more accurate there while its
+    student is not (or while it is near chance on eval), or it is clearly less accurate on eval while its
+    outputs there are far flatter (T*) or the two sets' recorded inputs are on different scales. Near chance
+    on both sets, with no such evidence, is teacher-weak's case: nothing points at the inputs."""
     teacher_eval = first(m.outcome, lambda o: o.teacher_accuracy, (EVAL,))
-    if lack := missing(teacher_eval):
-        return lack
     teacher_transfer = first(m.outcome, lambda o: o.teacher_accuracy, (TRANSFER,))
+    if lack := missing(teacher_eval, teacher_transfer):
+        return lack
     student_eval = first(m.outcome, lambda o: o.student_accuracy, (EVAL,))
     student_transfer = first(m.outcome, lambda o: o.student_accuracy, (TRANSFER,))
+    gap = teacher_transfer.value - teacher_eval.value
+    near_chance = context.normalized(teacher_eval.value) < th.NEAR_CHANCE_NORMALIZED_ACCURACY
+    with_student = student_eval.ok and student_transfer.ok
+    # the student keeps most of its accuracy and ends well above the teacher: the inputs fail the teacher only
+    keeps = with_student and student_transfer.value - student_eval.value <= th.DATA_GAP_STUDENT_SHARE_MAX * gap
+    above = with_student and student_eval.value - teacher_eval.value >= th.DATA_GAP_BELOW_STUDENT_MIN
+    works = gap >= th.DATA_GAP_MIN and (keeps or not with_student) and (above or near_chance)
+    dropped = gap >= th.DATA_SHIFT_ACCURACY_DROP_MIN
+    fitted = (first(m.universe, lambda u: u.teacher.fitted_temperature, (EVAL,)),
+              first(m.universe, lambda u: u.teacher.fitted_temperature, (TRANSFER,)))
+    flatter = (dropped and fitted[0].ok and fitted[1].ok
+               and fitted[1].value >= th.DATA_FITTED_TEMPERATURE_RATIO_MIN * fitted[0].value)
+    shift = input_shift(context) if dropped else None
+    if not (works or flatter or shift):
+        return Clear()
     found, grades = [], []
-    fitted = first(m.universe, lambda u: u.teacher.fitted_temperature, (EVAL,))
-    unlearned = fitted.ok and fitted.value <= th.NEAR_CHANCE_LEARNED_FITTED_TEMPERATURE_MIN  # near-uniform outputs
-    near_chance = context.normalized(teacher_eval.value) < th.NEAR_CHANCE_NORMALIZED_ACCURACY and not unlearned
     if near_chance:
         found.append(evidence(teacher_eval, rounded(context.accuracy_at(th.NEAR_CHANCE_NORMALIZED_ACCURACY)), "<"))
         grades.append(grade(context.normalized(teacher_eval.value), th.NEAR_CHANCE_NORMALIZED_ACCURACY,
                             th.NEAR_CHANCE_NORMALIZED_ACCURACY_FULL))
-    gap_found = False
-    if teacher_transfer.ok and student_eval.ok and student_transfer.ok:
-        gap = teacher_transfer.value - teacher_eval.value
-        student_gap = student_transfer.value - student_eval.value
-        below_student = student_eval.value - teacher_eval.value
-        if (gap >= th.DATA_GAP_MIN and student_gap <= th.DATA_GAP_STUDENT_SHARE_MAX * gap
-                and below_student >= th.DATA_GAP_BELOW_STUDENT_MIN):
-            gap_found = True
-            found += [evidence(teacher_eval, rounded(teacher_transfer.value - th.DATA_GAP_MIN), "<="),
-                      evidence(student_eval, rounded(max(student_transfer.value - th.DATA_GAP_STUDENT_SHARE_MAX * gap,
-                                                         teacher_eval.value + th.DATA_GAP_BELOW_STUDENT_MIN)), ">=")]
-            grades.append(grade(gap, th.DATA_GAP_MIN, th.DATA_GAP_FULL))
-    if not found:
-        return Clear()
-    return Fired(tuple(found), severity(max(grades), ()),
-                 DataPipelineFacts(teacher_eval, teacher_transfer if gap_found else None,
-                                   student_eval if gap_found else None, student_transfer if gap_found else None,
-                                   near_chance))
+    drop = th.DATA_GAP_MIN if works else th.DATA_SHIFT_ACCURACY_DROP_MIN
+    found.append(evidence(teacher_eval, rounded(teacher_transfer.value - drop), "<="))
+    grades.append(grade(gap, drop, th.DATA_GAP_FULL))
+    if works and with_student:
+        limit = student_transfer.value - th.DATA_GAP_STUDENT_SHARE_MAX * gap
+        limit = max(limit, teacher_eval.value + th.DATA_GAP_BELOW_STUDENT_MIN) if above else limit
+        found.append(evidence(student_eval, rounded(limit), ">="))
+    if flatter:
+        found.append(evidence(fitted[0], rounded(fitted[1].value / th.DATA_FITTED_TEMPERATURE_RATIO_MIN), "<="))
+    if shift:
+        found.append(shift[2])
+    return Fired(tuple(found), severity(max(grades)),
+                 DataPipelineFacts(teacher_eval, teacher_transfer, near_chance, works,
+                                   (student_transfer, student_eval) if works and with_student else None,
+                                   fitted if flatter else None, shift[:2] if shift else None))
+
+
+def input_shift(context: Context) -> tuple[InputInfo, InputInfo, Evidence] | None:
+    """The eval and transfer inputs, and the evidence, when their recorded ranges differ in width
+    DATA_INPUT_SCALE_RATIO_MIN-fold or their means by DATA_INPUT_SHIFT_MIN of the wider range; None when
+    they do not or were not recorded."""
+    recorded = {i.role: i for i in context.inputs if i.input_range is not None and i.input_mean is not None}
+    if EVAL not in recorded or TRANSFER not in recorded:
+        return None
+    pair = recorded[EVAL], recorded[TRANSFER]
+    narrow, wide = sorted(hi - lo for lo, hi in (i.input_range for i in pair))
+    if narrow > 0 and wide / narrow >= th.DATA_INPUT_SCALE_RATIO_MIN:
+        return (*pair, Evidence("inputs.input_range_width_ratio", wide / narrow, th.DATA_INPUT_SCALE_RATIO_MIN,
+                                "inputs", ">="))
+    shift = abs(pair[0].input_mean - pair[1].input_mean) / wide if wide > 0 else 0.0
+    if shift >= th.DATA_INPUT_SHIFT_MIN:
+        return (*pair, Evidence("inputs.input_mean_shift", shift, th.DATA_INPUT_SHIFT_MIN, "inputs", ">="))
+    return None
 
 
 @dataclass(frozen=True)
@@ -410,7 +467,10 @@ class CapacityFacts:
 
 
 def capacity_gap(m: Measurements, context: Context) -> Decision:
-    """A clearly better teacher whose student does not follow it on the transfer set."""
+    """A clearly better teacher whose student does not follow it on the transfer set, and not for want of
+    training: when a baseline of the student's size fits the transfer labels about as well as the teacher
+    while the KD student fits them clearly worse (:func:`underfit`), the size is not what stops it from
+    following (student-underfit's case); a student too small leaves its baseline short of the teacher too."""
     # Where the teacher contradicts the label, a student following the label is right to disagree: only
     # agreement on the examples the teacher gets right measures whether the student can follow.
     where_correct = first(m.outcome, lambda o: o.agreement_where_teacher_correct)
@@ -421,7 +481,8 @@ def capacity_gap(m: Measurements, context: Context) -> Decision:
         return lack
     gap = teacher.value - student.value
     notes = fallback_notes((agreement,), TRANSFER) + fallback_notes((teacher,), EVAL)
-    if agreement.value >= th.CAPACITY_AGREEMENT_MAX or gap < th.CAPACITY_ACCURACY_GAP_MIN:
+    if (agreement.value >= th.CAPACITY_AGREEMENT_MAX or gap < th.CAPACITY_ACCURACY_GAP_MIN
+            or isinstance(underfit(m), Underfit)):
         return Clear(notes)
     kl = first(m.outcome, lambda o: o.kl_teacher_student_at_temperature, (agreement.dataset,))
     kl = kl if kl.ok and kl.value >= th.CAPACITY_KL_MIN else None
@@ -437,6 +498,37 @@ def capacity_gap(m: Measurements, context: Context) -> Decision:
                + grade(gap, th.CAPACITY_ACCURACY_GAP_MIN, th.CAPACITY_ACCURACY_GAP_FULL)) / 2
     return Fired(tuple(found), severity(primary, support),
                  CapacityFacts(agreement, agreement is where_correct, teacher, student, kl, kd_gain), notes)
+
+
+@dataclass(frozen=True)
+class UnderfitFacts:
+    underfit: Underfit
+    agreement: Measured  # with the teacher on the transfer set
+    where_teacher_correct: bool  # whether ``agreement`` counts only the examples the teacher gets right
+
+
+def student_underfit(m: Measurements, context: Context) -> Decision:
+    """The KD student fits the transfer labels clearly worse than its baseline and its teacher although its
+    size can fit them (:func:`underfit`), and KD did not help on the eval set: it underfits the distillation
+    objective. Without the loss on eval the same shortfall is KD's regularization at work."""
+    found = underfit(m)
+    if isinstance(found, NotChecked):
+        return found
+    gain = first(m.outcome, lambda o: o.kd_gain, (EVAL,))
+    if lack := missing(gain):
+        return lack
+    if found is None or gain.value > th.KD_GAIN_MIN:
+        return Clear()
+    where_correct = first(m.outcome, lambda o: o.agreement_where_teacher_correct, (TRANSFER,))
+    agreement = where_correct if where_correct.ok else first(m.outcome, lambda o: o.agreement, (TRANSFER,))
+    return Fired(
+        (evidence(found.shortfall, -th.UNDERFIT_SHORTFALL_MIN, "<="),
+         evidence(found.student, rounded(found.teacher.value - th.UNDERFIT_SHORTFALL_MIN), "<="),
+         evidence(found.baseline, rounded(found.teacher.value - th.CAPACITY_ACCURACY_GAP_MIN), ">="),
+         evidence(gain, th.KD_GAIN_MIN, "<=")),
+        severity(grade(-found.shortfall.value, th.UNDERFIT_SHORTFALL_MIN, th.UNDERFIT_SHORTFALL_FULL),
+                 (grade(-gain.value, -th.KD_GAIN_MIN, th.KD_LOSS_FULL),)),
+        UnderfitFacts(found, agreement, agreement is where_correct))
 
 
 @dataclass(frozen=True)

@@ -56,21 +56,32 @@ def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
 
 
 def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
-    t = f.teacher_eval
-    sentences = []
+    t, tt = f.teacher_eval, f.teacher_transfer
+    sentences, it = [], "It" if f.near_chance else "The teacher"
     if f.near_chance:
         sentences.append(f"The teacher is right on only {t.value:.1%} of the eval set, near chance "
                          f"({context.chance:.1%} for {context.n_classes} classes).")
-    if f.teacher_transfer is not None:
-        sentences.append(f"It is right on {f.teacher_transfer.value:.1%} of the transfer set but only {t.value:.1%} "
-                         f"of the eval set, while its student keeps most of its accuracy "
-                         f"({f.student_transfer.value:.1%} → {f.student_eval.value:.1%}).")
+    if f.works_on_transfer:
+        keeps = "" if f.student is None else (f", while its student keeps most of its accuracy "
+                                              f"({f.student[0].value:.1%} → {f.student[1].value:.1%})")
+        sentences.append(f"{it} is right on {tt.value:.1%} of the transfer set but only {t.value:.1%} of the eval "
+                         f"set{keeps}: it works where it was trained and fails here.")
+    else:
+        sentences.append(f"{it} is right on {t.value:.1%} of the eval set against {tt.value:.1%} of the transfer "
+                         "set.")
+    if f.fitted is not None:
+        sentences.append(f"Its outputs are far flatter on the eval set than on the transfer set (T* "
+                         f"{f.fitted[0].value:.2f} against {f.fitted[1].value:.2f}), as a trained model's are on "
+                         "inputs unlike those it learned from.")
+    if f.inputs is not None:
+        described = "; ".join(f"{i.role} values {i.input_range[0]:.3g} to {i.input_range[1]:.3g}, mean "
+                              f"{i.input_mean:.3g}" for i in f.inputs)
+        sentences.append(f"The two sets' inputs are on different scales ({described}).")
     return Wording(
         "The teacher fails on the inputs it was given: check the data pipeline first",
-        " ".join(sentences) + " A teacher that works where it was trained and fails here usually sees inputs "
-        "prepared differently from its training (normalization, image size, channel order, class order, "
-        "tokenizer) or a data set other than the one intended; every other finding compares the models on "
-        "these inputs and is only as good as they are.",
+        " ".join(sentences) + " Inputs prepared differently from the teacher's training (normalization, image "
+        "size, channel order, class order, tokenizer), or a data set other than the one intended, are the usual "
+        "cause; every other finding compares the models on these inputs and is only as good as they are.",
         "Check that the data is prepared the way the teacher was trained (the inputs' range and mean are in "
         "report.json under inputs.files; give --normalize/--resize/--layout for images), that the labels use "
         "the teacher's class order, and that --data is the intended set. If the inputs are right, the teacher "
@@ -92,12 +103,17 @@ def word_teacher_weak(f: r.TeacherWeakFacts, context: Context) -> Wording:
     matched = "" if not f.smoothing.ok else (
         f" of strength ε ≈ {f.smoothing.value:.2f}, what this teacher's targets amount to at "
         f"τ = {context.temperature:g} (universe.equivalent_smoothing)")
+    # near chance with nothing pointing at the inputs (else data-pipeline-suspect): wrong inputs remain possible
+    inputs = ("" if not f.near_chance else
+              " If this teacher is known to do better, first check that its inputs are prepared as in its "
+              "training (normalization, size, channel and class order): wrong inputs on every set look the same.")
     return Wording(
         "The teacher is too weak to teach this student",
         " ".join(sentences) + " Its soft targets then hold little domain or instance knowledge the student "
         "lacks; what KD still gives is the label-smoothing effect of level 1 (Yuan et al. 2020).",
         f"Use a teacher clearly more accurate than the student trained alone. Without one, train the "
-        f"student with plain label smoothing{matched}: it gives the same level-1 benefit without a teacher.")
+        f"student with plain label smoothing{matched}: it gives the same level-1 benefit without a teacher."
+        + inputs)
 
 
 def word_label_smoothed(f: r.LabelSmoothedFacts, context: Context) -> Wording:
@@ -231,6 +247,24 @@ def word_capacity_gap(f: r.CapacityFacts, context: Context) -> Wording:
         "Distil longer if the student's agreement is still rising.")
 
 
+def word_student_underfit(f: r.UnderfitFacts, context: Context) -> Wording:
+    u, lower = f.underfit, round(context.alpha / 2, 3)  # the first step: half the weight on the teacher
+    where = " where the teacher is right" if f.where_teacher_correct else ""
+    follows = "" if not f.agreement.ok else (
+        f" It agrees with the teacher on {f.agreement.value:.1%} of the transfer set{where}.")
+    return Wording(
+        "The KD student underfits: it fits the transfer labels worse than its baseline",
+        f"On the transfer set the KD student is right on {u.student.value:.1%} of the labels, its baseline on "
+        f"{u.baseline.value:.1%} ({points(u.shortfall.value)}) and the teacher on {u.teacher.value:.1%}.{follows} "
+        "A student of the same size fits these labels about as well as the teacher, and following the teacher "
+        "would not lose them: the KD student did not fit its training objective, for too little training or "
+        "settings that make the objective slow to fit, not for want of capacity.",
+        f"Train the KD student longer, or weigh the labels more: a lower α (now {context.alpha:g}; {lower:g} as "
+        f"a first step) or a lower τ (now {context.temperature:g}). Which one helps depends on the pair: compare "
+        "each with the current setting for the same training budget.",
+        Remedy(alpha=lower) if lower < context.alpha else None)
+
+
 def word_structure(f: r.StructureFacts, context: Context) -> Wording:
     described = []
     for score, baseline, on_outputs in f.checks:
@@ -259,6 +293,17 @@ def interval(gain) -> str:
 def gain_sentence(gain) -> str:
     """What KD did for the student against its baseline, for every finding; '' without a baseline."""
     return f"Measured outcome: the KD student is {interval(gain)} against the baseline." if gain.ok else ""
+
+
+def gain_points(gain) -> str:
+    """An accuracy gain in points with its 95 % interval, compact: '+1.6 pt [0.4, 2.8]'."""
+    bounds = "" if gain.ci is None else f" [{100 * gain.ci[0]:.1f}, {100 * gain.ci[1]:.1f}]"
+    return f"{100 * gain.value:+.1f} pt{bounds}"
+
+
+def kd_helped_title(gain) -> str:
+    """The headline of a 'kd-helped' verdict: 'KD helped: +1.6 pt [0.4, 2.8] over the baseline'."""
+    return f"KD helped: {gain_points(gain)} over the baseline"
 
 
 def word_kd_no_gain(gain, significant: bool, normal, ran: list[str], band, context: Context) -> Wording:

@@ -28,7 +28,9 @@ METADATA_FILE = "kddiag.json"  # extra file in torch.export / TorchScript archiv
 
 _SETTING_NAMES = {"temperature": ("temperature", "tau", "T", "kd_T", "kd_temperature", "kd_tau",
                                   "distill_temperature", "distillation_temperature"),
-                  "alpha": ("alpha", "kd_alpha", "distill_alpha", "distillation_alpha")}
+                  "alpha": ("alpha", "kd_alpha", "distill_alpha", "distillation_alpha"),
+                  # the student's own training rate, for remedy probes (kddiag.probe) to train as it did
+                  "learning_rate": ("learning_rate", "lr", "base_lr")}
 _CONFIG_KEYS = ("config", "kd", "distill", "distillation", "hparams", "hyper_parameters", "hyperparameters",
                 "args", "cfg")
 

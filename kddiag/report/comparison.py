@@ -1,8 +1,8 @@
 """A comparison of several students of one teacher as text, JSON and one self-contained HTML page.
 
 The key measurements side by side (:meth:`~kddiag.comparison.Comparison.table`), which student is best on
-held-out data and why, each student's diagnosis; the JSON holds each student's full report as
-:func:`~kddiag.report.json.report_to_dict` writes it.
+held-out data and why, each student's gain over the baseline and its diagnosis; the JSON holds each
+student's full report as :func:`~kddiag.report.json.report_to_dict` writes it.
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import textwrap
 from kddiag import SCHEMA_VERSION, __version__
 from kddiag.comparison import Comparison
 from kddiag.diagnosis.ids import HEALTHY
+from kddiag.diagnosis.wording import gain_points
 from kddiag.report.json import _jsonable, report_to_dict
-from kddiag.report.text import (LEVEL_CODES, WIDTH, evidence_summary, format_cell, problem_findings,
+from kddiag.report.text import (LEVEL_CODES, WIDTH, clip, evidence_summary, fired_findings, format_cell,
                                 severity_word)
 
-VERDICT_WORDS = {"problems": "problems", "healthy": "healthy", "gain-not-checked": "no failure found (no baseline)",
-                 "teacher-ready": "teacher ready", "none": "none"}
+VERDICT_WORDS = {"problems": "problems", "kd-helped": "KD helped (room to improve)", "healthy": "healthy",
+                 "gain-not-checked": "no failure found (no baseline)", "teacher-ready": "teacher ready",
+                 "none": "none"}
 
 
 def comparison_to_dict(comparison: Comparison) -> dict:
@@ -32,7 +34,9 @@ def comparison_to_dict(comparison: Comparison) -> dict:
         "students": list(comparison.names),
         "best": {"student": None if ranking.best is None else comparison.names[ranking.best],
                  "dataset": ranking.dataset, "order": [comparison.names[k] for k in ranking.order],
-                 "margin": margin.to_dict(), "clear": ranking.clear, "reasons": list(ranking.reasons)},
+                 "margin": margin.to_dict(), "clear": ranking.clear, "reasons": list(ranking.reasons),
+                 "beat_baseline": (None if ranking.beat_baseline is None
+                                   else [comparison.names[k] for k in ranking.beat_baseline])},
         "table": [{"label": row.label, "level": row.level, "higher_is_better": row.better or None,
                    "values": {name: {**value.to_dict(), "dataset": value.dataset or None}
                               for name, value in zip(comparison.names, values)}}
@@ -56,6 +60,7 @@ def render_comparison_text(comparison: Comparison) -> str:
                      + ("" if ranking.clear else " (not clearly: within the noise of the runner-up)"))
     for reason in ranking.reasons:
         lines += textwrap.wrap(reason, WIDTH, initial_indent="  - ", subsequent_indent="    ")
+    lines += _ranking_lines(comparison)
     lines += ["", "Key measurements"]
     label_width = max(len(row.label) for row, _ in comparison.table())
     cell_width = max(12, *(len(name) for name in names))
@@ -69,13 +74,28 @@ def render_comparison_text(comparison: Comparison) -> str:
             lines.append(f"  {row.label:<{label_width}}{cells}")
     lines += ["", "Diagnosis per student"]
     for name, report in zip(names, comparison.reports):
-        findings = problem_findings(report)
+        findings = fired_findings(report)
         verdict = VERDICT_WORDS.get(report.diagnosis.verdict, report.diagnosis.verdict)
         lines.append(f"  {name}: {verdict}")
         for finding in findings:
-            lines.append(_clip(f"    {severity_word(finding.severity)} {finding.severity:.2f}  {finding.id}  "
-                               f"{evidence_summary(finding, short=True)}"))
+            lines.append(clip(f"    {severity_word(finding.severity)} {finding.severity:.2f}  {finding.id}  "
+                              f"{evidence_summary(finding, short=True)}"))
     return "\n".join(lines) + "\n"
+
+
+def _ranking_lines(comparison: Comparison) -> list[str]:
+    """The students best first, each with its accuracy and its KD gain over the baseline (95 % interval)."""
+    names, ranking = comparison.names, comparison.ranking
+    if ranking.dataset is None:
+        return []
+    width = max(len(name) for name in names)
+    lines = ["", f"Ranking on the {ranking.dataset} set: accuracy, KD gain over the baseline [95 % interval]"]
+    for place, k in enumerate(ranking.order, start=1):
+        accuracy, gain = ranking.accuracy[k], ranking.gain[k]
+        shown = f"{accuracy.value:.1%}" if accuracy.ok else "n/a"
+        versus = gain_points(gain) if gain.ok else "— (no baseline)"
+        lines.append(clip(f"  {place}. {names[k]:<{width}}  {shown:>6}  {versus}"))
+    return lines
 
 
 def render_comparison_html(comparison: Comparison) -> str:
@@ -103,7 +123,7 @@ def render_comparison_html(comparison: Comparison) -> str:
         students.append({
             "name": name, "color": colors[k], "best": k == ranking.best,
             "verdict": VERDICT_WORDS.get(report.diagnosis.verdict, report.diagnosis.verdict),
-            "findings": [_finding(f) for f in problem_findings(report)],
+            "findings": [_finding(f) for f in fired_findings(report)],
             "healthy": next((_finding(f) for f in report.diagnosis.findings if f.id == HEALTHY), None),
             "source": next((i.path for i in report.inputs if i.role == "student"), ""),
             "settings": f"τ = {report.settings.temperature.value:g} ({report.settings.temperature.provenance}), "
@@ -113,6 +133,7 @@ def render_comparison_html(comparison: Comparison) -> str:
     return _environment().get_template("compare.html.j2").render(
         version=__version__, n_classes=first.n_classes, names=names, colors=colors,
         best=None if ranking.best is None else names[ranking.best], clear=ranking.clear,
+        none_beat_baseline=ranking.beat_baseline == (),
         dataset=ranking.dataset, reasons=ranking.reasons,
         table=[{"label": row.label, "level": LEVEL_CODES.get(row.level, ""),
                 "cells": [format_cell(v) for v in values],
@@ -128,7 +149,3 @@ def _leader(row, values) -> int | None:
         return None
     scored.sort(reverse=True)
     return scored[0][1] if scored[0][0] > scored[1][0] else None
-
-
-def _clip(line: str) -> str:
-    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"

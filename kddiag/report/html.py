@@ -17,10 +17,12 @@ from kddiag import __version__
 from kddiag.plotting import (has_token_breakdowns, plot_accuracy, plot_class_similarity, plot_instance_rescaling,
                              plot_reliability, plot_target_confidence, plot_temperature_whatif,
                              plot_token_breakdowns, similarity_rows)
-from kddiag.diagnosis.ids import HEALTHY
+from kddiag.diagnosis.ids import HEALTHY, KD_HELPED
+from kddiag.diagnosis.reading import kd_gain
+from kddiag.diagnosis.wording import kd_helped_title
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (CLIPPED_METRICS, LEVEL_CODES, W_SHOWN_MAX, clipped_value, evidence_summary, format_cell,
-                                format_number, headline_table, problem_findings, severity_word)
+                                fired_findings, format_number, headline_table, severity_word)
 from kddiag.results import Measured, OutcomeOnSet
 from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER, Report
 
@@ -85,10 +87,13 @@ def _context(report: Report) -> dict:
         "n_classes": report.n_classes,
         "inputs": [i.to_dict() for i in report.inputs],
         "settings": _settings(report),
-        "findings": [_finding(f) for f in problem_findings(report)],
+        "findings": [_finding(f) for f in fired_findings(report)],
         "healthy": next((_finding(f) for f in report.diagnosis.findings if f.id == HEALTHY), None),
         "verdict": report.diagnosis.verdict,
+        "kd_helped": (kd_helped_title(kd_gain(report.measurements))
+                      if report.diagnosis.verdict == KD_HELPED else None),  # the verdict's headline
         "not_checked": data["not_checked"],
+        "probe": _probe(report.probe),
         "levels": levels,
         "hardest": _hardest_examples(report),
         "whatif_figure": _figure("Temperature what-if", plot_temperature_whatif, report, (13.0, 3.6)),
@@ -116,6 +121,25 @@ def _finding(finding) -> dict:
                           "rule": "" if e.threshold is None else f"{e.comparison} {format_number(e.threshold)}"}
                          for e in finding.evidence],
             "explanation": finding.explanation, "advice": finding.advice}
+
+
+def _probe(probe) -> dict | None:
+    """The remedy probes' table rows, or why they did not run; None when none were asked for."""
+    from kddiag.diagnosis.advice import change_text
+
+    if probe is None:
+        return None
+    if not probe.ran:
+        return {"reason": probe.not_probed}
+    d = probe.design
+    design = (f"{d.seeds} seed(s) × {d.steps} steps of {d.batch_size} transfer examples from a fresh initialization "
+              f"of the student's architecture, Adam lr {d.learning_rate:g} ({d.learning_rate_source}); scored on "
+              f"{d.n_eval} held-out examples; {d.seconds:.0f} s on {d.where}.")
+    arms = [{"label": a.candidate.label, "origin": a.candidate.origin,
+             "accuracy": "—" if a.accuracy is None else f"{a.accuracy:.3f}",
+             "change": change_text(a) if a.ci is not None else "",
+             "verdict": a.failed or ("" if a.verdict == "control" else a.verdict)} for a in probe.arms]
+    return {"reason": None, "design": design, "arms": arms}
 
 
 def _settings(report: Report) -> list[dict]:

@@ -44,6 +44,7 @@ def report_to_dict(report: Report) -> dict:
         "coverage": {c.dataset: c.to_dict() for c in report.coverage},
         "metrics": _bounded(report.measurements.to_dict()),
         **report.diagnosis.to_dict(),
+        **({} if report.probe is None else {"probe": report.probe.to_dict()}),
     })
 
 

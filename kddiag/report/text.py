@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kddiag import __version__
-from kddiag.diagnosis.ids import HEALTHY, NO_VERDICT
+from kddiag.diagnosis.ids import HEALTHY, KD_HELPED, NO_VERDICT
+from kddiag.diagnosis.reading import kd_gain
+from kddiag.diagnosis.wording import kd_helped_title
 from kddiag.metrics.instance import LOW_WEIGHT
 from kddiag.metrics.universe import N_BINS, SATURATION
 from kddiag.results import NOT_MEASURED, Measured, Measurements
-from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Report
+from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Remedy, Report, Settings
 
 WIDTH = 100
+ADVICE_LINES = 2  # a finding's advice in the summary, at most (the HTML report and report.json hold it whole)
+SETTING_SYMBOLS = (("temperature", "τ"), ("alpha", "α"))  # the distillation settings by name, with their symbol
 LEVEL_CODES = {"outcome": "L0", "universe": "L1", "domain": "L2", "instance": "L3"}
 
 Cells = dict[str, Measured]  # column (teacher, student, baseline) -> its value
@@ -138,12 +142,14 @@ class HeadlineTable:
 def render_text(report: Report) -> str:
     """The terminal summary of ``report`` as plain text (≤ 100 columns), the verdict first."""
     lines = _verdict_lines(report)
+    if report.probe is not None:
+        lines += ["", *probe_lines(report.probe)]
     for section in SECTIONS:
         lines += ["", *_table_lines(headline_table(report.measurements, section, report.columns))]
     lines += ["", *_settings_lines(report)]
     if report.diagnosis.not_checked:
         lines += ["", "Not checked"]
-        lines += [_clip(f"  {rule}: {reason}") for rule, reason in report.diagnosis.not_checked]
+        lines += [clip(f"  {rule}: {reason}") for rule, reason in report.diagnosis.not_checked]
     return "\n".join(lines) + "\n"
 
 
@@ -229,25 +235,51 @@ def evidence_summary(finding: Finding, *, short: bool = False, dataset: bool = T
     return text + f" ({e.dataset})" if dataset else text
 
 
-def problem_findings(report: Report) -> tuple[Finding, ...]:
-    """The findings that report a problem: everything except an explicit 'healthy' finding."""
+def fired_findings(report: Report) -> tuple[Finding, ...]:
+    """The findings rules fired: problems, or room to improve under a 'kd-helped' verdict; everything
+    except an explicit 'healthy' finding."""
     return tuple(f for f in report.diagnosis.findings if f.id != HEALTHY)
+
+
+def remedy_summary(remedy: Remedy, settings: Settings) -> str:
+    """The settings a remedy changes, from the current ones: 'τ 4 → 16, α 0.9 → 0.45'."""
+    changes = [(symbol, getattr(settings, name).value, getattr(remedy, name)) for name, symbol in SETTING_SYMBOLS]
+    return ", ".join(f"{symbol} {now:g} → {new:g}" for symbol, now, new in changes if new is not None)
+
+
+def clip(line: str, width: int = WIDTH) -> str:
+    """``line`` cut to ``width`` columns at a word boundary, ending with '…' where it was cut (mid-word
+    only when a single word fills the line)."""
+    if len(line) <= width:
+        return line
+    kept = line[:max(line.rfind(" ", 0, width), 0)].rstrip()  # up to the last space that leaves room for '…'
+    return (kept or line[:width - 1]) + "…"
 
 
 # ---------------------------------------------------------------- private
 
 def _verdict_lines(report: Report) -> list[str]:
-    findings, verdict = problem_findings(report), report.diagnosis.verdict
+    """The verdict line, a guessed τ/α right under it, then each finding with its advice and remedy."""
+    findings, verdict, guessed = fired_findings(report), report.diagnosis.verdict, _guessed_lines(report.settings)
     if verdict == NO_VERDICT or not report.diagnosis.findings:
-        return ["Verdict: none — no diagnosis rule could run (see Not checked)."]
+        return ["Verdict: none — no diagnosis rule could run (see Not checked).", *guessed]
     if not findings:  # healthy, or no failure found without a baseline to judge the outcome
-        title = report.diagnosis.findings[0].title
-        return [_clip(f"Verdict: healthy — {title}" if verdict == HEALTHY else f"Verdict: {title}")]
-    count = f"{len(findings)} problems" if len(findings) > 1 else "1 problem"
-    verdict = f"Verdict: {findings[0].title} ({count}, most severe first)"
-    if len(verdict) > WIDTH:  # shorten the aside before clipping the title
-        verdict = f"Verdict: {findings[0].title} ({count})"
-    lines = [_clip(verdict)]
+        finding = report.diagnosis.findings[0]
+        if verdict == HEALTHY:
+            return [clip(f"Verdict: healthy — {finding.title}"), *guessed]
+        return [clip(f"Verdict: {finding.title}"), *guessed, *_advice_lines(finding, report.settings, "  ")]
+    if verdict == KD_HELPED:
+        title = kd_helped_title(kd_gain(report.measurements))
+        count = f"{len(findings)} notes" if len(findings) > 1 else "1 note"
+        aside = f"{count}: room to improve"
+    else:
+        title = findings[0].title
+        count = f"{len(findings)} problems" if len(findings) > 1 else "1 problem"
+        aside = f"{count}, most severe first"
+    line = f"Verdict: {title} ({aside})"
+    if len(line) > WIDTH:  # shorten the aside before clipping the title
+        line = f"Verdict: {title} ({count})"
+    lines = [clip(line), *guessed]
     id_width = max(len(f.id) for f in findings)
     for rank, finding in enumerate(findings, start=1):
         severity = f"{severity_word(finding.severity)} {finding.severity:.2f}"
@@ -256,7 +288,31 @@ def _verdict_lines(report: Report) -> list[str]:
         line = head + evidence_summary(finding, short=True)
         if len(line) > WIDTH:  # drop the data set before clipping the number away
             line = head + evidence_summary(finding, short=True, dataset=False)
-        lines.append(_clip(line))
+        lines += [clip(line), *_advice_lines(finding, report.settings, "     ")]
+    return lines
+
+
+def _guessed_lines(settings: Settings) -> list[str]:
+    """'  τ = 4, α = 0.9 GUESSED (defaults): …', for the line under the verdict; none when both were given."""
+    guessed = [(name, symbol, getattr(settings, name).value) for name, symbol in SETTING_SYMBOLS
+               if getattr(settings, name).guessed]
+    if not guessed:
+        return []
+    several = len(guessed) > 1
+    values = ", ".join(f"{symbol} = {value:g}" for _, symbol, value in guessed)
+    flags = "/".join(f"--{name}" for name, _, _ in guessed)
+    line = (f"{values} GUESSED ({'defaults' if several else 'default'}): pass {flags}, the verdict depends on "
+            f"{'them' if several else 'it'}")
+    return textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
+
+
+def _advice_lines(finding: Finding, settings: Settings, indent: str) -> list[str]:
+    """A finding's advice in at most ``ADVICE_LINES`` lines (cut at a word, with '…'), then its remedy."""
+    lines = textwrap.wrap(finding.advice, WIDTH, initial_indent=f"{indent}advice: ",
+                          subsequent_indent=indent + " " * len("advice: "), max_lines=ADVICE_LINES,
+                          placeholder="…", break_on_hyphens=False)
+    if finding.remedy is not None:
+        lines.append(clip(f"{indent}remedy: {remedy_summary(finding.remedy, settings)}"))
     return lines
 
 
@@ -272,10 +328,10 @@ def _table_lines(table: HeadlineTable) -> list[str]:
         cell_width = max(10, *(len(cell) for row in rows for cell in row[2:]))
         notes.append("95% intervals: see report.json or the HTML report")
     header = f"  {'metric':<{label_width}} {'set':<8}" + "".join(f" {m:>{cell_width}}" for m in table.columns)
-    lines = [title, _clip(header)]
+    lines = [title, clip(header)]
     for label, dataset, *cells in rows:
         line = f"  {label:<{label_width}} {dataset:<8}" + "".join(f" {c:>{cell_width}}" for c in cells)
-        lines.append(_clip(line.rstrip()))
+        lines.append(clip(line.rstrip()))
     for note in notes:  # notes wrap rather than lose their end
         lines += textwrap.wrap(note, WIDTH, initial_indent="  ", subsequent_indent="    ")
     return lines
@@ -283,19 +339,19 @@ def _table_lines(table: HeadlineTable) -> list[str]:
 
 def _settings_lines(report: Report) -> list[str]:
     lines = ["Settings (distillation)"]
-    for name, symbol, setting in (("temperature", "τ", report.settings.temperature),
-                                  ("alpha", "α", report.settings.alpha)):
+    for name, symbol in SETTING_SYMBOLS:
+        setting = getattr(report.settings, name)
         source = f"from the {setting.provenance}"
         if setting.guessed:
             source = f"GUESSED (default; pass --{name} to set it)"
-        lines.append(_clip(f"  {name} {symbol} = {setting.value:g}   {source}"))
+        lines.append(clip(f"  {name} {symbol} = {setting.value:g}   {source}"))
     lines += ["", f"Inputs (kddiag {__version__}, {report.n_classes} classes)"]
     for info in report.inputs:
         size = f", {info.n_samples} examples" if info.n_samples is not None else ""
         tail = f" ({info.format}{size})"
         room = WIDTH - 12 - len(tail)  # a long path loses its start, not the format
         path = info.path if len(info.path) <= room else "…" + info.path[-(room - 1):]
-        lines.append(_clip(f"  {info.role:<9} {path}{tail}"))
+        lines.append(clip(f"  {info.role:<9} {path}{tail}"))
         for note in info.notes:  # how the checkpoint was read: which weights, what was skipped
             lines += textwrap.wrap(note, WIDTH, initial_indent=" " * 12, subsequent_indent=" " * 14)
     for coverage in report.coverage:
@@ -316,5 +372,23 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _clip(line: str) -> str:
-    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+def probe_lines(probe) -> list[str]:
+    """The remedy probes as a table: each setting's held-out accuracy, its change against the control with
+    the 95 % interval, and what that means; or why nothing was probed."""
+    from kddiag.diagnosis.advice import change_text
+
+    if not probe.ran:
+        return textwrap.wrap(f"Probes: not run — {probe.not_probed}", WIDTH, subsequent_indent="  ")
+    d = probe.design
+    head = (f"Probes of this pair ({d.seeds} seed(s) × {d.steps} steps of {d.batch_size} from a fresh "
+            f"initialization, Adam lr {d.learning_rate:g} ({d.learning_rate_source}); {d.seconds:.0f} s)")
+    lines = textwrap.wrap(head, WIDTH)
+    width = max(28, *(len(a.candidate.label) for a in probe.arms))
+    lines.append(clip(f"  {'setting':<{width}} {'accuracy':>8}  {'change vs control':<22} verdict"))
+    for arm in probe.arms:
+        accuracy = "—" if arm.accuracy is None else f"{arm.accuracy:.3f}"
+        change = "" if arm.ci is None else change_text(arm)
+        verdict = arm.failed or ("" if arm.verdict == "control" else arm.verdict)
+        lines.append(clip(f"  {arm.candidate.label:<{width}} {accuracy:>8}  {change:<22} {verdict}".rstrip()))
+    return lines
+

@@ -48,6 +48,7 @@ HEALTHY: dict[Key, Any] = {
     ("outcome", "teacher_accuracy", TRANSFER): 0.97,
     ("outcome", "student_accuracy", TRANSFER): 0.93,
     ("outcome", "baseline_accuracy", TRANSFER): 0.9,
+    ("outcome", "kd_gain", TRANSFER): 0.03,
     ("outcome", "agreement", TRANSFER): 0.94,
     ("outcome", "permuted_agreement", TRANSFER): 0.94,
     ("outcome", "class_permutation", TRANSFER): list(range(N_CLASSES)),

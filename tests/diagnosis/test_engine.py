@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 
 from kddiag.diagnosis import diagnose
-from kddiag.diagnosis.engine import RULES
+from kddiag.diagnosis.engine import ROOM_TO_IMPROVE_SEVERITY, RULES
 from kddiag.diagnosis.ids import FINDING_IDS
+from kddiag.errors import KddiagError
 from kddiag.measure import measure
 from kddiag.metrics.whatif import RANGE
-from kddiag.types import EVAL, TRANSFER, ClassInfo, ModelOutputs, SetOutputs, Setting, Settings
+from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Finding, ModelOutputs, SetOutputs, Setting,
+                          Settings)
+from measurement_builder import N_CLASSES, build
 
 SETTINGS = Settings(temperature=Setting(4.0, "cli"), alpha=Setting(0.9, "cli"))
 
@@ -64,6 +67,7 @@ def test_two_examples_give_no_verdict_only_not_enough_data():
     assert diagnosis.findings == () and diagnosis.verdict == "none"
     reasons = dict(diagnosis.not_checked)
     assert reasons.pop("teacher-wrong-on-transfer") == "not measured (transfer)"  # needs the transfer set
+    assert reasons.pop("student-underfit") == "not measured (transfer)"  # reads the transfer labels' fit
     assert reasons and all("not enough data: 2 examples on the eval set for 2 classes" in why
                            for why in reasons.values())
 
@@ -95,3 +99,37 @@ def test_a_permuted_student_is_still_found():
                        class_info=ClassInfo())
     assert measured.outcome.eval.permuted_agreement_chance.value < 0.3 < measured.outcome.eval.permuted_agreement.value
     assert diagnose(measured, settings=SETTINGS, n_classes=8).findings[0].id == "class-order-mismatch"
+
+
+# ---------------------------------------------------------------- the outcome both ways
+
+def _teacher_weak_with_gain(value, lo, hi):
+    """The teacher-weak case of the rule tests (a teacher barely better than the baseline), with this KD gain."""
+    return build({("outcome", "teacher_accuracy", EVAL): 0.86,
+                  ("outcome", "kd_gain", EVAL): {"value": value, "ci95": [lo, hi]}})
+
+
+def _diagnose(measurements):
+    return diagnose(measurements, settings=SETTINGS, n_classes=N_CLASSES)
+
+
+def test_a_significant_gain_makes_what_fires_room_to_improve_never_problems():
+    helped = _diagnose(_teacher_weak_with_gain(0.016, 0.004, 0.028))
+    within_noise = _diagnose(_teacher_weak_with_gain(0.016, -0.004, 0.036))
+    assert helped.verdict == "kd-helped" and within_noise.verdict == "problems"
+    assert "teacher-weak" in [f.id for f in helped.findings]
+    assert [f.id for f in helped.findings] == [f.id for f in within_noise.findings]  # the same notes, same order
+    for note, problem in zip(helped.findings, within_noise.findings):
+        assert note.severity == pytest.approx(problem.severity * ROOM_TO_IMPROVE_SEVERITY)
+        assert note.severity < 0.7  # never reads 'high'
+        assert "+1.6 points (95 % interval +0.4 to +2.8, eval set)" in note.explanation
+
+
+def test_a_loss_with_a_firing_rule_stays_problems():
+    assert _diagnose(_teacher_weak_with_gain(-0.02, -0.035, -0.005)).verdict == "problems"
+
+
+def test_a_kd_helped_verdict_needs_a_note():
+    healthy = Finding("healthy", (), 0.0, "KD beats the baseline", (), "", "")
+    with pytest.raises(KddiagError, match="'kd-helped' diagnosis needs the findings"):
+        Diagnosis((healthy,), verdict="kd-helped")

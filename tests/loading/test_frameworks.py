@@ -232,7 +232,7 @@ def test_lightning_kd_module_holding_both_models(tmp_path, archs):
     torch.save(lightning_checkpoint(state, {"lr": 0.1, "T": 3.0, "kd_alpha": 0.7}), path)
     as_teacher, as_student = load_model(path, arch=WIDE, role="teacher"), load_model(path, arch=ARCH, role="student")
     assert same_weights(as_teacher.module, teacher) and same_weights(as_student.module, student)
-    assert as_student.metadata == {"temperature": 3.0, "alpha": 0.7}
+    assert as_student.metadata == {"temperature": 3.0, "alpha": 0.7, "learning_rate": 0.1}  # lr: for the probes
     assert "from 'state_dict' (names prefixed 'teacher.'), chosen by role (teacher)" in _note(as_teacher, "weights:")
 
 
@@ -250,9 +250,10 @@ def test_lightning_single_model_under_model_prefix(tmp_path, archs):
     ({"tau": 5.0, "kd_alpha": 0.3}, {"temperature": 5.0, "alpha": 0.3}),
     ({"kd_T": 3, "alpha": 0.5}, {"temperature": 3.0, "alpha": 0.5}),
     ({"kd_temperature": 6.0, "distill_alpha": 0.2}, {"temperature": 6.0, "alpha": 0.2}),
-    ({"distill": {"temperature": 8.0, "alpha": 0.6}, "lr": 0.1}, {"temperature": 8.0, "alpha": 0.6}),
+    ({"distill": {"temperature": 8.0, "alpha": 0.6}, "lr": 0.1},
+     {"temperature": 8.0, "alpha": 0.6, "learning_rate": 0.1}),
     ({"hparams": argparse.Namespace(kd_T=2.5, kd_alpha=0.4)}, {"temperature": 2.5, "alpha": 0.4}),
-    ({"lr": 0.1, "temp_schedule": "cosine"}, {}),
+    ({"lr": 0.1, "temp_schedule": "cosine"}, {"learning_rate": 0.1}),
 ])
 def test_lightning_hyper_parameter_names(tmp_path, archs, hyper_parameters, expected):
     path = tmp_path / "kd.ckpt"
@@ -292,7 +293,7 @@ def test_objects_beside_the_weights_are_skipped_and_named(tmp_path, archs):
     path = tmp_path / "hydra.ckpt"
     torch.save(checkpoint, path)
     loaded = load_model(path, arch=ARCH, role="student")
-    assert same_weights(loaded.module, student) and loaded.metadata == {}
+    assert same_weights(loaded.module, student) and loaded.metadata == {"learning_rate": 0.1}
     assert not marker.exists()
     note = _note(loaded, "not read: ")
     for fragment in (f"'hyper_parameters/cfg' ({__name__}.TrainConfig)", f"'hyper_parameters/callback' ({__name__}.touch)",

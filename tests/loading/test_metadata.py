@@ -9,7 +9,7 @@ from ._helpers import ARCH
 
 @pytest.mark.parametrize("content, expected", [
     ({"temperature": 4, "alpha": 0.9}, {"temperature": 4.0, "alpha": 0.9}),
-    ({"config": {"T": 2.0, "lr": 0.1}}, {"temperature": 2.0}),
+    ({"config": {"T": 2.0, "lr": 0.1}}, {"temperature": 2.0, "learning_rate": 0.1}),
     ({"kd": {"tau": 3}, "distillation": {"alpha": 0.25}}, {"temperature": 3.0, "alpha": 0.25}),
     ({"config": {"kd": {"alpha": 0.5}}}, {"alpha": 0.5}),
     ({"alpha": 0.1, "config": {"alpha": 0.9}}, {"alpha": 0.1}),  # top level wins

@@ -9,15 +9,17 @@ The teacher memorized the transfer set (saturated targets there), which the find
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from kddiag.measure import NO_BASELINE, NO_FEATURES, measure
 from kddiag.measure import NO_WEIGHTS_LOGITS_MODE as NO_WEIGHTS
-from kddiag.results import Measurements
+from kddiag.results import Measurements, measured
 from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Evidence, Finding, InputInfo, ModelOutputs, Report,
                           SetOutputs, Setting, Settings)
 
-__all__ = ["NO_BASELINE", "NO_FEATURES", "NO_WEIGHTS", "build_report", "build_logits_only_report"]
+__all__ = ["NO_BASELINE", "NO_FEATURES", "NO_WEIGHTS", "build_report", "build_logits_only_report", "kd_helped"]
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_GROUPS = (0, 0, 1, 1, 1, 1, 1, 1, 0, 0)  # vehicles, animals
@@ -64,6 +66,15 @@ def build_logits_only_report(*, n_classes: int = 10, seed: int = 0) -> Report:
     """Logits mode with an eval set only: no weights, features, baseline or transfer set."""
     return build_report(n_classes=n_classes, baseline=False, transfer=False, weights=False,
                         findings=False, seed=seed)
+
+
+def kd_helped(report: Report, gain: float, ci: tuple[float, float]) -> Report:
+    """``report`` with this KD gain on the eval set and its findings as the notes of a 'kd-helped' verdict."""
+    outcome = report.measurements.outcome
+    eval_set = dataclasses.replace(outcome.eval, kd_gain=measured(gain, ci=ci, dataset=EVAL))
+    measurements = dataclasses.replace(report.measurements, outcome=dataclasses.replace(outcome, eval=eval_set))
+    return dataclasses.replace(report, measurements=measurements,
+                               diagnosis=Diagnosis(report.diagnosis.findings, verdict="kd-helped"))
 
 
 # ---------------------------------------------------------------- synthetic models

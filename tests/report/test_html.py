@@ -14,7 +14,7 @@ from kddiag.report.text import render_text
 from kddiag.results import Measurements
 from kddiag.types import Diagnosis, Evidence, Finding
 
-from ._fixtures import NO_WEIGHTS, build_logits_only_report, build_report
+from ._fixtures import NO_WEIGHTS, build_logits_only_report, build_report, kd_helped
 
 SECTION_IDS = ("verdict", "outcome", "universe", "domain", "instance", "temperature", "fidelity", "inputs",
                "metrics")
@@ -100,6 +100,15 @@ def test_the_banner_is_green_only_when_kd_beat_the_baseline(full):
     loss = Finding("kd-no-gain", ("outcome",), 0.6, "KD did not beat the baseline", (), "", "")
     red = render_html(dataclasses.replace(full, diagnosis=Diagnosis((loss,))))
     assert 'class="verdict healthy"' not in red and "kd-no-gain" in red
+
+
+def test_kd_that_helped_gets_a_green_banner_and_room_to_improve(full, full_html):
+    html = render_html(kd_helped(full, 0.016, (0.004, 0.028)))
+    assert 'class="verdict healthy"' in html
+    assert "Verdict: KD helped: +1.6 pt [0.4, 2.8] over the baseline" in html
+    assert "<h2>Room to improve</h2>" in html and "<h2>Findings</h2>" not in html
+    assert _parse(html).findings == [f.id for f in full.diagnosis.findings]
+    assert "<h2>Findings</h2>" in full_html and 'class="verdict healthy"' not in full_html  # problems: red
 
 
 def test_an_explicit_healthy_finding_is_listed_like_in_the_json(full):

@@ -5,11 +5,11 @@ import dataclasses
 
 import pytest
 
-from kddiag.report.text import WIDTH, format_number, headline_table, render_text
+from kddiag.report.text import WIDTH, clip, format_number, headline_table, render_text
 from kddiag.results import ClassStructure, DomainOnSet, DomainResult, Measurements, measured, unavailable
-from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Setting, Settings
+from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Remedy, Setting, Settings
 
-from ._fixtures import NO_BASELINE, NO_FEATURES
+from ._fixtures import NO_BASELINE, NO_FEATURES, kd_helped
 
 
 def test_summary_starts_with_the_verdict_and_names_every_finding(full):
@@ -18,7 +18,7 @@ def test_summary_starts_with_the_verdict_and_names_every_finding(full):
     assert lines[0].startswith("Verdict: ")
     assert full.diagnosis.findings[0].title in lines[0]
     for rank, finding in enumerate(full.diagnosis.findings, start=1):
-        line = lines[rank]
+        line = next(line for line in lines if line.startswith(f"  {rank}. "))
         assert finding.id in line
         assert f"{finding.severity:.2f}" in line
         assert format_number(finding.evidence[0].value) in line  # the key number
@@ -142,3 +142,54 @@ def test_a_long_verdict_drops_its_aside_before_clipping(full):
     findings = tuple(dataclasses.replace(f, title=title) for f in full.diagnosis.findings)
     first = render_text(dataclasses.replace(full, diagnosis=Diagnosis(findings))).splitlines()[0]
     assert first == f"Verdict: {title} ({len(findings)} problems)"
+
+
+def _verdict_block(report) -> str:
+    text = render_text(report)
+    return text[:text.index(LEVEL_TITLES["outcome"])]
+
+
+def test_kd_that_helped_says_so_first_and_lists_room_to_improve(full):
+    report = kd_helped(full, 0.016, (0.004, 0.028))
+    lines = render_text(report).splitlines()
+    assert lines[0] == "Verdict: KD helped: +1.6 pt [0.4, 2.8] over the baseline (2 notes: room to improve)"
+    assert "problem" not in _verdict_block(report)
+    assert [line.split()[4] for line in lines if line.startswith(("  1. ", "  2. "))] == [
+        f.id for f in full.diagnosis.findings]
+
+
+def test_each_finding_prints_its_advice_in_two_lines_cut_at_a_word_and_its_remedy(full):
+    advice = " ".join(["distil on augmented views the teacher did not memorize,"] * 8)
+    first = dataclasses.replace(full.diagnosis.findings[0], advice=advice, remedy=Remedy(temperature=16.0))
+    report = dataclasses.replace(full, diagnosis=Diagnosis((first, *full.diagnosis.findings[1:])))
+    lines = render_text(report).splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("     advice: ")))
+    shown, remedy = lines[start:start + 2], lines[start + 2]
+    assert remedy == "     remedy: τ 4 → 16"
+    assert all(len(line) <= WIDTH for line in shown) and shown[1].endswith("…")
+    words = " ".join(shown).replace("advice:", "", 1).removesuffix("…").split()
+    assert words == advice.split()[:len(words)]  # whole words, in order: none cut
+    block = _verdict_block(report)
+    assert block.count("advice: ") == len(report.diagnosis.findings)
+    short = full.diagnosis.findings[1].advice
+    assert short in " ".join(block.split())  # a short advice whole, with no '…'
+
+
+def test_a_guessed_setting_is_stated_right_under_the_verdict(full, logits_only):
+    assert render_text(full).splitlines()[1] == (
+        "  τ = 4 GUESSED (default): pass --temperature, the verdict depends on it")
+    both = dataclasses.replace(logits_only, settings=Settings())
+    assert render_text(both).splitlines()[1] == (
+        "  τ = 4, α = 0.9 GUESSED (defaults): pass --temperature/--alpha, the verdict depends on them")
+    sure = dataclasses.replace(full, settings=Settings(Setting(2.0, "cli"), Setting(0.5, "cli")))
+    assert "GUESSED" not in _verdict_block(sure)
+
+
+def test_clip_cuts_at_a_word_boundary():
+    line = "  " + "the teacher memorized its transfer set " * 4
+    clipped = clip(line)
+    assert len(clipped) <= WIDTH and clipped.endswith("…")
+    kept = clipped.removesuffix("…").split()
+    assert kept == line.split()[:len(kept)] and len(" ".join(kept)) > WIDTH - 40
+    assert clip("x" * 150) == "x" * (WIDTH - 1) + "…"  # one word wider than the line: cut, as the only way
+    assert clip("short line") == "short line"

