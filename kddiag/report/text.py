@@ -242,9 +242,16 @@ def fired_findings(report: Report) -> tuple[Finding, ...]:
 
 
 def remedy_summary(remedy: Remedy, settings: Settings) -> str:
-    """The settings a remedy changes, from the current ones: 'τ 4 → 16, α 0.9 → 0.45'."""
+    """The settings a remedy changes, from the current ones, and whether a probe of this pair backs it:
+    'τ 4 → 16 (probed: +2.4 pt [0.2, 4.4])', 'α 0.9 → 0.45 (not tested on this pair: --probe)'."""
     changes = [(symbol, getattr(settings, name).value, getattr(remedy, name)) for name, symbol in SETTING_SYMBOLS]
-    return ", ".join(f"{symbol} {now:g} → {new:g}" for symbol, now, new in changes if new is not None)
+    text = ", ".join(f"{symbol} {now:g} → {new:g}" for symbol, now, new in changes if new is not None)
+    if remedy.teacher_scale is not None:
+        text = ", ".join(filter(None, (text, f"teacher's logits ÷ {remedy.teacher_scale:.2f}")))
+    if not remedy.tested:
+        return f"{text} (not tested on this pair: --probe)"
+    lo, hi = remedy.probe_ci95
+    return f"{text} (probed: {100 * remedy.probe_change:+.1f} pt [{100 * lo:.1f}, {100 * hi:.1f}])"
 
 
 def clip(line: str, width: int = WIDTH) -> str:

@@ -165,7 +165,7 @@ def test_each_finding_prints_its_advice_in_two_lines_cut_at_a_word_and_its_remed
     lines = render_text(report).splitlines()
     start = lines.index(next(line for line in lines if line.startswith("     advice: ")))
     shown, remedy = lines[start:start + 2], lines[start + 2]
-    assert remedy == "     remedy: τ 4 → 16"
+    assert remedy == "     remedy: τ 4 → 16 (not tested on this pair: --probe)"
     assert all(len(line) <= WIDTH for line in shown) and shown[1].endswith("…")
     words = " ".join(shown).replace("advice:", "", 1).removesuffix("…").split()
     assert words == advice.split()[:len(words)]  # whole words, in order: none cut
@@ -193,3 +193,14 @@ def test_clip_cuts_at_a_word_boundary():
     assert kept == line.split()[:len(kept)] and len(" ".join(kept)) > WIDTH - 40
     assert clip("x" * 150) == "x" * (WIDTH - 1) + "…"  # one word wider than the line: cut, as the only way
     assert clip("short line") == "short line"
+
+
+def test_a_probed_remedy_shows_the_change_its_probe_measured():
+    from kddiag.report.text import remedy_summary
+    from kddiag.types import Remedy, Setting, Settings
+
+    settings = Settings(Setting(4.0, "cli"), Setting(0.9, "cli"))
+    probed = Remedy(alpha=0.45, probe_change=0.024, probe_ci95=(0.002, 0.044))
+    assert remedy_summary(probed, settings) == "α 0.9 → 0.45 (probed: +2.4 pt [0.2, 4.4])"
+    assert remedy_summary(Remedy(teacher_scale=1.94), settings) == ("teacher's logits ÷ 1.94 (not tested on this "
+                                                                    "pair: --probe)")
