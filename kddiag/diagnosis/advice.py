@@ -19,7 +19,8 @@ FULL_CHANGE = 0.03  # a probe change of 3 points grades a better setting fully
 
 
 def settle_advice(diagnosis: Diagnosis, probe: ProbeResult | None, settings: Settings) -> Diagnosis:
-    """``diagnosis`` with every remedy settled by the probes (None or not run: marked untested)."""
+    """``diagnosis`` with every remedy settled by the probes (None or not run: marked untested). A withdrawn
+    remedy's advice opens with what its probe measured, so a two-line summary still shows it."""
     if probe is None or not probe.ran:
         why = "" if probe is None else f" (probes: {probe.not_probed})"
         return replace(diagnosis, findings=tuple(_untested(f, why) for f in diagnosis.findings))
@@ -54,20 +55,20 @@ def _probed(finding: Finding, probe: ProbeResult) -> Finding:
         return finding
     if arm.failed:
         return replace(finding, remedy=None,
-                       advice=f"{finding.advice} Probed on this pair: {arm.candidate.label} could not be trained "
-                              f"({arm.failed}): not advised.")
+                       advice=f"Probed on this pair: {arm.candidate.label} could not be trained ({arm.failed}): "
+                              f"not advised. {finding.advice}")
     if probe.still_learning:
         return replace(finding, remedy=None,
-                       advice=f"{finding.advice} Probed on this pair, but too briefly to tell ({change_text(arm)} while "
-                              f"the control was still learning): not advised; rerun with a larger --probe-steps.")
+                       advice=f"Probed on this pair, but too briefly to tell ({arm.candidate.label}: {change_text(arm)} "
+                              f"while the control was still learning): not advised. {finding.advice}")
     if arm in probe.helped:
         return replace(finding, remedy=replace(remedy, probe_change=arm.change, probe_ci95=arm.ci),
                        advice=f"{finding.advice} Probed on this pair: {arm.candidate.label} beat the current "
                               f"setting by {change_text(arm)}.")
     outcome = "lost to" if arm.hurt else "did not beat"
     return replace(finding, remedy=None,
-                   advice=f"{finding.advice} Probed on this pair: {arm.candidate.label} {outcome} the current setting "
-                          f"({change_text(arm)}): not advised; keep the setting unless a full retraining shows otherwise.")
+                   advice=f"Probed on this pair: {arm.candidate.label} {outcome} the current setting "
+                          f"({change_text(arm)}): not advised. {finding.advice}")
 
 
 def _better_setting(probe: ProbeResult, settings: Settings) -> Finding:
