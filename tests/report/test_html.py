@@ -251,3 +251,18 @@ def test_image_inputs_get_thumbnails_in_the_report_and_flat_inputs_do_not(tmp_pa
     flat = render_html(inspect(teacher, student, data=Dataset("flat", x.reshape(200, 64), y), options=options))
     assert 'class="thumb"' not in flat
     assert "<details>" in flat  # the full metrics table is folded
+
+
+def test_the_probe_table_and_a_reason_when_the_probes_did_not_run(full):
+    from kddiag.probe import Arm, Candidate, ProbeDesign, ProbeResult
+
+    control = Arm(Candidate("control (τ 4, α 0.9)", 4.0, 0.9, origin="control"), 0.9, (0.9, 0.9))
+    better = Arm(Candidate("α 0.45", 4.0, 0.45), 0.92, (0.92, 0.92), 0.02, (0.01, 0.03), (0.02, 0.02))
+    design = ProbeDesign("initialization", 400, 64, 2, 1e-3, "checkpoint", 600, 300, 42.7, 5.0, "cpu")
+    html = render_html(dataclasses.replace(full, probe=ProbeResult(arms=(control, better), design=design)))
+    assert 'href="#probes"' in html and 'id="probes"' in html
+    assert "+2.0 pt [1.0, 3.0]" in html and "helped" in html and "Adam lr 0.001 (checkpoint)" in html
+    reason = "the student is a TorchScript program, with no initializer"
+    html = render_html(dataclasses.replace(full, probe=ProbeResult(not_probed=reason)))
+    assert f"Not run: {reason}" in html
+    assert 'id="probes"' not in render_html(full)
