@@ -283,6 +283,7 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, array
                    "student's checkpoint, else guessed.")
 @click.option("--alpha", metavar="A[,A...]", callback=lambda ctx, param, v: v and _numbers(v, float),
               help="Weight of the soft term: one for every student or one per student, in order.")
+@probe_options
 @output_options(arrays=False)
 def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail_on, temperature, alpha, **options):
     """Compare several STUDENTS of one TEACHER in one report: their key measurements side by side, which

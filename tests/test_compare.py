@@ -208,3 +208,15 @@ def test_same_file_names_get_distinct_names(tmp_path):
 def test_api_refuses_a_single_path_as_students():
     with pytest.raises(KddiagError, match="list of students"):
         compare(str(DEMO_TEACHER), str(DEMO_STUDENT), data="digits:test")
+
+
+def test_compare_probe_tests_each_students_advice_on_its_own_settings(students, tmp_path):
+    args = ["compare", str(DEMO_TEACHER), str(students["kd"]), str(students["plain"]), *DIGITS, "--baseline",
+            str(DEMO_BASELINE), "--probe", "--probe-steps", "10", "--probe-seeds", "1", "--probe-lr", "0.003",
+            "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    reports = json.loads((tmp_path / "report.json").read_text())["reports"]
+    controls = [r["probe"]["arms"][0]["label"] for r in reports.values()]
+    assert controls == ["control (τ 1, α 0.9)", "control (τ 4, α 0.5)"]
+    assert all(f["remedy"]["tested_on_this_pair"] for r in reports.values() for f in r["findings"] if "remedy" in f)
