@@ -19,9 +19,9 @@ kddiag inspects the saved checkpoints (each with its τ, α and learning rate, a
 them) twice, without and with ``--probe`` (its default design, at the checkpoint's learning rate). Each
 advice that names a setting is followed: the same student is retrained with it, and its held-out
 accuracy is compared with the KD student's (a paired 95 % bootstrap interval over the held-out digits).
-Untested: the top finding's remedy, as kddiag advised before probes. Probed: the first remedy the
-probed diagnosis keeps (only settings that beat the current one on the pair keep a remedy); none kept
-means nothing is followed, a change of 0.
+The remedy followed is ``kddiag.diagnosis.advice.advised_remedy``'s: untested, the top finding's remedy,
+as kddiag advised before probes; probed, the best setting the probes found (only settings that beat the
+current one on the pair keep a remedy), none meaning nothing is followed, a change of 0.
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def _save_teacher(ctx: Context, name: str, models_py: Path, net: str, size: int)
 
 def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str) -> dict[str, float]:
     import kddiag
+    from kddiag.diagnosis.advice import advised_remedy
     from kddiag.loading import load_model
     from kddiag.types import InspectOptions, ProbeOptions
 
@@ -100,10 +101,10 @@ def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str) -
         logits = torch.cat([teacher(part) for part in task.train.x.split(1000)]).double().numpy()
     widths = (int(np.prod(task.train.x.shape[1:])), HIDDEN, 10)
 
-    def student(temperature: float, alpha: float):
+    def student(temperature: float, alpha: float, teacher_scale: float = 1.0):
         torch.manual_seed(ctx.seed + 100)
         model = MLP(widths)
-        targets = None if alpha == 0 else teacher_targets(logits, temperature=temperature)
+        targets = None if alpha == 0 else teacher_targets(logits / teacher_scale, temperature=temperature)
         return train_cnn(model, task.train.x, task.train.labels, recipe=ctx.recipe(STUDENT), seed=ctx.seed,
                          soft_targets=targets, temperature=temperature, alpha=alpha)
 
@@ -126,22 +127,14 @@ def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str) -
     row = {"teacher accuracy": float(correct(teacher).mean()), "baseline accuracy": float(correct(baseline).mean()),
            "KD student accuracy": float(before.mean())}
     for label, report in (("untested remedy", plain), ("probed advice", probed)):
-        remedy = _advised(report, probed=label == "probed advice")
+        remedy = advised_remedy(report.diagnosis)
         after = before if remedy is None else correct(student(remedy.temperature or TEMPERATURE,
-                                                              ALPHA if remedy.alpha is None else remedy.alpha))
+                                                              ALPHA if remedy.alpha is None else remedy.alpha,
+                                                              remedy.teacher_scale or 1.0))
         row[f"{label}: change"] = float(after.mean() - before.mean())
         row[f"{label}: significantly worse"] = float(_worse(after, before))
         row[f"{label}: followed"] = float(remedy is not None)
     return row
-
-
-def _advised(report, *, probed: bool):
-    """The remedy a user would follow: untested, the top finding's; probed, the first one the diagnosis kept
-    (settings that beat the current one on the pair) that changes only τ and α."""
-    findings = report.diagnosis.findings
-    if not probed:
-        return findings[0].remedy if findings else None
-    return next((f.remedy for f in findings if f.remedy is not None and f.remedy.teacher_scale is None), None)
 
 
 def _worse(after: np.ndarray, before: np.ndarray) -> bool:

@@ -30,6 +30,14 @@ def settle_advice(diagnosis: Diagnosis, probe: ProbeResult | None, settings: Set
     return replace(diagnosis, findings=tuple(findings))
 
 
+def advised_remedy(diagnosis: Diagnosis) -> Remedy | None:
+    """The one setting change the diagnosis advises, for a program to follow: the probes' best setting
+    when they found one, else the first remedy in rank order (tested or not, as it says)."""
+    remedies = [f.remedy for f in diagnosis.findings if f.remedy is not None]
+    best = [f.remedy for f in diagnosis.findings if f.id == ids.BETTER_SETTING]
+    return (best or remedies or [None])[0]
+
+
 def change_text(arm: Arm) -> str:
     """'+1.2 pt [0.4, 2.0]' (points of accuracy against the control, 95 % interval)."""
     lo, hi = arm.ci

@@ -84,3 +84,14 @@ def test_probes_whose_control_was_still_learning_rank_nothing_and_say_so():
     finding, short = settle_advice(Diagnosis((_overconfident(),)), probe, SETTINGS).findings
     assert finding.remedy is None and "too briefly to tell" in finding.advice
     assert short.id == ids.PROBES_TOO_SHORT and short.evidence[0].value == 0.04 and "--probe-steps" in short.advice
+
+
+def test_the_advised_remedy_is_the_probes_best_else_the_first_in_rank_order():
+    from kddiag.diagnosis.advice import advised_remedy
+
+    probe = _probe(_arm("τ 16", 16.0, 0.9, 0.02, (0.01, 0.03), (0.02, 0.02), origin=ids.TEACHER_OVERCONFIDENT),
+                   _arm("labels only (α 0)", 4.0, 0.0, 0.03, (0.02, 0.04), (0.03, 0.03)))
+    settled = settle_advice(Diagnosis((_overconfident(),)), probe, SETTINGS)
+    assert advised_remedy(settled).alpha == 0.0
+    assert advised_remedy(settle_advice(Diagnosis((_overconfident(),)), None, SETTINGS)).temperature == 16.0
+    assert advised_remedy(Diagnosis((Finding(ids.KD_NO_GAIN, (OUTCOME,), 0.5, "t", (), "e", "a"),))) is None
