@@ -38,10 +38,13 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
     """
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
-    if student is None and (options.student_arch is not None or "student" in options.ema):
-        option = "--student-arch" if options.student_arch is not None else "--ema student"
-        raise KddiagError(f"{option} was given but no student: give the student checkpoint, or leave the option "
-                          f"out for a teacher-only check")
+    if student is None and "student" in options.ema:
+        raise KddiagError("--ema student was given but no student: give the student checkpoint, or leave the "
+                          "option out for a teacher-only check")
+    if student is None and options.student_arch is not None and options.probe is None:
+        raise KddiagError("--student-arch was given but no student: give the student checkpoint, add --probe to "
+                          "test the planned settings on fresh students of that architecture, or leave the option "
+                          "out for a teacher-only check")
     run = _run(teacher, (student,), data=data, transfer_data=transfer_data, baseline=baseline, options=options)
     return None if run is None else run[0][0]
 
@@ -94,6 +97,12 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
 
     loaded_teacher = as_model(teacher, "teacher", options.teacher_arch, options)
     loaded = tuple(None if s is None else as_model(s, "student", options.student_arch, options) for s in students)
+    planned = None  # a teacher-only check probes fresh students of --student-arch under the planned settings
+    if loaded == (None,) and options.probe is not None and options.student_arch is not None:
+        from kddiag.loading.archs import build_arch
+
+        planned = LoadedModel(f"--student-arch {options.student_arch}", "module",
+                              build_arch(options.student_arch, "student"))
     loaded_baseline = None
     if baseline is not None:  # a baseline is the student trained without KD: the student's arch by default
         arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
@@ -150,9 +159,9 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
         diagnosis = diagnose(measurements, settings=student_settings, n_classes=n_classes,
                              teacher_only=student is None, inputs=tuple(data_inputs))
         probe = None
-        if options.probe is not None and student is not None:
-            probe = _probe(loaded_teacher, student, datasets, measurements, diagnosis, student_settings, options,
-                           device=ranks.device or options.device, world_size=ranks.world_size)
+        if options.probe is not None and (student or planned) is not None:
+            probe = _probe(loaded_teacher, student or planned, datasets, measurements, diagnosis, student_settings,
+                           options, device=ranks.device or options.device, world_size=ranks.world_size)
         diagnosis = settle_advice(diagnosis, probe, student_settings)
         inputs = tuple([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
                         for role, m in models.items()] + data_inputs)

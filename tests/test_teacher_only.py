@@ -134,3 +134,15 @@ def test_settings_come_from_the_teacher_checkpoint_when_no_student_gives_them():
 def test_student_options_without_a_student_are_refused():
     result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), *DIGITS, "--student-arch", "mlp:64-8-10"])
     assert result.exit_code == 1 and "--student-arch was given but no student" in result.stderr
+
+
+def test_a_teacher_only_check_with_student_arch_and_probe_tests_the_planned_settings(tmp_path):
+    args = ["inspect", str(DEMO_TEACHER), *DIGITS, "--student-arch", "mlp:64-8-10", "--temperature", "1",
+            "--alpha", "0.9", "--probe", "--probe-steps", "10", "--probe-seeds", "1", "--probe-lr", "0.003",
+            "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["inputs"]["models"] == ["teacher"] and report["probe"]["probed"]
+    assert report["probe"]["arms"][0]["label"] == "control (τ 1, α 0.9)"
+    assert all(f["remedy"]["tested_on_this_pair"] for f in report["findings"] if "remedy" in f)
