@@ -214,3 +214,23 @@ def test_the_learning_rate_stored_with_the_student_is_the_probes(tmp_path):
                         candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2],
                         options=ProbeOptions(steps=10, seeds=1))
     assert result.design.learning_rate == 0.002 and result.design.learning_rate_source == "checkpoint"
+
+
+class _Broken(torch.nn.Module):
+    """A student whose forward fails in training mode, as user code may."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        if self.training:
+            raise AttributeError("'Broken' object has no attribute 'mask'")
+        return self.head(x)
+
+
+def test_a_student_that_fails_to_train_is_not_probed_with_its_error_in_one_line():
+    teacher, _, train, test = _pair()
+    result = run_probes(teacher, LoadedModel("<s>", "module", _Broken()), transfer=train, held_out=test,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES), options=ProbeOptions(steps=5))
+    assert not result.ran and result.not_probed.startswith("training the student failed: AttributeError")
