@@ -299,40 +299,12 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
         init, untouched = fresh_state(student.module, seed)
         if s == 0 and untouched:
             notes.append(f"{untouched} parameter tensor(s) have no initializer and start from the trained values")
-        models = [_start(student.module, init, device) for _ in candidates]
-        optimizers = [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
         # the first seed may double the default budget while the control is still learning (its held-out
         # accuracy rose by more than PLATEAU_GAIN_MAX over the last half): the later seeds train as long
-        grow = s == 0 and options.steps is None
-        scores: dict[int, np.ndarray] = {}
-        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, MAX_STEPS if grow else budget, seed,
-                                                    device), start=1):
-            soft = teach(x, idx)
-            for k, (model, optimizer, candidate) in enumerate(zip(models, optimizers, candidates)):
-                if k in failed:
-                    continue
-                _seed_step(seed * 1_000_003 + step, device)  # every arm gets the same dropout at this step
-                loss = _loss(model, x, y, soft, candidate)
-                if not torch.isfinite(loss):
-                    failed[k] = f"the loss became {float(loss.detach())} at step {step} (seed {seed})"
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            if 0 in failed:
-                raise KddiagError(f"the control's training diverged: {failed[0]}; pass a smaller --probe-lr "
-                                  f"(it was {lr:g})")
-            if progress:
-                print(f"\rkddiag: probing {n_arms} settings, seed {s + 1}/{options.seeds}, step {step}/{budget}",
-                      end="", file=sys.stderr)
-            if step in (max(1, budget // 2), budget):
-                scores[step] = np.stack([np.zeros(len(eval_rows[1]), bool) if k in failed else
-                                         _correct(m, held_out, eval_rows, device) for k, m in enumerate(models)])
-            if step == budget:
-                if grow and 2 * budget <= MAX_STEPS and _still_learning(scores, budget):
-                    budget *= 2
-                    continue
-                break
+        trainer = _Arms(student.module, init, candidates, lr, device, failed)
+        budget, scores = trainer.run(transfer, teach, batch_size, budget, seed, grow=s == 0 and options.steps is None,
+                                     score=lambda models: _score(models, held_out, eval_rows, device, failed),
+                                     progress=(f"seed {s + 1}/{options.seeds}" if progress else None))
         correct[0, :, s], correct[1, :, s] = scores[max(1, budget // 2)], scores[budget]
     if progress:
         print(file=sys.stderr)
@@ -342,11 +314,70 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
     if not ranked:
         notes.append(f"the control's held-out accuracy still rose {100 * late_gain:.1f} pt over the last half of "
                      f"the budget: too short to rank settings that pay off late (raise --probe-steps)")
-    steps = budget
     arms = _arms(candidates, correct, failed, ranked=ranked)
-    design = ProbeDesign("initialization", steps, batch_size, options.seeds, lr, lr_source, n_transfer,
+    design = ProbeDesign("initialization", budget, batch_size, options.seeds, lr, lr_source, n_transfer,
                          len(eval_rows[1]), epochs, time.perf_counter() - started, where, tuple(notes))
     return ProbeResult(arms=arms, design=design, control_late_gain=late_gain)
+
+
+class _Arms:
+    """One seed's arms: a copy of the student per candidate from one initialization, trained in lockstep on
+    the same batches (the teacher runs once per step for all). ``failed`` collects the arms whose loss
+    stopped being finite (shared across seeds: an arm that failed once is out)."""
+
+    def __init__(self, module, init: dict, candidates: tuple[Candidate, ...], lr: float, device: str,
+                 failed: dict[int, str]):
+        import torch
+
+        self.candidates, self.failed, self.lr = candidates, failed, lr
+        self.models = [_start(module, init, device) for _ in candidates]
+        self.optimizers = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.models]
+        self.device = device
+
+    def run(self, transfer: Dataset, teach, batch_size: int, budget: int, seed: int, *, grow: bool,
+            score: Callable[[list], np.ndarray], progress: str | None) -> tuple[int, dict[int, np.ndarray]]:
+        """Train to ``budget`` steps (doubled while the control still learns, with ``grow``), scoring every
+        arm at half the budget and at its end; the final budget and the scores by step."""
+        scores: dict[int, np.ndarray] = {}
+        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, MAX_STEPS if grow else budget, seed,
+                                                    self.device), start=1):
+            self.step(x, y, teach(x, idx), seed * 1_000_003 + step, f"at step {step} (seed {seed})")
+            if progress:
+                print(f"\rkddiag: probing {len(self.models)} settings, {progress}, step {step}/{budget}",
+                      end="", file=sys.stderr)
+            if step in (max(1, budget // 2), budget):
+                scores[step] = score(self.models)
+            if step == budget:
+                if grow and 2 * budget <= MAX_STEPS and _still_learning(scores, budget):
+                    budget *= 2
+                    continue
+                break
+        return budget, scores
+
+    def step(self, x, y, soft, step_seed: int, where: str) -> None:
+        """One optimizer step of every arm still training; a diverged control ends the probe."""
+        import torch
+
+        for k, (model, optimizer, candidate) in enumerate(zip(self.models, self.optimizers, self.candidates)):
+            if k in self.failed:
+                continue
+            _seed_step(step_seed, self.device)  # every arm gets the same dropout at this step
+            loss = _loss(model, x, y, soft, candidate)
+            if not torch.isfinite(loss):
+                self.failed[k] = f"the loss became {float(loss.detach())} {where}"
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if 0 in self.failed:
+            raise KddiagError(f"the control's training diverged: {self.failed[0]}; pass a smaller --probe-lr "
+                              f"(it was {self.lr:g})")
+
+
+def _score(models: list, held_out: Dataset, eval_rows, device: str, failed: dict[int, str]) -> np.ndarray:
+    """(n_arms, n_scored) whether each arm predicts each scored held-out example (False for a failed arm)."""
+    return np.stack([np.zeros(len(eval_rows[1]), bool) if k in failed else _correct(m, held_out, eval_rows, device)
+                     for k, m in enumerate(models)])
 
 
 def _still_learning(scores: dict[int, np.ndarray], step: int) -> bool:
