@@ -98,7 +98,7 @@ def _better_setting(probe: ProbeResult, settings: Settings) -> Finding:
     title = f"A probe of this pair found a better setting: {c.label} ({change_text(best)})"
     explanation = (f"Each setting trained fresh copies of the student for the same budget ({design.steps} steps, "
                    f"{design.seeds} seed(s)); {c.label} scored higher than the current setting on the same "
-                   f"{design.n_eval} held-out examples in every seed.")
+                   f"{design.n_eval:,} held-out examples in every seed.")
     return Finding(ids.BETTER_SETTING, (OUTCOME,), severity(grade(best.change, 0.0, FULL_CHANGE)), title, evidence,
                    explanation, advice, remedy)
 

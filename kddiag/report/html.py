@@ -134,7 +134,7 @@ def _probe(probe) -> dict | None:
     d = probe.design
     design = (f"{d.seeds} seed(s) × {d.steps} steps of {d.batch_size} transfer examples from a fresh initialization "
               f"of the student's architecture, Adam lr {d.learning_rate:g} ({d.learning_rate_source}); scored on "
-              f"{d.n_eval} held-out examples; {d.seconds:.0f} s on {d.where}.")
+              f"{d.n_eval:,} held-out examples; {d.seconds:.0f} s on {d.where}.")
     arms = [{"label": a.candidate.label, "origin": a.candidate.origin,
              "accuracy": "—" if a.accuracy is None else f"{a.accuracy:.3f}",
              "change": change_text(a) if a.ci is not None else "",
