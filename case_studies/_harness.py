@@ -251,7 +251,8 @@ class Context:
         verdict = next(v for v in reversed(self.verdicts) if v["scenario"] == scenario)
         top = verdict["findings"][0] if verdict["findings"] else None
         remedy = None if top is None else top.get("remedy")
-        if not remedy:
+        remedy = {k: remedy[k] for k in ("temperature", "alpha") if k in remedy} if remedy else None
+        if not remedy:  # none, or one that changes neither τ nor α (the teacher's calibration)
             return None
         followed = {"temperature": remedy.get("temperature", temperature), "alpha": remedy.get("alpha", alpha)}
         if followed == {"temperature": temperature, "alpha": alpha}:

@@ -14,7 +14,7 @@ import torch
 from scipy.special import softmax
 
 from case_studies import PROGRAMS, STUDIES
-from case_studies._harness import Context, claim_and_source, compare, hierarchy_task
+from case_studies._harness import Context, claim_and_source, compare, hierarchy_task, render_markdown
 from case_studies._training import (dkpp_targets, distillation_loss, kd_pt_sim_targets, kd_pt_targets,
                                     class_similarity_targets, matching_sim_temperature, tf_kd_reg_targets)
 from case_studies.benchmark import score
@@ -151,11 +151,17 @@ def test_advice_success_counts_the_runs_where_following_the_remedy_raised_accura
 def test_follow_advice_retrains_with_the_top_findings_remedy(tmp_path):
     ctx = Context(study="s", seed=0, quick=True, out_dir=tmp_path, keep_html=False)
     ctx.verdicts.append({"scenario": "a", "family": "mlp", "findings": [
-        {"id": "temperature-mismatch", "remedy": {"temperature": 4.0}}, {"id": "x", "remedy": {"alpha": 0.1}}]})
+        {"id": "temperature-mismatch", "remedy": {"temperature": 4.0, "tested_on_this_pair": False}},
+        {"id": "x", "remedy": {"alpha": 0.1}}]})
     calls = []
     trial = ctx.follow_advice("a", 0.70, lambda t, a: calls.append((t, a)) or 0.75, temperature=100.0, alpha=0.9)
     assert calls == [(4.0, 0.9)]  # τ as advised, α as it was
     assert trial["change"] == pytest.approx(0.05) and ctx.advice == [trial]
+    assert trial["remedy"] == {"temperature": 4.0}  # the setting followed, as the trial table writes it
+    assert "| a | 0 | temperature-mismatch | τ 100 → 4 |" in render_markdown(
+        {"study": "s", "claim": "c", "source": "s", "seeds": [0], "quick": False, "seconds": 1.0, "table": {},
+         "checks": [],
+         "reproduced": True, "verdicts": [], "advice": [trial]})
     ctx.verdicts.append({"scenario": "b", "family": "mlp", "findings": [{"id": "capacity-gap", "remedy": None}]})
     assert ctx.follow_advice("b", 0.7, lambda t, a: 1 / 0, temperature=4.0, alpha=0.9) is None  # nothing to follow
 
