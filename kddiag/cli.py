@@ -219,7 +219,8 @@ def probe_options(command):
                           "trainable student (state dict + architecture, nn.Module, Hugging Face folder) and both "
                           "sets."),
         click.option("--probe-steps", type=int, help="Adam steps per setting and seed (default: ten passes over "
-                                                     "the transfer set, within 100-2,000)."),
+                                                     "the transfer set, at least 100 steps, doubled up to 2,000 "
+                                                     "while the current setting still learns)."),
         click.option("--probe-seeds", type=int, default=2, show_default=True,
                      help="Initializations per setting (paired: every setting starts from the same ones)."),
         click.option("--probe-lr", type=float,

@@ -681,7 +681,8 @@ ARCH_ROLES = ("teacher", "student", "baseline")  # the models an inspection load
 @dataclass(frozen=True)
 class ProbeOptions:
     """How remedy probes train (:mod:`kddiag.probe`): ``steps`` Adam steps of ``batch_size`` transfer
-    examples per setting and seed (None: ten passes over the transfer set, within 100–2,000 steps),
+    examples per setting and seed (None: ten passes over the transfer set, at least 100 steps, doubled up
+    to 2,000 while the control still learns),
     ``seeds`` initializations, learning rate ``lr`` (None: the checkpoint's, else a short check)."""
 
     steps: int | None = None
