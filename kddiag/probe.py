@@ -333,6 +333,7 @@ class _Arms:
         self.models = [_start(module, init, device) for _ in candidates]
         self.optimizers = [torch.optim.Adam(m.parameters(), lr=lr) for m in self.models]
         self.device = device
+        self.losses: dict[int, Any] = {}  # each arm's loss at its last step (a detached tensor: no device sync)
 
     def run(self, transfer: Dataset, teach, batch_size: int, budget: int, seed: int, *, grow: bool,
             score: Callable[[list], np.ndarray], progress: str | None) -> tuple[int, dict[int, np.ndarray]]:
@@ -369,6 +370,7 @@ class _Arms:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            self.losses[k] = loss.detach()
         if 0 in self.failed:
             raise KddiagError(f"the control's training diverged: {self.failed[0]}; pass a smaller --probe-lr "
                               f"(it was {self.lr:g})")
@@ -576,20 +578,14 @@ def _check_learning_rate(module, teach, transfer: Dataset, control: Candidate, s
     init, _ = fresh_state(module, seed)
     scores = {}
     for lr in LEARNING_RATES:
-        model = _start(module, init, device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        losses = []
-        for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, check_steps, seed, device), start=1):
-            _seed_step(seed * 1_000_003 + step, device)
-            loss = _loss(model, x, y, teach(x, idx), control)
-            if not torch.isfinite(loss):
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        if len(losses) == check_steps:
-            scores[lr] = float(np.mean(losses[check_steps // 2:]))
+        trainer, losses = _Arms(module, init, (control,), lr, device, {}), []
+        try:
+            for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, check_steps, seed, device), start=1):
+                trainer.step(x, y, teach(x, idx), seed * 1_000_003 + step, f"at step {step}")
+                losses.append(trainer.losses[0])
+        except KddiagError:  # the loss stopped being finite at this rate
+            continue
+        scores[lr] = float(torch.stack(losses[check_steps // 2:]).mean())
     if not scores:
         raise KddiagError("no learning rate trained the student without a non-finite loss; pass --probe-lr")
     return min(scores, key=scores.get)
