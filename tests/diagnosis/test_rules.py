@@ -701,3 +701,41 @@ def test_a_found_cause_also_states_the_measured_gain():
 
 def test_no_rule_that_could_run_gives_no_verdict():
     assert run(Measurements()).verdict == "none"
+
+
+def test_the_teachers_first_batchnorm_layer_far_off_its_running_statistics_points_at_the_inputs():
+    """Issue 19's x/255 bug on both sets: nothing differs between the sets, but the teacher's first
+    BatchNorm layer sees 0.15× the variance it kept in training; the rule fires on that alone, even with
+    the teacher near chance on both sets (never 'works where it was trained'), and says which layer."""
+    from kddiag.types import BatchNormFit
+
+    def info(role, ratio, shift=0.1):
+        return InputInfo(role, f"{role}.pt", "pt", teacher_batchnorm=BatchNormFit("features.1", 2000, shift, ratio))
+
+    def decide(measurements, *inputs):
+        context = Context(SETTINGS, N_CLASSES, inputs=inputs)
+        return rules.data_pipeline_suspect(measurements, context), context
+
+    healthy = build({})
+    decision, context = decide(healthy, info(EVAL, 0.15), info(TRANSFER, 0.15))
+    assert isinstance(decision, Fired) and len(decision.facts.batchnorm) == 2
+    (first, second) = decision.evidence
+    assert first.metric == "inputs.teacher_batchnorm.variance_ratio" and first.comparison == "<="
+    assert first.threshold == pytest.approx(0.2) and first.dataset == EVAL and second.dataset == TRANSFER
+    words = wording.word_data_pipeline(decision.facts, context)
+    assert "first BatchNorm layer ('features.1')" in words.explanation and "0.15× the variance" in words.explanation
+    assert words.title.startswith("The inputs are not prepared as in the teacher's training")  # still accurate
+    assert "works where it was trained" not in words.explanation
+    doubled, _ = decide(healthy, info(EVAL, 19.0))
+    assert isinstance(doubled, Fired) and doubled.evidence[0].comparison == ">="
+    offset, _ = decide(healthy, info(EVAL, 1.2, shift=3.0))
+    assert isinstance(offset, Fired) and offset.evidence[0].metric == "inputs.teacher_batchnorm.mean_shift"
+    assert decision.severity < decide(healthy, info(EVAL, 1 / 30))[0].severity  # graded by how far off
+    for ratio, shift in ((1.65, 0.01), (4.5, 0.55), (0.25, 1.5)):  # another domain, right normalization
+        assert isinstance(decide(healthy, info(EVAL, ratio, shift), info(TRANSFER, ratio, shift))[0], Clear)
+    near_chance = build({**CASES["near-chance-teacher"][0]}, drop=CASES["near-chance-teacher"][1])
+    diagnosis = diagnose(near_chance, settings=CASES["near-chance-teacher"][2], n_classes=N_CLASSES,
+                         inputs=(info(EVAL, 0.12), info(TRANSFER, 0.12)))
+    found = finding(diagnosis, "data-pipeline-suspect")
+    assert ids(diagnosis)[0] == "data-pipeline-suspect" and found.title.startswith("The teacher fails")
+    assert "works where it was trained" not in found.explanation
