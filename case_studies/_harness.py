@@ -109,13 +109,15 @@ def fit_teacher(ctx: "Context", task: Task, *, recipe: Recipe, hidden: tuple[int
 
 def fit_student(ctx: "Context", task: Task, *, hidden: tuple[int, ...] = STUDENT_HIDDEN,
                 soft_targets: np.ndarray | None = None, temperature: float = 1.0, alpha: float = 0.0,
-                epsilon: float = 0.0, labels: np.ndarray | None = None, recipe: Recipe = STUDENT):
+                epsilon: float = 0.0, labels: np.ndarray | None = None, recipe: Recipe = STUDENT,
+                init_seed: int | None = None):
     """A student trained on the transfer set: CE, label smoothing ε, or KD against ``soft_targets`` at (τ, α).
 
-    Every student of one seed starts from the same initialization, so differences between them are paired.
+    Every student of one seed starts from the same initialization, so differences between them are paired;
+    ``init_seed`` starts it from another one.
     """
     x, labels = task.train.x, task.train.labels if labels is None else labels
-    model = new_mlp((task.n_features, *hidden, task.n_classes), seed=ctx.seed + 100)
+    model = new_mlp((task.n_features, *hidden, task.n_classes), seed=ctx.seed + 100 if init_seed is None else init_seed)
     recipe = ctx.recipe(recipe)
     if epsilon:
         train_ls(model, x, labels, epsilon=epsilon, recipe=recipe)

@@ -160,16 +160,18 @@ class Pairs:
 
     def student(self, shape: dict = STUDENT, *, teacher_logits: np.ndarray | None = None,
                 temperature: float = TEMPERATURE, alpha: float = ALPHA, labels: np.ndarray | None = None,
-                columns: np.ndarray | None = None):
-        """CE (no ``teacher_logits``) or KD at (τ, α); ``columns`` renumbers the targets' classes."""
+                columns: np.ndarray | None = None, seed: int | None = None):
+        """CE (no ``teacher_logits``) or KD at (τ, α); ``columns`` renumbers the targets' classes; ``seed``
+        another initialization and batch order than the seed's."""
         labels = self.task.train.labels if labels is None else labels
         targets = None if teacher_logits is None else teacher_targets(teacher_logits, temperature=temperature)
         if targets is not None and columns is not None:
             renumbered = np.empty_like(targets)
             renumbered[:, columns] = targets
             targets = renumbered
-        model = new_cnn(seed=self.ctx.seed + 100, **shape)
-        return train_cnn(model, self.task.train.x, labels, recipe=self.recipe(STUDENT_RECIPE), seed=self.ctx.seed,
+        seed = self.ctx.seed if seed is None else seed
+        model = new_cnn(seed=seed + 100, **shape)
+        return train_cnn(model, self.task.train.x, labels, recipe=self.recipe(STUDENT_RECIPE), seed=seed,
                          soft_targets=targets, temperature=temperature, alpha=alpha if targets is not None else 0.0)
 
     def accuracy(self, model, dataset=None) -> float:

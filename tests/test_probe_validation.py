@@ -127,3 +127,34 @@ def test_one_pair_quick_end_to_end(tmp_path):
         k: result[k] for k in ("tuning", "chosen", "held_out", "checks")}
     markdown = (tmp_path / "probe-validation.md").read_text()
     assert "### Tuning (mlp, seeds 0): every design" in markdown and "| 1× + trend |" in markdown
+
+
+def test_over_inits_holds_both_noises_and_scores_against_the_truth_asked_for():
+    """A change that one initialization shows beyond the examples' noise but the next reverses is not
+    decided over initializations; one every initialization shows is."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 1000
+
+    def diffs(means):
+        rows = []
+        for m in means:
+            row = np.zeros(n)
+            k = int(round(abs(m) * n))
+            row[rng.choice(n, size=k, replace=False)] = np.sign(m)
+            rows.append(row)
+        return np.array(rows)
+
+    flip = pv.over_inits(diffs([0.02, -0.02, 0.015, -0.025, 0.01]))
+    steady = pv.over_inits(diffs([0.03, 0.025, 0.035, 0.03, 0.028]))
+    assert flip["changes"][0] == pytest.approx(0.02) and flip["change"] == pytest.approx(0.0, abs=1e-9)
+    assert flip["ci95"][0] < 0 < flip["ci95"][1]
+    assert steady["ci95"][0] > 0 and steady["change"] == pytest.approx(0.0296)
+    again = pv.over_inits(np.array([[1.0, 0.0, -1.0, 1.0]] * 3))
+    assert again == pv.over_inits(np.array([[1.0, 0.0, -1.0, 1.0]] * 3))  # deterministic
+    one = case(+0.02, (0.005, 0.04), +0.01)
+    one["inits"] = flip
+    assert pv.is_decided(one) and not pv.is_decided(one, "inits")
+    assert pv.score([one], "d")["decided"] == 1 and pv.score([one], "d", "inits")["decided"] == 0
+    assert pv.init_seeds(2, 3) == [2, 1021, 1022]
