@@ -219,4 +219,6 @@ def test_compare_probe_tests_each_students_advice_on_its_own_settings(students, 
     reports = json.loads((tmp_path / "report.json").read_text())["reports"]
     controls = [r["probe"]["arms"][0]["label"] for r in reports.values()]
     assert controls == ["control (τ 1, α 0.9)", "control (τ 4, α 0.5)"]
+    assert result.output.count("Probes of this pair") == 2  # each student's probe table in the terminal
+    assert "    Probes of this pair" in result.output and "control (τ 4, α 0.5)" in result.output
     assert all(f["remedy"]["tested_on_this_pair"] for r in reports.values() for f in r["findings"] if "remedy" in f)

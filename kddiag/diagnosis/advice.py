@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from kddiag.diagnosis import ids
 from kddiag.diagnosis.reading import grade, severity
+from kddiag.diagnosis.thresholds import CAPACITY_ACCURACY_GAP_MIN
 from kddiag.diagnosis.track_record import track_record_sentence
 from kddiag.probe import PLATEAU_GAIN_MAX, Arm, ProbeResult
 from kddiag.types import OUTCOME, Diagnosis, Evidence, Finding, Remedy, Settings
@@ -18,13 +19,19 @@ from kddiag.types import OUTCOME, Diagnosis, Evidence, Finding, Remedy, Settings
 FULL_CHANGE = 0.03  # a probe change of 3 points grades a better setting fully
 
 
-def settle_advice(diagnosis: Diagnosis, probe: ProbeResult | None, settings: Settings) -> Diagnosis:
-    """``diagnosis`` with every remedy settled by the probes (None or not run: marked untested). A withdrawn
-    remedy's advice opens with what its probe measured, so a two-line summary still shows it."""
+def settle_advice(diagnosis: Diagnosis, probe: ProbeResult | None, settings: Settings, *,
+                  teacher_only: bool = False) -> Diagnosis:
+    """``diagnosis`` with every remedy settled by the probes (None or not run: marked untested; a teacher-only
+    check says a student architecture is needed to test it). A withdrawn remedy's advice opens with what
+    its probe measured, so a two-line summary still shows it."""
     if probe is None or not probe.ran:
         why = "" if probe is None else f" (probes: {probe.not_probed})"
-        return replace(diagnosis, findings=tuple(_untested(f, why) for f in diagnosis.findings))
+        how = ("kddiag inspect TEACHER --student-arch ARCH --probe trains fresh students to test it" if teacher_only
+               else "kddiag inspect --probe tests it")
+        return replace(diagnosis, findings=tuple(_untested(f, why, how) for f in diagnosis.findings))
     findings = [_probed(f, probe) for f in diagnosis.findings]
+    if not probe.still_learning:
+        findings = [_capacity_probed(f, probe) if f.id == ids.CAPACITY_GAP else f for f in findings]
     findings.append(_too_short(probe) if probe.still_learning else _better_setting(probe, settings) if probe.helped
                     else _no_setting_helped(probe))
     return replace(diagnosis, findings=tuple(findings))
@@ -44,11 +51,11 @@ def change_text(arm: Arm) -> str:
     return f"{100 * arm.change:+.1f} pt [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _untested(finding: Finding, why: str) -> Finding:
+def _untested(finding: Finding, why: str, how: str) -> Finding:
     if finding.remedy is None:
         return finding
     record = track_record_sentence(finding.id)
-    note = f" This remedy was not tested on this pair (kddiag inspect --probe tests it){why}"
+    note = f" This remedy was not tested on this pair ({how}){why}"
     note += f"; {record}." if record else "."
     return replace(finding, advice=finding.advice + note)
 
@@ -77,6 +84,30 @@ def _probed(finding: Finding, probe: ProbeResult) -> Finding:
     return replace(finding, remedy=None,
                    advice=f"Probed on this pair: {arm.candidate.label} {outcome} the current setting "
                           f"({change_text(arm)}): not advised. {finding.advice}")
+
+
+def _capacity_probed(finding: Finding, probe: ProbeResult) -> Finding:
+    """capacity-gap read against the probes' control: a fresh student of the same size, trained at the same
+    settings until it levelled off. Clearly more accurate than the user's student (CAPACITY_ACCURACY_GAP_MIN),
+    it shows that the size is not the limit, the training is; about as accurate, it confirms the size."""
+    student = next((e for e in finding.evidence if e.metric == "outcome.student_accuracy"), None)
+    control = probe.control
+    if student is None or control is None or control.accuracy is None:
+        return finding
+    reached = (f"A fresh student of this size, trained by the probes at the same settings until it levelled off "
+               f"({_design(probe)}), reached {control.accuracy:.1%} on {probe.design.n_eval:,} held-out examples "
+               f"against this student's {student.value:.1%} on the {student.dataset} set")
+    if control.accuracy - student.value < CAPACITY_ACCURACY_GAP_MIN:
+        return replace(finding, explanation=f"{finding.explanation} {reached}: its size, not its training, limits it.")
+    evidence = Evidence("probe.control_accuracy", float(control.accuracy),
+                        round(student.value + CAPACITY_ACCURACY_GAP_MIN, 6), "eval", ">=")
+    return replace(finding, severity=severity(0.0), evidence=(*finding.evidence, evidence),
+                   title="The student does not follow its teacher, but a student of its size trained longer does",
+                   explanation=f"{reached}: a student of this size can do better than this one, so the gap to the "
+                               f"teacher is not (only) its size. {finding.explanation}",
+                   advice="Train the student longer or with a better-tuned schedule (the probes' learning rate "
+                          f"was {probe.design.learning_rate:g}) before choosing a larger student or an intermediate "
+                          "teacher.")
 
 
 def _better_setting(probe: ProbeResult, settings: Settings) -> Finding:

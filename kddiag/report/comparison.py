@@ -15,7 +15,7 @@ from kddiag.diagnosis.ids import HEALTHY
 from kddiag.diagnosis.wording import gain_points
 from kddiag.report.json import _jsonable, report_to_dict
 from kddiag.report.text import (LEVEL_CODES, WIDTH, clip, evidence_summary, fired_findings, format_cell,
-                                severity_word)
+                                probe_lines, remedy_summary, severity_word)
 
 VERDICT_WORDS = {"problems": "problems", "kd-helped": "KD helped (room to improve)", "healthy": "healthy",
                  "gain-not-checked": "no failure found (no baseline)", "teacher-ready": "teacher ready",
@@ -80,6 +80,10 @@ def render_comparison_text(comparison: Comparison) -> str:
         for finding in findings:
             lines.append(clip(f"    {severity_word(finding.severity)} {finding.severity:.2f}  {finding.id}  "
                               f"{evidence_summary(finding, short=True)}"))
+            if finding.remedy is not None:
+                lines.append(clip(f"      remedy: {remedy_summary(finding.remedy, report.settings)}"))
+        if report.probe is not None:
+            lines += probe_lines(report.probe, indent="    ")
     return "\n".join(lines) + "\n"
 
 

@@ -241,15 +241,16 @@ def fired_findings(report: Report) -> tuple[Finding, ...]:
     return tuple(f for f in report.diagnosis.findings if f.id != HEALTHY)
 
 
-def remedy_summary(remedy: Remedy, settings: Settings) -> str:
+def remedy_summary(remedy: Remedy, settings: Settings, *, probe_hint: str = "--probe") -> str:
     """The settings a remedy changes, from the current ones, and whether a probe of this pair backs it:
-    'τ 4 → 16 (probed: +2.4 pt [0.2, 4.4])', 'α 0.9 → 0.45 (not tested on this pair: --probe)'."""
+    'τ 4 → 16 (probed: +2.4 pt [0.2, 4.4])', 'α 0.9 → 0.45 (not tested on this pair: --probe)' (the
+    options that would test it: ``probe_hint``)."""
     changes = [(symbol, getattr(settings, name).value, getattr(remedy, name)) for name, symbol in SETTING_SYMBOLS]
     text = ", ".join(f"{symbol} {now:g} → {new:g}" for symbol, now, new in changes if new is not None)
     if remedy.teacher_scale is not None:
         text = ", ".join(filter(None, (text, f"teacher's logits ÷ {remedy.teacher_scale:.2f}")))
     if not remedy.tested:
-        return f"{text} (not tested on this pair: --probe)"
+        return f"{text} (not tested on this pair: {probe_hint})"
     lo, hi = remedy.probe_ci95
     return f"{text} (probed: {100 * remedy.probe_change:+.1f} pt [{100 * lo:.1f}, {100 * hi:.1f}])"
 
@@ -274,7 +275,7 @@ def _verdict_lines(report: Report) -> list[str]:
         finding = report.diagnosis.findings[0]
         if verdict == HEALTHY:
             return [clip(f"Verdict: healthy — {finding.title}"), *guessed]
-        return [clip(f"Verdict: {finding.title}"), *guessed, *_advice_lines(finding, report.settings, "  ")]
+        return [clip(f"Verdict: {finding.title}"), *guessed, *_advice_lines(finding, report, "  ")]
     if verdict == KD_HELPED:
         title = kd_helped_title(kd_gain(report.measurements))
         count = f"{len(findings)} notes" if len(findings) > 1 else "1 note"
@@ -295,7 +296,7 @@ def _verdict_lines(report: Report) -> list[str]:
         line = head + evidence_summary(finding, short=True)
         if len(line) > WIDTH:  # drop the data set before clipping the number away
             line = head + evidence_summary(finding, short=True, dataset=False)
-        lines += [clip(line), *_advice_lines(finding, report.settings, "     ")]
+        lines += [clip(line), *_advice_lines(finding, report, "     ")]
     return lines
 
 
@@ -313,13 +314,14 @@ def _guessed_lines(settings: Settings) -> list[str]:
     return textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
 
 
-def _advice_lines(finding: Finding, settings: Settings, indent: str) -> list[str]:
+def _advice_lines(finding: Finding, report: Report, indent: str) -> list[str]:
     """A finding's advice in at most ``ADVICE_LINES`` lines (cut at a word, with '…'), then its remedy."""
     lines = textwrap.wrap(finding.advice, WIDTH, initial_indent=f"{indent}advice: ",
                           subsequent_indent=indent + " " * len("advice: "), max_lines=ADVICE_LINES,
                           placeholder="…", break_on_hyphens=False)
     if finding.remedy is not None:
-        lines.append(clip(f"{indent}remedy: {remedy_summary(finding.remedy, settings)}"))
+        hint = "--student-arch ARCH --probe" if report.teacher_only else "--probe"
+        lines.append(clip(f"{indent}remedy: {remedy_summary(finding.remedy, report.settings, probe_hint=hint)}"))
     return lines
 
 
@@ -379,23 +381,24 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "")
 
 
-def probe_lines(probe) -> list[str]:
+def probe_lines(probe, indent: str = "") -> list[str]:
     """The remedy probes as a table: each setting's held-out accuracy, its change against the control with
-    the 95 % interval, and what that means; or why nothing was probed."""
+    the 95 % interval, and what that means; or why nothing was probed. Every line starts with ``indent``."""
     from kddiag.diagnosis.advice import change_text
 
     if not probe.ran:
-        return textwrap.wrap(f"Probes: not run — {probe.not_probed}", WIDTH, subsequent_indent="  ")
+        return textwrap.wrap(f"Probes: not run — {probe.not_probed}", WIDTH, initial_indent=indent,
+                             subsequent_indent=indent + "  ")
     d = probe.design
     head = (f"Probes of this pair ({d.seeds} seed(s) × {d.steps} steps of {d.batch_size} from a fresh "
             f"initialization, Adam lr {d.learning_rate:g} ({d.learning_rate_source}); {d.seconds:.0f} s)")
-    lines = textwrap.wrap(head, WIDTH)
+    lines = textwrap.wrap(head, WIDTH, initial_indent=indent, subsequent_indent=indent)
     width = max(28, *(len(a.candidate.label) for a in probe.arms))
-    lines.append(clip(f"  {'setting':<{width}} {'accuracy':>8}  {'change vs control':<22} verdict"))
+    lines.append(clip(f"{indent}  {'setting':<{width}} {'accuracy':>8}  {'change vs control':<22} verdict"))
     for arm in probe.arms:
         accuracy = "—" if arm.accuracy is None else f"{arm.accuracy:.3f}"
         change = "" if arm.ci is None else change_text(arm)
         verdict = arm.failed or ("" if arm.verdict == "control" else arm.verdict)
-        lines.append(clip(f"  {arm.candidate.label:<{width}} {accuracy:>8}  {change:<22} {verdict}".rstrip()))
+        lines.append(clip(f"{indent}  {arm.candidate.label:<{width}} {accuracy:>8}  {change:<22} {verdict}".rstrip()))
     return lines
 

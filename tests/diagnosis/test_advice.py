@@ -32,6 +32,8 @@ def test_without_probes_a_remedy_is_marked_untested_with_its_track_record():
     assert "not tested on this pair" in finding.advice and "--probe" in finding.advice
     assert "mlp 8/9, cnn 6/6 in the case studies" in finding.advice and "0/10 on real teachers" in finding.advice
     assert finding.remedy.to_dict()["tested_on_this_pair"] is False
+    teacher_only = settle_advice(Diagnosis((_overconfident(),)), None, SETTINGS, teacher_only=True).findings[0]
+    assert "--student-arch ARCH --probe trains fresh students" in teacher_only.advice  # no student to probe
 
 
 def test_a_probed_remedy_that_beat_the_control_is_kept_with_its_evidence():
@@ -95,3 +97,25 @@ def test_the_advised_remedy_is_the_probes_best_else_the_first_in_rank_order():
     assert advised_remedy(settled).alpha == 0.0
     assert advised_remedy(settle_advice(Diagnosis((_overconfident(),)), None, SETTINGS)).temperature == 16.0
     assert advised_remedy(Diagnosis((Finding(ids.KD_NO_GAIN, (OUTCOME,), 0.5, "t", (), "e", "a"),))) is None
+
+
+def test_capacity_gap_is_confirmed_or_withdrawn_by_the_probes_control():
+    """A fresh student of the same size trained to a plateau at the same settings: about as accurate as the
+    user's student confirms the size limits it; clearly more accurate says the training does."""
+    from kddiag.types import Evidence
+
+    def capacity(student_accuracy):
+        evidence = (Evidence("outcome.agreement_where_teacher_correct", 0.7, 0.85, "transfer", "<"),
+                    Evidence("outcome.student_accuracy", student_accuracy, 0.9, "eval", "<="))
+        return Finding(ids.CAPACITY_GAP, (OUTCOME,), 0.7, "too small", evidence, "It cannot follow.", "Use a larger one.")
+
+    probe = _probe(_arm("α 0.45", 4.0, 0.45, 0.0, (-0.01, 0.01), (0.0, 0.0)))  # control reached 0.90
+    confirmed = settle_advice(Diagnosis((capacity(0.89),)), probe, SETTINGS).findings[0]
+    assert confirmed.id == ids.CAPACITY_GAP and confirmed.severity == 0.7
+    assert "reached 90.0%" in confirmed.explanation and "its size, not its training, limits it" in confirmed.explanation
+    trained_short = settle_advice(Diagnosis((capacity(0.80),)), probe, SETTINGS).findings[0]
+    assert trained_short.severity < 0.7 and "Train the student longer" in trained_short.advice
+    assert trained_short.evidence[-1].metric == "probe.control_accuracy" and trained_short.evidence[-1].value == 0.9
+    still = ProbeResult(arms=probe.arms, design=DESIGN, control_late_gain=0.05)
+    assert still.still_learning  # a control still learning says nothing about the size
+    assert settle_advice(Diagnosis((capacity(0.80),)), still, SETTINGS).findings[0].advice == "Use a larger one."

@@ -204,3 +204,5 @@ def test_a_probed_remedy_shows_the_change_its_probe_measured():
     assert remedy_summary(probed, settings) == "α 0.9 → 0.45 (probed: +2.4 pt [0.2, 4.4])"
     assert remedy_summary(Remedy(teacher_scale=1.94), settings) == ("teacher's logits ÷ 1.94 (not tested on this "
                                                                     "pair: --probe)")
+    assert remedy_summary(Remedy(alpha=0.45), settings, probe_hint="--student-arch ARCH --probe").endswith(
+        "(not tested on this pair: --student-arch ARCH --probe)")
