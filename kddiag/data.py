@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kddiag.errors import KddiagError
+from kddiag.files import check_regular, kind_of
 from kddiag.types import ClassInfo, Dataset, ImageOptions, check_layout, check_normalize, check_resize
 
 __all__ = ["BUILTIN_DATASETS", "SPEC_KEYS", "load_dataset", "make_class_hierarchy"]
@@ -49,6 +50,8 @@ def load_dataset(spec: str, *, role: str = "data", images: ImageOptions = ImageO
     """
     spec = str(spec)
     path = Path(spec)
+    if kind_of(path) not in (None, "a folder", "missing"):  # a FIFO, a device, a socket, a broken link
+        check_regular(path, f"--{role} '{spec}'")
     if path.is_file() and path.suffix.lower() == ".json":
         return _load_spec(path, role, images)
     if path.is_file() or path.is_dir():
@@ -186,6 +189,7 @@ def _load_path(path: Path, role: str, images: ImageOptions, *, spec: Path | None
 
 
 def _load_file(path: Path, where: str, images: ImageOptions, *, name: str, format_prefix: str) -> Dataset:
+    check_regular(path, where)  # e.g. a FIFO named by a data spec: never opened
     if path.stat().st_size == 0:
         raise KddiagError(f"{where}: the file is empty")
     suffix = path.suffix.lower()
@@ -199,8 +203,10 @@ def _load_file(path: Path, where: str, images: ImageOptions, *, name: str, forma
         try:
             content = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
+            from kddiag.loading.unpickling import unreadable_reason  # kddiag's words, never torch's advice
+
             raise KddiagError(f"{where}: not a readable tensor file; expected a dict with tensors 'x' "
-                              f"and 'y' saved by torch.save ({_one_line(error)})") from None
+                              f"and 'y' saved by torch.save ({unreadable_reason(path, error)})") from None
         if not isinstance(content, dict):
             raise KddiagError(f"{where}: expected a dict with tensors 'x' and 'y'; got {type(content).__name__}")
     else:

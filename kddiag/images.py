@@ -22,20 +22,26 @@ then normalized per channel, x[c] ← (x[c] − mean[c]) / std[c].
 Image folders follow torchvision's ``ImageFolder`` layout: one sub-folder per class, class k is the
 k-th folder name in sorted order and the names become the class names. Files with the extensions in
 :data:`IMAGE_EXTENSIONS` (any case) are read, in sub-folders too; hidden files and folders (names
-starting with '.') are skipped. When every image is grayscale (Pillow modes '1', 'L', 'LA', or a
-palette of grays only, as in a grayscale GIF) the images have one channel; otherwise all are converted
-to RGB. (torchvision's loader converts grayscale too, so a model trained through it expects 3 channels;
-WebP stores no grayscale.)
+starting with '.') are skipped. Links are followed: a folder linking back to one above it (a loop) is
+refused, a file or folder reached twice is read once (refused when reached from two classes), and an
+image name that is not a regular file (a FIFO, a device, a socket) is refused by name, never opened.
+An image of more pixels than Pillow's decompression-bomb limit is refused before it is decoded, and
+``resize`` may ask for at most :data:`MAX_RESIZE_PIXELS` pixels. When every image is grayscale (Pillow
+modes '1', 'L', 'LA', or a palette of grays only, as in a grayscale GIF) the images have one channel;
+otherwise all are converted to RGB. (torchvision's loader converts grayscale too, so a model trained
+through it expects 3 channels; WebP stores no grayscale.)
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kddiag.errors import KddiagError
+from kddiag.files import kind_of, open_regular
 from kddiag.loading._text import one_line
 from kddiag.types import ImageOptions
 
@@ -43,12 +49,15 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_array", "images_from_array", "read_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_RESIZE_PIXELS", "is_image_array", "images_from_array", "read_image_folder",
+           "check_resize_pixels"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CHANNEL_COUNTS = (1, 3, 4)  # what a channel axis looks like when the layout is detected
 _GRAY_MODES = ("1", "L", "LA")
 _COLOR_MODES = ("P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")  # 8 bits per channel
+_MAX_SIDE = 4096
+MAX_RESIZE_PIXELS = _MAX_SIDE * _MAX_SIDE  # per image; 16× SAM's 1024×1024, the largest common vision input
 
 
 def is_image_array(x: torch.Tensor, options: ImageOptions) -> bool:
@@ -64,11 +73,14 @@ def images_from_array(x: torch.Tensor, options: ImageOptions, where: str) -> tup
     """Image array (n, H, W), (n, H, W, C) or (n, C, H, W), uint8 or float → float32 (n, C, H, W), prepared.
 
     Returns the tensor and a one-line account of what was done. ``where`` names the file in errors.
+    ``options.resize`` may ask for at most MAX_RESIZE_PIXELS pixels per image.
 
     >>> x, notes = images_from_array(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), ImageOptions(), "x")
     >>> tuple(x.shape)
     (2, 3, 8, 8)
     """
+    if options.resize is not None:
+        check_resize_pixels(options.resize, where)
     if x.dim() == 3:
         layout, how = "NHW", "one channel"
         x = x.unsqueeze(1)
@@ -89,12 +101,14 @@ def read_image_folder(root: Path, options: ImageOptions, where: str
     """
     import torch
 
+    if options.resize is not None:
+        check_resize_pixels(options.resize, where)
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         loose = any(_is_image_file(name) for name in os.listdir(root))
         raise KddiagError(f"{where}: " + ("holds images but no class folders" if loose else "no class folders")
                           + "; an image folder holds one sub-folder of images per class (ImageFolder layout)")
-    files = [(path, k) for k, name in enumerate(classes) for path in _image_files(root / name)]
+    files, n_twice = _image_files(root, classes, where)
     if not files:
         raise KddiagError(f"{where}: no images in its {len(classes)} class folders; expected files ending in "
                           f"{', '.join(IMAGE_EXTENSIONS)}")
@@ -122,10 +136,21 @@ def read_image_folder(root: Path, options: ImageOptions, where: str
     labels = np.array([k for _, k in files], dtype=np.int64)
     notes = [f"image folder: {len(files)} images in {len(classes)} class folders (sorted names), "
              f"{'grayscale' if gray else 'RGB'}, read with Pillow"]
+    if n_twice:
+        notes.append(f"{n_twice} file(s) or folder(s) reached twice through links, read once")
     if options.resize is not None:
         notes.append("resized to {}×{} (Pillow bilinear)".format(*options.resize))
     x, notes_text = _prepare(x, options, where, notes, resize=False)
     return x, labels, tuple(classes), notes_text
+
+
+def check_resize_pixels(resize: tuple[int, int], where: str) -> None:
+    """Refuse a resize (height, width) of more than MAX_RESIZE_PIXELS pixels, in one line naming the option."""
+    height, width = resize
+    if height * width > MAX_RESIZE_PIXELS:
+        raise KddiagError(f"{where}: --resize {height},{width} (or the data spec's 'resize') asks for "
+                          f"{height * width:,} pixels per image; kddiag's ceiling is {MAX_RESIZE_PIXELS:,} "
+                          f"({_MAX_SIDE}×{_MAX_SIDE})")
 
 
 def _layout(shape: tuple[int, ...], given: str | None, where: str) -> tuple[str, str]:
@@ -169,13 +194,65 @@ def _prepare(x: torch.Tensor, options: ImageOptions, where: str, notes: list[str
     return x.contiguous(), "; ".join(notes)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder`` (sub-folders too), sorted, hidden files and folders skipped."""
-    found = []
-    for directory, subfolders, names in os.walk(folder, followlinks=True):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        found += [Path(directory) / name for name in sorted(names) if _is_image_file(name)]
-    return found
+def _image_files(root: Path, classes: list[str], where: str) -> tuple[list[tuple[Path, int]], int]:
+    """(path, class) of every image file under the class folders (sub-folders too), in sorted order, hidden
+    files and folders skipped; and how many files were reached twice through links (counted once).
+
+    Links are followed. A folder that links back to one above it (a loop) is refused; a folder or file
+    reached twice is read once, and refused when reached from two classes. An image name that is not a
+    regular file (a FIFO, a device, a socket, a broken link) is refused by name.
+    """
+    files: list[tuple[Path, int]] = []
+    owner: dict[tuple[int, int], tuple[int, Path]] = {}  # (device, inode) -> (class, first path)
+    n_twice = 0
+    for k, name in enumerate(classes):
+        stack = [(root / name, (_identity(root),))]
+        while stack:
+            folder, above = stack.pop()
+            here = _identity(folder)
+            if here in above:
+                raise KddiagError(f"{where}: '{_shown(folder, root)}' links back to a folder above it (a loop); "
+                                  f"remove the link")
+            if here in owner:
+                _same_class(owner[here], k, folder, root, classes, where)
+                n_twice += 1
+                continue
+            owner[here] = k, folder
+            subfolders = []
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                path = Path(entry.path)
+                kind = kind_of(path)
+                if kind == "a folder":
+                    subfolders.append(path)
+                elif _is_image_file(entry.name):
+                    if kind is not None:
+                        raise KddiagError(f"{where}: '{_shown(path, root)}' is {kind}, not a regular file; kddiag "
+                                          f"reads only regular files")
+                    identity = _identity(path)
+                    if identity in owner:
+                        _same_class(owner[identity], k, path, root, classes, where)
+                        n_twice += 1
+                        continue
+                    owner[identity] = k, path
+                    files.append((path, k))
+            stack += [(sub, above + (here,)) for sub in reversed(subfolders)]
+    return files, n_twice
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of what ``path`` names, links followed: the same file or folder however reached."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _same_class(seen: tuple[int, Path], k: int, path: Path, root: Path, classes: list[str], where: str) -> None:
+    """Refuse a file or folder reached (through links) from two class folders: its class is undefined."""
+    if seen[0] != k:
+        raise KddiagError(f"{where}: '{_shown(path, root)}' and '{_shown(seen[1], root)}' are the same "
+                          f"{'folder' if path.is_dir() else 'file'} (through a link) in two classes, "
+                          f"'{classes[seen[0]]}' and '{classes[k]}'; each image belongs to one class")
 
 
 def _is_image_file(name: str) -> bool:
@@ -183,20 +260,34 @@ def _is_image_file(name: str) -> bool:
 
 
 def _read_image(path: Path, root: Path, where: str) -> Image.Image:
-    """One image, decoded now: a Pillow image in mode 'L' (grayscale) or 'RGB'."""
+    """One image, decoded now: a Pillow image in mode 'L' (grayscale) or 'RGB'. Opened only as a regular
+    file; an image of more pixels than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,
+    89,478,485 unless changed) is refused before it is decoded."""
+    import warnings
+
     from PIL import Image
 
+    shown = _shown(path, root)
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode in _GRAY_MODES + _COLOR_MODES:
-                return image.convert("L" if mode in _GRAY_MODES or _gray_palette(image) else "RGB")
+        with open_regular(path, f"{where}: image '{shown}'") as handle, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2× its limit
+            with Image.open(handle) as image:
+                image.load()
+                mode = image.mode
+                if mode in _GRAY_MODES + _COLOR_MODES:
+                    return image.convert("L" if mode in _GRAY_MODES or _gray_palette(image) else "RGB")
+    except KddiagError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise KddiagError(f"{where}: image '{shown}' has {size}, more than Pillow's decompression-bomb limit of "
+                          f"{Image.MAX_IMAGE_PIXELS:,}; kddiag does not decode it") from None
     except Exception as error:  # Pillow raises many kinds for a corrupt file
-        reason = one_line(error).replace(str(path), _shown(path, root))
-        raise KddiagError(f"{where}: cannot read image '{_shown(path, root)}', not an image or a corrupt one "
+        reason = one_line(error).replace(str(path), shown)
+        raise KddiagError(f"{where}: cannot read image '{shown}', not an image or a corrupt one "
                           f"({reason})") from None
-    raise KddiagError(f"{where}: image '{_shown(path, root)}' has Pillow mode {mode} (more than 8 bits per "
+    raise KddiagError(f"{where}: image '{shown}' has Pillow mode {mode} (more than 8 bits per "
                       f"channel); kddiag reads 8-bit grayscale, palette and colour images")
 
 

@@ -112,7 +112,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                           temperature=None if temperatures is None else temperatures[k],
                           alpha=None if alphas is None else alphas[k])
                 for k, s in enumerate(loaded)]  # before the forward passes
-    mismatched = _vocabulary_mismatches(loaded_teacher, loaded)
+    mismatched = _vocabulary_mismatches(loaded_teacher, loaded, trust_remote_code=options.trust_remote_code)
     if mismatched and len(mismatched) == sum(s is not None for s in loaded):
         return _mismatch_reports(loaded_teacher, loaded, loaded_baseline, settings, mismatched), [[] for _ in loaded]
     if mismatched:
@@ -164,13 +164,14 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
         if options.probe is not None and (student or planned) is not None:
             probe = _probe(loaded_teacher, student or planned, datasets, measurements, diagnosis, student_settings,
                            options, device=ranks.device or options.device, world_size=ranks.world_size)
-        diagnosis = settle_advice(diagnosis, probe, student_settings)
+        diagnosis = settle_advice(diagnosis, probe, student_settings, teacher_only=student is None)
         inputs = tuple([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
                         for role, m in models.items()] + data_inputs)
         reports.append(Report(inputs=inputs, settings=student_settings, class_info=class_info,
                               measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
                               coverage=tuple(s.coverage() for s in student_summaries),
-                              example_inputs=_listed_inputs(measurements, datasets, loaded_teacher),
+                              example_inputs=_listed_inputs(measurements, datasets, loaded_teacher,
+                                                             trust_remote_code=options.trust_remote_code),
                               models=tuple(models), probe=probe))
     return reports, summaries
 
@@ -224,7 +225,8 @@ def _student_names(students: Sequence[Any] | Mapping[str, Any]) -> tuple[str, ..
     return names
 
 
-def _listed_inputs(measurements, datasets: dict[str, Dataset], teacher: LoadedModel) -> dict[str, dict[int, Any]]:
+def _listed_inputs(measurements, datasets: dict[str, Dataset], teacher: LoadedModel, *,
+                   trust_remote_code: bool = False) -> dict[str, dict[int, Any]]:
     """The inputs of the examples the report lists (the teacher's hardest), per set: numpy arrays, or for
     token positions their decoded context (:func:`kddiag.text.token_contexts`)."""
     listed = {}
@@ -237,7 +239,8 @@ def _listed_inputs(measurements, datasets: dict[str, Dataset], teacher: LoadedMo
             from kddiag.text import token_contexts
 
             listed[record.dataset] = token_contexts(dataset, [item.index for item in examples],
-                                                    teacher.metadata.get("tokenizer_dir"))
+                                                    teacher.metadata.get("tokenizer_dir"),
+                                                    trust_remote_code=trust_remote_code)
         else:
             listed[record.dataset] = {item.index: np.asarray(dataset.x[item.index]) for item in examples}
     return listed
@@ -304,7 +307,8 @@ def as_model(source: Any, role: str, arch: str | None, options: InspectOptions) 
                       f"got {type(source).__name__}")
 
 
-def _vocabulary_mismatches(teacher: LoadedModel, students: tuple[LoadedModel | None, ...]) -> dict[int, Any]:
+def _vocabulary_mismatches(teacher: LoadedModel, students: tuple[LoadedModel | None, ...], *,
+                           trust_remote_code: bool = False) -> dict[int, Any]:
     """The students whose tokenizer differs from the teacher's (Hugging Face directories with tokenizers),
     with how: read before any forward pass."""
     from kddiag.vocabulary import compare_vocabularies, read_vocabulary
@@ -315,8 +319,9 @@ def _vocabulary_mismatches(teacher: LoadedModel, students: tuple[LoadedModel | N
     for k, student in enumerate(students):
         if student is None or not student.metadata.get("tokenizer_dir"):
             continue
-        comparison = compare_vocabularies(read_vocabulary(teacher.metadata["tokenizer_dir"], "teacher"),
-                                          read_vocabulary(student.metadata["tokenizer_dir"], "student"))
+        comparison = compare_vocabularies(
+            read_vocabulary(teacher.metadata["tokenizer_dir"], "teacher", trust_remote_code=trust_remote_code),
+            read_vocabulary(student.metadata["tokenizer_dir"], "student", trust_remote_code=trust_remote_code))
         if not comparison.same:
             found[k] = comparison
     return found
@@ -348,7 +353,7 @@ def _as_dataset(source: Any, role: str, options: InspectOptions, teacher: Loaded
 
         task = "causal-lm" if teacher.format == "hf-causal-lm" else "sequence-classification"
         return load_text_dataset(str(source), role=role, task=task, tokenizer_dir=teacher.metadata.get("tokenizer_dir"),
-                                 max_length=options.max_length)
+                                 max_length=options.max_length, trust_remote_code=options.trust_remote_code)
     if isinstance(source, Dataset):
         if images.given:
             raise KddiagError(f"--{role}: the image options (normalize, resize, layout) apply to data read "

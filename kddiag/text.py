@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from kddiag.errors import KddiagError
+from kddiag.files import check_entries, check_regular, kind_of, open_regular
 from kddiag.types import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
 
 __all__ = ["TASKS", "TEXT_FORMATS", "load_text_dataset", "next_token_targets"]
@@ -45,10 +46,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 _HF_MARKERS = ("dataset_info.json", "state.json")  # files save_to_disk writes in one split's directory
 _HF_DICT_MARKER = "dataset_dict.json"  # ... and in a DatasetDict's directory
 _PRETOKENIZED_HINT = "give pre-tokenized data instead (.pt or .npz with 'input_ids')"
+MAX_TEXT_LINES = 10_000_000  # lines read from a .txt/.jsonl file, blank ones included
+MAX_LINE_CHARS = 1 << 20  # characters in one line: far more than any max_length keeps (8192 tokens)
 
 
 def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: str | Path | None = None,
-                      max_length: int | None = None) -> Dataset:
+                      max_length: int | None = None, trust_remote_code: bool = False) -> Dataset:
     """Read text or token ids for a Hugging Face model as a :class:`Dataset` whose ``x`` is TokenInputs.
 
     ``task``: 'causal-lm' (examples are target positions, labels the next tokens) or
@@ -56,7 +59,9 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
     teacher's directory, whose tokenizer turns text into ids and bounds pre-tokenized ids to its
     vocabulary. ``max_length``: tokens kept per sequence; None: the tokenizer's ``model_max_length``
     when it is at most 8192, else 512 (pre-tokenized data: not truncated). ``role`` ('data' or
-    'transfer-data') names the option in errors.
+    'transfer-data') names the option in errors. A tokenizer directory that names code to run is refused
+    unless ``trust_remote_code`` (:func:`kddiag.loading.hf.vet_hf_directory`). Text files are read line by
+    line, at most MAX_TEXT_LINES lines of at most MAX_LINE_CHARS characters.
 
     >>> load_text_dataset("val.jsonl", role="data", task="causal-lm", tokenizer_dir="gpt2/").x.input_ids.shape
     torch.Size([100, 37])  # doctest: +SKIP
@@ -69,9 +74,10 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
         raise KddiagError(f"{where}: max_length must be a positive integer; got {max_length!r}")
     path = Path(path)
     if path.is_dir():
-        return _load_hf_datasets(path, where, task, tokenizer_dir, max_length)
-    if not path.is_file():
+        return _load_hf_datasets(path, where, task, tokenizer_dir, max_length, trust_remote_code=trust_remote_code)
+    if kind_of(path) == "missing":
         raise KddiagError(f"{where}: no such file or folder")
+    check_regular(path, where)  # a FIFO, a device or a socket, named
     suffix = path.suffix.lower()
     if suffix not in TEXT_FORMATS:
         raise KddiagError(f"{where}: unknown text data format '{suffix or path.name}'; expected .jsonl, .txt, "
@@ -85,10 +91,12 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
         texts, labels, names = (_read_jsonl(path, where, task) if suffix == ".jsonl"
                                 else (_read_txt(path, where), None, None))
         return _from_texts(texts, labels, names, name=str(path), where=where, task=task,
-                           tokenizer_dir=tokenizer_dir, max_length=max_length, format=suffix.lstrip("."))
+                           tokenizer_dir=tokenizer_dir, max_length=max_length, format=suffix.lstrip("."),
+                           trust_remote_code=trust_remote_code)
     columns = _read_npz(path, where) if suffix == ".npz" else _read_pt(path, where)
     return _from_columns(columns, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
-                         max_length=max_length, format="npz" if suffix == ".npz" else "pt")
+                         max_length=max_length, format="npz" if suffix == ".npz" else "pt",
+                         trust_remote_code=trust_remote_code)
 
 
 # --- reading files ----------------------------------------------------------------------------------
@@ -159,11 +167,24 @@ def _read_txt(path: Path, where: str) -> list[str]:
 
 
 def _lines(path: Path, where: str) -> Iterator[tuple[int, str]]:
-    """(line number from 1, line without its line break); a UTF-8 byte-order mark is dropped."""
+    """(line number from 1, line without its line break); a UTF-8 byte-order mark is dropped. At most
+    MAX_TEXT_LINES lines of at most MAX_LINE_CHARS characters: refused as soon as one is past either."""
+    import io
+
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\r\n")
+        with io.TextIOWrapper(open_regular(path, where), encoding="utf-8-sig", newline="") as handle:
+            for number in range(1, MAX_TEXT_LINES + 2):
+                line = handle.readline(MAX_LINE_CHARS + 2)  # + the line break, which may be '\r\n'
+                if not line:
+                    return
+                if number > MAX_TEXT_LINES:
+                    raise KddiagError(f"{where}: more than {MAX_TEXT_LINES:,} lines; kddiag reads at most that "
+                                      f"many (split the file, or give a sample)")
+                text = line.rstrip("\r\n")
+                if len(text) > MAX_LINE_CHARS:
+                    raise KddiagError(f"{where}: line {number} is longer than {MAX_LINE_CHARS:,} characters; "
+                                      f"kddiag reads lines of at most that length")
+                yield number, text
     except UnicodeDecodeError as error:
         raise KddiagError(f"{where}: not UTF-8 text (byte {error.start} of the file cannot be decoded)") from None
 
@@ -195,6 +216,9 @@ def _read_npz(path: Path, where: str) -> dict:
     with open(path, "rb") as handle:
         if not handle.read(4).startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise KddiagError(f"{where}: not a .npz file (a zip of .npy arrays): corrupt, truncated or another format")
+    from kddiag.loading.logits import check_npz_sizes
+
+    check_npz_sizes(path, where)  # from the headers, before anything is inflated
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -207,8 +231,10 @@ def _read_npz(path: Path, where: str) -> dict:
         raise KddiagError(f"{where}: not a readable .npz file ({_one_line(error)})") from None
 
 
-def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_length) -> Dataset:
+def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_length, *,
+                      trust_remote_code: bool) -> Dataset:
     """One split saved by Hugging Face ``datasets``: text columns or token columns (ragged rows are padded)."""
+    check_entries(path, where)  # datasets opens its files by name: a FIFO among them would block it
     if (path / _HF_DICT_MARKER).is_file():
         splits = sorted(p.name for p in path.iterdir() if p.is_dir())
         raise KddiagError(f"{where}: a DatasetDict with several splits ({', '.join(splits) or 'none'}); give one "
@@ -235,7 +261,8 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
         if task == SEQUENCE_CLASSIFICATION and "labels" not in columns and "label" in columns:
             content["labels"] = list(table["label"])
         return _from_columns(content, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
-                             max_length=max_length, format="hf-datasets", ragged_ok=True)
+                             max_length=max_length, format="hf-datasets", ragged_ok=True,
+                             trust_remote_code=trust_remote_code)
     if "text" not in columns:
         raise KddiagError(f"{where}: no 'text' or 'input_ids' column (columns: {', '.join(columns) or 'none'})")
     texts = list(table["text"])
@@ -254,17 +281,17 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
         if names is None and getattr(feature, "names", None):  # a ClassLabel column: ids with names
             names = tuple(str(n) for n in feature.names)
     return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
-                       max_length=max_length, format="hf-datasets")
+                       max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code)
 
 
 # --- from text --------------------------------------------------------------------------------------
 
 def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task: str, tokenizer_dir,
-                max_length: int | None, format: str) -> Dataset:
+                max_length: int | None, format: str, trust_remote_code: bool) -> Dataset:
     if tokenizer_dir is None:
         raise KddiagError(f"{where}: text must be tokenized with the teacher's tokenizer, but the teacher has none "
                           f"(no Hugging Face directory with tokenizer files); {_PRETOKENIZED_HINT}")
-    tokenizer = _load_tokenizer(tokenizer_dir, where, required=True)
+    tokenizer = _load_tokenizer(tokenizer_dir, where, required=True, trust_remote_code=trust_remote_code)
     if max_length is None:
         stated = getattr(tokenizer, "model_max_length", None)
         sane = isinstance(stated, numbers.Integral) and 0 < stated <= MAX_SANE_MODEL_MAX_LENGTH
@@ -332,7 +359,7 @@ def _padded(rows: list, pad_id: int):
 # --- from token ids ---------------------------------------------------------------------------------
 
 def _from_columns(content: dict, *, name: str, where: str, task: str, tokenizer_dir, max_length: int | None,
-                  format: str, ragged_ok: bool = False) -> Dataset:
+                  format: str, trust_remote_code: bool, ragged_ok: bool = False) -> Dataset:
     """Pre-tokenized ``input_ids``, ``attention_mask`` and ``labels``; ``ragged_ok``: rows of different
     lengths are right-padded (Hugging Face datasets store them so), else refused."""
     if "input_ids" not in content:
@@ -370,7 +397,8 @@ def _from_columns(content: dict, *, name: str, where: str, task: str, tokenizer_
         input_ids, mask = input_ids[:, :max_length], mask[:, :max_length]
         labels = labels[:, :max_length] if causal else labels
         notes.append(f"max_length {max_length}, {n_truncated:,} of {len(input_ids):,} sequences truncated")
-    tokenizer = _load_tokenizer(tokenizer_dir, where, required=False) if tokenizer_dir is not None else None
+    tokenizer = (_load_tokenizer(tokenizer_dir, where, required=False, trust_remote_code=trust_remote_code)
+                 if tokenizer_dir is not None else None)
     vocab = None if tokenizer is None else len(tokenizer)
     notes.append(f"token ids checked against the {vocab:,}-token vocabulary in '{tokenizer_dir}'" if vocab
                  else "token ids not checked against a vocabulary (no tokenizer)")
@@ -495,9 +523,10 @@ def _check_ids(ids: np.ndarray, what: str, where: str, vocab: int | None) -> Non
 
 # --- the tokenizer ----------------------------------------------------------------------------------
 
-def _load_tokenizer(directory, where: str, *, required: bool):
+def _load_tokenizer(directory, where: str, *, required: bool, trust_remote_code: bool = False):
     """The tokenizer in ``directory`` (local files only). ``required``: text needs it, so its absence is an
-    error; else (token ids, checked against it when present) None."""
+    error; else (token ids, checked against it when present) None. A directory that names code to run is
+    refused unless ``trust_remote_code``, whatever ``required``."""
     directory = Path(directory)
     if not directory.is_dir():
         if not required:
@@ -517,9 +546,13 @@ def _load_tokenizer(directory, where: str, *, required: bool):
             return None
         raise KddiagError(f"{where}: tokenizing text needs the transformers package: "
                           f"pip install 'kddiag[transformers]'") from None
+    from kddiag.loading.hf import vet_hf_directory
+
+    vet_hf_directory(directory, f"{where}: the tokenizer directory '{directory}'", trust_remote_code=trust_remote_code)
     try:
         with _quiet():
-            return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+            return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                                              trust_remote_code=bool(trust_remote_code))
     except Exception as error:
         raise KddiagError(f"{where}: could not read the tokenizer in '{directory}' ({_one_line(error)}); "
                           f"{_PRETOKENIZED_HINT}") from None
@@ -527,7 +560,9 @@ def _load_tokenizer(directory, where: str, *, required: bool):
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """No warnings or log lines from transformers/datasets (e.g. 'Token indices sequence length is longer…')."""
+    """No warnings or log lines from transformers/datasets (e.g. 'Token indices sequence length is longer…'),
+    and nothing printed on stdout, which carries --json."""
+    import io
     import logging
     import warnings
 
@@ -536,7 +571,7 @@ def _quiet() -> Iterator[None]:
     try:
         for logger in loggers:
             logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -561,14 +596,15 @@ def _one_line(error: BaseException) -> str:
 CONTEXT_TOKENS = 8  # tokens of context shown before a listed target position
 
 
-def token_contexts(dataset: Dataset, indices, tokenizer_dir) -> dict[int, str]:
+def token_contexts(dataset: Dataset, indices, tokenizer_dir, *, trust_remote_code: bool = False) -> dict[int, str]:
     """For examples ``indices`` of a causal-LM data set (target positions): the last CONTEXT_TOKENS tokens up
     to the position, decoded with the teacher's tokenizer, and the token that follows ('… the big ▸ dog');
     {} without a tokenizer. For the report's hardest examples."""
     x = dataset.x
     if not (isinstance(x, TokenInputs) and x.per_position) or tokenizer_dir is None:
         return {}
-    tokenizer = _load_tokenizer(tokenizer_dir, "the report's examples", required=False)
+    tokenizer = _load_tokenizer(tokenizer_dir, "the report's examples", required=False,
+                                trust_remote_code=trust_remote_code)
     if tokenizer is None:
         return {}
     offsets, positions = x.example_offsets(), x.target_positions()

@@ -70,21 +70,27 @@ def compare_vocabularies(teacher: Vocabulary, student: Vocabulary) -> Vocabulary
     return VocabularyComparison(teacher.size, student.size, len(differing), tuple(differing[:MAX_LISTED]), special)
 
 
-def read_vocabulary(tokenizer_dir: str | Path, role: str) -> Vocabulary:
-    """The vocabulary of the tokenizer saved in ``tokenizer_dir`` (read locally, never downloaded)."""
+def read_vocabulary(tokenizer_dir: str | Path, role: str, *, trust_remote_code: bool = False) -> Vocabulary:
+    """The vocabulary of the tokenizer saved in ``tokenizer_dir`` (read locally, never downloaded).
+
+    A directory that names code to run (an ``auto_map``, a tokenizer class transformers does not have) is
+    refused unless ``trust_remote_code`` (:func:`kddiag.loading.hf.vet_hf_directory`)."""
+    where = f"{role} '{tokenizer_dir}'"
     try:
         import transformers
     except ImportError:
-        raise KddiagError(f"{role} '{tokenizer_dir}': reading its tokenizer needs the transformers package: "
+        raise KddiagError(f"{where}: reading its tokenizer needs the transformers package: "
                           f"pip install 'kddiag[transformers]'") from None
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
+    from kddiag.loading.hf import _quiet, vet_hf_directory
+
+    vet_hf_directory(tokenizer_dir, where, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise KddiagError(f"{role} '{tokenizer_dir}': cannot read its tokenizer ({' '.join(str(error).split())[:200]})"
-                          ) from None
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    special = {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKENS if getattr(tokenizer, name, None)}
-    return Vocabulary(dict(tokenizer.get_vocab()), special, str(tokenizer_dir))
+        with _quiet():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True,
+                                                                   trust_remote_code=bool(trust_remote_code))
+            special = {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKENS
+                       if getattr(tokenizer, name, None)}
+            tokens = dict(tokenizer.get_vocab())
+    except Exception as error:  # transformers raises many kinds for a broken tokenizer
+        raise KddiagError(f"{where}: cannot read its tokenizer ({' '.join(str(error).split())[:200]})") from None
+    return Vocabulary(tokens, special, str(tokenizer_dir))

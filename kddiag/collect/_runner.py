@@ -8,7 +8,7 @@ import torch
 
 from kddiag.errors import KddiagError
 from kddiag.loading import logits_of
-from kddiag.types import LoadedModel, n_examples_of
+from kddiag.types import LoadedModel, TokenInputs, n_examples_of
 
 
 class Runner:
@@ -23,6 +23,7 @@ class Runner:
     def __init__(self, role: str, model: LoadedModel):
         self.role, self.module = role, model.module
         self.source = None if model.format == "module" else model.source  # named in errors
+        self.reads_tokens = model.format.startswith("hf-")  # a Hugging Face model takes TokenInputs
         self._who = role if self.source is None else f"{role} '{self.source}'"
         self.n_classes: int | None = None  # from the first batch: every batch must give as many
         self.has_features = True  # False: this model gives no features
@@ -81,6 +82,10 @@ class Runner:
             except KddiagError as error:
                 raise KddiagError(f"{self._who}: {error}") from None
             except Exception as error:
+                if isinstance(piece, TokenInputs) and not self.reads_tokens:
+                    raise KddiagError(f"{self._who} is not a Hugging Face model, but the data is tokenized text "
+                                      f"(input_ids) read for one; give every model as a Hugging Face directory "
+                                      f"(save_pretrained) or as logits") from None
                 raise KddiagError(f"{self._who} failed on inputs of shape {tuple(piece.shape)} ({piece.dtype}): "
                                   f"{type(error).__name__}: {one_line(error)}") from None
             rows = n_examples_of(piece)

@@ -221,21 +221,22 @@ def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str
     notes: tuple[str, ...] = ()
     try:
         content = _unpickling.load_weights_only(path)
-    except Exception as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if found is None:  # nothing to unpickle: the file is not a torch.save file, or is damaged
-            raise KddiagError(f"{where}: not a readable PyTorch file (corrupt, truncated or not written by "
-                              f"torch.save)") from None
-        if trust_pickle:
+    except Exception:
+        unknown = _unpickling.unknown_globals(path)  # read from the pickle, not from torch's changing words
+        if trust_pickle and unknown:
             content = _unpickle(path, where)
         else:
-            content = _unpickling.load_skipping_objects(path)
+            content = _unpickling.load_skipping_objects(path)  # also reads pickle protocols 3-5 (torch cannot)
+            if content is None and not unknown:  # the file is not a torch.save file, or is damaged
+                raise KddiagError(f"{where}: not a readable PyTorch file (corrupt, truncated or not written by "
+                                  f"torch.save)") from None
+        if unknown and not trust_pickle:
             if not _holds_data(content):  # the weights are inside the objects: a pickled model
                 raise UnsafeLoadError(
-                    f"{where}: the file needs unpickling (it contains {found.group(1)}), "
+                    f"{where}: the file needs unpickling (it contains {unknown[0]}), "
                     f"which can run arbitrary code; pass --trust-pickle only for files you trust, or save a "
                     f"state dict, torch.export or TorchScript model instead") from None
-            notes = (f"not read: {first(_unpickling.skipped_objects(content))}: objects kddiag does not "
+            notes = (f"not read: {first(_unpickling.skipped_objects(content) or unknown)}: objects kddiag does not "
                      f"unpickle (--trust-pickle would)",)
     if isinstance(content, torch.nn.Module):
         return LoadedModel(source=str(path), format="pickled-module", module=content)

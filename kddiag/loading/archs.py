@@ -24,6 +24,10 @@ from kddiag.errors import KddiagError
 from kddiag.loading._text import one_line
 
 _LITERALS = "numbers, strings, True/False/None, and tuples, lists, dicts or sets of them"
+# Bounds on a built-in name (mlp:IN-H1-...-OUT), checked before anything is built: a name stored in an
+# untrusted checkpoint could ask for 300,000 layers or 10^12 weights. Ordinary MLPs use a few layers.
+MAX_BUILTIN_LAYERS = 256  # linear layers
+MAX_BUILTIN_PARAMETERS = 100_000_000  # weights and biases (400 MB of float32)
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def parse_arch(spec: str, option: str) -> ArchSpec | None:
     >>> parse_arch("models.py:Net(28, hidden=64)", "--teacher-arch")
     ArchSpec(module='models.py', attribute='Net', args=(28,), kwargs={'hidden': 64})
     """
-    where = f"{option} '{spec}'"
+    where = f"{option} '{clip_spec(spec)}'"
     if _builtin_factory(spec, where) is not None:
         return None
     head, paren, call = spec.partition("(")
@@ -73,11 +77,14 @@ def parse_arch(spec: str, option: str) -> ArchSpec | None:
     return ArchSpec(module.strip(), attribute, args, kwargs)
 
 
-def build_arch(spec: str, role: str):
-    """The ``torch.nn.Module`` that ``spec`` names: a built-in, or the callable called with its arguments."""
+def build_arch(spec: str, role: str, *, source: str | None = None):
+    """The ``torch.nn.Module`` that ``spec`` names: a built-in, or the callable called with its arguments.
+
+    ``source`` names where ``spec`` came from in errors (:func:`stored_arch_source`); default: ``--{role}-arch``.
+    """
     import torch
 
-    option = f"--{role}-arch '{spec}'"
+    option = source or f"--{role}-arch '{clip_spec(spec)}'"
     factory = _builtin_factory(spec, option)
     parsed = None
     if factory is None:
@@ -89,8 +96,8 @@ def build_arch(spec: str, role: str):
     args, kwargs = (parsed.args, parsed.kwargs) if parsed else ((), {})
     try:
         model = factory(*args, **kwargs)
-    except KddiagError:
-        raise
+    except KddiagError as error:
+        raise KddiagError(f"{option}: {one_line(error)}") from None
     except Exception as error:
         if parsed is None or not (args or kwargs):
             hint = "; give its arguments in the spec: module:Class(28, hidden=64)" if isinstance(error, TypeError) else ""
@@ -109,14 +116,26 @@ def builtin_help() -> str:
     return getattr(models, "BUILTIN_ARCH_HELP", None) or ", ".join(getattr(models, "BUILTIN_ARCHS", {})) or "none"
 
 
-def stored_builtin_arch(stored: Any) -> str | None:
-    """``stored`` (an ``'arch'`` entry of a checkpoint) if it is a built-in name, else None.
+def stored_builtin_arch(stored: Any, where: str = "checkpoint") -> str | None:
+    """``stored`` (an ``'arch'`` entry of the checkpoint ``where`` names) if it is a built-in name, else None.
 
     Only built-in names are honoured: importing a module named inside an untrusted file would run its code.
+    A built-in name out of bounds is refused naming the checkpoint.
     """
-    if isinstance(stored, str) and _builtin_factory(stored, "stored 'arch'") is not None:
+    if isinstance(stored, str) and _builtin_factory(stored, stored_arch_source(stored, where)) is not None:
         return stored
     return None
+
+
+def stored_arch_source(spec: str, where: str) -> str:
+    """How errors name an architecture read from a checkpoint, never from an option:
+    ``student checkpoint 's.pt': its stored 'arch' 'mlp:64-8-10'``."""
+    return f"{where}: its stored 'arch' '{clip_spec(spec)}'"
+
+
+def clip_spec(spec: str, limit: int = 200) -> str:
+    """``spec`` as errors quote it: at most ``limit`` characters, then how long it is."""
+    return spec if len(spec) <= limit else f"{spec[:limit]}… ({len(spec):,} characters)"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -222,8 +241,30 @@ def _builtin_factory(name: str, where: str) -> Callable | None:
     if models is None:
         return None
     if hasattr(models, "builtin_arch"):
+        kind, _, widths = name.partition(":")
+        if kind == "mlp" and widths:  # the names kddiag.models.builtin_arch builds
+            _check_builtin_mlp(widths, where)
         try:
             return models.builtin_arch(name)
         except KddiagError as error:
-            raise KddiagError(f"{where}: {error}") from None
+            raise KddiagError(f"{where}: {one_line(error)}") from None
     return getattr(models, "BUILTIN_ARCHS", {}).get(name)
+
+
+def _check_builtin_mlp(widths_text: str, where: str) -> None:
+    """The widths of ``mlp:IN-H1-...-OUT`` checked against the bounds above, before anything is built."""
+    parts = widths_text.split("-")
+    if len(parts) - 1 > MAX_BUILTIN_LAYERS:
+        raise KddiagError(f"{where}: {len(parts) - 1:,} layers; a built-in MLP has at most {MAX_BUILTIN_LAYERS} "
+                          f"(kddiag.loading.archs.MAX_BUILTIN_LAYERS)")
+    bad = next((p for p in parts if not (p.isascii() and p.isdigit() and len(p) <= 12 and int(p) >= 1)), None)
+    if bad is not None or len(parts) < 2:
+        got = f"got '{clip_spec(bad, 20)}'" if bad is not None else "got one"
+        raise KddiagError(f"{where}: expected mlp:IN-H1-...-OUT with integer widths, at least two, each ≥ 1; "
+                          f"{got}")
+    widths = [int(p) for p in parts]
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+    if parameters > MAX_BUILTIN_PARAMETERS:
+        raise KddiagError(f"{where}: {parameters:,} parameters; a built-in MLP has at most "
+                          f"{MAX_BUILTIN_PARAMETERS:,} (kddiag.loading.archs.MAX_BUILTIN_PARAMETERS); pass a larger "
+                          f"model as package.module:Class")

@@ -4,7 +4,11 @@ A directory holds ``config.json`` and its weights (``model.safetensors``, possib
 comes from ``config.architectures``: names ending in ``ForSequenceClassification`` (classes = the
 labels) or ``ForCausalLM``/``LMHeadModel`` (classes = the vocabulary, one example per target token).
 Nothing is downloaded (``local_files_only``); pickled weights (``pytorch_model.bin``) load only with
-``trust_pickle``, code shipped with the model (``auto_map``) only with ``trust_remote_code``.
+``trust_pickle``, code shipped with the model only with ``trust_remote_code`` (:func:`vet_hf_directory`:
+``auto_map`` or a class transformers does not have, in any file that chooses classes, tokenizer files
+included; transformers is always called with ``trust_remote_code`` given, so it never prompts). Only
+regular files are read, and sizes in ``config.json`` are checked against the tensors in the safetensors
+headers before the model is built (:func:`check_config_sizes`).
 
 The model is wrapped in an adapter taking :class:`~kddiag.types.TokenInputs`, so that kddiag's
 feature hook (:mod:`kddiag.collect.modules`: the last ``nn.Linear`` called whose ``out_features`` is
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -25,16 +31,42 @@ import torch
 from torch import nn
 
 from kddiag.errors import KddiagError, UnsafeLoadError
+from kddiag.files import check_entries, open_regular
 from kddiag.loading._text import first, one_line
 from kddiag.types import IGNORE_INDEX, LoadedModel, TokenInputs
 
-__all__ = ["load_hf_model", "SequenceClassifierAdapter", "CausalLMAdapter", "CAUSAL_LM", "SEQUENCE_CLASSIFIER"]
+__all__ = ["load_hf_model", "vet_hf_directory", "check_config_sizes", "SequenceClassifierAdapter",
+           "CausalLMAdapter", "CAUSAL_LM", "SEQUENCE_CLASSIFIER"]
 
 CAUSAL_LM, SEQUENCE_CLASSIFIER = "hf-causal-lm", "hf-sequence-classifier"  # LoadedModel.format
 _KINDS = {CAUSAL_LM: ("ForCausalLM", "LMHeadModel"), SEQUENCE_CLASSIFIER: ("ForSequenceClassification",)}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
                     "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 _PROBE_TOLERANCE = 1e-4  # relative to the largest logit: float32 round-off of one matrix product, with margin
+
+# Files transformers reads to choose which classes to build, and the keys in them that name a class
+# (checked against transformers' own lookups; the module in transformers.models.auto and its function).
+CODE_CHOOSING_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                       "video_preprocessor_config.json", "audio_tokenizer_config.json", "generation_config.json")
+CLASS_NAME_KEYS = {"tokenizer_class": ("tokenization_auto", "tokenizer_class_from_name"),
+                   "processor_class": ("processing_auto", "processor_class_from_name"),
+                   "image_processor_type": ("image_processing_auto", "get_image_processor_class_from_name"),
+                   "feature_extractor_type": ("feature_extraction_auto", "feature_extractor_class_from_name"),
+                   "video_processor_type": ("video_processing_auto", "video_processor_class_from_name")}
+# Sizes in config.json, bounded by the weights before the model is built (check_config_sizes).
+LAYER_KEYS = frozenset({"n_layer", "n_layers", "num_layers", "num_hidden_layers", "encoder_layers", "decoder_layers",
+                        "num_encoder_layers", "num_decoder_layers"})
+WIDTH_KEYS = frozenset({"hidden_size", "n_embd", "d_model", "embed_dim", "embedding_size", "intermediate_size",
+                        "n_inner", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "moe_intermediate_size",
+                        "vocab_size", "n_positions", "n_ctx", "type_vocab_size", "num_attention_heads", "n_head",
+                        "num_heads", "num_key_value_heads", "head_dim", "num_labels", "num_experts",
+                        "num_local_experts", "n_routed_experts"})
+MAX_LAYERS = 1024  # 8× the deepest published Hugging Face LMs (Llama 3.1 405B: 126 layers)
+LAYER_SHARING = 64  # layers per indexed layer allowed: ALBERT runs one stored layer 12-24 times
+MAX_POSITIONS = 1 << 24  # rotary models store no position table; Llama 4 Scout states 10,485,760 positions
+MAX_CONFIG_BYTES = 16 << 20  # an ImageNet-21k id2label is about 1 MB
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
+_MAX_CONFIG_DEPTH = 8  # nesting levels of a config searched (text_config, rope_scaling, …)
 
 
 def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = False,
@@ -58,12 +90,11 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
         except ImportError:
             raise KddiagError(f"{where}: loading a Hugging Face model directory needs the transformers package: "
                               f"pip install 'kddiag[transformers]'") from None
-    config = _read_config(path, where)
+    vet_hf_directory(path, where, trust_remote_code=trust_remote_code)
+    config = _read_json(path / "config.json", where)
     kind, architecture = _kind(config, where)
-    if config.get("auto_map") and not trust_remote_code:
-        raise UnsafeLoadError(f"{where}: config.json names code shipped with the model (auto_map), which runs on "
-                              f"load; pass --trust-remote-code only for models you trust")
     use_safetensors = _weights_format(path, where, trust_pickle)
+    check_config_sizes(config, _tensor_shapes(path, where) if use_safetensors else None, where)
     auto = (transformers.AutoModelForCausalLM if kind == CAUSAL_LM
             else transformers.AutoModelForSequenceClassification)
     # transformers >= 4.56 names it dtype (and 5 defaults to the stored one); older ones load float32
@@ -72,8 +103,11 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
         try:
             model, info = auto.from_pretrained(
                 str(path), local_files_only=True, use_safetensors=use_safetensors,
-                trust_remote_code=trust_remote_code, output_loading_info=True, **dtype)
+                trust_remote_code=bool(trust_remote_code), output_loading_info=True, **dtype)
         except Exception as error:
+            if "ignore_mismatched_sizes" in str(error):  # its own advice points at a report in its logs
+                raise KddiagError(f"{where}: tensors in the weights have other shapes than config.json gives "
+                                  f"{architecture}; the config does not belong to these weights") from None
             raise KddiagError(f"{where}: transformers could not load it as {architecture} "
                               f"({type(error).__name__}: {one_line(error)})") from None
     missing = sorted({*info.get("missing_keys", ()), *(k[0] if isinstance(k, tuple) else k
@@ -176,14 +210,173 @@ class CausalLMAdapter(nn.Module):
 
 # --- checks -----------------------------------------------------------------------------------------
 
-def _read_config(path: Path, where: str) -> dict:
+def vet_hf_directory(path: str | Path, where: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse a Hugging Face directory that holds anything but regular files and folders, or (without
+    ``trust_remote_code``) that names code to run: ``auto_map`` in any file transformers reads to choose
+    classes (:data:`CODE_CHOOSING_FILES`), or a class name transformers does not have (``tokenizer_class``,
+    ``processor_class``, …: :data:`CLASS_NAME_KEYS`). One line naming the file and the key."""
+    path = Path(path)
+    check_entries(path, where)
+    if trust_remote_code:
+        return
+    for name in CODE_CHOOSING_FILES:
+        if not (path / name).is_file():
+            continue
+        content = _read_json(path / name, where)
+        refusal = _shipped_code(content)
+        if refusal:
+            raise UnsafeLoadError(f"{where}: {name} {refusal}, which transformers would import and run; pass "
+                                  f"--trust-remote-code only for models you trust")
+
+
+def _shipped_code(content: dict) -> str | None:
+    """What in one JSON config names code outside transformers ('names code shipped with the model
+    (auto_map)', …), or None; nested objects (a text_config) are searched too."""
+    stack, depth = [content], 0
+    while stack and depth < _MAX_CONFIG_DEPTH:
+        nested = []
+        for item in stack:
+            for key, value in item.items():
+                if key == "auto_map" and value:
+                    return "names code shipped with the model (auto_map)"
+                if key in CLASS_NAME_KEYS and value is not None and not _built_in(key, value):
+                    shown = value if isinstance(value, str) else json.dumps(value)[:80]
+                    return f"names {key} '{shown}', a class transformers does not have (custom code)"
+                if isinstance(value, dict):
+                    nested.append(value)
+        stack, depth = nested, depth + 1
+    return None
+
+
+def _built_in(key: str, name: Any) -> bool:
+    """Whether class ``name`` under ``key`` is one of transformers' own (not one registered by shipped code)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        return False
+    import importlib
+
+    import transformers
+
+    module_name, function = CLASS_NAME_KEYS[key]
+    found = None
+    with _quiet():
+        try:
+            found = getattr(importlib.import_module(f"transformers.models.auto.{module_name}"), function)(name)
+        except Exception:  # an older transformers without this lookup, or a lookup that fails
+            found = None
+        if found is None:
+            try:
+                found = getattr(transformers, name, None)
+            except Exception:  # a lazy attribute whose optional dependency is missing
+                found = None
+    return isinstance(found, type) and found.__module__.startswith("transformers.")
+
+
+def _read_json(file: Path, where: str) -> dict:
+    """A JSON object from a regular file of at most MAX_CONFIG_BYTES."""
+    name = file.name
+    with open_regular(file, f"{where}: {name}") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise KddiagError(f"{where}: {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a configuration is a "
+                          f"small JSON object")
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise KddiagError(f"{where}: config.json is not readable JSON ({one_line(error)})") from None
-    if not isinstance(config, dict):
-        raise KddiagError(f"{where}: config.json holds a {type(config).__name__}; expected a JSON object")
-    return config
+        content = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise KddiagError(f"{where}: {name} is not readable JSON ({one_line(error)})") from None
+    if not isinstance(content, dict):
+        raise KddiagError(f"{where}: {name} holds a {type(content).__name__}; expected a JSON object")
+    return content
+
+
+def _tensor_shapes(path: Path, where: str) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor in the weights transformers would read (the shards
+    ``model.safetensors.index.json`` names, else ``model.safetensors``, else every ``.safetensors`` file),
+    read from their headers (8 bytes of header length, then a JSON object), without loading any tensor.
+    A shard named outside the directory is refused."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    files = sorted(path.glob("*.safetensors"))
+    if (path / "model.safetensors.index.json").is_file():
+        weight_map = _read_json(path / "model.safetensors.index.json", where).get("weight_map")
+        names = list(weight_map.values()) if isinstance(weight_map, dict) else []
+        outside = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n.startswith(".")), None)
+        if outside is not None or not names:
+            raise KddiagError(f"{where}: model.safetensors.index.json " + (
+                f"names the shard {outside!r}, not a file beside it" if names else "has no weight_map of shards"))
+        files = [path / name for name in sorted(set(names))]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    for file in files:
+        shown = f"{where}: {file.name}"
+        with open_regular(file, shown) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or not 2 <= length <= min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise KddiagError(f"{shown}: not a safetensors file (its header claims {length:,} bytes in a "
+                                  f"file of {size:,}): corrupt or truncated")
+            header = handle.read(length)
+        try:
+            entries = json.loads(header.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise KddiagError(f"{shown}: not a safetensors file (header: {one_line(error)})") from None
+        for name, entry in entries.items() if isinstance(entries, dict) else ():
+            shape = entry.get("shape") if isinstance(entry, dict) and name != "__metadata__" else None
+            if isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+                shapes[name] = tuple(shape)
+    return shapes
+
+
+def check_config_sizes(config: dict, shapes: dict[str, tuple[int, ...]] | None, where: str) -> None:
+    """Refuse sizes in ``config.json`` that the weights cannot back, before transformers builds the model.
+
+    Layer counts (:data:`LAYER_KEYS`) may be at most :data:`MAX_LAYERS` and at most
+    :data:`LAYER_SHARING` times the layers the tensor names index (``h.0.``, ``h.1.``, … count 2);
+    widths, vocabulary sizes, head and label counts (:data:`WIDTH_KEYS`) at most the largest tensor
+    dimension; ``max_position_embeddings`` at most that or :data:`MAX_POSITIONS` (rotary models store no
+    position table). Without ``shapes`` (pickled weights) only the layer ceiling applies. Building a
+    model costs time per layer and memory per width (a config with ``n_layer: 1000000`` never returns).
+    """
+    largest = max((d for shape in (shapes or {}).values() for d in shape), default=0)
+    indexed = _indexed_layers(shapes or {})
+    for key, value in _sizes(config):
+        shown = f"{where}: config.json's {key} " + (f"{int(value):,}" if float(value).is_integer() else repr(value))
+        if key in LAYER_KEYS:
+            if not value <= MAX_LAYERS:
+                raise KddiagError(f"{shown} is above kddiag's ceiling of {MAX_LAYERS:,} layers")
+            if shapes is not None and value > LAYER_SHARING * max(indexed, 1):
+                raise KddiagError(f"{shown} does not match the weights, whose tensor names index {indexed:,} "
+                                  f"layer(s)")
+        elif shapes is not None and key == "max_position_embeddings":
+            if not value <= max(largest, MAX_POSITIONS):
+                raise KddiagError(f"{shown} is above kddiag's ceiling of {MAX_POSITIONS:,} positions and larger "
+                                  f"than any tensor dimension in the weights ({largest:,})")
+        elif shapes is not None and not value <= largest:
+            raise KddiagError(f"{shown} does not match the weights, whose largest tensor dimension is {largest:,}")
+
+
+def _sizes(config: dict) -> Iterator[tuple[str, float]]:
+    """(key, value) of every number under a size key, in the config and its nested objects."""
+    stack, depth = [config], 0
+    while stack and depth < _MAX_CONFIG_DEPTH:
+        nested = []
+        for item in stack:
+            for key, value in item.items():
+                if isinstance(value, dict):
+                    nested.append(value)
+                elif (key in LAYER_KEYS or key in WIDTH_KEYS or key == "max_position_embeddings") and isinstance(
+                        value, (int, float)) and not isinstance(value, bool):
+                    yield key, value
+        stack, depth = nested, depth + 1
+
+
+def _indexed_layers(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The most distinct indices at one place in the tensor names: 'h.0.w', 'h.1.w', 'h.1.b' → 2."""
+    indices: dict[str, set[str]] = {}
+    for name in shapes:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                indices.setdefault(".".join("#" if p.isdigit() else p for p in parts[:i]), set()).add(part)
+    return max((len(found) for found in indices.values()), default=0)
 
 
 def _kind(config: dict, where: str) -> tuple[str, str]:
@@ -257,11 +450,12 @@ def _version(text: str) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence Python warnings and, once transformers is imported, its logging and progress bars; restore after."""
+    """Silence Python warnings, anything printed on stdout (which carries --json) and, once transformers is
+    imported, its logging and progress bars; restore after."""
     import sys
 
     utils = sys.modules.get("transformers.utils.logging")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if utils is None:
             yield

@@ -7,6 +7,8 @@ logits are kept as stored: :class:`~kddiag.types.ModelOutputs` checks their shap
 """
 from __future__ import annotations
 
+import math
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,12 @@ from kddiag.types import EVAL, TRANSFER, LoadedModel
 # logits-file keys: which set each names
 _LOGITS_KEYS = {"logits": EVAL, "eval": EVAL, "eval_logits": EVAL, "transfer": TRANSFER, "transfer_logits": TRANSFER}
 _LABEL_KEYS = {"labels": EVAL, "y": EVAL, "eval_labels": EVAL, "transfer_labels": TRANSFER}
+
+# A .npz is inflated into memory whole (a .npy is memory-mapped). Decompression may add at most this many
+# bytes to what the file holds on disk: an 8 MB file can declare a 7.45 GiB member, and numpy allocates
+# what a member's header declares before reading it. Checked from the headers, before anything is inflated;
+# raise it for a file you trust (or save the arrays uncompressed, np.savez, or as .npy / .pt).
+MAX_NPZ_INFLATED_BYTES = 4 << 30
 
 
 def load_npy(path: Path, where: str) -> LoadedModel:
@@ -93,11 +101,89 @@ def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedM
 def read_npz(path: Path, where: str) -> dict[str, np.ndarray]:
     """Every array of a ``.npz`` file, never unpickled; a file that is not one says so."""
     _check_magic(path, (b"PK\x03\x04", b"PK\x05\x06"), ".npz (a zip of .npy arrays)", where)
+    check_npz_sizes(path, where)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except Exception as error:
         raise KddiagError(f"{where}: not a readable .npz file ({_numpy_reason(error)})") from None
+
+
+def check_npz_sizes(path: Path, where: str) -> None:
+    """Refuse a ``.npz`` whose arrays would not fit its bounds, from the zip directory and each member's
+    ``.npy`` header alone (nothing is inflated beyond the headers): each header's shape × itemsize must fit
+    in the bytes its member declares, no member may appear twice, and inflating every member may add at
+    most :data:`MAX_NPZ_INFLATED_BYTES` to the bytes the file holds."""
+    inflated, compressed, largest = 0, 0, ("", 0, "")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            seen: set[str] = set()
+            for info in archive.infolist():
+                if info.filename in seen:
+                    raise KddiagError(f"{where}: member '{_clip(info.filename)}' appears twice; a .npz holds each "
+                                      f"array once")
+                seen.add(info.filename)
+                described = _member_array(archive, info, where)
+                inflated, compressed = inflated + info.file_size, compressed + info.compress_size
+                if info.file_size > largest[1]:
+                    largest = (info.filename, info.file_size, described)
+    except KddiagError:
+        raise
+    except Exception as error:  # a damaged zip directory or header
+        raise KddiagError(f"{where}: not a readable .npz file ({_numpy_reason(error)})") from None
+    if inflated - compressed > MAX_NPZ_INFLATED_BYTES:
+        name, size, described = largest
+        raise KddiagError(f"{where}: its arrays inflate from {_bytes(compressed)} to {_bytes(inflated)} (member "
+                          f"'{_clip(name)}': {described or _bytes(size)}), over kddiag's limit of "
+                          f"{_bytes(MAX_NPZ_INFLATED_BYTES)} added by decompression "
+                          f"(kddiag.loading.logits.MAX_NPZ_INFLATED_BYTES); save large arrays uncompressed "
+                          f"(np.savez) or as .npy or .pt")
+
+
+def _member_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> str:
+    """The array a member's ``.npy`` header declares ('float32 (540, 10)'), checked against the member's
+    declared size; '' for a member that is not a ``.npy`` (numpy reads it as bytes)."""
+    from numpy.lib import format as npy
+
+    with archive.open(info) as member:
+        if member.read(6) != b"\x93NUMPY":
+            return ""
+        member.seek(0)
+        version = npy.read_magic(member)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise KddiagError(f"{where}: member '{_clip(info.filename)}' is a .npy of unknown version {version}: "
+                              f"corrupt or written by a newer numpy")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        header_size = member.tell()
+    if dtype.hasobject:
+        raise KddiagError(f"{where}: member '{_clip(info.filename)}' holds Python objects (object arrays), "
+                          f"which kddiag never unpickles; save numeric arrays")
+    described = f"{dtype} {_shape(shape)}"
+    declared = math.prod(shape) * dtype.itemsize
+    if declared < 0 or declared > info.file_size - header_size:
+        raise KddiagError(f"{where}: member '{_clip(info.filename)}' is corrupt: its header declares {described} "
+                          f"({_bytes(declared)}) but the member holds {_bytes(max(0, info.file_size - header_size))}")
+    return described
+
+
+def _bytes(n: int) -> str:
+    """A byte count as a person reads it: '7.45 GiB', '512 bytes'."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} bytes"
+
+
+def _shape(shape: tuple) -> str:
+    """A shape as messages show it: at most six dimensions written out."""
+    if len(shape) <= 6:
+        return str(tuple(shape))
+    return f"({', '.join(map(str, shape[:6]))}, … {len(shape)} dimensions)"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _read_npy(path: Path, where: str) -> np.ndarray:
@@ -118,6 +204,8 @@ def _check_magic(path: Path, magics: tuple[bytes, ...], kind: str, where: str) -
 
 
 def _numpy_reason(error: Exception) -> str:
+    if "max_header_size" in str(error):  # numpy's advice: trust the file with allow_pickle=True
+        return "a .npy header is longer than numpy reads safely (10,000 characters): corrupt or crafted"
     if "allow_pickle" in str(error) or "Python objects" in str(error):  # numpy's advice names options kddiag lacks
         return "it holds Python objects (object arrays), which kddiag never unpickles; save numeric arrays"
     if "mmap length is greater than file size" in str(error):

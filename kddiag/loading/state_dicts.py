@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
-from kddiag.loading.archs import build_arch, stored_builtin_arch
+from kddiag.loading.archs import build_arch, clip_spec, stored_arch_source, stored_builtin_arch
 from kddiag.loading.metadata import header_settings
 from kddiag.types import LoadedModel
 
@@ -78,20 +78,24 @@ def state_dict_model(path: Path, content: Mapping, arch: str | None, role: str, 
         if not candidates:
             raise KddiagError(f"{where}: --ema {role} asks for EMA weights but the file holds none (keys: "
                               f"{first(map(str, content))}); expected e.g. 'state_dict_ema' or 'model_ema'")
+    source = None  # the option names the architecture; or the checkpoint's own 'arch' entry does
     if arch is None:
-        arch = stored_builtin_arch(content.get("arch"))
+        arch = stored_builtin_arch(content.get("arch"), where)
+        source = None if arch is None else stored_arch_source(arch, where)
     if arch is None:
         raise KddiagError(f"{where}: holds a state dict (weights only); pass --{role}-arch "
                           f"package.module:Class, package.module:Class(28, hidden=64), path/to/models.py:Class "
                           f"or a built-in name to build the model")
-    model = build_arch(arch, role)
+    model = build_arch(arch, role, source=source)
+    named = (f"architecture '{clip_spec(arch)}'" if source is None
+             else f"the architecture stored in its 'arch' entry ('{clip_spec(arch)}')")
     expected = model.state_dict()
     chosen, choice_notes = _choose(candidates, expected, role, ema)
-    _check_fit(chosen.weights, expected, where, arch)
+    _check_fit(chosen.weights, expected, where, named)
     try:
         model.load_state_dict(chosen.weights, strict=True)
     except Exception as error:
-        raise KddiagError(f"{where}: does not fit --{role}-arch {arch} ({one_line(error)})") from None
+        raise KddiagError(f"{where}: does not fit {named} ({one_line(error)})") from None
     return LoadedModel(source=str(path), format="state_dict", module=model, metadata=metadata,
                        notes=(*choice_notes, *notes))
 
@@ -183,7 +187,8 @@ def _prefix_variants(weights: dict, *, depth: int):
                 yield prefix + more, variant
 
 
-def _check_fit(weights: dict, expected: dict, where: str, arch: str) -> None:
+def _check_fit(weights: dict, expected: dict, where: str, named: str) -> None:
+    """``named``: the architecture as errors name it ("architecture 'mlp:64-8-10'")."""
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     mismatched = [f"{k} {tuple(weights[k].shape)} in file vs {tuple(v.shape)} in model"
@@ -191,4 +196,4 @@ def _check_fit(weights: dict, expected: dict, where: str, arch: str) -> None:
     problems = [f"{label}: {first(keys)}" for label, keys in
                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)) if keys]
     if problems:
-        raise KddiagError(f"{where}: does not fit architecture '{arch}'; " + "; ".join(problems))
+        raise KddiagError(f"{where}: does not fit {named}; " + "; ".join(problems))

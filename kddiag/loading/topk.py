@@ -23,6 +23,10 @@ from kddiag.types import EVAL, TRANSFER
 KEYS = {EVAL: ("topk_ids", "topk_logprobs", "logsumexp"),
         TRANSFER: ("transfer_topk_ids", "transfer_topk_logprobs", "transfer_logsumexp")}
 _MASS_SLACK = 1e-3  # Σ top-k p may exceed 1 by this much (rounding of stored log-probabilities)
+# Each batch of rows is completed to n_classes float32 values per row (and copied to float64 by the
+# metrics): a batch of 512 rows of 2^19 classes peaks near 2.4 GB. The largest vocabularies in use have
+# 262,144 entries; an n_classes above this is refused before anything is allocated.
+MAX_TOPK_CLASSES = 1 << 19
 
 
 class TopKLogits:
@@ -65,8 +69,13 @@ def topk_sets(content: Mapping, where: str) -> dict[str, TopKLogits]:
         raise KddiagError(f"{where}: top-k logits need 'n_classes' (the number of classes or vocabulary size)")
     n_classes = np.asarray(content["n_classes"])
     if n_classes.shape != () or n_classes.dtype.kind not in "iu" or int(n_classes) < 2:
-        raise KddiagError(f"{where}: 'n_classes' must be one integer ≥ 2; got {n_classes!r}")
+        got = repr(n_classes.item()) if n_classes.shape == () else f"{n_classes.dtype} of shape {n_classes.shape}"
+        raise KddiagError(f"{where}: 'n_classes' must be one integer ≥ 2; got {got}")
     n_classes = int(n_classes)
+    if n_classes > MAX_TOPK_CLASSES:
+        raise KddiagError(f"{where}: 'n_classes' = {n_classes:,} is over kddiag's limit of {MAX_TOPK_CLASSES:,} "
+                          f"classes (kddiag.loading.topk.MAX_TOPK_CLASSES): each row is completed to n_classes "
+                          f"values; the largest vocabularies in use have 262,144")
     sets = {}
     for set_name, (id_key, logprob_key, _) in KEYS.items():
         if id_key not in content and logprob_key not in content:

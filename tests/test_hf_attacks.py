@@ -1,0 +1,344 @@
+"""Hostile Hugging Face directories: code named by any file that chooses classes (tokenizer and processor
+configs too), files that are not files, and config sizes the weights cannot back. Each is refused in one
+line naming the file and the key, before transformers builds anything; nothing runs, nothing prompts,
+nothing hangs (every case that could hang runs under a deadline)."""
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from kddiag.errors import KddiagError, UnsafeLoadError  # noqa: E402
+from kddiag.loading import load_model  # noqa: E402
+from kddiag.loading.hf import MAX_CONFIG_BYTES, MAX_LAYERS, MAX_POSITIONS, check_config_sizes  # noqa: E402
+from kddiag.text import load_text_dataset  # noqa: E402
+from kddiag.vocabulary import read_vocabulary  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # subprocesses import this checkout's kddiag
+WORDS = "the cat dog sat on a mat".split()
+SHIPPED = "import pathlib\npathlib.Path(__file__).parent.joinpath('ran').touch()\n"  # marks that it ran
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fail instead of hanging: SIGALRM interrupts a blocked open or read after ``seconds``."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def save_tokenizer(directory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]"] + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                            eos_token="[EOS]").save_pretrained(directory)
+    return len(vocab)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name -> a save_pretrained directory with a tokenizer: GPT-2 and BLOOM (no built-in tokenizer class)."""
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    t = transformers
+    out = {}
+    for name, make in (("gpt2", lambda v: t.GPT2LMHeadModel(t.GPT2Config(n_layer=1, n_head=2, n_embd=16,
+                                                                          vocab_size=v, n_positions=32))),
+                       ("bloom", lambda v: t.BloomForCausalLM(t.BloomConfig(vocab_size=v, hidden_size=16, n_layer=1,
+                                                                            n_head=2)))):
+        directory = root / name
+        vocab = save_tokenizer(directory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make(vocab).save_pretrained(directory)
+        out[name] = directory
+    return out
+
+
+@pytest.fixture
+def copy_of(saved, tmp_path):
+    def copy(name):
+        return Path(shutil.copytree(saved[name], tmp_path / name))
+    return copy
+
+
+def edit(path, **changes):
+    """Set keys of a JSON file (created when absent); a None value removes the key."""
+    content = json.loads(path.read_text()) if path.exists() else {}
+    content.update(changes)
+    path.write_text(json.dumps({k: v for k, v in content.items() if v is not None}))
+
+
+def one_line(error_info, *words):
+    message = str(error_info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message
+
+
+def tokenizer_with_shipped_code(directory):
+    """BLOOM has no built-in tokenizer class: with no tokenizer_class, transformers 5 would ask on stdout
+    whether to run the tokenizer code an auto_map names."""
+    (directory / "tokenization_evil.py").write_text(SHIPPED + "from transformers import PreTrainedTokenizerFast\n"
+                                                    "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    edit(directory / "tokenizer_config.json", tokenizer_class=None,
+         auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]})
+    return directory
+
+
+# --- code named by any file that chooses classes ---------------------------------------------------------
+
+def test_tokenizer_auto_map_is_refused_for_the_model_the_vocabulary_and_the_text(copy_of, tmp_path):
+    directory = tokenizer_with_shipped_code(copy_of("bloom"))
+    with pytest.raises(UnsafeLoadError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "teacher checkpoint", "tokenizer_config.json", "auto_map", "--trust-remote-code")
+    with pytest.raises(UnsafeLoadError) as error:
+        read_vocabulary(directory, "student")
+    one_line(error, "student", "tokenizer_config.json", "auto_map")
+    (tmp_path / "t.txt").write_text("the cat sat\n")  # text: the tokenizer is required
+    np.savez(tmp_path / "t.npz", input_ids=np.ones((2, 3), dtype=np.int64))  # token ids: checked against it
+    for data in ("t.txt", "t.npz"):
+        with pytest.raises(UnsafeLoadError) as error:
+            load_text_dataset(tmp_path / data, role="data", task="causal-lm", tokenizer_dir=directory)
+        one_line(error, "--data", "tokenizer_config.json", "auto_map")
+    assert not list(directory.rglob("ran"))
+
+
+@pytest.mark.parametrize("file", ["config.json", "tokenizer_config.json", "preprocessor_config.json",
+                                  "processor_config.json", "video_preprocessor_config.json",
+                                  "generation_config.json"])
+def test_auto_map_in_any_file_that_chooses_classes_is_refused(copy_of, file):
+    directory = copy_of("gpt2")
+    edit(directory / file, auto_map={"AutoProcessor": "processing_evil.EvilProcessor"})
+    with pytest.raises(UnsafeLoadError) as error:
+        load_model(directory, role="student")
+    one_line(error, f"student checkpoint '{directory}': {file}", "auto_map", "--trust-remote-code")
+
+
+def test_auto_map_in_a_nested_config_is_refused(copy_of):
+    directory = copy_of("gpt2")
+    edit(directory / "config.json", text_config={"auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}})
+    with pytest.raises(UnsafeLoadError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "config.json", "auto_map")
+
+
+@pytest.mark.parametrize("file, key, name", [
+    ("tokenizer_config.json", "tokenizer_class", "EvilTokenizer"),
+    ("config.json", "tokenizer_class", "EvilTokenizerFast"),
+    ("tokenizer_config.json", "processor_class", "EvilProcessor"),
+    ("preprocessor_config.json", "image_processor_type", "EvilImageProcessor"),
+    ("preprocessor_config.json", "feature_extractor_type", "EvilFeatureExtractor"),
+    ("tokenizer_config.json", "tokenizer_class", "os.system"),
+])
+def test_class_names_transformers_does_not_have_are_refused(copy_of, file, key, name):
+    directory = copy_of("gpt2")
+    edit(directory / file, **{key: name})
+    with pytest.raises(UnsafeLoadError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, file, key, name, "--trust-remote-code")
+
+
+@pytest.mark.parametrize("name", ["TokenizersBackend", "PreTrainedTokenizerFast", "GPT2TokenizerFast",
+                                  "GPT2Tokenizer"])
+def test_transformers_own_tokenizer_classes_pass(copy_of, name):
+    directory = copy_of("gpt2")
+    edit(directory / "tokenizer_config.json", tokenizer_class=name)
+    assert set(WORDS) <= set(read_vocabulary(directory, "teacher").tokens)
+
+
+def test_the_flag_lets_a_directory_name_its_code(copy_of):
+    directory = copy_of("gpt2")
+    edit(directory / "tokenizer_config.json", tokenizer_class="EvilTokenizer")
+    assert load_model(directory, role="teacher", trust_remote_code=True).format == "hf-causal-lm"
+
+
+def test_transformers_is_always_told_whether_to_trust(copy_of, tmp_path, monkeypatch):
+    """trust_remote_code given explicitly to every from_pretrained kddiag calls: transformers prompts only
+    when it is None."""
+    directory = copy_of("gpt2")
+    seen = []
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        original = auto.from_pretrained.__func__
+
+        def spy(cls, *args, _original=original, **kwargs):
+            seen.append((cls.__name__, kwargs.get("trust_remote_code")))
+            return _original(cls, *args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
+    load_model(directory, role="teacher")
+    read_vocabulary(directory, "teacher")
+    (tmp_path / "t.txt").write_text("the cat sat on a mat\n")
+    load_text_dataset(tmp_path / "t.txt", role="data", task="causal-lm", tokenizer_dir=directory)
+    assert {name for name, _ in seen} == {"AutoTokenizer", "AutoModelForCausalLM"}
+    assert all(trust is False for _, trust in seen), seen
+
+
+def test_no_prompt_and_clean_stdout_from_the_command_line(copy_of, tmp_path):
+    """The issue's case: before, transformers asked 'Do you wish to run the custom code? [y/N]' on stdout and
+    read stdin. Now one line on stderr, nothing on stdout (--json stays parseable), stdin never read."""
+    directory = tokenizer_with_shipped_code(copy_of("bloom"))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "the cat sat on a mat"}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "kddiag", "inspect", str(directory), "--data",
+                           str(tmp_path / "t.jsonl"), "--json"], input="y\n", capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "tokenizer_config.json" in done.stderr and "auto_map" in done.stderr
+    assert "Traceback" not in done.stderr and "[y/N]" not in done.stderr
+    assert not list(directory.rglob("ran")) and not list(tmp_path.rglob("ran"))
+
+
+# --- files that are not files ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "special_tokens_map.json"])
+def test_a_fifo_in_a_model_directory_is_refused_by_name(copy_of, name):
+    directory = copy_of("gpt2")
+    (directory / name).unlink(missing_ok=True)
+    os.mkfifo(directory / name)
+    with deadline(30), pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    # config.json is looked for before the directory is read (kddiag.loading): not a file, so not found
+    one_line(error, "without config.json" if name == "config.json" else f"'{name}' is a FIFO (named pipe)")
+
+
+def test_a_fifo_tokenizer_file_is_refused_when_reading_the_vocabulary(copy_of):
+    directory = copy_of("gpt2")
+    (directory / "tokenizer.json").unlink()
+    os.mkfifo(directory / "tokenizer.json")
+    with deadline(30), pytest.raises(KddiagError) as error:
+        read_vocabulary(directory, "teacher")
+    one_line(error, "'tokenizer.json' is a FIFO (named pipe), not a regular file")
+
+
+def test_a_link_to_a_device_is_refused(copy_of):
+    directory = copy_of("gpt2")
+    (directory / "tokenizer.json").unlink()
+    (directory / "tokenizer.json").symlink_to("/dev/zero")
+    with deadline(30), pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "'tokenizer.json' is a character device")
+
+
+def test_an_oversized_or_deeply_nested_config_is_refused(copy_of):
+    directory = copy_of("gpt2")
+    with open(directory / "generation_config.json", "wb") as handle:  # sparse: nothing written to disk
+        handle.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "generation_config.json is larger than 16 MiB")
+    (directory / "generation_config.json").write_text("{}")
+    (directory / "tokenizer_config.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "tokenizer_config.json is not readable JSON")
+
+
+def test_a_safetensors_header_longer_than_its_file_is_refused(copy_of):
+    directory = copy_of("gpt2")
+    (directory / "model.safetensors").write_bytes((10 ** 12).to_bytes(8, "little") + b"{}")
+    with pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "model.safetensors: not a safetensors file", "1,000,000,000,000 bytes in a file of 10")
+
+
+def test_shards_are_read_from_the_index_and_only_beside_it(saved, tmp_path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(saved["gpt2"], trust_remote_code=False)
+    directory = tmp_path / "sharded"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(directory, max_shard_size=2000)
+    index = directory / "model.safetensors.index.json"
+    assert len(set(json.loads(index.read_text())["weight_map"].values())) > 1
+    assert load_model(directory, role="teacher").format == "hf-causal-lm"
+    content = json.loads(index.read_text())
+    name = next(iter(content["weight_map"]))
+    os.mkfifo(tmp_path / "fifo")
+    for shard in ("../fifo", str(tmp_path / "fifo"), ["list"]):
+        index.write_text(json.dumps({**content, "weight_map": {**content["weight_map"], name: shard}}))
+        with deadline(30), pytest.raises(KddiagError) as error:
+            load_model(directory, role="teacher")
+        one_line(error, f"model.safetensors.index.json names the shard {shard!r}, not a file beside it")
+
+
+# --- sizes the weights cannot back -----------------------------------------------------------------------
+
+def test_a_million_layers_is_refused_before_the_model_is_built(copy_of):
+    """The issue's case: n_layer 1000000 made transformers build layers for hours."""
+    directory = copy_of("gpt2")
+    edit(directory / "config.json", n_layer=1_000_000)
+    with deadline(60), pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "config.json's n_layer 1,000,000", f"ceiling of {MAX_LAYERS:,} layers")
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("n_layer", 65, "tensor names index 1 layer(s)"),  # the weights hold 1 layer; 64× allowed for sharing
+    ("num_labels", 10 ** 9, "largest tensor dimension is"),  # transformers builds a dict of 10⁹ labels
+    ("n_embd", 10 ** 8, "largest tensor dimension is"),
+    ("vocab_size", 1e12, "vocab_size 1,000,000,000,000 does not match"),
+    ("n_positions", 10 ** 10, "largest tensor dimension is"),
+])
+def test_sizes_the_weights_cannot_back_are_refused(copy_of, key, value, words):
+    directory = copy_of("gpt2")
+    edit(directory / "config.json", **{key: value})
+    with deadline(60), pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, f"teacher checkpoint '{directory}': config.json's {key}", words)
+
+
+def test_size_bounds_against_the_tensors():
+    shapes = {"model.embed.weight": (100, 16), "model.layers.0.q.weight": (16, 16),
+              "model.layers.1.q.weight": (16, 16), "model.layers.1.experts.0.w": (4, 16)}
+    check_config_sizes({"num_hidden_layers": 2, "hidden_size": 16, "vocab_size": 100, "max_position_embeddings":
+                        MAX_POSITIONS, "text_config": {"num_hidden_layers": 2}}, shapes, "x")
+    check_config_sizes({"num_hidden_layers": 12, "num_hidden_groups": 1}, {"a.0.w": (4,)}, "x")  # ALBERT shares
+    check_config_sizes({"n_layer": MAX_LAYERS, "hidden_size": 10 ** 9}, None, "x")  # pickled weights: no header
+    for config in ({"num_hidden_layers": 129}, {"hidden_size": 101}, {"text_config": {"vocab_size": 101}},
+                   {"max_position_embeddings": MAX_POSITIONS + 1}, {"n_layer": float("inf")},
+                   {"num_key_value_heads": float("nan")}):
+        with pytest.raises(KddiagError, match="config.json's"):
+            check_config_sizes(config, shapes, "x")
+    with pytest.raises(KddiagError, match="ceiling"):
+        check_config_sizes({"n_layer": MAX_LAYERS + 1}, None, "x")
+
+
+def test_the_flag_reaches_every_tokenizer_an_inspection_reads(copy_of, tmp_path, monkeypatch):
+    """--trust-remote-code given to the model is given to its tokenizer too: the text data, the
+    vocabulary check between teacher and student and the report's decoded examples."""
+    import kddiag
+    from kddiag.types import InspectOptions
+
+    directory = copy_of("gpt2")
+    seen = []
+    original = transformers.AutoTokenizer.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(spy))
+    (tmp_path / "t.txt").write_text("the cat sat on a mat\nthe dog sat on a log\n" * 4)
+    kddiag.inspect(directory, directory, data=tmp_path / "t.txt", options=InspectOptions(trust_remote_code=True))
+    assert len(seen) >= 3 and all(trust is True for trust in seen), seen
