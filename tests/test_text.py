@@ -324,7 +324,7 @@ def test_pretokenized_errors(tmp_path):
     _error(ragged, "'input_ids' is ragged: sequence 0 has 3 tokens but sequence 1 has 2; pad every sequence")
     objects = tmp_path / "objects.npz"
     np.savez(objects, input_ids=np.array([[1, 2], [3]], dtype=object))
-    _error(objects, "object arrays .* never unpickles")
+    _error(objects, "object arrays.* never unpickles")
     _error(_save(tmp_path / "m.pt", {"input_ids": ids, "attention_mask": ids[:, :3] * 0 + 1}),
            r"'attention_mask' has shape \(2, 3\) but 'input_ids' \(2, 4\)")
     _error(_save(tmp_path / "m2.pt", {"input_ids": ids, "attention_mask": ids}), "only 0 .* and 1")
