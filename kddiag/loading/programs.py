@@ -1,12 +1,14 @@
 """Archives that carry their own architecture: torch.export programs and TorchScript archives.
 
 Both are programs, so both are vetted (:mod:`.vetting`) before anything in them runs: torch.export
-archives member by member before ``torch.export.load``, TorchScript archives for load-time code,
-and then every operator either calls, unless ``trust_program`` is set.
+archives member by member (sizes, pickles, native code, and every string torch would turn into Python)
+before ``torch.export.load``, TorchScript archives for load-time code, and then every operator either
+calls, hooks included, unless ``trust_program`` is set.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import re
@@ -36,11 +38,21 @@ def load_export(path: Path, where: str, *, trust_program: bool = False) -> Loade
         raise KddiagError(f"{where}: not a readable torch.export program ({one_line(error)})") from None
     vetting.check_operators(vetting.export_operators(program), where, trust_program=trust_program)
     try:
-        module = program.module()
+        module = _runnable(program)
     except Exception as error:
         raise KddiagError(f"{where}: not a readable torch.export program ({one_line(error)})") from None
     return LoadedModel(source=str(path), format="torch.export", module=module,
                        metadata=metadata_file(extra[METADATA_FILE], where))
+
+
+def _runnable(program):
+    """The program's module, without the guard function torch would ``exec`` from the archive's guard code.
+
+    kddiag never needs the guards: a wrong input shape still fails, in torch's own input check.
+    """
+    if "check_guards" in inspect.signature(program.module).parameters:  # older torch has no guards
+        return program.module(check_guards=False)
+    return program.module()
 
 
 def load_torchscript(path: Path, where: str, *, trust_program: bool = False) -> LoadedModel:
@@ -67,6 +79,8 @@ def _check_load_time_code(data: bytes, where: str) -> None:
     """Refuse TorchScript whose ``__setstate__`` would run while loading, before its graph can be checked."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            vetting.check_one_reading(data, archive, where)  # what is searched here is what torch loads
+            vetting.check_declared_sizes(archive.infolist(), len(data), where, what="TorchScript archive")
             for name in archive.namelist():
                 if "/code/" in name and name.endswith(".py") and re.search(rb"def\s+__setstate__", archive.read(name)):
                     raise UnsafeLoadError(f"{where}: member '{name}' defines __setstate__, code that runs while "

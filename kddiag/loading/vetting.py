@@ -3,16 +3,24 @@
 A scanner's stance (modelscan, picklescan): inspect before loading, allowlist what may run, name
 what was refused. Archive members that torch would unpickle must load with ``weights_only=True``;
 members it unpickles without that guard (``use_pickle`` payloads, opaque and custom objects) and
-compiled native code (AOTInductor) are refused. A program's operators must be tensor compute:
-namespaces in :data:`ALLOWED_NAMESPACES`, minus :data:`DENIED_OPERATORS` and names that look like
-file, storage or network access.
+compiled native code (AOTInductor) are refused. Members are streamed, never inflated past what the
+file can honestly hold (:data:`MAX_UNPACK_RATIO`). Every string in a serialized program that torch
+turns into Python source or evaluates — names pasted into the code its FX graph modules generate,
+shape expressions it hands to ``sympy.sympify``, guard code, input/output structure keys — must be a
+plain name or plain arithmetic. A program's operators must be tensor compute: namespaces in
+:data:`ALLOWED_NAMESPACES`, minus :data:`DENIED_OPERATORS` and names that look like file, storage
+or network access.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import io
 import json
+import keyword
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 
 from kddiag.errors import KddiagError, UnsafeLoadError
@@ -30,6 +38,20 @@ DENIED_OPERATORS = {
 _SUSPECT = re.compile(r"file|save|load|rpc|socket|mmap|shm|exec|system|spawn|popen", re.IGNORECASE)
 _NATIVE_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia")  # compiled code torch may load
 _TRUST_HINT = "pass --trust-program to run it anyway"
+#: Calls left in an inlined TorchScript graph go through an interface or a function value: code kddiag
+#: cannot follow statically, so it cannot vet what they run.
+_UNFOLLOWED_CALLS = frozenset({"prim::CallMethod", "prim::CallFunction"})
+
+#: A ``.pt2`` may declare at most this many unpacked bytes per byte of the file, beyond
+#: :data:`FREE_UNPACKED_BYTES`. ``torch.export.save`` stores members uncompressed, so a real program
+#: unpacks to about its own size (deflated weights to ~1.1x); a decompression bomb, to thousands of times.
+MAX_UNPACK_RATIO = 20
+FREE_UNPACKED_BYTES = 64 << 20
+#: The largest serialized program or payload config (JSON) kddiag parses; torch parses the same text.
+MAX_PROGRAM_TEXT_BYTES = 256 << 20
+_CHUNK_BYTES = 1 << 20
+#: Legacy-format members torch loads with ``torch.load`` and, when weights-only fails, unpickles.
+_LEGACY_PICKLES = ("serialized_state_dict.json", "serialized_constants.json")
 
 
 def check_operators(operators: Iterable[str], where: str, *, trust_program: bool) -> None:
@@ -40,6 +62,8 @@ def check_operators(operators: Iterable[str], where: str, *, trust_program: bool
         namespace, _, base = name.replace(".", "::", 1).partition("::")
         if name in DENIED_OPERATORS:
             why = DENIED_OPERATORS[name]
+        elif name in _UNFOLLOWED_CALLS:
+            why = "a call kddiag cannot follow to vet what it runs"
         elif namespace not in ALLOWED_NAMESPACES:
             why = "not a tensor operator kddiag knows"
         elif _SUSPECT.search(base):
@@ -50,22 +74,41 @@ def check_operators(operators: Iterable[str], where: str, *, trust_program: bool
 
 
 def torchscript_operators(module) -> Iterator[str]:
-    """Kinds of all nodes in every method of a ScriptModule and its submodules (inlined and not)."""
+    """Kinds of all nodes in every piece of code a ScriptModule carries that torch can run.
+
+    That is every method and every forward hook and pre-hook (``torch.jit.load`` re-attaches them and
+    calling the module runs them), of the module and of each submodule, with their callees inlined,
+    through blocks and ``fork`` subgraphs. A call still left after inlining (through an interface or a
+    function value) is yielded as is, for :func:`check_operators` to refuse.
+    """
     for submodule in module.modules():
         scripted = getattr(submodule, "_c", None)
         if scripted is None:
+            yield "prim::CallMethod"  # a submodule torch did not compile: code kddiag cannot walk
             continue
-        for method_name in scripted._method_names():
-            method = scripted._get_method(method_name)
-            for graph in (method.graph, method.inlined_graph):
-                yield from _graph_kinds(graph.nodes())
+        functions = [scripted._get_method(name) for name in scripted._method_names()]
+        functions += [*scripted._get_forward_pre_hooks(), *scripted._get_forward_hooks()]
+        for function in functions:
+            yield from _graph_kinds(function.inlined_graph)
+            # the graph as written, for operators inlining could fold away (its calls are in the above)
+            yield from (kind for kind in _graph_kinds(function.graph) if kind not in _UNFOLLOWED_CALLS)
 
 
-def _graph_kinds(nodes) -> Iterator[str]:
-    for node in nodes:
+def _graph_kinds(graph) -> Iterator[str]:
+    """Node kinds in a graph or block, its nested blocks, and its subgraphs (``fork``), inlined."""
+    import torch
+
+    for node in graph.nodes():
         yield node.kind()
         for block in node.blocks():
-            yield from _graph_kinds(block.nodes())
+            yield from _graph_kinds(block)
+        for attribute in node.attributeNames():
+            kind = node.kindOf(attribute)
+            subgraphs = [node.g(attribute)] if kind == "g" else node.gs(attribute) if kind == "gs" else []
+            for subgraph in subgraphs:
+                subgraph = subgraph.copy()
+                torch._C._jit_pass_inline(subgraph)
+                yield from _graph_kinds(subgraph)
 
 
 def export_operators(program) -> Iterator[str]:
@@ -94,43 +137,437 @@ def export_operators(program) -> Iterator[str]:
 
 
 def check_export_archive(data: bytes, where: str) -> None:
-    """Refuse a ``.pt2`` archive that torch would unpickle unsafely or that carries native code."""
+    """Refuse a ``.pt2`` archive that could run code or exhaust memory while torch reads it.
+
+    Before ``torch.export.load`` sees a byte: that torch reads the same archive (:func:`check_one_reading`),
+    members' declared sizes against the file (a decompression bomb), members torch would unpickle
+    unsafely, compiled native code, and every string of the serialized program that torch turns into
+    Python (:func:`program_problem`). Serialized programs are checked first, so a refusal names the
+    program's own words for what it found.
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
+        infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         raise KddiagError(f"{where}: not a readable torch.export program (not a zip archive: {error})") from None
-    relative = [name.split("/", 1)[-1] for name in names]
+    relative = [info.filename.split("/", 1)[-1] for info in infos]
     if len(set(relative)) != len(relative):
         raise UnsafeLoadError(f"{where}: the archive lists a member twice; refused")
-    for name, rel in zip(names, relative):
+    check_one_reading(data, archive, where)
+    check_declared_sizes(infos, len(data), where)
+    members = sorted(zip(infos, relative), key=lambda member: not _is_program(member[1]))
+    for info, rel in members:
+        name = info.filename
         if rel.startswith(_NATIVE_DIRS) or rel.endswith((".so", ".dll", ".dylib")):
             raise UnsafeLoadError(f"{where}: member '{name}' is compiled native code (it can run anything); refused")
-        if rel.endswith("_config.json") and rel.startswith(("data/weights/", "data/constants/")):
-            _check_payload_config(archive, name, where)
-        elif rel.endswith((".pt", ".pkl")):
-            _check_weights_only(archive, name, where)
+        if _is_program(rel):
+            _check_program(archive, info, where)
+        elif rel.endswith("_config.json") and rel.startswith(("data/weights/", "data/constants/")):
+            _check_payload_config(archive, info, where)
+        elif rel.endswith((".pt", ".pkl")) or rel in _LEGACY_PICKLES:
+            _check_weights_only(archive, info, where)
+        elif info.compress_type != zipfile.ZIP_STORED:
+            _read_member(archive, info, where, keep=False)  # what it unpacks to is what it declares
 
 
-def _check_payload_config(archive: zipfile.ZipFile, name: str, where: str) -> None:
-    folder = name.rsplit("/", 1)[0]
+def _is_program(relative: str) -> bool:
+    """Members torch deserializes as a program: ``models/*.json``, or the legacy format's one."""
+    return relative.startswith("models/") or relative == "serialized_exported_program.json"
+
+
+def check_one_reading(data: bytes, archive: zipfile.ZipFile, where: str) -> None:
+    """Refuse a zip that torch's reader (miniz) could read differently from Python's ``zipfile``.
+
+    ``zipfile`` shifts every offset by any bytes found before the archive and finds the last end record
+    in a trailing comment; miniz takes offsets as written. A file with bytes before its first member,
+    after its end record, or entries its end record does not count could hold two archives, one checked
+    and one loaded. ``torch.export.save`` writes none of these.
+    """
+    end = data[-22:]
+    if end[:4] != b"PK\x05\x06":
+        raise UnsafeLoadError(f"{where}: the archive has bytes after its end record (a comment or another file), "
+                              f"which torch and kddiag could read as two archives; refused")
+    entries, directory = int.from_bytes(end[10:12], "little"), int.from_bytes(end[16:20], "little")
+    if data[-42:-38] == b"PK\x06\x07":  # a zip64 locator: both readers take the zip64 end record's numbers
+        record = int.from_bytes(data[-34:-26], "little")
+        if data[record:record + 4] == b"PK\x06\x06":
+            entries, directory = (int.from_bytes(data[record + 32:record + 40], "little"),
+                                  int.from_bytes(data[record + 48:record + 56], "little"))
+    if archive.start_dir != directory or entries != len(archive.infolist()):
+        raise UnsafeLoadError(f"{where}: the archive's directory is not where its end record says (bytes before "
+                              f"the archive?), which torch and kddiag could read as two archives; refused")
+
+
+def check_declared_sizes(infos: list[zipfile.ZipInfo], file_bytes: int, where: str, *,
+                         what: str = "torch.export program") -> None:
+    """Refuse members that declare more unpacked bytes than the file can honestly hold, before any is read."""
+    bound = FREE_UNPACKED_BYTES + MAX_UNPACK_RATIO * file_bytes
+    total = 0
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise KddiagError(f"{where}: not a readable {what} (member '{info.filename}' declares "
+                              f"{info.file_size} bytes but stores {info.compress_size})")
+        total += info.file_size
+        if total > bound:
+            raise UnsafeLoadError(f"{where}: member '{info.filename}' unpacks to {info.file_size:,} bytes from "
+                                  f"{info.compress_size:,}, past the {bound:,} bytes an archive of {file_bytes:,} "
+                                  f"bytes may unpack to; refused as a decompression bomb")
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, *, limit: int | None = None,
+                 keep: bool = True) -> bytes:
+    """A member's bytes, streamed in chunks and never past its declared size; refused over ``limit``."""
+    if limit is not None and info.file_size > limit:
+        raise UnsafeLoadError(f"{where}: member '{info.filename}' declares {info.file_size:,} bytes, more than "
+                              f"the {limit:,} kddiag reads of it; refused")
+    chunks, size = [], 0
     try:
-        config = json.loads(archive.read(name))["config"]
-        entries = [(fqn, meta["path_name"], meta.get("use_pickle")) for fqn, meta in config.items()]
-    except (KeyError, TypeError, AttributeError, ValueError, zipfile.BadZipFile) as error:
-        raise KddiagError(f"{where}: not a readable torch.export program ({name}: {error!r})") from None
-    for _, path_name, use_pickle in entries:
+        with archive.open(info) as member:
+            while chunk := member.read(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > info.file_size:
+                    raise UnsafeLoadError(f"{where}: member '{info.filename}' unpacks past the {info.file_size:,} "
+                                          f"bytes it declares; refused")
+                if keep:
+                    chunks.append(chunk)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
+        raise _unreadable(where, f"{info.filename}: {one_line(error)}") from None
+    if size != info.file_size:
+        raise _unreadable(where, f"member '{info.filename}' declares {info.file_size} bytes but unpacks to {size}")
+    return b"".join(chunks)
+
+
+def _check_program(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
+    text = _read_member(archive, info, where, limit=MAX_PROGRAM_TEXT_BYTES)
+    try:
+        program = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise _unreadable(where, f"{info.filename}: {one_line(error)}") from None
+    problem = program_problem(program)
+    if problem is not None:
+        raise UnsafeLoadError(f"{where}: member '{info.filename}' holds {problem}; refused")
+
+
+def _check_payload_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
+    name = info.filename
+    folder = name.rsplit("/", 1)[0]
+    text = _read_member(archive, info, where, limit=MAX_PROGRAM_TEXT_BYTES)
+    try:
+        config = json.loads(text)["config"]
+        entries = [(fqn, meta["path_name"], meta.get("use_pickle"), meta.get("is_param"))
+                   for fqn, meta in config.items()]
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
+        raise _unreadable(where, f"{name}: {error!r}") from None
+    for fqn, path_name, use_pickle, is_param in entries:
         member = f"{folder}/{path_name}"
         if use_pickle or not str(path_name).startswith(("weight_", "tensor_")):
             raise UnsafeLoadError(f"{where}: member '{member}' needs unpickling (it can run code); refused")
+        if not _plain_name(fqn):
+            kind = "constant name" if folder.endswith("constants") else "parameter name" if is_param else "buffer name"
+            raise UnsafeLoadError(f"{where}: member '{name}' holds {_not_a_name(kind, fqn)}; refused")
 
 
-def _check_weights_only(archive: zipfile.ZipFile, name: str, where: str) -> None:
+def _check_weights_only(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
     import torch
 
+    name = info.filename
     try:
-        torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+        with archive.open(info) as member:  # streamed: never a second copy of the member in memory
+            torch.load(member, map_location="cpu", weights_only=True)
     except Exception as error:
         if "weights only load failed" in str(error).lower():
             raise UnsafeLoadError(f"{where}: member '{name}' needs unpickling (it can run code); refused") from None
-        raise KddiagError(f"{where}: not a readable torch.export program ({name}: {one_line(error)})") from None
+        raise _unreadable(where, f"{name}: {one_line(error)}") from None
+
+
+def _unreadable(where: str, detail: str) -> KddiagError:
+    return KddiagError(f"{where}: not a readable torch.export program ({detail})")
+
+
+# --- what a serialized program may say: names, shape expressions, guards, structure keys -----------
+
+#: Schema fields whose string torch uses as a Python name (pasted into generated code, or set as an
+#: attribute that generated code reads), with what to call it in a refusal. ``name`` and ``as_name``
+#: are named by where they sit (:func:`_name_kind`).
+_NAME_FIELDS = {
+    "parameter_name": "parameter name", "buffer_name": "buffer name", "tensor_constant_name": "constant name",
+    "custom_obj_name": "custom object name", "class_fqn": "custom object class", "user_input_name": "input name",
+    "fqn": "module path", "target": "operator name", "as_operator": "operator name",
+    "forward_arg_names": "forward argument name", "field_names": "namedtuple field name",
+}
+#: Maps keyed by names (of values, symbols), with what to call a key.
+_NAME_MAPS = {"tensor_values": "value name", "sym_int_values": "value name", "sym_bool_values": "value name",
+              "sym_float_values": "value name", "custom_obj_values": "custom object name",
+              "range_constraints": "symbol name"}
+_FREE_KEY_MAPS = frozenset({"as_string_to_argument", "treespec_namedtuple_fields"})  # keys kept as data
+_FREE_TEXT = frozenset({"metadata", "opset_version"})  # text torch keeps as data (stack traces, versions)
+_FIRST_FIELDS = {"name": 0, "signature": 1, "module_call_graph": 2}  # checked first: the clearest refusal
+_MAX_SYMBOL_INDEX = 100_000  # a program with more unbacked sizes than this is not one kddiag can run anyway
+
+
+def program_problem(program) -> str | None:
+    """What in a serialized torch.export program (its parsed JSON) torch would turn into code; None if plain.
+
+    Names must be plain dotted Python identifiers, shape expressions plain sympy arithmetic, guards
+    plain shape checks, and the keys of input/output structures plain text.
+    """
+    stack = [(program, ())]
+    while stack:
+        value, path = stack.pop()
+        field = path[-1] if path else ""
+        if isinstance(value, dict):
+            if field in _FREE_TEXT:
+                continue
+            if field in _NAME_MAPS or field in _FREE_KEY_MAPS:
+                for key in value:
+                    if field in _NAME_MAPS and not _plain_name(key):
+                        return _not_a_name(_NAME_MAPS[field], key)
+                    if field == "range_constraints" and _symbol_index(key) > _MAX_SYMBOL_INDEX:
+                        return (f"a symbol name {_shown(key)} whose index torch would count up to one by one "
+                                f"(a hang)")
+                stack.extend((child, (*path, "*")) for child in reversed(list(value.values())))
+                continue
+            items = sorted(value.items(), key=lambda item: _FIRST_FIELDS.get(item[0], len(_FIRST_FIELDS)))
+            stack.extend((child, (*path, key)) for key, child in reversed(items))
+        elif isinstance(value, list):
+            stack.extend((child, path) for child in reversed(value))
+        elif isinstance(value, str):
+            problem = _string_problem(value, path)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _string_problem(value: str, path: tuple[str, ...]) -> str | None:
+    field = path[-1] if path else ""
+    if field in ("name", "as_name") or field in _NAME_FIELDS:
+        kind = _NAME_FIELDS.get(field) or _name_kind(path)
+        return None if _plain_name(value) else _not_a_name(kind, value)
+    if field == "expr_str" and not _plain_expression(value):
+        return f"a shape expression {_shown(value)} that is not plain arithmetic (torch evaluates it as Python)"
+    if field == "guards_code" and not _plain_guard(value):
+        return f"a guard {_shown(value)} that is not a plain shape check (torch runs guards as code)"
+    if field in ("in_spec", "out_spec"):
+        return _treespec_problem(value)
+    if field == "as_string" and ("constant_input" in path or path[-3:-1] == ("graph", "inputs")):
+        return None if _plain_text(value) else _not_plain_text("string input", value)
+    return None
+
+
+def _name_kind(path: tuple[str, ...]) -> str:
+    """What a ``name`` field names, from where it sits in the program."""
+    parent = path[-2] if len(path) > 1 else ""
+    if parent == "as_graph":
+        return "subgraph name"
+    if "input_specs" in path:
+        return "input name"
+    if "output_specs" in path:
+        return "output name"
+    if parent == "nodes":
+        return "node name"
+    if path[-3:-1] == ("nodes", "inputs"):
+        return "argument name"
+    if "nodes" not in path and "inputs" in path:
+        return "input name"
+    if "nodes" not in path and "outputs" in path:
+        return "output name"
+    return "value name"
+
+
+def _plain_name(name) -> bool:
+    """A plain dotted Python name, or empty: each part an identifier but not a keyword, or an index (``layers.0``)."""
+    return not isinstance(name, str) or name == "" or all(
+        part.isidentifier() and not keyword.iskeyword(part) or part.isascii() and part.isdigit()
+        for part in name.split("."))
+
+
+def _symbol_index(name) -> int:
+    """The index in an unbacked symbol's name (``u12``, ``zuf3``), which torch counts up to while loading; else 0."""
+    found = re.fullmatch(r"(?:u|zuf)([0-9]+)", name) if isinstance(name, str) else None
+    if found is None:
+        return 0
+    return int(found.group(1)) if len(found.group(1)) <= 12 else _MAX_SYMBOL_INDEX + 1
+
+
+def _plain_text(text: str) -> bool:
+    """Text that cannot end a Python string literal or a line: no quotes, backslashes or control characters."""
+    return text.isprintable() and not any(quote in text for quote in "'\"\\")
+
+
+def _not_plain_text(kind: str, value: str) -> str:
+    return f"{_a(kind)} {_shown(value)} with quotes or control characters (torch pastes it into code)"
+
+
+def _shown(value: str) -> str:
+    shown = ascii(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _not_a_name(kind: str, value: str) -> str:
+    return f"{_a(kind)} {_shown(value)} that is not a plain Python name (torch pastes names into code)"
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+#: Names a shape expression may use (torch's printer writes them for ``sympy.sympify``): sympy's
+#: constructors and constants, and torch's own sympy functions. Anything else (builtins such as
+#: ``__import__`` or ``eval``, sympy helpers such as ``lambdify``) would run under ``eval``.
+_SYMPY_NAMES = frozenset({
+    "Symbol", "Dummy", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "floor",
+    "ceiling", "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality", "StrictLessThan",
+    "StrictGreaterThan", "LessThan", "GreaterThan", "And", "Or", "Not", "Xor", "Piecewise", "ExprCondPair",
+    "true", "false", "oo", "zoo", "nan", "int_oo", "IntInfinity", "NegativeIntInfinity", "Infinity",
+    "NegativeInfinity", "Zero", "One", "NegativeOne", "Half", "BooleanTrue", "BooleanFalse",
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
+    "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
+    "Identity",
+})
+_SYMPY_NAME = re.compile(r"(OpaqueUnaryFn|BitwiseFn)_[A-Za-z0-9_]+")
+_SYMBOL = re.compile(r"[a-z]+[0-9_]*[0-9]")  # torch's symbols: s0, u3, zuf0, ...
+_SYMBOL_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)")
+_POWERS = frozenset({"Pow", "PowByNatural", "FloatPow", "LShift"})
+_MAX_INT = 1 << 64
+_MAX_EXPONENT = 64
+_MAX_POWER_CONSTANTS = 8  # so a power's base is below 2**512 and its exponent at most 512: ~32 KB, no hang
+
+
+@functools.lru_cache(maxsize=4096)  # a program repeats its few expressions many times
+def _plain_expression(text: str) -> bool:
+    """Whether ``sympy.sympify`` would only build arithmetic from ``text`` (it evaluates it as Python)."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    texts = set()  # ids of string constants allowed where they stand: a Symbol's name, a Float's digits
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator,
+                             ast.unaryop, ast.cmpop, ast.boolop, ast.Load)):
+            if _is_power(node) and not _bounded_power(node):
+                return False
+        elif isinstance(node, ast.Name):
+            if not (node.id in _SYMPY_NAMES or _SYMPY_NAME.fullmatch(node.id) or _SYMBOL.fullmatch(node.id)):
+                return False
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, str):
+                if id(node) not in texts:
+                    return False
+            elif not (node.value is None or isinstance(node.value, (bool, float))
+                      or isinstance(node.value, int) and abs(node.value) <= _MAX_INT):
+                return False
+        elif isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_NAMES or _is_opaque_call(node)):
+                return False
+            if any(isinstance(arg, ast.Starred) for arg in node.args) or any(
+                    kw.arg is None or not (isinstance(kw.value, ast.Constant) and type(kw.value.value) in (bool, int))
+                    for kw in node.keywords):
+                return False
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                pattern = _SYMBOL_TEXT if node.func.id in ("Symbol", "Dummy") else _FLOAT_TEXT
+                if node.func.id in ("Symbol", "Dummy", "Float") and pattern.fullmatch(first.value):
+                    texts.add(id(first))
+            if _is_power(node) and not _bounded_power(node):
+                return False
+        elif isinstance(node, ast.keyword):
+            continue
+        else:
+            return False
+    return True
+
+
+def _is_opaque_call(node: ast.Call) -> bool:
+    return isinstance(node.func, ast.Name) and bool(_SYMPY_NAME.fullmatch(node.func.id))
+
+
+def _is_power(node) -> bool:
+    if isinstance(node, ast.BinOp):  # sympify reads ^ as **
+        return isinstance(node.op, (ast.Pow, ast.LShift, ast.BitXor))
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _POWERS
+
+
+def _bounded_power(node) -> bool:
+    """A power whose value stays small: no power inside it, few constants, a small constant exponent."""
+    base, exponent = (node.left, node.right) if isinstance(node, ast.BinOp) else (node.args + [None, None])[:2]
+    if base is None or exponent is None:
+        return True  # sympy refuses the call itself
+    inner = [*ast.walk(base), *ast.walk(exponent)]
+    constants = [child for child in inner if isinstance(child, ast.Constant) and type(child.value) is int]
+    in_exponent = {id(child) for child in ast.walk(exponent)}
+    return (not any(_is_power(child) for child in inner) and len(constants) <= _MAX_POWER_CONSTANTS
+            and all(abs(child.value) <= _MAX_EXPONENT for child in constants if id(child) in in_exponent))
+
+
+_GUARD_ATTRIBUTES = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+_GUARD_FUNCTIONS = frozenset({"abs", "max", "min", "round", "int", "float", "bool"})
+
+
+def _plain_guard(text: str) -> bool:
+    """Whether a guard only compares input sizes (``L['x'].size()[0] >= 2``): torch ``exec``s guards."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator,
+                             ast.unaryop, ast.cmpop, ast.boolop, ast.Load, ast.Subscript)):
+            continue
+        if isinstance(node, ast.Name):
+            ok = node.id in ("L", "math") or node.id in _GUARD_FUNCTIONS
+        elif isinstance(node, ast.Constant):
+            ok = not isinstance(node.value, bytes) and (not isinstance(node.value, str) or _plain_text(node.value))
+        elif isinstance(node, ast.Attribute):
+            ok = node.attr in _GUARD_ATTRIBUTES or (
+                isinstance(node.value, ast.Name) and node.value.id == "math" and not node.attr.startswith("_"))
+        elif isinstance(node, ast.Call):
+            ok = not node.keywords and (isinstance(node.func, ast.Attribute) or (
+                isinstance(node.func, ast.Name) and node.func.id in _GUARD_FUNCTIONS))
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
+#: ``defaultdict`` factories an input/output structure may name; torch imports whatever module it names.
+_DEFAULT_FACTORIES = frozenset({"list", "dict", "set", "int", "float", "str", "tuple", "bool", "frozenset"})
+
+
+def _treespec_problem(text: str) -> str | None:
+    """What in a serialized input/output structure (a pytree spec) would import modules or break code."""
+    try:
+        spec = json.loads(text)
+    except (ValueError, RecursionError):
+        return f"an input/output structure {_shown(text)} that is not JSON"
+    stack = [spec]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            if "type" in value and "children_spec" in value:  # a node of the spec
+                if isinstance(value["type"], str) and not _plain_name(value["type"]):
+                    return _not_a_name("input/output type", value["type"])
+                context = value.get("context")
+                if isinstance(context, str):
+                    try:
+                        stack.append(json.loads(context))
+                    except (ValueError, RecursionError):
+                        stack.append(context)  # a type's own context text: checked as text below
+                stack.extend(value["children_spec"] if isinstance(value["children_spec"], list) else [])
+                continue
+            if "__enum__" in value:
+                return (f"an enum key {_shown(str(value.get('fqn')))} in an input/output structure (torch imports "
+                        f"its module)")
+            if "default_factory_module" in value and (value.get("default_factory_module") != "builtins"
+                                                      or value.get("default_factory_name") not in _DEFAULT_FACTORIES):
+                return (f"a defaultdict factory {_shown(str(value.get('default_factory_module')))} in an input/output "
+                        f"structure (torch imports its module)")
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, str) and not _plain_text(value):
+            return _not_plain_text("input/output key", value)
+    return None
