@@ -29,7 +29,7 @@ import numpy as np
 from kddiag.metrics import domain, instance, strata, universe
 from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, softmax_stats
 from kddiag.reservoir import Reservoir, kept_indices
-from kddiag.types import ROLES, Batch, Coverage, SetOutputs
+from kddiag.types import ROLES, Batch, SetOutputs
 
 EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fixed-seed reservoir)
 ROW_SAMPLES = 5_000  # logit and feature rows of at most this many examples …
@@ -109,12 +109,6 @@ class SetSummary:
 
     def mean(self, name: str) -> float | None:
         return self.moments.mean(name)
-
-    def coverage(self) -> Coverage:
-        """What this set's measurements read (for the report)."""
-        kept = self.n_classes if self.kept_classes is None else self.kept_classes.size
-        return Coverage(self.name, self.n_samples, int(self.examples["index"].size), int(self.rows["index"].size),
-                        self.n_classes, kept)
 
 
 def kept_classes(label_count: np.ndarray, *, dense: int | None = None, top: int | None = None) -> np.ndarray | None:

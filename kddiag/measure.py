@@ -21,7 +21,7 @@ from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWe
                             InstanceResult, Measured, Measurements, OutcomeOnSet, OutcomeResult, PerExample,
                             ReliabilityCalibration, UniverseOnSet, UniverseResult, WeightStructure, measured,
                             unavailable)
-from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, SetOutputs, Settings
+from kddiag.types import EVAL, ROLES, TRANSFER, ClassInfo, Collected, Coverage, SetOutputs, Settings
 
 
 NO_BASELINE = "no baseline given"
@@ -408,19 +408,46 @@ def _difficulty(data: SetSummary) -> tuple[np.ndarray, str]:
         return examples["baseline.nll"], "baseline_loss"
     if data.strata:  # token positions: a rare next token is a hard one
         return instance.token_surprisal_of(examples["labels"], data.label_count), "token_frequency"
-    if "teacher" in data.feature_roles:
-        source, space = "knn_disagreement_features", rows["teacher.features"]
-    else:
-        source, space = "knn_disagreement_logits", rows["teacher.logits"]
+    source, space = _knn_space(data)
     usable = np.flatnonzero(np.isfinite(space[:, 0]))
-    limit = int(min(KNN_MAX_SAMPLES, np.sqrt(KNN_MAX_WORK / max(1, space.shape[1]))))
-    pick = usable[subsample_indices(usable.size, max(limit, instance.N_NEIGHBORS + 1))]
+    pick = usable[subsample_indices(usable.size, _knn_rows(usable.size, space.shape[1]))]
     difficulty = np.full(examples["index"].size, np.nan)
     if pick.size >= 2:
         where = np.searchsorted(examples["index"], rows["index"][pick])  # the row reservoir is in the example one
         space = space[pick] if space.dtype in (np.float32, np.float64) else space[pick].astype(np.float64)
         difficulty[where] = instance.knn_label_disagreement_of(space, rows["labels"][pick])
     return difficulty, source
+
+
+def _knn_space(data: SetSummary) -> tuple[str, np.ndarray]:
+    """Where k-NN difficulty runs: the teacher's features, else its logits (the row reservoir's)."""
+    if "teacher" in data.feature_roles:
+        return "knn_disagreement_features", data.rows["teacher.features"]
+    return "knn_disagreement_logits", data.rows["teacher.logits"]
+
+
+def _knn_rows(n_usable: int, n_features: int) -> int:
+    """How many of ``n_usable`` reservoir rows k-NN difficulty reads: KNN_MAX_SAMPLES, and KNN_MAX_WORK."""
+    limit = int(min(KNN_MAX_SAMPLES, np.sqrt(KNN_MAX_WORK / max(1, n_features))))
+    return min(n_usable, max(limit, instance.N_NEIGHBORS + 1))
+
+
+def coverage_of(data: SetSummary) -> Coverage:
+    """What this set's measurements read, each measurement that reads rows of the reservoir with its own
+    count (T*, the what-if, k-NN difficulty, CKA), computed with the very bounds those measurements use."""
+    n_rows = int(data.rows["index"].size)
+    read = [("T*", universe.fit_rows(n_rows, data.n_classes)),
+            ("the temperature what-if", whatif.whatif_rows(n_rows, data.n_classes))]
+    if "baseline" not in data.roles and not data.strata:
+        space = _knn_space(data)[1]
+        read.append(("k-NN difficulty", _knn_rows(int(np.isfinite(space[:, 0]).sum()), space.shape[1])))
+    for other in ("student", "baseline"):
+        if other in data.roles and {"teacher", other} <= data.feature_roles:
+            both = np.isfinite(data.rows["teacher.features"][:, 0]) & np.isfinite(data.rows[f"{other}.features"][:, 0])
+            read.append((f"CKA ({other})", min(int(both.sum()), CKA_MAX_SAMPLES)))
+    kept = data.n_classes if data.kept_classes is None else data.kept_classes.size
+    return Coverage(data.name, data.n_samples, int(data.examples["index"].size), n_rows, data.n_classes, kept,
+                    rows_read=tuple(read))
 
 
 # ---------------------------------------------------------------- across sets

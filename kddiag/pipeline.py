@@ -94,7 +94,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     from kddiag.collect import collect_summaries
     from kddiag.diagnosis import diagnose
     from kddiag.diagnosis.advice import settle_advice
-    from kddiag.measure import measure
+    from kddiag.measure import coverage_of, measure
 
     loaded_teacher = as_model(teacher, "teacher", options.teacher_arch, options)
     loaded = tuple(None if s is None else as_model(s, "student", options.student_arch, options) for s in students)
@@ -169,7 +169,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                         for role, m in models.items()] + data_inputs)
         reports.append(Report(inputs=inputs, settings=student_settings, class_info=class_info,
                               measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
-                              coverage=tuple(s.coverage() for s in student_summaries),
+                              coverage=tuple(coverage_of(s) for s in student_summaries),
                               example_inputs=_listed_inputs(measurements, datasets, loaded_teacher,
                                                              trust_remote_code=options.trust_remote_code),
                               models=tuple(models), probe=probe))

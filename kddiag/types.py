@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -628,19 +629,23 @@ class Coverage:
     n_rows_sampled: int
     n_classes: int
     classes_kept: int
+    rows_read: tuple[tuple[str, int], ...] = ()  # (measurement, rows it read of the row sample), as measured
 
     @property
     def restricted(self) -> bool:
         """Whether any measurement read less than the whole set or fewer than all classes."""
-        return self.n_examples_sampled < self.n_samples or self.classes_kept < self.n_classes
+        return (self.n_examples_sampled < self.n_samples or self.classes_kept < self.n_classes
+                or any(rows < self.n_samples for _, rows in self.rows_read))
 
     def describe(self) -> str:
-        """One line for the reports."""
+        """One line for the reports: each measurement that read less than the whole set, with its count."""
         parts = [f"{self.dataset} set: exact statistics over all {self.n_samples:,} examples"]
         if self.n_examples_sampled < self.n_samples:
             parts.append(f"intervals, adaptive ECE, medians, correlations and plots on a fixed-seed sample of "
                          f"{self.n_examples_sampled:,}")
-        parts.append(f"T*, the temperature what-if, k-NN difficulty and CKA on {self.n_rows_sampled:,} rows")
+        fewer = [f"{name} on {rows:,}" for name, rows in self.rows_read if rows < self.n_samples]
+        if fewer:
+            parts.append(f"{', '.join(fewer)} rows (fixed-seed samples)")
         if self.classes_kept < self.n_classes:
             parts.append(f"class-by-class statistics (similarity matrices, relabelling) on the {self.classes_kept:,} "
                          f"most frequent of {self.n_classes:,} classes")
@@ -648,8 +653,8 @@ class Coverage:
 
     def to_dict(self) -> dict:
         return {"n_samples": self.n_samples, "n_examples_sampled": self.n_examples_sampled,
-                "n_rows_sampled": self.n_rows_sampled, "n_classes": self.n_classes,
-                "classes_kept": self.classes_kept}
+                "n_rows_sampled": self.n_rows_sampled, "rows_read": dict(self.rows_read),
+                "n_classes": self.n_classes, "classes_kept": self.classes_kept}
 
 
 @dataclass(frozen=True)
@@ -742,10 +747,18 @@ class InspectOptions:
     progress: bool = False
     images: ImageOptions = ImageOptions()  # for every data set read from a path (--normalize, --resize, --layout)
     probe: ProbeOptions | None = None  # train remedy probes of the student (kddiag.probe); None: no probes
+    full_paths: bool = False  # reports name files by absolute path (default: relative to the working directory)
 
     def __post_init__(self) -> None:
         from kddiag.loading.archs import parse_arch
 
+        for name in ("trust_pickle", "trust_program", "trust_remote_code", "progress", "full_paths"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise KddiagError(f"InspectOptions.{name} must be True or False; got {getattr(self, name)!r}")
+        for name in ("classes", "feature_layer", "device"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike) if name == "classes" else str):
+                raise KddiagError(f"InspectOptions.{name} must be a string or None; got {type(value).__name__}")
         for role in ARCH_ROLES:
             spec = getattr(self, f"{role}_arch")
             if spec is not None and not isinstance(spec, str):

@@ -307,3 +307,35 @@ def test_reused_teacher_only_parts_give_the_measurements_computed_afresh():
     got = measure([second], settings=settings, class_info=ClassInfo(), reuse=reuse)
     expected = measure([second], settings=settings, class_info=ClassInfo())
     assert json.dumps(_jsonable(got.to_dict())) == json.dumps(_jsonable(expected.to_dict()))
+
+
+def test_the_coverage_line_gives_each_measurement_the_rows_it_read(monkeypatch):
+    """Issue 22: at 1,000 classes T*, the what-if, k-NN and CKA read different numbers of the row sample;
+    the report says each, with the bounds those measurements use (here made small to keep the test fast)."""
+    from kddiag import measure as measure_module
+    from kddiag.accumulate import summarize
+    from kddiag.measure import coverage_of
+    from kddiag.metrics import universe, whatif
+
+    rng = np.random.default_rng(0)
+    n, classes = 3000, 1000
+    labels = rng.integers(0, classes, n)
+
+    def model(noise):
+        return ModelOutputs(rng.normal(size=(n, classes)) * noise, features=rng.normal(size=(n, 16)))
+
+    monkeypatch.setattr(universe, "FIT_MAX_ELEMENTS", 2_000_000)  # T*: 2,000 rows of 1,000 classes
+    monkeypatch.setattr(whatif, "MAX_ELEMENTS", 1_500_000)  # the what-if: 1,500
+    monkeypatch.setattr(measure_module, "KNN_MAX_SAMPLES", 700)
+    monkeypatch.setattr(measure_module, "CKA_MAX_SAMPLES", 1024)
+    data = summarize(SetOutputs(EVAL, labels, model(1.0), model(1.0)), temperature=4.0, alpha=0.9)
+    coverage = coverage_of(data)
+    read = dict(coverage.rows_read)
+    assert read == {"T*": 2000, "the temperature what-if": 1500, "k-NN difficulty": 700, "CKA (student)": 1024}
+    assert coverage.restricted
+    line = coverage.describe()
+    assert "T* on 2,000, the temperature what-if on 1,500, k-NN difficulty on 700, CKA (student) on 1,024 rows" in line
+    assert coverage.to_dict()["rows_read"]["CKA (student)"] == 1024
+    small = coverage_of(summarize(SetOutputs(EVAL, labels[:500] % 10, ModelOutputs(rng.normal(size=(500, 10))),
+                                             ModelOutputs(rng.normal(size=(500, 10)))), temperature=4.0, alpha=0.9))
+    assert not small.restricted and "rows" not in small.describe()  # everything read every example

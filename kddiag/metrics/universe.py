@@ -195,9 +195,14 @@ def brier_of(stats: SoftmaxStats) -> float:
     return float(np.mean(stats.nontarget_mass**2 + stats.nontarget_sum_sq))
 
 
+def fit_rows(n_samples: int, n_classes: int) -> int:
+    """How many of ``n_samples`` rows of C classes T* is fitted on (a fixed-seed subsample beyond)."""
+    return min(n_samples, max(2, FIT_MAX_ELEMENTS // n_classes))
+
+
 def fitted_temperature_of(logits: np.ndarray, labels: np.ndarray) -> float:
     """T* for valid input; see :func:`fitted_temperature`."""
-    rows = subsample_indices(logits.shape[0], max(2, FIT_MAX_ELEMENTS // logits.shape[1]))
+    rows = subsample_indices(logits.shape[0], fit_rows(*logits.shape))
     if rows.size == logits.shape[0]:
         return float(1.0 / _newton_inverse_temperature(logits, labels, None))
     return float(1.0 / _newton_inverse_temperature(logits, labels[rows], rows))

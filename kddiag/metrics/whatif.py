@@ -104,11 +104,16 @@ def temperature_whatif(teacher_logits, labels, *, temperatures: Sequence[float] 
     return temperature_whatif_of(teacher_logits, labels, temperatures=temperatures, alpha=check_alpha(alpha))
 
 
+def whatif_rows(n_samples: int, n_classes: int) -> int:
+    """How many of ``n_samples`` rows of C classes the what-if reads (a fixed-seed subsample beyond)."""
+    return min(n_samples, max(2, min(MAX_SAMPLES, MAX_ELEMENTS // n_classes)))
+
+
 def temperature_whatif_of(teacher_logits: np.ndarray, labels: np.ndarray, *,
                           temperatures: Sequence[float] = TEMPERATURES, alpha: float) -> WhatIf:
     """See :func:`temperature_whatif` (valid input)."""
     n_samples, n_classes = teacher_logits.shape
-    rows = subsample_indices(n_samples, max(2, min(MAX_SAMPLES, MAX_ELEMENTS // n_classes)))
+    rows = subsample_indices(n_samples, whatif_rows(n_samples, n_classes))
     subsample = rows if rows.size < n_samples else None
     stats = [softmax_stats(teacher_logits, labels, temperature=t, rows=subsample) for t in temperatures]
     smoothing = np.array([effective_smoothing_of(s) for s in stats])
