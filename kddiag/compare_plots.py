@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from kddiag.comparison import Comparison
-from kddiag.plotting import MIN_BIN_COUNT, MODEL_COLORS, _floats, _new_axes, _not_available
+from kddiag.plotting import MIN_BIN_COUNT, MODEL_COLORS, _floats, _new_axes, _not_available, legend_below
 from kddiag.results import EVAL, TRANSFER
 
 STUDENT_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#F0E442", "#332288")
@@ -57,8 +57,8 @@ def plot_students_accuracy(comparison: Comparison, *, ax=None):
     for dataset, marker in markers.items():
         ax.plot([], [], marker=marker, ls="none", color="black", markerfacecolor="black" if dataset == EVAL else "white",
                 label=f"{dataset} set")
-    ax.legend(loc="lower left", fontsize=8, ncols=2, framealpha=0.85)
     ax.set_xlabel("accuracy")
+    legend_below(ax, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return ax
 
@@ -92,7 +92,7 @@ def plot_students_reliability(comparison: Comparison, *, dataset: str = EVAL, ax
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (max probability, τ = 1)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize=7.5, framealpha=0.85)
+    legend_below(ax)
     ax.text(0.99, 0.02, f"bins with ≥ {MIN_BIN_COUNT} examples", transform=ax.transAxes, ha="right", fontsize=7,
             color="#555555")
     ax.grid(alpha=0.25)
@@ -130,6 +130,6 @@ def plot_accuracy_vs_temperature(comparison: Comparison, *, ax=None):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("distillation temperature τ (log scale)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
+    legend_below(ax)
     ax.grid(alpha=0.25)
     return ax

@@ -144,7 +144,9 @@ def _finish(ax, drawn: bool, title: str, ylabel: str, *, legend: bool = True):
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if legend:
-        ax.legend(fontsize=8, frameon=False, loc="best")
+        from kddiag.plotting import legend_below
+
+        legend_below(ax, fontsize=8)
     return ax
 
 

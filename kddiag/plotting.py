@@ -33,6 +33,20 @@ MAX_HEATMAP_CLASSES = 40  # beyond this many classes the heatmaps show the 40 mo
 
 # ---------------------------------------------------------------- level 0 — outcome
 
+def legend_below(ax, handles=None, labels=None, *, ncol: int = 2, fontsize: float = 7.5, **options):
+    """The axes' legend under the axes and their x label, never over the data: anchored below the axes by
+    the height their tick labels and x label take (in points, so a later tight layout keeps it clear);
+    the figure's layout makes room for it."""
+    fig = ax.figure
+    from matplotlib.transforms import ScaledTranslation
+
+    below = ax.bbox.y0 - ax.get_tightbbox().y0  # pixels the labels take under the axes
+    anchor = ax.transAxes + ScaledTranslation(0, -(below + 2) / fig.dpi, fig.dpi_scale_trans)
+    args = () if handles is None else (handles, labels)
+    return ax.legend(*args, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=anchor, ncol=ncol,
+                     fontsize=fontsize, frameon=False, **options)
+
+
 def plot_accuracy(report: Report | Measurements, *, ax=None):
     """Accuracy of teacher, student and baseline with 95% bootstrap intervals, per data set."""
     measurements, _, _ = _unpack(report)
@@ -131,7 +145,7 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (max probability, τ = 1)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
+    legend_below(ax)
     return ax
 
 
@@ -168,7 +182,7 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
     ax.set_xlim(0, 1)
     ax.set_xlabel("teacher probability of the true class, p_y")
     ax.set_ylabel("share of examples")
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    legend_below(ax, fontsize=8)
     return ax
 
 
@@ -204,7 +218,7 @@ def _plot_wrong_class_mass(ax, drawn: list, samples: dict[str, np.ndarray]):
     ax.set_xlim(WRONG_MASS_FLOOR, 1.0)
     ax.set_xlabel(f"wrong-class mass 1 − p_y (log scale; below {WRONG_MASS_FLOOR:g} in the first bin)")
     ax.set_ylabel("share of examples")
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    legend_below(ax, fontsize=8)
     return ax
 
 
@@ -276,7 +290,7 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
     import seaborn as sns
 
     measurements, class_info, _ = _unpack(report)
-    models = report.columns if isinstance(report, Report) else MODELS  # a teacher-only check: no student panel
+    models = similarity_columns(report)
     rows = _similarity_rows(measurements)
     fig = _new_figure(fig, figsize=(4.6 * len(models) + 0.8, 4.4 * len(rows)))
     grid = fig.add_gridspec(len(rows), len(models) + 1, width_ratios=[1.0] * len(models) + [0.05])
@@ -323,6 +337,14 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
                  + ("; edge strips: known class groups)" if grouped else ")"), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96), h_pad=3.0)  # room for the strips and titles below tick labels
     return fig
+
+
+def similarity_columns(report: Report | Measurements) -> tuple[str, ...]:
+    """The models :func:`plot_class_similarity` gives a panel: those inspected (no empty panel for a
+    baseline or student that was not given)."""
+    if not isinstance(report, Report):
+        return MODELS
+    return tuple(m for m in report.columns if m in report.models)
 
 
 def similarity_rows(report: Report | Measurements) -> int:
@@ -563,7 +585,7 @@ class _RescalingPoints:
         text = textwrap.fill(drawn + (": " + "; ".join(dropped) if dropped else ""), 70)
         ax.text(0.99, 0.015, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
                 color="#555555", bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1.0})
-        handles = ax.legend(loc="upper right", fontsize=7, markerscale=2, framealpha=0.85)
+        handles = legend_below(ax, fontsize=7, markerscale=2)
         for handle in handles.legend_handles:
             handle.set_alpha(1.0)
 
@@ -816,7 +838,7 @@ def plot_token_breakdowns(report: Report | Measurements, *, fig=None):
         right.set_ylim(bottom=0)
         ax.set_xticks(x, [f"{name}\n{100 * s:.0f}%" for name, s in zip(breakdown.buckets, share)], fontsize=7)
         lines = ax.get_lines() + right.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="lower left", framealpha=0.85)
+        legend_below(ax, lines, [line.get_label() for line in lines], fontsize=7)
         ax.grid(alpha=0.25)
     fig.tight_layout()
     return fig

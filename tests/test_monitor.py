@@ -213,6 +213,11 @@ def test_findings_timeline_on_a_student_that_learns_the_teacher(teacher, data):
     gap = spans["capacity-gap"]
     assert (gap.first_step, gap.last_step, gap.stopped_step, gap.n_calls) == (0, 10, 20, 2)
     assert (spans["healthy"].first_step, spans["healthy"].stopped_step) == (20, None)
+    from kddiag.report.training import render_training_html
+
+    html = render_training_html(monitor)
+    assert "no failure found (no baseline)" in html and "gain-not-checked</strong>" not in html  # words, not ids
+    assert '<tr data-finding-id="healthy">' not in html and '<tr data-finding-id="capacity-gap">' in html  # a verdict
 
 
 def test_finding_spans_split_when_a_finding_stops_and_fires_again():

@@ -14,12 +14,9 @@ from kddiag.comparison import Comparison
 from kddiag.diagnosis.ids import HEALTHY
 from kddiag.diagnosis.wording import gain_points
 from kddiag.report.json import _jsonable, report_to_dict
-from kddiag.report.text import (LEVEL_CODES, WIDTH, clip, evidence_summary, fired_findings, format_cell,
-                                probe_lines, remedy_summary, severity_word)
+from kddiag.report.text import (LEVEL_CODES, VERDICT_WORDS, WIDTH, clip, evidence_summary, fired_findings,
+                                format_cell, probe_lines, remedy_summary, severity_word)
 
-VERDICT_WORDS = {"problems": "problems", "kd-helped": "KD helped (room to improve)", "healthy": "healthy",
-                 "gain-not-checked": "no failure found (no baseline)", "teacher-ready": "teacher ready",
-                 "none": "none"}
 
 
 def comparison_to_dict(comparison: Comparison) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from kddiag import __version__
 from kddiag.plotting import (has_token_breakdowns, plot_accuracy, plot_class_similarity, plot_instance_rescaling,
                              plot_reliability, plot_target_confidence, plot_temperature_whatif,
-                             plot_token_breakdowns, similarity_rows)
+                             plot_token_breakdowns, similarity_columns, similarity_rows)
 from kddiag.diagnosis.ids import HEALTHY, KD_HELPED
 from kddiag.diagnosis.reading import kd_gain
 from kddiag.diagnosis.wording import kd_helped_title
@@ -258,9 +258,10 @@ def _reliability_set(report: Report) -> str:
 
 def _similarity_size(report: Report) -> tuple[float, float]:
     """Up to 30 classes: as wide as the page (11.2 in at 100 dpi), so the class names show at full size."""
+    columns = len(similarity_columns(report))
     if report.n_classes <= 30:
-        return (11.2, 3.9 * similarity_rows(report) + 0.4)
-    return (6.2 * 3 + 0.8, 6.2 * similarity_rows(report) + 0.4)
+        return (10.4 * columns / 3 + 0.8, 3.9 * similarity_rows(report) + 0.4)
+    return (6.2 * columns + 0.8, 6.2 * similarity_rows(report) + 0.4)
 
 
 # ---------------------------------------------------------------- figures

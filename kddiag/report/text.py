@@ -241,6 +241,11 @@ def fired_findings(report: Report) -> tuple[Finding, ...]:
     return tuple(f for f in report.diagnosis.findings if f.id != HEALTHY)
 
 
+VERDICT_WORDS = {"problems": "problems", "kd-helped": "KD helped (room to improve)", "healthy": "healthy",
+                 "gain-not-checked": "no failure found (no baseline)", "teacher-ready": "teacher ready",
+                 "none": "none"}  # a diagnosis's verdict id in words, where only the verdict is shown
+
+
 def remedy_summary(remedy: Remedy, settings: Settings, *, probe_hint: str = "--probe") -> str:
     """The settings a remedy changes, from the current ones, and whether a probe of this pair backs it:
     'τ 4 → 16 (probed: +2.4 pt [0.2, 4.4])', 'α 0.9 → 0.45 (not tested on this pair: --probe)' (the

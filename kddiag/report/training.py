@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 from kddiag import __version__
 from kddiag.history import KEY_MEASUREMENTS
-from kddiag.report.text import format_number, severity_word
+from kddiag.diagnosis.ids import HEALTHY
+from kddiag.report.text import VERDICT_WORDS, format_number, severity_word
 
 if TYPE_CHECKING:
     from kddiag.monitor import Monitor
@@ -64,7 +65,8 @@ def _context(monitor: "Monitor") -> dict:
     from kddiag.monitor_plots import (plot_accuracy_over_steps, plot_ece_over_steps, plot_findings_timeline,
                                       plot_kl_over_steps, plot_decoupled_kd_over_steps, plot_structure_over_steps)
 
-    history, spans = monitor.history, monitor.spans
+    history = monitor.history
+    spans = [s for s in monitor.spans if s.id != HEALTHY]  # findings only: 'healthy' is the verdict, not a problem
     figures = [_figure(title, lambda ax, plot=plot: plot(history, ax=ax), (5.6, 3.4)) for title, plot in (
         ("Accuracy and agreement", plot_accuracy_over_steps), ("KL(teacher ‖ student)", plot_kl_over_steps),
         ("Calibration", plot_ece_over_steps), ("Domain knowledge transferred", plot_structure_over_steps),
@@ -84,6 +86,7 @@ def _context(monitor: "Monitor") -> dict:
                                              ("alpha", "α", settings.alpha))],
         "last_step": history[-1].step if history else None,
         "verdict": last.verdict if last is not None else None,
+        "verdict_words": VERDICT_WORDS.get(last.verdict, last.verdict) if last is not None else None,
         "findings": [{"id": f.id, "title": f.title, "severity": f.severity, "severity_word": severity_word(f.severity),
                       "explanation": f.explanation, "advice": f.advice} for f in (last.findings if last else ())],
         "figures": figures, "timeline": timeline,
