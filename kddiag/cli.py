@@ -1,6 +1,7 @@
 """The ``kddiag`` command line: a thin layer over :mod:`kddiag.pipeline`."""
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from importlib.resources import as_file, files
@@ -11,7 +12,7 @@ from kddiag import __version__
 from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY, KD_HELPED
 from kddiag.errors import KddiagError
 
-EXIT_ERROR, EXIT_GATED = 1, 3
+EXIT_ERROR, EXIT_USAGE, EXIT_GATED = 1, 2, 3
 IMAGE_LAYOUTS = ("NCHW", "NHWC")  # kddiag.types.IMAGE_LAYOUTS, spelled out to keep numpy out of --help
 
 # The demo pair, package data built by ``python -m case_studies demo-pair`` in a source checkout.
@@ -21,8 +22,15 @@ DEMO_EVAL_DATA, DEMO_TRANSFER_DATA = "digits:test", "digits:train"
 
 
 class KddiagGroup(click.Group):
-    """Shows kddiag's own errors as one line on stderr with exit code 1, never a traceback; keeps the
+    """Shows kddiag's own errors as one line on stderr with exit code 1, and click's usage errors (an unknown
+    option, a missing argument, a bad value) as one line with exit code 2, never a traceback; keeps the
     warnings of the libraries it calls (torch, numpy) off the user's terminal unless PYTHONWARNINGS asks."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as error:  # the group's own options: kddiag --nope
+            _usage_error(error)
 
     def invoke(self, ctx):
         with warnings.catch_warnings():
@@ -31,8 +39,27 @@ class KddiagGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except KddiagError as error:
-                click.echo(f"kddiag: error: {error}", err=True)
+                click.echo(f"kddiag: error: {_rank()}{error}", err=True)
                 ctx.exit(EXIT_ERROR)
+            except click.UsageError as error:  # a command's arguments and options, an unknown command
+                _usage_error(error)
+
+
+def _rank() -> str:
+    """'rank 1 of 2: ' under torchrun, whose ranks print to one terminal; '' for one process."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    return f"rank {os.environ.get('RANK', '?')} of {world_size}: " if world_size not in ("", "0", "1") else ""
+
+
+def _usage_error(error: click.UsageError):
+    """click's usage error as one line, ``kddiag: error: ...`` (where --help is), exit code 2. A bare
+    ``kddiag`` still prints the help."""
+    if isinstance(error, click.exceptions.NoArgsIsHelpError):
+        raise error
+    message = " ".join(error.format_message().split()).removesuffix(".")
+    command = error.ctx.command_path if error.ctx is not None else "kddiag"
+    click.echo(f"kddiag: error: {message}; see '{command} --help'", err=True)
+    raise click.exceptions.Exit(EXIT_USAGE)
 
 
 @click.group(cls=KddiagGroup, epilog="Case studies (published KD failures reproduced on CPU) run from a source "
@@ -204,6 +231,9 @@ def input_options(command):
         click.option("--device", help="Torch device (default: CUDA when present, else CPU)."),
         click.option("--progress/--no-progress", default=None,
                      help="Show progress on stderr (default: when stderr is a terminal)."),
+        click.option("--full-paths", is_flag=True,
+                     help="Name files by their absolute paths in the reports (default: relative to the working "
+                          "directory, so a shared report does not show where your files live)."),
     )):
         command = option(command)
     return command
@@ -311,26 +341,27 @@ def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail
     _gate([report.diagnosis for report in comparison.reports], fail_on)
 
 
-def demo_report(*, probe=None):
+def demo_report(*, probe=None, full_paths: bool = False):
     """Inspect the shipped demo pair on the digits eval and transfer sets (``probe``: ProbeOptions)."""
     from kddiag.pipeline import inspect as run_inspect
     from kddiag.types import InspectOptions
 
     with as_file(DEMO_TEACHER) as teacher, as_file(DEMO_STUDENT) as student, as_file(DEMO_BASELINE) as baseline:
         return run_inspect(str(teacher), str(student), data=DEMO_EVAL_DATA, transfer_data=DEMO_TRANSFER_DATA,
-                           baseline=str(baseline), options=InspectOptions(probe=probe))
+                           baseline=str(baseline), options=InspectOptions(probe=probe, full_paths=full_paths))
 
 
 @main.command()
 @click.option("--probe", is_flag=True, help="Also test the advice on the demo pair with remedy probes (≈ 15 s).")
+@click.option("--full-paths", is_flag=True, help="Name the demo files by their absolute paths in the reports.")
 @output_options(default_out="kddiag-report")
-def demo(probe, out, as_json, arrays, fail_on):
+def demo(probe, full_paths, out, as_json, arrays, fail_on):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
     from kddiag.types import ProbeOptions
 
     _check_arrays(out, arrays)
-    _finish(demo_report(probe=ProbeOptions() if probe else None), out=out, as_json=as_json, fail_on=fail_on,
-            arrays=arrays)
+    _finish(demo_report(probe=ProbeOptions() if probe else None, full_paths=full_paths), out=out, as_json=as_json,
+            fail_on=fail_on, arrays=arrays)
 
 
 if __name__ == "__main__":

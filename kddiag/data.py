@@ -64,6 +64,19 @@ def load_dataset(spec: str, *, role: str = "data", images: ImageOptions = ImageO
                       f"built-in sets are {', '.join(BUILTIN_DATASETS)}")
 
 
+def check_enough_data(dataset: Dataset, option: str) -> None:
+    """Refuse a set whose labels are all one class: kddiag measures what a teacher passes on about classes
+    (calibration, class similarity, per-class structure), so a verdict on it would be confident and empty.
+    ``option`` ('--data', '--transfer-data', 'data') names where the set came from."""
+    labels = dataset.labels
+    if labels.size and labels.min() == labels.max():
+        names = dataset.class_info.names
+        named = f" ('{names[labels[0]]}')" if names and labels[0] < len(names) else ""
+        raise KddiagError(f"{option} '{dataset.name}': not enough data: every label is class {labels[0]}{named} "
+                          f"({labels.size:,} of {labels.size:,} examples); kddiag needs examples of at least 2 "
+                          f"classes")
+
+
 def make_class_hierarchy(*, n_groups: int = 4, classes_per_group: int = 5, n_features: int = 32,
                          n_per_class: int = 120, prototype_spread: float = 0.45, noise: float = 1.0,
                          center_scale: float = 2.0, seed: int = 0
@@ -145,8 +158,11 @@ def _load_spec(path: Path, role: str, images: ImageOptions) -> Dataset:
         raise KddiagError(f"{where}: 'path' names another spec ('{target}'); it must name a data file or image folder")
     if not resolved.exists():
         raise KddiagError(f"{where}: 'path' '{target}' does not exist (looked for '{resolved}')")
-    merged = _merged(images, _spec_options(spec, where), where)
-    return _load_path(resolved, role, merged, spec=path)
+    stored = _spec_options(spec, where)
+    if resolved.is_dir() and stored.layout is not None:
+        raise KddiagError(f"{where}: 'layout' is the axis order of 4-D image arrays in .pt/.npz files; '{target}' "
+                          f"is an image folder, whose images Pillow reads in a known order: leave 'layout' out")
+    return _load_path(resolved, role, _merged(images, stored, where), spec=path)
 
 
 def _spec_options(spec: dict, where: str) -> ImageOptions:
@@ -183,6 +199,9 @@ def _load_path(path: Path, role: str, images: ImageOptions, *, spec: Path | None
         return _load_file(path, where, images, name=name, format_prefix=format_prefix)
     from kddiag.images import read_image_folder
 
+    if images.layout is not None:
+        raise KddiagError(f"{where}: --layout is the axis order of 4-D image arrays in .pt/.npz files; an image "
+                          f"folder's images are read by Pillow in a known order: leave --layout out")
     x, labels, class_names, notes = read_image_folder(path, images, where)
     return Dataset(name=name, x=x, labels=labels, class_info=ClassInfo(names=class_names),
                    format=format_prefix + "image-folder", preprocessing=notes)

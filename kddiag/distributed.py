@@ -6,6 +6,8 @@ the models and data, collects its contiguous shard (whole chunks of CHUNK_ROWS e
 rank 0 with ``torch.distributed.gather_object`` and merged in rank order. Rank 0 measures, diagnoses
 and writes the report; the other ranks write nothing. The backend is NCCL when the ranks run on CUDA,
 else gloo. Outside torchrun (no ``WORLD_SIZE`` > 1 in the environment) this is one process, one shard.
+A rank that fails prints its one error line and exits 1; a rank waiting for it in a collective prints one line
+saying so (never the backend's traceback), and torchrun prints its summary of the failed ranks.
 """
 from __future__ import annotations
 
@@ -42,13 +44,24 @@ class Group:
         import torch.distributed as dist
 
         gathered: list | None = [None] * self.world_size if self.is_main else None
-        dist.gather_object(accumulator, gathered, dst=0)
+        try:
+            dist.gather_object(accumulator, gathered, dst=0)
+        except RuntimeError as error:  # gloo/NCCL: a peer exited (its own error line says why) or hung up
+            raise KddiagError(f"stopped: another rank failed while the statistics were gathered (its own error "
+                              f"says why; {_reason(error)})") from None
         if not self.is_main:
             return None
         parts = [part for part in gathered if part is not None]
         for part in parts[1:]:
             parts[0].merge(part)
         return parts[0]
+
+
+def _reason(error: BaseException) -> str:
+    """The collective's failure in a few words, without the backend's source location and banter."""
+    text = " ".join(str(error).split())
+    text = text.split("] ", 1)[1] if text.startswith("[") and "] " in text else text  # '[.../pair.cc:553] ...'
+    return text.split(". ", 1)[0][:160] or type(error).__name__
 
 
 def shard(n_samples: int, unit: int, rank: int, world_size: int) -> range:

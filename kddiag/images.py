@@ -82,6 +82,9 @@ def images_from_array(x: torch.Tensor, options: ImageOptions, where: str) -> tup
     if options.resize is not None:
         check_resize_pixels(options.resize, where)
     if x.dim() == 3:
+        if options.layout is not None:
+            raise KddiagError(f"{where}: the layout ({options.layout}) is the axis order of 4-D image arrays; these "
+                              f"images are (n, H, W), one channel, with no channel axis to place: leave it out")
         layout, how = "NHW", "one channel"
         x = x.unsqueeze(1)
     else:

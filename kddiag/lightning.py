@@ -8,6 +8,9 @@ must be an ``nn.Module``); else ``pl_module.student`` when the LightningModule h
 attribute of that name (the usual distillation module that holds ``teacher`` and ``student``); else the
 LightningModule itself, whose ``forward`` must then return the student's logits.
 
+Each call's key numbers and findings also go to the trainer's loggers (``trainer.loggers``: TensorBoard,
+CSV, W&B, …) at ``trainer.global_step``, named as :func:`kddiag.live.live_metrics` names them.
+
 The callback never stops the training: bad constructor arguments raise
 :class:`~kddiag.errors.KddiagError` at once, but any error during ``fit`` (a student that fails on the
 held-out inputs, a report that cannot be written) becomes a warning through Lightning's
@@ -19,6 +22,7 @@ import os
 from typing import Any
 
 from kddiag.errors import KddiagError
+from kddiag.live import emit, live_metrics, sinks_of
 from kddiag.monitor import Monitor, _positive_int
 
 try:
@@ -76,13 +80,13 @@ class KddiagCallback(Callback):
         step = trainer.global_step
         if not trainer.is_global_zero or step % self.every_n_steps or step == self._last_tried:
             return  # also skips the repeated calls of one step under gradient accumulation
-        self._check(pl_module, step)
+        self._check(trainer, pl_module, step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
         if trainer.global_step != self._last_tried:
-            self._check(pl_module, trainer.global_step)
+            self._check(trainer, pl_module, trainer.global_step)
         if self.out is not None:
             try:
                 self.monitor.write_report(self.out)
@@ -90,9 +94,19 @@ class KddiagCallback(Callback):
                 rank_zero_warn(f"kddiag: the monitor report could not be written to '{self.out}': "
                                f"{type(error).__name__}: {error}")
 
-    def _check(self, pl_module: Any, step: int) -> None:
+    def _check(self, trainer: Any, pl_module: Any, step: int) -> None:
         self._last_tried = step
         try:
             self.monitor.check(self.student_of(pl_module), step=step)
         except Exception as error:  # never fail the training over a measurement
             rank_zero_warn(f"kddiag: the monitor skipped step {step}: {type(error).__name__}: {error}")
+            return
+        loggers = tuple(getattr(trainer, "loggers", None) or ())
+        if not loggers:
+            return
+        try:
+            sinks = sinks_of(loggers)
+        except KddiagError as error:  # a logger of another kind: named, and the training goes on
+            rank_zero_warn(f"kddiag: step {step} not sent to the trainer's loggers: {error}")
+            return
+        emit(sinks, live_metrics(step, self.monitor.last_measurements, self.monitor.last_diagnosis))

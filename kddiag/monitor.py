@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.history import FindingSpan, MonitorRecord, finding_spans
 from kddiag.types import (EVAL, ClassInfo, Dataset, Diagnosis, InspectOptions, LoadedModel, ModelOutputs,
-                          SetOutputs, Settings, _check_alpha, _check_temperature)
+                          SetOutputs, Settings, TokenInputs, _check_alpha, _check_temperature)
 
 __all__ = ["Monitor", "as_monitor_data"]
 
@@ -45,14 +46,19 @@ class Monitor:
     :class:`kddiag.types.Dataset`; ``y`` are integer class ids (n_samples,).
     ``temperature``/``alpha``: the distillation settings; None reads them from the teacher's checkpoint,
     else guesses the defaults (τ = 4, α = 0.9). ``batch_size``: examples per forward pass.
+    ``log_to``: where each call's key numbers and findings also go, live (:mod:`kddiag.live`): a
+    TensorBoard ``SummaryWriter``, a Lightning logger, a W&B run or ``'wandb'``, a function, or a list.
     Bad arguments raise :class:`~kddiag.errors.KddiagError` here, naming the argument.
     """
 
     def __init__(self, teacher: Any, *, data: Any, every: int = 100, temperature: float | None = None,
                  alpha: float | None = None, baseline: Any = None, teacher_arch: str | None = None,
                  baseline_arch: str | None = None, batch_size: int = 512, feature_layer: str | None = None,
-                 class_info: ClassInfo | None = None) -> None:
+                 class_info: ClassInfo | None = None, log_to: Any = None) -> None:
+        from kddiag.live import sinks_of
+
         self.every = _positive_int(every, "every")
+        self.log_to = sinks_of(log_to)
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.feature_layer = feature_layer
         if temperature is not None:
@@ -60,6 +66,7 @@ class Monitor:
         if alpha is not None:
             _check_alpha(alpha, "alpha")
         self.data = as_monitor_data(data)
+        check_enough_data(self.data, "data")
         teacher_model = _as_model(teacher, "teacher", teacher_arch)
         baseline_model = None if baseline is None else _as_model(baseline, "baseline", baseline_arch)
         self.settings = _settings(temperature, alpha, teacher_model)
@@ -124,6 +131,10 @@ class Monitor:
         record = self._measure(step, student_outputs, started)
         self._history = [r for r in self._history if r.step != step] + [record]
         self._history.sort(key=lambda r: r.step)
+        if self.log_to:
+            from kddiag.live import emit, live_metrics
+
+            emit(self.log_to, live_metrics(step, self.last_measurements, self.last_diagnosis))
         return record
 
     def _measure(self, step: int, student_outputs: ModelOutputs, started: float) -> MonitorRecord:
@@ -158,16 +169,21 @@ class Monitor:
         return monitor_to_dict(self)
 
     def write_report(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Render ``monitor.json`` and ``monitor.html`` in memory, then write both into ``out_dir``, all or
-        nothing; returns their paths."""
-        from kddiag.report.json import check_writable, write_atomic
+        """Render ``monitor.json`` and ``monitor.html`` in memory, then write both into ``out_dir``, together or
+        not at all (:func:`kddiag.report.json.write_report_files`); returns their paths. A monitor that has
+        measured nothing yet has no report to write, and says so (KddiagError)."""
+        from kddiag.report.json import MONITOR_FILES, check_writable, write_report_files
         from kddiag.report.training import render_training_html, render_training_json
 
+        if not self._history:
+            raise KddiagError("write_report: the monitor has measured nothing yet (no step was a multiple of "
+                              f"every={self.every}, and check() was never called); call step(student) or "
+                              f"check(student) first")
         out_dir = check_writable(out_dir)
-        rendered = {"json": (out_dir / "monitor.json", render_training_json(self)),
-                    "html": (out_dir / "monitor.html", render_training_html(self))}
+        rendered = {"json": ("monitor.json", render_training_json(self)),
+                    "html": ("monitor.html", render_training_html(self))}
         try:
-            written = write_atomic(dict(rendered.values()))
+            written = write_report_files(out_dir, dict(rendered.values()), replaces=MONITOR_FILES)
         except OSError as error:
             raise KddiagError(f"out_dir '{out_dir}': cannot write the monitor report "
                               f"({error.strerror or error})") from None
@@ -185,7 +201,7 @@ def collect_model_outputs(dataset: Dataset, model: LoadedModel, *, role: str, ba
     import torch
 
     from kddiag.accumulate import row_sample
-    from kddiag.collect import _runner_for
+    from kddiag.collect import _probe, _runner_for, _spans
 
     if model.module is None:
         raise KddiagError(f"{role} '{model.source}': a monitor needs a model to run, not stored logits")
@@ -195,10 +211,12 @@ def collect_model_outputs(dataset: Dataset, model: LoadedModel, *, role: str, ba
     logits, features, kept = [], [], None
     try:
         with torch.inference_mode():
-            runner.start(x[:1], device=str(_device_of(module)), feature_layer=feature_layer)
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                batch_logits, batch_features = runner.run(x[start:stop])
+            runner.start(_probe(x), device=str(_device_of(module)), feature_layer=feature_layer)
+            # token sequences are batched by sequence; their examples may be target positions
+            for start, stop, inputs, keep in _spans(x, range(n), batch_size, runner.n_classes):
+                batch_logits, batch_features = runner.run(inputs)
+                batch_logits = batch_logits[keep]
+                batch_features = None if batch_features is None else batch_features[keep]
                 if kept is None:
                     kept = row_sample(n, batch_logits.shape[1])
                 logits.append(batch_logits)
@@ -236,7 +254,7 @@ def as_monitor_data(data: Any) -> Dataset:
         if data.x is None:
             raise KddiagError(f"data: the Dataset '{data.name}' has labels only; a monitor runs the models "
                               f"and needs inputs 'x'")
-        x = data.x if isinstance(data.x, torch.Tensor) else _tensor(data.x, "data: x")
+        x = data.x if isinstance(data.x, (torch.Tensor, TokenInputs)) else _tensor(data.x, "data: x")
         return Dataset(data.name, x, data.labels, data.class_info, data.format, data.preprocessing)
     if isinstance(data, DataLoader):
         x, y = _from_loader(data)
@@ -323,7 +341,12 @@ def _as_model(source: Any, role: str, arch: str | None) -> LoadedModel:
     """A model to run: an ``nn.Module``, a ``LoadedModel`` or a checkpoint path (loaded safely)."""
     from kddiag.pipeline import as_model
 
-    return as_model(source, role, arch, InspectOptions())
+    model = as_model(source, role, arch, InspectOptions())
+    if arch is not None and model.format != "state_dict":
+        raise KddiagError(f"{role}_arch builds the model a state dict belongs to, but the {role} is "
+                          f"{'an nn.Module' if model.format == 'module' else 'a ' + model.format}, which brings its "
+                          f"own architecture: leave {role}_arch out")
+    return model
 
 
 def _settings(temperature: float | None, alpha: float | None, teacher: LoadedModel) -> Settings:

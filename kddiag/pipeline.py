@@ -1,6 +1,7 @@
 """The one module that calls across stages: load → collect → measure → diagnose → render."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from kddiag.collect.batchnorm import first_batchnorm_fit
+from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
@@ -37,8 +39,10 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
     >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
     >>> report.diagnosis.findings[0].id
     """
+    _check_options(options)
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
+    _check_baseline_options(baseline, options)
     if student is None and "student" in options.ema:
         raise KddiagError("--ema student was given but no student: give the student checkpoint, or leave the "
                           "option out for a teacher-only check")
@@ -63,16 +67,21 @@ def compare(teacher: Any, students: Sequence[Any] | Mapping[str, Any], *, data: 
     """
     from kddiag.comparison import Comparison, rank
 
+    _check_options(options)
     if data is None and transfer_data is None:
         raise KddiagError("no data: give an eval set (--data) and/or the transfer set (--transfer-data)")
+    _check_baseline_options(baseline, options)
     if isinstance(students, (str, os.PathLike)) or not isinstance(students, (Sequence, Mapping)):
         raise KddiagError("students: expected a list of students or a mapping name -> student; "
                           f"got {type(students).__name__}")
-    names = _student_names(students)
+    names = _student_names(students, full=options.full_paths)
     given = tuple(students.values()) if isinstance(students, Mapping) else tuple(students)
     if len(given) < 2:
         raise KddiagError(f"compare needs at least 2 students; got {len(given)}")
+    _check_distinct(given)
     for option, values in (("temperature", temperatures), ("alpha", alphas)):
+        if values is not None and (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)):
+            raise KddiagError(f"{option}s: expected a list of numbers, one per student; got {type(values).__name__}")
         if values is not None and getattr(options, option) is not None:
             raise KddiagError(f"--{option}: give one value for every student or one per student, not both")
         if values is not None and len(values) != len(given):
@@ -96,6 +105,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     from kddiag.diagnosis.advice import settle_advice
     from kddiag.measure import coverage_of, measure
 
+    names = _path_names((teacher, *students, baseline, data, transfer_data, options.classes), full=options.full_paths)
     loaded_teacher = as_model(teacher, "teacher", options.teacher_arch, options)
     loaded = tuple(None if s is None else as_model(s, "student", options.student_arch, options) for s in students)
     planned = None  # a teacher-only check probes fresh students of --student-arch under the planned settings
@@ -108,13 +118,15 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     if baseline is not None:  # a baseline is the student trained without KD: the student's arch by default
         arch = options.baseline_arch if options.baseline_arch is not None else options.student_arch
         loaded_baseline = as_model(baseline, "baseline", arch, options)
+    _check_options_used(options, loaded_teacher, loaded, loaded_baseline, probing=planned is not None)
     settings = [settings_of(options, *([] if s is None else [s]), loaded_teacher,
                           temperature=None if temperatures is None else temperatures[k],
                           alpha=None if alphas is None else alphas[k])
                 for k, s in enumerate(loaded)]  # before the forward passes
     mismatched = _vocabulary_mismatches(loaded_teacher, loaded, trust_remote_code=options.trust_remote_code)
     if mismatched and len(mismatched) == sum(s is not None for s in loaded):
-        return _mismatch_reports(loaded_teacher, loaded, loaded_baseline, settings, mismatched), [[] for _ in loaded]
+        return (_mismatch_reports(loaded_teacher, loaded, loaded_baseline, settings, mismatched, names),
+                [[] for _ in loaded])
     if mismatched:
         raise KddiagError("students " + ", ".join(f"{k + 1} ('{loaded[k].source}')" for k in mismatched)
                           + " use another vocabulary than the teacher: compare them separately "
@@ -122,6 +134,8 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     datasets = {name: _as_dataset(source, role, options, loaded_teacher)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
+    for name, dataset in datasets.items():
+        check_enough_data(dataset, "--data" if name == EVAL else "--transfer-data")
     given_classes = None
     if options.classes:  # read before the forward passes: a bad file fails fast
         from kddiag.loading import load_class_info
@@ -165,15 +179,130 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
             probe = _probe(loaded_teacher, student or planned, datasets, measurements, diagnosis, student_settings,
                            options, device=ranks.device or options.device, world_size=ranks.world_size)
         diagnosis = settle_advice(diagnosis, probe, student_settings, teacher_only=student is None)
-        inputs = tuple([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
-                        for role, m in models.items()] + data_inputs)
-        reports.append(Report(inputs=inputs, settings=student_settings, class_info=class_info,
+        inputs, shown_settings = _named_inputs([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
+                                                for role, m in models.items()] + data_inputs, student_settings, names)
+        reports.append(Report(inputs=inputs, settings=shown_settings, class_info=class_info,
                               measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
                               coverage=tuple(coverage_of(s) for s in student_summaries),
                               example_inputs=_listed_inputs(measurements, datasets, loaded_teacher,
                                                              trust_remote_code=options.trust_remote_code),
                               models=tuple(models), probe=probe))
     return reports, summaries
+
+
+_KINDS = {"torch.export": "a torch.export program", "torchscript": "a TorchScript program", "logits": "precomputed logits",
+          "pickled-module": "a pickled model", "module": "an nn.Module", "hf-causal-lm": "a Hugging Face model",
+          "hf-sequence-classifier": "a Hugging Face model"}  # what a LoadedModel's format is, in words
+
+
+def _check_options(options: Any) -> None:
+    """``options`` is an InspectOptions (a dict would fail far from here, on its first attribute)."""
+    if not isinstance(options, InspectOptions):
+        hint = ": build one from it, InspectOptions(**options)" if isinstance(options, Mapping) else ""
+        raise KddiagError(f"options: expected a kddiag.types.InspectOptions{hint}; got {type(options).__name__}")
+
+
+def _check_baseline_options(baseline: Any, options: InspectOptions) -> None:
+    """The baseline's options without a baseline do nothing: refused, not ignored."""
+    if baseline is None:
+        for given, option in (("baseline" in options.ema, "--ema baseline"),
+                              (options.baseline_arch is not None, "--baseline-arch")):
+            if given:
+                raise KddiagError(f"{option} was given but no baseline: give the baseline checkpoint (--baseline), "
+                                  f"or leave the option out")
+
+
+def _check_distinct(students: tuple[Any, ...]) -> None:
+    """Each student once: one file under two spellings (or links), or one object twice, is refused."""
+    seen: dict[Any, int] = {}
+    for k, student in enumerate(students):
+        if isinstance(student, (str, os.PathLike)):
+            try:
+                stat = os.stat(student)
+                key: Any = ("file", stat.st_dev, stat.st_ino)
+            except OSError:  # missing: named by the loader
+                key = ("path", os.path.abspath(student))
+        else:
+            key = ("object", id(student.module if isinstance(student, LoadedModel) else student))
+        if key in seen:
+            what = (f"file ('{students[seen[key]]}' and '{student}')" if key[0] != "object"
+                    else "model (one object given twice)")
+            raise KddiagError(f"students {seen[key] + 1} and {k + 1} are the same {what}: give each student once")
+        seen[key] = k
+
+
+def _check_options_used(options: InspectOptions, teacher: LoadedModel, students: tuple[LoadedModel | None, ...],
+                        baseline: LoadedModel | None, *, probing: bool) -> None:
+    """Options that would do nothing for the models loaded (an architecture for a model that brings its own,
+    a text length without a Hugging Face teacher) are refused, not ignored."""
+    given = [s for s in students if s is not None]
+    for option, models, used in (("--teacher-arch", [teacher], True), ("--student-arch", given, not probing),
+                                 ("--baseline-arch", [baseline] if baseline is not None else [], True)):
+        spec = getattr(options, option[2:].replace("-", "_"))
+        if spec is None or not used or not models or any(m.format == "state_dict" for m in models):
+            continue
+        role = option[2:].removesuffix("-arch")
+        model = models[0]
+        raise KddiagError(f"{option} builds the model a state dict belongs to, but the {role} "
+                          f"'{model.source}' is {_KINDS.get(model.format, model.format)}, which brings its own "
+                          f"architecture: leave the option out")
+    if options.max_length is not None and not teacher.format.startswith("hf-"):
+        raise KddiagError(f"--max-length sets the tokens per sequence of text data read with a Hugging Face "
+                          f"teacher's tokenizer, but the teacher '{teacher.source}' is "
+                          f"{_KINDS.get(teacher.format, 'a ' + teacher.format.replace('_', ' '))}, so no text is "
+                          f"tokenized: leave the option out")
+
+
+def shown_path(source: Any, *, full: bool = False) -> Any:
+    """A file or folder as reports name it: relative to the working directory, or with ``full`` absolute.
+    Anything else (a built-in data set's name, a missing file, an object) is returned as given."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    text = os.fspath(source)
+    if not isinstance(text, str) or not os.path.exists(text):
+        return source
+    if full:
+        return os.path.abspath(text)
+    if not os.path.isabs(text):
+        return source
+    try:
+        relative = os.path.relpath(text)
+        same = os.path.samefile(relative, text)  # '..' across a symbolic link would lead elsewhere
+    except (OSError, ValueError):  # no working directory; another drive (Windows)
+        return source
+    return relative if same else source
+
+
+def _path_names(sources: Sequence[Any], *, full: bool) -> dict[str, str]:
+    """How reports name the files given, where that differs from how they were given: {given: shown}."""
+    names = {}
+    for source in sources:
+        if isinstance(source, (str, os.PathLike)) and isinstance(os.fspath(source), str):
+            shown = shown_path(os.fspath(source), full=full)
+            if shown != os.fspath(source):
+                names[os.fspath(source)] = shown
+    return names
+
+
+def _named_inputs(inputs: Sequence[InputInfo], settings: Settings, names: dict[str, str]
+                  ) -> tuple[tuple[InputInfo, ...], Settings]:
+    """The inputs and settings with each file named as reports name it (``names``, :func:`_path_names`): the
+    paths, and the quoted paths in notes ('tokenized with the tokenizer in '…'')."""
+    if not names:
+        return tuple(inputs), settings
+
+    def text(value: str | None) -> str | None:
+        for given in sorted(names, key=len, reverse=True):
+            value = value and value.replace(f"'{given}'", f"'{names[given]}'")
+        return value
+
+    inputs = tuple(dataclasses.replace(info, path=names.get(info.path, info.path), preprocessing=text(info.preprocessing),
+                                       notes=tuple(map(text, info.notes))) for info in inputs)
+    settings = dataclasses.replace(settings, **{name: dataclasses.replace(setting, path=names.get(setting.path,
+                                                                                                 setting.path))
+                                                for name, setting in (("temperature", settings.temperature),
+                                                                      ("alpha", settings.alpha))})
+    return inputs, settings
 
 
 def _probe(teacher: LoadedModel, student: LoadedModel, datasets: dict[str, Dataset], measurements, diagnosis,
@@ -209,17 +338,17 @@ def _token_strata(datasets: dict[str, Dataset]) -> dict[str, dict[str, np.ndarra
                    POSITION: position_buckets(ds.x.target_positions())} for name, ds in token.items()}
 
 
-def _student_names(students: Sequence[Any] | Mapping[str, Any]) -> tuple[str, ...]:
-    """Each student's name: the mapping's keys, else its file's name without suffix (made unique), else
-    'student k'."""
+def _student_names(students: Sequence[Any] | Mapping[str, Any], *, full: bool = False) -> tuple[str, ...]:
+    """Each student's name: the mapping's keys, else its file's name without suffix (made unique by its folder,
+    named as reports name files: :func:`shown_path`), else 'student k'."""
     if isinstance(students, Mapping):
         names = tuple(str(name) for name in students)
     else:
         names = tuple(Path(s).stem if isinstance(s, (str, os.PathLike)) else f"student {k + 1}"
                       for k, s in enumerate(students))
         if len(set(names)) < len(names):  # same file names in different folders: keep the parent
-            names = tuple(str(Path(s).with_suffix("")) if isinstance(s, (str, os.PathLike)) else name
-                          for s, name in zip(students, names))
+            names = tuple(str(Path(shown_path(s, full=full)).with_suffix("")) if isinstance(s, (str, os.PathLike))
+                          else name for s, name in zip(students, names))
     if len(set(names)) < len(names):
         names = tuple(f"{name} ({k + 1})" for k, name in enumerate(names))
     return names
@@ -263,10 +392,9 @@ def write_outputs(report: Report, out_dir: str | os.PathLike, *, arrays: bool = 
     from kddiag.report.json import check_writable, render_arrays, render_json
 
     out_dir = check_writable(out_dir)
-    rendered = {"json": (out_dir / "report.json", render_json(report)),
-                "html": (out_dir / "report.html", render_html(report))}
+    rendered = {"json": ("report.json", render_json(report)), "html": ("report.html", render_html(report))}
     if arrays:
-        rendered["arrays"] = (out_dir / "report-arrays.npz", render_arrays(report))
+        rendered["arrays"] = ("report-arrays.npz", render_arrays(report))
     return _write(out_dir, rendered)
 
 
@@ -277,15 +405,16 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike) -> dict
     from kddiag.report.json import check_writable
 
     out_dir = check_writable(out_dir)
-    return _write(out_dir, {"json": (out_dir / "report.json", render_comparison_json(comparison)),
-                            "html": (out_dir / "report.html", render_comparison_html(comparison))})
+    return _write(out_dir, {"json": ("report.json", render_comparison_json(comparison)),
+                            "html": ("report.html", render_comparison_html(comparison))})
 
 
-def _write(out_dir: Path, rendered: dict[str, tuple[Path, str | bytes]]) -> dict[str, Path]:
-    from kddiag.report.json import write_atomic
+def _write(out_dir: Path, rendered: dict[str, tuple[str, str | bytes]]) -> dict[str, Path]:
+    """The report files into ``out_dir``, together or not at all (:func:`kddiag.report.json.write_report_files`)."""
+    from kddiag.report.json import REPORT_FILES, write_report_files
 
     try:
-        written = write_atomic(dict(rendered.values()))
+        written = write_report_files(out_dir, dict(rendered.values()), replaces=REPORT_FILES)
     except OSError as error:
         raise KddiagError(f"--out '{out_dir}': cannot write the report ({error.strerror or error})") from None
     return dict(zip(rendered, written))
@@ -327,7 +456,8 @@ def _vocabulary_mismatches(teacher: LoadedModel, students: tuple[LoadedModel | N
     return found
 
 
-def _mismatch_reports(teacher: LoadedModel, students, baseline, settings, mismatched: dict) -> list[Report]:
+def _mismatch_reports(teacher: LoadedModel, students, baseline, settings, mismatched: dict,
+                      names: dict[str, str]) -> list[Report]:
     """Reports of students whose vocabulary differs from the teacher's: that finding, nothing measured."""
     from kddiag.diagnosis.engine import vocabulary_mismatch
     from kddiag.results import Measurements
@@ -337,9 +467,10 @@ def _mismatch_reports(teacher: LoadedModel, students, baseline, settings, mismat
         models = {role: m for role, m in (("teacher", teacher), ("student", student), ("baseline", baseline))
                   if m is not None}
         sizes = {role: m.metadata.get("vocab_size") for role, m in models.items()}
-        inputs = tuple(InputInfo(role, m.source, m.format, n_classes=sizes[role], notes=m.notes)
-                       for role, m in models.items())
-        reports.append(Report(inputs=inputs, settings=settings[k], class_info=ClassInfo(),
+        inputs, shown_settings = _named_inputs([InputInfo(role, m.source, m.format, n_classes=sizes[role],
+                                                          notes=m.notes) for role, m in models.items()],
+                                               settings[k], names)
+        reports.append(Report(inputs=inputs, settings=shown_settings, class_info=ClassInfo(),
                               measurements=Measurements(), diagnosis=vocabulary_mismatch(mismatched[k]),
                               n_classes=int(sizes["teacher"] or 0), models=tuple(models)))
     return reports
@@ -353,7 +484,8 @@ def _as_dataset(source: Any, role: str, options: InspectOptions, teacher: Loaded
 
         task = "causal-lm" if teacher.format == "hf-causal-lm" else "sequence-classification"
         return load_text_dataset(str(source), role=role, task=task, tokenizer_dir=teacher.metadata.get("tokenizer_dir"),
-                                 max_length=options.max_length, trust_remote_code=options.trust_remote_code)
+                                 max_length=options.max_length, trust_remote_code=options.trust_remote_code,
+                                 id2label=teacher.metadata.get("id2label"))
     if isinstance(source, Dataset):
         if images.given:
             raise KddiagError(f"--{role}: the image options (normalize, resize, layout) apply to data read "

@@ -3,8 +3,8 @@
 Formats (:func:`load_text_dataset`):
 
 - ``.jsonl``: one JSON object per line with ``text`` (a string) and, for sequence classification,
-  ``label`` (an integer class id ≥ 0, or a class name: names map to ids in sorted order). Blank lines
-  are skipped.
+  ``label`` (an integer class id ≥ 0, or a class name: names map to the ids the model's config gives them
+  in ``id2label``, else, when it names no classes, to ids in sorted order). Blank lines are skipped.
 - ``.txt``: one text per non-blank line (causal language models only: a classifier needs labels).
 - ``.pt`` (read with ``weights_only=True``) / ``.npz`` (never unpickled): pre-tokenized ``input_ids``
   (n, L), optional ``attention_mask`` (n, L) (default all ones) and ``labels``: for a causal LM (n, L)
@@ -27,7 +27,7 @@ import contextlib
 import json
 import numbers
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -51,7 +51,8 @@ MAX_LINE_CHARS = 1 << 20  # characters in one line: far more than any max_length
 
 
 def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: str | Path | None = None,
-                      max_length: int | None = None, trust_remote_code: bool = False) -> Dataset:
+                      max_length: int | None = None, trust_remote_code: bool = False,
+                      id2label: Mapping[int, str] | None = None) -> Dataset:
     """Read text or token ids for a Hugging Face model as a :class:`Dataset` whose ``x`` is TokenInputs.
 
     ``task``: 'causal-lm' (examples are target positions, labels the next tokens) or
@@ -61,7 +62,9 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
     when it is at most 8192, else 512 (pre-tokenized data: not truncated). ``role`` ('data' or
     'transfer-data') names the option in errors. A tokenizer directory that names code to run is refused
     unless ``trust_remote_code`` (:func:`kddiag.loading.hf.vet_hf_directory`). Text files are read line by
-    line, at most MAX_TEXT_LINES lines of at most MAX_LINE_CHARS characters.
+    line, at most MAX_TEXT_LINES lines of at most MAX_LINE_CHARS characters. ``id2label``: the classifier's
+    class names by id (its config's); class names in the data map to those ids (:func:`_model_class_ids`).
+    Text in which no word is in the tokenizer's vocabulary is refused: not enough data.
 
     >>> load_text_dataset("val.jsonl", role="data", task="causal-lm", tokenizer_dir="gpt2/").x.input_ids.shape
     torch.Size([100, 37])  # doctest: +SKIP
@@ -74,7 +77,8 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
         raise KddiagError(f"{where}: max_length must be a positive integer; got {max_length!r}")
     path = Path(path)
     if path.is_dir():
-        return _load_hf_datasets(path, where, task, tokenizer_dir, max_length, trust_remote_code=trust_remote_code)
+        return _load_hf_datasets(path, where, task, tokenizer_dir, max_length, trust_remote_code=trust_remote_code,
+                                 id2label=id2label)
     if kind_of(path) == "missing":
         raise KddiagError(f"{where}: no such file or folder")
     check_regular(path, where)  # a FIFO, a device or a socket, named
@@ -92,7 +96,7 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
                                 else (_read_txt(path, where), None, None))
         return _from_texts(texts, labels, names, name=str(path), where=where, task=task,
                            tokenizer_dir=tokenizer_dir, max_length=max_length, format=suffix.lstrip("."),
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, id2label=id2label, named_labels=names is not None)
     columns = _read_npz(path, where) if suffix == ".npz" else _read_pt(path, where)
     return _from_columns(columns, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
                          max_length=max_length, format="npz" if suffix == ".npz" else "pt",
@@ -232,7 +236,7 @@ def _read_npz(path: Path, where: str) -> dict:
 
 
 def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_length, *,
-                      trust_remote_code: bool) -> Dataset:
+                      trust_remote_code: bool, id2label: Mapping[int, str] | None = None) -> Dataset:
     """One split saved by Hugging Face ``datasets``: text columns or token columns (ragged rows are padded)."""
     check_entries(path, where)  # datasets opens its files by name: a FIFO among them would block it
     if (path / _HF_DICT_MARKER).is_file():
@@ -277,17 +281,25 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
             raise KddiagError(f"{where}: no 'label' column, which sequence classification needs (columns: "
                               f"{', '.join(columns)})")
         labels, names = _class_ids(list(table["label"]), [f"row {i}" for i in range(len(texts))], where)
+        named = names is not None
         feature = getattr(table, "features", {}).get("label")
         if names is None and getattr(feature, "names", None):  # a ClassLabel column: ids with names
             names = tuple(str(n) for n in feature.names)
     return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
-                       max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code)
+                       max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code,
+                       id2label=id2label, named_labels=task == SEQUENCE_CLASSIFICATION and named)
 
 
 # --- from text --------------------------------------------------------------------------------------
 
 def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task: str, tokenizer_dir,
-                max_length: int | None, format: str, trust_remote_code: bool) -> Dataset:
+                max_length: int | None, format: str, trust_remote_code: bool,
+                id2label: Mapping[int, str] | None = None, named_labels: bool = False) -> Dataset:
+    """``names``: the class names of ``labels`` (ids into them); ``named_labels``: the data gave names, not
+    ids, so the ids are only their sorted order until the model's ``id2label`` places them."""
+    class_note = None
+    if task == SEQUENCE_CLASSIFICATION and names is not None:
+        labels, names, class_note = _model_class_ids(labels, names, id2label, where, named=named_labels)
     if tokenizer_dir is None:
         raise KddiagError(f"{where}: text must be tokenized with the teacher's tokenizer, but the teacher has none "
                           f"(no Hugging Face directory with tokenizer files); {_PRETOKENIZED_HINT}")
@@ -308,13 +320,67 @@ def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task:
                           f"example needs at least one")
     pad_id, pad_note = _pad_id(tokenizer)
     input_ids, attention_mask = _padded(rows, pad_id)
+    unknown_note = _check_known_words(tokenizer, input_ids, attention_mask, where)
     side = getattr(tokenizer, "truncation_side", "right")
     notes = [f"tokenized with the tokenizer in '{tokenizer_dir}'", "special tokens as it adds them",
              f"{length_note}, {n_truncated:,} of {len(rows):,} sequences truncated"
              + (f" (from the {side})" if n_truncated and side != "right" else ""),
              f"right-padded to {input_ids.shape[1]} tokens with pad id {pad_id} ({pad_note})"]
+    notes += [note for note in (unknown_note, class_note) if note]
     return _dataset(input_ids, attention_mask, input_ids.copy() if task == CAUSAL_LM else labels, names,
                     name=name, where=where, task=task, vocab=len(tokenizer), notes=notes, format=format)
+
+
+def _model_class_ids(labels: np.ndarray, names: tuple[str, ...], id2label: Mapping[int, str] | None, where: str,
+                     *, named: bool) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """Class ids as the model numbers its classes, by the names in its config's ``id2label``; the ids as they
+    are when the config names no classes (LABEL_0, …) or, for ids the data gave with names (a ClassLabel
+    column), when their names are not all the model's. Returns the ids, the class names, and a note."""
+    model = {int(k): str(v) for k, v in (id2label or {}).items()}
+    shown = ", ".join(f"{k}={model[k]}" for k in sorted(model)[:6]) + (", …" if len(model) > 6 else "")
+    informative = (model and sorted(model) == list(range(len(model))) and len(set(model.values())) == len(model)
+                   and any(v != f"LABEL_{k}" for k, v in model.items()))
+    order = "class names mapped to ids in sorted order" if named else "class ids as the data gives them"
+    if not informative:
+        why = "the model's config names no classes (id2label LABEL_0, …)" if model else "no model class names"
+        return labels, names, f"{order} ({_shown_names(names)}): {why}"
+    by_name = {v: k for k, v in model.items()}
+    folded = {v.casefold(): k for k, v in model.items()}  # 'positive' for 'POSITIVE', when unambiguous
+
+    def model_id(name: str) -> int | None:
+        return by_name.get(name, folded.get(name.casefold()) if len(folded) == len(model) else None)
+
+    used = [names[k] for k in np.unique(labels)]
+    missing = [name for name in used if model_id(name) is None]
+    if missing and named:
+        raise KddiagError(f"{where}: label {missing[0]!r} is not one of the model's classes (its config's id2label: "
+                          f"{shown}); give the labels as the model names them, or as class ids")
+    if missing:
+        return labels, names, (f"{order} ({_shown_names(names)}); not mapped by the model's id2label ({shown}), "
+                               f"which lacks {missing[0]!r}")
+    table = np.array([model_id(name) if name in used else -1 for name in names], dtype=np.int64)
+    return (table[labels], tuple(model[k] for k in range(len(model))),
+            f"class names mapped to the model's ids by its config's id2label ({shown})")
+
+
+def _check_known_words(tokenizer, input_ids: np.ndarray, mask: np.ndarray, where: str) -> str | None:
+    """Refuse text in which no token is a word the tokenizer knows (every one is its unknown token, or a special
+    token it adds): not enough data. Otherwise a note when some words are unknown; None when none is."""
+    special = np.asarray(sorted(set(tokenizer.all_special_ids or ())), dtype=np.int64)
+    unk = tokenizer.unk_token_id
+    tokens = input_ids[mask.astype(bool)]
+    words = tokens[~np.isin(tokens, special[special != unk] if unk is not None else special)]
+    n_unknown = int(np.count_nonzero(words == unk)) if unk is not None else 0
+    if words.size == 0 or n_unknown == words.size:
+        what = (f"every word is out of the tokenizer's vocabulary (all {words.size:,} tokens are its unknown token "
+                f"{tokenizer.unk_token!r})" if words.size else "the text gives no token but the special ones the "
+                                                                 "tokenizer adds")
+        raise KddiagError(f"{where}: not enough data: {what}; is this text in the model's language, and the "
+                          f"tokenizer the teacher's?")
+    if n_unknown:
+        return (f"{n_unknown:,} of {words.size:,} tokens ({n_unknown / words.size:.1%}) are the unknown token "
+                f"{tokenizer.unk_token!r}")
+    return None
 
 
 def _tokenize(tokenizer, texts: list[str], max_length: int, where: str) -> tuple[list[list[int]], int]:
@@ -494,8 +560,6 @@ def _dataset(input_ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, names,
     else:
         x = TokenInputs(torch.from_numpy(input_ids), torch.from_numpy(mask))
         count = f"{len(input_ids):,} sequences"
-        if names is not None:
-            notes.append(f"string labels mapped to class ids in sorted order ({_shown_names(names)})")
     return Dataset(name=name, x=x, labels=labels, class_info=ClassInfo(names=names), format=format,
                    preprocessing="; ".join(notes + [count]))
 

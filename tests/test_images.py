@@ -1,5 +1,6 @@
 """Images as inputs: ImageFolder directories, image arrays, resizing, normalization and JSON data specs."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -429,7 +430,8 @@ def test_python_inspect_with_a_spec_and_image_options(image_run, tmp_path):
                             transfer_data=str(image_run / "images"), options=options)
     assert report.class_info.names == ("cat", "dog", "horse")
     inputs = {info.role: info for info in report.inputs}
-    assert inputs["eval"].path == path and inputs["eval"].format == "spec:image-folder"
+    assert inputs["eval"].path == os.path.relpath(path)  # reports name files relative to the working directory
+    assert inputs["eval"].format == "spec:image-folder"
     assert inputs["transfer"].format == "image-folder"
     assert 0 <= inputs["transfer"].input_range[0] < inputs["transfer"].input_range[1] <= 1
     assert -2 <= inputs["eval"].input_range[0] < 0 < inputs["eval"].input_range[1] <= 2

@@ -87,7 +87,14 @@ def _load_logits_dict(path: Path, content: Mapping, where: str) -> LoadedModel:
 
 
 def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedModel:
-    """Logits as stored; :class:`~kddiag.types.ModelOutputs` checks their shape and values when collected."""
+    """Logits as stored; :class:`~kddiag.types.ModelOutputs` checks their shape and values when collected.
+    Integer or boolean arrays are refused: logits are real-valued scores, and whole numbers stored as logits
+    are more likely class ids, votes or counts than a model's outputs."""
+    for set_name, array in logits.items():
+        if isinstance(array, np.ndarray) and array.dtype.kind in "biu":
+            raise KddiagError(f"{where}: the {set_name} logits are whole numbers ({array.dtype}); logits are a "
+                              f"model's real-valued scores (n_samples, n_classes), stored as floating point (whole "
+                              f"numbers look like class ids, votes or counts): save the model's float outputs")
     for set_name, array in labels.items():
         if set_name not in logits:
             raise KddiagError(f"{where}: has {set_name} labels but no {set_name} logits")

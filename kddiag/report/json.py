@@ -1,9 +1,12 @@
 """The report as a JSON-ready dict and string, and the atomic file writer every output goes through."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Mapping
@@ -92,18 +95,130 @@ def render_json(report: Report) -> str:
     return json.dumps(report_to_dict(report), indent=2, allow_nan=False)
 
 
+REPORT_FILES = ("report.json", "report.html", "report-arrays.npz")  # one report (inspect, compare, demo)
+MONITOR_FILES = ("monitor.json", "monitor.html")  # one monitor report (kddiag.monitor)
+OWN_FILES = REPORT_FILES + MONITOR_FILES  # what kddiag writes in a report folder, and all it may hold
+
+
+def write_report_files(out_dir: str | os.PathLike, files: Mapping[str, str | bytes], *,
+                       replaces: tuple[str, ...]) -> list[Path]:
+    """Write ``files`` ({name: text or bytes}) into the report folder ``out_dir``: all of them appear together,
+    or none, even if the process is killed at any instruction.
+
+    The folder is replaced as a whole: a new one is built beside it (``.NAME.kddiag-PID-XXXX``) holding the
+    new files and the kddiag files of the other kind already there (a monitor report beside a report, by hard
+    link), then ``out_dir`` is renamed aside, the new folder renamed into its place, and the old one removed.
+    Killed at any point, ``out_dir`` holds the earlier files, nothing (between the two renames), or the new
+    files, never a mix; the files of ``replaces`` not written now (an earlier ``report-arrays.npz``) go with
+    the old folder. The next write there clears up what a killed run left beside ``out_dir`` (the folder it
+    set aside goes back in place first when ``out_dir`` is missing); a failure (a full disk) clears up at once
+    and leaves ``out_dir`` as it was. ``out_dir`` must pass :func:`check_writable` (new, or holding only
+    OWN_FILES).
+    """
+    given = Path(out_dir)
+    target = Path(os.path.realpath(check_writable(given)))  # a link to a folder: the folder is replaced
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(target)
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.kddiag-{os.getpid()}-"))
+    aside = target.parent / f"{stage.name}-old"
+    try:
+        for name, content in files.items():
+            _write_file(stage / name, content)
+        if target.is_dir():
+            for name in sorted(set(os.listdir(target)) & set(OWN_FILES) - set(replaces) - set(files)):
+                _link_or_copy(target / name, stage / name)
+            os.chmod(stage, stat.S_IMODE(target.stat().st_mode))
+        else:
+            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the usual mode
+        if target.is_dir():
+            os.rename(target, aside)
+        os.rename(stage, target)
+    except BaseException:
+        with contextlib.suppress(OSError):  # else the next write puts it back (_sweep)
+            if aside.is_dir() and not target.exists():
+                os.rename(aside, target)  # the earlier report back in place
+        _remove_staged(stage)
+        raise
+    _remove_staged(aside)
+    return [given / name for name in files]
+
+
+def _write_file(path: Path, content: str | bytes) -> None:
+    with open(path, "wb" if isinstance(content, bytes) else "w",
+              **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as handle:
+        handle.write(content)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, destination)
+
+
+def _staged_by(name: str, prefix: str) -> int | None:
+    """The process id in the name of a folder or file a write staged (``prefix`` + 'PID-…'), else None."""
+    pid = name[len(prefix):].split("-", 1)[0].split(".", 1)[0] if name.startswith(prefix) else ""
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _sweep(target: Path) -> None:
+    """Clear up after writes into ``target`` that were killed (their process is gone): a folder set aside by a
+    write killed between its two renames goes back in place when ``target`` is missing; the rest is removed."""
+    prefix = f".{target.name}.kddiag-"
+    for name in sorted(os.listdir(target.parent)):
+        pid = _staged_by(name, prefix)
+        if pid is None or _alive(pid):
+            continue
+        leftover = target.parent / name
+        if name.endswith("-old") and leftover.is_dir() and not leftover.is_symlink() and not target.exists():
+            os.rename(leftover, target)  # the earlier report (and a monitor report beside it) back
+        else:
+            _remove_staged(leftover)
+
+
+def _remove_staged(folder: Path) -> None:
+    """Remove a staged or set-aside report folder: kddiag's files in it, then the folder (left if anything
+    else appeared in it)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for name in os.listdir(folder):
+        if name in OWN_FILES:
+            (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def write_atomic(files: Mapping[str | os.PathLike, str | bytes]) -> list[Path]:
     """Write every ``{path: text or bytes}`` under a temporary name, then rename them all: all files or none.
 
     A failure while writing (a full disk, a missing permission) removes every temporary file and leaves
-    the files already at those paths (an earlier report) untouched.
+    the files already at those paths (an earlier report) untouched. The renames are one by one: for files
+    that must change together even when the process is killed, use :func:`write_report_files`. The
+    temporary names hold the process id; what a killed run left is removed by the next write there.
     """
     staged: list[tuple[str, Path]] = []
     try:
         for path, text in files.items():
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            _sweep_temporary(path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
             staged.append((tmp, path))
             with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w",
                            **({} if isinstance(text, bytes) else {"encoding": "utf-8"})) as handle:
@@ -118,14 +233,45 @@ def write_atomic(files: Mapping[str | os.PathLike, str | bytes]) -> list[Path]:
     return [path for _, path in staged]
 
 
+def _sweep_temporary(path: Path) -> None:
+    """Remove the temporary files of ``path`` that killed writes left (their process is gone)."""
+    prefix = f".{path.name}."
+    for name in os.listdir(path.parent):
+        pid = _staged_by(name, prefix) if name.endswith(".tmp") else None
+        if pid is not None and not _alive(pid):
+            (path.parent / name).unlink(missing_ok=True)
+
+
 def check_writable(out_dir: str | os.PathLike) -> Path:
-    """The report directory, checked before any work: a directory (or creatable) that can be written."""
+    """The report directory, checked before any work: new (creatable), or a directory holding only what
+    kddiag writes there (OWN_FILES), since it is replaced as a whole (:func:`write_report_files`); and a
+    place that can be written."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KddiagError(f"--out '{out_dir}': exists and is not a directory")
     existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise KddiagError(f"--out '{out_dir}': '{existing}' is a file, not a directory")
+    if out_dir.is_dir():
+        real = Path(os.path.realpath(out_dir))
+        try:
+            here = Path(os.path.realpath(os.getcwd()))
+        except OSError:
+            here = None
+        if here is not None and (real == here or real in here.parents):
+            raise KddiagError(f"--out '{out_dir}': the working directory (or one above it); the report folder is "
+                              f"replaced as a whole, so that its files change together: give a folder of its own, "
+                              f"e.g. --out report")
+        if os.path.ismount(real):
+            raise KddiagError(f"--out '{out_dir}': a mount point, which cannot be replaced; the report folder is "
+                              f"replaced as a whole: give a folder inside it, e.g. --out '{out_dir / 'report'}'")
+        foreign = sorted(set(os.listdir(real)) - set(OWN_FILES))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+            raise KddiagError(f"--out '{out_dir}': holds files kddiag did not write ({shown}); the report folder is "
+                              f"replaced as a whole, so that its files change together: give a new or empty "
+                              f"folder, or one only kddiag writes to")
+        existing = real.parent  # the folder is replaced by a rename there
     if not os.access(existing, os.W_OK | os.X_OK):
         raise KddiagError(f"--out '{out_dir}': cannot write there (no permission on '{existing}')")
     return out_dir
