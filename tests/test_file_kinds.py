@@ -1,10 +1,8 @@
 """Files that are not files, links that loop or repeat, and sizes bounded before anything is allocated:
 image folders, data files and specs, text files. Each refusal is one line naming the file or option; every
 case that could hang runs under a deadline, so a regression fails instead of blocking."""
-import contextlib
 import json
 import os
-import signal
 import socket
 import struct
 import warnings
@@ -23,23 +21,9 @@ from kddiag.files import check_entries, kind_of, open_regular
 from kddiag.images import MAX_RESIZE_PIXELS, images_from_array
 from kddiag.text import MAX_LINE_CHARS, load_text_dataset
 from kddiag.types import ImageOptions
+from small_models import deadline
 
 RNG = np.random.default_rng(0)
-
-
-@contextlib.contextmanager
-def deadline(seconds=20):
-    """Fail instead of hanging: SIGALRM interrupts a blocked open or read after ``seconds``."""
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

@@ -2,11 +2,9 @@
 configs too), files that are not files, and config sizes the weights cannot back. Each is refused in one
 line naming the file and the key, before transformers builds anything; nothing runs, nothing prompts,
 nothing hangs (every case that could hang runs under a deadline)."""
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import warnings
@@ -23,25 +21,11 @@ from kddiag.loading import load_model  # noqa: E402
 from kddiag.loading.hf import MAX_CONFIG_BYTES, MAX_LAYERS, MAX_POSITIONS, check_config_sizes  # noqa: E402
 from kddiag.text import load_text_dataset  # noqa: E402
 from kddiag.vocabulary import read_vocabulary  # noqa: E402
+from small_models import deadline
 
 ROOT = Path(__file__).resolve().parents[1]  # subprocesses import this checkout's kddiag
 WORDS = "the cat dog sat on a mat".split()
 SHIPPED = "import pathlib\npathlib.Path(__file__).parent.joinpath('ran').touch()\n"  # marks that it ran
-
-
-@contextlib.contextmanager
-def deadline(seconds):
-    """Fail instead of hanging: SIGALRM interrupts a blocked open or read after ``seconds``."""
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def save_tokenizer(directory):

@@ -4,7 +4,6 @@ from dataclasses import replace
 import os
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,47 +13,7 @@ from kddiag.errors import KddiagError
 from kddiag.history import FindingMark, MonitorRecord, finding_spans
 from kddiag.types import Dataset
 
-N, D, C = 300, 8, 3
-
-
-def make_data(seed: int = 0):
-    """Three separable Gaussian classes: x (N, D) float32, y (N,) int64."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, C, N)
-    centers = rng.normal(0, 3, (C, D))
-    x = (centers[y] + rng.normal(0, 1, (N, D))).astype(np.float32)
-    return torch.as_tensor(x), torch.as_tensor(y)
-
-
-def make_mlp(hidden: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(D, hidden), nn.ReLU(), nn.Linear(hidden, C))
-
-
-def fit(model: nn.Module, x, y, steps: int = 150) -> nn.Module:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_data()
-
-
-@pytest.fixture(scope="module")
-def teacher(data):
-    return fit(make_mlp(32, 0), *data).eval()
-
-
-def monitor_of(teacher, data, **options):
-    from kddiag import Monitor
-
-    return Monitor(teacher, data=data, temperature=4.0, alpha=0.9, **options)
+from small_models import C, D, N, fit, make_mlp, monitor_of, data, teacher  # noqa: F401 (data, teacher: fixtures)
 
 
 # ---------------------------------------------------------------- data forms
