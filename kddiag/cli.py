@@ -14,6 +14,7 @@ from kddiag.errors import KddiagError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_GATED = 1, 2, 3
 IMAGE_LAYOUTS = ("NCHW", "NHWC")  # kddiag.types.IMAGE_LAYOUTS, spelled out to keep numpy out of --help
+PROGRESS_MODES = ("auto", "bar", "lines", "none")  # kddiag.progress.MODES
 
 # The demo pair, package data built by ``python -m case_studies demo-pair`` in a source checkout.
 DEMO_DIR = files("kddiag") / "demo"
@@ -229,14 +230,51 @@ def input_options(command):
         click.option("--feature-layer", help="Module whose input is the penultimate feature (default: the last Linear)."),
         click.option("--batch-size", type=int, default=512, show_default=True, help="Batch size for the forward passes."),
         click.option("--device", help="Torch device (default: CUDA when present, else CPU)."),
-        click.option("--progress/--no-progress", default=None,
-                     help="Show progress on stderr (default: when stderr is a terminal)."),
+        *_progress_flags(),
         click.option("--full-paths", is_flag=True,
                      help="Name files by their absolute paths in the reports (default: relative to the working "
                           "directory, so a shared report does not show where your files live)."),
     )):
         command = option(command)
     return command
+
+
+def progress_options(command):
+    """--progress MODE and --no-progress (the same as --progress none), for the commands without input_options."""
+    for option in reversed(_progress_flags()):
+        command = option(command)
+    return command
+
+
+def _progress_flags() -> tuple:
+    return (
+        click.option("--progress", type=click.Choice(PROGRESS_MODES, case_sensitive=False), is_flag=False,
+                     flag_value="auto", default=None, metavar="[auto|bar|lines|none]",
+                     help="Progress on stderr, never stdout: a bar (on a terminal), a line every 10 s (lines: "
+                          "for CI logs and nohup), or none. Default auto: a bar when stderr is a terminal, "
+                          "else lines."),
+        click.option("--no-progress", is_flag=True, help="No progress (--progress none)."),
+    )
+
+
+def _progress(options: dict) -> str:
+    """The progress mode of --progress and --no-progress (popped from ``options``)."""
+    mode, off = options.pop("progress"), options.pop("no_progress")
+    if off and mode not in (None, "none"):
+        raise click.UsageError(f"--no-progress and --progress {mode} contradict each other: give one",
+                               ctx=click.get_current_context(silent=True))
+    return "none" if off else (mode or "auto").lower()
+
+
+def config_option(*, multiple: bool = False):
+    """--config FILE: τ and α from the training run's own config (torchdistill/mdistiller YAML, Lightning
+    hparams.yaml); with ``multiple``, one for every student or one per student."""
+    each = " Once for every student, or once per student in order." if multiple else ""
+    return click.option("--config", metavar="FILE", multiple=multiple,
+                        help="The training run's config, read for τ and α: torchdistill YAML (its KDLoss), mdistiller "
+                             "YAML (KD.TEMPERATURE, KD.LOSS weights) or Lightning hparams.yaml (temperature/tau/T, "
+                             "alpha). Precedence: --temperature/--alpha, then this, then the checkpoint, then "
+                             "guessed; a value given both ways must agree." + each)
 
 
 def probe_options(command):
@@ -273,8 +311,7 @@ def _inspect_options(options: dict):
     elif probe.get("steps") is not None or probe.get("lr") is not None:
         raise KddiagError("--probe-steps/--probe-lr set the probes' budget: add --probe to run them")
 
-    if options["progress"] is None:
-        options["progress"] = sys.stderr.isatty()
+    options["progress"] = _progress(options)
     options["ema"] = tuple(options["ema"])
     mean, std = options.pop("normalize") or (None, None)
     images = ImageOptions(mean=mean, std=std, resize=options.pop("resize"), layout=options.pop("layout"))
@@ -287,6 +324,7 @@ def _inspect_options(options: dict):
 @input_options
 @click.option("--temperature", type=float, help="Distillation temperature τ used to train the student.")
 @click.option("--alpha", type=float, help="Weight of the soft (KD) term in the student's loss, in [0, 1].")
+@config_option()
 @probe_options
 @output_options()
 def inspect(teacher, student, data, transfer_data, baseline, out, as_json, arrays, fail_on, **options):
@@ -310,13 +348,15 @@ def inspect(teacher, student, data, transfer_data, baseline, out, as_json, array
 @click.argument("students", nargs=-1, required=True)
 @input_options
 @click.option("--temperature", metavar="T[,T...]", callback=lambda ctx, param, v: v and _numbers(v, float),
-              help="Distillation τ: one for every student or one per student, in order (1,4,16). Default: each "
-                   "student's checkpoint, else guessed.")
+              help="Distillation τ: one for every student or one per student, in order (1,4,16). Default: "
+                   "--config, else each student's checkpoint, else guessed.")
 @click.option("--alpha", metavar="A[,A...]", callback=lambda ctx, param, v: v and _numbers(v, float),
               help="Weight of the soft term: one for every student or one per student, in order.")
+@config_option(multiple=True)
 @probe_options
 @output_options(arrays=False)
-def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail_on, temperature, alpha, **options):
+def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail_on, temperature, alpha, config,
+            **options):
     """Compare several STUDENTS of one TEACHER in one report: their key measurements side by side, which
     is best on held-out data and why, and each one's diagnosis. The teacher (and the baseline) run once."""
     from kddiag.pipeline import compare as run_compare
@@ -327,6 +367,9 @@ def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail
             options[name] = values[0]  # one value: every student's
         else:
             settings[f"{name}s"] = values
+    options["config"] = config[0] if len(config) == 1 else None  # one file: every student's
+    if len(config) > 1:
+        settings["configs"] = list(config)
     comparison = run_compare(teacher, list(students), data=data, transfer_data=transfer_data, baseline=baseline,
                              options=_inspect_options(options), **settings)
     if comparison is None:  # a torchrun rank other than 0
@@ -341,27 +384,30 @@ def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail
     _gate([report.diagnosis for report in comparison.reports], fail_on)
 
 
-def demo_report(*, probe=None, full_paths: bool = False):
-    """Inspect the shipped demo pair on the digits eval and transfer sets (``probe``: ProbeOptions)."""
+def demo_report(*, probe=None, full_paths: bool = False, progress: str = "none"):
+    """Inspect the shipped demo pair on the digits eval and transfer sets (``probe``: ProbeOptions;
+    ``progress``: a mode of kddiag.progress.MODES)."""
     from kddiag.pipeline import inspect as run_inspect
     from kddiag.types import InspectOptions
 
     with as_file(DEMO_TEACHER) as teacher, as_file(DEMO_STUDENT) as student, as_file(DEMO_BASELINE) as baseline:
         return run_inspect(str(teacher), str(student), data=DEMO_EVAL_DATA, transfer_data=DEMO_TRANSFER_DATA,
-                           baseline=str(baseline), options=InspectOptions(probe=probe, full_paths=full_paths))
+                           baseline=str(baseline), options=InspectOptions(probe=probe, full_paths=full_paths,
+                                                                          progress=progress))
 
 
 @main.command()
 @click.option("--probe", is_flag=True, help="Also test the advice on the demo pair with remedy probes (≈ 15 s).")
 @click.option("--full-paths", is_flag=True, help="Name the demo files by their absolute paths in the reports.")
+@progress_options
 @output_options(default_out="kddiag-report")
-def demo(probe, full_paths, out, as_json, arrays, fail_on):
+def demo(probe, full_paths, out, as_json, arrays, fail_on, **options):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
     from kddiag.types import ProbeOptions
 
     _check_arrays(out, arrays)
-    _finish(demo_report(probe=ProbeOptions() if probe else None, full_paths=full_paths), out=out, as_json=as_json,
-            fail_on=fail_on, arrays=arrays)
+    _finish(demo_report(probe=ProbeOptions() if probe else None, full_paths=full_paths, progress=_progress(options)),
+            out=out, as_json=as_json, fail_on=fail_on, arrays=arrays)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,27 @@ class Comparison:
     reports: tuple[Report, ...]
     ranking: Ranking
 
-    def table(self) -> list[tuple[KeyRow, tuple[Measured, ...]]]:
-        """The key measurements of every student, a row per :data:`KEY_ROWS` entry some student has."""
-        rows = [(row, tuple(row.pick(report) for report in self.reports)) for row in KEY_ROWS]
-        return [(row, values) for row, values in rows if any(v.ok for v in values)]
+    def table(self) -> list[dict]:
+        """The key measurements side by side as plain rows to print or write (``json.dump`` takes them), one
+        per :data:`KEY_ROWS` entry some student has: ``{"label", "level", "higher_is_better"`` (1, −1 or None),
+        ``"values": {student name: {"value", "ci95"`` (the 95 % interval, when there is one), ``"unavailable"``
+        (why there is no value), ``"dataset"}}}``, the students in their given order.
+
+        >>> for row in comparison.table():
+        ...     print(row["label"], *(v["value"] for v in row["values"].values()))
+        accuracy (eval) 0.961 0.967 0.967
+        """
+        return [{"label": row.label, "level": row.level, "higher_is_better": row.better or None,
+                 "values": {name: {**value.to_dict(), "dataset": value.dataset or None}
+                            for name, value in zip(self.names, values)}}
+                for row, values in key_measurements(self)]
+
+
+def key_measurements(comparison: Comparison) -> list[tuple[KeyRow, tuple[Measured, ...]]]:
+    """Each :data:`KEY_ROWS` entry some student has, with every student's measurement (the renderers' form of
+    :meth:`Comparison.table`)."""
+    rows = [(row, tuple(row.pick(report) for report in comparison.reports)) for row in KEY_ROWS]
+    return [(row, values) for row, values in rows if any(v.ok for v in values)]
 
 
 def rank(names: Sequence[str], reports: Sequence[Report], summaries: Sequence[Sequence]) -> Ranking:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -13,7 +14,7 @@ from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
-    InspectOptions, LoadedModel, Report, Setting, Settings, TokenInputs,
+    InspectOptions, LoadedModel, Report, RunConfig, Setting, Settings, TokenInputs,
 )
 
 if TYPE_CHECKING:
@@ -56,14 +57,17 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
 
 def compare(teacher: Any, students: Sequence[Any] | Mapping[str, Any], *, data: Any = None,
             transfer_data: Any = None, baseline: Any = None, options: InspectOptions = InspectOptions(),
-            temperatures: Sequence[float] | None = None, alphas: Sequence[float] | None = None) -> Comparison | None:
+            temperatures: Sequence[float] | None = None, alphas: Sequence[float] | None = None,
+            configs: Sequence[str | os.PathLike] | None = None) -> Comparison | None:
     """Inspect several students of one teacher over one collection pass (the teacher and the baseline run
     once per batch) and say which is best on held-out data and why (:mod:`kddiag.comparison`).
 
     ``students``: a sequence of students (named after their files, else 'student 1', …) or a mapping
     name -> student, each as ``inspect``'s ``student``. Each student's τ and α: ``temperatures``/``alphas``
-    (one per student), else ``options.temperature``/``alpha`` for all, else its checkpoint's, else the
-    teacher's, else guessed. Under ``torchrun`` rank 0 gets the comparison, the other ranks None.
+    (one per student), else ``options.temperature``/``alpha`` for all; else its training run's config
+    (``configs``, one per student, else ``options.config`` for all; a value given as well must agree);
+    else its checkpoint's, else the teacher's, else guessed. Under ``torchrun`` rank 0 gets the comparison,
+    the other ranks None.
     """
     from kddiag.comparison import Comparison, rank
 
@@ -79,15 +83,16 @@ def compare(teacher: Any, students: Sequence[Any] | Mapping[str, Any], *, data: 
     if len(given) < 2:
         raise KddiagError(f"compare needs at least 2 students; got {len(given)}")
     _check_distinct(given)
-    for option, values in (("temperature", temperatures), ("alpha", alphas)):
+    for option, values in (("temperature", temperatures), ("alpha", alphas), ("config", configs)):
         if values is not None and (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)):
-            raise KddiagError(f"{option}s: expected a list of numbers, one per student; got {type(values).__name__}")
+            what = "config files" if option == "config" else "numbers"
+            raise KddiagError(f"{option}s: expected a list of {what}, one per student; got {type(values).__name__}")
         if values is not None and getattr(options, option) is not None:
             raise KddiagError(f"--{option}: give one value for every student or one per student, not both")
         if values is not None and len(values) != len(given):
             raise KddiagError(f"--{option}: {len(values)} values for {len(given)} students; give one per student")
     run = _run(teacher, given, data=data, transfer_data=transfer_data, baseline=baseline, options=options,
-               temperatures=temperatures, alphas=alphas)
+               temperatures=temperatures, alphas=alphas, configs=configs)
     if run is None:
         return None
     reports, summaries = run
@@ -95,8 +100,8 @@ def compare(teacher: Any, students: Sequence[Any] | Mapping[str, Any], *, data: 
 
 
 def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: Any, baseline: Any,
-         options: InspectOptions, temperatures: Sequence[float] | None = None,
-         alphas: Sequence[float] | None = None) -> tuple[list[Report], list[list]] | None:
+         options: InspectOptions, temperatures: Sequence[float] | None = None, alphas: Sequence[float] | None = None,
+         configs: Sequence[Any] | None = None) -> tuple[list[Report], list[list]] | None:
     """Load, collect (one pass over each set for every student), measure and diagnose each student (None:
     a teacher-only check): each student's report and its sets' summaries; None on a rank other than 0."""
     from kddiag import distributed
@@ -105,7 +110,9 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     from kddiag.diagnosis.advice import settle_advice
     from kddiag.measure import coverage_of, measure
 
-    names = _path_names((teacher, *students, baseline, data, transfer_data, options.classes), full=options.full_paths)
+    run_configs = _run_configs(options, configs, len(students))  # read before any model: a bad file fails fast
+    names = _path_names((teacher, *students, baseline, data, transfer_data, options.classes,
+                         *{c.path for c in run_configs if c is not None}), full=options.full_paths)
     loaded_teacher = as_model(teacher, "teacher", options.teacher_arch, options)
     loaded = tuple(None if s is None else as_model(s, "student", options.student_arch, options) for s in students)
     planned = None  # a teacher-only check probes fresh students of --student-arch under the planned settings
@@ -120,9 +127,11 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
         loaded_baseline = as_model(baseline, "baseline", arch, options)
     _check_options_used(options, loaded_teacher, loaded, loaded_baseline, probing=planned is not None)
     settings = [settings_of(options, *([] if s is None else [s]), loaded_teacher,
-                          temperature=None if temperatures is None else temperatures[k],
-                          alpha=None if alphas is None else alphas[k])
+                            temperature=None if temperatures is None else temperatures[k],
+                            alpha=None if alphas is None else alphas[k], config=run_configs[k])
                 for k, s in enumerate(loaded)]  # before the forward passes
+    config_inputs = [[] if c is None else [_config_input(c, s, [m for m in (student, loaded_teacher) if m])]
+                     for c, s, student in zip(run_configs, settings, loaded)]  # the config files, as report inputs
     mismatched = _vocabulary_mismatches(loaded_teacher, loaded, trust_remote_code=options.trust_remote_code)
     if mismatched and len(mismatched) == sum(s is not None for s in loaded):
         return (_mismatch_reports(loaded_teacher, loaded, loaded_baseline, settings, mismatched, names),
@@ -151,7 +160,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                 settings=tuple((s.temperature.value, s.alpha.value) for s in settings),
                 rows=ranks.shard(len(dataset.labels)), batch_size=options.batch_size,
                 device=ranks.device or options.device, feature_layer=options.feature_layer,
-                progress=options.progress and ranks.is_main, strata=strata.get(name))
+                progress=options.progress if ranks.is_main else "none", strata=strata.get(name))
             for k, shard in enumerate(shards):
                 merged = ranks.merged(shard)
                 if merged is not None:
@@ -168,7 +177,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )
     reports = []
-    for student, student_settings, student_summaries in zip(loaded, settings, summaries):
+    for student, student_settings, student_summaries, config_input in zip(loaded, settings, summaries, config_inputs):
         models = {role: m for role, m in (("teacher", loaded_teacher), ("student", student),
                                           ("baseline", loaded_baseline)) if m is not None}
         measurements = measure(student_summaries, settings=student_settings, class_info=class_info)
@@ -180,7 +189,8 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
                            options, device=ranks.device or options.device, world_size=ranks.world_size)
         diagnosis = settle_advice(diagnosis, probe, student_settings, teacher_only=student is None)
         inputs, shown_settings = _named_inputs([InputInfo(role, m.source, m.format, n_classes=n_classes, notes=m.notes)
-                                                for role, m in models.items()] + data_inputs, student_settings, names)
+                                                for role, m in models.items()] + data_inputs + config_input,
+                                               student_settings, names)
         reports.append(Report(inputs=inputs, settings=shown_settings, class_info=class_info,
                               measurements=measurements, diagnosis=diagnosis, n_classes=n_classes,
                               coverage=tuple(coverage_of(s) for s in student_summaries),
@@ -517,12 +527,21 @@ def _class_info(given: ClassInfo | None, path: str | None, datasets: dict[str, D
 
 
 def settings_of(options: InspectOptions, *models: LoadedModel, temperature: float | None = None,
-              alpha: float | None = None) -> Settings:
-    """Each setting as given (``temperature``/``alpha``, else the options), else the student's (then
-    teacher's) checkpoint, else guessed."""
+                alpha: float | None = None, config: RunConfig | None = None) -> Settings:
+    """Each setting from, highest precedence first: as given (``temperature``/``alpha``, else the options),
+    the training run's ``config`` (:func:`kddiag.configs.load_config`), the student's (then teacher's)
+    checkpoint, else guessed. A value given and in the config must agree: a differing one is an error,
+    never silently preferred."""
     def pick(name: str, given: float | None, default: float) -> Setting:
+        in_config = None if config is None else getattr(config, name)
         if given is not None:
+            if in_config is not None and not math.isclose(float(given), in_config, rel_tol=1e-6, abs_tol=1e-9):
+                raise KddiagError(f"--{name} {float(given):g} disagrees with --config '{config.path}' "
+                                  f"({config.keys.get(name, name)}: {in_config:.6g}): give the value once, or make "
+                                  f"them agree")
             return Setting(float(given), "cli")
+        if in_config is not None:
+            return Setting(float(in_config), "config", path=config.path)
         for model in models:
             if model.metadata.get(name) is not None:
                 return Setting(float(model.metadata[name]), "checkpoint", path=model.source)
@@ -531,6 +550,33 @@ def settings_of(options: InspectOptions, *models: LoadedModel, temperature: floa
     return Settings(temperature=pick("temperature", options.temperature if temperature is None else temperature,
                                      DEFAULT_TEMPERATURE),
                     alpha=pick("alpha", options.alpha if alpha is None else alpha, DEFAULT_ALPHA))
+
+
+def _run_configs(options: InspectOptions, configs: Sequence[Any] | None, n_students: int) -> list[RunConfig | None]:
+    """Each student's training-run config (``configs``, one per student as :func:`compare` checked, else
+    ``options.config`` for all), read once per file."""
+    from kddiag.configs import load_config
+
+    paths = list(configs) if configs is not None else [options.config] * n_students
+    read: dict[Any, RunConfig] = {}
+    for path in paths:
+        key = os.fspath(path) if isinstance(path, (str, os.PathLike)) else id(path)  # load_config refuses others
+        if path is not None and key not in read:
+            read[key] = load_config(path)
+    return [None if path is None else read[os.fspath(path)] for path in paths]
+
+
+def _config_input(config: RunConfig, settings: Settings, models: Sequence[LoadedModel]) -> InputInfo:
+    """The config file as a report input: how τ/α were read from it, and a checkpoint's other value it overrode."""
+    notes = list(config.notes)
+    for name, symbol in (("temperature", "τ"), ("alpha", "α")):
+        setting = getattr(settings, name)
+        stored = next((m for m in models if m.metadata.get(name) is not None), None)
+        if setting.source == "config" and stored is not None and not math.isclose(
+                float(stored.metadata[name]), setting.value, rel_tol=1e-6, abs_tol=1e-9):
+            notes.append(f"settings: the config's {symbol} = {setting.value:g} is used; the checkpoint "
+                         f"'{stored.source}' stores {symbol} = {float(stored.metadata[name]):g}")
+    return InputInfo("config", config.path, config.framework, notes=tuple(notes))
 
 
 def _input_stats(x: Any) -> dict[str, Any]:

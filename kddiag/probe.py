@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from kddiag.errors import KddiagError
+from kddiag.progress import Progress
 from kddiag.types import IGNORE_INDEX, Dataset, LoadedModel, ProbeOptions, Settings, TokenInputs
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # Adam learning rates the short check chooses from
@@ -230,10 +230,11 @@ def compare_arms(correct: np.ndarray, *, control: int = 0) -> list[tuple[float, 
 
 def run_probes(teacher: LoadedModel, student: LoadedModel, *, transfer: Dataset, held_out: Dataset,
                candidates: tuple[Candidate, ...], options: ProbeOptions, device: str | None = None,
-               progress: bool = False, where: str | None = None) -> ProbeResult:
+               progress: bool | str = False, where: str | None = None) -> ProbeResult:
     """Train the student's architecture from a fresh initialization under each candidate on ``transfer``
     and score it on ``held_out``; a reason instead when the pair cannot be probed (never raises on what
-    the models or data do during training: that becomes the reason)."""
+    the models or data do during training: that becomes the reason). ``progress``: how the steps are
+    shown on stderr, a mode of :data:`kddiag.progress.MODES` (True: 'auto', False: 'none')."""
     import torch
 
     reason = _not_probeable(teacher, student, transfer, held_out)
@@ -276,8 +277,6 @@ def _not_probeable(teacher: LoadedModel, student: LoadedModel, transfer: Dataset
 
 
 def _probe(teacher, student, transfer, held_out, candidates, options, device, progress, where, started):
-    import torch
-
     n_transfer = _n_examples(transfer)
     batch_size = min(options.batch_size, len(transfer.x))
     steps = options.steps or default_steps(len(transfer.x), batch_size)
@@ -302,12 +301,13 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
         # the first seed may double the default budget while the control is still learning (its held-out
         # accuracy rose by more than PLATEAU_GAIN_MAX over the last half): the later seeds train as long
         trainer = _Arms(student.module, init, candidates, lr, device, failed)
-        budget, scores = trainer.run(transfer, teach, batch_size, budget, seed, grow=s == 0 and options.steps is None,
-                                     score=lambda models: _score(models, held_out, eval_rows, device, failed),
-                                     progress=(f"seed {s + 1}/{options.seeds}" if progress else None))
+        with Progress(f"probing {n_arms} settings, seed {s + 1}/{options.seeds}", budget, unit="step",
+                      mode=progress) as meter:
+            budget, scores = trainer.run(transfer, teach, batch_size, budget, seed,
+                                         grow=s == 0 and options.steps is None,
+                                         score=lambda models: _score(models, held_out, eval_rows, device, failed),
+                                         progress=meter)
         correct[0, :, s], correct[1, :, s] = scores[max(1, budget // 2)], scores[budget]
-    if progress:
-        print(file=sys.stderr)
     epochs = budget * batch_size / len(transfer.x)
     late_gain = float(correct[1, 0].mean() - correct[0, 0].mean())
     ranked = late_gain <= PLATEAU_GAIN_MAX or epochs >= RANKED_EPOCHS_MIN
@@ -336,16 +336,14 @@ class _Arms:
         self.losses: dict[int, Any] = {}  # each arm's loss at its last step (a detached tensor: no device sync)
 
     def run(self, transfer: Dataset, teach, batch_size: int, budget: int, seed: int, *, grow: bool,
-            score: Callable[[list], np.ndarray], progress: str | None) -> tuple[int, dict[int, np.ndarray]]:
+            score: Callable[[list], np.ndarray], progress: Progress) -> tuple[int, dict[int, np.ndarray]]:
         """Train to ``budget`` steps (doubled while the control still learns, with ``grow``), scoring every
         arm at half the budget and at its end; the final budget and the scores by step."""
         scores: dict[int, np.ndarray] = {}
         for step, (x, y, idx) in enumerate(_batches(transfer, batch_size, MAX_STEPS if grow else budget, seed,
                                                     self.device), start=1):
             self.step(x, y, teach(x, idx), seed * 1_000_003 + step, f"at step {step} (seed {seed})")
-            if progress:
-                print(f"\rkddiag: probing {len(self.models)} settings, {progress}, step {step}/{budget}",
-                      end="", file=sys.stderr)
+            progress.update(done=step, total=budget)
             if step in (max(1, budget // 2), budget):
                 scores[step] = score(self.models)
             if step == budget:
@@ -505,8 +503,6 @@ def _teacher_in_eval(teacher: LoadedModel, device: str) -> Iterator[None]:
 
 def _batches(data: Dataset, batch_size: int, steps: int, seed: int, device: str) -> Iterator[tuple[Any, Any, np.ndarray]]:
     """``steps`` batches (inputs, labels, row indices) in a seeded order of epochs; token inputs by sequence."""
-    import torch
-
     rng = np.random.default_rng(seed)
     n, order = len(data.x), np.empty(0, dtype=np.int64)
     for _ in range(steps):

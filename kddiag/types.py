@@ -16,6 +16,7 @@ import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.metrics.strata import N_BUCKETS
+from kddiag.progress import check_progress
 
 if TYPE_CHECKING:
     from kddiag.results import Measurements
@@ -30,7 +31,10 @@ LEVEL_TITLES = {
 EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
 ROLES = ("teacher", "student", "baseline")  # the models of one inspection, in report order
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
-SETTING_SOURCES = ("cli", "checkpoint", "guessed")
+# Where a distillation setting's value came from, in precedence order: the command line (or the Python
+# API's options), the run's own config file (--config), the checkpoint's metadata, else a guessed default.
+# A value on the command line and in the config must agree (kddiag.pipeline.settings_of).
+SETTING_SOURCES = ("cli", "config", "checkpoint", "guessed")
 
 # The hand-off objects below check themselves when built (``__post_init__``) and raise KddiagError
 # naming the argument or file; the stages that receive them trust them.
@@ -38,14 +42,15 @@ SETTING_SOURCES = ("cli", "checkpoint", "guessed")
 
 @dataclass(frozen=True)
 class Setting:
-    """One distillation setting and where its value came from: 'cli', 'checkpoint' or 'guessed'.
+    """One distillation setting and where its value came from: 'cli', 'config', 'checkpoint' or 'guessed'
+    (:data:`SETTING_SOURCES`, highest precedence first).
 
     Its value is checked by :class:`Settings`, which knows which setting it is.
     """
 
     value: float
     source: str
-    path: str | None = None  # the checkpoint the value was read from (source 'checkpoint')
+    path: str | None = None  # the checkpoint or config file the value was read from (source 'checkpoint', 'config')
 
     def __post_init__(self) -> None:
         if self.source not in SETTING_SOURCES:
@@ -58,9 +63,10 @@ class Setting:
 
     @property
     def provenance(self) -> str:
-        """Where the value came from, for reports: 'command line', "checkpoint 'student.pt'", 'guessed (default)'."""
-        if self.source == "checkpoint":
-            return f"checkpoint '{Path(self.path).name}'" if self.path else "checkpoint"
+        """Where the value came from, for reports: 'command line', "config 'kd.yaml'", "checkpoint 'student.pt'",
+        'guessed (default)'."""
+        if self.source in ("checkpoint", "config"):
+            return f"{self.source} '{Path(self.path).name}'" if self.path else self.source
         return {"cli": "command line", "guessed": "guessed (default)"}[self.source]
 
     def origin(self, name: str) -> str:
@@ -69,6 +75,8 @@ class Setting:
             return f"--{name}"
         if self.source == "checkpoint":
             return f"the {name} stored in checkpoint '{self.path}'" if self.path else f"the checkpoint's {name}"
+        if self.source == "config":
+            return f"the {name} in config '{self.path}'" if self.path else f"the config's {name}"
         return f"the default {name}"
 
 
@@ -82,6 +90,23 @@ class Settings:
     def __post_init__(self) -> None:
         _check_temperature(self.temperature.value, self.temperature.origin("temperature"))
         _check_alpha(self.alpha.value, self.alpha.origin("alpha"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The distillation settings read from a training run's own config file (:mod:`kddiag.configs`).
+
+    ``temperature``/``alpha`` are in kddiag's terms (α: the weight of the soft term, in [0, 1]), None when
+    the file does not set them; ``keys``: setting name -> where in the file it was read ('KD.TEMPERATURE');
+    ``notes``: how the values were derived from the framework's own, for reports.
+    """
+
+    path: str
+    framework: str  # 'torchdistill', 'mdistiller' or 'lightning'
+    temperature: float | None = None
+    alpha: float | None = None
+    keys: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,11 +239,14 @@ def n_examples_of(x: Any) -> int:
     return x.n_examples if isinstance(x, TokenInputs) else int(np.shape(x)[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Dataset:
     """Inputs and integer labels of one data set. ``x`` is None in logits mode.
 
     ``labels``: 1-D integers >= 0, at least one (stored as int64); ``x``, when given, has ``len(labels)`` rows.
+    ``y`` is another name for ``labels``, the name ``.pt``/``.npz`` data files and ``(x, y)`` batches use:
+    ``Dataset("val", x, y=y)`` is ``Dataset("val", x, labels=y)``, ``dataset.y`` is ``dataset.labels``;
+    giving both is an error.
     """
 
     name: str  # where it came from: a path or a built-in name
@@ -227,6 +255,23 @@ class Dataset:
     class_info: ClassInfo = ClassInfo()
     format: str | None = None  # 'pt', 'npz', 'builtin', 'image-folder', 'spec:<format>'; None: unknown
     preprocessing: str | None = None  # how ``x`` was made from what is stored, for reports
+
+    def __init__(self, name: str, x: Any, labels: Any = None, class_info: ClassInfo = ClassInfo(),
+                 format: str | None = None, preprocessing: str | None = None, *, y: Any = None) -> None:
+        if y is not None and labels is not None:
+            raise KddiagError(f"data '{name}': labels given twice, as labels and as y (two names of one field): "
+                              f"give one")
+        if y is None and labels is None:
+            raise KddiagError(f"data '{name}': no labels: give labels= (or y=), one integer class id per example")
+        for field_name, value in (("name", name), ("x", x), ("labels", labels if y is None else y),
+                                  ("class_info", class_info), ("format", format), ("preprocessing", preprocessing)):
+            object.__setattr__(self, field_name, value)
+        self.__post_init__()
+
+    @property
+    def y(self) -> np.ndarray:
+        """The labels, under the name data files give them."""
+        return self.labels
 
     def __post_init__(self) -> None:
         where = f"data '{self.name}'"
@@ -734,8 +779,11 @@ class InspectOptions:
     student_arch: str | None = None
     baseline_arch: str | None = None  # None: the student's architecture
     ema: tuple[str, ...] = ()  # roles ('teacher', 'student', 'baseline') whose EMA weights to use
-    temperature: float | None = None  # None: from checkpoint metadata, else DEFAULT_TEMPERATURE (guessed)
+    temperature: float | None = None  # None: from the config, else checkpoint metadata, else DEFAULT_TEMPERATURE
     alpha: float | None = None
+    # the training run's config (torchdistill or mdistiller YAML, Lightning hparams.yaml) that holds τ and α
+    # (kddiag.configs); a temperature or alpha given as well must agree with it
+    config: str | os.PathLike | None = None
     classes: str | None = None  # JSON file with {"names": [...], "groups": [...]}
     trust_pickle: bool = False
     trust_program: bool = False  # run TorchScript/torch.export programs with operators outside the allowlist
@@ -744,7 +792,7 @@ class InspectOptions:
     feature_layer: str | None = None  # module name whose input/output is the penultimate feature
     batch_size: int = 512
     device: str | None = None  # None: CUDA when present, else CPU
-    progress: bool = False
+    progress: str | bool = "none"  # 'auto', 'bar', 'lines' or 'none' (kddiag.progress); True: 'auto', False: 'none'
     images: ImageOptions = ImageOptions()  # for every data set read from a path (--normalize, --resize, --layout)
     probe: ProbeOptions | None = None  # train remedy probes of the student (kddiag.probe); None: no probes
     full_paths: bool = False  # reports name files by absolute path (default: relative to the working directory)
@@ -752,12 +800,15 @@ class InspectOptions:
     def __post_init__(self) -> None:
         from kddiag.loading.archs import parse_arch
 
-        for name in ("trust_pickle", "trust_program", "trust_remote_code", "progress", "full_paths"):
+        for name in ("trust_pickle", "trust_program", "trust_remote_code", "full_paths"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise KddiagError(f"InspectOptions.{name} must be True or False; got {getattr(self, name)!r}")
-        for name in ("classes", "feature_layer", "device"):
+        progress = bool(self.progress) if isinstance(self.progress, np.bool_) else self.progress
+        object.__setattr__(self, "progress", check_progress(progress, "InspectOptions.progress"))
+        for name in ("classes", "config", "feature_layer", "device"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, (str, os.PathLike) if name == "classes" else str):
+            paths = name in ("classes", "config")
+            if value is not None and not isinstance(value, (str, os.PathLike) if paths else str):
                 raise KddiagError(f"InspectOptions.{name} must be a string or None; got {type(value).__name__}")
         for role in ARCH_ROLES:
             spec = getattr(self, f"{role}_arch")

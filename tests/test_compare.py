@@ -143,9 +143,14 @@ def test_names_the_students_that_beat_the_baseline(comparison):
 
 def test_the_key_table_has_a_value_per_student_for_every_row_shown(comparison):
     table = comparison.table()
-    assert [row.label for row, _ in table][:2] == [KEY_ROWS[0].label, KEY_ROWS[1].label]
-    for row, values in table:
-        assert len(values) == 3 and any(v.ok for v in values)
+    assert [row["label"] for row in table][:2] == [KEY_ROWS[0].label, KEY_ROWS[1].label]
+    for row in table:
+        assert list(row["values"]) == list(comparison.names)
+        assert any(v["value"] is not None for v in row["values"].values())
+    assert json.loads(json.dumps(table, allow_nan=False)) == comparison_to_dict(comparison)["table"]  # plain data
+    first = table[0]["values"][comparison.names[0]]  # accuracy (eval): a number, its interval and its set
+    assert isinstance(first["value"], float) and len(first["ci95"]) == 2 and first["dataset"] == "eval"
+    assert table[0]["level"] == "outcome" and table[0]["higher_is_better"] == 1
 
 
 def test_renderings(comparison):

@@ -1,4 +1,5 @@
 """The hand-off objects check themselves when built: one test per fault, matching its one message."""
+import dataclasses
 import math
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_settings_refuse_a_bad_alpha_naming_its_origin(alpha, message):
 
 
 def test_setting_source_must_be_known():
-    with pytest.raises(KddiagError, match=r"source must be one of 'cli', 'checkpoint', 'guessed'; got 'file'"):
+    with pytest.raises(KddiagError, match=r"source must be one of 'cli', 'config', 'checkpoint', 'guessed'; got 'file'"):
         Setting(4.0, "file")
 
 
@@ -99,6 +100,16 @@ def test_dataset_stores_labels_as_int64():
     data = Dataset("d.pt", torch.zeros(3, 2), torch.tensor([0, 2, 1], dtype=torch.int32))
     assert isinstance(data.labels, np.ndarray) and data.labels.dtype == np.int64
     assert Dataset("labels-only", None, np.array([1, 0], dtype=np.uint8)).labels.tolist() == [1, 0]
+
+
+def test_dataset_takes_y_for_labels_as_data_files_name_them():
+    data = Dataset("d.pt", torch.zeros(3, 2), y=np.array([0, 2, 1]))
+    assert data.labels.tolist() == [0, 2, 1] and data.y is data.labels and data.y.dtype == np.int64
+    assert dataclasses.replace(data, labels=np.array([1, 1, 1])).y.tolist() == [1, 1, 1]
+    with pytest.raises(KddiagError, match=r"^data 'd\.pt': labels given twice, as labels and as y"):
+        Dataset("d.pt", None, np.array([0]), y=np.array([0]))
+    with pytest.raises(KddiagError, match=r"^data 'd\.pt': no labels: give labels= \(or y=\)"):
+        Dataset("d.pt", torch.zeros(3, 2))
 
 
 @pytest.mark.parametrize("x, labels, message", [

@@ -13,7 +13,6 @@ one strategy per kind of model:
 """
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from kddiag.accumulate import SetAccumulator, chunk_rows, kept_classes, row_sample
 from kddiag.collect.stored import release, stored_logits
 from kddiag.errors import KddiagError
+from kddiag.progress import Progress
 from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, ModelOutputs, SetOutputs, TokenInputs
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ __all__ = ["collect_outputs", "collect_summary", "collect_summaries", "batches",
 def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
                     baseline: LoadedModel | None = None, set_name: str, temperature: float, alpha: float,
                     rows: range | None = None, batch_size: int = 512, device: str | None = None,
-                    feature_layer: str | None = None, progress: bool = False) -> SetAccumulator | None:
+                    feature_layer: str | None = None, progress: bool | str = False) -> SetAccumulator | None:
     """Every model over ``dataset`` (or its examples ``rows``, one shard), batch by batch, into a
     :class:`~kddiag.accumulate.SetAccumulator`: nothing of size (n_samples, n_classes) is kept.
 
@@ -47,7 +47,7 @@ def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
 def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple[LoadedModel | None, ...],
                       baseline: LoadedModel | None = None, set_name: str, settings: tuple[tuple[float, float], ...],
                       rows: range | None = None, batch_size: int = 512, device: str | None = None,
-                      feature_layer: str | None = None, progress: bool = False,
+                      feature_layer: str | None = None, progress: bool | str = False,
                       strata: dict[str, np.ndarray] | None = None) -> list[SetAccumulator | None]:
     """One accumulator per student of one teacher (as :func:`collect_summary`), over one pass in which the
     teacher and the baseline run once per batch; ``settings``: each student's (temperature, alpha). A
@@ -86,12 +86,13 @@ def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple
 def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
                     baseline: LoadedModel | None = None, set_name: str, batch_size: int = 512,
                     device: str | None = None, feature_layer: str | None = None,
-                    progress: bool = False) -> SetOutputs:
+                    progress: bool | str = False) -> SetOutputs:
     """Logits, penultimate features and logit-layer weights of every model on ``dataset``, in memory.
 
     ``set_name`` is 'eval' or 'transfer' (it also picks the stored logits in logits mode);
     ``batch_size`` >= 1 (:class:`~kddiag.types.InspectOptions` checks it); ``device`` None means CUDA
-    when available, else CPU; ``progress`` prints batches to stderr. Features are kept for the rows
+    when available, else CPU; ``progress``: how batches are shown on stderr, a mode of
+    :data:`kddiag.progress.MODES` (True: 'auto', False: 'none'). Features are kept for the rows
     the measurements read (:func:`~kddiag.accumulate.row_sample`). The returned
     :class:`~kddiag.types.SetOutputs` checks the outputs' shapes, finiteness and the labels.
 
@@ -129,7 +130,8 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
 
 def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None, baseline: LoadedModel | None,
             set_name: str, rows: range | None = None, batch_size: int = 512, device: str | None = None,
-            feature_layer: str | None = None, progress: bool = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
+            feature_layer: str | None = None,
+            progress: bool | str = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
     """One :class:`~kddiag.types.Batch` of every model's outputs per ``batch_size`` examples of ``rows``
     (default: all), with the runners (their ``weight``), each model in ``eval()`` under ``torch.inference_mode()``."""
     models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
@@ -152,7 +154,7 @@ class Outputs(NamedTuple):
 
 def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name: str, rows: range | None = None,
                   batch_size: int = 512, device: str | None = None, feature_layer: str | None = None,
-                  progress: bool = False) -> Iterator[tuple[Outputs, dict[str, "Runner"]]]:
+                  progress: bool | str = False) -> Iterator[tuple[Outputs, dict[str, "Runner"]]]:
     """Every model of ``models`` (key -> model; a key's role, named in errors, is its part before ':', e.g.
     'student:2') over ``rows`` of ``dataset``, batch by batch, each model run once per batch."""
     import torch
@@ -182,12 +184,14 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
         if not isinstance(x, (torch.Tensor, TokenInputs)):
             x = torch.as_tensor(np.asarray(x))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    meter = None
     try:
         with torch.inference_mode():
             for runner in runners.values():
                 runner.start(_probe(x), device=device, feature_layer=feature_layer)
             spans = _spans(x, rows, batch_size, next(iter(runners.values())).n_classes if runners else None)
-            for number, (start, stop, inputs, keep) in enumerate(spans):
+            meter = Progress(f"{set_name} set", len(spans), unit="batch", mode=progress)
+            for start, stop, inputs, keep in spans:
                 logits = {key: value[start:stop] for key, value in stored.items()}
                 features = {}
                 for key, runner in runners.items():
@@ -198,11 +202,10 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
                 yield Outputs(start, labels[start:stop], logits, features), runners
                 for value in stored.values():  # rows of whole statistics chunks are done with
                     release(value, start - start % chunk_rows(value.shape[1]))
-                if progress:
-                    print(f"\rkddiag: {set_name} set, batch {number + 1}/{len(spans)}", end="", file=sys.stderr)
-            if progress:
-                print(file=sys.stderr)
+                meter.update()
     finally:
+        if meter is not None:  # the bar's line ended, also when a model failed: the error starts a line
+            meter.close()
         for runner in runners.values():
             runner.finish()
 

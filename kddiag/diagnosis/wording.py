@@ -183,7 +183,7 @@ def word_overconfident(f: r.OverconfidentFacts, context: Context) -> Wording:
     advice.append("Use an early-stopped or less over-fit teacher (Cho & Hariharan 2019), stronger augmentation "
                   "with the same views for teacher and student, or cross-fitted teacher predictions (each "
                   "transfer example scored by a teacher that did not train on it).")
-    return Wording("The teacher is over-confident on the transfer set", " ".join(sentences),
+    return Wording(f"The teacher is over-confident on the {sharp.saturation.dataset} set", " ".join(sentences),
                    " ".join(advice) + _guessed_temperature(context), remedy)
 
 

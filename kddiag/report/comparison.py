@@ -1,6 +1,6 @@
 """A comparison of several students of one teacher as text, JSON and one self-contained HTML page.
 
-The key measurements side by side (:meth:`~kddiag.comparison.Comparison.table`), which student is best on
+The key measurements side by side (:func:`~kddiag.comparison.key_measurements`), which student is best on
 held-out data and why, each student's gain over the baseline and its diagnosis; the JSON holds each
 student's full report as :func:`~kddiag.report.json.report_to_dict` writes it.
 """
@@ -10,12 +10,12 @@ import json
 import textwrap
 
 from kddiag import SCHEMA_VERSION, __version__
-from kddiag.comparison import Comparison
+from kddiag.comparison import Comparison, key_measurements
 from kddiag.diagnosis.ids import HEALTHY
 from kddiag.diagnosis.wording import gain_points
 from kddiag.report.json import _jsonable, report_to_dict
 from kddiag.report.text import (LEVEL_CODES, VERDICT_WORDS, WIDTH, clip, evidence_summary, fired_findings,
-                                format_cell, probe_lines, remedy_summary, severity_word)
+                                format_cell, glossary_lines, probe_lines, remedy_summary, severity_word)
 
 
 
@@ -34,10 +34,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                  "margin": margin.to_dict(), "clear": ranking.clear, "reasons": list(ranking.reasons),
                  "beat_baseline": (None if ranking.beat_baseline is None
                                    else [comparison.names[k] for k in ranking.beat_baseline])},
-        "table": [{"label": row.label, "level": row.level, "higher_is_better": row.better or None,
-                   "values": {name: {**value.to_dict(), "dataset": value.dataset or None}
-                              for name, value in zip(comparison.names, values)}}
-                  for row, values in comparison.table()],
+        "table": comparison.table(),
         "reports": {name: report_to_dict(report) for name, report in zip(comparison.names, comparison.reports)},
     })
 
@@ -59,16 +56,17 @@ def render_comparison_text(comparison: Comparison) -> str:
         lines += textwrap.wrap(reason, WIDTH, initial_indent="  - ", subsequent_indent="    ")
     lines += _ranking_lines(comparison)
     lines += ["", "Key measurements"]
-    label_width = max(len(row.label) for row, _ in comparison.table())
+    table = key_measurements(comparison)
+    label_width = max(len(row.label) for row, _ in table)
     cell_width = max(12, *(len(name) for name in names))
     room = (WIDTH - 4 - label_width) // (cell_width + 1)
-    table = comparison.table()
     for start in range(0, len(names), max(1, room)):  # many students: the table wraps in blocks of columns
         shown = range(start, min(len(names), start + max(1, room)))
         lines.append(f"  {'':<{label_width}}" + "".join(f" {names[k][:cell_width]:>{cell_width}}" for k in shown))
         for row, values in table:
             cells = "".join(f" {format_cell(values[k]).split(' [')[0]:>{cell_width}}" for k in shown)
             lines.append(f"  {row.label:<{label_width}}{cells}")
+    lines += glossary_lines([row.label for row, _ in table])
     lines += ["", "Diagnosis per student"]
     for name, report in zip(names, comparison.reports):
         findings = fired_findings(report)
@@ -138,7 +136,7 @@ def render_comparison_html(comparison: Comparison) -> str:
         dataset=ranking.dataset, reasons=ranking.reasons,
         table=[{"label": row.label, "level": LEVEL_CODES.get(row.level, ""),
                 "cells": [format_cell(v) for v in values],
-                "leader": _leader(row, values)} for row, values in comparison.table()],
+                "leader": _leader(row, values)} for row, values in key_measurements(comparison)],
         figures=figures, students=students,
         inputs=[i.to_dict() for i in first.inputs if i.role != "student"])
 

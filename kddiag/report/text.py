@@ -26,6 +26,17 @@ LEVEL_CODES = {"outcome": "L0", "universe": "L1", "domain": "L2", "instance": "L
 
 Cells = dict[str, Measured]  # column (teacher, student, baseline) -> its value
 
+# The symbols tables use and what they mean: a table is followed by one line naming those it uses
+# (TCKD/NCKD: the two parts of the KD loss in Zhao et al. 2022, Decoupled Knowledge Distillation)
+GLOSSARY = (
+    (("τ",), "τ: KD temperature"),
+    (("α",), "α: soft-term weight"),
+    (("T*",), "T*: calibrating temperature"),
+    (("ε_eff",), "ε_eff: label smoothing the teacher's targets amount to"),
+    (("p_y",), "p_y: true-class probability"),
+    (("TCKD", "NCKD"), "TCKD/NCKD: KD on the target / other classes"),
+)
+
 
 @dataclass(frozen=True)
 class Headline:
@@ -149,7 +160,9 @@ def render_text(report: Report) -> str:
     lines += ["", *_settings_lines(report)]
     if report.diagnosis.not_checked:
         lines += ["", "Not checked"]
-        lines += [clip(f"  {rule}: {reason}") for rule, reason in report.diagnosis.not_checked]
+        for rule, reason in report.diagnosis.not_checked:  # wrapped whole, never cut: the reason is the point
+            lines += textwrap.wrap(f"  {rule}: {reason}", WIDTH, subsequent_indent="    ", break_long_words=False,
+                                   break_on_hyphens=False)
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +273,14 @@ def remedy_summary(remedy: Remedy, settings: Settings, *, probe_hint: str = "--p
     return f"{text} (probed: {100 * remedy.probe_change:+.1f} pt [{100 * lo:.1f}, {100 * hi:.1f}])"
 
 
+def glossary_lines(texts, indent: str = "  ") -> list[str]:
+    """The one-line glossary of the symbols of :data:`GLOSSARY` that ``texts`` (a table's labels) use,
+    e.g. '  τ: KD temperature · T*: calibrating temperature'; [] when none."""
+    used = [meaning for symbols, meaning in GLOSSARY if any(s in text for s in symbols for text in texts)]
+    return textwrap.wrap(" · ".join(used), WIDTH, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False) if used else []
+
+
 def clip(line: str, width: int = WIDTH) -> str:
     """``line`` cut to ``width`` columns at a word boundary, ending with '…' where it was cut (mid-word
     only when a single word fills the line)."""
@@ -306,7 +327,7 @@ def _verdict_lines(report: Report) -> list[str]:
 
 
 def _guessed_lines(settings: Settings) -> list[str]:
-    """'  τ = 4, α = 0.9 GUESSED (defaults): …', for the line under the verdict; none when both were given."""
+    """'  τ = 4, α = 0.9 GUESSED: pass …', for the line under the verdict; none when both were given."""
     guessed = [(name, symbol, getattr(settings, name).value) for name, symbol in SETTING_SYMBOLS
                if getattr(settings, name).guessed]
     if not guessed:
@@ -314,8 +335,7 @@ def _guessed_lines(settings: Settings) -> list[str]:
     several = len(guessed) > 1
     values = ", ".join(f"{symbol} = {value:g}" for _, symbol, value in guessed)
     flags = "/".join(f"--{name}" for name, _, _ in guessed)
-    line = (f"{values} GUESSED ({'defaults' if several else 'default'}): pass {flags}, the verdict depends on "
-            f"{'them' if several else 'it'}")
+    line = f"{values} GUESSED: pass {flags} or --config, the verdict depends on {'them' if several else 'it'}"
     return textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
 
 
@@ -348,7 +368,7 @@ def _table_lines(table: HeadlineTable) -> list[str]:
         lines.append(clip(line.rstrip()))
     for note in notes:  # notes wrap rather than lose their end
         lines += textwrap.wrap(note, WIDTH, initial_indent="  ", subsequent_indent="    ")
-    return lines
+    return lines + glossary_lines([row[0] for row in rows])
 
 
 def _settings_lines(report: Report) -> list[str]:
@@ -357,7 +377,7 @@ def _settings_lines(report: Report) -> list[str]:
         setting = getattr(report.settings, name)
         source = f"from the {setting.provenance}"
         if setting.guessed:
-            source = f"GUESSED (default; pass --{name} to set it)"
+            source = f"GUESSED (default; pass --{name} or the run's --config to set it)"
         lines.append(clip(f"  {name} {symbol} = {setting.value:g}   {source}"))
     lines += ["", f"Inputs (kddiag {__version__}, {report.n_classes} classes)"]
     for info in report.inputs:
@@ -405,5 +425,5 @@ def probe_lines(probe, indent: str = "") -> list[str]:
         change = "" if arm.ci is None else change_text(arm)
         verdict = arm.failed or ("" if arm.verdict == "control" else arm.verdict)
         lines.append(clip(f"{indent}  {arm.candidate.label:<{width}} {accuracy:>8}  {change:<22} {verdict}".rstrip()))
-    return lines
+    return lines + glossary_lines([arm.candidate.label for arm in probe.arms], indent=indent + "  ")
 

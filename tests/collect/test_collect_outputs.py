@@ -61,9 +61,9 @@ def test_progress_goes_to_stderr_only_when_asked(capsys):
     models = dict(teacher=in_memory(mlp(0)), student=in_memory(mlp(1)))
     collect_outputs(make_data(), **models, set_name=EVAL, batch_size=20)
     assert capsys.readouterr() == ("", "")
-    collect_outputs(make_data(), **models, set_name=TRANSFER, batch_size=20, progress=True)
+    collect_outputs(make_data(), **models, set_name=TRANSFER, batch_size=20, progress="bar")
     captured = capsys.readouterr()
-    assert captured.out == "" and "transfer set, batch 3/3" in captured.err
+    assert captured.out == "" and "transfer set [" in captured.err and "batch 3/3 (100%)" in captured.err
 
 
 def test_features_are_kept_for_the_row_reservoir_on_large_sets(monkeypatch):

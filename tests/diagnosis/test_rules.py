@@ -739,3 +739,12 @@ def test_the_teachers_first_batchnorm_layer_far_off_its_running_statistics_point
     found = finding(diagnosis, "data-pipeline-suspect")
     assert ids(diagnosis)[0] == "data-pipeline-suspect" and found.title.startswith("The teacher fails")
     assert "works where it was trained" not in found.explanation
+
+
+def test_the_overconfident_title_names_the_set_its_evidence_is_on():
+    on_transfer = finding(run(build(CASES["overconfident-memorized"][0])), "teacher-overconfident")
+    assert on_transfer.title == "The teacher is over-confident on the transfer set"
+    eval_only = build({("universe", "saturation_share", EVAL): 0.92}, drop=(TRANSFER,))  # an eval-only run
+    found = finding(run(eval_only), "teacher-overconfident")
+    assert found.title == "The teacher is over-confident on the eval set"
+    assert found.evidence[0].dataset == EVAL

@@ -177,12 +177,37 @@ def test_each_finding_prints_its_advice_in_two_lines_cut_at_a_word_and_its_remed
 
 def test_a_guessed_setting_is_stated_right_under_the_verdict(full, logits_only):
     assert render_text(full).splitlines()[1] == (
-        "  τ = 4 GUESSED (default): pass --temperature, the verdict depends on it")
+        "  τ = 4 GUESSED: pass --temperature or --config, the verdict depends on it")
     both = dataclasses.replace(logits_only, settings=Settings())
     assert render_text(both).splitlines()[1] == (
-        "  τ = 4, α = 0.9 GUESSED (defaults): pass --temperature/--alpha, the verdict depends on them")
+        "  τ = 4, α = 0.9 GUESSED: pass --temperature/--alpha or --config, the verdict depends on them")
+    from_config = dataclasses.replace(full, settings=Settings(Setting(2.0, "config", path="runs/kd.yaml"),
+                                                              Setting(0.5, "checkpoint", path="s.pt")))
+    assert "GUESSED" not in _verdict_block(from_config)
+    assert "temperature τ = 2   from the config 'kd.yaml'" in render_text(from_config)
     sure = dataclasses.replace(full, settings=Settings(Setting(2.0, "cli"), Setting(0.5, "cli")))
     assert "GUESSED" not in _verdict_block(sure)
+
+
+def test_each_table_ends_with_a_glossary_of_the_symbols_it_uses(full):
+    text = render_text(full)
+    universe = text[text.index(LEVEL_TITLES["universe"]):text.index(LEVEL_TITLES["domain"])]
+    glossary = universe.rstrip().splitlines()[-1]
+    assert glossary == "  τ: KD temperature · T*: calibrating temperature · p_y: true-class probability"
+    instance = text[text.index(LEVEL_TITLES["instance"]):text.index("Settings")]  # only the symbols it uses
+    assert instance.rstrip().splitlines()[-1] == (
+        "  τ: KD temperature · p_y: true-class probability · TCKD/NCKD: KD on the target / other classes")
+
+
+def test_not_checked_reasons_are_wrapped_whole(full):
+    reason = ("universe.saturation_share not available on the transfer set: checked on the eval set instead, "
+              "where the teacher's confidence says less about what it passed on")
+    report = dataclasses.replace(full, diagnosis=dataclasses.replace(full.diagnosis,
+                                                                     not_checked=(("teacher-overconfident", reason),)))
+    text = render_text(report)
+    block = text[text.index("Not checked"):].splitlines()[1:]
+    assert len(block) == 2 and all(len(line) <= WIDTH for line in block) and "…" not in text[text.index("Not checked"):]
+    assert " ".join(" ".join(block).split()) == f"teacher-overconfident: {reason}"
 
 
 def test_clip_cuts_at_a_word_boundary():
