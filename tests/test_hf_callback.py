@@ -291,15 +291,15 @@ def test_trl_distillation_trainer_keeps_its_own_averaged_metrics(language_sets, 
     assert not any("entropy" in entry for entry in kddiag_logs(trainer))
 
 
-# ---------------------------------------------------------------- the README's example
+# ---------------------------------------------------------------- the documented example (docs/monitor.md)
 
 
-def test_the_readme_trainer_example_runs(classification_sets, tmp_path):
-    from tests.test_live_metrics import readme_block
+def test_the_documented_trainer_example_runs(classification_sets, tmp_path):
+    from tests.test_live_metrics import doc_block
 
     train, held_out = classification_sets
     namespace = {"student": classifier(8, seed=1), "teacher": classifier(32), "train": train, "held_out": held_out,
                  "args": training_args(tmp_path / "run", max_steps=2)}
-    exec(readme_block("#### Live metrics in your logger", 1), namespace)
+    exec(doc_block("docs/monitor.md", "## Hugging Face `Trainer` (and TRL)"), namespace)
     assert sorted(os.listdir(tmp_path / "run" / "kddiag")) == ["monitor.html", "monitor.json"]
     assert [entry["step"] for entry in kddiag_logs(namespace["trainer"])] == [2]

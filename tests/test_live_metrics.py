@@ -256,20 +256,22 @@ def test_lightning_callback_logs_to_the_trainers_csv_and_tensorboard_loggers(tea
     assert texts[f"{FINDINGS_TAG}/text_summary"][0][1].startswith(f"step 4: verdict {history[0].verdict}")
 
 
-# ---------------------------------------------------------------- the README's example
+# ---------------------------------------------------------------- the documented example (docs/monitor.md)
 
 
-def readme_block(heading: str, index: int = 0) -> str:
-    """The ``index``-th python block under the README heading ``heading`` (up to the next heading)."""
+def doc_block(page: str, heading: str, index: int = 0) -> str:
+    """The ``index``-th python block under the heading line ``heading`` of ``page`` (a path from the repository
+    root), up to the next heading."""
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text.split(heading, 1)[1]
+    text = (Path(__file__).resolve().parent.parent / page).read_text(encoding="utf-8")
+    assert f"\n{heading}\n" in text, f"{page} has no heading {heading!r}"
+    section = text.split(f"\n{heading}\n", 1)[1]
     section = re.split(r"\n#{2,4} ", section, maxsplit=1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)[index]
 
 
-def test_the_readme_example_runs_and_its_numbers_reach_tensorboard(teacher, data, tmp_path, monkeypatch):
+def test_the_documented_example_runs_and_its_numbers_reach_tensorboard(teacher, data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x_val, y_val = data
     student = make_mlp(8, 1)
@@ -283,6 +285,6 @@ def test_the_readme_example_runs_and_its_numbers_reach_tensorboard(teacher, data
 
     namespace = {"teacher": teacher, "student": student, "x_val": x_val, "y_val": y_val, "loader": loader,
                  "train_step": train_step}
-    exec(readme_block("#### Live metrics in your logger"), namespace)
+    exec(doc_block("docs/monitor.md", "## Live metrics"), namespace)
     scalars, texts = read_events(tmp_path / "runs")
     assert "kddiag/universe/teacher_ece/eval" in scalars and f"{FINDINGS_TAG}/text_summary" in texts

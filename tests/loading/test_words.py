@@ -1,5 +1,5 @@
 """What kddiag says about untrusted files: the object a malicious pickle names (whatever words the installed
-torch uses), objects beside the weights skipped as the README says, where an architecture came from, and
+torch uses), objects beside the weights skipped as docs/security.md says, where an architecture came from, and
 never torch's advice to disable safety. Files are built here, never committed."""
 from __future__ import annotations
 
