@@ -10,7 +10,7 @@ import click
 
 from kddiag import __version__
 from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY, KD_HELPED
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, is_rust_panic, printable
 
 EXIT_ERROR, EXIT_USAGE, EXIT_GATED = 1, 2, 3
 IMAGE_LAYOUTS = ("NCHW", "NHWC")  # kddiag.types.IMAGE_LAYOUTS, spelled out to keep numpy out of --help
@@ -40,10 +40,16 @@ class KddiagGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except KddiagError as error:
-                click.echo(f"kddiag: error: {_rank()}{error}", err=True)
+                click.echo(f"kddiag: error: {_rank()}{printable(str(error))}", err=True)
                 ctx.exit(EXIT_ERROR)
             except click.UsageError as error:  # a command's arguments and options, an unknown command
                 _usage_error(error)
+            except BaseException as error:
+                if not is_rust_panic(error):  # a Rust library's panic (tokenizers) past the handlers that name it
+                    raise
+                click.echo(f"kddiag: error: {_rank()}a native library panicked "
+                           f"({printable(' '.join(str(error).split()))[:300]})", err=True)
+                ctx.exit(EXIT_ERROR)
 
 
 def _rank() -> str:
@@ -59,7 +65,7 @@ def _usage_error(error: click.UsageError):
         raise error
     message = " ".join(error.format_message().split()).removesuffix(".")
     command = error.ctx.command_path if error.ctx is not None else "kddiag"
-    click.echo(f"kddiag: error: {message}; see '{command} --help'", err=True)
+    click.echo(f"kddiag: error: {printable(message)}; see '{printable(command)} --help'", err=True)
     raise click.exceptions.Exit(EXIT_USAGE)
 
 

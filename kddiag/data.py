@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kddiag.errors import KddiagError
-from kddiag.files import check_regular, kind_of
+from kddiag.errors import KddiagError, printable
+from kddiag.files import check_regular, kind_of, read_regular
 from kddiag.types import ClassInfo, Dataset, ImageOptions, check_layout, check_normalize, check_resize
 
 __all__ = ["BUILTIN_DATASETS", "SPEC_KEYS", "load_dataset", "make_class_hierarchy"]
@@ -140,7 +140,10 @@ def _load_spec(path: Path, role: str, images: ImageOptions) -> Dataset:
     """A JSON data spec: the data it names, prepared with its options merged with ``images``."""
     where = f"--{role} '{path}'"
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = json.loads(read_regular(path, where, what="a small JSON data spec").decode("utf-8"))
+    except RecursionError:
+        raise KddiagError(f"{where}: not a JSON data spec (nested too deeply); expected "
+                          f'{{"path": ..., "normalize": ..., "resize": ..., "layout": ...}}') from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise KddiagError(f"{where}: not a JSON data spec ({_one_line(error)}); expected "
                           f'{{"path": ..., "normalize": ..., "resize": ..., "layout": ...}}') from None
@@ -228,6 +231,10 @@ def _load_file(path: Path, where: str, images: ImageOptions, *, name: str, forma
                               f"and 'y' saved by torch.save ({unreadable_reason(path, error)})") from None
         if not isinstance(content, dict):
             raise KddiagError(f"{where}: expected a dict with tensors 'x' and 'y'; got {type(content).__name__}")
+        from kddiag.loading.logits import check_stored_tensor  # zero-stride views: before anything materializes
+
+        for key, value in content.items():
+            check_stored_tensor(value, where, printable(str(key))[:80])
     else:
         raise KddiagError(f"{where}: unknown data format '{suffix or path.name}'; expected .pt, .pth or .npz "
                           f"with 'x' and 'y', or a built-in set ({', '.join(BUILTIN_DATASETS)})")

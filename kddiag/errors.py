@@ -1,4 +1,12 @@
 """The one error base kddiag raises for bad input; the CLI shows it as one line and exits 1."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import unicodedata
+from typing import Iterator
 
 
 class KddiagError(ValueError):
@@ -7,3 +15,45 @@ class KddiagError(ValueError):
 
 class UnsafeLoadError(KddiagError):
     """A checkpoint needs unpickling (arbitrary code execution) and the user did not trust it."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (line breaks, terminal escapes, bidirectional overrides)
+    escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``), so a file name or a value read from a
+    file can neither break kddiag's one-line messages nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" or ch.isprintable()
+                   else ascii(ch)[1:-1] for ch in text)
+
+
+def is_rust_panic(error: BaseException) -> bool:
+    """Whether ``error`` is a Rust panic turned into Python by PyO3 (``pyo3_runtime.PanicException``, a
+    BaseException that ``except Exception`` lets through), as the tokenizers library raises."""
+    return type(error).__name__ == "PanicException"
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 (a Rust panic's message and backtrace) to a
+    scratch file while the block runs, so kddiag's one-line error is all the user sees. Python's own
+    ``sys.stderr`` is flushed first; nothing is changed when descriptor 2 cannot be duplicated."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)

@@ -16,7 +16,10 @@ from typing import BinaryIO
 
 from kddiag.errors import KddiagError
 
-__all__ = ["kind_of", "describe_mode", "open_regular", "check_regular", "check_entries"]
+__all__ = ["kind_of", "describe_mode", "open_regular", "read_regular", "check_regular", "check_entries",
+           "MAX_JSON_BYTES"]
+
+MAX_JSON_BYTES = 16 << 20  # a JSON side file (class names, data spec, kddiag.json): far below this
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
@@ -66,6 +69,23 @@ def open_regular(path: str | Path, where: str) -> BinaryIO:
     if getattr(os, "O_NONBLOCK", 0):
         os.set_blocking(descriptor, True)
     return os.fdopen(descriptor, "rb")
+
+
+def read_regular(path: str | Path, where: str, max_bytes: int = MAX_JSON_BYTES, what: str = "a small JSON file") -> bytes:
+    """The bytes of regular file ``path``, at most ``max_bytes`` of them: a FIFO, a device or a larger file
+    (a sparse file of gigabytes costs nothing on disk) is refused in one line, before it is read whole."""
+    with open_regular(path, where) as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as error:
+            raise KddiagError(f"{where}: cannot read it ({error.strerror})") from None
+    if len(data) > max_bytes:
+        raise KddiagError(f"{where}: larger than {_size(max_bytes)}; expected {what}")
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n:,} bytes"
 
 
 def check_entries(folder: str | Path, where: str) -> None:

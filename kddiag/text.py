@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, is_rust_panic, native_stderr_silenced, printable
 from kddiag.files import check_entries, check_regular, kind_of, open_regular
 from kddiag.types import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
 
@@ -48,6 +48,7 @@ _HF_DICT_MARKER = "dataset_dict.json"  # ... and in a DatasetDict's directory
 _PRETOKENIZED_HINT = "give pre-tokenized data instead (.pt or .npz with 'input_ids')"
 MAX_TEXT_LINES = 10_000_000  # lines read from a .txt/.jsonl file, blank ones included
 MAX_LINE_CHARS = 1 << 20  # characters in one line: far more than any max_length keeps (8192 tokens)
+MAX_DATASET_BYTES = 1 << 30  # column data of a datasets folder, decompressed: far more than an evaluation set
 
 
 def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: str | Path | None = None,
@@ -213,6 +214,10 @@ def _read_pt(path: Path, where: str) -> dict:
     if not isinstance(content, dict):
         raise KddiagError(f"{where}: expected a dict with 'input_ids' (and optionally 'attention_mask' and 'labels'); "
                           f"got {type(content).__name__}")
+    from kddiag.loading.logits import check_stored_tensor  # zero-stride views: before anything materializes
+
+    for key, value in content.items():
+        check_stored_tensor(value, where, printable(str(key))[:80])
     return content
 
 
@@ -251,6 +256,7 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
     except ImportError:
         raise KddiagError(f"{where}: reading a Hugging Face datasets folder needs the datasets package: "
                           f"pip install datasets") from None
+    _check_arrow_sizes(path, where)
     try:
         with _quiet():
             table = datasets.load_from_disk(str(path))
@@ -288,6 +294,89 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
     return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
                        max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code,
                        id2label=id2label, named_labels=task == SEQUENCE_CLASSIFICATION and named)
+
+
+def _check_arrow_sizes(path: Path, where: str) -> None:
+    """Refuse a datasets folder whose Arrow files hold more than MAX_TEXT_LINES rows or MAX_DATASET_BYTES of
+    column data, read from the stream's message headers before anything is decompressed or materialized:
+    an Arrow stream may compress its buffers (ZSTD turns gigabytes of text into megabytes)."""
+    import pyarrow as pa
+
+    rows = size = 0
+    for file in sorted(path.glob("*.arrow")):
+        try:
+            with pa.memory_map(str(file)) as source:
+                for message in pa.ipc.MessageReader.open_stream(source):
+                    batch_rows, batch_bytes = _arrow_message_sizes(message)
+                    rows, size = rows + batch_rows, size + batch_bytes
+                    if rows > MAX_TEXT_LINES or size > MAX_DATASET_BYTES:
+                        raise KddiagError(
+                            f"{where}: '{file.name}' holds more than " + (
+                                f"{MAX_TEXT_LINES:,} rows" if rows > MAX_TEXT_LINES else
+                                f"{MAX_DATASET_BYTES >> 20:,} MiB of data once decompressed") +
+                            "; kddiag reads at most that (an evaluation set needs far less): give a sample")
+        except KddiagError:
+            raise
+        except Exception as error:  # pyarrow's errors, a truncated stream, a header that is not Arrow's
+            raise KddiagError(f"{where}: not a readable Hugging Face datasets folder ('{file.name}': "
+                              f"{_one_line(error)})") from None
+
+
+def _arrow_message_sizes(message) -> tuple[int, int]:
+    """(rows, bytes once decompressed) of one Arrow IPC message: its RecordBatch header (also inside a
+    DictionaryBatch), read from the message's flatbuffer; a compressed buffer states its decompressed length
+    in its first 8 bytes."""
+    meta = message.metadata.to_pybytes()
+
+    def u32(at: int) -> int:
+        return int.from_bytes(_slice(meta, at, 4), "little")
+
+    def field(table: int, index: int) -> int | None:
+        vtable = table - int.from_bytes(_slice(meta, table, 4), "little", signed=True)
+        vsize = int.from_bytes(_slice(meta, vtable, 2), "little")
+        if 4 + 2 * index + 2 > vsize:
+            return None
+        offset = int.from_bytes(_slice(meta, vtable + 4 + 2 * index, 2), "little")
+        return table + offset if offset else None
+
+    def table_at(table: int, index: int) -> int | None:
+        at = field(table, index)
+        return None if at is None else at + u32(at)
+
+    root = u32(0)
+    kind_at = field(root, 1)
+    kind = meta[kind_at] if kind_at is not None else 0
+    if kind not in (2, 3):  # Schema, Tensor, …: no rows; 2: DictionaryBatch, 3: RecordBatch
+        return 0, 0
+    batch = table_at(root, 2)
+    if batch is not None and kind == 2:
+        batch = table_at(batch, 1)
+    if batch is None:
+        return 0, 0
+    length_at = field(batch, 0)
+    rows = int.from_bytes(_slice(meta, length_at, 8), "little", signed=True) if length_at is not None else 0
+    buffers = table_at(batch, 2)
+    compressed = field(batch, 3) is not None
+    body = message.body
+    total = 0
+    for i in range(u32(buffers) if buffers is not None else 0):
+        entry = buffers + 4 + 16 * i
+        offset = int.from_bytes(_slice(meta, entry, 8), "little", signed=True)
+        length = int.from_bytes(_slice(meta, entry + 8, 8), "little", signed=True)
+        if offset < 0 or length < 0 or body is None or offset + length > body.size:
+            raise ValueError("a buffer outside the message body")
+        if compressed and length >= 8:
+            stated = int.from_bytes(body.slice(offset, 8).to_pybytes(), "little", signed=True)
+            total += length - 8 if stated == -1 else max(stated, 0)
+        else:
+            total += length
+    return (rows if kind == 3 else 0), total
+
+
+def _slice(data: bytes, at: int, n: int) -> bytes:
+    if at < 0 or at + n > len(data):
+        raise ValueError("a corrupt Arrow message header")
+    return data[at:at + n]
 
 
 # --- from text --------------------------------------------------------------------------------------
@@ -386,13 +475,15 @@ def _check_known_words(tokenizer, input_ids: np.ndarray, mask: np.ndarray, where
 def _tokenize(tokenizer, texts: list[str], max_length: int, where: str) -> tuple[list[list[int]], int]:
     """Token ids of each text, truncated by the tokenizer to ``max_length``; and how many were truncated."""
     try:
-        with _quiet():
+        with _native(where, "the tokenizer"), _quiet():
             rows = [list(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
             long = [i for i, row in enumerate(rows) if len(row) > max_length]
             if long:  # the tokenizer truncates, so that the special tokens it adds stay
                 cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)["input_ids"]
                 for i, ids in zip(long, cut):
                     rows[i] = list(ids)
+    except KddiagError:
+        raise
     except Exception as error:
         raise KddiagError(f"{where}: the tokenizer failed ({_one_line(error)})") from None
     over = next((row for row in rows if len(row) > max_length), None)
@@ -614,12 +705,28 @@ def _load_tokenizer(directory, where: str, *, required: bool, trust_remote_code:
 
     vet_hf_directory(directory, f"{where}: the tokenizer directory '{directory}'", trust_remote_code=trust_remote_code)
     try:
-        with _quiet():
+        with _native(where, f"reading the tokenizer in '{directory}'"), _quiet():
             return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
                                                               trust_remote_code=bool(trust_remote_code))
+    except KddiagError:
+        raise
     except Exception as error:
         raise KddiagError(f"{where}: could not read the tokenizer in '{directory}' ({_one_line(error)}); "
                           f"{_PRETOKENIZED_HINT}") from None
+
+
+@contextlib.contextmanager
+def _native(where: str, what: str) -> Iterator[None]:
+    """Around calls into the tokenizers library (Rust): a panic there (e.g. a pre-tokenizer regex that
+    backtracks past its limit) is a ``PanicException``, a BaseException ``except Exception`` misses, and Rust
+    prints its message and backtrace on descriptor 2; both become one KddiagError line."""
+    try:
+        with native_stderr_silenced():
+            yield
+    except BaseException as error:
+        if not is_rust_panic(error):
+            raise
+        raise KddiagError(f"{where}: {what} failed: the tokenizers library panicked ({_one_line(error)})") from None
 
 
 @contextlib.contextmanager

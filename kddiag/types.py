@@ -889,12 +889,18 @@ def _check_device(device: str) -> None:
 # --- checks shared by the hand-off objects --------------------------------------------------------
 
 MAX_TEMPERATURE = 1e4  # far beyond any distillation τ (1-20 in practice); larger values only overflow
+# far below any distillation τ (DINO's sharpest teacher uses 0.04); smaller ones (a denormal such as 5e-324
+# passes > 0) only overflow logits / τ to inf and NaN
+MIN_TEMPERATURE = 1e-3
 
 
 def _check_temperature(value: Any, origin: str) -> None:
     if not _is_real(value) or not math.isfinite(value) or value <= 0 or value > MAX_TEMPERATURE:
         raise KddiagError(f"{origin} must be a finite number > 0 and at most {MAX_TEMPERATURE:g}; "
                           f"got {_shown(value)}")
+    if value < MIN_TEMPERATURE:
+        raise KddiagError(f"{origin} must be at least {MIN_TEMPERATURE:g} (kddiag's floor: smaller temperatures "
+                          f"only overflow the scaled logits); got {_shown(value)}")
 
 
 def _check_alpha(value: Any, origin: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, is_rust_panic, native_stderr_silenced
 
 MAX_LISTED = 5  # differing ids and special tokens named in a finding
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token")
@@ -85,12 +85,14 @@ def read_vocabulary(tokenizer_dir: str | Path, role: str, *, trust_remote_code: 
 
     vet_hf_directory(tokenizer_dir, where, trust_remote_code=trust_remote_code)
     try:
-        with _quiet():
+        with native_stderr_silenced(), _quiet():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True,
                                                                    trust_remote_code=bool(trust_remote_code))
             special = {name: str(getattr(tokenizer, name)) for name in SPECIAL_TOKENS
                        if getattr(tokenizer, name, None)}
             tokens = dict(tokenizer.get_vocab())
-    except Exception as error:  # transformers raises many kinds for a broken tokenizer
+    except BaseException as error:  # transformers raises many kinds for a broken tokenizer; tokenizers panics
+        if not isinstance(error, Exception) and not is_rust_panic(error):
+            raise
         raise KddiagError(f"{where}: cannot read its tokenizer ({' '.join(str(error).split())[:200]})") from None
     return Vocabulary(tokens, special, str(tokenizer_dir))

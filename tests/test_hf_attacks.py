@@ -296,7 +296,7 @@ def test_size_bounds_against_the_tensors():
     shapes = {"model.embed.weight": (100, 16), "model.layers.0.q.weight": (16, 16),
               "model.layers.1.q.weight": (16, 16), "model.layers.1.experts.0.w": (4, 16)}
     check_config_sizes({"num_hidden_layers": 2, "hidden_size": 16, "vocab_size": 100, "max_position_embeddings":
-                        MAX_POSITIONS, "text_config": {"num_hidden_layers": 2}}, shapes, "x")
+                        MAX_POSITIONS, "rope_theta": 10000.0, "text_config": {"num_hidden_layers": 2}}, shapes, "x")
     check_config_sizes({"num_hidden_layers": 12, "num_hidden_groups": 1}, {"a.0.w": (4,)}, "x")  # ALBERT shares
     check_config_sizes({"n_layer": MAX_LAYERS, "hidden_size": 10 ** 9}, None, "x")  # pickled weights: no header
     for config in ({"num_hidden_layers": 129}, {"hidden_size": 101}, {"text_config": {"vocab_size": 101}},

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kddiag.errors import KddiagError, UnsafeLoadError
+from kddiag.files import read_regular
 from kddiag.loading import logits as _logits
 from kddiag.loading import programs as _programs
 from kddiag.loading import state_dicts as _state_dicts
@@ -127,9 +128,12 @@ def load_class_info(path: str | os.PathLike) -> ClassInfo:
     """
     where = f"--classes '{path}'"
     try:
-        content = json.loads(Path(path).read_text(encoding="utf-8"))
+        content = json.loads(read_regular(path, where, what="a small JSON file of class names and groups")
+                             .decode("utf-8"))
     except FileNotFoundError:
         raise KddiagError(f"{where}: no such file") from None
+    except RecursionError:
+        raise KddiagError(f"{where}: not a readable JSON file (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise KddiagError(f"{where}: not a readable JSON file ({one_line(error)})") from None
     if not isinstance(content, dict):
@@ -193,6 +197,7 @@ def _sniff(path: Path) -> str | None:
             return None
         if names and all(name.endswith(".npy") for name in names):
             return "npz"
+        names = [name.lower() for name in names]  # torch's zip reader ignores case
         if any(name.endswith("/archive_format") or "/models/" in name for name in names):
             return "torch.export"
         if any("/code/" in name or name.endswith("/constants.pkl") for name in names):
@@ -226,7 +231,10 @@ def _load_torch_file(path: Path, arch: str | None, trust_pickle: bool, role: str
         if trust_pickle and unknown:
             content = _unpickle(path, where)
         else:
-            content = _unpickling.load_skipping_objects(path)  # also reads pickle protocols 3-5 (torch cannot)
+            try:
+                content = _unpickling.load_skipping_objects(path)  # also reads pickle protocols 3-5 (torch cannot)
+            except _unpickling.RefusedPickle as refused:  # tampering with shared objects, 'module' ids, tar
+                raise UnsafeLoadError(f"{where}: refused: {refused}") from None
             if content is None and not unknown:  # the file is not a torch.save file, or is damaged
                 raise KddiagError(f"{where}: not a readable PyTorch file (corrupt, truncated or not written by "
                                   f"torch.save)") from None

@@ -67,6 +67,17 @@ MAX_POSITIONS = 1 << 24  # rotary models store no position table; Llama 4 Scout 
 MAX_CONFIG_BYTES = 16 << 20  # an ImageNet-21k id2label is about 1 MB
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 _MAX_CONFIG_DEPTH = 8  # nesting levels of a config searched (text_config, rope_scaling, …)
+# transformers' own attention implementations; any other name (a Hub repository such as
+# 'kernels-community/flash-attn2') makes transformers fetch and run a kernel from the Hub
+BUILT_IN_ATTENTION = frozenset({"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4",
+                                "flex_attention"})
+ATTENTION_KEYS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal")
+# config keys of rotary (or otherwise table-free) position encodings; without any, positions are a stored table
+_ROTARY_KEYS = frozenset({"rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct",
+                          "rotary_emb_base", "rotary_emb_fraction", "partial_rotary_factor", "rope_type",
+                          "rotary_embedding_base", "use_rotary_position_embeddings", "rope_ratio", "rope_base",
+                          "alibi", "use_alibi"})
+_ROTARY_TYPES = frozenset({"rotary", "rope", "alibi"})  # values of position_embedding_type / pos_emb / …
 
 
 def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = False,
@@ -93,6 +104,7 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
     vet_hf_directory(path, where, trust_remote_code=trust_remote_code)
     config = _read_json(path / "config.json", where)
     kind, architecture = _kind(config, where)
+    check_attention(config, where)
     use_safetensors = _weights_format(path, where, trust_pickle)
     check_config_sizes(config, _tensor_shapes(path, where) if use_safetensors else None, where)
     auto = (transformers.AutoModelForCausalLM if kind == CAUSAL_LM
@@ -331,12 +343,15 @@ def check_config_sizes(config: dict, shapes: dict[str, tuple[int, ...]] | None, 
     Layer counts (:data:`LAYER_KEYS`) may be at most :data:`MAX_LAYERS` and at most
     :data:`LAYER_SHARING` times the layers the tensor names index (``h.0.``, ``h.1.``, … count 2);
     widths, vocabulary sizes, head and label counts (:data:`WIDTH_KEYS`) at most the largest tensor
-    dimension; ``max_position_embeddings`` at most that or :data:`MAX_POSITIONS` (rotary models store no
-    position table). Without ``shapes`` (pickled weights) only the layer ceiling applies. Building a
+    dimension (zero-element tensors count for nothing); ``max_position_embeddings`` at most that, or, for
+    a config that states rotary (or ALiBi) positions, which store no table, at most :data:`MAX_POSITIONS`. Without ``shapes`` (pickled weights) only the layer ceiling applies. Building a
     model costs time per layer and memory per width (a config with ``n_layer: 1000000`` never returns).
     """
+    # a zero-element tensor ([10**8, 0]: no bytes on disk) backs no size
+    shapes = None if shapes is None else {name: shape for name, shape in shapes.items() if 0 not in shape}
     largest = max((d for shape in (shapes or {}).values() for d in shape), default=0)
     indexed = _indexed_layers(shapes or {})
+    rotary = _rotary(config)
     for key, value in _sizes(config):
         shown = f"{where}: config.json's {key} " + (f"{int(value):,}" if float(value).is_integer() else repr(value))
         if key in LAYER_KEYS:
@@ -346,11 +361,75 @@ def check_config_sizes(config: dict, shapes: dict[str, tuple[int, ...]] | None, 
                 raise KddiagError(f"{shown} does not match the weights, whose tensor names index {indexed:,} "
                                   f"layer(s)")
         elif shapes is not None and key == "max_position_embeddings":
+            if not rotary and not value <= largest:  # BERT, GPT-2, OPT: a stored table of this many rows
+                raise KddiagError(f"{shown} does not match the weights, whose largest tensor dimension is "
+                                  f"{largest:,} (the model stores a table of its positions)")
             if not value <= max(largest, MAX_POSITIONS):
                 raise KddiagError(f"{shown} is above kddiag's ceiling of {MAX_POSITIONS:,} positions and larger "
                                   f"than any tensor dimension in the weights ({largest:,})")
         elif shapes is not None and not value <= largest:
             raise KddiagError(f"{shown} does not match the weights, whose largest tensor dimension is {largest:,}")
+
+
+def _rotary(config: dict) -> bool:
+    """Whether the config, or the defaults of its ``model_type`` in transformers (a saved config may leave
+    them out), states position encodings that store no table (rotary, ALiBi): only then may
+    ``max_position_embeddings`` exceed what the weights hold."""
+    if _states_rotary(config):
+        return True
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return False
+    try:
+        with _quiet():
+            from transformers import CONFIG_MAPPING
+
+            defaults = CONFIG_MAPPING[model_type]().to_dict()
+    except Exception:  # unknown to this transformers, or a config class that needs arguments
+        return False
+    return _states_rotary(defaults)
+
+
+def _states_rotary(config: dict) -> bool:
+    stack, depth = [config], 0
+    while stack and depth < _MAX_CONFIG_DEPTH:
+        nested = []
+        for item in stack:
+            for key, value in item.items():
+                if key in _ROTARY_KEYS and value not in (None, False):
+                    return True
+                if isinstance(value, str) and value.lower() in _ROTARY_TYPES and "pos" in key:
+                    return True
+                if isinstance(value, dict):
+                    nested.append(value)
+        stack, depth = nested, depth + 1
+    return False
+
+
+def check_attention(config: dict, where: str) -> None:
+    """Refuse an ``attn_implementation`` in the config (or a nested one) that is not one of transformers'
+    own (:data:`BUILT_IN_ATTENTION`, or ``paged|`` one of them): any other name makes transformers fetch
+    a kernel from the Hugging Face Hub (the kernels package) and run it."""
+    stack, depth = [config], 0
+    while stack and depth < _MAX_CONFIG_DEPTH:
+        nested = []
+        for item in stack:
+            for key, value in item.items():
+                if key in ATTENTION_KEYS and value is not None:
+                    for name in (value.values() if isinstance(value, dict) else (value,)):
+                        if name is not None and not _built_in_attention(name):
+                            shown = name if isinstance(name, str) else json.dumps(name)
+                            raise KddiagError(f"{where}: config.json's {key} {shown[:80]!r} is not one of "
+                                              f"transformers' built-in attention implementations "
+                                              f"({', '.join(sorted(BUILT_IN_ATTENTION))}); other names load "
+                                              f"kernels from the Hugging Face Hub, which kddiag never does")
+                elif isinstance(value, dict):
+                    nested.append(value)
+        stack, depth = nested, depth + 1
+
+
+def _built_in_attention(name: Any) -> bool:
+    return isinstance(name, str) and name.removeprefix("paged|") in BUILT_IN_ATTENTION
 
 
 def _sizes(config: dict) -> Iterator[tuple[str, float]]:

@@ -30,6 +30,36 @@ _LABEL_KEYS = {"labels": EVAL, "y": EVAL, "eval_labels": EVAL, "transfer_labels"
 # raise it for a file you trust (or save the arrays uncompressed, np.savez, or as .npy / .pt).
 MAX_NPZ_INFLATED_BYTES = 4 << 30
 
+# A tensor from a .pt file may declare far more elements than its storage holds (a zero-stride view: a
+# 2 KB file can declare 10^10 rows). Before anything materializes one (isfinite, contiguous, numpy()), its
+# declared bytes must fit the bytes actually stored, and this ceiling.
+MAX_TENSOR_BYTES = 8 << 30
+
+
+def check_stored_tensor(value: Any, where: str, name: str) -> None:
+    """Refuse a tensor that declares more bytes than its storage holds (a zero-stride or overlapping view)
+    or more than :data:`MAX_TENSOR_BYTES`, or that is not a plain dense tensor; anything else passes."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return
+    shape = _shape(tuple(value.shape))
+    if value.layout != torch.strided:
+        raise KddiagError(f"{where}: tensor '{name}' is {str(value.layout).removeprefix('torch.')}; expected a "
+                          f"dense tensor")
+    try:
+        stored = value.untyped_storage().nbytes()
+    except Exception:
+        raise KddiagError(f"{where}: tensor '{name}' {shape} has no storage of its own; expected a dense "
+                          f"tensor") from None
+    declared = value.numel() * value.element_size()
+    if declared > stored:
+        raise KddiagError(f"{where}: tensor '{name}' declares shape {shape} ({_bytes(declared)}) but stores only "
+                          f"{_bytes(stored)} (a zero-stride or overlapping view); save it with .contiguous()")
+    if declared > MAX_TENSOR_BYTES:
+        raise KddiagError(f"{where}: tensor '{name}' {shape} holds {_bytes(declared)}, over kddiag's limit of "
+                          f"{_bytes(MAX_TENSOR_BYTES)} (kddiag.loading.logits.MAX_TENSOR_BYTES)")
+
 
 def load_npy(path: Path, where: str) -> LoadedModel:
     """A ``.npy`` file: the eval set's logits."""
@@ -63,6 +93,7 @@ def logits_from(path: Path, content: Any, where: str) -> LoadedModel:
     """A logits-mode model from a ``torch.save`` file's content: a tensor (the eval set) or a logits dict."""
     if isinstance(content, Mapping):
         return _load_logits_dict(path, content, where)
+    check_stored_tensor(content, where, "logits (the whole file)")
     return _logits_model(path, {EVAL: _as_array(content)}, {}, where)
 
 
@@ -72,6 +103,8 @@ def is_logits_dict(content: Mapping) -> bool:
 
 
 def _load_logits_dict(path: Path, content: Mapping, where: str) -> LoadedModel:
+    for key in (*_LOGITS_KEYS, *_LABEL_KEYS):
+        check_stored_tensor(content.get(key), where, key)
     logits: dict[str, np.ndarray] = {}
     for key, set_name in _LOGITS_KEYS.items():
         if key in content:

@@ -24,6 +24,7 @@ from kddiag.errors import KddiagError
 
 
 METADATA_FILE = "kddiag.json"  # extra file in torch.export / TorchScript archives: {"temperature": 4, "alpha": 0.9}
+MAX_METADATA_CHARS = 1 << 20  # a kddiag.json holds a few settings; far below this
 
 
 _SETTING_NAMES = {"temperature": ("temperature", "tau", "T", "kd_T", "kd_temperature", "kd_tau",
@@ -84,8 +85,14 @@ def metadata_file(text: str, where: str) -> dict:
     """The settings in a ``kddiag.json`` extra file's text (empty: none)."""
     if not text:
         return {}
+    if not isinstance(text, str) or len(text) > MAX_METADATA_CHARS:
+        shown = f"{len(text):,} characters" if isinstance(text, str) else type(text).__name__
+        raise KddiagError(f"{where}: its {METADATA_FILE} extra file must be a small JSON object (at most "
+                          f"{MAX_METADATA_CHARS:,} characters); got {shown}")
     try:
         content = json.loads(text)
+    except RecursionError:
+        raise KddiagError(f"{where}: its {METADATA_FILE} extra file is not valid JSON (nested too deeply)") from None
     except json.JSONDecodeError as error:
         raise KddiagError(f"{where}: its {METADATA_FILE} extra file is not valid JSON ({error})") from None
     if not isinstance(content, dict):

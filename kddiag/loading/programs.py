@@ -11,7 +11,7 @@ import contextlib
 import inspect
 import io
 import logging
-import re
+import tokenize
 import warnings
 import zipfile
 from pathlib import Path
@@ -76,17 +76,53 @@ def load_torchscript(path: Path, where: str, *, trust_program: bool = False) -> 
 
 
 def _check_load_time_code(data: bytes, where: str) -> None:
-    """Refuse TorchScript whose ``__setstate__`` would run while loading, before its graph can be checked."""
+    """Refuse TorchScript whose ``__setstate__`` would run while loading, before its graph can be checked.
+
+    torch's zip reader finds members ignoring case, so names are compared case-folded (and two that fold
+    to one name are refused), and every member that is not tensor data is read as torch's reader reads it
+    and searched: ``.py`` members anywhere, not only under ``code/``. A member that defines or merely names
+    ``__setstate__`` (in any case, whatever splits its definition across lines) is refused.
+    """
+    what = "TorchScript archive"
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
             vetting.check_one_reading(data, archive, where)  # what is searched here is what torch loads
-            vetting.check_declared_sizes(archive.infolist(), len(data), where, what="TorchScript archive")
-            for name in archive.namelist():
-                if "/code/" in name and name.endswith(".py") and re.search(rb"def\s+__setstate__", archive.read(name)):
-                    raise UnsafeLoadError(f"{where}: member '{name}' defines __setstate__, code that runs while "
+            vetting.check_declared_sizes(infos, len(data), where, what=what)
+            relative = vetting.relative_names(infos, where)
+            reader = vetting.torch_reader(data)
+            for info, rel in zip(infos, relative):
+                low = vetting.folded(rel)
+                if low.startswith(_TENSOR_DIRS) and not low.endswith(".py"):
+                    continue  # tensor storages: torch never reads them as code
+                source = vetting.member_bytes(archive, info, rel, reader, where,
+                                              limit=vetting.MAX_PROGRAM_TEXT_BYTES, what=what)
+                problem = _setstate_problem(source)
+                if problem is not None:
+                    raise UnsafeLoadError(f"{where}: member '{info.filename}' {problem}, code that runs while "
                                           f"loading; refused — pass --trust-program to run it anyway")
     except (zipfile.BadZipFile, OSError) as error:
         raise KddiagError(f"{where}: not a readable TorchScript archive ({one_line(error)})") from None
+
+
+_TENSOR_DIRS = ("data/", "constants/", ".data/")
+_SKIPPED_TOKENS = frozenset({tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
+                             tokenize.ENCODING})
+
+
+def _setstate_problem(source: bytes) -> str | None:
+    """Whether TorchScript source defines ``__setstate__`` (read as tokens, so line continuations cannot hide
+    it) or names it at all; None when it does not mention it in any case."""
+    if b"__setstate__" not in source.lower():
+        return None
+    try:
+        tokens = [token.string for token in tokenize.tokenize(io.BytesIO(source).readline)
+                  if token.type not in _SKIPPED_TOKENS]
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError, ValueError):
+        return "names __setstate__"
+    if any(first == "def" and second.lower() == "__setstate__" for first, second in zip(tokens, tokens[1:])):
+        return "defines __setstate__"
+    return "names __setstate__"
 
 
 @contextlib.contextmanager

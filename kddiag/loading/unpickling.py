@@ -21,9 +21,11 @@ import contextlib
 import io
 import pickle
 import pickletools
+import tarfile
 import types
 import warnings
 import zipfile
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
@@ -74,29 +76,63 @@ def load_weights_only(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class RefusedPickle(Exception):
+    """A pickle that does what no checkpoint needs (sets attributes on a class, carries a legacy ``'module'``
+    persistent id, uses the legacy tar format): refused whole, with the reason as the message."""
+
+
 def load_skipping_objects(path: Path) -> Any | None:
     """The file's content with every global outside the weights-only allowlist (torch's, and
     :data:`READABLE_CLASSES`) replaced by a stand-in; None when even that cannot be read (a stand-in
     cannot take the object's place, e.g. inside a tensor) or the file is a TorchScript archive.
+    Raises :class:`RefusedPickle` for a pickle that tampers with shared objects (see
+    :func:`_restricted_pickle`), a legacy ``'module'`` persistent id, or the legacy tar format.
 
-    torch reads the file (zip or legacy format, storages and all) through an unpickler whose only
-    globals are those: what the file names is never imported, and calling a stand-in builds nothing.
+    torch's own readers (``torch.serialization._load`` / ``_legacy_load``, never ``torch.load`` with
+    ``weights_only=False``) read the storages; the pickle goes through an unpickler with torch's
+    weights-only rules (:func:`_restricted_pickle`): what the file names is never imported, calling a
+    stand-in builds nothing, and only fresh instances are built or filled.
     """
     import torch
 
     allowed = _allowed_globals()
-    if allowed is None:
+    serialization = torch.serialization
+    if allowed is None or not all(hasattr(serialization, name) for name in
+                                  ("_load", "_legacy_load", "_open_zipfile_reader")):
         return None
     try:
+        size = path.stat().st_size
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:  # torch.load would hand a TorchScript archive to torch.jit
-                if any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist()):
+                names = [name.lower() for name in archive.namelist()]  # torch's zip reader ignores case
+                if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
                     return None
-        with warnings.catch_warnings():
+            with warnings.catch_warnings(), open(path, "rb") as handle, \
+                    serialization._open_zipfile_reader(handle) as reader:
+                warnings.simplefilter("ignore")
+                return serialization._load(reader, "cpu", _restricted_pickle(allowed, size), encoding="utf-8")
+        with open(path, "rb") as handle:
+            head = handle.read(1)
+        if head != b"\x80":  # not a pickle: the legacy tar format (its members would be extracted to disk)
+            if tarfile.is_tarfile(path):
+                raise RefusedPickle("it is in torch.save's legacy tar format (PyTorch before 0.4), which kddiag "
+                                    "does not read; re-save it with a current torch.save")
+            return None
+        with warnings.catch_warnings(), _NoFileno(io.FileIO(path, "rb")) as handle:  # never the tar reader
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle(allowed))
+            return serialization._legacy_load(handle, "cpu", _restricted_pickle(allowed, size), encoding="utf-8")
+    except RefusedPickle:
+        raise
     except Exception:
         return None
+
+
+class _NoFileno(io.BufferedReader):
+    """A file torch reads through Python calls: without a descriptor, torch's ``_legacy_load`` never tries
+    the legacy tar format (which extracts members into a temporary folder and opens them)."""
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
 
 
 def unknown_globals(path: Path) -> tuple[str, ...]:
@@ -151,22 +187,183 @@ def _allowed_globals() -> dict[str, Any] | None:
     return {**torch_allowed(), **{f"{cls.__module__}.{cls.__qualname__}": cls for cls in READABLE_CLASSES}}
 
 
-def _restricted_pickle(allowed: dict[str, Any]) -> types.ModuleType:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler finds ``allowed`` globals and a stand-in for
-    every other name (one per name and load)."""
-    stand_ins: dict[str, type] = {}
+def _restricted_pickle(allowed: dict[str, Any], file_size: int) -> types.ModuleType:
+    """A ``pickle_module`` for torch's readers whose unpickler finds ``allowed`` globals and a stand-in for
+    every other name (one per name and load), with torch's weights-only rules (``torch._weights_only_unpickler``)
+    on every opcode that calls, builds or fills something, extended to stand-ins and pickle protocols 3-5
+    (torch's own reads protocol 2 only):
 
-    class Unpickler(pickle.Unpickler):
+    - REDUCE, NEWOBJ, INST, OBJ: only an allowed global or a stand-in class is called or instantiated;
+    - BUILD: state goes only into fresh instances (tensors, parameters, allowed classes' instances; a
+      stand-in drops it), never into a class or any other shared object: a pickle cannot rewire
+      ``argparse.Namespace`` or ``collections.Counter`` for the whole process;
+    - SETITEM(S), APPEND(S), ADDITEMS: only into fresh dicts, lists, sets and stand-ins;
+    - persistent ids: storages only, each at most ``file_size`` bytes (a legacy ``'module'`` id is
+      refused: torch would compare its source and may write a ``.patch`` file); no extension registry.
+    """
+    import torch
+
+    stand_ins: dict[str, type] = {}
+    shared = {id(value) for value in allowed.values()}
+    classes = {value for value in allowed.values() if isinstance(value, type)}
+    base = pickle._Unpickler  # type: ignore[attr-defined]  # the Python one: its opcodes can be overridden
+
+    def callable_ok(func: Any) -> bool:
+        return (isinstance(func, type) and issubclass(func, _StandIn)) or id(func) in shared
+
+    def check_callable(func: Any) -> None:
+        if not callable_ok(func):
+            raise RefusedPickle(f"it calls {_what(func)}, which kddiag never calls")
+
+    def check_target(target: Any, kinds: tuple[type, ...], action: str) -> None:
+        if isinstance(target, _StandIn):
+            return
+        if type(target) not in kinds or id(target) in shared:
+            raise RefusedPickle(f"it {action} {_what(target)}, which kddiag never allows")
+
+    class Unpickler(base):
         def find_class(self, module: str, name: str) -> Any:
             full = _python3_name(module, name)
             if full in allowed:
                 return allowed[full]
             return stand_ins.setdefault(full, _stand_in(full))
 
+        @property
+        def persistent_load(self) -> Any:
+            return self._checked_persistent_load
+
+        @persistent_load.setter
+        def persistent_load(self, load: Any) -> None:
+            self._torch_persistent_load = load
+
+        _torch_persistent_load = None
+
+        def _checked_persistent_load(self, pid: Any) -> Any:
+            kind = pid[0] if isinstance(pid, tuple) and pid else None
+            kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
+            if kind == "module":
+                raise RefusedPickle("it holds a legacy 'module' persistent id (a pickled module's source, which "
+                                    "torch would compare and may write to a .patch file), which kddiag never reads")
+            if kind != "storage" or self._torch_persistent_load is None or len(pid) not in (5, 6):
+                raise pickle.UnpicklingError("unsupported persistent id")
+            storage_type, numel = pid[1], pid[4]
+            dtype = torch.uint8 if storage_type is torch.UntypedStorage else getattr(storage_type, "dtype", None)
+            if not isinstance(dtype, torch.dtype) or type(numel) is not int or numel < 0:
+                raise pickle.UnpicklingError("malformed storage persistent id")
+            if numel * torch._utils._element_size(dtype) > file_size:
+                raise RefusedPickle(f"a storage declares {numel:,} {str(dtype).removeprefix('torch.')} elements, "
+                                    f"more than the file's {file_size:,} bytes hold")
+            return self._torch_persistent_load(pid)
+
+        def _reduce(self) -> None:
+            check_callable(self.stack[-2])
+            base.load_reduce(self)
+
+        def _newobj(self) -> None:
+            check_callable(self.stack[-2])
+            base.load_newobj(self)
+
+        def _newobj_ex(self) -> None:
+            check_callable(self.stack[-3])
+            base.load_newobj_ex(self)
+
+        def _inst(self) -> None:
+            module = self.readline()[:-1].decode("ascii")
+            name = self.readline()[:-1].decode("ascii")
+            klass = self.find_class(module, name)
+            check_callable(klass)
+            self._instantiate(klass, self.pop_mark())
+
+        def _obj(self) -> None:
+            args = self.pop_mark()
+            cls = args.pop(0)
+            check_callable(cls)
+            self._instantiate(cls, args)
+
+        def _build(self) -> None:
+            state = self.stack.pop()
+            inst = self.stack[-1]
+            if isinstance(inst, _StandIn):
+                return
+            if type(inst) is torch.Tensor:  # torch's legacy tensor state
+                inst.set_(*state)
+                return
+            if type(inst) is torch.nn.Parameter:
+                inst.__setstate__(state)
+                return
+            if isinstance(inst, type) or id(inst) in shared or type(inst) not in classes:
+                raise RefusedPickle(f"it sets attributes on {_what(inst)}, which kddiag never allows")
+            if type(inst) is not OrderedDict and hasattr(inst, "__setstate__"):
+                inst.__setstate__(state)
+                return
+            slotstate = None
+            if isinstance(state, tuple) and len(state) == 2:
+                state, slotstate = state
+            for attributes in (state, slotstate):
+                if attributes and (not isinstance(attributes, dict) or
+                                   any(type(k) is not str or k.startswith("__") for k in attributes)):
+                    raise RefusedPickle(f"it sets special attributes on {_what(inst)}, which kddiag never allows")
+            if state:
+                inst.__dict__.update(state)
+            for key, value in (slotstate or {}).items():
+                setattr(inst, key, value)
+
+        def _setitem(self) -> None:
+            check_target(self.stack[-3], (dict, OrderedDict, Counter), "sets items on")
+            base.load_setitem(self)
+
+        def _setitems(self) -> None:
+            check_target(self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None,
+                         (dict, OrderedDict, Counter), "sets items on")
+            base.load_setitems(self)
+
+        def _append(self) -> None:
+            check_target(self.stack[-2], (list,), "appends to")
+            base.load_append(self)
+
+        def _appends(self) -> None:
+            check_target(self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None,
+                         (list,), "appends to")
+            base.load_appends(self)
+
+        def _additems(self) -> None:
+            check_target(self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None,
+                         (set,), "adds items to")
+            base.load_additems(self)
+
+        def _extension(self) -> None:
+            raise RefusedPickle("it names an object through the copyreg extension registry, which kddiag never "
+                                "reads")
+
+        dispatch = {**base.dispatch}
+        for _opcode, _method in (
+                (pickle.REDUCE, _reduce), (pickle.NEWOBJ, _newobj), (pickle.NEWOBJ_EX, _newobj_ex),
+                (pickle.INST, _inst), (pickle.OBJ, _obj), (pickle.BUILD, _build), (pickle.SETITEM, _setitem),
+                (pickle.SETITEMS, _setitems), (pickle.APPEND, _append), (pickle.APPENDS, _appends),
+                (pickle.ADDITEMS, _additems), (pickle.EXT1, _extension), (pickle.EXT2, _extension),
+                (pickle.EXT4, _extension)):
+            dispatch[_opcode[0]] = _method
+        del _opcode, _method
+
     restricted = types.ModuleType("kddiag_restricted_pickle")
     restricted.Unpickler = Unpickler
     restricted.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()
     return restricted
+
+
+def _what(value: Any) -> str:
+    """What a refused opcode acts on, for a one-line message: 'the class argparse.Namespace'."""
+    if isinstance(value, type):
+        name = getattr(value, "global_name", "") or f"{value.__module__}.{value.__qualname__}"
+        text = f"the class {name}"
+    elif callable(value) and hasattr(value, "__qualname__"):
+        text = f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    else:
+        text = f"a {type(value).__module__}.{type(value).__qualname__} object"
+    from kddiag.errors import printable
+
+    text = printable(text)
+    return text if len(text) <= 120 else text[:120] + "…"
 
 
 def _python3_name(module: str, name: str) -> str:

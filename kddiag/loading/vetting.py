@@ -18,6 +18,7 @@ import functools
 import io
 import json
 import keyword
+import posixpath
 import re
 import zipfile
 import zlib
@@ -150,24 +151,90 @@ def check_export_archive(data: bytes, where: str) -> None:
         infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         raise KddiagError(f"{where}: not a readable torch.export program (not a zip archive: {error})") from None
-    relative = [info.filename.split("/", 1)[-1] for info in infos]
-    if len(set(relative)) != len(relative):
-        raise UnsafeLoadError(f"{where}: the archive lists a member twice; refused")
+    relative = relative_names(infos, where)
     check_one_reading(data, archive, where)
     check_declared_sizes(infos, len(data), where)
-    members = sorted(zip(infos, relative), key=lambda member: not _is_program(member[1]))
+    reader = torch_reader(data)
+    members = sorted(zip(infos, relative), key=lambda member: not _is_program(folded(member[1])))
     for info, rel in members:
-        name = info.filename
-        if rel.startswith(_NATIVE_DIRS) or rel.endswith((".so", ".dll", ".dylib")):
+        name, low = info.filename, folded(rel)  # torch's reader finds members ignoring ASCII case
+        if low.startswith(_NATIVE_DIRS) or low.endswith((".so", ".dll", ".dylib")):
             raise UnsafeLoadError(f"{where}: member '{name}' is compiled native code (it can run anything); refused")
-        if _is_program(rel):
-            _check_program(archive, info, where)
-        elif rel.endswith("_config.json") and rel.startswith(("data/weights/", "data/constants/")):
-            _check_payload_config(archive, info, where)
-        elif rel.endswith((".pt", ".pkl")) or rel in _LEGACY_PICKLES:
-            _check_weights_only(archive, info, where)
+        if _is_program(low):
+            _check_program(archive, info, rel, reader, where)
+        elif low.endswith("_config.json") and low.startswith(("data/weights/", "data/constants/")):
+            _check_payload_config(archive, info, rel, reader, where)
+        elif low.endswith((".pt", ".pkl")) or low in _LEGACY_PICKLES:
+            _check_weights_only(archive, info, rel, reader, where)
         elif info.compress_type != zipfile.ZIP_STORED:
             _read_member(archive, info, where, keep=False)  # what it unpacks to is what it declares
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def folded(name: str) -> str:
+    """``name`` as torch's zip reader (miniz) compares member names: ASCII letters in lower case."""
+    return name.translate(_ASCII_LOWER)
+
+
+def relative_names(infos: list[zipfile.ZipInfo], where: str) -> list[str]:
+    """Each member's name past the archive's root folder; refused when two could be one member to torch.
+
+    Python's ``zipfile`` finds a member by its exact name; torch's reader (miniz) ignores ASCII case and,
+    of several names that differ only in case, returns any one. So no two names may be equal once case
+    is folded (as miniz folds it, on the stored bytes, and as Unicode folds it), backslashes are read as
+    slashes and ``.``, ``..`` and empty steps dropped: what kddiag vets under a name is then what torch
+    reads under it. ``torch.save`` and ``torch.export.save`` never write two such names.
+    """
+    relative, seen = [], set()
+    for info in infos:
+        name = info.filename
+        relative.append(name.split("/", 1)[-1])
+        try:
+            raw = name.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        except UnicodeEncodeError:
+            raw = name.encode("utf-8", "surrogateescape")
+        keys = (("bytes", _name_key(raw.decode("latin-1")).encode("latin-1").lower()),  # as miniz folds
+                ("text", _name_key(name).casefold()))
+        if any(key in seen for key in keys):
+            raise UnsafeLoadError(f"{where}: the archive lists a member twice ('{name}': names equal but for case "
+                                  f"or path spelling are one member to torch's zip reader); refused")
+        seen.update(keys)
+    return relative
+
+
+def _name_key(name: str) -> str:
+    """A member's name past its root folder, with backslashes as slashes and no ``.``, ``..`` or empty steps."""
+    relative = name.replace("\\", "/").split("/", 1)[-1]
+    return "/".join(part for part in posixpath.normpath("/" + relative).split("/") if part not in ("", ".", ".."))
+
+
+def torch_reader(data: bytes):
+    """torch's own zip reader over ``data`` (what ``torch.export.load`` and ``torch.jit.load`` read with); None if
+    it cannot read the archive (then torch cannot load it that way either)."""
+    import torch
+
+    try:
+        return torch._C.PyTorchFileReader(io.BytesIO(data))
+    except Exception:
+        return None
+
+
+def member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, relative: str, reader, where: str, *,
+                 limit: int | None = None, what: str = "torch.export program") -> bytes:
+    """A member's bytes, read by ``zipfile`` (streamed, within its declared size) and refused unless torch's
+    reader returns the same bytes for the name torch would ask it for: what is vetted is what torch loads."""
+    data = _read_member(archive, info, where, limit=limit, what=what)
+    if reader is not None:
+        try:
+            record = reader.get_record(relative)
+        except Exception:
+            record = None  # not under torch's root folder: torch never reads it under this name
+        if record is not None and bytes(record) != data:
+            raise UnsafeLoadError(f"{where}: torch's zip reader reads member '{info.filename}' differently from "
+                                  f"kddiag's, so what kddiag checks is not what torch loads; refused")
+    return data
 
 
 def _is_program(relative: str) -> bool:
@@ -215,7 +282,7 @@ def check_declared_sizes(infos: list[zipfile.ZipInfo], file_bytes: int, where: s
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, *, limit: int | None = None,
-                 keep: bool = True) -> bytes:
+                 keep: bool = True, what: str = "torch.export program") -> bytes:
     """A member's bytes, streamed in chunks and never past its declared size; refused over ``limit``."""
     if limit is not None and info.file_size > limit:
         raise UnsafeLoadError(f"{where}: member '{info.filename}' declares {info.file_size:,} bytes, more than "
@@ -231,14 +298,15 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, *,
                 if keep:
                     chunks.append(chunk)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as error:
-        raise _unreadable(where, f"{info.filename}: {one_line(error)}") from None
+        raise _unreadable(where, f"{info.filename}: {one_line(error)}", what) from None
     if size != info.file_size:
-        raise _unreadable(where, f"member '{info.filename}' declares {info.file_size} bytes but unpacks to {size}")
+        raise _unreadable(where, f"member '{info.filename}' declares {info.file_size} bytes but unpacks to {size}",
+                          what)
     return b"".join(chunks)
 
 
-def _check_program(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
-    text = _read_member(archive, info, where, limit=MAX_PROGRAM_TEXT_BYTES)
+def _check_program(archive: zipfile.ZipFile, info: zipfile.ZipInfo, relative: str, reader, where: str) -> None:
+    text = member_bytes(archive, info, relative, reader, where, limit=MAX_PROGRAM_TEXT_BYTES)
     try:
         program = json.loads(text)
     except (ValueError, RecursionError) as error:
@@ -248,10 +316,11 @@ def _check_program(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) 
         raise UnsafeLoadError(f"{where}: member '{info.filename}' holds {problem}; refused")
 
 
-def _check_payload_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
+def _check_payload_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo, relative: str, reader,
+                          where: str) -> None:
     name = info.filename
     folder = name.rsplit("/", 1)[0]
-    text = _read_member(archive, info, where, limit=MAX_PROGRAM_TEXT_BYTES)
+    text = member_bytes(archive, info, relative, reader, where, limit=MAX_PROGRAM_TEXT_BYTES)
     try:
         config = json.loads(text)["config"]
         entries = [(fqn, meta["path_name"], meta.get("use_pickle"), meta.get("is_param"))
@@ -263,25 +332,26 @@ def _check_payload_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where
         if use_pickle or not str(path_name).startswith(("weight_", "tensor_")):
             raise UnsafeLoadError(f"{where}: member '{member}' needs unpickling (it can run code); refused")
         if not _plain_name(fqn):
-            kind = "constant name" if folder.endswith("constants") else "parameter name" if is_param else "buffer name"
+            constants = folded(folder).endswith("constants")
+            kind = "constant name" if constants else "parameter name" if is_param else "buffer name"
             raise UnsafeLoadError(f"{where}: member '{name}' holds {_not_a_name(kind, fqn)}; refused")
 
 
-def _check_weights_only(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
+def _check_weights_only(archive: zipfile.ZipFile, info: zipfile.ZipInfo, relative: str, reader, where: str) -> None:
     import torch
 
     name = info.filename
+    data = member_bytes(archive, info, relative, reader, where)  # the bytes torch would load
     try:
-        with archive.open(info) as member:  # streamed: never a second copy of the member in memory
-            torch.load(member, map_location="cpu", weights_only=True)
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         if "weights only load failed" in str(error).lower():
             raise UnsafeLoadError(f"{where}: member '{name}' needs unpickling (it can run code); refused") from None
         raise _unreadable(where, f"{name}: {one_line(error)}") from None
 
 
-def _unreadable(where: str, detail: str) -> KddiagError:
-    return KddiagError(f"{where}: not a readable torch.export program ({detail})")
+def _unreadable(where: str, detail: str, what: str = "torch.export program") -> KddiagError:
+    return KddiagError(f"{where}: not a readable {what} ({detail})")
 
 
 # --- what a serialized program may say: names, shape expressions, guards, structure keys -----------
