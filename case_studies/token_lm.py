@@ -441,7 +441,7 @@ def missing_extra() -> str | None:
         import tokenizers  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
-        return "needs transformers and tokenizers: pip install 'kddiag[transformers]'"
+        return "needs transformers and tokenizers: pip install -e '.[transformers]' in the kddiag checkout"
     return None
 
 

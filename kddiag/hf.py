@@ -1,6 +1,6 @@
 """A Hugging Face ``Trainer`` callback that runs a :class:`~kddiag.monitor.Monitor` during ``trainer.train()``.
 
-Needs the optional ``transformers`` package (``pip install 'kddiag[transformers]'``) and, as the Trainer
+Needs the optional ``transformers`` package (``pip install -e '.[transformers]' in the kddiag checkout``) and, as the Trainer
 itself does, ``accelerate``; nothing else in kddiag imports this module.
 
 The student is the Trainer's model (``model`` in the callback events: TRL's distillation trainers
@@ -40,7 +40,7 @@ try:
     import transformers
     from transformers import TrainerCallback
 except ImportError:  # pragma: no cover - the optional extra is missing
-    raise ImportError("kddiag.hf needs transformers: pip install 'kddiag[transformers]' "
+    raise ImportError("kddiag.hf needs transformers: pip install -e '.[transformers]' in the kddiag checkout "
                       "(or pip install transformers)") from None
 
 __all__ = ["KddiagTrainerCallback", "as_token_data"]

@@ -1,6 +1,6 @@
 """A PyTorch Lightning callback that runs a :class:`~kddiag.monitor.Monitor` during ``trainer.fit``.
 
-Needs the optional ``lightning`` package (``pip install 'kddiag[lightning]'``); nothing else in kddiag
+Needs the optional ``lightning`` package (``pip install -e '.[lightning]' in the kddiag checkout``); nothing else in kddiag
 imports it.
 
 Which module is the student: ``student_attr`` when given (``getattr(pl_module, student_attr)``, which
@@ -29,7 +29,7 @@ try:
     from lightning.pytorch import Callback
     from lightning.pytorch.utilities import rank_zero_warn
 except ImportError:  # pragma: no cover - the optional extra is missing
-    raise ImportError("kddiag.lightning needs PyTorch Lightning: pip install 'kddiag[lightning]' "
+    raise ImportError("kddiag.lightning needs PyTorch Lightning: pip install -e '.[lightning]' in the kddiag checkout "
                       "(or pip install lightning)") from None
 
 __all__ = ["KddiagCallback"]

@@ -700,7 +700,7 @@ def _load_tokenizer(directory, where: str, *, required: bool, trust_remote_code:
         if not required:
             return None
         raise KddiagError(f"{where}: tokenizing text needs the transformers package: "
-                          f"pip install 'kddiag[transformers]'") from None
+                          f"pip install -e '.[transformers]' in the kddiag checkout") from None
     from kddiag.loading.hf import vet_hf_directory
 
     vet_hf_directory(directory, f"{where}: the tokenizer directory '{directory}'", trust_remote_code=trust_remote_code)

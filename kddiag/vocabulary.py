@@ -80,7 +80,7 @@ def read_vocabulary(tokenizer_dir: str | Path, role: str, *, trust_remote_code: 
         import transformers
     except ImportError:
         raise KddiagError(f"{where}: reading its tokenizer needs the transformers package: "
-                          f"pip install 'kddiag[transformers]'") from None
+                          f"pip install -e '.[transformers]' in the kddiag checkout") from None
     from kddiag.loading.hf import _quiet, vet_hf_directory
 
     vet_hf_directory(tokenizer_dir, where, trust_remote_code=trust_remote_code)

@@ -13,7 +13,7 @@ headers before the model is built (:func:`check_config_sizes`).
 The model is wrapped in an adapter taking :class:`~kddiag.types.TokenInputs`, so that kddiag's
 feature hook (:mod:`kddiag.collect.modules`: the last ``nn.Linear`` called whose ``out_features`` is
 the class count) finds the classification head or the LM head, called on one row per example.
-``transformers`` is imported here, lazily: it is an optional extra (``pip install 'kddiag[transformers]'``).
+``transformers`` is imported here, lazily: it is an optional extra (``pip install -e '.[transformers]' in the kddiag checkout``).
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
             import transformers
         except ImportError:
             raise KddiagError(f"{where}: loading a Hugging Face model directory needs the transformers package: "
-                              f"pip install 'kddiag[transformers]'") from None
+                              f"pip install -e '.[transformers]' in the kddiag checkout") from None
     vet_hf_directory(path, where, trust_remote_code=trust_remote_code)
     config = _read_json(path / "config.json", where)
     kind, architecture = _kind(config, where)

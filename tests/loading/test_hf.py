@@ -363,7 +363,7 @@ def test_without_transformers_one_line_says_how_to_install(saved, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(KddiagError) as error:
         load_model(saved["gpt2"][0], role="teacher")
-    _one_line(error, "needs the transformers package: pip install 'kddiag[transformers]'")
+    _one_line(error, "needs the transformers package: pip install -e '.[transformers]' in the kddiag checkout")
 
 
 def test_importing_kddiag_does_not_import_transformers():
