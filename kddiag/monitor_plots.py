@@ -85,7 +85,7 @@ def plot_findings_timeline(history: Sequence[MonitorRecord], spans: Sequence[Fin
                 solid_capstyle="round", zorder=1)
     steps, rows, severities = [], [], []
     for record in history:
-        for mark in record.findings:
+        for mark in (m for m in record.findings if m.id in row):  # the findings the spans show
             steps.append(record.step)
             rows.append(row[mark.id])
             severities.append(mark.severity)

@@ -176,6 +176,7 @@ def test_findings_timeline_on_a_student_that_learns_the_teacher(teacher, data):
 
     html = render_training_html(monitor)
     assert "no failure found (no baseline)" in html and "gain-not-checked</strong>" not in html  # words, not ids
+    assert "could not be drawn" not in html  # the timeline draws the findings without 'healthy
     assert '<tr data-finding-id="healthy">' not in html and '<tr data-finding-id="capacity-gap">' in html  # a verdict
 
 
