@@ -18,6 +18,7 @@ import functools
 import io
 import json
 import keyword
+import math
 import posixpath
 import re
 import zipfile
@@ -323,18 +324,36 @@ def _check_payload_config(archive: zipfile.ZipFile, info: zipfile.ZipInfo, relat
     text = member_bytes(archive, info, relative, reader, where, limit=MAX_PROGRAM_TEXT_BYTES)
     try:
         config = json.loads(text)["config"]
-        entries = [(fqn, meta["path_name"], meta.get("use_pickle"), meta.get("is_param"))
-                   for fqn, meta in config.items()]
+        entries = [(fqn, meta["path_name"], meta.get("use_pickle"), meta.get("is_param"),
+                    _declared_elements(meta.get("tensor_meta"))) for fqn, meta in config.items()]
     except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
         raise _unreadable(where, f"{name}: {error!r}") from None
-    for fqn, path_name, use_pickle, is_param in entries:
+    for fqn, path_name, use_pickle, is_param, elements in entries:
         member = f"{folder}/{path_name}"
         if use_pickle or not str(path_name).startswith(("weight_", "tensor_")):
             raise UnsafeLoadError(f"{where}: member '{member}' needs unpickling (it can run code); refused")
+        try:
+            stored = archive.getinfo(member).file_size
+        except KeyError:
+            stored = None  # torch reports a missing record itself
+        if elements is not None and stored is not None and elements > 2 * stored:  # ≥ half a byte per element
+            raise KddiagError(f"{where}: member '{name}' declares {elements:,} elements for '{fqn}', but its "
+                              f"record '{member}' holds {stored:,} bytes; refused before torch allocates them")
         if not _plain_name(fqn):
             constants = folded(folder).endswith("constants")
             kind = "constant name" if constants else "parameter name" if is_param else "buffer name"
             raise UnsafeLoadError(f"{where}: member '{name}' holds {_not_a_name(kind, fqn)}; refused")
+
+
+def _declared_elements(meta) -> int | None:
+    """The element count a payload config's ``tensor_meta`` declares (None when its sizes are not plain
+    integers): what torch allocates for the record before reading it."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), list):
+        return None
+    sizes = [size.get("as_int") if isinstance(size, dict) else size for size in meta["sizes"]]
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in sizes):
+        return None
+    return math.prod(sizes)
 
 
 def _check_weights_only(archive: zipfile.ZipFile, info: zipfile.ZipInfo, relative: str, reader, where: str) -> None:

@@ -313,3 +313,24 @@ def test_ordinary_programs_still_load(clean, tmp_path):
         assert torch.allclose(load_model(clean).module(x), net(x), atol=1e-6)
         scripted = script(mlp(), tmp_path / "model.pt")
         assert torch.allclose(load_model(scripted).module(x), mlp()(x), atol=1e-6)
+
+
+def test_a_weight_record_declaring_more_elements_than_it_stores_is_refused_before_allocation(clean, tmp_path):
+    """Red team p14: an empty weight record whose config declares [200000, 100000]: torch would allocate
+    80 GB of zeros inside torch.export.load. The declared count is checked against the stored bytes."""
+    with zipfile.ZipFile(clean) as archive:
+        root = archive.namelist()[0].split("/")[0]
+        config = json.loads(archive.read(f"{root}/data/weights/model_weights_config.json"))
+        first = next(iter(config["config"].values()))
+        first["tensor_meta"]["sizes"] = [{"as_int": 200000}, {"as_int": 100000}]
+        bomb = tmp_path / "bomb.pt2"
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_STORED) as out:
+            for info in archive.infolist():
+                data = archive.read(info.filename)
+                if info.filename == f"{root}/data/weights/{first['path_name']}":
+                    data = b""
+                elif info.filename.endswith("data/weights/model_weights_config.json"):
+                    data = json.dumps(config).encode()
+                out.writestr(info.filename, data)
+    assert_refused(run(bomb), "bomb.pt2", "declares 20,000,000,000 elements", "holds 0 bytes")
+    assert load_model(clean).module is not None  # real records hold what they declare
