@@ -378,7 +378,7 @@ def test_transformers_missing(tmp_path, monkeypatch):
     teacher.mkdir()
     (teacher / "tokenizer.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
-    _error(path, r"needs the transformers package: pip install 'kddiag\[transformers\]'", tokenizer_dir=teacher)
+    _error(path, r"needs the transformers package: pip install -e '\.\[transformers\]' in the kddiag checkout", tokenizer_dir=teacher)
     ids = _save(tmp_path / "ids.pt", {"input_ids": np.arange(6).reshape(2, 3)})  # token ids need no tokenizer
     assert "not checked" in load_text_dataset(ids, role="data", task=CAUSAL, tokenizer_dir=teacher).preprocessing
 

@@ -12,7 +12,7 @@ Formats are recognized by content where possible, by extension otherwise:
   (:mod:`.unpickling`). A whole pickled ``nn.Module`` (``torch.save(model)``) loads only with
   ``trust_pickle=True``, since unpickling runs code from the file.
 - logits (``.npy``, ``.npz``, ``.pt`` holding an (n_samples, n_classes) tensor or a dict of them).
-- Hugging Face directories written by ``save_pretrained`` (:mod:`.hf`, needs ``kddiag[transformers]``):
+- Hugging Face directories written by ``save_pretrained`` (:mod:`.hf`, needs the ``transformers`` extra):
   sequence classifiers and causal language models; never downloaded.
 
 Distillation settings stored with a checkpoint (``temperature``/``T``/``kd_T``/..., ``alpha`` at the top
