@@ -300,10 +300,13 @@ def _check_arrow_sizes(path: Path, where: str) -> None:
     """Refuse a datasets folder whose Arrow files hold more than MAX_TEXT_LINES rows or MAX_DATASET_BYTES of
     column data, read from the stream's message headers before anything is decompressed or materialized:
     an Arrow stream may compress its buffers (ZSTD turns gigabytes of text into megabytes)."""
-    import pyarrow as pa
+    files = sorted(path.glob("*.arrow"))
+    if not files:
+        return
+    import pyarrow as pa  # datasets' own dependency
 
     rows = size = 0
-    for file in sorted(path.glob("*.arrow")):
+    for file in files:
         try:
             with pa.memory_map(str(file)) as source:
                 for message in pa.ipc.MessageReader.open_stream(source):
