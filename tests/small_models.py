@@ -64,3 +64,29 @@ def deadline(seconds=20):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def distillation_module(student: nn.Module, teacher: nn.Module):
+    """A Lightning module distilling ``teacher`` into ``student`` at τ = 4, α = 0.9 (kddiag's one KD loss),
+    logging its loss as ``train_loss``."""
+    import lightning
+
+    from kddiag.distill import distillation_loss
+
+    class Distill(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.student, self.teacher = student, teacher.requires_grad_(False)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            with torch.no_grad():
+                soft = torch.softmax(self.teacher(x) / 4.0, dim=1)
+            loss = distillation_loss(self.student(x), y, soft, temperature=4.0, alpha=0.9)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.student.parameters(), lr=1e-2)
+
+    return Distill()

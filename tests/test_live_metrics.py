@@ -15,7 +15,7 @@ from kddiag.errors import KddiagError
 from kddiag.history import KEY_MEASUREMENTS
 from kddiag.live import FINDINGS_TAG, LiveMetrics, live_metrics
 
-from small_models import fit, make_mlp, monitor_of, data, teacher  # noqa: F401 (data, teacher: fixtures)
+from small_models import distillation_module, fit, make_mlp, monitor_of, data, teacher  # noqa: F401 (data, teacher: fixtures)
 NAME = re.compile(r"^kddiag/(outcome|universe|domain|instance)/[a-z_]+/eval$")
 
 
@@ -192,30 +192,6 @@ def test_a_real_wandb_run_accepts_the_numbers(teacher, data, tmp_path):
 # ---------------------------------------------------------------- Lightning
 
 
-def _distillation_module(student: nn.Module, teacher: nn.Module):
-    import lightning
-
-    class Distill(lightning.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.student, self.teacher = student, teacher.requires_grad_(False)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            logits = self.student(x)
-            with torch.no_grad():
-                soft = torch.softmax(self.teacher(x) / 4.0, dim=1)
-            kd = nn.functional.kl_div(torch.log_softmax(logits / 4.0, dim=1), soft, reduction="batchmean")
-            loss = 0.1 * nn.functional.cross_entropy(logits, y) + 0.9 * 16.0 * kd
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.student.parameters(), lr=1e-2)
-
-    return Distill()
-
-
 @pytest.mark.filterwarnings("ignore:Found .* module.* in eval mode")  # the frozen teacher: Lightning's note
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated")  # Lightning 2.6 on torch 2.13, not kddiag
 @pytest.mark.filterwarnings("ignore:The '.*dataloader' does not have many workers")
@@ -232,7 +208,7 @@ def test_lightning_callback_logs_to_the_trainers_csv_and_tensorboard_loggers(tea
     trainer = lightning.Trainer(max_steps=10, accelerator="cpu", logger=[csv_logger, tb_logger], log_every_n_steps=5,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 callbacks=[callback])
-    trainer.fit(_distillation_module(make_mlp(8, 3), teacher),
+    trainer.fit(distillation_module(make_mlp(8, 3), teacher),
                 DataLoader(TensorDataset(*data), batch_size=32, shuffle=True))
     history = callback.monitor.history
     assert [r.step for r in history] == [4, 8, 10]

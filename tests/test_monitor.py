@@ -13,7 +13,7 @@ from kddiag.errors import KddiagError
 from kddiag.history import FindingMark, MonitorRecord, finding_spans
 from kddiag.types import Dataset
 
-from small_models import C, D, N, fit, make_mlp, monitor_of, data, teacher  # noqa: F401 (data, teacher: fixtures)
+from small_models import distillation_module, C, D, N, fit, make_mlp, monitor_of, data, teacher  # noqa: F401 (data, teacher: fixtures)
 
 
 # ---------------------------------------------------------------- data forms
@@ -251,28 +251,6 @@ def test_core_modules_do_not_import_lightning(teacher, data, tmp_path):
 # ---------------------------------------------------------------- Lightning
 
 
-def _distillation_module(student: nn.Module, teacher: nn.Module):
-    import lightning
-
-    class Distill(lightning.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.student, self.teacher = student, teacher.requires_grad_(False)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            logits = self.student(x)
-            with torch.no_grad():
-                soft = torch.softmax(self.teacher(x) / 4.0, dim=1)
-            kd = nn.functional.kl_div(torch.log_softmax(logits / 4.0, dim=1), soft, reduction="batchmean")
-            return 0.1 * nn.functional.cross_entropy(logits, y) + 0.9 * 16.0 * kd
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.student.parameters(), lr=1e-2)
-
-    return Distill()
-
-
 def _trainer(max_steps: int, callback):
     import lightning
 
@@ -286,7 +264,7 @@ def test_lightning_callback_records_history_and_writes_the_report(teacher, data,
     from kddiag.lightning import KddiagCallback
 
     student = make_mlp(8, 3)
-    module = _distillation_module(student, teacher)
+    module = distillation_module(student, teacher)
     callback = KddiagCallback(teacher, data=data, every_n_steps=4, temperature=4.0, alpha=0.9, out=tmp_path)
     loader = DataLoader(TensorDataset(*data), batch_size=32, shuffle=True)
     _trainer(10, callback).fit(module, loader)
