@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from case_studies._training import distillation_loss
+from case_studies._training import distillation_loss, fit_minibatches
 
 
 class SmallCNN(nn.Module):
@@ -72,18 +72,13 @@ def train_cnn(model: nn.Module, x: torch.Tensor, labels: np.ndarray, *, recipe: 
     if epsilon:
         n_classes = model.head.out_features
         rho, temperature, alpha = torch.full((len(y), n_classes), 1.0 / n_classes), 1.0, epsilon
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    model.train()
-    for _ in range(recipe.epochs):
-        for batch in torch.randperm(len(y), generator=generator).split(recipe.batch_size):
-            loss = distillation_loss(model(x[batch]), y[batch], None if rho is None else rho[batch],
-                                     temperature=temperature, alpha=alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    return model
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(model(x[batch]), y[batch], None if rho is None else rho[batch],
+                                 temperature=temperature, alpha=alpha)
+
+    return fit_minibatches(model, len(y), batch_loss, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                           lr=recipe.lr, seed=seed)
 
 
 def cnn_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000) -> np.ndarray:

@@ -65,6 +65,27 @@ def train(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe,
     return snapshots
 
 
+def fit_minibatches(model: torch.nn.Module, n_samples: int, batch_loss, *, epochs: int, batch_size: int, lr: float,
+                    seed: int, max_grad_norm: float | None = None) -> torch.nn.Module:
+    """Train ``model`` in place with mini-batch Adam on ``batch_loss(batch)`` (``batch``: the indices of one
+    mini-batch of the ``n_samples`` examples, shuffled each epoch with ``seed``, so two runs from one
+    initialization see the same batches); gradients clipped to ``max_grad_norm`` when given. The one KD
+    training loop of the case studies (the loss itself: :func:`kddiag.distill.distillation_loss`)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(n_samples, generator=generator).split(batch_size):
+            loss = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+    model.eval()
+    return model
+
+
 def train_ce(model: MLP, x: torch.Tensor, labels: np.ndarray, *, recipe: Recipe, **kwargs) -> list[dict]:
     """Plain cross-entropy on the labels."""
     return train(model, x, labels, recipe=recipe, **kwargs)

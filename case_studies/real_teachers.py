@@ -3,7 +3,10 @@
 Claim: on real published teachers outside the case studies' families, following kddiag's rule remedies
 untested can make the student worse (issue 19: the over-confidence rule's raise-τ remedy helped 0 and
 hurt 8 of 10 times), while following only the settings its remedy probes found better on the pair
-(``kddiag inspect --probe``) never makes the student worse beyond the noise.
+(``kddiag inspect --probe``) never makes the student worse beyond the noise; and that inputs given
+without the teacher's normalization are called data-pipeline-suspect first wherever the teacher keeps
+evidence of what it was trained on: a trained BatchNorm layer, or the normalization stored with its
+checkpoint (then rightly normalized inputs must not be called so).
 
 Source: issue 19 ("Tried as a new user would": ccexam's MNIST CNN, 4,000 transfer digits, MLP students
 trained 8 epochs, α = 0.9); docs/probes.md.
@@ -145,7 +148,10 @@ def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str,
 def _pipeline_bug(ctx: Context, name: str, task: Task, paths: dict, arch: str,
                   normalization: tuple[float, float]) -> dict[str, float]:
     """Issue 19's usual bug: both sets given as pixels in [0, 1], the teacher's normalization left out.
-    Whether kddiag's first finding is data-pipeline-suspect, and the teacher's accuracy on those inputs."""
+    Whether kddiag's first finding is data-pipeline-suspect, and the teacher's accuracy on those inputs;
+    then the same with the teacher saved as a Lightning checkpoint whose data module kept its normalization
+    (``datamodule_hyper_parameters``, as ccexam's data modules' ``mean``/``std`` arguments would be saved),
+    on the bug's inputs and, as a false-alarm check, on the rightly normalized ones."""
     from dataclasses import replace
 
     import kddiag
@@ -154,15 +160,23 @@ def _pipeline_bug(ctx: Context, name: str, task: Task, paths: dict, arch: str,
     mean, std = normalization
     unnormalized = {part: replace(getattr(task, part), x=getattr(task, part).x * std + mean,
                                   preprocessing="pixels / 255, not normalized (the bug)") for part in ("train", "test")}
-    report = kddiag.inspect(paths["teacher"], paths["student"], data=unnormalized["test"],
-                            transfer_data=unnormalized["train"], baseline=paths["baseline"],
-                            options=InspectOptions(teacher_arch=arch))
-    ctx.record(f"{name} (inputs not normalized)", None, report, benchmark=False, family="real-teacher")
-    findings = [f.id for f in report.diagnosis.findings]
-    accuracy = report.measurements.outcome.on(EVAL).teacher_accuracy.value
-    return {"unnormalized: teacher accuracy": float(accuracy),
-            "unnormalized: pipeline suspected first": float(findings[:1] == ["data-pipeline-suspect"]),
-            "unnormalized: BatchNorm measured": float(any(i.teacher_batchnorm is not None for i in report.inputs))}
+    stored = Path(paths["teacher"]).with_suffix(".ckpt")
+    torch.save({"state_dict": torch.load(paths["teacher"], map_location="cpu", weights_only=True),
+                "datamodule_hyper_parameters": {"mean": (mean,), "std": (std,), "batch_size": 64}}, stored)
+    row = {}
+    for label, teacher, sets in (("unnormalized", paths["teacher"], unnormalized),
+                                 ("unnormalized, normalization stored", str(stored), unnormalized),
+                                 ("normalized, normalization stored", str(stored), {"test": task.test,
+                                                                                    "train": task.train})):
+        report = kddiag.inspect(teacher, paths["student"], data=sets["test"], transfer_data=sets["train"],
+                                baseline=paths["baseline"], options=InspectOptions(teacher_arch=arch))
+        if label == "unnormalized":
+            ctx.record(f"{name} (inputs not normalized)", None, report, benchmark=False, family="real-teacher")
+            row["unnormalized: teacher accuracy"] = float(report.measurements.outcome.on(EVAL).teacher_accuracy.value)
+            row["unnormalized: BatchNorm measured"] = float(any(i.teacher_batchnorm is not None for i in report.inputs))
+        findings = [f.id for f in report.diagnosis.findings]
+        row[f"{label}: pipeline suspected first"] = float(findings[:1] == ["data-pipeline-suspect"])
+    return row
 
 
 def _worse(after: np.ndarray, before: np.ndarray) -> bool:
@@ -203,6 +217,14 @@ def checks(per_seed: list[Rows]) -> list[Check]:
         else:
             out.append(Check(f"{teacher} (no BatchNorm): inputs left unnormalized on both sets (for reference: "
                              "no layer keeps the training statistics)", True, evidence))
+        stored = sum(rows[teacher]["unnormalized, normalization stored: pipeline suspected first"] for rows in per_seed)
+        out.append(Check(f"{teacher}, its normalization stored in the checkpoint: inputs left unnormalized are "
+                         "called data-pipeline-suspect first", stored == len(per_seed),
+                         f"{teacher}: caught in {stored:.0f} of {len(per_seed)} seeds"))
+        alarms = sum(rows[teacher]["normalized, normalization stored: pipeline suspected first"] for rows in per_seed)
+        out.append(Check(f"{teacher}, its normalization stored: rightly normalized inputs are not called "
+                         "data-pipeline-suspect", alarms == 0, f"{teacher}: called so in {alarms:.0f} of "
+                         f"{len(per_seed)} seeds"))
     return out
 
 

@@ -50,7 +50,7 @@ import torch
 
 from case_studies import _grammar as grammar
 from case_studies._harness import Check, Context, Rows, compare, outcome_row, require_extra, run_study
-from case_studies._training import distillation_loss
+from case_studies._training import distillation_loss, fit_minibatches
 
 FAMILY = "token-lm"  # kept with every verdict: the benchmark scores each model family apart
 
@@ -162,21 +162,16 @@ def train_lm(model, ids: torch.Tensor, mask: torch.Tensor, *, recipe: LMRecipe, 
     ``teacher_logits``: (n, L, vocab) on the same ``ids``. Batches are drawn with ``seed``.
     """
     targets = next_token_targets(ids, mask)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    model.train()
-    for _ in range(recipe.epochs):
-        for batch in torch.randperm(len(ids), generator=generator).split(recipe.batch_size):
-            keep = targets[batch] != -100
-            logits = model(input_ids=ids[batch], attention_mask=mask[batch]).logits[keep]
-            rho = (None if teacher_logits is None or alpha == 0
-                   else torch.softmax(teacher_logits[batch][keep] / temperature, dim=-1))
-            loss = distillation_loss(logits, targets[batch][keep], rho, temperature=temperature, alpha=alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    return model
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        keep = targets[batch] != -100
+        logits = model(input_ids=ids[batch], attention_mask=mask[batch]).logits[keep]
+        rho = (None if teacher_logits is None or alpha == 0
+               else torch.softmax(teacher_logits[batch][keep] / temperature, dim=-1))
+        return distillation_loss(logits, targets[batch][keep], rho, temperature=temperature, alpha=alpha)
+
+    return fit_minibatches(model, len(ids), batch_loss, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                           lr=recipe.lr, seed=seed)
 
 
 def lm_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -366,20 +361,13 @@ def train_classifier(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch
                      alpha: float = 0.0):
     """Train ``model`` in place on whole sequences: (1 − α)·CE + α·τ²·KL(softmax(z/τ) ‖ softmax(s/τ)) per
     sequence, mini-batch Adam, gradients clipped to norm 1; α = 0: CE alone."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    model.train()
-    for _ in range(recipe.epochs):
-        for batch in torch.randperm(len(ids), generator=generator).split(recipe.batch_size):
-            logits = model(input_ids=ids[batch], attention_mask=mask[batch]).logits
-            rho = None if teacher_logits is None else torch.softmax(teacher_logits[batch] / temperature, dim=-1)
-            loss = distillation_loss(logits, labels[batch], rho, temperature=temperature, alpha=alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-    model.eval()
-    return model
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = model(input_ids=ids[batch], attention_mask=mask[batch]).logits
+        rho = None if teacher_logits is None else torch.softmax(teacher_logits[batch] / temperature, dim=-1)
+        return distillation_loss(logits, labels[batch], rho, temperature=temperature, alpha=alpha)
+
+    return fit_minibatches(model, len(ids), batch_loss, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                           lr=recipe.lr, seed=seed, max_grad_norm=1.0)
 
 
 def classifier_accuracy(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> float:

@@ -92,6 +92,7 @@ class SetSummary:
     n_classes: int
     roles: tuple[str, ...]
     temperature: float
+    alpha: float
     label_count: np.ndarray  # (C,)
     moments: Moments
     calibration: dict[str, np.ndarray]  # role -> (3, N_BINS) bins at τ = 1
@@ -296,7 +297,7 @@ class SetAccumulator:
                                                self.hardest["prediction"], index=self.hardest["index"])
         return SetSummary(
             name=self.name, n_samples=self.n_samples, n_classes=self.n_classes, roles=self.roles,
-            temperature=self.temperature, label_count=self.label_count, moments=self.moments,
+            temperature=self.temperature, alpha=self.alpha, label_count=self.label_count, moments=self.moments,
             calibration={role: bins.value() for role, bins in self.calibration.items()}, target_histogram=self.target_histogram, class_sums=self.class_sums,
             kept_classes=self.kept, confusion=self.confusion, hardest=hardest,
             examples={"index": index, **examples}, rows={"index": row_index, **rows},

@@ -17,8 +17,8 @@ from kddiag.diagnosis.ids import HEALTHY
 from kddiag.diagnosis.reading import EVAL_FIRST, TRANSFER_FIRST, beats_baseline, first
 from kddiag.diagnosis.wording import gain_points
 from kddiag.metrics.fidelity import sample_bootstrap_ci
-from kddiag.results import EVAL, TRANSFER, Measured, measured, unavailable
-from kddiag.types import DOMAIN, INSTANCE, LEVEL_TITLES, OUTCOME, UNIVERSE, Report
+from kddiag.results import EVAL, TRANSFER, Measured, Report, measured, unavailable
+from kddiag.types import DOMAIN, INSTANCE, LEVEL_TITLES, OUTCOME, UNIVERSE
 
 NO_ACCURACY = "no student accuracy was measured on the eval or transfer set"
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from kddiag.errors import KddiagError
 from kddiag.files import open_regular
-from kddiag.types import MAX_TEMPERATURE, MIN_TEMPERATURE, RunConfig
+from kddiag.types import RunConfig, _check_temperature
 
 __all__ = ["MAX_CONFIG_BYTES", "load_config"]
 
@@ -282,12 +282,9 @@ def _number(value: Any, key: str, where: str) -> float:
 
 
 def _temperature(value: Any, key: str, where: str) -> float:
+    """A number within kddiag's one temperature rule (:class:`~kddiag.types.Settings`)."""
     value = _number(value, key, where)
-    if not 0 < value <= MAX_TEMPERATURE:
-        raise KddiagError(f"{where}: {key} must be a temperature > 0 and at most {MAX_TEMPERATURE:g}; got {value:g}")
-    if value < MIN_TEMPERATURE:
-        raise KddiagError(f"{where}: {key} must be a temperature of at least {MIN_TEMPERATURE:g} (kddiag's floor); "
-                          f"got {value:g}")
+    _check_temperature(value, f"{where}: {key}")
     return value
 
 

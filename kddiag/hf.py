@@ -158,7 +158,7 @@ def as_token_data(data: Any) -> Dataset:
     sequence-classification set; ``labels`` aligned with ``input_ids`` (-100 ignored; the model shifts
     them), or none, a causal-LM set whose examples are the target tokens.
     """
-    from kddiag.text import CAUSAL_LM, SEQUENCE_CLASSIFICATION, _from_columns
+    from kddiag.text import CAUSAL_LM_TASK, SEQUENCE_CLASSIFICATION_TASK, _from_columns
 
     if isinstance(data, Dataset):
         if not isinstance(data.x, TokenInputs):
@@ -170,8 +170,8 @@ def as_token_data(data: Any) -> Dataset:
     if "labels" not in columns and labels is not None:
         columns["labels"] = labels
     per_token = "labels" not in columns or _per_token(columns["labels"])
-    return _from_columns(columns, name=MONITOR_DATA, where="data", task=CAUSAL_LM if per_token else
-                         SEQUENCE_CLASSIFICATION, tokenizer_dir=None, max_length=None, format="tokens",
+    return _from_columns(columns, name=MONITOR_DATA, where="data", task=CAUSAL_LM_TASK if per_token else
+                         SEQUENCE_CLASSIFICATION_TASK, tokenizer_dir=None, max_length=None, format="tokens",
                          trust_remote_code=False, ragged_ok=True)
 
 

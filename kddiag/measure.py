@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from kddiag.accumulate import SetSummary, summarize
+from kddiag.errors import KddiagError
 from kddiag.metrics import domain, fidelity, instance, strata, universe, whatif
 from kddiag.metrics._common import map_tasks, subsample_indices
 from kddiag.results import (Calibration, ClassStructure, DomainOnSet, DomainOnWeights, DomainResult, InstanceOnSet,
@@ -58,7 +59,8 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
     """Every catalog metric on every data set given (eval and/or transfer), one result per level.
 
     ``outputs``: the sets' summaries (:class:`~kddiag.accumulate.SetSummary`, from streaming
-    collection) or their outputs in memory (:class:`~kddiag.types.Collected`, or a sequence of
+    collection; each must have been computed with ``settings``' temperature and alpha, else
+    KddiagError) or their outputs in memory (:class:`~kddiag.types.Collected`, or a sequence of
     :class:`~kddiag.types.SetOutputs`, checked as one). Weight-based metrics are computed once (data
     set "weights"); ``softness_gap`` needs both sets; the temperature what-if is measured on the
     transfer set, else on eval. ``class_info`` must match the class count.
@@ -74,6 +76,7 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
         outputs = [summarize(data, temperature=settings.temperature.value, alpha=settings.alpha.value)
                    for data in outputs]
     sets = list(outputs)
+    _check_settings(sets, settings)
     enough = {s.name for s in sets if _enough(s)}
     groups = None if class_info.groups is None else np.asarray(class_info.groups)
     alpha = settings.alpha.value
@@ -94,6 +97,17 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
         domain=DomainResult(**per_set[DomainResult], weights=done["weights"]),
         instance=InstanceResult(**per_set[InstanceResult]),
     )
+
+
+def _check_settings(sets: list[SetSummary], settings: Settings) -> None:
+    """Raise unless every summary was computed under ``settings``' temperature and alpha."""
+    for data in sets:
+        for name, setting, used in (("temperature", settings.temperature, data.temperature),
+                                    ("alpha", settings.alpha, data.alpha)):
+            if float(setting.value) != float(used):
+                raise KddiagError(f"the {data.name} set's statistics were computed with {name} {float(used):g} but "
+                                  f"{setting.origin(name)} is {float(setting.value):g}; measure them under the "
+                                  f"settings they were computed with")
 
 
 class _Reuse:

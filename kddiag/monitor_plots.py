@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from kddiag.history import KEY_MEASUREMENTS, FindingSpan, MonitorRecord
+from kddiag.plotting import MODEL_COLORS
 
-MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
 SECOND_COLOR = "#009E73"  # a second student curve on the same axes
 SEVERITY_CMAP = "YlOrRd"
 

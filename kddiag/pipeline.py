@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from kddiag.collect.batchnorm import first_batchnorm_fit
+from kddiag.collect.batchnorm import first_batchnorm_fit, stored_normalization_fit
 from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
+from kddiag.results import Measurements, Report
 from kddiag.types import (
     DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
-    InspectOptions, LoadedModel, Report, RunConfig, Setting, Settings, TokenInputs,
+    InspectOptions, LoadedModel, RunConfig, Setting, Settings, TokenInputs,
 )
 
 if TYPE_CHECKING:
@@ -172,7 +173,8 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
     data_inputs = (
         [InputInfo(name, ds.name, ds.format or _dataset_format(ds.name), n_samples=len(ds.labels),
                    preprocessing=ds.preprocessing, **_input_stats(ds.x),
-                   teacher_batchnorm=first_batchnorm_fit(loaded_teacher, ds.x, batch_size=options.batch_size))
+                   teacher_batchnorm=first_batchnorm_fit(loaded_teacher, ds.x, batch_size=options.batch_size),
+                   teacher_normalization=stored_normalization_fit(loaded_teacher, ds.x))
          for name, ds in datasets.items()]
         + ([InputInfo("classes", options.classes, "json")] if options.classes else [])
     )
@@ -470,7 +472,6 @@ def _mismatch_reports(teacher: LoadedModel, students, baseline, settings, mismat
                       names: dict[str, str]) -> list[Report]:
     """Reports of students whose vocabulary differs from the teacher's: that finding, nothing measured."""
     from kddiag.diagnosis.engine import vocabulary_mismatch
-    from kddiag.results import Measurements
 
     reports = []
     for k, student in enumerate(students):
@@ -490,9 +491,10 @@ def _as_dataset(source: Any, role: str, options: InspectOptions, teacher: Loaded
     """A data set from a path (text data tokenized with a Hugging Face teacher's tokenizer) or as given."""
     images = options.images
     if isinstance(source, (str, os.PathLike)) and teacher is not None and teacher.format.startswith("hf-"):
-        from kddiag.text import load_text_dataset
+        from kddiag.loading.hf import CAUSAL_LM
+        from kddiag.text import CAUSAL_LM_TASK, SEQUENCE_CLASSIFICATION_TASK, load_text_dataset
 
-        task = "causal-lm" if teacher.format == "hf-causal-lm" else "sequence-classification"
+        task = CAUSAL_LM_TASK if teacher.format == CAUSAL_LM else SEQUENCE_CLASSIFICATION_TASK
         return load_text_dataset(str(source), role=role, task=task, tokenizer_dir=teacher.metadata.get("tokenizer_dir"),
                                  max_length=options.max_length, trust_remote_code=options.trust_remote_code,
                                  id2label=teacher.metadata.get("id2label"))

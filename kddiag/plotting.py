@@ -1,6 +1,6 @@
 """Figures of an inspection: each ``plot_*`` draws measured results, never recomputes a metric.
 
-Every function takes a :class:`~kddiag.types.Report` (or just its
+Every function takes a :class:`~kddiag.results.Report` (or just its
 :class:`~kddiag.results.Measurements`; class names, groups and the distillation τ then are unknown)
 and draws on ``ax`` (or ``fig`` for multi-panel figures), creating one when none is given.
 Values are read as attributes of the typed results; every defining constant (the informative band,
@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample,
+from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample, Report,
                             UniverseOnSet, WeightStructure)
-from kddiag.types import EVAL, ROLES as MODELS, TRANSFER, ClassInfo, Report, Settings
+from kddiag.types import EVAL, ROLES as MODELS, TRANSFER, ClassInfo, Settings
 
 MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
 SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}

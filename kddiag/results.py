@@ -1,4 +1,4 @@
-"""What the measure stage hands on: one frozen, typed result per knowledge level.
+"""What the measure stage hands on: one frozen, typed result per knowledge level, and the :class:`Report`.
 
 Every value a report shows is a :class:`Measured`: a float, an array or a typed value (e.g.
 :class:`~kddiag.metrics.whatif.WhatIf`), with a 95 % bootstrap interval where one was computed, or
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 import typing
-from typing import Any, ClassVar, Generic, Iterator, TypeVar
+from typing import Any, ClassVar, Generic, Iterator, Mapping, TypeVar
 
 import numpy as np
 
@@ -24,9 +24,10 @@ from kddiag.metrics.instance import HardExample
 from kddiag.metrics.strata import Breakdown
 from kddiag.metrics.universe import Histogram, Reliability
 from kddiag.metrics.whatif import WhatIf
-from kddiag.types import DOMAIN, EVAL, INSTANCE, OUTCOME, TRANSFER, UNIVERSE, WEIGHTS
+from kddiag.types import (DOMAIN, EVAL, INSTANCE, OUTCOME, ROLES, TRANSFER, UNIVERSE, WEIGHTS, ClassInfo, Coverage,
+                          Diagnosis, InputInfo, Settings)
 
-__all__ = ["EVAL", "TRANSFER", "WEIGHTS", "Measured", "Measurements", "measured", "unavailable"]
+__all__ = ["EVAL", "TRANSFER", "WEIGHTS", "Measured", "Measurements", "Report", "measured", "unavailable"]
 UNDEFINED = "undefined on this data"
 NOT_MEASURED = "not measured"
 
@@ -420,3 +421,30 @@ class Measurements:
             level, name = value.name.split(".", 1)
             out[level].setdefault(name, {})[value.dataset] = value.to_dict()
         return out
+
+
+@dataclass(frozen=True)
+class Report:
+    """The complete result of one inspection."""
+
+    inputs: tuple[InputInfo, ...]
+    settings: Settings
+    class_info: ClassInfo
+    measurements: Measurements
+    diagnosis: Diagnosis
+    n_classes: int
+    coverage: tuple[Coverage, ...] = ()  # per data set, when measured from streaming statistics
+    example_inputs: Mapping[str, Mapping[int, np.ndarray]] = field(default_factory=dict)  # set -> index -> the
+    # inputs of the examples the report lists (the hardest ones), for thumbnails when they are images
+    models: tuple[str, ...] = ROLES  # the models inspected; without 'student' a teacher-only check
+    probe: Any = None  # kddiag.probe.ProbeResult when remedy probes were asked for
+
+    @property
+    def teacher_only(self) -> bool:
+        """Whether no student was given: a check of the teacher before distilling."""
+        return "student" not in self.models
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The models the report's tables show: all three, or teacher and baseline in a teacher-only check."""
+        return ("teacher", "baseline") if self.teacher_only else ROLES

@@ -37,7 +37,7 @@ from kddiag.types import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
 
 __all__ = ["TASKS", "TEXT_FORMATS", "load_text_dataset", "next_token_targets"]
 
-CAUSAL_LM, SEQUENCE_CLASSIFICATION = TASKS = ("causal-lm", "sequence-classification")
+CAUSAL_LM_TASK, SEQUENCE_CLASSIFICATION_TASK = TASKS = ("causal-lm", "sequence-classification")
 TEXT_FORMATS = (".jsonl", ".txt", ".pt", ".pth", ".npz")  # and a Hugging Face datasets directory
 DEFAULT_MAX_LENGTH = 512  # when the tokenizer states no usable model_max_length
 MAX_SANE_MODEL_MAX_LENGTH = 8192  # above this a tokenizer's model_max_length is a placeholder (often 1e30)
@@ -90,7 +90,7 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
     if path.stat().st_size == 0:
         raise KddiagError(f"{where}: the file is empty")
     if suffix in (".jsonl", ".txt"):
-        if suffix == ".txt" and task == SEQUENCE_CLASSIFICATION:
+        if suffix == ".txt" and task == SEQUENCE_CLASSIFICATION_TASK:
             raise KddiagError(f"{where}: a .txt file holds no labels, which sequence classification needs; use "
                               f".jsonl with 'text' and 'label' on each line")
         texts, labels, names = (_read_jsonl(path, where, task) if suffix == ".jsonl"
@@ -126,14 +126,14 @@ def _read_jsonl(path: Path, where: str, task: str) -> tuple[list[str], list | No
             raise KddiagError(f"{where}: line {number}: 'text' must be a string; got {type(record['text']).__name__}")
         texts.append(record["text"])
         places.append(f"line {number}")
-        if task == SEQUENCE_CLASSIFICATION:
+        if task == SEQUENCE_CLASSIFICATION_TASK:
             if "label" not in record:
                 raise KddiagError(f"{where}: line {number} has no 'label' field; sequence classification needs "
                                   f"an integer class id (or a class name) on each line")
             labels.append(record["label"])
     if not texts:
         raise KddiagError(f"{where}: no examples (only blank lines)")
-    if task != SEQUENCE_CLASSIFICATION:
+    if task != SEQUENCE_CLASSIFICATION_TASK:
         return texts, None, None
     ids, names = _class_ids(labels, places, where)
     return texts, ids, names
@@ -243,6 +243,28 @@ def _read_npz(path: Path, where: str) -> dict:
 def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_length, *,
                       trust_remote_code: bool, id2label: Mapping[int, str] | None = None) -> Dataset:
     """One split saved by Hugging Face ``datasets``: text columns or token columns (ragged rows are padded)."""
+    table = _read_hf_split(path, where)
+    columns = list(table.column_names)
+    if "input_ids" in columns:
+        # columns as lists of rows (recent datasets versions return lazy Column objects)
+        content = {key: list(table[key]) for key in ("input_ids", "attention_mask", "labels") if key in columns}
+        if task == SEQUENCE_CLASSIFICATION_TASK and "labels" not in columns and "label" in columns:
+            content["labels"] = list(table["label"])
+        return _from_columns(content, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
+                             max_length=max_length, format="hf-datasets", ragged_ok=True,
+                             trust_remote_code=trust_remote_code)
+    texts = _hf_texts(table, columns, where)
+    labels = names = None
+    named = False
+    if task == SEQUENCE_CLASSIFICATION_TASK:
+        labels, names, named = _hf_labels(table, columns, len(texts), where)
+    return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
+                       max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code,
+                       id2label=id2label, named_labels=named)
+
+
+def _read_hf_split(path: Path, where: str):
+    """The ``datasets.Dataset`` that ``save_to_disk`` wrote to ``path``: one split, its Arrow sizes checked."""
     check_entries(path, where)  # datasets opens its files by name: a FIFO among them would block it
     if (path / _HF_DICT_MARKER).is_file():
         splits = sorted(p.name for p in path.iterdir() if p.is_dir())
@@ -264,15 +286,11 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
         raise KddiagError(f"{where}: not a readable Hugging Face datasets folder ({_one_line(error)})") from None
     if isinstance(table, datasets.DatasetDict):
         raise KddiagError(f"{where}: a DatasetDict with splits {', '.join(table)}; give one split's directory")
-    columns = list(table.column_names)
-    if "input_ids" in columns:
-        # columns as lists of rows (recent datasets versions return lazy Column objects)
-        content = {key: list(table[key]) for key in ("input_ids", "attention_mask", "labels") if key in columns}
-        if task == SEQUENCE_CLASSIFICATION and "labels" not in columns and "label" in columns:
-            content["labels"] = list(table["label"])
-        return _from_columns(content, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
-                             max_length=max_length, format="hf-datasets", ragged_ok=True,
-                             trust_remote_code=trust_remote_code)
+    return table
+
+
+def _hf_texts(table, columns: list[str], where: str) -> list[str]:
+    """The 'text' column: at least one row, every row a string."""
     if "text" not in columns:
         raise KddiagError(f"{where}: no 'text' or 'input_ids' column (columns: {', '.join(columns) or 'none'})")
     texts = list(table["text"])
@@ -281,19 +299,21 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise KddiagError(f"{where}: row {bad}: 'text' must be a string; got {type(texts[bad]).__name__}")
-    labels = names = None
-    if task == SEQUENCE_CLASSIFICATION:
-        if "label" not in columns:
-            raise KddiagError(f"{where}: no 'label' column, which sequence classification needs (columns: "
-                              f"{', '.join(columns)})")
-        labels, names = _class_ids(list(table["label"]), [f"row {i}" for i in range(len(texts))], where)
-        named = names is not None
-        feature = getattr(table, "features", {}).get("label")
-        if names is None and getattr(feature, "names", None):  # a ClassLabel column: ids with names
-            names = tuple(str(n) for n in feature.names)
-    return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
-                       max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code,
-                       id2label=id2label, named_labels=task == SEQUENCE_CLASSIFICATION and named)
+    return texts
+
+
+def _hf_labels(table, columns: list[str], n_rows: int, where: str) -> tuple[np.ndarray, tuple[str, ...] | None, bool]:
+    """The 'label' column as class ids, the class names, and whether the labels were names themselves
+    (else the names, if any, are those of a ClassLabel column)."""
+    if "label" not in columns:
+        raise KddiagError(f"{where}: no 'label' column, which sequence classification needs (columns: "
+                          f"{', '.join(columns)})")
+    labels, names = _class_ids(list(table["label"]), [f"row {i}" for i in range(n_rows)], where)
+    named = names is not None
+    feature = getattr(table, "features", {}).get("label")
+    if names is None and getattr(feature, "names", None):  # a ClassLabel column: ids with names
+        names = tuple(str(n) for n in feature.names)
+    return labels, names, named
 
 
 def _check_arrow_sizes(path: Path, where: str) -> None:
@@ -390,7 +410,7 @@ def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task:
     """``names``: the class names of ``labels`` (ids into them); ``named_labels``: the data gave names, not
     ids, so the ids are only their sorted order until the model's ``id2label`` places them."""
     class_note = None
-    if task == SEQUENCE_CLASSIFICATION and names is not None:
+    if task == SEQUENCE_CLASSIFICATION_TASK and names is not None:
         labels, names, class_note = _model_class_ids(labels, names, id2label, where, named=named_labels)
     if tokenizer_dir is None:
         raise KddiagError(f"{where}: text must be tokenized with the teacher's tokenizer, but the teacher has none "
@@ -419,7 +439,7 @@ def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task:
              + (f" (from the {side})" if n_truncated and side != "right" else ""),
              f"right-padded to {input_ids.shape[1]} tokens with pad id {pad_id} ({pad_note})"]
     notes += [note for note in (unknown_note, class_note) if note]
-    return _dataset(input_ids, attention_mask, input_ids.copy() if task == CAUSAL_LM else labels, names,
+    return _dataset(input_ids, attention_mask, input_ids.copy() if task == CAUSAL_LM_TASK else labels, names,
                     name=name, where=where, task=task, vocab=len(tokenizer), notes=notes, format=format)
 
 
@@ -525,7 +545,7 @@ def _from_columns(content: dict, *, name: str, where: str, task: str, tokenizer_
     if "input_ids" not in content:
         raise KddiagError(f"{where}: no 'input_ids' (found keys: {', '.join(map(str, content)) or 'none'}); expected "
                           f"'input_ids' (n_sequences, length) and optionally 'attention_mask' and 'labels'")
-    causal = task == CAUSAL_LM
+    causal = task == CAUSAL_LM_TASK
     keys = ("input_ids", "attention_mask") + (("labels",) if causal else ())
     if ragged_ok:
         content = _pad_ragged(content, keys, where)
@@ -642,7 +662,7 @@ def _dataset(input_ids: np.ndarray, mask: np.ndarray, labels: np.ndarray, names,
     import torch
 
     _check_ids(input_ids, "token ids in 'input_ids'", where, vocab)
-    if task == CAUSAL_LM:
+    if task == CAUSAL_LM_TASK:
         targets = next_token_targets(labels, mask)
         flat = targets[targets != IGNORE_INDEX]
         _check_ids(flat, "'labels' at target positions (other than -100)", where, vocab)
@@ -782,14 +802,20 @@ def token_contexts(dataset: Dataset, indices, tokenizer_dir, *, trust_remote_cod
     if tokenizer is None:
         return {}
     offsets, positions = x.example_offsets(), x.target_positions()
-    contexts = {}
-    with _quiet():
-        for index in indices:
-            sequence = int(np.searchsorted(offsets, index, side="right")) - 1
-            t = int(positions[index])
-            start = max(0, t - CONTEXT_TOKENS + 1)
-            ids = x.input_ids[sequence, start:t + 1][x.attention_mask[sequence, start:t + 1] == 1].tolist()
-            text = tokenizer.decode(ids, skip_special_tokens=False).strip()
-            following = tokenizer.decode([int(dataset.labels[index])], skip_special_tokens=False).strip()
-            contexts[int(index)] = f"{'… ' if start > 0 else ''}{text} ▸ {following}"
-    return contexts
+    try:
+        with _quiet(), _native("the report's examples", "decoding their tokens"):
+            return {int(index): _context(tokenizer, dataset, int(index), offsets, positions) for index in indices}
+    except KddiagError:  # a tokenizer that panics on decoding: the examples are listed without their text
+        return {}
+
+
+def _context(tokenizer, dataset: Dataset, index: int, offsets, positions) -> str:
+    """Example ``index``'s context and following token, as :func:`token_contexts` shows them."""
+    x = dataset.x
+    sequence = int(np.searchsorted(offsets, index, side="right")) - 1
+    t = int(positions[index])
+    start = max(0, t - CONTEXT_TOKENS + 1)
+    ids = x.input_ids[sequence, start:t + 1][x.attention_mask[sequence, start:t + 1] == 1].tolist()
+    text = tokenizer.decode(ids, skip_special_tokens=False).strip()
+    following = tokenizer.decode([int(dataset.labels[index])], skip_special_tokens=False).strip()
+    return f"{'… ' if start > 0 else ''}{text} ▸ {following}"

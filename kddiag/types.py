@@ -10,16 +10,13 @@ import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.metrics.strata import N_BUCKETS
 from kddiag.progress import check_progress
-
-if TYPE_CHECKING:
-    from kddiag.results import Measurements
 
 OUTCOME, UNIVERSE, DOMAIN, INSTANCE = SECTIONS = ("outcome", "universe", "domain", "instance")  # levels 0-3
 LEVEL_TITLES = {
@@ -474,12 +471,9 @@ class Batch:
         return self.logits["teacher"].shape[1]
 
     def _check_finite(self, array: np.ndarray, name: str) -> None:
-        """Raise naming the first example with NaN or Inf (a finite sum proves there is none)."""
-        with np.errstate(over="ignore"):
-            if np.isfinite(array.sum(dtype=np.float64)):
-                return
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-        if bad.size:  # else the sum merely overflowed
+        """Raise naming the first example with NaN or Inf."""
+        bad = _non_finite_rows(array)
+        if bad.size:
             raise KddiagError(f"{name}: NaN or Inf in example {self.start + bad[0]} ({bad.size} of the "
                               f"{len(array)} examples from {self.start}); every value must be finite")
 
@@ -643,6 +637,25 @@ class BatchNormFit:
 
 
 @dataclass(frozen=True)
+class NormalizationFit:
+    """A data set's inputs against the normalization the teacher stores (``mean``/``std`` per channel; one
+    value: every channel): normalized so, its training inputs have per-channel mean 0 and variance 1
+    (``kddiag.metrics.inputs.batchnorm_mismatch`` against those). The same against the raw statistics
+    (mean ``mean``, variance ``std²``) tells inputs given without the normalization."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    n_examples: int  # how many of the set's examples were read
+    mean_shift: float  # median over channels of |μ_obs| (normalized units)
+    variance_ratio: float  # geometric median over channels of σ²_obs / 1
+    raw_mean_shift: float  # median over channels of |μ_obs − mean| / std
+    raw_variance_ratio: float  # geometric median over channels of σ²_obs / std²
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
 class InputInfo:
     """What was inspected: one entry per input file or built-in source."""
 
@@ -656,9 +669,11 @@ class InputInfo:
     input_range: tuple[float, float] | None = None  # data sets with real-valued inputs: (min, max)
     input_mean: float | None = None  # ... and their mean over every value
     teacher_batchnorm: BatchNormFit | None = None  # data sets: how the teacher's first BatchNorm layer sees them
+    teacher_normalization: NormalizationFit | None = None  # data sets: against the normalization the teacher stores
 
     def to_dict(self) -> dict:
-        shown = {"notes": list, "teacher_batchnorm": BatchNormFit.to_dict}
+        shown = {"notes": list, "teacher_batchnorm": BatchNormFit.to_dict,
+                 "teacher_normalization": NormalizationFit.to_dict}
         return {k: shown.get(k, lambda x: x)(v) for k, v in self.__dict__.items() if v is not None and v != ()}
 
 
@@ -703,33 +718,6 @@ class Coverage:
 
 
 @dataclass(frozen=True)
-class Report:
-    """The complete result of one inspection."""
-
-    inputs: tuple[InputInfo, ...]
-    settings: Settings
-    class_info: ClassInfo
-    measurements: Measurements
-    diagnosis: Diagnosis
-    n_classes: int
-    coverage: tuple[Coverage, ...] = ()  # per data set, when measured from streaming statistics
-    example_inputs: Mapping[str, Mapping[int, np.ndarray]] = field(default_factory=dict)  # set -> index -> the
-    # inputs of the examples the report lists (the hardest ones), for thumbnails when they are images
-    models: tuple[str, ...] = ROLES  # the models inspected; without 'student' a teacher-only check
-    probe: Any = None  # kddiag.probe.ProbeResult when remedy probes were asked for
-
-    @property
-    def teacher_only(self) -> bool:
-        """Whether no student was given: a check of the teacher before distilling."""
-        return "student" not in self.models
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The models the report's tables show: all three, or teacher and baseline in a teacher-only check."""
-        return ("teacher", "baseline") if self.teacher_only else ROLES
-
-
-@dataclass(frozen=True)
 class LoadedModel:
     """A model ready to run (``module``), or precomputed logits (logits mode), plus stored metadata."""
 
@@ -740,9 +728,6 @@ class LoadedModel:
     labels: dict[str, np.ndarray] | None = None  # labels stored beside the logits, if any
     metadata: dict = field(default_factory=dict)  # distillation settings found in the checkpoint
     notes: tuple[str, ...] = ()  # how the file was read: which weights were chosen, what was not read
-
-
-ARCH_ROLES = ("teacher", "student", "baseline")  # the models an inspection loads
 
 
 @dataclass(frozen=True)
@@ -798,8 +783,12 @@ class InspectOptions:
     full_paths: bool = False  # reports name files by absolute path (default: relative to the working directory)
 
     def __post_init__(self) -> None:
-        from kddiag.loading.archs import parse_arch
+        self._check_kinds()
+        self._check_models()
+        self._check_run()
 
+    def _check_kinds(self) -> None:
+        """The switches are booleans, ``progress`` a known mode, the file and name options strings."""
         for name in ("trust_pickle", "trust_program", "trust_remote_code", "full_paths"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise KddiagError(f"InspectOptions.{name} must be True or False; got {getattr(self, name)!r}")
@@ -810,15 +799,23 @@ class InspectOptions:
             paths = name in ("classes", "config")
             if value is not None and not isinstance(value, (str, os.PathLike) if paths else str):
                 raise KddiagError(f"InspectOptions.{name} must be a string or None; got {type(value).__name__}")
-        for role in ARCH_ROLES:
+
+    def _check_models(self) -> None:
+        """Each architecture spec parses (before any model is loaded); ``ema`` names known roles."""
+        from kddiag.loading.archs import parse_arch
+
+        for role in ROLES:
             spec = getattr(self, f"{role}_arch")
             if spec is not None and not isinstance(spec, str):
                 raise KddiagError(f"--{role}-arch must be a string such as 'package.module:Class(28)'; "
                                   f"got {type(spec).__name__}")
             if spec is not None:
                 parse_arch(spec, f"--{role}-arch")  # a malformed spec fails before any model is loaded
-        if isinstance(self.ema, str) or not set(self.ema) <= set(ARCH_ROLES):
-            raise KddiagError(f"--ema must name roles among {', '.join(ARCH_ROLES)}; got {self.ema!r}")
+        if isinstance(self.ema, str) or not set(self.ema) <= set(ROLES):
+            raise KddiagError(f"--ema must name roles among {', '.join(ROLES)}; got {self.ema!r}")
+
+    def _check_run(self) -> None:
+        """The settings, sizes, device and nested options of the run."""
         if self.temperature is not None:
             _check_temperature(self.temperature, "--temperature")
         if self.alpha is not None:
@@ -931,11 +928,25 @@ def _real_array(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def _check_finite_rows(array: np.ndarray, name: str) -> None:
-    """Raise, counting the rows with NaN or Inf, unless every entry is finite (a finite sum proves it)."""
+def _non_finite_rows(array: np.ndarray) -> np.ndarray:
+    """The indices of the rows holding NaN or Inf (a finite sum proves there is none)."""
     with np.errstate(over="ignore"):
         if np.isfinite(array.sum(dtype=np.float64)):
-            return
-    bad = int((~np.isfinite(array).reshape(len(array), -1).all(axis=1)).sum())
-    if bad:  # else the sum merely overflowed
+            return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))  # none: the sum overflowed
+
+
+def _check_finite_rows(array: np.ndarray, name: str) -> None:
+    """Raise, counting the rows with NaN or Inf, unless every entry is finite."""
+    bad = _non_finite_rows(array).size
+    if bad:
         raise KddiagError(f"{name}: NaN or Inf in {bad} of {len(array)} rows; every value must be finite")
+
+
+def __getattr__(name: str) -> Any:
+    """``Report``, now at home in :mod:`kddiag.results`, still importable from here."""
+    if name == "Report":
+        from kddiag.results import Report
+
+        return Report
+    raise AttributeError(f"module 'kddiag.types' has no attribute {name!r}")

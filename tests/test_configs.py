@@ -132,7 +132,7 @@ def test_torchdistill_configs_without_one_kd_setting_are_refused(tmp_path):
                                           r"\(its criterion is 'WeightedSumLoss'\)"):
         load_config(write(tmp_path, features))
     with pytest.raises(KddiagError, match=r"train.criterion.org_term.criterion.params.temperature must be a "
-                                          r"temperature > 0"):
+                                          r"finite number > 0 and at most 10000; got -2.0"):
         load_config(write(tmp_path, TORCHDISTILL_0.replace("temperature: 2.0", "temperature: -2")))
     with pytest.raises(KddiagError, match=r"params.alpha must be a finite number; got 'half'"):
         load_config(write(tmp_path, TORCHDISTILL_0.replace("alpha: 0.5", "alpha: half")))

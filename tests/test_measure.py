@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kddiag import measure as measure_module
+from kddiag.accumulate import summarize
 from kddiag.errors import KddiagError
 from kddiag.measure import measure
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
@@ -242,6 +243,19 @@ def test_a_list_of_sets_is_checked_as_collected_outputs():
         measure([good, good], settings=SETTINGS, class_info=ClassInfo())
     # bad logits, labels, features and settings cannot be built (tests/test_types.py); class info is
     # checked against the class count where it is read (the pipeline)
+
+
+def test_a_summary_is_measured_only_under_the_settings_it_was_computed_with():
+    data = summarize(make_set(EVAL, 200, 7), temperature=4.0, alpha=0.9)
+    at_one = Settings(temperature=Setting(1.0, "cli"), alpha=Setting(0.9, "cli"))
+    with pytest.raises(KddiagError, match=r"eval set's statistics were computed with temperature 4 but "
+                                          r"--temperature is 1"):
+        measure([data], settings=at_one, class_info=ClassInfo())
+    other_alpha = Settings(temperature=Setting(4.0, "checkpoint", "s.pt"), alpha=Setting(0.5, "checkpoint", "s.pt"))
+    with pytest.raises(KddiagError, match=r"computed with alpha 0.9 but the alpha stored in checkpoint 's.pt' is 0.5"):
+        measure([data], settings=other_alpha, class_info=ClassInfo())
+    same = Settings(temperature=Setting(4, "cli"), alpha=Setting(0.9, "config", "kd.yaml"))
+    assert measure([data], settings=same, class_info=ClassInfo()).universe.eval.effective_smoothing.value is not None
 
 
 def test_agreement_where_teacher_correct_ignores_examples_the_teacher_gets_wrong():

@@ -432,3 +432,32 @@ def test_hf_datasets_text_and_ragged_token_columns(tmp_path, monkeypatch, word_d
     _fake_datasets(monkeypatch, _FakeTable({"input_ids": [[5, 6], [7, 8]], "label": [0, 1]}))
     data = load_text_dataset(split, role="data", task=CLASSIFY)
     assert data.x.input_ids.tolist() == [[5, 6], [7, 8]] and data.labels.tolist() == [0, 1]
+
+
+def test_a_tokenizer_that_panics_while_decoding_the_reports_examples_leaves_them_without_text(monkeypatch):
+    """The report's hardest examples show their decoded context; a tokenizer whose decoding panics (a Rust
+    PanicException, which ``except Exception`` misses) loses only that text, not the run."""
+    import torch
+
+    import kddiag.text as text
+    from kddiag.types import IGNORE_INDEX, Dataset, TokenInputs
+
+    class PanicException(BaseException):  # the name PyO3 gives a Rust panic
+        pass
+
+    class Panicking:
+        def decode(self, ids, **kwargs):
+            raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    class Fine:
+        def decode(self, ids, **kwargs):
+            return " ".join(f"t{i}" for i in ids)
+
+    ids = torch.arange(12).reshape(2, 6)
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    targets[:, :-1] = ids[:, 1:]
+    data = Dataset("tokens", TokenInputs(ids, torch.ones_like(ids), targets), targets[targets != IGNORE_INDEX].numpy())
+    monkeypatch.setattr(text, "_load_tokenizer", lambda *args, **kwargs: Fine())
+    assert text.token_contexts(data, [0, 6], "tok") == {0: "t0 ▸ t1", 6: "t6 t7 ▸ t8"}
+    monkeypatch.setattr(text, "_load_tokenizer", lambda *args, **kwargs: Panicking())
+    assert text.token_contexts(data, [0, 6], "tok") == {}

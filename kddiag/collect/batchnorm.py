@@ -4,6 +4,10 @@ A short extra pass of the teacher over a fixed-seed sample of the set (at most `
 with forward pre-hooks on every BatchNorm layer; the first layer called is the one read, since only
 linear layers stand between it and the inputs. Models without one (or programs, whose layers cannot be
 hooked, or layers still at their initial statistics) give None.
+
+Where the teacher stores the input normalization it was trained with (``LoadedModel.metadata
+['normalization']``), the same sample's per-channel input statistics are compared with it
+(:func:`stored_normalization_fit`); that needs no BatchNorm layer, and works for programs too.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import numpy as np
 import torch
 
 from kddiag.metrics.inputs import batchnorm_mismatch
-from kddiag.types import BatchNormFit, LoadedModel
+from kddiag.types import BatchNormFit, LoadedModel, NormalizationFit
 
 MAX_EXAMPLES = 2048  # the channel means and variances settle long before (a few hundred examples)
 SAMPLE_SEED = 0
@@ -93,3 +97,28 @@ def _trained(layer: torch.nn.Module) -> bool:
     if not isinstance(mean, torch.Tensor) or not isinstance(variance, torch.Tensor) or mean.ndim != 1:
         return False
     return bool(mean.detach().abs().max() > 0 or (variance.detach() - 1).abs().max() > 0)
+
+
+def stored_normalization_fit(model: LoadedModel, x: Any) -> NormalizationFit | None:
+    """``x`` (real-valued inputs, examples first, channels second) against the normalization ``model``
+    stores, over the same fixed-seed sample as :func:`first_batchnorm_fit`; None when it stores none, ``x``
+    is not real-valued, or its channels do not match the stored values (then there is nothing to compare)."""
+    stored = model.metadata.get("normalization")
+    if stored is None or not isinstance(x, (torch.Tensor, np.ndarray)):
+        return None
+    x = torch.as_tensor(x)
+    channels = max(len(stored["mean"]), len(stored["std"]))
+    if not x.is_floating_point() or x.shape[0] == 0 or (channels > 1 and (x.ndim < 3 or x.shape[1] != channels)):
+        return None
+    rows = np.sort(np.random.default_rng(SAMPLE_SEED).permutation(x.shape[0])[:MAX_EXAMPLES])
+    sample = x[torch.as_tensor(rows)]
+    moments = _Moments()
+    moments.add(sample.reshape(len(rows), 1, -1) if channels == 1 else sample)
+    mean, variance = moments.mean_and_variance()
+    raw_mean = np.broadcast_to(np.asarray(stored["mean"], dtype=np.float64), mean.shape)
+    raw_std = np.broadcast_to(np.asarray(stored["std"], dtype=np.float64), mean.shape)
+    shift, ratio = batchnorm_mismatch(mean, variance, np.zeros_like(mean), np.ones_like(mean), 0.0)
+    raw_shift, raw_ratio = batchnorm_mismatch(mean, variance, raw_mean, raw_std ** 2, 0.0)
+    return NormalizationFit(mean=tuple(stored["mean"]), std=tuple(stored["std"]), n_examples=len(rows),
+                            mean_shift=shift, variance_ratio=ratio, raw_mean_shift=raw_shift,
+                            raw_variance_ratio=raw_ratio)

@@ -180,6 +180,7 @@ class DataPipelineFacts:
     fitted: tuple[Measured, Measured] | None  # the teacher's (eval, transfer) T*, when far flatter on eval
     inputs: tuple[InputInfo, InputInfo] | None  # the (eval, transfer) inputs, when on different scales
     batchnorm: tuple[InputInfo, ...] = ()  # the sets the teacher's first BatchNorm layer sees far off its training
+    normalization: tuple[InputInfo, ...] = ()  # the sets far off the normalization the teacher stores
 
 
 def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
@@ -206,13 +207,13 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     flatter = (dropped and fitted[0].ok and fitted[1].ok
                and fitted[1].value >= th.DATA_FITTED_TEMPERATURE_RATIO_MIN * fitted[0].value)
     shift = input_shift(context) if dropped else None
-    batchnorm = batchnorm_mismatches(context)
-    if not (works or flatter or shift or batchnorm):
+    fits = {field: input_mismatches(context, field) for field in INPUT_FITS}
+    if not (works or flatter or shift or any(fits.values())):
         return Clear()
     found, grades = [], []
-    for info in batchnorm:
-        found.append(batchnorm_evidence(info))
-        grades.append(batchnorm_grade(info))
+    for field, infos in fits.items():
+        found += [input_fit_evidence(info, field) for info in infos]
+        grades += [input_fit_grade(info, field) for info in infos]
     if near_chance:
         found.append(evidence(teacher_eval, rounded(context.accuracy_at(th.NEAR_CHANCE_NORMALIZED_ACCURACY)), "<"))
         grades.append(grade(context.normalized(teacher_eval.value), th.NEAR_CHANCE_NORMALIZED_ACCURACY,
@@ -232,38 +233,43 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     return Fired(tuple(found), severity(max(grades)),
                  DataPipelineFacts(teacher_eval, teacher_transfer, near_chance, works,
                                    (student_transfer, student_eval) if works and with_student else None,
-                                   fitted if flatter else None, shift[:2] if shift else None, batchnorm))
+                                   fitted if flatter else None, shift[:2] if shift else None,
+                                   fits["teacher_batchnorm"], fits["teacher_normalization"]))
 
 
-def batchnorm_mismatches(context: Context) -> tuple[InputInfo, ...]:
-    """The data sets whose activations at the teacher's first BatchNorm layer are far from its running
-    statistics: the variance DATA_BATCHNORM_VARIANCE_RATIO_MIN-fold off either way, or the mean
-    DATA_BATCHNORM_MEAN_SHIFT_MIN running standard deviations away."""
+INPUT_FITS = ("teacher_batchnorm", "teacher_normalization")  # InputInfo fields comparing a set's inputs
+# with what the teacher learned from: its first BatchNorm layer's running statistics; its stored normalization
+
+
+def input_mismatches(context: Context, field: str) -> tuple[InputInfo, ...]:
+    """The data sets whose ``field`` fit (one of INPUT_FITS) is far off: the variance
+    DATA_BATCHNORM_VARIANCE_RATIO_MIN-fold off either way, or the mean DATA_BATCHNORM_MEAN_SHIFT_MIN
+    standard deviations away."""
     def off(fit) -> bool:
         ratio = fit.variance_ratio
         return (max(ratio, 1 / ratio) >= th.DATA_BATCHNORM_VARIANCE_RATIO_MIN
                 or fit.mean_shift >= th.DATA_BATCHNORM_MEAN_SHIFT_MIN)
     return tuple(i for i in context.inputs
-                 if i.role in (EVAL, TRANSFER) and i.teacher_batchnorm is not None and off(i.teacher_batchnorm))
+                 if i.role in (EVAL, TRANSFER) and getattr(i, field) is not None and off(getattr(i, field)))
 
 
-def batchnorm_evidence(info: InputInfo) -> Evidence:
+def input_fit_evidence(info: InputInfo, field: str) -> Evidence:
     """The variance ratio, when it is what is off, else the mean shift, as evidence on ``info``'s set."""
-    fit = info.teacher_batchnorm
+    fit = getattr(info, field)
     ratio = fit.variance_ratio
     if ratio >= th.DATA_BATCHNORM_VARIANCE_RATIO_MIN:
-        return Evidence("inputs.teacher_batchnorm.variance_ratio", ratio, th.DATA_BATCHNORM_VARIANCE_RATIO_MIN,
+        return Evidence(f"inputs.{field}.variance_ratio", ratio, th.DATA_BATCHNORM_VARIANCE_RATIO_MIN,
                         info.role, ">=")
     if 1 / ratio >= th.DATA_BATCHNORM_VARIANCE_RATIO_MIN:
-        return Evidence("inputs.teacher_batchnorm.variance_ratio", ratio,
+        return Evidence(f"inputs.{field}.variance_ratio", ratio,
                         rounded(1 / th.DATA_BATCHNORM_VARIANCE_RATIO_MIN), info.role, "<=")
-    return Evidence("inputs.teacher_batchnorm.mean_shift", fit.mean_shift, th.DATA_BATCHNORM_MEAN_SHIFT_MIN,
+    return Evidence(f"inputs.{field}.mean_shift", fit.mean_shift, th.DATA_BATCHNORM_MEAN_SHIFT_MIN,
                     info.role, ">=")
 
 
-def batchnorm_grade(info: InputInfo) -> float:
+def input_fit_grade(info: InputInfo, field: str) -> float:
     """0 at the thresholds, 1 at a DATA_BATCHNORM_VARIANCE_RATIO_FULL-fold variance (or as far off in mean)."""
-    fit = info.teacher_batchnorm
+    fit = getattr(info, field)
     log_ratio = abs(math.log(fit.variance_ratio))
     by_variance = grade(log_ratio, math.log(th.DATA_BATCHNORM_VARIANCE_RATIO_MIN),
                         math.log(th.DATA_BATCHNORM_VARIANCE_RATIO_FULL))

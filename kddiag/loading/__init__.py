@@ -32,6 +32,7 @@ import os
 import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from kddiag.loading import programs as _programs
 from kddiag.loading import state_dicts as _state_dicts
 from kddiag.loading import unpickling as _unpickling
 from kddiag.loading._text import first, one_line
-from kddiag.loading.metadata import METADATA_FILE, checkpoint_settings
+from kddiag.loading.metadata import METADATA_FILE, checkpoint_settings, normalization_beside
 from kddiag.types import ClassInfo, LoadedModel
 
 __all__ = ["load_model", "load_class_info", "logits_of", "METADATA_FILE"]
@@ -115,7 +116,22 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
     if ema and loaded.format != "state_dict":
         raise KddiagError(f"{where}: --ema {role} asks for EMA weights, which only state-dict checkpoints "
                           f"hold; this file is a {loaded.format}")
-    return loaded
+    return _with_normalization(loaded, path)
+
+
+def _with_normalization(loaded: LoadedModel, path: Path) -> LoadedModel:
+    """The model with a note on the input normalization it stores, or, when it stores none, the one in
+    its folder (``normalization_beside``) added to its metadata."""
+    if loaded.module is None:
+        return loaded
+    stored = loaded.metadata.get("normalization")
+    if stored is not None:
+        note = f"normalization: mean {list(stored['mean'])}, std {list(stored['std'])}, stored in the file"
+        return replace(loaded, notes=(*loaded.notes, note))
+    beside = normalization_beside(path)
+    if beside is None:
+        return loaded
+    return replace(loaded, metadata={**loaded.metadata, "normalization": beside[0]}, notes=(*loaded.notes, beside[1]))
 
 
 def load_class_info(path: str | os.PathLike) -> ClassInfo:

@@ -9,6 +9,12 @@ their own names are read by their own rules (:func:`checkpoint_settings`): timm'
 checkpoint. torch.export and TorchScript archives (and safetensors headers) may carry settings as a
 ``kddiag.json`` extra file: ``{"temperature": 4, "alpha": 0.9}``. Values are returned as found;
 :class:`~kddiag.types.Settings` checks them.
+
+The input normalization a model was trained with, where a checkpoint stores it (:func:`normalization_in`:
+``mean``/``std`` and the names timm, Hugging Face image processors and data modules use, at the top level
+or in the same config sections, a Lightning data module's ``datamodule_hyper_parameters`` and timm's
+``pretrained_cfg`` included), is kept as ``normalization``; a model file's folder may hold it too
+(:func:`normalization_beside`: an image processor's ``preprocessor_config.json``, or a timm ``config.json``).
 """
 from __future__ import annotations
 
@@ -34,6 +40,15 @@ _SETTING_NAMES = {"temperature": ("temperature", "tau", "T", "kd_T", "kd_tempera
                   "learning_rate": ("learning_rate", "lr", "base_lr")}
 _CONFIG_KEYS = ("config", "kd", "distill", "distillation", "hparams", "hyper_parameters", "hyperparameters",
                 "args", "cfg")
+# where the input normalization is kept, beside the config sections: Lightning's data module, timm's model configs
+_NORMALIZATION_KEYS = (*_CONFIG_KEYS, "datamodule_hyper_parameters", "pretrained_cfg", "default_cfg", "data_config",
+                       "data", "dataset", "transform", "normalize", "normalization", "preprocessing")
+# (mean, std) names: plain, Hugging Face image processors, detectron-style, and torchvision-transform-like
+_NORMALIZATION_NAMES = (("mean", "std"), ("image_mean", "image_std"), ("pixel_mean", "pixel_std"),
+                        ("norm_mean", "norm_std"), ("normalize_mean", "normalize_std"), ("input_mean", "input_std"))
+MAX_CHANNELS = 4  # a normalization names one mean and std per input channel: 1 (grey), 3 (RGB) or 4
+BESIDE_FILES = ("preprocessor_config.json", "config.json")  # read, if present, from a model file's folder
+MAX_BESIDE_BYTES = 1 << 20
 
 
 def settings_in(content: Any) -> dict:
@@ -60,6 +75,73 @@ def settings_in(content: Any) -> dict:
     return found
 
 
+def normalization_in(content: Any) -> dict | None:
+    """The input normalization stored in a checkpoint or config: ``{"mean": (...), "std": (...)}``, one value
+    per channel (or one for all), found at the top level or in its config sections (breadth first, the first
+    valid pair wins); None when none is stored or an image processor says ``do_normalize: false``."""
+    queue = [content]
+    for depth in range(3):
+        nested = []
+        for node in queue:
+            node = _as_mapping(node)
+            if node is None:
+                continue
+            if node.get("do_normalize") is False:
+                return None
+            for mean_name, std_name in _NORMALIZATION_NAMES:
+                found = _normalization(node.get(mean_name), node.get(std_name))
+                if found is not None:
+                    return found
+            nested += [node[key] for key in _NORMALIZATION_KEYS if key in node]
+        queue = nested
+    return None
+
+
+def normalization_beside(path: Any) -> tuple[dict, str] | None:
+    """The input normalization in a model file's folder (BESIDE_FILES, the first that holds one), and a note
+    naming that file; None when none does. Only small regular JSON files are read."""
+    from pathlib import Path
+
+    from kddiag.files import open_regular
+
+    folder = Path(path).parent
+    for name in BESIDE_FILES:
+        file = folder / name
+        if not file.is_file() or file.stat().st_size > MAX_BESIDE_BYTES:
+            continue
+        try:
+            with open_regular(file, f"'{file}'") as handle:
+                content = json.loads(handle.read(MAX_BESIDE_BYTES + 1))
+        except (KddiagError, OSError, ValueError, RecursionError):
+            continue  # not ours to judge: a folder's other files are not inputs kddiag was given
+        found = normalization_in(content)
+        if found is not None:
+            return found, f"normalization: mean {list(found['mean'])}, std {list(found['std'])}, from '{file}'"
+    return None
+
+
+def _with_normalization(settings: dict, content: Any) -> dict:
+    normalization = normalization_in(content)
+    return settings if normalization is None else {**settings, "normalization": normalization}
+
+
+def _normalization(mean: Any, std: Any) -> dict | None:
+    """(mean, std) as tuples of floats when both are 1-MAX_CHANNELS finite numbers (or one number each),
+    std positive, one value per channel on both sides or one side a single value; else None."""
+    values = []
+    for value in (mean, std):
+        value = [value] if _is_number(value) else value
+        if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_CHANNELS:
+            return None
+        if not all(_is_number(v) and np.isfinite(v) for v in value):
+            return None
+        values.append(tuple(float(v) for v in value))
+    mean, std = values
+    if min(std) <= 0 or (len(mean) != len(std) and 1 not in (len(mean), len(std))):
+        return None
+    return {"mean": mean, "std": std}
+
+
 def checkpoint_settings(content: Mapping) -> tuple[dict, tuple[str, ...]]:
     """The settings in a ``torch.save`` checkpoint, and notes saying how framework sections were read.
 
@@ -78,13 +160,23 @@ def checkpoint_settings(content: Mapping) -> tuple[dict, tuple[str, ...]]:
             found.update({name: value for name, value in settings.items() if name not in found})
             notes.append(note)
             del rest[key]
-    return {**found, **settings_in(rest)}, tuple(notes)
+    return _with_normalization({**found, **settings_in(rest)}, content), tuple(notes)
 
 
-def metadata_file(text: str, where: str) -> dict:
-    """The settings in a ``kddiag.json`` extra file's text (empty: none)."""
+def metadata_file(text: str | bytes, where: str) -> dict:
+    """The settings in a ``kddiag.json`` extra file's text, or its bytes as an archive stores them (empty:
+    none)."""
     if not text:
         return {}
+    if isinstance(text, bytes):
+        if len(text) > 4 * MAX_METADATA_CHARS:
+            raise KddiagError(f"{where}: its {METADATA_FILE} extra file must be a small JSON object (at most "
+                              f"{MAX_METADATA_CHARS:,} characters); got {len(text):,} bytes")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise KddiagError(f"{where}: its {METADATA_FILE} extra file is not UTF-8 text ({error.reason} at "
+                              f"byte {error.start})") from None
     if not isinstance(text, str) or len(text) > MAX_METADATA_CHARS:
         shown = f"{len(text):,} characters" if isinstance(text, str) else type(text).__name__
         raise KddiagError(f"{where}: its {METADATA_FILE} extra file must be a small JSON object (at most "
@@ -98,7 +190,7 @@ def metadata_file(text: str, where: str) -> dict:
     if not isinstance(content, dict):
         raise KddiagError(f"{where}: its {METADATA_FILE} extra file must hold a JSON object; "
                           f"got {type(content).__name__}")
-    return settings_in(content)
+    return _with_normalization(settings_in(content), content)
 
 
 def header_settings(header: dict[str, str], where: str) -> dict:
@@ -112,7 +204,7 @@ def header_settings(header: dict[str, str], where: str) -> dict:
                 metadata[key] = float(text)
             except (TypeError, ValueError):
                 pass
-    return settings_in(metadata)
+    return _with_normalization(settings_in(metadata), metadata)
 
 
 # --- framework sections: each reader returns (settings, note), or None when the section is not its own ---

@@ -70,9 +70,10 @@ def load_torchscript(path: Path, where: str, *, trust_program: bool = False) -> 
     except Exception as error:
         raise KddiagError(f"{where}: not a readable TorchScript archive ({one_line(error)})") from None
     vetting.check_operators(vetting.torchscript_operators(module), where, trust_program=trust_program)
+    vetting.check_loop_bounds(module, where, trust_program=trust_program)
     text = extra[METADATA_FILE]
     return LoadedModel(source=str(path), format="torchscript", module=module,
-                       metadata=metadata_file(text.decode() if isinstance(text, bytes) else text, where))
+                       metadata=metadata_file(text, where))
 
 
 def _check_load_time_code(data: bytes, where: str) -> None:

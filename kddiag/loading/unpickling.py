@@ -200,155 +200,180 @@ def _restricted_pickle(allowed: dict[str, Any], file_size: int) -> types.ModuleT
     - SETITEM(S), APPEND(S), ADDITEMS: only into fresh dicts, lists, sets and stand-ins;
     - persistent ids: storages only, each at most ``file_size`` bytes (a legacy ``'module'`` id is
       refused: torch would compare its source and may write a ``.patch`` file); no extension registry.
+
+    torch subclasses the module's ``Unpickler`` and sets ``persistent_load`` on it: so the unpickler is
+    a class, one per load, carrying the load's :class:`_Policy`.
     """
-    import torch
+    unpickler = type("Unpickler", (_RestrictedUnpickler,), {"policy": _Policy(allowed, file_size)})
+    restricted = types.ModuleType("kddiag_restricted_pickle")
+    restricted.Unpickler = unpickler
+    restricted.load = lambda file, **kwargs: unpickler(file, **kwargs).load()
+    return restricted
 
-    stand_ins: dict[str, type] = {}
-    shared = {id(value) for value in allowed.values()}
-    classes = {value for value in allowed.values() if isinstance(value, type)}
-    base = pickle._Unpickler  # type: ignore[attr-defined]  # the Python one: its opcodes can be overridden
 
-    def callable_ok(func: Any) -> bool:
-        return (isinstance(func, type) and issubclass(func, _StandIn)) or id(func) in shared
+class _Policy:
+    """What one load may call and fill: the ``allowed`` globals, the stand-ins named so far, the file's size."""
 
-    def check_callable(func: Any) -> None:
-        if not callable_ok(func):
+    def __init__(self, allowed: dict[str, Any], file_size: int) -> None:
+        self.allowed, self.file_size = allowed, file_size
+        self.stand_ins: dict[str, type] = {}
+        self.shared = {id(value) for value in allowed.values()}  # never filled or given attributes
+        self.classes = {value for value in allowed.values() if isinstance(value, type)}
+
+    def global_named(self, full_name: str) -> Any:
+        """The allowed global ``full_name``, else its stand-in class."""
+        if full_name in self.allowed:
+            return self.allowed[full_name]
+        return self.stand_ins.setdefault(full_name, _stand_in(full_name))
+
+    def check_callable(self, func: Any) -> None:
+        if not ((isinstance(func, type) and issubclass(func, _StandIn)) or id(func) in self.shared):
             raise RefusedPickle(f"it calls {_what(func)}, which kddiag never calls")
 
-    def check_target(target: Any, kinds: tuple[type, ...], action: str) -> None:
+    def check_target(self, target: Any, kinds: tuple[type, ...], action: str) -> None:
         if isinstance(target, _StandIn):
             return
-        if type(target) not in kinds or id(target) in shared:
+        if type(target) not in kinds or id(target) in self.shared:
             raise RefusedPickle(f"it {action} {_what(target)}, which kddiag never allows")
 
-    class Unpickler(base):
-        def find_class(self, module: str, name: str) -> Any:
-            full = _python3_name(module, name)
-            if full in allowed:
-                return allowed[full]
-            return stand_ins.setdefault(full, _stand_in(full))
+    def check_buildable(self, inst: Any) -> None:
+        """Refuse state for a class, a shared object or an instance of a class outside the allowlist."""
+        if isinstance(inst, type) or id(inst) in self.shared or type(inst) not in self.classes:
+            raise RefusedPickle(f"it sets attributes on {_what(inst)}, which kddiag never allows")
 
-        @property
-        def persistent_load(self) -> Any:
-            return self._checked_persistent_load
 
-        @persistent_load.setter
-        def persistent_load(self, load: Any) -> None:
-            self._torch_persistent_load = load
+_BASE = pickle._Unpickler  # type: ignore[attr-defined]  # the Python one: its opcodes can be overridden
+_MAPPINGS = (dict, OrderedDict, Counter)
 
-        _torch_persistent_load = None
 
-        def _checked_persistent_load(self, pid: Any) -> Any:
-            kind = pid[0] if isinstance(pid, tuple) and pid else None
-            kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
-            if kind == "module":
-                raise RefusedPickle("it holds a legacy 'module' persistent id (a pickled module's source, which "
-                                    "torch would compare and may write to a .patch file), which kddiag never reads")
-            if kind != "storage" or self._torch_persistent_load is None or len(pid) not in (5, 6):
-                raise pickle.UnpicklingError("unsupported persistent id")
-            storage_type, numel = pid[1], pid[4]
-            dtype = torch.uint8 if storage_type is torch.UntypedStorage else getattr(storage_type, "dtype", None)
-            if not isinstance(dtype, torch.dtype) or type(numel) is not int or numel < 0:
-                raise pickle.UnpicklingError("malformed storage persistent id")
-            if numel * torch._utils._element_size(dtype) > file_size:
-                raise RefusedPickle(f"a storage declares {numel:,} {str(dtype).removeprefix('torch.')} elements, "
-                                    f"more than the file's {file_size:,} bytes hold")
-            return self._torch_persistent_load(pid)
+class _RestrictedUnpickler(_BASE):
+    """The unpickler of :func:`_restricted_pickle`; ``policy`` is set on the subclass made for each load."""
 
-        def _reduce(self) -> None:
-            check_callable(self.stack[-2])
-            base.load_reduce(self)
+    policy: _Policy
+    _torch_persistent_load = None
 
-        def _newobj(self) -> None:
-            check_callable(self.stack[-2])
-            base.load_newobj(self)
+    def find_class(self, module: str, name: str) -> Any:
+        return self.policy.global_named(_python3_name(module, name))
 
-        def _newobj_ex(self) -> None:
-            check_callable(self.stack[-3])
-            base.load_newobj_ex(self)
+    @property
+    def persistent_load(self) -> Any:
+        return self._checked_persistent_load
 
-        def _inst(self) -> None:
-            module = self.readline()[:-1].decode("ascii")
-            name = self.readline()[:-1].decode("ascii")
-            klass = self.find_class(module, name)
-            check_callable(klass)
-            self._instantiate(klass, self.pop_mark())
+    @persistent_load.setter
+    def persistent_load(self, load: Any) -> None:
+        self._torch_persistent_load = load
 
-        def _obj(self) -> None:
-            args = self.pop_mark()
-            cls = args.pop(0)
-            check_callable(cls)
-            self._instantiate(cls, args)
+    def _checked_persistent_load(self, pid: Any) -> Any:
+        import torch
 
-        def _build(self) -> None:
-            state = self.stack.pop()
-            inst = self.stack[-1]
-            if isinstance(inst, _StandIn):
-                return
-            if type(inst) is torch.Tensor:  # torch's legacy tensor state
-                inst.set_(*state)
-                return
-            if type(inst) is torch.nn.Parameter:
-                inst.__setstate__(state)
-                return
-            if isinstance(inst, type) or id(inst) in shared or type(inst) not in classes:
-                raise RefusedPickle(f"it sets attributes on {_what(inst)}, which kddiag never allows")
-            if type(inst) is not OrderedDict and hasattr(inst, "__setstate__"):
-                inst.__setstate__(state)
-                return
-            slotstate = None
-            if isinstance(state, tuple) and len(state) == 2:
-                state, slotstate = state
-            for attributes in (state, slotstate):
-                if attributes and (not isinstance(attributes, dict) or
-                                   any(type(k) is not str or k.startswith("__") for k in attributes)):
-                    raise RefusedPickle(f"it sets special attributes on {_what(inst)}, which kddiag never allows")
-            if state:
-                inst.__dict__.update(state)
-            for key, value in (slotstate or {}).items():
-                setattr(inst, key, value)
+        kind = pid[0] if isinstance(pid, tuple) and pid else None
+        kind = kind.decode("ascii", "replace") if isinstance(kind, bytes) else kind
+        if kind == "module":
+            raise RefusedPickle("it holds a legacy 'module' persistent id (a pickled module's source, which "
+                                "torch would compare and may write to a .patch file), which kddiag never reads")
+        if kind != "storage" or self._torch_persistent_load is None or len(pid) not in (5, 6):
+            raise pickle.UnpicklingError("unsupported persistent id")
+        storage_type, numel = pid[1], pid[4]
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else getattr(storage_type, "dtype", None)
+        if not isinstance(dtype, torch.dtype) or type(numel) is not int or numel < 0:
+            raise pickle.UnpicklingError("malformed storage persistent id")
+        if numel * torch._utils._element_size(dtype) > self.policy.file_size:
+            raise RefusedPickle(f"a storage declares {numel:,} {str(dtype).removeprefix('torch.')} elements, "
+                                f"more than the file's {self.policy.file_size:,} bytes hold")
+        return self._torch_persistent_load(pid)
 
-        def _setitem(self) -> None:
-            check_target(self.stack[-3], (dict, OrderedDict, Counter), "sets items on")
-            base.load_setitem(self)
+    def _marked(self) -> Any:
+        """The object below the last mark: what SETITEMS, APPENDS and ADDITEMS fill."""
+        return self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
 
-        def _setitems(self) -> None:
-            check_target(self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None,
-                         (dict, OrderedDict, Counter), "sets items on")
-            base.load_setitems(self)
+    def _reduce(self) -> None:
+        self.policy.check_callable(self.stack[-2])
+        _BASE.load_reduce(self)
 
-        def _append(self) -> None:
-            check_target(self.stack[-2], (list,), "appends to")
-            base.load_append(self)
+    def _newobj(self) -> None:
+        self.policy.check_callable(self.stack[-2])
+        _BASE.load_newobj(self)
 
-        def _appends(self) -> None:
-            check_target(self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None,
-                         (list,), "appends to")
-            base.load_appends(self)
+    def _newobj_ex(self) -> None:
+        self.policy.check_callable(self.stack[-3])
+        _BASE.load_newobj_ex(self)
 
-        def _additems(self) -> None:
-            check_target(self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None,
-                         (set,), "adds items to")
-            base.load_additems(self)
+    def _inst(self) -> None:
+        module = self.readline()[:-1].decode("ascii")
+        name = self.readline()[:-1].decode("ascii")
+        klass = self.find_class(module, name)
+        self.policy.check_callable(klass)
+        self._instantiate(klass, self.pop_mark())
 
-        def _extension(self) -> None:
-            raise RefusedPickle("it names an object through the copyreg extension registry, which kddiag never "
-                                "reads")
+    def _obj(self) -> None:
+        args = self.pop_mark()
+        cls = args.pop(0)
+        self.policy.check_callable(cls)
+        self._instantiate(cls, args)
 
-        dispatch = {**base.dispatch}
-        for _opcode, _method in (
-                (pickle.REDUCE, _reduce), (pickle.NEWOBJ, _newobj), (pickle.NEWOBJ_EX, _newobj_ex),
-                (pickle.INST, _inst), (pickle.OBJ, _obj), (pickle.BUILD, _build), (pickle.SETITEM, _setitem),
-                (pickle.SETITEMS, _setitems), (pickle.APPEND, _append), (pickle.APPENDS, _appends),
-                (pickle.ADDITEMS, _additems), (pickle.EXT1, _extension), (pickle.EXT2, _extension),
-                (pickle.EXT4, _extension)):
-            dispatch[_opcode[0]] = _method
-        del _opcode, _method
+    def _build(self) -> None:
+        import torch
 
-    restricted = types.ModuleType("kddiag_restricted_pickle")
-    restricted.Unpickler = Unpickler
-    restricted.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()
-    return restricted
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, _StandIn):
+            return
+        if type(inst) is torch.Tensor:  # torch's legacy tensor state
+            inst.set_(*state)
+            return
+        if type(inst) is torch.nn.Parameter:
+            inst.__setstate__(state)
+            return
+        self.policy.check_buildable(inst)
+        if type(inst) is not OrderedDict and hasattr(inst, "__setstate__"):
+            inst.__setstate__(state)
+            return
+        _set_plain_state(inst, state)
+
+    def _setitem(self) -> None:
+        self.policy.check_target(self.stack[-3], _MAPPINGS, "sets items on")
+        _BASE.load_setitem(self)
+
+    def _setitems(self) -> None:
+        self.policy.check_target(self._marked(), _MAPPINGS, "sets items on")
+        _BASE.load_setitems(self)
+
+    def _append(self) -> None:
+        self.policy.check_target(self.stack[-2], (list,), "appends to")
+        _BASE.load_append(self)
+
+    def _appends(self) -> None:
+        self.policy.check_target(self._marked(), (list,), "appends to")
+        _BASE.load_appends(self)
+
+    def _additems(self) -> None:
+        self.policy.check_target(self._marked(), (set,), "adds items to")
+        _BASE.load_additems(self)
+
+    def _extension(self) -> None:
+        raise RefusedPickle("it names an object through the copyreg extension registry, which kddiag never reads")
+
+    dispatch = {**_BASE.dispatch, **{opcode[0]: method for opcode, method in (
+        (pickle.REDUCE, _reduce), (pickle.NEWOBJ, _newobj), (pickle.NEWOBJ_EX, _newobj_ex),
+        (pickle.INST, _inst), (pickle.OBJ, _obj), (pickle.BUILD, _build), (pickle.SETITEM, _setitem),
+        (pickle.SETITEMS, _setitems), (pickle.APPEND, _append), (pickle.APPENDS, _appends),
+        (pickle.ADDITEMS, _additems), (pickle.EXT1, _extension), (pickle.EXT2, _extension),
+        (pickle.EXT4, _extension))}}
+
+
+def _set_plain_state(inst: Any, state: Any) -> None:
+    """BUILD's default: ``state`` (or ``(state, slotstate)``) as plain attributes, none of them special."""
+    slotstate = None
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slotstate = state
+    for attributes in (state, slotstate):
+        if attributes and (not isinstance(attributes, dict) or
+                           any(type(k) is not str or k.startswith("__") for k in attributes)):
+            raise RefusedPickle(f"it sets special attributes on {_what(inst)}, which kddiag never allows")
+    if state:
+        inst.__dict__.update(state)
+    for key, value in (slotstate or {}).items():
+        setattr(inst, key, value)
 
 
 def _what(value: Any) -> str:

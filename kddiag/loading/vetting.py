@@ -24,6 +24,7 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading._text import one_line
@@ -36,7 +37,11 @@ DENIED_OPERATORS = {
     "prim::Print": "writes to stdout", "prim::PythonOp": "runs Python code",
     "prim::IgnoredPythonOp": "runs Python code", "prim::rpc_async": "network access",
     "prim::rpc_sync": "network access", "prim::rpc_remote": "network access",
+    "higher_order::while_loop": "a loop kddiag cannot bound: the run could hang",
 }
+#: The most steps a TorchScript program's loops with a constant trip count may take, nested loops
+#: multiplied: a model's loops run over layers or positions; a ``while`` loop's trip count is 2⁶³ − 1.
+MAX_LOOP_STEPS = 10**7
 _SUSPECT = re.compile(r"file|save|load|rpc|socket|mmap|shm|exec|system|spawn|popen", re.IGNORECASE)
 _NATIVE_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia")  # compiled code torch may load
 _TRUST_HINT = "pass --trust-program to run it anyway"
@@ -83,17 +88,54 @@ def torchscript_operators(module) -> Iterator[str]:
     through blocks and ``fork`` subgraphs. A call still left after inlining (through an interface or a
     function value) is yielded as is, for :func:`check_operators` to refuse.
     """
+    for function in _script_functions(module):
+        if function is None:
+            yield "prim::CallMethod"  # a submodule torch did not compile: code kddiag cannot walk
+            continue
+        yield from _graph_kinds(function.inlined_graph)
+        # the graph as written, for operators inlining could fold away (its calls are in the above)
+        yield from (kind for kind in _graph_kinds(function.graph) if kind not in _UNFOLLOWED_CALLS)
+
+
+def _script_functions(module) -> Iterator[Any]:
+    """Every method, forward hook and pre-hook of a ScriptModule and of each submodule (None for a
+    submodule torch did not compile)."""
     for submodule in module.modules():
         scripted = getattr(submodule, "_c", None)
         if scripted is None:
-            yield "prim::CallMethod"  # a submodule torch did not compile: code kddiag cannot walk
+            yield None
             continue
-        functions = [scripted._get_method(name) for name in scripted._method_names()]
-        functions += [*scripted._get_forward_pre_hooks(), *scripted._get_forward_hooks()]
-        for function in functions:
-            yield from _graph_kinds(function.inlined_graph)
-            # the graph as written, for operators inlining could fold away (its calls are in the above)
-            yield from (kind for kind in _graph_kinds(function.graph) if kind not in _UNFOLLOWED_CALLS)
+        yield from (scripted._get_method(name) for name in scripted._method_names())
+        yield from (*scripted._get_forward_pre_hooks(), *scripted._get_forward_hooks())
+
+
+def check_loop_bounds(module, where: str, *, trust_program: bool) -> None:
+    """Refuse a TorchScript program with a loop of more than MAX_LOOP_STEPS constant steps (nested loops
+    multiplied; a ``while`` loop has 2⁶³ − 1), which could hang the run, unless the program is trusted.
+    Loops whose trip count comes from the inputs (their length, a tensor's size) are not bounded here."""
+    if trust_program:
+        return
+    for function in _script_functions(module):
+        steps = 0 if function is None else _most_loop_steps(function.inlined_graph)
+        if steps > MAX_LOOP_STEPS:
+            kind = "a while loop" if steps >= 2**63 - 1 else f"loops of {steps:,} steps"
+            raise UnsafeLoadError(f"{where}: the program's code has {kind} (more than {MAX_LOOP_STEPS:,} steps, "
+                                  f"kddiag cannot bound how long it runs); refused — {_TRUST_HINT}")
+
+
+def _most_loop_steps(graph, outer: int = 1) -> int:
+    """The largest product of constant trip counts along nested ``prim::Loop`` nodes (a count not constant: 1)."""
+    most = outer if outer > 1 else 0
+    for node in graph.nodes():
+        steps = outer
+        if node.kind() == "prim::Loop":
+            trip = node.inputsAt(0).node()
+            count = trip.output().toIValue() if trip.kind() == "prim::Constant" else 1
+            steps = outer * max(1, int(count)) if isinstance(count, int) else outer
+        for block in node.blocks():
+            most = max(most, _most_loop_steps(block, steps))
+        most = max(most, steps if steps > 1 else 0)
+    return most
 
 
 def _graph_kinds(graph) -> Iterator[str]:
@@ -524,6 +566,10 @@ _MAX_EXPONENT = 64
 _MAX_POWER_CONSTANTS = 8  # so a power's base is below 2**512 and its exponent at most 512: ~32 KB, no hang
 
 
+_OPERATOR_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator, ast.unaryop,
+                   ast.cmpop, ast.boolop, ast.Load)
+
+
 @functools.lru_cache(maxsize=4096)  # a program repeats its few expressions many times
 def _plain_expression(text: str) -> bool:
     """Whether ``sympy.sympify`` would only build arithmetic from ``text`` (it evaluates it as Python)."""
@@ -531,41 +577,47 @@ def _plain_expression(text: str) -> bool:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
-    texts = set()  # ids of string constants allowed where they stand: a Symbol's name, a Float's digits
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator,
-                             ast.unaryop, ast.cmpop, ast.boolop, ast.Load)):
-            if _is_power(node) and not _bounded_power(node):
-                return False
-        elif isinstance(node, ast.Name):
-            if not (node.id in _SYMPY_NAMES or _SYMPY_NAME.fullmatch(node.id) or _SYMBOL.fullmatch(node.id)):
-                return False
-        elif isinstance(node, ast.Constant):
-            if isinstance(node.value, str):
-                if id(node) not in texts:
-                    return False
-            elif not (node.value is None or isinstance(node.value, (bool, float))
-                      or isinstance(node.value, int) and abs(node.value) <= _MAX_INT):
-                return False
-        elif isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_NAMES or _is_opaque_call(node)):
-                return False
-            if any(isinstance(arg, ast.Starred) for arg in node.args) or any(
-                    kw.arg is None or not (isinstance(kw.value, ast.Constant) and type(kw.value.value) in (bool, int))
-                    for kw in node.keywords):
-                return False
-            first = node.args[0] if node.args else None
-            if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                pattern = _SYMBOL_TEXT if node.func.id in ("Symbol", "Dummy") else _FLOAT_TEXT
-                if node.func.id in ("Symbol", "Dummy", "Float") and pattern.fullmatch(first.value):
-                    texts.add(id(first))
-            if _is_power(node) and not _bounded_power(node):
-                return False
-        elif isinstance(node, ast.keyword):
-            continue
-        else:
-            return False
-    return True
+    texts: set[int] = set()  # ids of string constants allowed where they stand: a Symbol's name, a Float's digits
+    return all(_plain_node(node, texts) for node in ast.walk(tree))  # a call is walked before its arguments
+
+
+def _plain_node(node: ast.AST, texts: set[int]) -> bool:
+    """Whether one node of a shape expression builds only arithmetic: operators (powers bounded), sympy
+    names and symbols, small constants, sympy calls (:func:`_plain_call`) and their keywords."""
+    if isinstance(node, _OPERATOR_NODES):
+        return not _is_power(node) or _bounded_power(node)
+    if isinstance(node, ast.Name):
+        return bool(node.id in _SYMPY_NAMES or _SYMPY_NAME.fullmatch(node.id) or _SYMBOL.fullmatch(node.id))
+    if isinstance(node, ast.Constant):
+        return _plain_constant(node, texts)
+    if isinstance(node, ast.Call):
+        return _plain_call(node, texts)
+    return isinstance(node, ast.keyword)
+
+
+def _plain_constant(node: ast.Constant, texts: set[int]) -> bool:
+    """None, a bool, a float, an int of at most 64 bits, or a string a call allowed (in ``texts``)."""
+    value = node.value
+    if isinstance(value, str):
+        return id(node) in texts
+    return value is None or isinstance(value, (bool, float)) or isinstance(value, int) and abs(value) <= _MAX_INT
+
+
+def _plain_call(node: ast.Call, texts: set[int]) -> bool:
+    """A sympy constructor called without ``*``/``**`` and with bool or int keywords (a power bounded);
+    a Symbol's or Dummy's name and a Float's digits given as text are added to ``texts``."""
+    if not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_NAMES or _is_opaque_call(node)):
+        return False
+    if any(isinstance(arg, ast.Starred) for arg in node.args) or any(
+            kw.arg is None or not (isinstance(kw.value, ast.Constant) and type(kw.value.value) in (bool, int))
+            for kw in node.keywords):
+        return False
+    first = node.args[0] if node.args else None
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        pattern = _SYMBOL_TEXT if node.func.id in ("Symbol", "Dummy") else _FLOAT_TEXT
+        if node.func.id in ("Symbol", "Dummy", "Float") and pattern.fullmatch(first.value):
+            texts.add(id(first))
+    return not _is_power(node) or _bounded_power(node)
 
 
 def _is_opaque_call(node: ast.Call) -> bool:

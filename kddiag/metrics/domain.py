@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (ClassSums, SoftmaxStats, auroc, check_labels, check_logits, check_temperature,
-                                    single_thread_blas, softmax_stats, spearman)
+from kddiag.metrics._common import (ClassSums, SoftmaxStats, auroc, check_finite, check_labels, check_logits,
+                                    check_temperature, single_thread_blas, softmax_stats, spearman)
 
 TOP_K_ALTERNATIVES = 10  # the wrong classes (tokens) top_k_nontarget_share counts
 
@@ -60,8 +60,7 @@ def weight_similarity(weight) -> np.ndarray:
     if weight.ndim != 2 or weight.shape[0] < 2:
         raise KddiagError("logit-layer weight must be (n_classes, n_features) with n_classes ≥ 2; "
                           f"got shape {weight.shape}")
-    if not np.all(np.isfinite(weight)):
-        raise KddiagError("logit-layer weight must be finite")
+    check_finite(weight, name="logit-layer weight")
     return weight_similarity_of(weight)
 
 
@@ -248,8 +247,7 @@ def _check_features(features, name: str) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
         raise KddiagError(f"{name} must be (n_samples, n_features) with at least 2 samples; got shape {features.shape}")
-    if not np.all(np.isfinite(features)):
-        raise KddiagError(f"{name} must be finite")
+    check_finite(features, name=name)
     return features
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (SoftmaxStats, auroc, check_alpha, check_labels, check_logits, check_pair,
-                                    check_temperature, check_values, single_thread_blas, softmax_stats,
+from kddiag.metrics._common import (SoftmaxStats, auroc, check_alpha, check_finite, check_labels, check_logits,
+                                    check_pair, check_temperature, check_values, single_thread_blas, softmax_stats,
                                     spearman)
 
 N_NEIGHBORS = 10
@@ -101,8 +101,7 @@ def knn_label_disagreement(features, labels, *, n_neighbors: int = N_NEIGHBORS) 
                           f"got shape {features.shape}")
     if features.dtype not in (np.float32, np.float64):
         features = features.astype(np.float64)
-    if not np.all(np.isfinite(features)):
-        raise KddiagError("features must be finite")
+    check_finite(features, name="features")
     labels = check_labels(labels, n_samples=features.shape[0], n_classes=None)
     if int(n_neighbors) < 1:
         raise KddiagError(f"n_neighbors must be ≥ 1; got {n_neighbors}")

@@ -101,16 +101,13 @@ def render_comparison_html(comparison: Comparison) -> str:
     """The comparison as one self-contained HTML document."""
     from kddiag.compare_plots import (plot_accuracy_vs_temperature, plot_students_accuracy,
                                       plot_students_reliability, student_colors)
-    from kddiag.report.html import _environment, _finding, _render
+    from kddiag.report.html import _environment, _finding, axes_figure
 
     names, ranking = comparison.names, comparison.ranking
     colors = student_colors(comparison)
 
     def figure(title, plot, size, **options):
-        def draw(fig):
-            plot(comparison, ax=fig.add_subplot(), **options)
-            fig.tight_layout()
-        return _render(title, draw, size)
+        return axes_figure(title, lambda ax: plot(comparison, ax=ax, **options), size)
 
     taus = {report.settings.temperature.value for report in comparison.reports}
     figures = [figure("Accuracy", plot_students_accuracy, (6.4, 0.5 * len(names) + 2.2)),

@@ -23,8 +23,8 @@ from kddiag.diagnosis.wording import kd_helped_title
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (CLIPPED_METRICS, LEVEL_CODES, W_SHOWN_MAX, clipped_value, evidence_summary, format_cell,
                                 fired_findings, format_number, headline_table, severity_word)
-from kddiag.results import Measured, OutcomeOnSet
-from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER, Report
+from kddiag.results import Measured, OutcomeOnSet, Report
+from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER
 
 DPI = 100
 LEVEL_INTROS = {
@@ -267,17 +267,22 @@ def _similarity_size(report: Report) -> tuple[float, float]:
 # ---------------------------------------------------------------- figures
 
 def _axes_figure(title: str, plot: Callable, report: Report, size: tuple[float, float], **options) -> dict:
-    def draw(fig):
-        plot(report, ax=fig.add_subplot(), **options)
-        fig.tight_layout()
-    return _render(title, draw, size)
+    return axes_figure(title, lambda ax: plot(report, ax=ax, **options), size)
 
 
 def _figure(title: str, plot: Callable, report: Report, size: tuple[float, float]) -> dict:
-    return _render(title, lambda fig: plot(report, fig=fig), size)
+    return inline_figure(title, lambda fig: plot(report, fig=fig), size)
 
 
-def _render(title: str, draw: Callable, size: tuple[float, float]) -> dict:
+def axes_figure(title: str, draw: Callable, size: tuple[float, float]) -> dict:
+    """:func:`inline_figure` of ``draw(ax)`` on the figure's one axes, laid out tight."""
+    def on_axes(fig):
+        draw(fig.add_subplot())
+        fig.tight_layout()
+    return inline_figure(title, on_axes, size)
+
+
+def inline_figure(title: str, draw: Callable, size: tuple[float, float]) -> dict:
     """Draw on a fresh Agg figure and return it as a PNG data URI; a drawing error becomes a note."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -15,7 +15,7 @@ import numpy as np
 
 from kddiag import SCHEMA_VERSION, __version__
 from kddiag.errors import KddiagError
-from kddiag.types import Report
+from kddiag.results import Report
 
 
 MAX_INLINE_CLASSES = 100  # class-by-class matrices of more classes are summarized, not written whole

@@ -16,8 +16,8 @@ from kddiag.diagnosis.reading import kd_gain
 from kddiag.diagnosis.wording import kd_helped_title
 from kddiag.metrics.instance import LOW_WEIGHT
 from kddiag.metrics.universe import N_BINS, SATURATION
-from kddiag.results import NOT_MEASURED, Measured, Measurements
-from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Remedy, Report, Settings
+from kddiag.results import NOT_MEASURED, Measured, Measurements, Report
+from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Remedy, Settings
 
 WIDTH = 100
 ADVICE_LINES = 2  # a finding's advice in the summary, at most (the HTML report and report.json hold it whole)

@@ -6,23 +6,21 @@ Figures are drawn by :mod:`kddiag.monitor_plots` on Agg figures and inlined as b
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import statistics
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from kddiag import __version__
 from kddiag.history import KEY_MEASUREMENTS
 from kddiag.diagnosis.ids import HEALTHY
+from kddiag.report.html import axes_figure
 from kddiag.report.text import VERDICT_WORDS, format_number, severity_word
 
 if TYPE_CHECKING:
     from kddiag.monitor import Monitor
 
 MONITOR_SCHEMA_VERSION = "1.0"
-DPI = 100
 TABLE_COLUMNS = {  # the table of every call: record field -> column header
     "student_accuracy": "student acc.", "agreement": "agreement", "kl_teacher_student": "KL(t‖s)",
     "student_ece": "student ECE", "output_similarity_transfer_score": "transfer score", "feature_cka": "CKA",
@@ -67,11 +65,11 @@ def _context(monitor: "Monitor") -> dict:
 
     history = monitor.history
     spans = [s for s in monitor.spans if s.id != HEALTHY]  # findings only: 'healthy' is the verdict, not a problem
-    figures = [_figure(title, lambda ax, plot=plot: plot(history, ax=ax), (5.6, 3.4)) for title, plot in (
+    figures = [axes_figure(title, lambda ax, plot=plot: plot(history, ax=ax), (5.6, 3.4)) for title, plot in (
         ("Accuracy and agreement", plot_accuracy_over_steps), ("KL(teacher ‖ student)", plot_kl_over_steps),
         ("Calibration", plot_ece_over_steps), ("Domain knowledge transferred", plot_structure_over_steps),
         ("What the student has yet to take on (decoupled KD)", plot_decoupled_kd_over_steps))]
-    timeline = _figure("Findings over training", lambda ax: plot_findings_timeline(history, spans, ax=ax),
+    timeline = axes_figure("Findings over training", lambda ax: plot_findings_timeline(history, spans, ax=ax),
                        (11.4, 1.4 + 0.45 * max(1, len({s.id for s in spans}))))
     seconds = [r.seconds for r in history]
     last = monitor.last_diagnosis
@@ -111,19 +109,3 @@ def _strict(value):
     return value
 
 
-def _figure(title: str, draw: Callable, size: tuple[float, float]) -> dict:
-    """Draw on a fresh Agg figure and return it as a PNG data URI; a drawing error becomes a note."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=DPI)
-    FigureCanvasAgg(fig)
-    try:
-        draw(fig.add_subplot())
-        fig.tight_layout()
-    except (ValueError, TypeError, KeyError, IndexError) as error:
-        return {"title": title, "uri": None, "error": f"{type(error).__name__}: {error}"}
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return {"title": title, "uri": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
-            "error": None}

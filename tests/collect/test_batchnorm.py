@@ -69,3 +69,28 @@ def test_the_sample_is_fixed_and_bounded(trained, monkeypatch):
     again = first_batchnorm_fit(loaded, (raw - mean) / std, batch_size=300)
     assert first.n_examples == 500 and first.variance_ratio == pytest.approx(again.variance_ratio, rel=1e-9)
     assert np.isfinite(first.mean_shift)
+
+
+def test_inputs_against_the_normalization_the_teacher_stores(trained):
+    """Real digits against the (mean, std) the teacher was trained with: normalized, per-channel mean ≈ 0 and
+    variance ≈ 1; left raw, the variance is std⁻²-fold off the normalized one and matches the raw statistics;
+    with three stored channels the images' channel axis is read."""
+    from kddiag.collect.batchnorm import stored_normalization_fit
+
+    model, raw, mean, std = trained
+    teacher = LoadedModel("t.pt", "state_dict", model, metadata={"normalization": {"mean": (mean,), "std": (std,)}})
+    right = stored_normalization_fit(teacher, (raw - mean) / std)
+    assert right.variance_ratio == pytest.approx(1.0, abs=0.02) and right.mean_shift < 0.01
+    assert right.raw_variance_ratio == pytest.approx(std**-2, rel=0.02)
+    left_out = stored_normalization_fit(teacher, raw)
+    assert left_out.variance_ratio == pytest.approx(std**2, rel=0.02)
+    assert left_out.raw_variance_ratio == pytest.approx(1.0, abs=0.02) and left_out.raw_mean_shift < 0.01
+    assert left_out.to_dict()["mean"] == [mean] and left_out.n_examples == len(raw)
+    rgb = torch.stack([raw.reshape(-1, 8, 8) * s + m for m, s in ((0, 1), (5, 2), (10, 3))], dim=1)
+    stored = {"mean": (mean, 5 + 2 * mean, 10 + 3 * mean), "std": (std, 2 * std, 3 * std)}
+    colour = stored_normalization_fit(LoadedModel("t.pt", "state_dict", model, metadata={"normalization": stored}), rgb)
+    assert colour.raw_variance_ratio == pytest.approx(1.0, abs=0.02) and colour.raw_mean_shift < 0.01
+    assert stored_normalization_fit(LoadedModel("t.pt", "state_dict", model), raw) is None  # nothing stored
+    assert stored_normalization_fit(LoadedModel("t.pt", "state_dict", model, metadata={"normalization": stored}),
+                                    raw) is None  # 3 channels stored, flat inputs: nothing to compare
+    assert stored_normalization_fit(teacher, torch.zeros(5, 64, dtype=torch.long)) is None  # token ids

@@ -10,8 +10,8 @@ from kddiag.accumulate import summarize
 from kddiag.collect import collect_summary, model_batches
 from kddiag.measure import measure
 from kddiag.report.json import _jsonable
-from kddiag.types import (IGNORE_INDEX, ClassInfo, Dataset, LoadedModel, ModelOutputs, SetOutputs, Settings,
-                          TokenInputs)
+from kddiag.types import (IGNORE_INDEX, ClassInfo, Dataset, LoadedModel, ModelOutputs, SetOutputs, Setting,
+                          Settings, TokenInputs)
 
 VOCAB, LENGTH = 40, 12
 
@@ -132,7 +132,8 @@ def test_breakdowns_by_frequency_and_position_equal_brute_force_sums():
                strata.POSITION: strata.position_buckets(data.x.target_positions())}
     (acc,) = collect_summaries(data, teacher=loaded["teacher"], students=(loaded["student"],), set_name="eval",
                                settings=((2.0, 0.5),), batch_size=4, strata=buckets)
-    measured = measure([acc.summary()], settings=Settings(), class_info=ClassInfo())
+    measured = measure([acc.summary()], settings=Settings(Setting(2.0, "cli"), Setting(0.5, "cli")),
+                       class_info=ClassInfo())
     with torch.inference_mode():
         teacher, student = (loaded[r].module(data.x).numpy() for r in ("teacher", "student"))
     teacher_right = teacher.argmax(1) == data.labels

@@ -748,3 +748,29 @@ def test_the_overconfident_title_names_the_set_its_evidence_is_on():
     found = finding(run(eval_only), "teacher-overconfident")
     assert found.title == "The teacher is over-confident on the eval set"
     assert found.evidence[0].dataset == EVAL
+
+
+def test_inputs_far_from_the_normalization_the_teacher_stores_point_at_the_inputs():
+    """Inputs left raw where the teacher stores its normalization (MNIST: std 0.3081, variance 0.095× the
+    normalized one): the rule fires on that alone and says the inputs look like they were never normalized;
+    inputs normalized right (variance ≈ 1) or of another domain stay clear."""
+    from kddiag.types import NormalizationFit
+
+    def info(role, ratio, shift, raw_ratio, raw_shift):
+        fit = NormalizationFit((0.1307,), (0.3081,), 1000, shift, ratio, raw_shift, raw_ratio)
+        return InputInfo(role, f"{role}.pt", "pt", teacher_normalization=fit)
+
+    context = Context(SETTINGS, N_CLASSES, inputs=(info(EVAL, 0.095, 0.13, 0.98, 0.01),
+                                                   info(TRANSFER, 0.095, 0.13, 0.98, 0.01)))
+    decision = rules.data_pipeline_suspect(build({}), context)
+    assert isinstance(decision, Fired) and len(decision.facts.normalization) == 2 and not decision.facts.batchnorm
+    assert decision.evidence[0].metric == "inputs.teacher_normalization.variance_ratio"
+    words = wording.word_data_pipeline(decision.facts, context).explanation
+    assert "stores the normalization it was trained with (mean 0.1307, std 0.3081)" in words
+    assert "look like inputs before that normalization" in words and "it was left out" in words
+    doubled = Context(SETTINGS, N_CLASSES, inputs=(info(EVAL, 10.5, 1.3, 110.0, 5.0),))
+    fired = rules.data_pipeline_suspect(build({}), doubled)
+    assert isinstance(fired, Fired) and "left out" not in wording.word_data_pipeline(fired.facts, doubled).explanation
+    for ratio, shift in ((1.0, 0.01), (0.4, 0.6), (3.0, 1.5)):  # right, or another domain's inputs
+        fine = Context(SETTINGS, N_CLASSES, inputs=(info(EVAL, ratio, shift, ratio * 10, 0.5),))
+        assert isinstance(rules.data_pipeline_suspect(build({}), fine), Clear)

@@ -30,3 +30,25 @@ def test_torchscript_archive_detected_by_content(tmp_path, archs):
     assert loaded.format == "torchscript" and loaded.metadata == {"alpha": 0.3}
     x = torch.randn(3, 8)
     assert torch.allclose(loaded.module(x), reference(x))
+
+
+def test_archive_settings_that_are_not_utf8_text_get_one_line(tmp_path, archs):
+    import pytest
+
+    from kddiag.errors import KddiagError
+
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(archs.mlp().eval()), str(path), _extra_files={"kddiag.json": b"\xff\xfe{}"})
+    with pytest.raises(KddiagError, match=r"kddiag.json extra file is not UTF-8 text \(invalid start byte at byte 0\)"):
+        load_model(path)
+
+
+def test_archive_normalization_is_kept_and_noted(tmp_path, archs):
+    program = torch.export.export(archs.mlp().eval(), (torch.randn(2, 8),))
+    path = tmp_path / "teacher.pt2"
+    torch.export.save(program, str(path), extra_files={"kddiag.json": json.dumps({"mean": [0.5], "std": [0.25]})})
+    loaded = load_model(path)
+    assert loaded.metadata == {"normalization": {"mean": (0.5,), "std": (0.25,)}}
+    assert loaded.notes[-1] == "normalization: mean [0.5], std [0.25], stored in the file"

@@ -334,3 +334,71 @@ def test_a_weight_record_declaring_more_elements_than_it_stores_is_refused_befor
                 out.writestr(info.filename, data)
     assert_refused(run(bomb), "bomb.pt2", "declares 20,000,000,000 elements", "holds 0 bytes")
     assert load_model(clean).module is not None  # real records hold what they declare
+
+
+# --- loops that never end: a hang, not code -------------------------------------------------------
+
+class Spinning(nn.Module):
+    """Computes like an MLP, after a ``while`` loop that never ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(N_FEATURES, N_CLASSES)
+
+    def forward(self, x):
+        steps = 0
+        while True:
+            steps += 1
+            if steps < 0:
+                break
+        return self.layer(x)
+
+
+class Nested(nn.Module):
+    """Two nested loops of 10,000 constant steps each (10⁸ in all), and one over the batch (not bounded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(N_FEATURES, N_CLASSES)
+
+    def forward(self, x):
+        for i in range(10000):
+            for j in range(10000):
+                x = x + 0
+        for k in range(x.shape[0]):
+            x = x + 0
+        return self.layer(x)
+
+
+class Layered(nn.Module):
+    """Loops a real model has: over a few layers, over the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(N_FEATURES, N_FEATURES) for _ in range(3)])
+        self.head = nn.Linear(N_FEATURES, N_CLASSES)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        for k in range(4):
+            for row in range(x.shape[0]):
+                x = x + 0
+        return self.head(x)
+
+
+@pytest.mark.parametrize("model, said", [(Spinning, "a while loop"), (Nested, "loops of 100,000,000 steps")])
+def test_torchscript_loops_that_could_hang_the_run_are_refused(tmp_path, model, said):
+    path = script(model().eval(), tmp_path / "spin.pt")
+    assert_refused(run(path), said, "--trust-program")
+    assert load_model(path, trust_program=True).format == "torchscript"  # trusted: loaded (running is the user's call)
+
+
+def test_a_models_own_loops_pass(tmp_path):
+    loaded = load_model(script(Layered().eval(), tmp_path / "layered.pt"))
+    assert vetting._most_loop_steps(loaded.module.forward.inlined_graph) == 4
+
+
+def test_an_exported_while_loop_is_refused():
+    with pytest.raises(Exception, match="higher_order::while_loop .a loop kddiag cannot bound"):
+        vetting.check_operators(["aten::add.Tensor", "higher_order::while_loop"], "t.pt2", trust_program=False)

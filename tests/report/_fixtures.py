@@ -1,4 +1,4 @@
-"""Realistic :class:`kddiag.types.Report` objects for the rendering tests, measured by the real thing.
+"""Realistic :class:`kddiag.results.Report` objects for the rendering tests, measured by the real thing.
 
 The logits come from a small synthetic model of grouped classes (class prototypes near their group's
 centre, examples = prototype + noise, linear logit layers), so matrices, histograms and per-example
@@ -15,9 +15,9 @@ import numpy as np
 
 from kddiag.measure import NO_BASELINE, NO_FEATURES, measure
 from kddiag.measure import NO_WEIGHTS_LOGITS_MODE as NO_WEIGHTS
-from kddiag.results import Measurements, measured
-from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Evidence, Finding, InputInfo, ModelOutputs, Report,
-                          SetOutputs, Setting, Settings)
+from kddiag.results import Measurements, Report, measured
+from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Evidence, Finding, InputInfo, ModelOutputs, SetOutputs,
+                          Setting, Settings)
 
 __all__ = ["NO_BASELINE", "NO_FEATURES", "NO_WEIGHTS", "build_report", "build_logits_only_report", "kd_helped"]
 

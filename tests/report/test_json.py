@@ -72,7 +72,8 @@ def _current_umask() -> int:
 def _report_with(n_classes, tmp_seed=0):
     from kddiag.diagnosis import diagnose
     from kddiag.measure import measure
-    from kddiag.types import EVAL, ClassInfo, ModelOutputs, Report, SetOutputs, Settings
+    from kddiag.results import Report
+    from kddiag.types import EVAL, ClassInfo, ModelOutputs, SetOutputs, Settings
 
     rng = np.random.default_rng(tmp_seed)
     y = rng.integers(0, n_classes, 400)
