@@ -44,6 +44,11 @@ class KddiagGroup(click.Group):
                 ctx.exit(EXIT_ERROR)
             except click.UsageError as error:  # a command's arguments and options, an unknown command
                 _usage_error(error)
+            except MemoryError as error:  # numpy's carries the size asked for; the report was not written
+                click.echo(f"kddiag: error: {_rank()}out of memory ({printable(' '.join(str(error).split()))[:200]}); "
+                           "nothing was written: give fewer or smaller inputs, or a smaller --batch-size",
+                           err=True)
+                ctx.exit(EXIT_ERROR)
             except BaseException as error:
                 if not is_rust_panic(error):  # a Rust library's panic (tokenizers) past the handlers that name it
                     raise
@@ -54,8 +59,10 @@ class KddiagGroup(click.Group):
 
 def _rank() -> str:
     """'rank 1 of 2: ' under torchrun, whose ranks print to one terminal; '' for one process."""
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    return f"rank {os.environ.get('RANK', '?')} of {world_size}: " if world_size not in ("", "0", "1") else ""
+    world_size, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "?")
+    if not world_size.isdigit() or int(world_size) <= 1:
+        return ""
+    return f"rank {rank if rank.isdigit() else '?'} of {int(world_size)}: "
 
 
 def _usage_error(error: click.UsageError):
@@ -151,7 +158,7 @@ def _finish(report, *, out: str | None, as_json: bool, fail_on, arrays: bool = F
     written = write_outputs(report, out, arrays=arrays) if out else {}
     click.echo(render_json(report) if as_json else render_text(report))
     for path in written.values():
-        click.echo(f"wrote {path}", err=as_json)
+        click.echo(f"wrote {printable(str(path))}", err=as_json)
     _gate([report.diagnosis], fail_on)
 
 
@@ -386,7 +393,7 @@ def compare(teacher, students, data, transfer_data, baseline, out, as_json, fail
     written = write_comparison(comparison, out) if out else {}
     click.echo(render_comparison_json(comparison) if as_json else render_comparison_text(comparison))
     for path in written.values():
-        click.echo(f"wrote {path}", err=as_json)
+        click.echo(f"wrote {printable(str(path))}", err=as_json)
     _gate([report.diagnosis for report in comparison.reports], fail_on)
 
 

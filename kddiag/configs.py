@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, as_float, shown_value
 from kddiag.files import open_regular
 from kddiag.types import RunConfig, _check_temperature
 
@@ -108,6 +108,8 @@ def _parse(text: str, where: str) -> Any:
         raise KddiagError(f"{where}: not valid YAML{at} ({problem})") from None
     except RecursionError:
         raise KddiagError(f"{where}: nested too deeply to be a training config") from None
+    except ValueError as error:  # an integer of more digits than Python converts
+        raise KddiagError(f"{where}: not a usable YAML document ({' '.join(str(error).split())[:200]})") from None
     if len(documents) > 1:
         raise KddiagError(f"{where}: holds {len(documents)} YAML documents; a training config is one")
     return documents[0] if documents else None
@@ -276,9 +278,10 @@ def _number(value: Any, key: str, where: str) -> float:
             value = float(value)
         except ValueError:
             pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = as_float(value)
+    if number is None or not math.isfinite(number):
         raise KddiagError(f"{where}: {key} must be a finite number; got {_shown(value)}")
-    return float(value)
+    return number
 
 
 def _temperature(value: Any, key: str, where: str) -> float:
@@ -296,5 +299,4 @@ def _balance(soft: float, hard: float, key: str, where: str) -> float:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown_value(value)

@@ -144,7 +144,7 @@ def _load_spec(path: Path, role: str, images: ImageOptions) -> Dataset:
     except RecursionError:
         raise KddiagError(f"{where}: not a JSON data spec (nested too deeply); expected "
                           f'{{"path": ..., "normalize": ..., "resize": ..., "layout": ...}}') from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # not UTF-8, not JSON, or an integer of more digits than Python converts
         raise KddiagError(f"{where}: not a JSON data spec ({_one_line(error)}); expected "
                           f'{{"path": ..., "normalize": ..., "resize": ..., "layout": ...}}') from None
     if not isinstance(spec, dict):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from kddiag.accumulate import CHUNK_ROWS, SetAccumulator
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, printable
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,21 @@ def _reason(error: BaseException) -> str:
     return text.split(". ", 1)[0][:160] or type(error).__name__
 
 
+def _environ_int(name: str, default: str | None, *, low: int, high: int | None = None) -> int:
+    """A torchrun environment variable as an integer in [low, high]; one line naming it otherwise."""
+    text = os.environ.get(name, default)
+    bounds = f"from {low}" + ("" if high is None else f" to {high}")
+    if text is None:
+        raise KddiagError(f"{name} is not set, but WORLD_SIZE is: start kddiag with torchrun, which sets both")
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise KddiagError(f"the environment variable {name} must be an integer {bounds}; got {printable(text)[:40]!r}")
+    return value
+
+
 def shard(n_samples: int, unit: int, rank: int, world_size: int) -> range:
     """Rank ``rank``'s examples: whole units (``unit`` examples from a multiple of it), contiguous, as even
     as can be (shards differ by at most one unit); every example in exactly one shard.
@@ -80,7 +95,7 @@ def shard(n_samples: int, unit: int, rank: int, world_size: int) -> range:
 def group(device: str | None) -> Iterator[Group]:
     """The ranks of this run: joins the process group torchrun set up (and leaves it at the end), or a
     single process when not under torchrun. ``device``: the requested device, made per-rank for CUDA."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _environ_int("WORLD_SIZE", "1", low=0)
     if world_size <= 1:
         yield Group(device=device)
         return
@@ -89,14 +104,21 @@ def group(device: str | None) -> Iterator[Group]:
 
     if not dist.is_available():
         raise KddiagError("WORLD_SIZE > 1 but this torch has no torch.distributed; run one process")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _environ_int("RANK", None, low=0, high=world_size - 1), _environ_int("LOCAL_RANK", "0", low=0)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise KddiagError(f"WORLD_SIZE is {world_size} but {name} is not set: start kddiag with torchrun, which "
+                              "sets it, or unset WORLD_SIZE to run one process")
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:
         device = f"cuda:{local_rank}" if device in (None, "cuda") else device
         torch.cuda.set_device(torch.device(device))
     joined = not dist.is_initialized()
     if joined:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        try:
+            dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world_size)
+        except (RuntimeError, ValueError) as error:
+            raise KddiagError(f"could not join the other ranks ({_reason(error)})") from None
     try:
         yield Group(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
     finally:

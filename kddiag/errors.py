@@ -27,6 +27,32 @@ def printable(text: str) -> str:
                    else ascii(ch)[1:-1] for ch in text)
 
 
+def as_float(value: object) -> float | None:
+    """A number read from a file as a float: ints beyond float's range as ±inf (never an OverflowError),
+    NaN and inf as they are; None for anything not a number (bools, strings, containers)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
+def shown_value(value: object, limit: int = 60) -> str:
+    """A value read from a file, shown for an error message: its repr cut to ``limit`` characters, built
+    without expanding more than a few items of each container (a YAML alias bomb shares one list a
+    billion times over; ``repr`` would expand all of it)."""
+    import reprlib
+
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxlist, shower.maxdict, shower.maxtuple = 3, 4, 4, 4
+    shower.maxstring = shower.maxother = shower.maxlong = limit
+    text = printable(shower.repr(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def is_rust_panic(error: BaseException) -> bool:
     """Whether ``error`` is a Rust panic turned into Python by PyO3 (``pyo3_runtime.PanicException``, a
     BaseException that ``except Exception`` lets through), as the tokenizers library raises."""

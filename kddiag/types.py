@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, as_float, shown_value
 from kddiag.metrics.strata import N_BUCKETS
 from kddiag.progress import check_progress
 
@@ -27,6 +27,7 @@ LEVEL_TITLES = {
 }
 EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
 ROLES = ("teacher", "student", "baseline")  # the models of one inspection, in report order
+MAX_CLASSES = 1 << 19  # the most classes kddiag reads from logits files: the largest vocabularies have 262,144
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
 # Where a distillation setting's value came from, in precedence order: the command line (or the Python
 # API's options), the run's own config file (--config), the checkpoint's metadata, else a guessed default.
@@ -840,9 +841,9 @@ def check_normalize(mean: Any, std: Any, origin: str) -> tuple[tuple[float, ...]
     for name, given in (("means", mean), ("stds", std)):
         if isinstance(given, (str, bytes)) or not hasattr(given, "__len__") or len(given) == 0:
             raise KddiagError(f"{origin}: the {name} must be a non-empty list of numbers, one per channel; "
-                              f"got {given!r}")
-        if not all(_is_real(v) and math.isfinite(v) for v in given):
-            raise KddiagError(f"{origin}: the {name} must be finite numbers; got {list(given)!r}")
+                              f"got {shown_value(given)}")
+        if not all(_is_real(v) and math.isfinite(as_float(v)) for v in given):
+            raise KddiagError(f"{origin}: the {name} must be finite numbers; got {shown_value(list(given))}")
         values.append(tuple(float(v) for v in given))
     mean, std = values
     if len(mean) != len(std):

@@ -208,6 +208,14 @@ def test_hostile_files_are_refused_in_one_line_and_nothing_runs(tmp_path):
     assert load_config(write(tmp_path, shared)).temperature == 2.0  # the walk visits each object once
     with pytest.raises(KddiagError, match=r"--config: expected the path of a YAML file; got int"):
         load_config(3)
+    started = time.perf_counter()  # the bomb where a number was expected: shown, not expanded
+    with pytest.raises(KddiagError, match=r"temperature must be a finite number; got \[\[\[\[\.\.\.\], \[\.\.\.\]"):
+        load_config(write(tmp_path, laughs + "temperature: *i\n"))
+    assert time.perf_counter() - started < 5
+    with pytest.raises(KddiagError, match=r"temperature must be a finite number; got 1000000000000000000000"):
+        load_config(write(tmp_path, f"temperature: {10**400}\n"))  # an int beyond float: no OverflowError
+    with pytest.raises(KddiagError, match=r"config.yaml': not a usable YAML document \(Exceeds the limit"):
+        load_config(write(tmp_path, f"temperature: {'9' * 5001}\n"))  # more digits than Python converts
 
 
 def test_precedence_command_line_config_checkpoint_guessed():

@@ -72,3 +72,28 @@ def test_two_ranks_write_the_report_one_process_writes(inputs, tmp_path, mode):
     sharded = _run(args, tmp_path / "two", ranks=2)
     assert (tmp_path / "one" / "report.json").read_bytes() == (tmp_path / "two" / "report.json").read_bytes()
     assert sharded.stdout.replace(str(tmp_path / "two"), "OUT") == single.stdout.replace(str(tmp_path / "one"), "OUT")
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be an integer from 0; got 'abc'"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set, but WORLD_SIZE is"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+     "RANK must be an integer from 0 to 1; got '5'"),  # torch would wait 30 minutes for ranks that never come
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK must be an integer from 0; got '-1'"),
+    ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "abc"},
+     "could not join the other ranks"),
+])
+def test_a_broken_torchrun_environment_gets_one_line(monkeypatch, env, said):
+    from click.testing import CliRunner
+
+    from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and said in lines[0], result.stderr
+    assert "Traceback" not in result.output and lines[0].startswith("kddiag: error: ")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -86,3 +87,78 @@ def test_the_installed_command_names_itself_in_the_one_line():
     assert done.stderr.strip().splitlines() == [
         "kddiag: error: No such option '--zzz'; see 'kddiag inspect --help'"], done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("kind, text, said", [
+    ("classes", '{"names": ["a"], "groups": [' + "9" * 5001 + "]}", "not a readable JSON file (Exceeds the limit"),
+    ("data", '{"path": "x.npz", "resize": [' + "9" * 5001 + ", 2]}", "not a JSON data spec (Exceeds the limit"),
+    ("data", '{"path": "x.npz", "normalize": {"mean": [1e999], "std": [1]}}', "the means must be finite numbers"),
+    ("data", '{"path": "x.npz", "normalize": {"mean": [' + "9" * 400 + '], "std": [1]}}',
+     "the means must be finite numbers; got [99999"),
+])
+def test_json_numbers_beyond_what_python_converts_get_one_line(tmp_path, kind, text, said):
+    """Red-team pass 2: integers of 5,001 digits (Python refuses to parse them: a ValueError, not a
+    JSONDecodeError) or beyond float's range (an OverflowError in isfinite) in the classes file or a data spec."""
+    from click.testing import CliRunner
+
+    from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
+
+    import numpy as np
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 1, 8, 8), dtype=np.float32), y=np.arange(4))
+    path = tmp_path / f"{kind}.json"
+    path.write_text(text)
+    args = ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT)]
+    args += ["--data", "digits:test", "--classes", str(path)] if kind == "classes" else ["--data", str(path)]
+    result = CliRunner().invoke(main, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and said in lines[0], result.stderr[-2000:]
+    assert len(lines[0]) < 400
+
+
+def test_terminal_escapes_in_file_names_never_reach_the_terminal(tmp_path):
+    """Red-team pass 2: a teacher file named with an OSC title sequence and a screen clear was echoed raw
+    in the terminal summary's inputs; now escaped as Python writes it."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
+
+    teacher = tmp_path / "t\x1b]0;OWNED\x07\x1b[2Jeacher.pt"
+    shutil.copy(DEMO_TEACHER, teacher)
+    result = CliRunner().invoke(main, ["inspect", str(teacher), str(DEMO_STUDENT), "--data", "digits:test",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "t\\x1b]0;OWNED\\x07\\x1b[2Jeacher.pt" in result.output
+
+
+def test_logits_of_more_classes_than_any_vocabulary_and_running_out_of_memory_get_one_line(tmp_path, monkeypatch):
+    """Red-team pass 2: a sparse .npy of (540, 2²¹) float16 logits costs nothing on disk and gigabytes in
+    the row sample; refused by its class count. Any MemoryError left is one line, not a traceback."""
+    from click.testing import CliRunner
+
+    from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
+
+    path = tmp_path / "wide.npy"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), dtype=np.float16))
+    header["shape"] = (540, 1 << 21)
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.truncate(handle.tell() + 540 * (1 << 21) * 2)  # sparse: no blocks written
+    np.savez(tmp_path / "labels.npz", y=np.zeros(540, dtype=np.int64))
+    result = CliRunner().invoke(main, ["inspect", str(path), str(path), "--data", str(tmp_path / "labels.npz"),
+                                       "--out", str(tmp_path / "a")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "2,097,152 classes, over kddiag's limit of 524,288" in lines[0]
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 2.11 GiB for an array with shape (540, 2097152) and data type float16")
+
+    monkeypatch.setattr("kddiag.measure.measure", exhausted)
+    result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test",
+                                       "--out", str(tmp_path / "b")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("kddiag: error: out of memory (Unable")
+    assert not (tmp_path / "b").exists()

@@ -150,7 +150,7 @@ def load_class_info(path: str | os.PathLike) -> ClassInfo:
         raise KddiagError(f"{where}: no such file") from None
     except RecursionError:
         raise KddiagError(f"{where}: not a readable JSON file (nested too deeply)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # not UTF-8, not JSON, or an integer too long to convert
         raise KddiagError(f"{where}: not a readable JSON file ({one_line(error)})") from None
     if not isinstance(content, dict):
         raise KddiagError(f'{where}: expected a JSON object {{"names": [...], "groups": [...]}}; '

@@ -18,7 +18,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
 from kddiag.loading.topk import KEYS, topk_sets
-from kddiag.types import EVAL, TRANSFER, LoadedModel
+from kddiag.types import EVAL, MAX_CLASSES, TRANSFER, LoadedModel
 
 # logits-file keys: which set each names
 _LOGITS_KEYS = {"logits": EVAL, "eval": EVAL, "eval_logits": EVAL, "transfer": TRANSFER, "transfer_logits": TRANSFER}
@@ -124,6 +124,10 @@ def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedM
     Integer or boolean arrays are refused: logits are real-valued scores, and whole numbers stored as logits
     are more likely class ids, votes or counts than a model's outputs."""
     for set_name, array in logits.items():
+        if np.ndim(array) == 2 and np.shape(array)[1] > MAX_CLASSES:
+            raise KddiagError(f"{where}: the {set_name} logits have {np.shape(array)[1]:,} classes, over kddiag's "
+                              f"limit of {MAX_CLASSES:,} (kddiag.types.MAX_CLASSES; the largest vocabularies in use "
+                              f"have 262,144 entries): kddiag keeps a sample of whole rows")
         if isinstance(array, np.ndarray) and array.dtype.kind in "biu":
             raise KddiagError(f"{where}: the {set_name} logits are whole numbers ({array.dtype}); logits are a "
                               f"model's real-valued scores (n_samples, n_classes), stored as floating point (whole "

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, as_float
 
 
 METADATA_FILE = "kddiag.json"  # extra file in torch.export / TorchScript archives: {"temperature": 4, "alpha": 0.9}
@@ -47,6 +46,7 @@ _NORMALIZATION_KEYS = (*_CONFIG_KEYS, "datamodule_hyper_parameters", "pretrained
 _NORMALIZATION_NAMES = (("mean", "std"), ("image_mean", "image_std"), ("pixel_mean", "pixel_std"),
                         ("norm_mean", "norm_std"), ("normalize_mean", "normalize_std"), ("input_mean", "input_std"))
 MAX_CHANNELS = 4  # a normalization names one mean and std per input channel: 1 (grey), 3 (RGB) or 4
+STD_RANGE = (1e-6, 1e6)  # the stds (and |means|) of a real input normalization: pixels in [0, 1] or [0, 255], …
 BESIDE_FILES = ("preprocessor_config.json", "config.json")  # read, if present, from a model file's folder
 MAX_BESIDE_BYTES = 1 << 20
 
@@ -67,9 +67,9 @@ def settings_in(content: Any) -> dict:
                 continue
             for setting, names in _SETTING_NAMES.items():
                 for name in names:
-                    value = node.get(name)
-                    if setting not in found and _is_number(value):
-                        found[setting] = float(value)
+                    value = as_float(node.get(name))
+                    if setting not in found and value is not None:
+                        found[setting] = value
             nested += [node[key] for key in _CONFIG_KEYS if key in node]
         queue = nested
     return found
@@ -126,19 +126,22 @@ def _with_normalization(settings: dict, content: Any) -> dict:
 
 
 def _normalization(mean: Any, std: Any) -> dict | None:
-    """(mean, std) as tuples of floats when both are 1-MAX_CHANNELS finite numbers (or one number each),
-    std positive, one value per channel on both sides or one side a single value; else None."""
+    """(mean, std) as tuples of floats when both are 1-MAX_CHANNELS finite numbers (or one number each), one
+    value per channel on both sides or one side a single value, stds within STD_RANGE; else None."""
     values = []
     for value in (mean, std):
-        value = [value] if _is_number(value) else value
+        value = [value] if as_float(value) is not None else value
         if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_CHANNELS:
             return None
-        if not all(_is_number(v) and np.isfinite(v) for v in value):
+        numbers = [as_float(v) for v in value]
+        if not all(v is not None and math.isfinite(v) for v in numbers):
             return None
-        values.append(tuple(float(v) for v in value))
+        values.append(tuple(numbers))
     mean, std = values
-    if min(std) <= 0 or (len(mean) != len(std) and 1 not in (len(mean), len(std))):
+    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
         return None
+    if not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in std) or max(map(abs, mean)) > STD_RANGE[1]:
+        return None  # not a normalization of inputs: a std of 1e-308 would turn every input into inf
     return {"mean": mean, "std": std}
 
 
@@ -185,8 +188,9 @@ def metadata_file(text: str | bytes, where: str) -> dict:
         content = json.loads(text)
     except RecursionError:
         raise KddiagError(f"{where}: its {METADATA_FILE} extra file is not valid JSON (nested too deeply)") from None
-    except json.JSONDecodeError as error:
-        raise KddiagError(f"{where}: its {METADATA_FILE} extra file is not valid JSON ({error})") from None
+    except ValueError as error:  # not JSON, or an integer of more digits than Python converts
+        raise KddiagError(f"{where}: its {METADATA_FILE} extra file is not valid JSON "
+                          f"({' '.join(str(error).split())[:200]})") from None
     if not isinstance(content, dict):
         raise KddiagError(f"{where}: its {METADATA_FILE} extra file must hold a JSON object; "
                           f"got {type(content).__name__}")
@@ -240,11 +244,12 @@ def _weighted(origin: str, temperature: Any, temperature_name: str, soft: Any, h
               names: tuple[str, str]) -> tuple[dict, str]:
     """τ as stored, and α = soft / (soft + hard) from a loss ``hard · CE + soft · KD``; the note says so."""
     found, said = {}, []
-    if _is_number(temperature):
-        found["temperature"] = float(temperature)
+    temperature, soft, hard = as_float(temperature), as_float(soft), as_float(hard)
+    if temperature is not None:
+        found["temperature"] = temperature
         said.append(f"τ = {temperature_name}")
-    if _is_number(soft) and _is_number(hard) and soft >= 0 and hard >= 0 and soft + hard > 0:
-        found["alpha"] = float(soft) / (float(soft) + float(hard))
+    if soft is not None and hard is not None and soft >= 0 and hard >= 0 and 0 < soft + hard < math.inf:
+        found["alpha"] = soft / (soft + hard)
         said.append(f"α = {names[0]} / ({names[0]} + {names[1]}) = {soft:g} / ({soft:g} + {hard:g})")
     return found, f"settings: from {origin}: " + ("; ".join(said) or "neither τ nor α stored")
 
@@ -263,5 +268,3 @@ def _as_mapping(value: Any) -> Mapping | None:
     return value if isinstance(value, Mapping) else None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))

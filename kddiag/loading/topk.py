@@ -18,15 +18,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from kddiag.errors import KddiagError
-from kddiag.types import EVAL, TRANSFER
+from kddiag.types import EVAL, MAX_CLASSES, TRANSFER
 
 KEYS = {EVAL: ("topk_ids", "topk_logprobs", "logsumexp"),
         TRANSFER: ("transfer_topk_ids", "transfer_topk_logprobs", "transfer_logsumexp")}
 _MASS_SLACK = 1e-3  # Σ top-k p may exceed 1 by this much (rounding of stored log-probabilities)
 # Each batch of rows is completed to n_classes float32 values per row (and copied to float64 by the
-# metrics): a batch of 512 rows of 2^19 classes peaks near 2.4 GB. The largest vocabularies in use have
-# 262,144 entries; an n_classes above this is refused before anything is allocated.
-MAX_TOPK_CLASSES = 1 << 19
+# metrics): a batch of 512 rows of 2^19 classes (kddiag.types.MAX_CLASSES) peaks near 2.4 GB; an n_classes
+# above it is refused before anything is allocated.
+MAX_TOPK_CLASSES = MAX_CLASSES
 
 
 class TopKLogits:

@@ -11,6 +11,7 @@ import textwrap
 
 from kddiag import SCHEMA_VERSION, __version__
 from kddiag.comparison import Comparison, key_measurements
+from kddiag.errors import printable
 from kddiag.diagnosis.ids import HEALTHY
 from kddiag.diagnosis.wording import gain_points
 from kddiag.report.json import _jsonable, report_to_dict
@@ -79,7 +80,7 @@ def render_comparison_text(comparison: Comparison) -> str:
                 lines.append(clip(f"      remedy: {remedy_summary(finding.remedy, report.settings)}"))
         if report.probe is not None:
             lines += probe_lines(report.probe, indent="    ")
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(printable, lines)) + "\n"  # names read from files cannot drive the terminal
 
 
 def _ranking_lines(comparison: Comparison) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kddiag import __version__
+from kddiag.errors import printable
 from kddiag.diagnosis.ids import HEALTHY, KD_HELPED, NO_VERDICT
 from kddiag.diagnosis.reading import kd_gain
 from kddiag.diagnosis.wording import kd_helped_title
@@ -163,7 +164,7 @@ def render_text(report: Report) -> str:
         for rule, reason in report.diagnosis.not_checked:  # wrapped whole, never cut: the reason is the point
             lines += textwrap.wrap(f"  {rule}: {reason}", WIDTH, subsequent_indent="    ", break_long_words=False,
                                    break_on_hyphens=False)
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(printable, lines)) + "\n"  # names read from files cannot drive the terminal
 
 
 def headline_table(measurements: Measurements, section: str, columns: tuple[str, ...] = MODELS) -> HeadlineTable:

@@ -69,3 +69,21 @@ def test_normalization_from_the_checkpoint_and_from_its_folder(tmp_path, archs):
     (tmp_path / "config.json").unlink()
     assert normalization_beside(tmp_path / "plain.pt") is None
     assert "normalization" not in load_model(tmp_path / "plain.pt", arch=ARCH, role="teacher").metadata
+
+
+def test_numbers_too_big_for_a_float_are_read_as_infinite_not_a_crash(tmp_path, archs):
+    """Integers of 401 digits (beyond float) in a checkpoint's settings or normalization, or 5,001 digits
+    (beyond Python's int parsing) in a kddiag.json: kept as inf for the settings check to refuse, ignored
+    as a normalization, or one line; never an OverflowError or TypeError traceback."""
+    from kddiag.errors import KddiagError
+    from kddiag.loading.metadata import checkpoint_settings, metadata_file
+
+    huge = 10**400
+    assert checkpoint_settings({"temperature": huge})[0] == {"temperature": float("inf")}
+    assert checkpoint_settings({"opt": {"kd_T": 4, "alpha": huge, "gamma": 1}})[0] == {"temperature": 4.0}
+    assert checkpoint_settings({"mean": [huge], "std": [1]})[0] == {}
+    assert checkpoint_settings({"mean": [0.5], "std": [1e-308]})[0] == {}  # not an input normalization
+    with pytest.raises(KddiagError, match=r"kddiag.json extra file is not valid JSON \(Exceeds the limit"):
+        metadata_file('{"temperature": ' + "9" * 5001 + "}", "'t.pt2'")
+    torch.save({"model": archs.mlp().state_dict(), "temperature": huge}, tmp_path / "s.pt")
+    assert load_model(tmp_path / "s.pt", arch=ARCH, role="student").metadata == {"temperature": float("inf")}
