@@ -65,9 +65,7 @@ def _stored_normalization(infos) -> str:
     said = (f"The teacher stores the normalization it was trained with (mean {_values(fit.mean)}, std "
             f"{_values(fit.std)}): inputs so normalized have per-channel mean about 0 and variance about 1, "
             f"but these do not ({seen}).")
-    raw = [i for i in infos if max(i.teacher_normalization.raw_variance_ratio,
-                                   1 / i.teacher_normalization.raw_variance_ratio) < DATA_BATCHNORM_VARIANCE_RATIO_MIN
-           and i.teacher_normalization.raw_mean_shift < DATA_BATCHNORM_MEAN_SHIFT_MIN]
+    raw = [i for i in infos if _looks_raw(i.teacher_normalization)]
     if raw:
         said += (f" They look like inputs before that normalization ({', '.join(i.role for i in raw)}: "
                  f"{raw[0].teacher_normalization.raw_variance_ratio:.3g}× its std², mean "
@@ -121,10 +119,27 @@ def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
         " ".join(sentences) + " Inputs prepared differently from the teacher's training (normalization, image "
         "size, channel order, class order, tokenizer), or a data set other than the one intended, are the usual "
         "cause; every other finding compares the models on these inputs and is only as good as they are.",
-        "Check that the data is prepared the way the teacher was trained (the inputs' range and mean are in "
-        "report.json under inputs.files; give --normalize/--resize/--layout for images), that the labels use "
-        "the teacher's class order, and that --data is the intended set. If the inputs are right, the teacher "
-        "itself is weak on this data: see teacher-weak.")
+        _normalize_first(f.normalization) + "Check that the data is prepared the way the teacher was trained (the "
+        "inputs' range and mean are in report.json under inputs.files; give --normalize/--resize/--layout for "
+        "images), that the labels use the teacher's class order, and that --data is the intended set. If the "
+        "inputs are right, the teacher itself is weak on this data: see teacher-weak.")
+
+
+def _normalize_first(infos) -> str:
+    """The normalization to apply, when the inputs look like they were given without the stored one."""
+    raw = [i.teacher_normalization for i in infos if _looks_raw(i.teacher_normalization)]
+    if not raw:
+        return ""
+    fit = raw[0]
+    values = ",".join(f"{v:g}" for v in (*fit.mean, *fit.std))
+    return (f"Normalize the inputs as the teacher stores, x ← (x − mean)/std (for images: --normalize {values}), "
+            "and run kddiag again. ")
+
+
+def _looks_raw(fit) -> bool:
+    """The inputs' statistics are within the rule's bounds of the raw ones (mean ``mean``, variance ``std²``)."""
+    return (max(fit.raw_variance_ratio, 1 / fit.raw_variance_ratio) < DATA_BATCHNORM_VARIANCE_RATIO_MIN
+            and fit.raw_mean_shift < DATA_BATCHNORM_MEAN_SHIFT_MIN)
 
 
 def word_teacher_weak(f: r.TeacherWeakFacts, context: Context) -> Wording:

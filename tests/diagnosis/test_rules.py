@@ -768,6 +768,8 @@ def test_inputs_far_from_the_normalization_the_teacher_stores_point_at_the_input
     words = wording.word_data_pipeline(decision.facts, context).explanation
     assert "stores the normalization it was trained with (mean 0.1307, std 0.3081)" in words
     assert "look like inputs before that normalization" in words and "it was left out" in words
+    assert wording.word_data_pipeline(decision.facts, context).advice.startswith(
+        "Normalize the inputs as the teacher stores, x ← (x − mean)/std (for images: --normalize 0.1307,0.3081)")
     doubled = Context(SETTINGS, N_CLASSES, inputs=(info(EVAL, 10.5, 1.3, 110.0, 5.0),))
     fired = rules.data_pipeline_suspect(build({}), doubled)
     assert isinstance(fired, Fired) and "left out" not in wording.word_data_pipeline(fired.facts, doubled).explanation
