@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import numbers
+import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -49,6 +50,8 @@ _PRETOKENIZED_HINT = "give pre-tokenized data instead (.pt or .npz with 'input_i
 MAX_TEXT_LINES = 10_000_000  # lines read from a .txt/.jsonl file, blank ones included
 MAX_LINE_CHARS = 1 << 20  # characters in one line: far more than any max_length keeps (8192 tokens)
 MAX_DATASET_BYTES = 1 << 30  # column data of a datasets folder, decompressed: far more than an evaluation set
+MAX_STATE_BYTES = 1 << 20  # a datasets folder's state.json: save_to_disk writes a few hundred bytes
+MAX_DATASET_INFO_BYTES = 16 << 20  # its dataset_info.json: a few KiB, ImageNet-21k's class names about 1 MB
 
 
 def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: str | Path | None = None,
@@ -116,6 +119,8 @@ def _read_jsonl(path: Path, where: str, task: str) -> tuple[list[str], list | No
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise KddiagError(f"{where}: line {number} is not valid JSON ({error.msg}, column {error.colno})") from None
+        except (ValueError, RecursionError) as error:  # an integer of more digits than Python converts; nesting
+            raise KddiagError(f"{where}: line {number} is not usable JSON ({_one_line(error)})") from None
         if not isinstance(record, dict):
             raise KddiagError(f"{where}: line {number} must be a JSON object with 'text'; got "
                               f"{type(record).__name__}")
@@ -319,8 +324,9 @@ def _hf_labels(table, columns: list[str], n_rows: int, where: str) -> tuple[np.n
 def _check_arrow_sizes(path: Path, where: str) -> None:
     """Refuse a datasets folder whose Arrow files hold more than MAX_TEXT_LINES rows or MAX_DATASET_BYTES of
     column data, read from the stream's message headers before anything is decompressed or materialized:
-    an Arrow stream may compress its buffers (ZSTD turns gigabytes of text into megabytes)."""
-    files = sorted(path.glob("*.arrow"))
+    an Arrow stream may compress its buffers (ZSTD turns gigabytes of text into megabytes). The files are
+    those ``datasets.load_from_disk`` reads, whatever their names (:func:`_arrow_files`), and any ``*.arrow``."""
+    files = _arrow_files(path, where)
     if not files:
         return
     import pyarrow as pa  # datasets' own dependency
@@ -343,6 +349,48 @@ def _check_arrow_sizes(path: Path, where: str) -> None:
         except Exception as error:  # pyarrow's errors, a truncated stream, a header that is not Arrow's
             raise KddiagError(f"{where}: not a readable Hugging Face datasets folder ('{file.name}': "
                               f"{_one_line(error)})") from None
+
+
+def _arrow_files(path: Path, where: str) -> list[Path]:
+    """The files ``datasets.load_from_disk`` reads from one split's folder: those ``state.json`` names in
+    ``_data_files`` (``[{"filename": "data-00000-of-00001.arrow"}, …]``, as ``save_to_disk`` writes it; each
+    must be the plain name of a regular file in the folder), and every ``*.arrow`` file beside them. Any
+    other ``_data_files`` is refused in one line: datasets would open whatever it names. ``state.json`` and
+    ``dataset_info.json``, which datasets reads whole, are bounded too."""
+    files = {p.name for p in path.glob("*.arrow")}
+    info = path / "dataset_info.json"
+    if os.path.lexists(info):
+        with open_regular(info, f"{where}: dataset_info.json") as handle:
+            if os.fstat(handle.fileno()).st_size > MAX_DATASET_INFO_BYTES:
+                raise KddiagError(f"{where}: dataset_info.json is larger than {MAX_DATASET_INFO_BYTES >> 20} MiB; "
+                                  f"save_to_disk writes a few KiB (class names included)")
+    state = path / "state.json"
+    if not os.path.lexists(state):
+        return [path / name for name in sorted(files)]
+    shown = f"{where}: state.json"
+    with open_regular(state, shown) as handle:
+        data = handle.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise KddiagError(f"{shown} is larger than {MAX_STATE_BYTES >> 10:,} KiB; save_to_disk writes a few hundred "
+                          f"bytes")
+    try:
+        content = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise KddiagError(f"{shown} is not readable JSON ({_one_line(error)})") from None
+    if not isinstance(content, dict) or "_data_files" not in content:
+        return [path / name for name in sorted(files)]  # datasets fails on it, reading nothing
+    entries = content["_data_files"]
+    if not (isinstance(entries, list) and entries and all(
+            isinstance(e, dict) and isinstance(e.get("filename"), str) for e in entries)):
+        raise KddiagError(f"{shown}: expected '_data_files' to list the split's Arrow files as "
+                          f"[{{\"filename\": ...}}, …], as datasets' save_to_disk writes it")
+    for entry in entries:
+        name = entry["filename"]
+        if Path(name).name != name or name.startswith(".") or "\\" in name:
+            raise KddiagError(f"{shown} names the data file {_shown_text(name)}, not a file beside it")
+        check_regular(path / name, f"{where}: '{name}' (named in state.json)")
+        files.add(name)
+    return [path / name for name in sorted(files)]
 
 
 def _arrow_message_sizes(message) -> tuple[int, int]:

@@ -326,3 +326,134 @@ def test_the_flag_reaches_every_tokenizer_an_inspection_reads(copy_of, tmp_path,
     (tmp_path / "t.txt").write_text("the cat sat on a mat\nthe dog sat on a log\n" * 4)
     kddiag.inspect(directory, directory, data=tmp_path / "t.txt", options=InspectOptions(trust_remote_code=True))
     assert len(seen) >= 3 and all(trust is True for trust in seen), seen
+
+
+# --- memory the built model would take ---------------------------------------------------------------------
+
+def save_gpt_neo(directory, *, positions, layers, stored_layers=None):
+    """A GPT-Neo of width 4 whose config states ``positions`` (backed by a real position table) and ``layers``
+    (``stored_layers`` of them in the weights): GPT-Neo registers a tril(ones(P, P)) buffer per layer."""
+    stored = layers if stored_layers is None else stored_layers
+    config = transformers.GPTNeoConfig(vocab_size=64, hidden_size=4, num_layers=stored, num_heads=1,
+                                       max_position_embeddings=min(positions, 256), intermediate_size=8,
+                                       attention_types=[[["global"], stored]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.GPTNeoForCausalLM(config)
+        model.transformer.wpe = torch.nn.Embedding(positions, 4)
+        model.config.max_position_embeddings = positions
+        model.save_pretrained(directory)
+    edit(directory / "config.json", num_layers=layers, attention_types=[[["global"], layers]],
+         attention_layers=["global"] * layers)
+    return directory
+
+
+def test_buffers_the_weights_do_not_back_are_refused_before_they_are_allocated(tmp_path):
+    """The red team's case: a 270 KB folder whose max_position_embeddings (16384, backed by a real table)
+    makes GPT-Neo allocate 8 × 256 MiB of causal masks while transformers builds it. The model is now built
+    on the meta device first and its bytes compared with the weights'."""
+    directory = save_gpt_neo(tmp_path / "neo", positions=16384, layers=8)
+    with deadline(60), pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, f"teacher checkpoint '{directory}': config.json asks for a model of 2.0 GiB",
+             "'transformer.h.0.attn.attention.bias', 256.0 MiB", "at most 4× the weights' bytes or 256 MiB")
+
+
+def test_layers_the_weights_do_not_index_are_refused(tmp_path):
+    """The red team's other case: num_layers 64 over one stored layer (64 × 4 GiB of masks at 32768
+    positions)."""
+    directory = save_gpt_neo(tmp_path / "neo", positions=512, layers=2, stored_layers=1)
+    with deadline(60), pytest.raises(KddiagError) as error:
+        load_model(directory, role="teacher")
+    one_line(error, "config.json's num_layers 2 does not match the weights, whose tensor names index 1 layer(s)")
+
+
+def test_the_bound_is_checked_under_a_memory_cap_from_the_command_line(tmp_path):
+    """Before: 2.75 GB (64 GB for 32768 positions and 64 layers) before any refusal; now one line under a
+    2.5 GB address-space cap."""
+    import resource
+
+    directory = save_gpt_neo(tmp_path / "neo", positions=32768, layers=1)
+    (tmp_path / "t.txt").write_text("a b c\n")
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2_500_000_000, 2_500_000_000))
+
+    done = subprocess.run([sys.executable, "-m", "kddiag", "inspect", str(directory), "--data",
+                           str(tmp_path / "t.txt"), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=cap)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kddiag: error: "), lines
+    assert "config.json asks for a model of 1.0 GiB" in lines[0]
+
+
+def test_small_models_with_real_buffers_still_load(tmp_path):
+    """GPT-Neo with 2048 positions and 4 layers: 16 MiB of masks on 0.2 MiB of weights, under the floor."""
+    directory = save_gpt_neo(tmp_path / "neo", positions=2048, layers=4)
+    assert load_model(directory, role="teacher").format == "hf-causal-lm"
+
+
+def test_only_shared_layers_may_outnumber_the_stored_ones():
+    shapes = {"model.layers.0.w": (4, 4), "model.layers.1.w": (4, 4)}
+    check_config_sizes({"num_hidden_layers": 2}, shapes, "x")
+    check_config_sizes({"model_type": "albert", "num_hidden_layers": 24}, shapes, "x")  # ALBERT shares layers
+    # a decoder-only *ForCausalLM built from an encoder-decoder config builds no encoder
+    check_config_sizes({"architectures": ["BartForCausalLM"], "encoder_layers": 12, "decoder_layers": 2}, shapes, "x")
+    for config in ({"num_hidden_layers": 3}, {"architectures": ["BartForCausalLM"], "decoder_layers": 3},
+                   {"architectures": ["BartForSequenceClassification"], "encoder_layers": 12}):
+        with pytest.raises(KddiagError, match="tensor names index 2 layer"):
+            check_config_sizes(config, shapes, "x")
+
+
+# --- Hugging Face datasets folders: the files state.json names --------------------------------------------
+
+def test_state_json_may_name_only_regular_files_beside_it(tmp_path):
+    """datasets.load_from_disk reads the files state.json's _data_files names, whatever their names or
+    places; kddiag sizes exactly those, so they must be plain files in the folder."""
+    from kddiag.text import _check_arrow_sizes
+
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "dataset_info.json").write_text("{}")
+    os.mkfifo(tmp_path / "fifo")
+    (split / "pipe").symlink_to(tmp_path / "fifo")
+    for files, words in ((["../x.arrow"], "names the data file '../x.arrow', not a file beside it"),
+                         (["/etc/hostname"], "not a file beside it"),
+                         (["missing.arrow"], "'missing.arrow' (named in state.json): no such file"),
+                         (["pipe"], "'pipe' (named in state.json): a FIFO"),
+                         ([], "expected '_data_files' to list the split's Arrow files"),
+                         ("data.arrow", "expected '_data_files'")):
+        entries = [{"filename": f} for f in files] if isinstance(files, list) else files
+        (split / "state.json").write_text(json.dumps({"_data_files": entries}))
+        with deadline(30), pytest.raises(KddiagError) as error:
+            _check_arrow_sizes(split, "--data 'split'")
+        one_line(error, "--data 'split'", words)
+    (split / "state.json").write_text('{"_data_files": []' + " " * (1 << 20) + "}")
+    with pytest.raises(KddiagError) as error:
+        _check_arrow_sizes(split, "--data 'split'")
+    one_line(error, "state.json is larger than 1,024 KiB")
+    with open(split / "dataset_info.json", "wb") as handle:  # datasets reads it whole; sparse here
+        handle.truncate((16 << 20) + 1)
+    with pytest.raises(KddiagError) as error:
+        _check_arrow_sizes(split, "--data 'split'")
+    one_line(error, "dataset_info.json is larger than 16 MiB")
+
+
+def test_a_data_file_not_named_arrow_is_sized_too(tmp_path, monkeypatch):
+    """The red team's case: 11 million rows in 'data-00000-of-00001.bin', named in state.json, were never
+    sized (the check looked at *.arrow only), and datasets loaded them. Here 100 rows against a limit of 10."""
+    pa = pytest.importorskip("pyarrow")
+    import kddiag.text as text
+
+    split = tmp_path / "split"
+    split.mkdir()
+    table = pa.table({"text": ["a b"] * 100, "label": list(range(100))})
+    with pa.OSFile(str(split / "data-00000-of-00001.bin"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    (split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.bin"}]}))
+    monkeypatch.setattr(text, "MAX_TEXT_LINES", 10)
+    with pytest.raises(KddiagError) as error:
+        text._check_arrow_sizes(split, "--data 'split'")
+    one_line(error, "'data-00000-of-00001.bin' holds more than 10 rows")

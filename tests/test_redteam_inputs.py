@@ -257,7 +257,9 @@ def test_tokenizer_rust_panic_is_one_line(tmp_path):
     directory = _gpt2(tmp_path / "redos", VOCAB, pre_tokenizers.Split(Regex("(a+)+b"), behavior="isolated"))
     text = tmp_path / "text.txt"
     text.write_text(("a" * 40 + "!\n") * 20)
-    done = inspect(tmp_path, directory, "--data", text, timeout=180)
+    refused = inspect(tmp_path, directory, "--data", text, timeout=180)  # its pattern is vetted first
+    assert_one_line(refused, "pre-tokenizer pattern '(a+)+b' can backtrack without end", "--trust-remote-code")
+    done = inspect(tmp_path, directory, "--data", text, "--trust-remote-code", timeout=180)  # then it panics
     assert_one_line(done, "tokenizers library panicked")
 
 

@@ -7,8 +7,10 @@ Nothing is downloaded (``local_files_only``); pickled weights (``pytorch_model.b
 ``trust_pickle``, code shipped with the model only with ``trust_remote_code`` (:func:`vet_hf_directory`:
 ``auto_map`` or a class transformers does not have, in any file that chooses classes, tokenizer files
 included; transformers is always called with ``trust_remote_code`` given, so it never prompts). Only
-regular files are read, and sizes in ``config.json`` are checked against the tensors in the safetensors
-headers before the model is built (:func:`check_config_sizes`).
+regular files are read, sizes in ``config.json`` are checked against the tensors in the safetensors
+headers (:func:`check_config_sizes`) and the model's bytes, built on the meta device, against the weights'
+bytes (:func:`check_model_bytes`) before the model is built, and regular expressions in tokenizer files are
+checked before the tokenizers library compiles them (:func:`vet_tokenizer_files`).
 
 The model is wrapped in an adapter taking :class:`~kddiag.types.TokenInputs`, so that kddiag's
 feature hook (:mod:`kddiag.collect.modules`: the last ``nn.Linear`` called whose ``out_features`` is
@@ -30,7 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from kddiag.errors import KddiagError, UnsafeLoadError
+from kddiag.errors import KddiagError, UnsafeLoadError, as_float, shown_value
 from kddiag.files import check_entries, open_regular
 from kddiag.loading._text import first, one_line
 from kddiag.types import IGNORE_INDEX, LoadedModel, TokenInputs
@@ -62,10 +64,25 @@ WIDTH_KEYS = frozenset({"hidden_size", "n_embd", "d_model", "embed_dim", "embedd
                         "num_heads", "num_key_value_heads", "head_dim", "num_labels", "num_experts",
                         "num_local_experts", "n_routed_experts"})
 MAX_LAYERS = 1024  # 8× the deepest published Hugging Face LMs (Llama 3.1 405B: 126 layers)
-LAYER_SHARING = 64  # layers per indexed layer allowed: ALBERT runs one stored layer 12-24 times
+LAYER_SHARING = 64  # layers per indexed layer allowed where layers are shared: ALBERT runs one stored layer 12-24 times
+_LAYER_SHARING_TYPES = frozenset({"albert"})  # model types whose layers share weights (ALBERT: num_hidden_groups)
+# an encoder's layer count, which a decoder-only *ForCausalLM built from an encoder-decoder config (BART, Marian,
+# …) never builds: bounded as shared layers are
+_ENCODER_LAYER_KEYS = frozenset({"encoder_layers", "num_encoder_layers"})
 MAX_POSITIONS = 1 << 24  # rotary models store no position table; Llama 4 Scout states 10,485,760 positions
 MAX_CONFIG_BYTES = 16 << 20  # an ImageNet-21k id2label is about 1 MB
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
+MAX_TOKENIZER_BYTES = 64 << 20  # about twice the largest published tokenizer.json (Gemma 3's, 33 MB)
+# Memory the model may take once built (parameters and buffers, float32) against the weights' bytes on disk.
+# Real models' buffers are small next to their weights: on the meta device, (parameters + buffers) / stored
+# tensors in float32 is 1.000 for Llama (7B), Mistral, Qwen2, BERT-base, GPT-J and CodeGen (0.5 MiB of
+# buffers on 23 GB), 0.76 for GPT-2 and OPT (tied heads), 0.95 for GPT-Neo 1.3B (96 MiB of causal-mask
+# buffers on 5 GB). Weights stored in 16 bits double in float32 and 8-bit floats quadruple: hence 4×. A tiny
+# model's buffers can outweigh its weights (GPT-Neo with 2048 positions and 4 layers of width 16: 16 MiB on
+# 0.2 MiB), hence a floor; a config that asks for more ("max_position_embeddings": 32768 with 64 layers of
+# GPT-Neo: 64 GiB of masks from a 266 KB folder) is refused before transformers builds anything.
+MODEL_BYTES_PER_WEIGHT_BYTE = 4
+MIN_MODEL_BYTES = 256 << 20
 _MAX_CONFIG_DEPTH = 8  # nesting levels of a config searched (text_config, rope_scaling, …)
 # transformers' own attention implementations; any other name (a Hub repository such as
 # 'kernels-community/flash-attn2') makes transformers fetch and run a kernel from the Hub
@@ -109,6 +126,8 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
     check_config_sizes(config, _tensor_shapes(path, where) if use_safetensors else None, where)
     auto = (transformers.AutoModelForCausalLM if kind == CAUSAL_LM
             else transformers.AutoModelForSequenceClassification)
+    check_model_bytes(path, auto, where, weights=_weight_files(path, where, use_safetensors),
+                      trust_remote_code=trust_remote_code)
     # transformers >= 4.56 names it dtype (and 5 defaults to the stored one); older ones load float32
     dtype = {"dtype": torch.float32} if _version(transformers.__version__) >= (4, 56) else {}
     with _quiet():
@@ -226,9 +245,11 @@ def vet_hf_directory(path: str | Path, where: str, *, trust_remote_code: bool = 
     """Refuse a Hugging Face directory that holds anything but regular files and folders, or (without
     ``trust_remote_code``) that names code to run: ``auto_map`` in any file transformers reads to choose
     classes (:data:`CODE_CHOOSING_FILES`), or a class name transformers does not have (``tokenizer_class``,
-    ``processor_class``, …: :data:`CLASS_NAME_KEYS`). One line naming the file and the key."""
+    ``processor_class``, …: :data:`CLASS_NAME_KEYS`), or a regular expression in a tokenizer file that can
+    backtrack without end (:func:`vet_tokenizer_files`). One line naming the file and the key."""
     path = Path(path)
     check_entries(path, where)
+    vet_tokenizer_files(path, where, trust_remote_code=trust_remote_code)
     if trust_remote_code:
         return
     for name in CODE_CHOOSING_FILES:
@@ -239,6 +260,73 @@ def vet_hf_directory(path: str | Path, where: str, *, trust_remote_code: bool = 
         if refusal:
             raise UnsafeLoadError(f"{where}: {name} {refusal}, which transformers would import and run; pass "
                                   f"--trust-remote-code only for models you trust")
+
+
+def vet_tokenizer_files(path: str | Path, where: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse the tokenizer files transformers would compile, before it does: ``tokenizer.json``, the
+    versioned ``tokenizer.<version>.json`` that ``tokenizer_config.json``'s ``fast_tokenizer_files`` may
+    choose (which must name plain files beside it) and Mistral's ``tekken.json``. Each must be a regular file
+    of at most :data:`MAX_TOKENIZER_BYTES`; without ``trust_remote_code``, every regular expression in it
+    (``{"Regex": ...}`` in a normalizer, pre-tokenizer or decoder, ``Sequence`` entries included; tekken's
+    ``config.pattern``) must pass :func:`kddiag.loading.regex_safety.backtracking_hazard`: the tokenizers
+    library runs them on every text with a backtracking engine whose limit counts one match attempt, so
+    ``(a+)+[bd]`` makes a 29 KB text take minutes. One line naming the file and the pattern."""
+    from kddiag.loading.regex_safety import backtracking_hazard, shown_pattern, tokenizer_patterns
+
+    path = Path(path)
+    names = {"tokenizer.json"} | {p.name for p in path.glob("tokenizer.*.json")}
+    names |= {p.name for p in path.glob("*tekken*.json")}
+    if (path / "tokenizer_config.json").is_file():
+        listed = _read_json(path / "tokenizer_config.json", where).get("fast_tokenizer_files")
+        for name in listed if isinstance(listed, list) else ([] if listed is None else [listed]):
+            if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or "\\" in name:
+                raise KddiagError(f"{where}: tokenizer_config.json's fast_tokenizer_files names "
+                                  f"{json.dumps(name)[:80]}, not a file beside it")
+            names.add(name)
+    for name in sorted(names):
+        file = path / name
+        if not os.path.lexists(file):
+            continue
+        shown = f"{where}: {name}"
+        with open_regular(file, shown) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_TOKENIZER_BYTES:
+                raise KddiagError(f"{shown} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB ({size:,} bytes); "
+                                  f"published tokenizers take at most about half that")
+            if trust_remote_code:
+                continue
+            data = handle.read(MAX_TOKENIZER_BYTES + 1)
+        try:
+            content = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError):
+            continue  # the tokenizers library cannot read it either, and says so when transformers loads it
+        except _DuplicateKey as key:  # which of the two the tokenizers library keeps is its own affair
+            raise UnsafeLoadError(f"{shown} has the key {str(key)[:80]!r} twice in one object; refused — pass "
+                                  f"--trust-remote-code to use it anyway") from None
+        found = list(tokenizer_patterns(content))
+        if "tekken" in name and isinstance(content, dict) and isinstance(content.get("config"), dict):
+            pattern = content["config"].get("pattern")
+            if isinstance(pattern, str):
+                found.append(("pre_tokenizer", pattern))
+        for part, pattern in found:
+            hazard = backtracking_hazard(pattern)
+            if hazard:
+                raise UnsafeLoadError(f"{shown}: its {part.replace('_', '-')} pattern {shown_pattern(pattern)} "
+                                      f"{hazard}; refused — pass --trust-remote-code to use it anyway")
+
+
+class _DuplicateKey(Exception):
+    """A key given twice in one JSON object (its name as the message)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's pairs as a dict; a key given twice raises _DuplicateKey (json.loads keeps the last,
+    another parser may keep the first)."""
+    content = dict(pairs)
+    if len(content) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return content
 
 
 def _shipped_code(content: dict) -> str | None:
@@ -293,7 +381,7 @@ def _read_json(file: Path, where: str) -> dict:
                           f"small JSON object")
     try:
         content = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:
         raise KddiagError(f"{where}: {name} is not readable JSON ({one_line(error)})") from None
     if not isinstance(content, dict):
         raise KddiagError(f"{where}: {name} holds a {type(content).__name__}; expected a JSON object")
@@ -306,18 +394,7 @@ def _tensor_shapes(path: Path, where: str) -> dict[str, tuple[int, ...]]:
     read from their headers (8 bytes of header length, then a JSON object), without loading any tensor.
     A shard named outside the directory is refused."""
     shapes: dict[str, tuple[int, ...]] = {}
-    files = sorted(path.glob("*.safetensors"))
-    if (path / "model.safetensors.index.json").is_file():
-        weight_map = _read_json(path / "model.safetensors.index.json", where).get("weight_map")
-        names = list(weight_map.values()) if isinstance(weight_map, dict) else []
-        outside = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n.startswith(".")), None)
-        if outside is not None or not names:
-            raise KddiagError(f"{where}: model.safetensors.index.json " + (
-                f"names the shard {outside!r}, not a file beside it" if names else "has no weight_map of shards"))
-        files = [path / name for name in sorted(set(names))]
-    elif (path / "model.safetensors").is_file():
-        files = [path / "model.safetensors"]
-    for file in files:
+    for file in _safetensors_files(path, where):
         shown = f"{where}: {file.name}"
         with open_regular(file, shown) as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -328,7 +405,7 @@ def _tensor_shapes(path: Path, where: str) -> dict[str, tuple[int, ...]]:
             header = handle.read(length)
         try:
             entries = json.loads(header.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        except (ValueError, RecursionError) as error:
             raise KddiagError(f"{shown}: not a safetensors file (header: {one_line(error)})") from None
         for name, entry in entries.items() if isinstance(entries, dict) else ():
             shape = entry.get("shape") if isinstance(entry, dict) and name != "__metadata__" else None
@@ -337,11 +414,75 @@ def _tensor_shapes(path: Path, where: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _safetensors_files(path: Path, where: str) -> list[Path]:
+    """The safetensors files transformers reads: the shards ``model.safetensors.index.json`` names (plain
+    files beside it), else ``model.safetensors``, else every ``.safetensors`` file."""
+    if (path / "model.safetensors.index.json").is_file():
+        weight_map = _read_json(path / "model.safetensors.index.json", where).get("weight_map")
+        names = list(weight_map.values()) if isinstance(weight_map, dict) else []
+        outside = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n.startswith(".")), None)
+        if outside is not None or not names:
+            raise KddiagError(f"{where}: model.safetensors.index.json " + (
+                f"names the shard {outside!r}, not a file beside it" if names else "has no weight_map of shards"))
+        return [path / name for name in sorted(set(names))]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _weight_files(path: Path, where: str, use_safetensors: bool) -> list[Path]:
+    """The files holding the weights: the safetensors files transformers reads, or the pickled ones."""
+    return _safetensors_files(path, where) if use_safetensors else sorted(path.glob("pytorch_model*.bin"))
+
+
+def check_model_bytes(path: str | Path, auto: Any, where: str, *, weights: list[Path],
+                      trust_remote_code: bool = False) -> None:
+    """Refuse a model whose parameters and buffers, in float32, would take more than
+    max(:data:`MIN_MODEL_BYTES`, :data:`MODEL_BYTES_PER_WEIGHT_BYTE` × the bytes of ``weights`` on disk), before
+    transformers builds it: the model is built from its config on the meta device, where nothing is
+    allocated (buffers made in ``__init__``, such as GPT-Neo's ``tril(ones(P, P))`` causal mask per layer, land
+    there too), and its tensors' sizes are summed. ``auto``: the transformers Auto class that will load it.
+    One line naming the largest tensor."""
+    import transformers
+
+    stored = sum(os.stat(file).st_size for file in weights)
+    limit = max(MIN_MODEL_BYTES, MODEL_BYTES_PER_WEIGHT_BYTE * stored)
+    with _quiet():
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                                             trust_remote_code=bool(trust_remote_code))
+            with torch.device("meta"):
+                model = auto.from_config(config, trust_remote_code=bool(trust_remote_code))
+        except Exception as error:
+            raise KddiagError(f"{where}: transformers could not build a model from its config.json "
+                              f"({type(error).__name__}: {one_line(error)})") from None
+    tensors: dict[int, tuple[str, int]] = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        size = tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
+        tensors.setdefault(id(tensor), (name, size))
+    needed = sum(size for _, size in tensors.values())
+    if needed > limit:
+        name, size = max(tensors.values(), key=lambda item: item[1])
+        raise KddiagError(f"{where}: config.json asks for a model of {_bytes(needed)} (parameters and buffers, "
+                          f"float32; the largest, '{name}', {_bytes(size)}) from {_bytes(stored)} of weights; "
+                          f"kddiag builds at most {MODEL_BYTES_PER_WEIGHT_BYTE}× the weights' bytes or "
+                          f"{MIN_MODEL_BYTES >> 20} MiB: sizes in config.json that the weights do not back")
+
+
+def _bytes(n: int) -> str:
+    """'2.0 GiB', '266 KiB', '12 bytes'."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
 def check_config_sizes(config: dict, shapes: dict[str, tuple[int, ...]] | None, where: str) -> None:
     """Refuse sizes in ``config.json`` that the weights cannot back, before transformers builds the model.
 
-    Layer counts (:data:`LAYER_KEYS`) may be at most :data:`MAX_LAYERS` and at most
-    :data:`LAYER_SHARING` times the layers the tensor names index (``h.0.``, ``h.1.``, … count 2);
+    Layer counts (:data:`LAYER_KEYS`) may be at most :data:`MAX_LAYERS` and at most the layers the tensor
+    names index (``h.0.``, ``h.1.``, … count 2), or :data:`LAYER_SHARING` times that for a model whose layers
+    share weights (ALBERT) and for an encoder's count in a causal LM's config (which builds no encoder);
     widths, vocabulary sizes, head and label counts (:data:`WIDTH_KEYS`) at most the largest tensor
     dimension (zero-element tensors count for nothing); ``max_position_embeddings`` at most that, or, for
     a config that states rotary (or ALiBi) positions, which store no table, at most :data:`MAX_POSITIONS`. Without ``shapes`` (pickled weights) only the layer ceiling applies. Building a
@@ -352,12 +493,19 @@ def check_config_sizes(config: dict, shapes: dict[str, tuple[int, ...]] | None, 
     largest = max((d for shape in (shapes or {}).values() for d in shape), default=0)
     indexed = _indexed_layers(shapes or {})
     rotary = _rotary(config)
+    sharing = config.get("model_type") in _LAYER_SHARING_TYPES or "num_hidden_groups" in config
+    architectures = config.get("architectures")
+    causal_lm = isinstance(architectures, list) and any(
+        isinstance(a, str) and a.endswith(_KINDS[CAUSAL_LM]) for a in architectures)
     for key, value in _sizes(config):
-        shown = f"{where}: config.json's {key} " + (f"{int(value):,}" if float(value).is_integer() else repr(value))
+        number = as_float(value)
+        shown = f"{where}: config.json's {key} " + (f"{int(value):,}" if number is not None and number.is_integer()
+                                                     and abs(number) < 1e30 else shown_value(value))
         if key in LAYER_KEYS:
             if not value <= MAX_LAYERS:
                 raise KddiagError(f"{shown} is above kddiag's ceiling of {MAX_LAYERS:,} layers")
-            if shapes is not None and value > LAYER_SHARING * max(indexed, 1):
+            shared = sharing or (causal_lm and key in _ENCODER_LAYER_KEYS)
+            if shapes is not None and value > (LAYER_SHARING if shared else 1) * max(indexed, 1):
                 raise KddiagError(f"{shown} does not match the weights, whose tensor names index {indexed:,} "
                                   f"layer(s)")
         elif shapes is not None and key == "max_position_embeddings":
