@@ -120,22 +120,10 @@ def _scan(pattern: str) -> str | None:
             frame.busy = True
             frame.atom = None
         elif c in "*+?" or (c == "{" and _INTERVAL.match(pattern, i)):
-            if c == "{":
-                found = _INTERVAL.match(pattern, i)
-                low, comma, high = found.groups()
-                if not (low or high):
-                    frame.atom = (False, False)  # '{}', '{,}': characters
-                    i += 1
-                    continue
-                i = found.end()
-                repeats = comma is not None and (not high or int(high) > 1) or comma is None and int(low) > 1
-                if i < n and pattern[i] == "?":  # lazy
-                    i += 1
-            else:
-                i += 1
-                repeats = c != "?"
-                if i < n and pattern[i] in "?+":  # lazy or possessive
-                    i += 1
+            i, repeats = _quantifier(pattern, i)
+            if repeats is None:
+                frame.atom = (False, False)  # '{}', '{,}': characters
+                continue
             if frame.atom is None:
                 continue  # nothing to repeat: Oniguruma refuses the pattern or reads a character
             group_busy, quantified = frame.atom
@@ -147,6 +135,23 @@ def _scan(pattern: str) -> str | None:
             i += 1
             frame.atom = (False, False)
     return None
+
+
+def _quantifier(pattern: str, i: int) -> tuple[int, bool | None]:
+    """The index after the quantifier at ``i`` (with its lazy or possessive mark), and whether it can repeat
+    its atom more than once; None for a brace that quantifies nothing ('{}', '{,}': characters)."""
+    n = len(pattern)
+    if pattern[i] == "{":
+        found = _INTERVAL.match(pattern, i)
+        low, comma, high = found.groups()
+        if not (low or high):
+            return i + 1, None
+        i = found.end()
+        repeats = comma is not None and (not high or int(high) > 1) or comma is None and int(low) > 1
+        return (i + 1 if i < n and pattern[i] == "?" else i), repeats  # lazy
+    repeats = pattern[i] != "?"
+    i += 1
+    return (i + 1 if i < n and pattern[i] in "?+" else i), repeats  # lazy or possessive
 
 
 def _escape_end(pattern: str, i: int) -> int:
