@@ -194,7 +194,7 @@ def part_measure(repeats: int) -> None:
                                      for _ in range(repeats))
     print(f"measure: {n:,} × {c:,} logits (float64): every kddiag measurement {km:.2f} s, torchmetrics "
           f"multiclass_calibration_error alone {tm:.2f} s: ratio {statistics.median(r[1] / r[0] for r in rounds):.1f}x "
-          f"(target <= 1.0x); of which streaming statistics {summary_time:.2f} s (4 softmax passes and class "
+          f"(target <= 1.0x); of which streaming statistics {summary_time:.2f} s (one fused softmax pass and class "
           f"sums), measurements from them {compute_time:.2f} s")
 
 

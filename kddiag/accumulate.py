@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kddiag.metrics import domain, instance, strata, universe
-from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, softmax_stats
+from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, fused_softmax_stats
 from kddiag.reservoir import Reservoir, kept_indices
 from kddiag.types import ROLES, Batch, SetOutputs
 
@@ -309,21 +309,8 @@ class SetAccumulator:
     def _softmax(self, y: np.ndarray, logits: dict[str, np.ndarray]
                  ) -> tuple[dict[str, SoftmaxStats], SoftmaxStats, SoftmaxStats | None]:
         """Each model at τ = 1 (class sums added), teacher and student at τ, the teacher with cross terms
-        against the student (no student: the teacher's alone, student at τ None)."""
-        one = {role: softmax_stats(logits[role], y, class_sums=self.class_sums[role], logit_spread=True,
-                                   versus=(logits["teacher"], None) if role == "student" else None)
-               for role in ("student", "baseline") if role in logits}  # the student with E_q[z/τ]: reverse KL
-        versus = (logits["student"], one["student"]) if "student" in logits else None
-        one["teacher"] = softmax_stats(logits["teacher"], y, versus=versus, class_sums=self.class_sums["teacher"],
-                                       logit_spread=True)
-        if self.temperature == 1.0:
-            return one, one["teacher"], one.get("student")
-        if versus is None:
-            return one, softmax_stats(logits["teacher"], y, temperature=self.temperature), None
-        student_t = softmax_stats(logits["student"], y, temperature=self.temperature, versus=(logits["teacher"], None))
-        teacher_t = softmax_stats(logits["teacher"], y, temperature=self.temperature,
-                                  versus=(logits["student"], student_t))
-        return one, teacher_t, student_t
+        against the student (no student: the teacher's alone, student at τ None), in one fused pass."""
+        return fused_softmax_stats(logits, y, temperature=self.temperature, class_sums=self.class_sums)
 
     def _add_confusion(self, teacher_pred: np.ndarray, student_pred: np.ndarray) -> None:
         if self._position is not None:

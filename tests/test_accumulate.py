@@ -82,6 +82,22 @@ def test_uneven_batches_give_the_one_pass_measurements(sets):
     assert_same(measured(uneven), one_pass, rtol=0)  # statistics are taken per fixed chunk: exactly equal
 
 
+def test_the_float32_pass_gives_the_same_bits_whatever_the_batches_and_shards(monkeypatch):
+    """From FLOAT32_MIN_CLASSES classes (here 150) the fused pass runs in float32: still exactly the same
+    summary for uneven batches and for shards of whole chunks."""
+    from kddiag.metrics import _common
+
+    monkeypatch.setattr(accumulate, "CHUNK_ROWS", 64)
+    data = make_set(EVAL, 300, 3, n_classes=150)
+    assert _common.work_dtype(150) == np.float32
+    def measured_(summary):
+        return measure([summary], settings=SETTINGS, class_info=ClassInfo()).to_dict()
+
+    one_pass = measured_(summarize(data, temperature=3.0, alpha=0.8))
+    assert_same(measured_(accumulate_in(data, [0, 1, 8, 9, 100, 101, 300]).summary()), one_pass, rtol=0)
+    assert_same(measured_(sharded(data, [0, 64, 192, 300], 17).summary()), one_pass, rtol=0)
+
+
 def test_merged_shards_give_the_one_pass_measurements(sets):
     one_pass = measured([summarize(s, temperature=3.0, alpha=0.8) for s in sets])
     merged = [sharded(s, [0, 33, 34, 250, len(s.labels)], 17).summary() for s in sets]

@@ -27,7 +27,7 @@ _BLOCK_ELEMENTS = 1 << 17  # rows per block ≈ this / n_classes: a block stays 
 _TINY_NONTARGET = {np.dtype(np.float64): 1e-280, np.dtype(np.float32): 1e-30}  # below this the non-target
 # sum is recomputed with its own shift
 MIN_BLOCK_ROWS = 32  # measured: 32,000 classes 2.2×, 150,000 classes 6× faster than 1-4 rows per block
-FLOAT32_MIN_CLASSES = 4096  # from this many classes (LLM vocabularies) the softmax pass runs in float32
+FLOAT32_MIN_CLASSES = 100  # from this many classes the softmax pass runs in float32 (see work_dtype)
 N_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
 
 
@@ -254,9 +254,10 @@ def _as_worker(work: Callable[[int], list]) -> Callable[[int], list]:
 
 
 def work_dtype(n_classes: int) -> np.dtype:
-    """The float type of the softmax pass: float64, float32 from FLOAT32_MIN_CLASSES classes on (4× faster;
-    per-example values then agree with float64 to about 1e-5 relative, 1e-4 where the target dominates by
-    hundreds of nats; tested)."""
+    """The float type of the softmax pass: float64, float32 from FLOAT32_MIN_CLASSES classes on (row sums
+    accumulated in float64, row products in float32; the fused pass at 1,000 classes then takes 0.6-0.75× the
+    time of float64, measured; per-example values agree with float64 to about 1e-5 relative, 1e-4
+    where the target dominates by hundreds of nats; tested at 100, 1,000 and 6,000 classes)."""
     return np.dtype(np.float32 if n_classes >= FLOAT32_MIN_CLASSES else np.float64)
 
 
@@ -484,7 +485,7 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     ``class_sums`` (a :class:`ClassSums`) gets these rows' class sums added, block after block in order.
     With class sums the blocks run over the examples sorted by label, so each block's class sums
     are sums over runs of rows. Inputs must be valid (``check_*``): this is the private workhorse
-    behind the public metric functions.
+    behind the public metric functions; :func:`fused_softmax_stats` gives several models' at once.
 
     Log-space throughout: t = (z − max z)/τ, e = exp(t); the non-target sum Σ_{k≠y} e_k is taken with
     the target zeroed (no cancellation), and recomputed with its own maximum as shift where it
@@ -494,91 +495,177 @@ def softmax_stats(logits: np.ndarray, labels: np.ndarray, *, temperature: float 
     inv_t = 1.0 / temperature
     work = work_dtype(n_classes)
     other, other_stats = versus if versus is not None else (None, None)
-    want_sums = class_sums is not None
     out_labels = labels if rows is None else labels[rows]
-    n_samples = out_labels.size
     # block order: ``unsort`` maps it to output positions, ``order`` to rows of ``logits``
-    unsort = np.argsort(out_labels, kind="stable") if want_sums else None
+    unsort = np.argsort(out_labels, kind="stable") if class_sums is not None else None
     order = unsort if rows is None else (rows if unsort is None else rows[unsort])
     ordered = (lambda a: a) if unsort is None else (lambda a: a[unsort])
     block_labels = ordered(out_labels)
-    if other_stats is not None:
-        other_log_norm = ordered(other_stats.log_norm)
-        other_nontarget_log_norm = ordered(other_stats.nontarget_log_norm)
+    norms = None if other_stats is None else (ordered(other_stats.log_norm), ordered(other_stats.nontarget_log_norm))
 
     def block(start: int, stop: int, space: Workspace) -> dict:
-        n_rows = stop - start
-        y, row = block_labels[start:stop], np.arange(n_rows)
-        z = load_rows(logits, start, stop, space, "z", order, work)
-        pred = z.argmax(axis=1)
-        shift = z[row, pred]
-        t = np.subtract(z, shift[:, None], out=space.array("t", n_rows, work))
-        if inv_t != 1.0:
-            t *= work.type(inv_t)
-        t_y = t[row, y].astype(np.float64)
-        e = np.exp(t, out=space.array("e", n_rows, work))
-        e_y = e[row, y].astype(np.float64)
-        e[row, y] = 0.0
-        s_nt = e.sum(axis=1, dtype=np.float64)
-        nt_off = np.zeros(n_rows)
-        bad = np.flatnonzero(s_nt < _TINY_NONTARGET[work])
-        if bad.size:  # the target dominates: shift the non-target part by its own maximum
-            tb = t[bad]
-            tb[np.arange(bad.size), y[bad]] = -np.inf
-            nt_off[bad] = tb.max(axis=1)
-            e[bad] = np.exp(tb - nt_off[bad, None].astype(work))
-            s_nt[bad] = e[bad].sum(axis=1, dtype=np.float64)
-        nt_scale = np.exp(nt_off)  # e_k · nt_scale = exp(t_k) for k ≠ y
-        s_full = e_y + s_nt * nt_scale
-        log_s, log_s_nt = np.log(s_full), np.log(s_nt)
-        r_mean_t = _row_dot(e, t) / s_nt  # E_r[t]
-        p_mean_t = (s_nt * nt_scale * r_mean_t + e_y * t_y) / s_full  # E_p[t]
-        shift = shift.astype(np.float64)
-        out = {
-            "prediction": pred,
-            "log_norm": shift * inv_t + log_s,
-            "nontarget_log_norm": shift * inv_t + nt_off + log_s_nt,
-            "target_log_prob": t_y - log_s,
-            "nontarget_log_mass": nt_off + log_s_nt - log_s,
-            "max_log_prob": -log_s,
-            "entropy": log_s - p_mean_t,
-            "nontarget_entropy": nt_off + log_s_nt - r_mean_t,
-            "nontarget_sum_sq": _row_dot(e, e) * (nt_scale / s_full) ** 2,
-        }
-        if logit_spread:  # std and margin are ratios of differences of t = (z − max z)/τ: same as on z
-            mean = (t.sum(axis=1, dtype=np.float64) - t_y) / (n_classes - 1)
-            d = np.subtract(t, mean[:, None].astype(work), out=space.array("d", n_rows, work))
-            d[row, y] = 0.0
-            margin = t_y - mean
-            std = np.sqrt(_row_dot(d, d) / (n_classes - 1))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out["logit_spread"] = np.where(margin > 0, std / margin, np.nan)
-        if other is not None:
-            b = load_rows(other, start, stop, space, "z", order, work)  # z is no longer needed
-            b_y = b[row, y].astype(np.float64) * inv_t
-            r_mean_b = _row_dot(e, b) * inv_t / s_nt
-            p_mean_b = (s_nt * nt_scale * r_mean_b + e_y * b_y) / s_full
-            out["other_mean"] = p_mean_b
-            if other_stats is not None:
-                out["cross_entropy"] = other_log_norm[start:stop] - p_mean_b
-                out["nontarget_cross_entropy"] = other_nontarget_log_norm[start:stop] - r_mean_b
-        if want_sums:
-            out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, space, class_sums))
-        return out
+        pred, shift, t = _shifted(load_rows(logits, start, stop, space, "z", order, work), inv_t, space, "t")
+        b = None if other is None else load_rows(other, start, stop, space, "z", order, work)  # z is used up
+        return _softmax_block(t, block_labels[start:stop], pred, shift, inv_t, space, other=b,
+                              other_norms=None if norms is None else (norms[0][start:stop], norms[1][start:stop]),
+                              logit_spread=logit_spread, class_sums=class_sums)
 
-    parts = map_blocks(block, n_samples, n_classes)
-    fields = {key: _concat(parts, key, unsort) for key in _PER_EXAMPLE}
-    if other is not None:
-        fields["other_mean"] = _concat(parts, "other_mean", unsort)
-    if other_stats is not None:
-        fields["cross_entropy"] = _concat(parts, "cross_entropy", unsort)
-        fields["nontarget_cross_entropy"] = _concat(parts, "nontarget_cross_entropy", unsort)
-    if logit_spread:
-        fields["logit_spread"] = _concat(parts, "logit_spread", unsort)
-    if want_sums:
+    parts = map_blocks(block, out_labels.size, n_classes)
+    if class_sums is not None:
         for part in parts:
             class_sums.add_block(part)
+    return _joined_stats(parts, unsort, temperature, n_classes)
+
+
+def fused_softmax_stats(logits: Mapping[str, np.ndarray], labels: np.ndarray, *, temperature: float,
+                        class_sums: Mapping[str, ClassSums]
+                        ) -> tuple[dict[str, SoftmaxStats], SoftmaxStats, SoftmaxStats | None]:
+    """The softmax statistics of a set's models in one pass: each model's logits (teacher, and student and
+    baseline where given) read once per block of label-sorted rows, argmax and max shared between τ = 1 and τ.
+
+    Returns (each model's stats at τ = 1, with ``logit_spread`` and its ``class_sums`` added; the teacher's at
+    τ; the student's at τ or None without a student). With a student, the student's carry E_q[z_teacher/τ]
+    (reverse KL) and the teacher's the cross terms against the student, at both temperatures. The same values,
+    to the last bit, as the separate :func:`softmax_stats` calls; inputs must be valid.
+
+    ``logits`` may be numpy arrays or torch tensors: tensors on an accelerator are reduced there
+    (:func:`kddiag.metrics.fused.fused_softmax_stats_torch`), CPU tensors here (numpy measured 6-11× faster
+    than torch on CPU, benchmarks/bench_stats.py).
+    """
+    if not isinstance(logits["teacher"], np.ndarray):
+        if logits["teacher"].device.type != "cpu":
+            from kddiag.metrics.fused import fused_softmax_stats_torch
+
+            return fused_softmax_stats_torch(logits, labels, temperature=temperature, class_sums=class_sums)
+        logits = {role: np.asarray(value) for role, value in logits.items()}
+        labels = np.asarray(labels)
+    n_classes = logits["teacher"].shape[1]
+    inv_t = 1.0 / temperature
+    work = work_dtype(n_classes)
+    roles = tuple(logits)
+    student = "student" in logits
+    unsort = np.argsort(labels, kind="stable")
+    block_labels = labels[unsort]
+
+    def block(start: int, stop: int, space: Workspace) -> dict:
+        y = block_labels[start:stop]
+        z = {role: load_rows(logits[role], start, stop, space, role, unsort, work) for role in roles}
+        top = {role: _shifted(values, 1.0, space, "t:" + role) for role, values in z.items()}
+        out = {role: _softmax_block(top[role][2], y, *top[role][:2], 1.0, space,
+                                    other=z["teacher"] if role == "student" else None,
+                                    logit_spread=True, class_sums=class_sums[role])
+               for role in roles if role != "teacher"}
+        out["teacher"] = _softmax_block(top["teacher"][2], y, *top["teacher"][:2], 1.0, space,
+                                        other=z["student"] if student else None,
+                                        other_norms=_norms(out["student"]) if student else None,
+                                        logit_spread=True, class_sums=class_sums["teacher"])
+        if temperature != 1.0:  # t/τ = (z − max z)·(1/τ): the max and argmax of τ = 1, the same bits
+            def at_temperature(role: str) -> tuple:
+                return (np.multiply(top[role][2], work.type(inv_t), out=space.array("t", y.size, work)), y,
+                        *top[role][:2], inv_t, space)
+
+            if student:
+                out["student_t"] = _softmax_block(*at_temperature("student"), other=z["teacher"])
+            out["teacher_t"] = _softmax_block(*at_temperature("teacher"), other=z["student"] if student else None,
+                                              other_norms=_norms(out["student_t"]) if student else None)
+        return out
+
+    parts = map_blocks(block, labels.size, n_classes)
+    one = {}
+    for role in roles:
+        for part in parts:
+            class_sums[role].add_block(part[role])
+        one[role] = _joined_stats([part[role] for part in parts], unsort, 1.0, n_classes)
+    if temperature == 1.0:
+        return one, one["teacher"], one.get("student")
+    joined = {key: _joined_stats([part[key] for part in parts], unsort, temperature, n_classes)
+              for key in ("teacher_t", "student_t") if key in parts[0]}
+    return one, joined["teacher_t"], joined.get("student_t")
+
+
+def _norms(block: dict) -> tuple[np.ndarray, np.ndarray]:
+    return block["log_norm"], block["nontarget_log_norm"]
+
+
+def _joined_stats(parts: list[dict], unsort: np.ndarray | None, temperature: float, n_classes: int) -> SoftmaxStats:
+    """The :class:`SoftmaxStats` of per-block results (block order; ``unsort`` as in :func:`_concat`)."""
+    optional = ("other_mean", "cross_entropy", "nontarget_cross_entropy", "logit_spread")
+    fields = {key: _concat(parts, key, unsort) for key in _PER_EXAMPLE + optional if key in parts[0]}
     return SoftmaxStats(temperature=temperature, n_classes=n_classes, **fields)
+
+
+def _shifted(z: np.ndarray, inv_t: float, space: Workspace, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(argmax, max, t = (z − max z)·inv_t in the scratch array ``name``) of a block of logits ``z``."""
+    pred = z.argmax(axis=1)
+    shift = z[np.arange(z.shape[0]), pred]
+    t = np.subtract(z, shift[:, None], out=space.array(name, z.shape[0], z.dtype))
+    if inv_t != 1.0:
+        t *= z.dtype.type(inv_t)
+    return pred, shift, t
+
+
+def _softmax_block(t: np.ndarray, y: np.ndarray, pred: np.ndarray, shift: np.ndarray, inv_t: float,
+                   space: Workspace, *, other: np.ndarray | None = None,
+                   other_norms: tuple[np.ndarray, np.ndarray] | None = None, logit_spread: bool = False,
+                   class_sums: ClassSums | None = None) -> dict:
+    """The :class:`SoftmaxStats` fields of one block (see :func:`softmax_stats`): ``t`` = (z − max z)·inv_t
+    in the work dtype (:func:`_shifted`; not changed), ``y`` its labels, ``pred`` and ``shift`` the argmax
+    and max of z; ``other`` the second model's logits on the same rows (``other_mean``), ``other_norms`` its
+    (log_norm, nontarget_log_norm) at the same τ (cross terms); with ``class_sums`` the rows are label-sorted
+    and the block's class sums are added to the result. Scratch arrays "e", "d" (and the class sums') of
+    ``space`` are overwritten."""
+    n_rows, n_classes = t.shape
+    work = t.dtype
+    row = np.arange(n_rows)
+    t_y = t[row, y].astype(np.float64)
+    e = np.exp(t, out=space.array("e", n_rows, work))
+    e_y = e[row, y].astype(np.float64)
+    e[row, y] = 0.0
+    s_nt = e.sum(axis=1, dtype=np.float64)
+    nt_off = np.zeros(n_rows)
+    bad = np.flatnonzero(s_nt < _TINY_NONTARGET[work])
+    if bad.size:  # the target dominates: shift the non-target part by its own maximum
+        tb = t[bad]
+        tb[np.arange(bad.size), y[bad]] = -np.inf
+        nt_off[bad] = tb.max(axis=1)
+        e[bad] = np.exp(tb - nt_off[bad, None].astype(work))
+        s_nt[bad] = e[bad].sum(axis=1, dtype=np.float64)
+    nt_scale = np.exp(nt_off)  # e_k · nt_scale = exp(t_k) for k ≠ y
+    s_full = e_y + s_nt * nt_scale
+    log_s, log_s_nt = np.log(s_full), np.log(s_nt)
+    r_mean_t = _row_dot(e, t) / s_nt  # E_r[t]
+    p_mean_t = (s_nt * nt_scale * r_mean_t + e_y * t_y) / s_full  # E_p[t]
+    shift = shift.astype(np.float64)
+    out = {
+        "prediction": pred,
+        "log_norm": shift * inv_t + log_s,
+        "nontarget_log_norm": shift * inv_t + nt_off + log_s_nt,
+        "target_log_prob": t_y - log_s,
+        "nontarget_log_mass": nt_off + log_s_nt - log_s,
+        "max_log_prob": -log_s,
+        "entropy": log_s - p_mean_t,
+        "nontarget_entropy": nt_off + log_s_nt - r_mean_t,
+        "nontarget_sum_sq": _row_dot(e, e) * (nt_scale / s_full) ** 2,
+    }
+    if logit_spread:  # std and margin are ratios of differences of t = (z − max z)/τ: same as on z
+        mean = (t.sum(axis=1, dtype=np.float64) - t_y) / (n_classes - 1)
+        d = np.subtract(t, mean[:, None].astype(work), out=space.array("d", n_rows, work))
+        d[row, y] = 0.0
+        margin = t_y - mean
+        std = np.sqrt(_row_dot(d, d) / (n_classes - 1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["logit_spread"] = np.where(margin > 0, std / margin, np.nan)
+    if other is not None:
+        b_y = other[row, y].astype(np.float64) * inv_t
+        r_mean_b = _row_dot(e, other) * inv_t / s_nt
+        p_mean_b = (s_nt * nt_scale * r_mean_b + e_y * b_y) / s_full
+        out["other_mean"] = p_mean_b
+        if other_norms is not None:
+            out["cross_entropy"] = other_norms[0] - p_mean_b
+            out["nontarget_cross_entropy"] = other_norms[1] - r_mean_b
+    if class_sums is not None:
+        out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, class_sums))
+    return out
 
 
 def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -586,11 +673,11 @@ def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b).astype(np.float64, copy=False)
 
 
-def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: ClassSums) -> dict:
+def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, sums: ClassSums) -> dict:
     """Class sums of one block of label-sorted rows; ``e`` holds the non-target exponentials (target zeroed).
 
-    p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i: the class sums of r are sums over runs
-    of rows (``np.add.reduceat``), those of p a vector-matrix product, and p is never formed. Entries
+    p_ik = e_ik·nontarget_scale_i (k ≠ y_i) and r_ik = e_ik/s_nt_i: the class sums of r are weighted sums
+    over runs of rows (:func:`_run_sums`), those of p a vector-matrix product; p and r are never formed. Entries
     above the first bin edge are listed by (class, bin) cell with their p and whether k is the label.
     """
     n_rows, n_classes = e.shape
@@ -601,16 +688,14 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
     # never runs × C when C is large), and p_ik = e_ik·nontarget_scale_i over all rows
     inverse = (1.0 / s_nt).astype(e.dtype)
     if sums.kept is None:
-        scaled = np.multiply(e, inverse[:, None], out=space.array("scaled", n_rows, e.dtype))
-        nontarget_rows = _run_sums(scaled, run_start)
+        nontarget_rows = _run_sums(e, inverse, run_start)
     else:
         lengths = np.diff(np.append(run_start, n_rows))
         kept_runs = sums.positions(classes) >= 0
         rows = np.flatnonzero(np.repeat(kept_runs, lengths))
-        scaled = e[np.ix_(rows, sums.kept)] * inverse[rows, None]
         classes, lengths = classes[kept_runs], lengths[kept_runs]
-        nontarget_rows = (_run_sums(scaled, np.cumsum(lengths) - lengths) if classes.size
-                          else np.zeros((0, sums.kept.size), dtype=e.dtype))
+        nontarget_rows = (_run_sums(e[np.ix_(rows, sums.kept)], inverse[rows], np.cumsum(lengths) - lengths)
+                          if classes.size else np.zeros((0, sums.kept.size), dtype=e.dtype))
     nontarget_rows = nontarget_rows.astype(np.float64, copy=False)
     # einsum: no BLAS threads inside worker threads
     nontarget_total = np.einsum("i,ij->j", nontarget_scale.astype(e.dtype), e).astype(np.float64, copy=False)
@@ -618,12 +703,14 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
     with np.errstate(divide="ignore", over="ignore"):  # scale 0: those p underflowed, none is listed
         # a hair below the threshold: over-listed entries are binned by their own p afterwards
         bound = sums.threshold * (1.0 - 1e-9) / nontarget_scale
-    high = np.greater(e, bound[:, None], out=space.array("high", n_rows, bool))
-    flat = np.flatnonzero(high) if high.any() else np.zeros(0, dtype=np.int64)
-    high_prob = e.ravel()[flat] * nontarget_scale[flat // n_classes]
+    candidates = np.flatnonzero(e.max(axis=1) > bound)  # the rows with an entry above the bound
+    rows = e if candidates.size == n_rows else e[candidates]
+    flat = np.flatnonzero(rows > bound[candidates, None])
+    high_row, high_col = candidates[flat // n_classes], flat % n_classes
+    high_prob = rows.ravel()[flat] * nontarget_scale[high_row]
     target_high = np.flatnonzero(target_prob > sums.threshold)
-    row_of = np.concatenate((flat // n_classes, target_high))
-    col_of = np.concatenate((flat % n_classes, y[target_high]))
+    row_of = np.concatenate((high_row, target_high))
+    col_of = np.concatenate((high_col, y[target_high]))
     high_prob = np.concatenate((high_prob, target_prob[target_high]))
     bins = bin_index(high_prob, sums.n_bins)
     keep = bins > 0  # bin 0 is what is left of each class total
@@ -633,16 +720,17 @@ def _class_sums_block(e, s_nt, nontarget_scale, target_prob, y, space, sums: Cla
             "hits": (col_of[keep] == y[row_of[keep]]).astype(np.int64)}
 
 
-def _run_sums(rows: np.ndarray, run_start: np.ndarray) -> np.ndarray:
-    """Sums of the runs of ``rows`` starting at ``run_start``: ``np.add.reduceat`` for long runs; for short
-    ones (many classes, few rows each) a few row additions, as reduceat is slow on runs of one or two rows."""
+def _run_sums(rows: np.ndarray, weights: np.ndarray, run_start: np.ndarray) -> np.ndarray:
+    """Σ weights_i·rows_i over each run of ``rows`` starting at ``run_start``: one weighted column sum per
+    run for long runs or few of them; for many short ones (many classes, few rows each) a few row additions."""
     length = np.diff(np.append(run_start, rows.shape[0]))
-    if length.max() > 8:
-        return np.add.reduceat(rows, run_start, axis=0)
-    sums = rows[run_start]
+    if length.max() > 8 or run_start.size <= 16:  # einsum: no BLAS threads inside worker threads
+        return np.stack([np.einsum("i,ij->j", weights[a:a + n], rows[a:a + n]) for a, n in zip(run_start, length)])
+    sums = rows[run_start] * weights[run_start, None]
     for step in range(1, int(length.max())):
         longer = np.flatnonzero(length > step)
-        sums[longer] += rows[run_start[longer] + step]
+        at = run_start[longer] + step
+        sums[longer] += rows[at] * weights[at, None]
     return sums
 
 
