@@ -9,10 +9,11 @@ open is refused too. :func:`check_entries` does the same for every entry of a fo
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from kddiag.errors import KddiagError
 
@@ -82,6 +83,18 @@ def read_regular(path: str | Path, where: str, max_bytes: int = MAX_JSON_BYTES, 
     if len(data) > max_bytes:
         raise KddiagError(f"{where}: larger than {_size(max_bytes)}; expected {what}")
     return data
+
+
+def read_json(path: str | Path, where: str, max_bytes: int = MAX_JSON_BYTES, what: str = "a small JSON file") -> Any:
+    """The JSON value in regular file ``path`` (:func:`read_regular`): one line naming ``where`` when it is
+    not UTF-8 JSON, nested too deeply, or holds an integer of more digits than Python converts."""
+    data = read_regular(path, where, max_bytes, what)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise KddiagError(f"{where}: not readable JSON (nested too deeply); expected {what}") from None
+    except ValueError as error:
+        raise KddiagError(f"{where}: not readable JSON ({' '.join(str(error).split())[:200]}); expected {what}") from None
 
 
 def _size(n: int) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from kddiag.errors import KddiagError, is_rust_panic, native_stderr_silenced, printable
-from kddiag.files import check_entries, check_regular, kind_of, open_regular
+from kddiag.files import check_entries, check_regular, kind_of, open_regular, read_json
 from kddiag.types import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
 
 __all__ = ["TASKS", "TEXT_FORMATS", "load_text_dataset", "next_token_targets"]
@@ -368,15 +368,7 @@ def _arrow_files(path: Path, where: str) -> list[Path]:
     if not os.path.lexists(state):
         return [path / name for name in sorted(files)]
     shown = f"{where}: state.json"
-    with open_regular(state, shown) as handle:
-        data = handle.read(MAX_STATE_BYTES + 1)
-    if len(data) > MAX_STATE_BYTES:
-        raise KddiagError(f"{shown} is larger than {MAX_STATE_BYTES >> 10:,} KiB; save_to_disk writes a few hundred "
-                          f"bytes")
-    try:
-        content = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise KddiagError(f"{shown} is not readable JSON ({_one_line(error)})") from None
+    content = read_json(state, shown, MAX_STATE_BYTES, "the few hundred bytes save_to_disk writes")
     if not isinstance(content, dict) or "_data_files" not in content:
         return [path / name for name in sorted(files)]  # datasets fails on it, reading nothing
     entries = content["_data_files"]

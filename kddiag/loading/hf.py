@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from kddiag.errors import KddiagError, UnsafeLoadError, as_float, shown_value
-from kddiag.files import check_entries, open_regular
+from kddiag.files import check_entries, open_regular, read_json
 from kddiag.loading._text import first, one_line
 from kddiag.types import IGNORE_INDEX, LoadedModel, TokenInputs
 
@@ -373,18 +373,9 @@ def _built_in(key: str, name: Any) -> bool:
 
 def _read_json(file: Path, where: str) -> dict:
     """A JSON object from a regular file of at most MAX_CONFIG_BYTES."""
-    name = file.name
-    with open_regular(file, f"{where}: {name}") as handle:
-        data = handle.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise KddiagError(f"{where}: {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a configuration is a "
-                          f"small JSON object")
-    try:
-        content = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as error:
-        raise KddiagError(f"{where}: {name} is not readable JSON ({one_line(error)})") from None
+    content = read_json(file, f"{where}: {file.name}", MAX_CONFIG_BYTES, "a configuration, a small JSON object")
     if not isinstance(content, dict):
-        raise KddiagError(f"{where}: {name} holds a {type(content).__name__}; expected a JSON object")
+        raise KddiagError(f"{where}: {file.name} holds a {type(content).__name__}; expected a JSON object")
     return content
 
 

@@ -102,17 +102,16 @@ def normalization_beside(path: Any) -> tuple[dict, str] | None:
     naming that file; None when none does. Only small regular JSON files are read."""
     from pathlib import Path
 
-    from kddiag.files import open_regular
+    from kddiag.files import read_json
 
     folder = Path(path).parent
     for name in BESIDE_FILES:
         file = folder / name
-        if not file.is_file() or file.stat().st_size > MAX_BESIDE_BYTES:
+        if not file.is_file():
             continue
         try:
-            with open_regular(file, f"'{file}'") as handle:
-                content = json.loads(handle.read(MAX_BESIDE_BYTES + 1))
-        except (KddiagError, OSError, ValueError, RecursionError):
+            content = read_json(file, f"'{file}'", MAX_BESIDE_BYTES)
+        except (KddiagError, OSError):
             continue  # not ours to judge: a folder's other files are not inputs kddiag was given
         found = normalization_in(content)
         if found is not None:
