@@ -28,7 +28,8 @@ from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.history import FindingSpan, MonitorRecord, finding_spans
 from kddiag.types import (EVAL, ClassInfo, Dataset, Diagnosis, InspectOptions, LoadedModel, ModelOutputs,
-                          SetOutputs, Settings, TokenInputs, _check_alpha, _check_temperature)
+                          SetOutputs, Settings, TokenInputs, _check_alpha, _check_temperature,
+                          check_class_ids)
 
 __all__ = ["Monitor", "as_monitor_data"]
 
@@ -309,20 +310,11 @@ def _tensor(x: Any, name: str) -> Any:
 
 
 def _labels(y: Any) -> np.ndarray:
-    """Labels as a 1-D int64 array of class ids >= 0."""
-    import torch
-
-    array = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if array.ndim != 1:
-        hint = " (one-hot or probabilities? give class ids)" if array.ndim == 2 else ""
-        raise KddiagError(f"data: labels y must be 1-D class ids (n_samples,); got shape {array.shape}{hint}")
-    if array.dtype.kind not in "iu":
-        raise KddiagError(f"data: labels y must be integer class ids; got dtype {array.dtype}")
-    if array.size == 0:
+    """Labels as a 1-D int64 array of class ids >= 0 (a tensor or an array)."""
+    labels = check_class_ids(y, "data: labels y")
+    if labels.size == 0:
         raise KddiagError("data: the held-out set is empty (0 labels)")
-    if array.min() < 0:
-        raise KddiagError(f"data: labels y must be class ids >= 0; got {array.min()}")
-    return array.astype(np.int64, copy=False)
+    return labels
 
 
 def _positive_int(value: Any, name: str) -> int:

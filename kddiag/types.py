@@ -273,16 +273,10 @@ class Dataset:
 
     def __post_init__(self) -> None:
         where = f"data '{self.name}'"
-        labels = np.asarray(self.labels)
-        if labels.ndim != 1:
-            raise KddiagError(f"{where}: labels must be 1-D (n_samples,); got shape {labels.shape}")
-        if labels.dtype.kind not in "iu":
-            raise KddiagError(f"{where}: labels must be integer class ids; got dtype {labels.dtype}")
+        labels = check_class_ids(self.labels, f"{where}: labels")
         if len(labels) == 0:
             raise KddiagError(f"{where}: the data set is empty (0 labels)")
-        if labels.min() < 0:
-            raise KddiagError(f"{where}: labels must be >= 0; got {labels.min()}")
-        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        object.__setattr__(self, "labels", labels)
         if isinstance(self.x, TokenInputs):
             if self.x.n_examples != len(labels):
                 what = "target positions" if self.x.per_position else "sequences"
@@ -369,11 +363,8 @@ class SetOutputs:
         if self.dataset not in (EVAL, TRANSFER):
             raise KddiagError(f"a data set must be '{EVAL}' or '{TRANSFER}'; got {self.dataset!r}")
         data = f"the {self.dataset} set" + (f" ('{self.source}')" if self.source else "")
-        labels = np.asarray(self.labels)
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise KddiagError(f"labels of {data} must be 1-D integer class ids; got {labels.dtype} "
-                              f"of shape {labels.shape}")
-        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        labels = check_class_ids(self.labels, f"labels of {data}")
+        object.__setattr__(self, "labels", labels)
         models = {role: out for role, out in (("teacher", self.teacher), ("student", self.student),
                                                ("baseline", self.baseline)) if out is not None}
         for role, out in models.items():
@@ -389,9 +380,7 @@ class SetOutputs:
                 raise KddiagError(f"{self._logits('teacher', self.teacher)} have {n_classes} classes but "
                                   f"{self._logits(role, out)} have {out.logits.shape[1]}; both must be "
                                   f"(n_samples, n_classes)")
-        if labels.min() < 0 or labels.max() >= n_classes:
-            raise KddiagError(f"labels of {data} must lie in [0, {n_classes}) for {n_classes}-class models; "
-                              f"got values from {labels.min()} to {labels.max()}")
+        check_class_ids(labels, f"labels of {data}", n_classes=n_classes)
 
     @property
     def n_classes(self) -> int:
@@ -912,6 +901,23 @@ def _is_real(value: Any) -> bool:
 
 def _shown(value: Any) -> str:
     return repr(float(value)) if _is_real(value) else repr(value)
+
+
+def check_class_ids(labels: Any, where: str, *, n_classes: int | None = None) -> np.ndarray:
+    """Labels (an array or a tensor) as an int64 array of class ids: 1-D integers ≥ 0, below ``n_classes`` when
+    given. ``where`` names them in the one-line error ("data 'd.pt': labels"). The one check of labels."""
+    array = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    if array.ndim != 1:
+        hint = " (one-hot or probabilities? give class ids)" if array.ndim == 2 else ""
+        raise KddiagError(f"{where} must be 1-D class ids (n_samples,); got shape {array.shape}{hint}")
+    if array.dtype.kind not in "iu":
+        raise KddiagError(f"{where} must be integer class ids; got dtype {array.dtype}")
+    if array.size and array.min() < 0:
+        raise KddiagError(f"{where} must be class ids >= 0; got {array.min()}")
+    if array.size and n_classes is not None and array.max() >= n_classes:
+        raise KddiagError(f"{where} must lie in [0, {n_classes}) for {n_classes}-class models; got values from "
+                          f"{array.min()} to {array.max()}")
+    return array.astype(np.int64, copy=False)
 
 
 def _has_non_finite(x: Any) -> bool:

@@ -114,9 +114,9 @@ def test_token_inputs_stay_integer_and_labels_only_files(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ({"x": np.zeros((3, 2))}, r"no labels 'y' \(found keys: x\)"),
-    ({"x": np.zeros((3, 2)), "y": np.zeros((3, 1), int)}, r"labels must be 1-D \(n_samples,\); got shape \(3, 1\)"),
+    ({"x": np.zeros((3, 2)), "y": np.zeros((3, 1), int)}, r"labels must be 1-D class ids \(n_samples,\); got shape \(3, 1\) \(one-hot"),
     ({"x": np.zeros((3, 2)), "y": np.zeros(3)}, r"labels must be integer class ids; got dtype float64"),
-    ({"x": np.zeros((3, 2)), "y": np.array([0, -1, 2])}, r"labels must be >= 0; got -1"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, -1, 2])}, r"labels must be class ids >= 0; got -1"),
     ({"x": np.zeros((0, 2)), "y": np.zeros(0, int)}, r"the data set is empty"),
     ({"x": np.zeros((4, 2)), "y": np.zeros(3, int)}, r"inputs 'x' have shape \(4, 2\) but there are 3 labels"),
     ({"x": np.array(["a", "b"]), "y": np.zeros(2, int)}, r"inputs 'x' must be numeric"),

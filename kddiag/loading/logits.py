@@ -18,7 +18,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
 from kddiag.loading.topk import KEYS, topk_sets
-from kddiag.types import EVAL, MAX_CLASSES, TRANSFER, LoadedModel
+from kddiag.types import EVAL, MAX_CLASSES, TRANSFER, LoadedModel, check_class_ids
 
 # logits-file keys: which set each names
 _LOGITS_KEYS = {"logits": EVAL, "eval": EVAL, "eval_logits": EVAL, "transfer": TRANSFER, "transfer_logits": TRANSFER}
@@ -267,11 +267,4 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def _labels_array(value: Any, where: str, key: str) -> np.ndarray:
-    import torch
-
-    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise KddiagError(f"{where}: labels '{key}' must be 1-D integers; got {array.dtype} of shape {array.shape}")
-    if len(array) and array.min() < 0:
-        raise KddiagError(f"{where}: labels '{key}' must be >= 0; got {array.min()}")
-    return array.astype(np.int64)
+    return check_class_ids(value, f"{where}: labels '{key}'")

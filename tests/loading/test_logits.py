@@ -60,7 +60,7 @@ def test_pt_logits_tensor_and_dict(tmp_path):
 @pytest.mark.parametrize("name, content, message", [
     ("c.npz", {"x": np.zeros((3, 2)), "y": np.zeros(3, int)}, r"no logits \(keys: x, y\); expected 'logits' or 'eval'"),
     ("d.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(4, int)}, r"3 rows of eval logits but 4 labels"),
-    ("e.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(3)}, r"labels 'labels' must be 1-D integers"),
+    ("e.npz", {"logits": np.zeros((3, 2)), "labels": np.zeros(3)}, r"labels 'labels' must be integer class ids; got dtype float64"),
 ])
 def test_bad_logits_files(tmp_path, name, content, message):
     path = tmp_path / name
