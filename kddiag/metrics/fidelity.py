@@ -6,7 +6,6 @@ agreement and the mean predictive KL(p ‖ q) of teacher and student.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from kddiag.errors import KddiagError
 from kddiag.metrics._common import (Workspace, check_labels, check_logits, check_pair, check_temperature,
@@ -148,6 +147,8 @@ def confusion_of(teacher_pred: np.ndarray, student_pred: np.ndarray, n_classes: 
 
 def permutation_from(confusion: np.ndarray) -> np.ndarray:
     """π with student class k ↔ teacher class π[k], maximizing Σ_k confusion[π[k], k] (Hungarian assignment)."""
+    from scipy.optimize import linear_sum_assignment  # here: importing scipy.optimize costs 0.4 s a process
+
     teacher_class, student_class = linear_sum_assignment(confusion, maximize=True)
     permutation = np.empty(confusion.shape[0], dtype=np.int64)
     permutation[student_class] = teacher_class
