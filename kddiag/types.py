@@ -411,10 +411,8 @@ class Batch:
     # (kddiag.metrics.strata: 'frequency', 'position'; token positions only)
 
     def __post_init__(self) -> None:
-        labels = np.asarray(self.labels)
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise KddiagError(f"labels must be 1-D integer class ids; got {labels.dtype} of shape {labels.shape}")
-        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        labels = check_class_ids(self.labels, "labels")
+        object.__setattr__(self, "labels", labels)
         if not {"teacher"} <= set(self.logits) <= set(ROLES):
             raise KddiagError(f"a batch needs teacher logits (and optionally student and baseline); "
                               f"got {sorted(self.logits)}")
@@ -436,11 +434,9 @@ class Batch:
             self._check_finite(array, name)
             logits[role] = array
         object.__setattr__(self, "logits", logits)
-        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-            data = " of the " + " ".join(filter(None, (self.dataset and f"{self.dataset} set",
-                                                       self.data and f"('{self.data}')"))) if self.dataset else ""
-            raise KddiagError(f"labels{data} must lie in [0, {n_classes}) for {n_classes}-class models; got values "
-                              f"from {labels.min()} to {labels.max()}")
+        data = " of the " + " ".join(filter(None, (self.dataset and f"{self.dataset} set",
+                                                   self.data and f"('{self.data}')"))) if self.dataset else ""
+        check_class_ids(labels, f"labels{data}", n_classes=n_classes)
         for name, bucket in self.strata.items():
             bucket = np.asarray(bucket)
             if (name not in N_BUCKETS or bucket.shape != labels.shape or bucket.dtype.kind not in "iu"
