@@ -1,5 +1,5 @@
-"""Small MLPs on separable Gaussian classes, shared by the monitor and live-metric tests, and a deadline
-that turns a hang into a failure (the file-kind and Hugging Face attack tests)."""
+"""Small MLPs on separable Gaussian classes, shared by the monitor and live-metric tests, a deadline
+that turns a hang into a failure and a one-line error check (the file-kind and Hugging Face attack tests)."""
 import contextlib
 import signal
 
@@ -90,3 +90,11 @@ def distillation_module(student: nn.Module, teacher: nn.Module):
             return torch.optim.Adam(self.student.parameters(), lr=1e-2)
 
     return Distill()
+
+
+def one_line(error_info, *words):
+    """The error ``pytest.raises`` caught is one line holding every one of ``words``."""
+    message = str(error_info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message

@@ -21,7 +21,7 @@ from kddiag.loading import load_model  # noqa: E402
 from kddiag.loading.hf import MAX_CONFIG_BYTES, MAX_LAYERS, MAX_POSITIONS, check_config_sizes  # noqa: E402
 from kddiag.text import load_text_dataset  # noqa: E402
 from kddiag.vocabulary import read_vocabulary  # noqa: E402
-from small_models import deadline
+from small_models import deadline, one_line
 
 ROOT = Path(__file__).resolve().parents[1]  # subprocesses import this checkout's kddiag
 WORDS = "the cat dog sat on a mat".split()
@@ -72,13 +72,6 @@ def edit(path, **changes):
     content = json.loads(path.read_text()) if path.exists() else {}
     content.update(changes)
     path.write_text(json.dumps({k: v for k, v in content.items() if v is not None}))
-
-
-def one_line(error_info, *words):
-    message = str(error_info.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, message
 
 
 def tokenizer_with_shipped_code(directory):

@@ -15,6 +15,7 @@ import pytest
 
 from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading.regex_safety import backtracking_hazard, tokenizer_patterns
+from small_models import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,13 +100,6 @@ def save_tokenizer(directory, pattern=None, *, normalizer=None):
     transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]",
                                          pad_token="[PAD]").save_pretrained(directory)
     return Path(directory)
-
-
-def one_line(error_info, *words):
-    message = str(error_info.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, message
 
 
 def test_the_attack_is_refused_for_the_text_and_the_vocabulary(tmp_path):
