@@ -190,8 +190,10 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     on both sets, with no such evidence, is teacher-weak's case: nothing points at the inputs."""
     teacher_eval = first(m.outcome, lambda o: o.teacher_accuracy, (EVAL,))
     teacher_transfer = first(m.outcome, lambda o: o.teacher_accuracy, (TRANSFER,))
-    if lack := missing(teacher_eval, teacher_transfer):
-        return lack
+    fits = {field: input_mismatches(context, field) for field in INPUT_FITS}
+    if lack := missing(teacher_eval, teacher_transfer):  # the input fits need no second set
+        return _inputs_only(teacher_eval, teacher_transfer, fits, context) if teacher_eval.ok and any(
+            fits.values()) else lack
     student_eval = first(m.outcome, lambda o: o.student_accuracy, (EVAL,))
     student_transfer = first(m.outcome, lambda o: o.student_accuracy, (TRANSFER,))
     gap = teacher_transfer.value - teacher_eval.value
@@ -207,7 +209,6 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
     flatter = (dropped and fitted[0].ok and fitted[1].ok
                and fitted[1].value >= th.DATA_FITTED_TEMPERATURE_RATIO_MIN * fitted[0].value)
     shift = input_shift(context) if dropped else None
-    fits = {field: input_mismatches(context, field) for field in INPUT_FITS}
     if not (works or flatter or shift or any(fits.values())):
         return Clear()
     found, grades = [], []
@@ -234,6 +235,16 @@ def data_pipeline_suspect(m: Measurements, context: Context) -> Decision:
                  DataPipelineFacts(teacher_eval, teacher_transfer, near_chance, works,
                                    (student_transfer, student_eval) if works and with_student else None,
                                    fitted if flatter else None, shift[:2] if shift else None,
+                                   fits["teacher_batchnorm"], fits["teacher_normalization"]))
+
+
+def _inputs_only(teacher_eval: Measured, teacher_transfer: Measured, fits: dict, context: Context) -> Fired:
+    """Without a transfer set, the inputs far from what the teacher was trained on, on that evidence alone."""
+    found = [input_fit_evidence(info, field) for field, infos in fits.items() for info in infos]
+    grades = [input_fit_grade(info, field) for field, infos in fits.items() for info in infos]
+    near_chance = context.normalized(teacher_eval.value) < th.NEAR_CHANCE_NORMALIZED_ACCURACY
+    return Fired(tuple(found), severity(max(grades)),
+                 DataPipelineFacts(teacher_eval, teacher_transfer, near_chance, False, None, None, None,
                                    fits["teacher_batchnorm"], fits["teacher_normalization"]))
 
 

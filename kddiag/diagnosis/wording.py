@@ -80,7 +80,7 @@ def _values(values) -> str:
 def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
     t, tt = f.teacher_eval, f.teacher_transfer
     sentences, it = [], "It" if f.near_chance else "The teacher"
-    accuracy_lost = f.near_chance or f.works_on_transfer or t.value <= tt.value - DATA_SHIFT_ACCURACY_DROP_MIN
+    accuracy_lost = f.near_chance or f.works_on_transfer or (tt.ok and t.value <= tt.value - DATA_SHIFT_ACCURACY_DROP_MIN)
     if f.batchnorm:
         layer = f.batchnorm[0].teacher_batchnorm.layer
         seen = "; ".join(f"the {i.role} set {i.teacher_batchnorm.variance_ratio:.3g}× the variance, mean "
@@ -101,9 +101,11 @@ def word_data_pipeline(f: r.DataPipelineFacts, context: Context) -> Wording:
                                               f"({f.student[0].value:.1%} → {f.student[1].value:.1%})")
         sentences.append(f"{it} is right on {tt.value:.1%} of the transfer set but only {t.value:.1%} of the eval "
                          f"set{keeps}: it works where it was trained and fails here.")
-    else:
+    elif tt.ok:
         sentences.append(f"{it} is right on {t.value:.1%} of the eval set against {tt.value:.1%} of the transfer "
                          "set.")
+    else:
+        sentences.append(f"{it} is right on {t.value:.1%} of the eval set (no transfer set to compare with).")
     title = ("The teacher fails on the inputs it was given: check the data pipeline first" if accuracy_lost else
              "The inputs are not prepared as in the teacher's training: check the data pipeline first")
     if f.fitted is not None:

@@ -94,3 +94,36 @@ def test_inputs_against_the_normalization_the_teacher_stores(trained):
     assert stored_normalization_fit(LoadedModel("t.pt", "state_dict", model, metadata={"normalization": stored}),
                                     raw) is None  # 3 channels stored, flat inputs: nothing to compare
     assert stored_normalization_fit(teacher, torch.zeros(5, 64, dtype=torch.long)) is None  # token ids
+
+
+def test_inspect_catches_inputs_left_raw_where_the_teacher_stores_its_normalization(tmp_path):
+    """End to end, teacher alone and without BatchNorm: a Lightning-style checkpoint whose hyper-parameters
+    keep the (mean, std) it was trained with; the raw digits (values 0-16) are called data-pipeline-suspect
+    first, naming --normalize; the same digits normalized are not."""
+    import kddiag
+    from kddiag.types import InspectOptions
+
+    x, y = load_digits(return_X_y=True)
+    mean, std = float(x.mean()), float(x.std())
+    from kddiag.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP((64, 32, 10))
+    inputs, labels = torch.tensor((x - mean) / std, dtype=torch.float32), torch.tensor(y)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(150):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {"mean": [mean], "std": [std]}},
+               tmp_path / "t.ckpt")
+    options = InspectOptions(teacher_arch="mlp:64-32-10", temperature=4.0, alpha=0.9)
+    raw = {"x": torch.tensor(x, dtype=torch.float32), "y": torch.tensor(y)}
+    torch.save(raw, tmp_path / "raw.pt")
+    torch.save({**raw, "x": inputs}, tmp_path / "normalized.pt")
+    report = kddiag.inspect(str(tmp_path / "t.ckpt"), data=str(tmp_path / "raw.pt"), options=options)
+    first = report.diagnosis.findings[0]
+    assert first.id == "data-pipeline-suspect" and first.evidence[0].metric == "inputs.teacher_normalization.variance_ratio"
+    assert f"--normalize {mean:g},{std:g}" in first.advice
+    fine = kddiag.inspect(str(tmp_path / "t.ckpt"), data=str(tmp_path / "normalized.pt"), options=options)
+    assert "data-pipeline-suspect" not in [f.id for f in fine.diagnosis.findings]
