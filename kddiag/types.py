@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from kddiag.errors import KddiagError, as_float, shown_value
+from kddiag.metrics._common import MAX_TEMPERATURE, MIN_TEMPERATURE, check_temperature  # noqa: F401
 from kddiag.metrics.strata import N_BUCKETS
 from kddiag.progress import check_progress
 
@@ -871,19 +872,8 @@ def _check_device(device: str) -> None:
 
 # --- checks shared by the hand-off objects --------------------------------------------------------
 
-MAX_TEMPERATURE = 1e4  # far beyond any distillation τ (1-20 in practice); larger values only overflow
-# far below any distillation τ (DINO's sharpest teacher uses 0.04); smaller ones (a denormal such as 5e-324
-# passes > 0) only overflow logits / τ to inf and NaN
-MIN_TEMPERATURE = 1e-3
-
-
 def _check_temperature(value: Any, origin: str) -> None:
-    if not _is_real(value) or not math.isfinite(value) or value <= 0 or value > MAX_TEMPERATURE:
-        raise KddiagError(f"{origin} must be a finite number > 0 and at most {MAX_TEMPERATURE:g}; "
-                          f"got {_shown(value)}")
-    if value < MIN_TEMPERATURE:
-        raise KddiagError(f"{origin} must be at least {MIN_TEMPERATURE:g} (kddiag's floor: smaller temperatures "
-                          f"only overflow the scaled logits); got {_shown(value)}")
+    check_temperature(value, origin)  # kddiag's one rule for τ, in kddiag.metrics._common
 
 
 def _check_alpha(value: Any, origin: str) -> None:

@@ -21,12 +21,16 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kddiag.errors import KddiagError
+from kddiag.errors import KddiagError, as_float, shown_value
 
 _BLOCK_ELEMENTS = 1 << 17  # rows per block ≈ this / n_classes: a block stays in the CPU cache
 _TINY_NONTARGET = {np.dtype(np.float64): 1e-280, np.dtype(np.float32): 1e-30}  # below this the non-target
 # sum is recomputed with its own shift
 MIN_BLOCK_ROWS = 32  # measured: 32,000 classes 2.2×, 150,000 classes 6× faster than 1-4 rows per block
+MAX_TEMPERATURE = 1e4  # far beyond any distillation τ (1-20 in practice); larger values only overflow
+# far below any distillation τ (DINO's sharpest teacher uses 0.04); smaller ones (a denormal such as 5e-324
+# passes > 0) only overflow logits / τ to inf and NaN
+MIN_TEMPERATURE = 1e-3
 FLOAT32_MIN_CLASSES = 100  # from this many classes the softmax pass runs in float32 (see work_dtype)
 N_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
 
@@ -87,11 +91,16 @@ def check_pair(teacher_logits, student_logits, *, names: tuple[str, str] = ("tea
     return first, second
 
 
-def check_temperature(temperature) -> float:
-    """A finite temperature > 0."""
-    value = float(temperature)
-    if not np.isfinite(value) or value <= 0:
-        raise KddiagError(f"temperature must be a finite number > 0; got {temperature}")
+def check_temperature(temperature: Any, name: str = "temperature") -> float:
+    """``temperature`` as a float within kddiag's one rule for τ (every entry point uses it): a real number,
+    finite, in [MIN_TEMPERATURE, MAX_TEMPERATURE]. ``name`` says where it came from in the error."""
+    value = as_float(temperature)
+    shown = shown_value(temperature if value is None else value)
+    if value is None or not np.isfinite(value) or value <= 0 or value > MAX_TEMPERATURE:
+        raise KddiagError(f"{name} must be a finite number > 0 and at most {MAX_TEMPERATURE:g}; got {shown}")
+    if value < MIN_TEMPERATURE:
+        raise KddiagError(f"{name} must be at least {MIN_TEMPERATURE:g} (kddiag's floor: smaller temperatures "
+                          f"only overflow the scaled logits); got {shown}")
     return value
 
 

@@ -53,7 +53,7 @@ def test_large_sets_use_a_fixed_subsample(monkeypatch):
 
 
 def test_errors():
-    with pytest.raises(KddiagError, match="temperature must be a finite number > 0; got -1"):
+    with pytest.raises(KddiagError, match="temperature must be a finite number > 0 and at most 10000; got -1"):
         whatif.temperature_whatif(np.zeros((2, 3)), np.array([0, 1]), temperatures=(1.0, -1), alpha=0.5)
     with pytest.raises(KddiagError, match="temperatures must hold at least one"):
         whatif.temperature_whatif(np.zeros((2, 3)), np.array([0, 1]), temperatures=(), alpha=0.5)
