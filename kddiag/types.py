@@ -909,9 +909,9 @@ def check_class_ids(labels: Any, where: str, *, n_classes: int | None = None) ->
 def _has_non_finite(x: Any) -> bool:
     """Whether floating inputs (a tensor or an array) hold NaN or Inf; integer inputs never do."""
     if hasattr(x, "is_floating_point"):  # NaN propagates to the min and max, Inf is one of them: one fast pass
-        if not x.is_floating_point() or x.numel() == 0:
+        if not x.is_floating_point() or x.numel() == 0:  # complex tensors are not floating point
             return False
-        low, high = x.aminmax() if not x.is_complex() else (x.abs().max(), x.abs().max())
+        low, high = x.aminmax()
         return not bool(low.isfinite() and high.isfinite())
     array = np.asarray(x)
     return array.dtype.kind in "fc" and not np.isfinite(array).all()

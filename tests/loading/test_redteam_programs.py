@@ -21,7 +21,8 @@ from torch import nn
 
 from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
 from kddiag.loading import load_model, programs, vetting
-from tests.loading.test_security import N_CLASSES, N_FEATURES, Marker, assert_refused, export, mlp, saved, script
+from tests.loading.test_security import (N_CLASSES, N_FEATURES, Marker, SaveOnLoad, assert_refused, export, mlp,
+                                         saved, script)  # SaveOnLoad: R05a
 
 
 class Net(nn.Module):
@@ -192,28 +193,6 @@ def test_names_equal_after_normalizing_paths_are_refused(clean, tmp_path, spelli
 
 
 # --- R05: TorchScript code that runs while loading ------------------------------------------------------
-
-class SaveOnLoad(nn.Module):
-    """Writes ``target`` from ``__setstate__``, which ``torch.jit.load`` runs (R05a)."""
-
-    def __init__(self, target: str):
-        super().__init__()
-        self.target = target
-        self.body = mlp()
-
-    def forward(self, x):
-        return self.body(x)
-
-    @torch.jit.export
-    def __getstate__(self):
-        return (self.target, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]):
-        self.target = state[0]
-        self.training = state[1]
-        torch.save(torch.zeros(1), self.target)
-
 
 class WriteOnLoad(nn.Module):
     """Writes arbitrary bytes to ``target`` through ``aten::from_file(shared=True)`` and ``copy_`` (R05b)."""

@@ -241,28 +241,31 @@ def test_torchscript_calling_file_operators_is_refused(tmp_path, program, operat
                    marker=marker)
 
 
+class SaveOnLoad(nn.Module):
+    """Writes ``target`` from ``__setstate__``, which ``torch.jit.load`` runs."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.body = mlp()
+
+    def forward(self, x):
+        return self.body(x)
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]):
+        self.target = state[0]
+        self.training = state[1]
+        torch.save(torch.zeros(1), self.target)
+
+
 def test_torchscript_setstate_is_refused_before_loading(tmp_path):
-    class SetState(nn.Module):
-        def __init__(self, target: str):
-            super().__init__()
-            self.target = target
-            self.body = mlp()
-
-        def forward(self, x):
-            return self.body(x)
-
-        @torch.jit.export
-        def __getstate__(self):
-            return (self.target, self.training)
-
-        @torch.jit.export
-        def __setstate__(self, state: tuple[str, bool]):
-            self.target = state[0]
-            self.training = state[1]
-            torch.save(torch.zeros(1), self.target)
-
     marker = tmp_path / "pwned"
-    path = script(SetState(str(marker)), tmp_path / "student.pt")
+    path = script(SaveOnLoad(str(marker)), tmp_path / "student.pt")
     assert_refused(inspect(DEMO_STUDENT, path), "__setstate__", marker=marker)
 
 

@@ -34,19 +34,26 @@ def assert_identical(a, b):
             assert x == y, f.name
 
 
+def _case(n_classes: int, dtype, roles: tuple[str, ...], *, seed: int, n: int, dominated: int):
+    """Labels, logits of ``roles`` (the teacher's first ``dominated`` rows with a target that dominates by
+    800 nats: the non-target sum underflows) and two empty sets of class sums per role."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    logits = {role: (rng.normal(size=(n, n_classes)) * scale).astype(dtype)
+              for role, scale in zip(roles, (3.0, 5.0, 1.0))}
+    logits["teacher"][np.arange(dominated), labels[:dominated]] += 800.0
+    kept = None if n_classes < 5_000 else np.arange(0, n_classes, 7)
+    sums = [{role: ClassSums(n_classes, n_bins=15, kept=kept) for role in roles} for _ in range(2)]
+    return labels, logits, sums
+
+
 @pytest.mark.parametrize("n_classes, dtype", [(6, np.float64), (1_000, np.float64), (1_000, np.float32),
                                               (5_000, np.float32)])
 @pytest.mark.parametrize("roles", [("teacher",), ("teacher", "student"), ("teacher", "student", "baseline")])
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_fused_pass_gives_the_bits_of_separate_passes(n_classes, dtype, roles, temperature):
-    rng = np.random.default_rng(n_classes)
-    n = 700 if n_classes < 5_000 else 150
-    labels = rng.integers(0, n_classes, n)
-    logits = {role: (rng.normal(size=(n, n_classes)) * scale).astype(dtype)
-              for role, scale in zip(roles, (3.0, 5.0, 1.0))}
-    logits["teacher"][:20, labels[:20]] += 800.0  # the target dominates: the non-target sum underflows
-    kept = None if n_classes < 5_000 else np.arange(0, n_classes, 7)
-    sums = [{role: ClassSums(n_classes, n_bins=15, kept=kept) for role in roles} for _ in range(2)]
+    labels, logits, sums = _case(n_classes, dtype, roles, seed=n_classes, n=700 if n_classes < 5_000 else 150,
+                                 dominated=20)
     fused = fused_softmax_stats(logits, labels, temperature=temperature, class_sums=sums[0])
     apart = separate(logits, labels, temperature=temperature, class_sums=sums[1])
     for role in roles:
@@ -104,14 +111,8 @@ def test_the_torch_pass_gives_the_numpy_pass(n_classes, dtype, rtol, roles):
     torch = pytest.importorskip("torch")
     from kddiag.metrics.fused import fused_softmax_stats_torch
 
-    rng = np.random.default_rng(n_classes + len(roles))
-    n = 300 if n_classes < 5_000 else 60
-    labels = rng.integers(0, n_classes, n)
-    logits = {role: (rng.normal(size=(n, n_classes)) * scale).astype(dtype)
-              for role, scale in zip(roles, (3.0, 5.0, 1.0))}
-    logits["teacher"][:10, labels[:10]] += 800.0  # the target dominates: the non-target sum underflows
-    kept = None if n_classes < 5_000 else np.arange(0, n_classes, 7)
-    sums = [{role: ClassSums(n_classes, n_bins=15, kept=kept) for role in roles} for _ in range(2)]
+    labels, logits, sums = _case(n_classes, dtype, roles, seed=n_classes + len(roles),
+                                 n=300 if n_classes < 5_000 else 60, dominated=10)
     ours = fused_softmax_stats(logits, labels, temperature=2.5, class_sums=sums[0])
     theirs = fused_softmax_stats_torch({role: torch.from_numpy(v) for role, v in logits.items()},
                                        torch.from_numpy(labels), temperature=2.5, class_sums=sums[1])
