@@ -77,24 +77,34 @@ class Design:
     seeds: int = 2
     lr: str = "check"
     trend: bool = False
+    # this share of the student's own recipe: its epochs (as --probe-epochs, or a checkpoint recording them,
+    # gives them), batch size and learning rate; ``budget`` and ``lr`` are then unused
+    recipe: float | None = None
 
     @property
     def run_key(self) -> str:
         """Designs with the same key share one probe run (a trend design reads its base design's run)."""
+        if self.recipe is not None:
+            return f"recipe {self.recipe:g}x/{self.seeds}s"
         budget = "default" if self.budget is None else f"{self.budget:g}x"
         return f"{budget}/{self.seeds}s/{self.lr}"
 
-    def options(self, n_transfer: int, recipe_lr: float):
+    def options(self, pair: "Pair"):
         from kddiag.probe import default_steps
         from kddiag.types import ProbeOptions
 
+        n_transfer = len(pair.task.train.labels)
+        if self.recipe is not None:
+            return ProbeOptions(epochs=self.recipe * pair.epochs, batch_size=pair.batch_size or n_transfer,
+                                seeds=self.seeds, lr=pair.recipe_lr)
         steps = None if self.budget is None else int(round(
             self.budget * default_steps(n_transfer, min(BATCH_SIZE, n_transfer))))
         return ProbeOptions(steps=steps, batch_size=BATCH_SIZE, seeds=self.seeds,
-                            lr=recipe_lr if self.lr == "recipe" else None)
+                            lr=pair.recipe_lr if self.lr == "recipe" else None)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "budget": self.budget, "seeds": self.seeds, "lr": self.lr, "trend": self.trend}
+        out = {"name": self.name, "budget": self.budget, "seeds": self.seeds, "lr": self.lr, "trend": self.trend}
+        return out if self.recipe is None else {**out, "recipe": self.recipe}
 
 
 DEFAULT_DESIGN = Design("default")  # kddiag's ProbeOptions() as it is: the reference on every held-out set
@@ -109,6 +119,10 @@ DESIGNS = (
     Design("4× + trend", budget=4, trend=True),
     Design("4×, 3 seeds", budget=4, seeds=3),
     Design("4×, recipe lr", budget=4, lr="recipe"),
+    # added after the held-out results were read (add_designs): the student's own recipe, as --probe-epochs
+    # (or a checkpoint recording its epochs, batch size and learning rate) gives it, whole and halved
+    Design("recipe, 3 seeds", seeds=3, recipe=1.0),
+    Design("recipe ½, 3 seeds", seeds=3, recipe=0.5),
 )
 QUICK_DESIGNS = DESIGNS[2:4]  # quick mode: one short probe run per pair (the default may grow 16-fold)
 
@@ -161,6 +175,7 @@ class Pair:
     seconds: float  # one full training (the student's)
     epochs: int  # epochs of one full training
     recipe_lr: float
+    batch_size: int | None = None  # of the student's recipe; None: full batch
 
 
 class _Cache:
@@ -289,7 +304,7 @@ class CNNPairs(_Cache):
         start = time.perf_counter()
         student = retrain(scenario.temperature, scenario.alpha)
         return Pair(teacher, student, task, retrain, cnn_logits, time.perf_counter() - start,
-                    pairs.recipe(cnn.STUDENT_RECIPE).epochs, cnn.STUDENT_RECIPE.lr)
+                    pairs.recipe(cnn.STUDENT_RECIPE).epochs, cnn.STUDENT_RECIPE.lr, cnn.STUDENT_RECIPE.batch_size)
 
 
 REAL_SCENARIOS = (
@@ -336,7 +351,7 @@ class RealPairs(_Cache):
         start = time.perf_counter()
         student = retrain(scenario.temperature, scenario.alpha)
         return Pair(teacher, student, task, retrain, cnn_logits, time.perf_counter() - start,
-                    ctx.recipe(real.STUDENT).epochs, real.STUDENT.lr)
+                    ctx.recipe(real.STUDENT).epochs, real.STUDENT.lr, real.STUDENT.batch_size)
 
 
 BUILDERS = {"mlp": MLPPairs, "cnn-digits": CNNPairs, "real-teachers": RealPairs}
@@ -371,7 +386,7 @@ def measure_pair(builder, scenario: Scenario, designs: tuple[Design, ...]) -> tu
     probes, runs = {}, []
     for key in dict.fromkeys(d.run_key for d in designs):
         design = next(d for d in designs if d.run_key == key)
-        options = design.options(len(task.train.labels), pair.recipe_lr)
+        options = design.options(pair)
         result = run_probes(LoadedModel("<in-memory>", "module", module=pair.teacher),
                             LoadedModel("<in-memory>", "module", module=pair.student),
                             transfer=task.train, held_out=task.test, candidates=candidates, options=options)
@@ -485,6 +500,66 @@ def add_inits(path=None, *, n_inits: int = TRUTH_INITS, log: Callable[[str], Non
             log(f"probe-validation inits: {family} {scenario.name} seed {seed}: {len(cases)} candidates × {n_inits} "
                 f"initializations, {time.perf_counter() - began:.0f} s")
     result["inits_seconds"] = round(result.get("inits_seconds", 0) + time.perf_counter() - start, 1)
+    result = summarize_result(result)
+    write_results(result, path.parent)
+    return result
+
+
+def add_designs(path=None, *, designs: tuple[Design, ...] = DESIGNS[-2:], families: tuple[str, ...] = FAMILIES,
+                log: Callable[[str], None] = print) -> dict:
+    """Probe every stored pair of ``families`` under ``designs`` too (its full retraining kept as stored:
+    the pair is rebuilt as it was, which the control's stored accuracy checks), re-score and rewrite the
+    results beside ``path``; returns the result."""
+    from case_studies._harness import Context
+    from case_studies._training import use_few_threads
+    from kddiag.probe import run_probes
+    from kddiag.types import LoadedModel
+
+    path = Path(path) if path is not None else Path(__file__).parent / "results" / "probe-validation.json"
+    result = json.loads(path.read_text(encoding="utf-8"))
+    use_few_threads(1)
+    start = time.perf_counter()
+    groups: dict = {}
+    for case in result["cases"]:
+        if case["family"] in families:
+            groups.setdefault((case["family"], case["seed"]), {}).setdefault(case["scenario"], []).append(case)
+    for (family, seed), by_scenario in groups.items():
+        builder = BUILDERS[family](
+            Context(study="probe-validation", seed=seed, quick=result["quick"], out_dir=path.parent, keep_html=False))
+        for scenario in builder.scenarios:
+            cases = by_scenario.get(scenario.name, [])
+            if not cases:
+                continue
+            began = time.perf_counter()
+            pair = builder.pair(scenario)
+            task = pair.task
+            accuracy = float((pair.logits(pair.student, task.test.x).argmax(axis=1) == task.test.labels).mean())
+            if abs(accuracy - cases[0]["full"]["control_accuracy"]) > 1e-3:
+                raise RuntimeError(f"{family} {scenario.name} seed {seed}: the control scores {accuracy:.4f}, the "
+                                   f"stored one {cases[0]['full']['control_accuracy']}: not rebuilt as it was")
+            candidates = candidates_of(pair, scenario)
+            by_label = {c.label: c for c in candidates}
+            where = {"family": family, "scenario": scenario.name, "seed": seed, "phase": cases[0]["phase"]}
+            for design in designs:
+                probe = run_probes(LoadedModel("<in-memory>", "module", module=pair.teacher),
+                                   LoadedModel("<in-memory>", "module", module=pair.student), transfer=task.train,
+                                   held_out=task.test, candidates=candidates, options=design.options(pair))
+                run = {**where, "run": design.run_key, "probed": probe.ran,
+                       "full_training_seconds": round(pair.seconds, 3), "full_training_epochs": pair.epochs,
+                       "n_arms": len(candidates)}
+                if probe.ran:
+                    run.update(design=probe.design.to_dict(), seconds=round(probe.design.seconds, 3),
+                               still_learning=probe.still_learning)
+                else:
+                    run.update(reason=probe.not_probed)
+                result["runs"].append(run)
+                for case in cases:
+                    case["probes"][design.name] = probe_call(probe, by_label[case["arm"]], trend=design.trend)
+            log(f"probe-validation designs: {family} {scenario.name} seed {seed}: {len(designs)} design(s), "
+                f"{time.perf_counter() - began:.0f} s")
+    known = {d["name"] for d in result["designs"]}
+    result["designs"] += [d.to_dict() for d in designs if d.name not in known]
+    result["designs_seconds"] = round(result.get("designs_seconds", 0) + time.perf_counter() - start, 1)
     result = summarize_result(result)
     write_results(result, path.parent)
     return result
@@ -783,7 +858,7 @@ def summarize_result(result: dict) -> dict:
 def _over_inits(result: dict, designs: tuple[Design, ...], chosen: str, part: Callable) -> dict:
     """The same scores against full retraining over several initializations (``add_inits``), for the
     design chosen on the tuning set and kddiag's default, with the same checks."""
-    held = tuple(d for d in designs if d.name in (chosen, DEFAULT_DESIGN.name))
+    held = tuple(d for d in designs if d.name in (chosen, DEFAULT_DESIGN.name) or d.recipe is not None)
     tuning = summarize(*part("tuning", TUNING_FAMILY), held, truth="inits")
     held_out = {}
     for family in FAMILIES:

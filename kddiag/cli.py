@@ -299,15 +299,19 @@ def probe_options(command):
                           "the findings' remedies) and advise only what beat the current setting. Needs a "
                           "trainable student (state dict + architecture, nn.Module, Hugging Face folder) and both "
                           "sets."),
-        click.option("--probe-steps", type=int, help="Adam steps per setting and seed (default: ten passes over "
-                                                     "the transfer set, at least 100 steps, doubled up to 2,000 "
-                                                     "while the current setting still learns)."),
+        click.option("--probe-epochs", type=float,
+                     help="Train each setting as long as your student was trained: this many passes over the "
+                          "transfer set; settings are then ranked where your training stops (default: the "
+                          "epochs the student's checkpoint records, else --probe-steps' default)."),
+        click.option("--probe-steps", type=int, help="Adam steps per setting and seed, instead of epochs (default: "
+                                                     "ten passes over the transfer set, at least 100 steps, "
+                                                     "doubled up to 2,000 while the current setting still learns)."),
         click.option("--probe-seeds", type=int, default=2, show_default=True,
                      help="Initializations per setting (paired: every setting starts from the same ones)."),
         click.option("--probe-lr", type=float,
                      help="Adam learning rate (default: the checkpoint's, else a short check of five rates)."),
-        click.option("--probe-batch-size", type=int, default=64, show_default=True,
-                     help="Transfer examples (sequences, for text) per step."),
+        click.option("--probe-batch-size", type=int,
+                     help="Transfer examples (sequences, for text) per step (default: the checkpoint's, else 64)."),
     )):
         command = option(command)
     return command
@@ -317,12 +321,13 @@ def _inspect_options(options: dict):
     """The InspectOptions of a command's parsed options (popping the image and probe options)."""
     from kddiag.types import ImageOptions, InspectOptions, ProbeOptions
 
-    probe = {name: options.pop(f"probe_{name}") for name in ("steps", "seeds", "lr", "batch_size")
+    probe = {name: options.pop(f"probe_{name}") for name in ("steps", "epochs", "seeds", "lr", "batch_size")
              if f"probe_{name}" in options}  # the commands without --probe have none
     if options.pop("probe", False):
         options["probe"] = ProbeOptions(**probe)
-    elif probe.get("steps") is not None or probe.get("lr") is not None:
-        raise KddiagError("--probe-steps/--probe-lr set the probes' budget: add --probe to run them")
+    elif any(probe.get(name) is not None for name in ("steps", "epochs", "lr", "batch_size")):
+        raise KddiagError("--probe-steps/--probe-epochs/--probe-lr/--probe-batch-size set how the probes "
+                          "train: add --probe to run them")
 
     options["progress"] = _progress(options)
     options["ema"] = tuple(options["ema"])

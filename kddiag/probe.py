@@ -26,7 +26,7 @@ import numpy as np
 
 from kddiag.errors import KddiagError
 from kddiag.progress import Progress
-from kddiag.types import IGNORE_INDEX, Dataset, LoadedModel, ProbeOptions, Settings, TokenInputs
+from kddiag.types import IGNORE_INDEX, MAX_PROBE_EPOCHS, Dataset, LoadedModel, ProbeOptions, Settings, TokenInputs
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # Adam learning rates the short check chooses from
 LR_CHECK_SHARE = 0.2  # the check trains the control for this share of the budget at each rate
@@ -37,8 +37,10 @@ PLATEAU_GAIN_MAX = 0.01  # a control still gaining more than this over the last 
 # set (case_studies/probe_validation.py, mlp seeds 0-2) runs still learning at 10 passes called 2 of 19 arms
 # wrongly, at 20 and 40 passes none of 30
 RANKED_EPOCHS_MIN = 2 * DEFAULT_EPOCHS
+DEFAULT_BATCH_SIZE = 64  # transfer examples a step when neither the options nor the checkpoint name one
 EVAL_MAX = 20_000  # arms are scored on a fixed-seed sample of at most this many held-out examples
-NOT_TRAINABLE = ("torch.export", "torchscript", "logits")  # formats with no initializer to start from
+NOT_TRAINABLE = ("torch.export", "torchscript", "logits")
+RECIPE_LENGTHS = ("given epochs", "checkpoint")  # a probe as long as the student's own training  # formats with no initializer to start from
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,25 @@ class ProbeDesign:
     seconds: float
     where: str  # the device; under torchrun, that rank 0 probed alone
     notes: tuple[str, ...] = ()
+    # where the length came from: 'given steps', 'default', or the student's own recipe ('given epochs',
+    # 'checkpoint'), which ranks settings where that training stops, whether or not the control still learns
+    length_source: str = "default"
+
+    @property
+    def recipe_length(self) -> bool:
+        return self.length_source in RECIPE_LENGTHS
+
+    @property
+    def length_text(self) -> str:
+        """How long each arm trained, and why that long."""
+        why = {"given epochs": "--probe-epochs, the student's own training length",
+               "checkpoint": "the student's training length, as its checkpoint records it",
+               "given steps": "--probe-steps"}.get(self.length_source, "the default")
+        return f"{self.steps} steps of {self.batch_size} examples = {self.epochs:.3g} epochs, {why}"
 
     def to_dict(self) -> dict:
-        return {"start": self.start, "steps": self.steps, "batch_size": self.batch_size, "seeds": self.seeds,
+        return {"start": self.start, "length_source": self.length_source, "steps": self.steps,
+                "batch_size": self.batch_size, "seeds": self.seeds,
                 "optimizer": "Adam", "learning_rate": self.learning_rate,
                 "learning_rate_source": self.learning_rate_source, "n_transfer": self.n_transfer,
                 "n_eval": self.n_eval, "epochs_per_arm": round(self.epochs, 3), "seconds": round(self.seconds, 2),
@@ -147,7 +165,7 @@ class ProbeResult:
         of a budget under RANKED_EPOCHS_MIN passes): then no setting is ranked, as short runs favour the
         fastest learners."""
         return (self.control_late_gain is not None and self.control_late_gain > PLATEAU_GAIN_MAX
-                and self.design.epochs < RANKED_EPOCHS_MIN)
+                and self.design.epochs < RANKED_EPOCHS_MIN and not self.design.recipe_length)
 
     @property
     def ran(self) -> bool:
@@ -276,16 +294,39 @@ def _not_probeable(teacher: LoadedModel, student: LoadedModel, transfer: Dataset
     return None
 
 
+def probe_length(options: ProbeOptions, stored: dict, n_rows: int) -> tuple[int, int, str]:
+    """(steps, batch size, where the length came from) of every arm and seed: ``options`` first, then
+    the student checkpoint's ``stored`` recipe (its epochs and batch size, when plausible numbers), then
+    the default (:func:`default_steps` over DEFAULT_BATCH_SIZE examples a step). ``n_rows``: transfer rows."""
+    batch_size, epochs, source = options.batch_size, options.epochs, "given epochs"
+    stored_batch = stored.get("batch_size")
+    if batch_size is None and _plausible(stored_batch, 1, 1 << 20) and float(stored_batch).is_integer():
+        batch_size = int(stored_batch)
+    batch_size = min(batch_size or DEFAULT_BATCH_SIZE, n_rows)
+    if options.steps is not None:
+        return options.steps, batch_size, "given steps"
+    if epochs is None and _plausible(stored.get("epochs"), 0, MAX_PROBE_EPOCHS):
+        epochs, source = float(stored["epochs"]), "checkpoint"
+    if epochs is None:
+        return default_steps(n_rows, batch_size), batch_size, "default"
+    return max(1, math.ceil(epochs * n_rows / batch_size)), batch_size, source
+
+
+def _plausible(value: Any, low: float, high: float) -> bool:
+    """Whether a stored recipe value is a number in (low, high]."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
+
+
 def _probe(teacher, student, transfer, held_out, candidates, options, device, progress, where, started):
     n_transfer = _n_examples(transfer)
-    batch_size = min(options.batch_size, len(transfer.x))
-    steps = options.steps or default_steps(len(transfer.x), batch_size)
+    steps, batch_size, length_source = probe_length(options, student.metadata, len(transfer.x))
+    grow = length_source == "default"
     teach = _teacher_fn(teacher, device)
     eval_rows = _eval_rows(held_out)
     notes = []
     lr, lr_source = options.lr, "given"
     stored = student.metadata.get("learning_rate")
-    if lr is None and stored is not None and math.isfinite(stored) and 0 < stored <= 10:
+    if lr is None and _plausible(stored, 0, 10):
         lr, lr_source = float(stored), "checkpoint"
     if lr is None:
         lr, lr_source = _check_learning_rate(student.module, teach, transfer, candidates[0], steps, batch_size,
@@ -304,19 +345,20 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
         with Progress(f"probing {n_arms} settings, seed {s + 1}/{options.seeds}", budget, unit="step",
                       mode=progress) as meter:
             budget, scores = trainer.run(transfer, teach, batch_size, budget, seed,
-                                         grow=s == 0 and options.steps is None,
+                                         grow=s == 0 and grow,
                                          score=lambda models: _score(models, held_out, eval_rows, device, failed),
                                          progress=meter)
         correct[0, :, s], correct[1, :, s] = scores[max(1, budget // 2)], scores[budget]
     epochs = budget * batch_size / len(transfer.x)
     late_gain = float(correct[1, 0].mean() - correct[0, 0].mean())
-    ranked = late_gain <= PLATEAU_GAIN_MAX or epochs >= RANKED_EPOCHS_MIN
+    ranked = late_gain <= PLATEAU_GAIN_MAX or epochs >= RANKED_EPOCHS_MIN or length_source in RECIPE_LENGTHS
     if not ranked:
         notes.append(f"the control's held-out accuracy still rose {100 * late_gain:.1f} pt over the last half of "
                      f"the budget: too short to rank settings that pay off late (raise --probe-steps)")
     arms = _arms(candidates, correct, failed, ranked=ranked)
     design = ProbeDesign("initialization", budget, batch_size, options.seeds, lr, lr_source, n_transfer,
-                         len(eval_rows[1]), epochs, time.perf_counter() - started, where, tuple(notes))
+                         len(eval_rows[1]), epochs, time.perf_counter() - started, where, tuple(notes),
+                         length_source)
     return ProbeResult(arms=arms, design=design, control_late_gain=late_gain)
 
 

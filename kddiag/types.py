@@ -29,6 +29,7 @@ LEVEL_TITLES = {
 EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
 ROLES = ("teacher", "student", "baseline")  # the models of one inspection, in report order
 MAX_CLASSES = 1 << 19  # the most classes kddiag reads from logits files: the largest vocabularies have 262,144
+MAX_PROBE_EPOCHS = 10_000  # passes over the transfer set a probe arm may train (a training recipe's length)
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
 # Where a distillation setting's value came from, in precedence order: the command line (or the Python
 # API's options), the run's own config file (--config), the checkpoint's metadata, else a guessed default.
@@ -719,26 +720,34 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """How remedy probes train (:mod:`kddiag.probe`): ``steps`` Adam steps of ``batch_size`` transfer
-    examples per setting and seed (None: ten passes over the transfer set, at least 100 steps, doubled up
-    to 2,000 while the control still learns),
-    ``seeds`` initializations, learning rate ``lr`` (None: the checkpoint's, else a short check)."""
+    """How remedy probes train (:mod:`kddiag.probe`): each setting and seed for ``steps`` Adam steps, or
+    ``epochs`` passes over the transfer set — the student's own training length, so settings are ranked
+    where that training stops (None for both: the checkpoint's epochs, else ten passes, at least 100
+    steps, doubled up to 2,000 while the control still learns); ``batch_size`` transfer examples a step
+    (None: the checkpoint's, else 64); ``seeds`` initializations; learning rate ``lr`` (None: the
+    checkpoint's, else a short check)."""
 
     steps: int | None = None
-    batch_size: int = 64
+    batch_size: int | None = None
     seeds: int = 2
     lr: float | None = None
     seed: int = 0  # the first initialization's seed; seed k is seed + k
+    epochs: float | None = None
 
     def __post_init__(self) -> None:
         for name, least in (("steps", 1), ("batch_size", 1), ("seeds", 1), ("seed", 0)):
             value = getattr(self, name)
-            if value is None and name == "steps":
+            if value is None and name in ("steps", "batch_size"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise KddiagError(f"--probe-{name.replace('_', '-')} must be an integer >= {least}; got {value!r}")
         if self.lr is not None and not (_is_real(self.lr) and math.isfinite(self.lr) and 0 < self.lr <= 10):
             raise KddiagError(f"--probe-lr must be a number in (0, 10]; got {self.lr!r}")
+        if self.epochs is not None and not (_is_real(self.epochs) and math.isfinite(self.epochs)
+                                            and 0 < self.epochs <= MAX_PROBE_EPOCHS):
+            raise KddiagError(f"--probe-epochs must be a number in (0, {MAX_PROBE_EPOCHS:g}]; got {self.epochs!r}")
+        if self.steps is not None and self.epochs is not None:
+            raise KddiagError("--probe-steps and --probe-epochs both set the probes' length: give one")
 
 
 @dataclass(frozen=True)

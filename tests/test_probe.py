@@ -143,7 +143,9 @@ def test_an_arm_that_diverges_is_marked_and_the_others_are_scored():
 
 @pytest.mark.parametrize("kwargs, option", [({"steps": 0}, "--probe-steps"), ({"seeds": 0}, "--probe-seeds"),
                                             ({"batch_size": 1.5}, "--probe-batch-size"),
-                                            ({"lr": float("nan")}, "--probe-lr"), ({"lr": -1}, "--probe-lr")])
+                                            ({"lr": float("nan")}, "--probe-lr"), ({"lr": -1}, "--probe-lr"),
+                                            ({"epochs": 0}, "--probe-epochs"), ({"epochs": float("inf")}, "--probe-epochs"),
+                                            ({"epochs": 2, "steps": 5}, "give one")])
 def test_bad_probe_options_are_one_line_naming_the_option(kwargs, option):
     with pytest.raises(KddiagError, match=option):
         ProbeOptions(**kwargs)
@@ -189,7 +191,9 @@ def test_inspect_without_probe_marks_remedies_untested():
 
 
 @pytest.mark.parametrize("extra, words", [(["--probe", "--probe-steps", "0"], "--probe-steps must be an integer >= 1"),
-                                          (["--probe-steps", "5"], "add --probe to run them")])
+                                          (["--probe-steps", "5"], "add --probe to run them"),
+                                          (["--probe-epochs", "5"], "add --probe to run them"),
+                                          (["--probe", "--probe-epochs", "nan"], "--probe-epochs must be a number")])
 def test_bad_probe_command_lines_are_one_line(extra, words):
     from click.testing import CliRunner
 
@@ -214,6 +218,39 @@ def test_the_learning_rate_stored_with_the_student_is_the_probes(tmp_path):
                         candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2],
                         options=ProbeOptions(steps=10, seeds=1))
     assert result.design.learning_rate == 0.002 and result.design.learning_rate_source == "checkpoint"
+
+
+def test_the_training_length_stored_with_the_student_is_the_probes_and_ranks_where_it_stops(tmp_path):
+    from kddiag.loading import load_model
+    from kddiag.models import mlp_name
+
+    teacher, student, train, test = _pair()
+    path = tmp_path / "student.pt"
+    torch.save({"state_dict": student.module.state_dict(), "arch": mlp_name((6, 4, 4)),
+                "hyper_parameters": {"lr": 0.003, "max_epochs": 3, "batch_size": 40}}, path)
+    loaded = load_model(path, role="student")
+    assert (loaded.metadata["epochs"], loaded.metadata["batch_size"]) == (3, 40)
+    result = run_probes(teacher, loaded, transfer=train, held_out=test,
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2], options=ProbeOptions(seeds=1))
+    d = result.design
+    assert (d.steps, d.batch_size, d.length_source) == (9, 40, "checkpoint")  # 3 passes over 120 examples
+    assert d.epochs == 3 and "as its checkpoint records it" in d.length_text
+    assert all(a.ranked for a in result.arms) and not result.still_learning  # short, but as long as its training
+
+
+@pytest.mark.parametrize("options, stored, expected", [
+    (ProbeOptions(), {}, (100, 64, "default")),  # ten passes over 120 rows, at least 100 steps
+    (ProbeOptions(epochs=2.5), {"epochs": 7, "batch_size": 30}, (10, 30, "given epochs")),
+    (ProbeOptions(epochs=2, batch_size=60), {"epochs": 7}, (4, 60, "given epochs")),
+    (ProbeOptions(steps=11), {"epochs": 7}, (11, 64, "given steps")),
+    (ProbeOptions(), {"epochs": True, "batch_size": 2.5}, (100, 64, "default")),  # not plausible: ignored
+    (ProbeOptions(), {"epochs": 1e9, "batch_size": 0}, (100, 64, "default")),
+    (ProbeOptions(batch_size=500), {}, (100, 120, "default")),  # a batch never exceeds the set
+])
+def test_probe_length_takes_the_options_then_the_checkpoints_recipe_then_the_default(options, stored, expected):
+    from kddiag.probe import probe_length
+
+    assert probe_length(options, stored, 120) == expected
 
 
 class _Broken(torch.nn.Module):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from case_studies import probe_validation as pv
@@ -89,16 +91,32 @@ def test_choose_design_without_an_eligible_one_takes_the_best_on_kd_helps():
     assert name == "b" and "no design met the bar" in why
 
 
+def _pair(n_transfer=600, epochs=40, lr=3e-3, batch_size=None):
+    from types import SimpleNamespace
+
+    task = SimpleNamespace(train=SimpleNamespace(labels=np.zeros(n_transfer, dtype=int)))
+    return pv.Pair(None, None, task, None, None, 1.0, epochs, lr, batch_size)
+
+
 def test_designs_scale_kddiags_default_budget():
     from kddiag.probe import default_steps
 
-    default = pv.Design("default").options(600, 3e-3)
+    default = pv.Design("default").options(_pair())
     assert default.steps is None and default.lr is None and default.seeds == 2  # kddiag decides (and may grow)
-    fixed = pv.Design("1×", budget=1).options(600, 3e-3)
+    fixed = pv.Design("1×", budget=1).options(_pair())
     assert fixed.steps == default_steps(600, 64)
-    four = pv.Design("4×", budget=4, seeds=3, lr="recipe").options(600, 3e-3)
+    four = pv.Design("4×", budget=4, seeds=3, lr="recipe").options(_pair())
     assert four.steps == 4 * fixed.steps and four.lr == 3e-3 and four.seeds == 3
     assert pv.Design("t", trend=True).run_key == pv.DEFAULT_DESIGN.run_key  # a trend design reads its base run
+
+
+def test_recipe_designs_train_as_the_students_recipe_as_probe_epochs_would():
+    half = pv.Design("recipe ½", seeds=3, recipe=0.5)
+    options = half.options(_pair(epochs=40, lr=1e-3, batch_size=32))
+    assert (options.epochs, options.steps, options.batch_size, options.lr) == (20, None, 32, 1e-3)
+    assert half.options(_pair(batch_size=None)).batch_size == 600  # full batch
+    assert half.run_key != pv.Design("recipe", seeds=3, recipe=1.0).run_key
+    assert half.to_dict()["recipe"] == 0.5 and "recipe" not in pv.DEFAULT_DESIGN.to_dict()
 
 
 def test_one_pair_quick_end_to_end(tmp_path):
@@ -127,6 +145,13 @@ def test_one_pair_quick_end_to_end(tmp_path):
         k: result[k] for k in ("tuning", "chosen", "held_out", "checks")}
     markdown = (tmp_path / "probe-validation.md").read_text()
     assert "### Tuning (mlp, seeds 0): every design" in markdown and "| 1× + trend |" in markdown
+    recipe = pv.Design("recipe ½", seeds=1, recipe=0.5)  # a design added later probes the stored pairs
+    added = pv.add_designs(tmp_path / "probe-validation.json", designs=(recipe,), families=("mlp",),
+                           log=lambda message: None)
+    assert all("recipe ½" in c["probes"] for c in added["cases"]) and "recipe ½" in added["tuning"]
+    assert [c["full"] for c in added["cases"]] == [c["full"] for c in result["cases"]]  # retraining kept
+    runs = [r for r in added["runs"] if r["run"] == recipe.run_key]
+    assert len(runs) == 2 and all(r["design"]["length_source"] == "given epochs" for r in runs)
 
 
 def test_over_inits_holds_both_noises_and_scores_against_the_truth_asked_for():

@@ -35,8 +35,10 @@ MAX_METADATA_CHARS = 1 << 20  # a kddiag.json holds a few settings; far below th
 _SETTING_NAMES = {"temperature": ("temperature", "tau", "T", "kd_T", "kd_temperature", "kd_tau",
                                   "distill_temperature", "distillation_temperature"),
                   "alpha": ("alpha", "kd_alpha", "distill_alpha", "distillation_alpha"),
-                  # the student's own training rate, for remedy probes (kddiag.probe) to train as it did
-                  "learning_rate": ("learning_rate", "lr", "base_lr")}
+                  # the student's own training recipe, for remedy probes (kddiag.probe) to train as it did
+                  "learning_rate": ("learning_rate", "lr", "base_lr"),
+                  "epochs": ("epochs", "max_epochs", "num_epochs", "num_train_epochs", "n_epochs"),
+                  "batch_size": ("batch_size", "train_batch_size", "per_device_train_batch_size")}
 _CONFIG_KEYS = ("config", "kd", "distill", "distillation", "hparams", "hyper_parameters", "hyperparameters",
                 "args", "cfg")
 # where the input normalization is kept, beside the config sections: Lightning's data module, timm's model configs

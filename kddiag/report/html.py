@@ -132,7 +132,7 @@ def _probe(probe) -> dict | None:
     if not probe.ran:
         return {"reason": probe.not_probed}
     d = probe.design
-    design = (f"{d.seeds} seed(s) × {d.steps} steps of {d.batch_size} transfer examples from a fresh initialization "
+    design = (f"{d.seeds} seed(s) × {d.length_text}; from a fresh initialization "
               f"of the student's architecture, Adam lr {d.learning_rate:g} ({d.learning_rate_source}); scored on "
               f"{d.n_eval:,} held-out examples; {d.seconds:.0f} s on {d.where}.")
     arms = [{"label": a.candidate.label, "origin": a.candidate.origin,

@@ -416,7 +416,7 @@ def probe_lines(probe, indent: str = "") -> list[str]:
         return textwrap.wrap(f"Probes: not run — {probe.not_probed}", WIDTH, initial_indent=indent,
                              subsequent_indent=indent + "  ")
     d = probe.design
-    head = (f"Probes of this pair ({d.seeds} seed(s) × {d.steps} steps of {d.batch_size} from a fresh "
+    head = (f"Probes of this pair ({d.seeds} seed(s) × {d.length_text}; from a fresh "
             f"initialization, Adam lr {d.learning_rate:g} ({d.learning_rate_source}); {d.seconds:.0f} s)")
     lines = textwrap.wrap(head, WIDTH, initial_indent=indent, subsequent_indent=indent)
     width = max(28, *(len(a.candidate.label) for a in probe.arms))
