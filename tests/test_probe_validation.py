@@ -183,3 +183,21 @@ def test_over_inits_holds_both_noises_and_scores_against_the_truth_asked_for():
     assert pv.is_decided(one) and not pv.is_decided(one, "inits")
     assert pv.score([one], "d")["decided"] == 1 and pv.score([one], "d", "inits")["decided"] == 0
     assert pv.init_seeds(2, 3) == [2, 1021, 1022]
+
+
+def test_the_mnist1d_family_splits_generated_signals_afresh_for_each_seed():
+    pytest.importorskip("mnist1d")
+    import torch
+
+    from case_studies._mnist1d import N_EVAL, N_TRANSFER, Conv1dNet, mnist1d_task, noisy_labels
+
+    task, other = mnist1d_task(0), mnist1d_task(1)
+    assert task.train.x.shape == (N_TRANSFER, 40) and len(task.test.labels) == N_EVAL
+    assert set(np.unique(task.train.labels)) == set(range(10))
+    rows = lambda d: {r.tobytes() for r in d.x.numpy()}  # noqa: E731
+    assert not rows(task.train) & rows(task.test) and not rows(task.extra) & rows(task.test)
+    assert rows(task.test) != rows(other.test)
+    assert Conv1dNet()(task.test.x[:5]).shape == (5, 10)
+    flipped = noisy_labels(task.train.labels, rate=0.4, seed=0)
+    assert 0.25 < np.mean(flipped != task.train.labels) < 0.45  # 40 % redrawn, a tenth of them to the same label
+    assert torch.equal(mnist1d_task(0).train.x, task.train.x)
