@@ -450,3 +450,14 @@ def test_a_data_file_not_named_arrow_is_sized_too(tmp_path, monkeypatch):
     with pytest.raises(KddiagError) as error:
         text._check_arrow_sizes(split, "--data 'split'")
     one_line(error, "'data-00000-of-00001.bin' holds more than 10 rows")
+
+
+def test_a_trainer_state_beside_the_weights_gives_the_probes_the_runs_length(copy_of):
+    from kddiag.loading.hf import TRAINER_STATE
+
+    directory = copy_of("gpt2")
+    edit(directory / TRAINER_STATE, epoch=2.5, global_step=40, train_batch_size=8, log_history=[])
+    metadata = load_model(directory, role="student").metadata
+    assert (metadata["epochs"], metadata["batch_size"]) == (2.5, 8)
+    (directory / TRAINER_STATE).write_text("{not json")  # a record kddiag may use, never fatal
+    assert "epochs" not in load_model(directory, role="student").metadata

@@ -238,6 +238,22 @@ def test_the_training_length_stored_with_the_student_is_the_probes_and_ranks_whe
     assert all(a.ranked for a in result.arms) and not result.still_learning  # short, but as long as its training
 
 
+@pytest.mark.parametrize("epoch, processed", [(2, 3), (3, 3)])  # a ModelCheckpoint file; trainer.save_checkpoint
+def test_a_lightning_checkpoint_gives_the_epochs_its_run_trained(tmp_path, epoch, processed):
+    from kddiag.loading import load_model
+    from kddiag.models import mlp_name
+
+    _, student, _, _ = _pair()
+    progress = {"ready": processed, "completed": epoch, "started": processed, "processed": processed}
+    path = tmp_path / "student.ckpt"
+    torch.save({"state_dict": student.module.state_dict(), "arch": mlp_name((6, 4, 4)), "epoch": epoch,
+                "global_step": 12, "pytorch-lightning_version": "2.6.0",
+                "loops": {"fit_loop": {"epoch_progress": {"total": progress, "current": progress}}},
+                "hyper_parameters": {"lr": 1e-3, "batch_size": 16, "max_epochs": 50}}, path)  # stopped early
+    metadata = load_model(path, role="student").metadata
+    assert {"epochs": 3, "batch_size": 16, "learning_rate": 1e-3}.items() <= metadata.items()
+
+
 @pytest.mark.parametrize("options, stored, expected", [
     (ProbeOptions(), {}, (100, 64, "default")),  # ten passes over 120 rows, at least 100 steps
     (ProbeOptions(epochs=2.5), {"epochs": 7, "batch_size": 30}, (10, 30, "given epochs")),

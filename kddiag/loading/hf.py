@@ -159,6 +159,7 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
         metadata["id2label"] = {int(k): str(v) for k, v in model.config.id2label.items()}
     if any((path / name).is_file() for name in _TOKENIZER_FILES):
         metadata["tokenizer_dir"] = str(path)
+    metadata.update(trainer_recipe(path))
     n_parameters = sum(p.numel() for p in model.parameters())
     stored = config.get("dtype") or config.get("torch_dtype") or "an unstated dtype"
     notes = [f"Hugging Face {type(model).__name__} ({config.get('model_type')}), {n_parameters:,} parameters, "
@@ -687,3 +688,24 @@ def _quiet() -> Iterator[None]:
             utils.set_verbosity(verbosity)
             if progress:
                 utils.enable_progress_bar()
+
+
+TRAINER_STATE = "trainer_state.json"  # the Trainer's own record in a checkpoint-N folder (save_state too)
+MAX_TRAINER_STATE_BYTES = 64 << 20  # its log history grows with the run: a long one is a few MB
+
+
+def trainer_recipe(path: Path) -> dict:
+    """The epochs a Hugging Face Trainer ran and its batch size, from ``trainer_state.json`` in the model's
+    folder (for remedy probes to train as it did); {} when there is none or it holds no plain numbers.
+    (``training_args.bin``, which names the learning rate, is a pickle: never read.)"""
+    file = path / TRAINER_STATE
+    if not file.is_file():
+        return {}
+    try:
+        state = read_json(file, f"'{file}'", MAX_TRAINER_STATE_BYTES)
+    except (KddiagError, OSError):
+        return {}  # a record kddiag may use, not an input it was given: skipped, never fatal
+    if not isinstance(state, dict):
+        return {}
+    found = {"epochs": as_float(state.get("epoch")), "batch_size": as_float(state.get("train_batch_size"))}
+    return {name: value for name, value in found.items() if value is not None}

@@ -164,7 +164,22 @@ def checkpoint_settings(content: Mapping) -> tuple[dict, tuple[str, ...]]:
             found.update({name: value for name, value in settings.items() if name not in found})
             notes.append(note)
             del rest[key]
-    return _with_normalization({**found, **settings_in(rest)}, content), tuple(notes)
+    settings = {**found, **settings_in(rest)}
+    trained = _lightning_epochs(content)
+    if trained is not None:  # what the run did (early stopping included) beats what it was told
+        settings["epochs"] = trained
+    return _with_normalization(settings, content), tuple(notes)
+
+
+def _lightning_epochs(content: Mapping) -> int | None:
+    """The epochs a Lightning run trained, from its checkpoint's fit-loop progress (``epoch`` itself is the
+    last finished epoch's index in a ModelCheckpoint file and their count after ``trainer.save_checkpoint``)."""
+    if "pytorch-lightning_version" not in content:
+        return None
+    progress = content.get("loops")
+    for key in ("fit_loop", "epoch_progress", "total", "processed"):
+        progress = progress.get(key) if isinstance(progress, Mapping) else None
+    return progress if isinstance(progress, int) and not isinstance(progress, bool) and progress > 0 else None
 
 
 def metadata_file(text: str | bytes, where: str) -> dict:
