@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from kddiag.errors import KddiagError, as_float, shown_value
-from kddiag.metrics._common import MAX_TEMPERATURE, MIN_TEMPERATURE, check_temperature  # noqa: F401
+from kddiag.metrics._common import MAX_TEMPERATURE, MIN_TEMPERATURE, check_temperature, non_finite_rows  # noqa: F401
 from kddiag.metrics.strata import N_BUCKETS
 from kddiag.progress import check_progress
 
@@ -460,7 +460,7 @@ class Batch:
 
     def _check_finite(self, array: np.ndarray, name: str) -> None:
         """Raise naming the first example with NaN or Inf."""
-        bad = _non_finite_rows(array)
+        bad = non_finite_rows(array)
         if bad.size:
             raise KddiagError(f"{name}: NaN or Inf in example {self.start + bad[0]} ({bad.size} of the "
                               f"{len(array)} examples from {self.start}); every value must be finite")
@@ -923,7 +923,7 @@ def _has_non_finite(x: Any) -> bool:
         low, high = x.aminmax()
         return not bool(low.isfinite() and high.isfinite())
     array = np.asarray(x)
-    return array.dtype.kind in "fc" and not np.isfinite(array).all()
+    return array.dtype.kind in "fc" and array.size > 0 and non_finite_rows(array).size > 0
 
 
 def _real_array(value: Any, name: str) -> np.ndarray:
@@ -933,17 +933,9 @@ def _real_array(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def _non_finite_rows(array: np.ndarray) -> np.ndarray:
-    """The indices of the rows holding NaN or Inf (a finite sum proves there is none)."""
-    with np.errstate(over="ignore"):
-        if np.isfinite(array.sum(dtype=np.float64)):
-            return np.empty(0, dtype=np.int64)
-    return np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))  # none: the sum overflowed
-
-
 def _check_finite_rows(array: np.ndarray, name: str) -> None:
     """Raise, counting the rows with NaN or Inf, unless every entry is finite."""
-    bad = _non_finite_rows(array).size
+    bad = non_finite_rows(array).size
     if bad:
         raise KddiagError(f"{name}: NaN or Inf in {bad} of {len(array)} rows; every value must be finite")
 

@@ -52,14 +52,25 @@ def check_logits(logits, *, name: str = "logits") -> np.ndarray:
     return arr
 
 
+def non_finite_rows(arr: np.ndarray) -> np.ndarray:
+    """The indices of the rows (entries along the first axis) holding NaN or Inf: the one finiteness
+    detector. A finite float64 sum proves there is none; only a non-finite one needs the full check."""
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.einsum("ijklmnop"[:arr.ndim] + "->", arr, dtype=np.float64)):
+            return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1))  # none: the sum overflowed
+
+
 def check_finite(arr: np.ndarray, *, name: str) -> None:
-    """Raise unless every entry is finite (a finite sum proves it; only a non-finite sum needs the full check)."""
-    if np.isfinite(np.einsum("ijklmnop"[:arr.ndim] + "->", arr, dtype=np.float64)):
-        return
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        where = np.argwhere(bad)[0]
-        raise KddiagError(f"{name} must be finite; got {arr[tuple(where)]} at index {tuple(int(i) for i in where)}")
+    """Raise unless every entry is finite, naming the first one that is not and its index."""
+    bad = non_finite_rows(arr)
+    if bad.size:
+        within = np.argwhere(~np.isfinite(np.asarray(arr[bad[0]])))
+        where = (int(bad[0]), *(int(i) for i in (within[0] if within.size else ())))
+        raise KddiagError(f"{name} must be finite; got {arr[where]} at index {where}")
 
 
 def check_labels(labels, *, n_samples: int, n_classes: int | None, name: str = "labels") -> np.ndarray:
