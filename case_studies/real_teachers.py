@@ -18,8 +18,9 @@ MNIST digits cropped to 20 × 20, resized to 16 × 16 and normalized with ccexam
 teacher of another domain, 0.87 on these digits). Per seed: 3,900 transfer digits and 1,000 held-out
 ones; students are MLPs (input-256-10), trained 8 epochs of mini-batch Adam (batch 64, lr 1e-3), the
 baseline on the labels, the KD student at τ = 4, α = 0.9, from the same initialization and batch order.
-kddiag inspects the saved checkpoints (each with its τ, α and learning rate, as a training script keeps
-them) twice, without and with ``--probe`` (its default design, at the checkpoint's learning rate). Each
+kddiag inspects the saved checkpoints (each with its τ, α, learning rate, epochs and batch size, as a
+training script keeps them) twice, without and with ``--probe`` (which then trains every setting as the
+student was trained: the recorded epochs, batch size and learning rate). Each
 advice that names a setting is followed: the same student is retrained with it, and its held-out
 accuracy is compared with the KD student's (a paired 95 % bootstrap interval over the held-out digits).
 The remedy followed is ``kddiag.diagnosis.advice.advised_remedy``'s: untested, the top finding's remedy,
@@ -121,9 +122,11 @@ def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str,
 
     kd, baseline = student(TEMPERATURE, ALPHA), student(1.0, 0.0)
     save = lambda model, role, **kw: _save_student(ctx, name, role, model, widths, **kw)
+    # the recipe, as a training script keeps it with the weights: the probes then train as the student did
+    recipe = {"lr": STUDENT.lr, "epochs": ctx.recipe(STUDENT).epochs, "batch_size": STUDENT.batch_size}
     paths = dict(teacher=str(teacher_path),  # the training rate stored as a training script would keep it
-                 student=str(save(kd, "student", temperature=TEMPERATURE, alpha=ALPHA, lr=STUDENT.lr)),
-                 baseline=str(save(baseline, "baseline", lr=STUDENT.lr)))
+                 student=str(save(kd, "student", temperature=TEMPERATURE, alpha=ALPHA, **recipe)),
+                 baseline=str(save(baseline, "baseline", **recipe)))
     sets = dict(data=task.test, transfer_data=task.train, baseline=paths["baseline"])
     plain = kddiag.inspect(paths["teacher"], paths["student"], options=InspectOptions(teacher_arch=arch), **sets)
     probed = kddiag.inspect(paths["teacher"], paths["student"], **sets,
