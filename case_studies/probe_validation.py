@@ -988,7 +988,8 @@ def _checks(tuning: dict, held_out: dict, chosen: str) -> list:
 
     checks = []
     for where, scores in [("tuning (mlp)", tuning[chosen])] + [(f"held out ({family})", got["designs"][chosen])
-                                                                for family, got in held_out.items()]:
+                                                                for family, got in held_out.items()
+                                                                if chosen in got["designs"]]:  # not yet probed there
         parts = [part for part in ("all", "kd_helps") if scores[part]["decided"]]  # none decided: nothing to check
         checks += [agreement_check(where, scores, part) for part in parts] + [helped_check(where, scores)]
     return checks

@@ -201,3 +201,23 @@ def test_the_mnist1d_family_splits_generated_signals_afresh_for_each_seed():
     flipped = noisy_labels(task.train.labels, rate=0.4, seed=0)
     assert 0.25 < np.mean(flipped != task.train.labels) < 0.45  # 40 % redrawn, a tenth of them to the same label
     assert torch.equal(mnist1d_task(0).train.x, task.train.x)
+
+
+def test_a_design_probed_on_some_families_only_is_scored_where_it_ran():
+    """add_designs goes family by family: the stored results must score between two of its steps."""
+    from pathlib import Path
+
+    stored = json.loads((Path(pv.__file__).parent / "results" / "probe-validation.json").read_text())
+    new = pv.Design("late", seeds=3, recipe=1.0)
+    stored["designs"] = [d for d in stored["designs"] if d.get("recipe") is None] + [new.to_dict()]
+    for c in stored["cases"]:
+        c["probes"].pop(new.name, None)
+        if c["family"] == "mlp":  # probed on the tuning family (and its held-out seeds) only, and best there
+            c["probes"][new.name] = {"predicted": c["full"]["change"], "change": c["full"]["change"],
+                                     "halfway_change": 0.0, "ci95": [0, 0], "helped": False, "hurt": False}
+    result = pv.summarize_result(stored)
+    assert result["chosen"] == new.name
+    assert new.name in result["held_out"]["mlp"]["designs"]
+    assert new.name not in result["held_out"]["cnn-digits"]["designs"]
+    assert not any("cnn-digits" in c["statement"] for c in result["checks"])
+    assert "### Held out: cnn-digits" in pv.render_markdown(result)
