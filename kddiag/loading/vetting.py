@@ -88,7 +88,7 @@ def torchscript_operators(module) -> Iterator[str]:
     through blocks and ``fork`` subgraphs. A call still left after inlining (through an interface or a
     function value) is yielded as is, for :func:`check_operators` to refuse.
     """
-    for function in _script_functions(module):
+    for _, function in _script_functions(module):
         if function is None:
             yield "prim::CallMethod"  # a submodule torch did not compile: code kddiag cannot walk
             continue
@@ -97,43 +97,162 @@ def torchscript_operators(module) -> Iterator[str]:
         yield from (kind for kind in _graph_kinds(function.graph) if kind not in _UNFOLLOWED_CALLS)
 
 
-def _script_functions(module) -> Iterator[Any]:
-    """Every method, forward hook and pre-hook of a ScriptModule and of each submodule (None for a
-    submodule torch did not compile)."""
+def _script_functions(module) -> Iterator[tuple[Any, Any]]:
+    """(owner, function) for every method, forward hook and pre-hook of a ScriptModule and of each
+    submodule (function None for a submodule torch did not compile)."""
     for submodule in module.modules():
         scripted = getattr(submodule, "_c", None)
         if scripted is None:
-            yield None
+            yield submodule, None
             continue
-        yield from (scripted._get_method(name) for name in scripted._method_names())
-        yield from (*scripted._get_forward_pre_hooks(), *scripted._get_forward_hooks())
+        yield from ((submodule, scripted._get_method(name)) for name in scripted._method_names())
+        yield from ((submodule, hook) for hook in (*scripted._get_forward_pre_hooks(), *scripted._get_forward_hooks()))
+
+
+#: A loop whose trip count comes from the inputs' shape (their length, a tensor's size) counts as this
+#: many steps: a batch, a sequence. Two such loops nested fit MAX_LOOP_STEPS; three do not.
+SIZED_LOOP_STEPS = 1024
+#: How a trip count may be computed from shapes and constants, and what each step does to a bound of
+#: its magnitude: the sum of its operands' bounds, their product, the first operand's (a quotient, a
+#: remainder), or the largest (selection, packing, conversion).
+_SIZE_OPS = frozenset({"aten::size", "aten::len", "aten::dim", "aten::numel", "aten::sym_size"})
+_SUM_OPS = frozenset({"aten::add", "aten::sub", "aten::__range_length"})
+_FIRST_OPS = frozenset({"aten::floordiv", "aten::remainder"})
+_LARGEST_OPS = frozenset({
+    "aten::min", "aten::max", "prim::min", "prim::max", "aten::neg", "aten::abs", "aten::Int", "aten::__getitem__",
+    "prim::ListUnpack", "prim::TupleUnpack", "prim::ListConstruct", "prim::TupleConstruct", "prim::TupleIndex",
+    "prim::NumToTensor", "aten::ScalarImplicit", "prim::unchecked_cast"})
+_SHAPE_ARITHMETIC = _SUM_OPS | _FIRST_OPS | _LARGEST_OPS | {"aten::mul"}
 
 
 def check_loop_bounds(module, where: str, *, trust_program: bool) -> None:
-    """Refuse a TorchScript program with a loop of more than MAX_LOOP_STEPS constant steps (nested loops
-    multiplied; a ``while`` loop has 2⁶³ − 1), which could hang the run, unless the program is trusted.
-    Loops whose trip count comes from the inputs (their length, a tensor's size) are not bounded here."""
+    """Refuse a TorchScript program whose loops could hang the run, unless it is trusted: more than
+    MAX_LOOP_STEPS steps, nested loops multiplied (a ``while`` loop has 2⁶³ − 1; a loop over an input
+    dimension counts SIZED_LOOP_STEPS), or a trip count computed from anything but constants, attributes
+    and the inputs' shapes (a tensor's values, a loop-carried variable)."""
     if trust_program:
         return
-    for function in _script_functions(module):
-        steps = 0 if function is None else _most_loop_steps(function.inlined_graph)
-        if steps > MAX_LOOP_STEPS:
-            kind = "a while loop" if steps >= 2**63 - 1 else f"loops of {steps:,} steps"
-            raise UnsafeLoadError(f"{where}: the program's code has {kind} (more than {MAX_LOOP_STEPS:,} steps, "
-                                  f"kddiag cannot bound how long it runs); refused — {_TRUST_HINT}")
+    for owner, function in _script_functions(module):
+        if function is None:
+            continue
+        graph = function.inlined_graph
+        problem = _loop_problem(graph, _TripCounts(graph, owner))
+        if problem:
+            raise UnsafeLoadError(f"{where}: the program's code has {problem}; kddiag cannot bound how long it "
+                                  f"runs, so it is refused — {_TRUST_HINT}")
 
 
-def _most_loop_steps(graph, outer: int = 1) -> int:
-    """The largest product of constant trip counts along nested ``prim::Loop`` nodes (a count not constant: 1)."""
+def _loop_problem(graph, trips: "_TripCounts") -> str | None:
+    """Why a graph's loops could run too long, or None."""
+    for node in _loops(graph):
+        trip = node.inputsAt(0)
+        if trips.steps(trip) is None:
+            return (f"a loop{_line(node)} whose length comes from {trips.why(trip)}, not from constants or the "
+                    f"inputs' shape")
+    steps = _most_loop_steps(graph, trips)
+    if steps > MAX_LOOP_STEPS:
+        return "a while loop" if steps >= 2**63 - 1 else (
+            f"loops of {steps:,} steps (more than {MAX_LOOP_STEPS:,}; a loop over an input dimension counted as "
+            f"{SIZED_LOOP_STEPS:,})")
+    return None
+
+
+def _loops(graph) -> Iterator[Any]:
+    for node in graph.nodes():
+        if node.kind() == "prim::Loop":
+            yield node
+        for block in node.blocks():
+            yield from _loops(block)
+
+
+def _line(node) -> str:
+    """' at line N' of the program's source, where TorchScript kept it; else ''."""
+    found = re.search(r"line (\d+)", str(node.sourceRange()))
+    return f" at line {found.group(1)}" if found else ""
+
+
+class _TripCounts:
+    """How many steps a loop's trip count can make: a constant (or an int attribute), SIZED_LOOP_STEPS for
+    one computed from the inputs' shape, None when it comes from elsewhere (tensor values, loop-carried)."""
+
+    def __init__(self, graph, module):
+        self.module, self.inputs = module, list(graph.inputs())
+        self._seen: dict = {}
+
+    def steps(self, value) -> int | None:
+        key = value.debugName()
+        if key not in self._seen:
+            self._seen[key] = None  # a cycle (none in SSA graphs) stays unbounded
+            self._seen[key] = self._steps(value)
+        return self._seen[key]
+
+    def _steps(self, value) -> int | None:
+        node = value.node()
+        kind = node.kind()
+        if kind == "prim::Constant":
+            constant = value.toIValue()
+            return abs(constant) if isinstance(constant, int) and not isinstance(constant, bool) else 1
+        if kind == "prim::GetAttr":
+            found = self._attribute(value)
+            return abs(found) if isinstance(found, int) and not isinstance(found, bool) else None
+        if kind in _SIZE_OPS:
+            return SIZED_LOOP_STEPS
+        if kind not in _SHAPE_ARITHMETIC:
+            return None
+        parts = [self.steps(v) for v in node.inputs()]
+        if not parts or any(p is None for p in parts):
+            return None
+        if kind in _SUM_OPS:
+            return sum(parts[:2])
+        if kind in _FIRST_OPS:
+            return parts[0]
+        return math.prod(parts) if kind == "aten::mul" else max(parts)
+
+    def _attribute(self, value) -> Any:
+        """The value of an attribute chain ``self.a.b`` on the loaded module, or None."""
+        node = value.node()
+        if node.kind() != "prim::GetAttr":
+            return self.module if value is self.inputs[0] else None
+        owner = self._attribute(node.input())
+        return None if owner is None else getattr(owner, node.s("name"), None)
+
+    def why(self, value) -> str:
+        """The first operator a trip count depends on that is not shape arithmetic."""
+        stack, seen = [value], set()
+        while stack:
+            current = stack.pop()
+            if current.debugName() in seen:
+                continue
+            seen.add(current.debugName())
+            node = current.node()
+            if node.kind() == "prim::Param":
+                return "an argument or a value carried from step to step"
+            if node.kind() in ("prim::Loop", "prim::If"):
+                return "a value computed in a loop or a branch"
+            if node.kind() not in _SHAPE_ARITHMETIC | _SIZE_OPS | {"prim::Constant", "prim::GetAttr"}:
+                return f"{node.kind()} (a tensor's values)"
+            if node.kind() == "prim::GetAttr" and self._attribute(current) is None:
+                return "an attribute that is not a plain integer"
+            stack.extend(node.inputs())
+        return "values kddiag cannot bound"
+
+
+def _most_loop_steps(graph, trips: "_TripCounts | None" = None, outer: int = 1) -> int:
+    """The largest product of trip counts along nested ``prim::Loop`` nodes (``trips``: each count's bound;
+    None: constant counts only, any other counting 1)."""
     most = outer if outer > 1 else 0
     for node in graph.nodes():
         steps = outer
         if node.kind() == "prim::Loop":
-            trip = node.inputsAt(0).node()
-            count = trip.output().toIValue() if trip.kind() == "prim::Constant" else 1
-            steps = outer * max(1, int(count)) if isinstance(count, int) else outer
+            trip = node.inputsAt(0)
+            if trips is not None:
+                count = trips.steps(trip) or 1
+            else:
+                constant = trip.node().output().toIValue() if trip.node().kind() == "prim::Constant" else 1
+                count = constant if isinstance(constant, int) else 1
+            steps = outer * max(1, int(count))
         for block in node.blocks():
-            most = max(most, _most_loop_steps(block, steps))
+            most = max(most, _most_loop_steps(block, trips, steps))
         most = max(most, steps if steps > 1 else 0)
     return most
 

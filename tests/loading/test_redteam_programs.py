@@ -21,6 +21,7 @@ from torch import nn
 
 from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
 from kddiag.loading import load_model, programs, vetting
+from tests.small_models import deadline
 from tests.loading.test_security import (N_CLASSES, N_FEATURES, Marker, SaveOnLoad, assert_refused, export, mlp,
                                          saved, script)  # SaveOnLoad: R05a
 
@@ -371,6 +372,83 @@ def test_torchscript_loops_that_could_hang_the_run_are_refused(tmp_path, model, 
     path = script(model().eval(), tmp_path / "spin.pt")
     assert_refused(run(path), said, "--trust-program")
     assert load_model(path, trust_program=True).format == "torchscript"  # trusted: loaded (running is the user's call)
+
+
+class _Looping(nn.Module):
+    """A model whose loops are set by the subclass's forward (third red-team pass: each hung the run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(N_FEATURES, N_CLASSES)
+        self.steps = 4_000_000_000
+        self.register_buffer("count", torch.tensor(3_000_000_000))
+
+
+class ShapeTimesHuge(_Looping):
+    def forward(self, x):
+        for i in range(x.shape[0] * 100000000):
+            x = x + 0
+        return self.layer(x)
+
+
+class FromValues(_Looping):
+    def forward(self, x):
+        for i in range(int(x.abs().sum().item() * 1e9)):
+            x = x + 0
+        return self.layer(x)
+
+
+class FromBuffer(_Looping):
+    def forward(self, x):
+        for i in range(int(self.count.item())):
+            x = x + 0
+        return self.layer(x)
+
+
+class FromAttribute(_Looping):
+    def forward(self, x):
+        for i in range(self.steps):
+            x = x + 0
+        return self.layer(x)
+
+
+class ThreeSized(_Looping):
+    def forward(self, x):
+        s = 0
+        for i in range(x.shape[0]):
+            for j in range(x.shape[0]):
+                for k in range(x.shape[1]):
+                    s += 1
+        return self.layer(x) + s
+
+
+class Recurrent(_Looping):
+    """Loops a recurrent model has: over time (half the features here), a few steps each, over the rows."""
+
+    def forward(self, x):
+        h = torch.zeros_like(x)
+        for t in range(x.size(1) // 2):
+            for k in range(3):
+                h = torch.tanh(h + x)
+        for row in x:
+            h = h + 0
+        return self.layer(h)
+
+
+@pytest.mark.parametrize("model, said", [(ShapeTimesHuge, "loops of 102,400,000,000 steps"),
+                                         (FromValues, "whose length comes from aten::"),
+                                         (FromBuffer, "whose length comes from aten::item"),
+                                         (FromAttribute, "loops of 4,000,000,000 steps"),
+                                         (ThreeSized, "a loop over an input dimension counted as 1,024")])
+def test_loops_whose_length_the_inputs_or_stored_values_set_are_refused(tmp_path, model, said):
+    path = script(model().eval(), tmp_path / "loop.pt")
+    with deadline(60):
+        assert_refused(run(path), said, "--trust-program")
+
+
+def test_a_recurrent_models_loops_pass(tmp_path):
+    loaded = load_model(script(Recurrent().eval(), tmp_path / "recurrent.pt"))
+    assert loaded.module(torch.zeros(2, N_FEATURES)).shape == (2, N_CLASSES)
 
 
 def test_a_models_own_loops_pass(tmp_path):
