@@ -778,8 +778,9 @@ def _class_ticks(ax, names: list[str]) -> None:
     step = max(1, math.ceil(len(names) / MAX_TICK_LABELS))
     positions = np.arange(0, len(names), step)
     fontsize = 8 if len(names) <= 12 else 7 if len(names) <= 24 else 6
-    ax.set_xticks(positions + 0.5, [names[i] for i in positions], rotation=90, fontsize=fontsize)
-    ax.set_yticks(positions + 0.5, [names[i] for i in positions], rotation=0, fontsize=fontsize)
+    labels = [names[i] for i in positions]  # the user's words, never read as mathtext ('$…$')
+    ax.set_xticks(positions + 0.5, labels, rotation=90, fontsize=fontsize, parse_math=False)
+    ax.set_yticks(positions + 0.5, labels, rotation=0, fontsize=fontsize, parse_math=False)
     ax.tick_params(length=0, pad=8)
 
 

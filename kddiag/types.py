@@ -29,6 +29,7 @@ LEVEL_TITLES = {
 EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on parameters alone
 ROLES = ("teacher", "student", "baseline")  # the models of one inspection, in report order
 MAX_CLASSES = 1 << 19  # the most classes kddiag reads from logits files: the largest vocabularies have 262,144
+MAX_CLASS_NAME_CHARS = 256  # a class name is a label for tables and plots, not a payload
 MAX_PROBE_EPOCHS = 10_000  # passes over the transfer set a probe arm may train (a training recipe's length)
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
 # Where a distillation setting's value came from, in precedence order: the command line (or the Python
@@ -120,6 +121,15 @@ class ClassInfo:
         if self.names is not None and self.groups is not None and len(self.names) != len(self.groups):
             raise KddiagError(f"{len(self.names)} class names but {len(self.groups)} class groups; "
                               f"give one of each per class")
+        for k, name in enumerate(self.names or ()):
+            if not isinstance(name, str) or len(name) > MAX_CLASS_NAME_CHARS:
+                shown = f"{len(name):,} characters" if isinstance(name, str) else type(name).__name__
+                raise KddiagError(f"class name {k} must be text of at most {MAX_CLASS_NAME_CHARS} characters; "
+                                  f"got {shown}")
+        for k, group in enumerate(self.groups or ()):
+            if isinstance(group, bool) or not isinstance(group, numbers.Integral) or not 0 <= group < MAX_CLASSES:
+                raise KddiagError(f"class group {k} must be an integer id in [0, {MAX_CLASSES:,}); got "
+                                  f"{shown_value(group)}")
 
 
 IMAGE_LAYOUTS = ("NCHW", "NHWC")  # axis orders of 4-D image arrays

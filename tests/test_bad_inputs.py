@@ -67,6 +67,8 @@ def _files(root: Path) -> dict[str, str]:
     put("classes-wrong-length.json", lambda p: p.write_text(json.dumps({"names": ["a", "b"]})))
     put("classes-not-json.json", lambda p: p.write_text("{names: [}"))
     put("classes-list.json", lambda p: p.write_text("[1, 2, 3]"))
+    put("classes-long-name.json", lambda p: p.write_text(json.dumps({"names": ["A" * 1_500_000] + ["b"] * 9})))
+    put("classes-huge-group.json", lambda p: p.write_text(json.dumps({"groups": [10**18] + [0] * 9})))
     put("classes-mismatch.json", lambda p: p.write_text(json.dumps({"names": list("abcdefghij"), "groups": [0, 1]})))
     put("a-file", lambda p: p.write_text("x"))
     put("models.py", lambda p: p.write_text("from kddiag.models import MLP\n\n\nclass Net(MLP):\n"
@@ -191,6 +193,10 @@ CASES = {  # name: (arguments, fragments the one line must hold); {name} is the 
                              ["--classes", "2"]),
     "classes names vs groups": ([TEACHER, STUDENT, *DIGITS, "--classes", "{classes-mismatch.json}"],
                                 ["--classes"]),
+    "class name 1.5 MB": ([TEACHER, STUDENT, *DIGITS, "--classes", "{classes-long-name.json}"],
+                          ["--classes", "at most 256 characters", "1,500,000"]),
+    "class group 1e18": ([TEACHER, STUDENT, *DIGITS, "--classes", "{classes-huge-group.json}"],
+                         ["--classes", "class group 0", "[0, 524,288)"]),
     "arrays without out": ([TEACHER, STUDENT, *DIGITS, "--arrays"], ["--arrays"]),
     # images: options, folders, arrays and data specs
     "normalize text": ([TEACHER, STUDENT, *DIGITS, "--normalize", "a,b"], ["--normalize", "a,b"]),

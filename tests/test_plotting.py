@@ -409,3 +409,22 @@ def test_token_breakdowns_draw_both_stratifications_or_say_why():
     left, right = fig.axes[:2]
     assert [t.get_text() for t in left.get_xticklabels()] == ["rank 1-10\n90%", "unseen\n10%"]
     assert not plotting.has_token_breakdowns(Measurements(outcome=OutcomeResult(eval=OutcomeOnSet(EVAL))))
+
+
+def test_class_names_are_drawn_as_text_never_as_mathtext():
+    """A name like '$\\frac{$' once failed the drawing (a mathtext parse error); '$\\sum$…' made it slow."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kddiag.plotting import _class_ticks
+    from kddiag.report.html import inline_figure
+
+    fig, ax = plt.subplots()
+    _class_ticks(ax, ["$\\frac{$", "$x^{$", "a$b", "$\\sum" * 40 + "$"])
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+    drawn = inline_figure("t", lambda f: f.add_subplot().set_title("$\\undefinedcommand$"), (2, 2))
+    assert drawn["error"] is None and drawn["uri"].startswith("data:image/png")

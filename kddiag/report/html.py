@@ -287,14 +287,17 @@ def inline_figure(title: str, draw: Callable, size: tuple[float, float]) -> dict
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=DPI)
-    FigureCanvasAgg(fig)
-    try:
-        draw(fig)
-    except (ValueError, TypeError, KeyError, IndexError) as error:  # malformed metric value: say so, keep the report
-        return {"title": title, "uri": None, "error": f"{type(error).__name__}: {error}"}
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    from matplotlib import rc_context
+
+    with rc_context({"text.parse_math": False}):  # names from the inputs ('$…$') are text, not mathtext
+        fig = Figure(figsize=size, dpi=DPI)
+        FigureCanvasAgg(fig)
+        try:
+            draw(fig)
+        except (ValueError, TypeError, KeyError, IndexError) as error:  # malformed metric value: say so
+            return {"title": title, "uri": None, "error": f"{type(error).__name__}: {error}"}
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     return {"title": title, "uri": uri, "error": None}
 
