@@ -48,7 +48,10 @@ PUBLISHED = {
 CATASTROPHIC = [r"(a+)+[bd]", r"(a*)*b", r"(a|aa)+", r"(?:a|b)*", r"(?:a+){2,}", r"(a+){1,10}", r"(a?){25}",
                 r"(?:\s*)+$", r"((a)+)+", r"(?i:(?:x|y)+)*", r"(\p{L}{1,3})+", r"(?<n>a+)+", r"(?>a+)+b",
                 r"([ab]+c?)*", r"a{2,3}+", r"a**", r"(a+)(?#comment)+", r"x|(?=y)(?:[^]]+\]?)+z"]
-UNCHECKABLE = [r"(?x)(a+) +", r"[x[:](a+)+[bd]]", r"(a)\g<1>", r"[(a+)+", r"\p{L"]
+UNCHECKABLE = [r"(?x)(a+) +", r"[x[:](a+)+[bd]]", r"(a)\g<1>", r"[(a+)+", r"\p{L", r"(?:a(?~b))*[^a]"]
+# two unbounded repeats in a row, then what must match: cubic in a run's length (red-team pass 3: 40 s a line)
+POLYNOMIAL = [r"[a-z ]*[a-z ]*[^a-z ]", r"\s*\s*$", r"a+b?a*c", r"a*(?:b*)c", r"a*a*(?:b)", r"x*(?:y*)?z*(?=q)",
+              r"(?i:a*)b*c", r"\w{2,}\s*\b"]
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -61,13 +64,19 @@ def test_repeated_groups_that_repeat_or_alternate_are_found(pattern):
     assert backtracking_hazard(pattern).startswith("can backtrack without end (a repeated group")
 
 
+@pytest.mark.parametrize("pattern", POLYNOMIAL)
+def test_adjacent_repeats_before_what_must_match_are_found(pattern):
+    assert backtracking_hazard(pattern).startswith("can backtrack for a time that grows as a power")
+
+
 @pytest.mark.parametrize("pattern", UNCHECKABLE)
 def test_what_the_scanner_cannot_follow_is_refused_not_guessed(pattern):
     assert "which kddiag cannot check" in backtracking_hazard(pattern)
 
 
 @pytest.mark.parametrize("pattern", [r"(ab)+", r"(?:'s|'t)?", r"(a+){1}", r"(a|b){0,1}", r"[(a+)+]+", r"\(a+\)+",
-                                     r"a+?b*+c{2,}?", r"(?i)ab+", r"(?:x)(?:y)*"])
+                                     r"a+?b*+", r"(?i)ab+", r"(?:x)(?:y)*", r"a*b*", r"a*b*c?", r"a*c+b*",
+                                     r"\s*[\r\n]+|x", r"a*xb*c"])
 def test_bounded_or_flat_patterns_pass(pattern):
     assert backtracking_hazard(pattern) is None
 

@@ -15,8 +15,13 @@ The scanner follows Oniguruma's Ruby syntax, which the tokenizers library uses: 
 brackets (a ``]`` first in a class is a character), ``(?:``, ``(?i:``, lookarounds, named groups and
 comments, lazy (``*?``) and possessive (``*+``) forms. What it cannot follow exactly (extended mode
 ``(?x)``, subexpression calls ``\\g<..>``, a ``[:`` that is no POSIX bracket, an unclosed class) is refused
-rather than guessed. Still outside: polynomial backtracking of adjacent quantifiers over overlapping
-characters (``a*a*a*b``, and published patterns' own ``\\s*[\\r\\n]+``), bounded by kddiag's line length.
+rather than guessed; so is Oniguruma's absent operator ``(?~…)``, a repeat in disguise. Backtracking that
+grows as a power of the text's length is refused where its usual shape shows: two unbounded repeats in a
+row (only optional elements between them) followed by something that must match (``[a-z ]*[a-z ]*[^a-z ]``,
+``\\s*\\s*$``), which tries every split of a run between the repeats at every position; a pair that ends
+its branch (the published ``\\s*[\\r\\n]+``) succeeds as soon as the second repeat matches. Still
+outside: repeats separated by a required element that both can match (``[a-z]*a[a-z]*b``); lines are at
+most kddiag's line length.
 """
 from __future__ import annotations
 
@@ -51,7 +56,10 @@ def backtracking_hazard(pattern: str) -> str | None:
         found = _scan(pattern)
     except _Unchecked as reason:
         return f"holds {reason}, which kddiag cannot check for endless backtracking"
-    return None if found is None else f"can backtrack without end ({found})"
+    if found is None:
+        return None
+    how = "for a time that grows as a power of the text's length" if found == _ADJACENT else "without end"
+    return f"can backtrack {how} ({found})"
 
 
 def tokenizer_patterns(content: Any) -> Iterator[tuple[str, str]]:
@@ -81,13 +89,55 @@ def shown_pattern(pattern: str) -> str:
 # --- the scanner ----------------------------------------------------------------------------------------
 
 class _Frame:
-    """One open group: whether anything inside it quantifies or alternates, and its last atom."""
+    """One open group: whether anything inside it quantifies or alternates, its last atom, and the run of
+    unbounded repeats at the end of its current branch (for :data:`_ADJACENT`)."""
 
-    __slots__ = ("busy", "atom")
+    __slots__ = ("busy", "atom", "run", "tail_run", "required", "pending", "lookaround")
 
-    def __init__(self) -> None:
+    def __init__(self, lookaround: bool = False) -> None:
         self.busy = False  # a quantifier or an alternation somewhere inside (nested groups included)
         self.atom: tuple[bool, bool] | None = None  # (is a group holding busy content, already quantified)
+        self.run = 0  # unbounded repeats in a row, only optional elements between them, in the current branch
+        self.tail_run = 0  # the longest such run that ends a branch
+        self.required = False  # a branch holds an element that must match (the group is not all optional)
+        self.pending: "_Frame | bool | None" = None  # the last atom, until its quantifier (if any) is seen
+        self.lookaround = lookaround
+
+    def settle(self) -> str | None:
+        """The pending atom had no quantifier: it must match. After two unbounded repeats in a row it can fail
+        on what they matched, after trying every split of it between them: a hazard."""
+        atom, self.pending = self.pending, None
+        if atom is None:
+            return None
+        group = atom if isinstance(atom, _Frame) else None
+        if self.run >= 2 and (group is None or group.required):
+            return _ADJACENT
+        self.required = True
+        self.run = group.tail_run + (self.run if not group.required else 0) if group is not None else 0
+        return None
+
+    def quantify(self, repeats: bool, unbounded: bool, optional: bool) -> str | None:
+        """The pending atom is quantified: an unbounded repeat extends the run, an optional one keeps it (with
+        the runs inside an optional group), a bounded required one must match."""
+        atom, self.pending = self.pending, None
+        group = atom if isinstance(atom, _Frame) else None
+        if unbounded:
+            self.run += 1
+        elif optional:
+            self.run += group.tail_run if group is not None else 0
+        else:
+            self.pending = atom
+            return self.settle()
+        return None
+
+    def end_branch(self) -> str | None:
+        found = self.settle()
+        self.tail_run = max(self.tail_run, self.run)
+        self.run = 0
+        return found
+
+
+_ADJACENT = "two unbounded repeats in a row, then something that must match"
 
 
 def _scan(pattern: str) -> str | None:
@@ -96,45 +146,70 @@ def _scan(pattern: str) -> str | None:
     while i < n:
         c = pattern[i]
         frame = frames[-1]
+        found = None
         if c == "\\":
+            found = frame.settle()
             i = _escape_end(pattern, i)
-            frame.atom = (False, False)
+            frame.atom, frame.pending = (False, False), True
         elif c == "[":
+            found = frame.settle()
             i = _class_end(pattern, i)
-            frame.atom = (False, False)
+            frame.atom, frame.pending = (False, False), True
         elif c == "(":
+            found = frame.settle()
+            start = i
             i, kind = _group_start(pattern, i)
             if kind == "transparent":  # a comment or an option switch: the next quantifier's target is unchanged
                 continue
-            frames.append(_Frame())
+            frames.append(_Frame(lookaround=pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), start)))
         elif c == ")":
             i += 1
             if len(frames) > 1:
                 inner = frames.pop()
+                found = inner.end_branch()
+                if inner.lookaround:  # zero-width, but it can fail: it must match
+                    inner.required, inner.tail_run = True, 0
                 frames[-1].busy |= inner.busy
-                frames[-1].atom = (inner.busy, False)
+                found = found or frames[-1].settle()
+                frames[-1].atom, frames[-1].pending = (inner.busy, False), inner
             else:
-                frame.atom = (False, False)  # Oniguruma reads an unmatched ')' as a character
+                found = frame.settle()
+                frame.atom, frame.pending = (False, False), True  # Oniguruma reads an unmatched ')' as a character
         elif c == "|":
             i += 1
+            found = frame.end_branch()
             frame.busy = True
             frame.atom = None
         elif c in "*+?" or (c == "{" and _INTERVAL.match(pattern, i)):
+            at = i
             i, repeats = _quantifier(pattern, i)
             if repeats is None:
-                frame.atom = (False, False)  # '{}', '{,}': characters
-                continue
-            if frame.atom is None:
-                continue  # nothing to repeat: Oniguruma refuses the pattern or reads a character
-            group_busy, quantified = frame.atom
-            if repeats and (group_busy or quantified):
-                return _NESTED
-            frame.busy = True
-            frame.atom = (False, True)
+                found = frame.settle()
+                frame.atom, frame.pending = (False, False), True  # '{}', '{,}': characters
+            elif frame.atom is not None:  # else nothing to repeat: Oniguruma refuses the pattern or reads a character
+                group_busy, quantified = frame.atom
+                if repeats and (group_busy or quantified):
+                    return _NESTED
+                frame.busy = True
+                frame.atom = (False, True)
+                found = frame.quantify(repeats, *_bounds(pattern, at))
         else:
+            found = frame.settle()
             i += 1
-            frame.atom = (False, False)
-    return None
+            frame.atom, frame.pending = (False, False), True
+        if found:
+            return found
+    return frames[0].end_branch() if len(frames) == 1 else None
+
+
+def _bounds(pattern: str, i: int) -> tuple[bool, bool]:
+    """(unbounded, optional) of the quantifier at ``i``: '*', '+' and '{n,}' repeat without bound; '?', '*' and
+    '{0,m}' may match nothing."""
+    c = pattern[i]
+    if c != "{":
+        return c in "*+", c in "*?"
+    low, comma, high = _INTERVAL.match(pattern, i).groups()
+    return comma is not None and not high, not low or int(low) == 0
 
 
 def _quantifier(pattern: str, i: int) -> tuple[int, bool | None]:
@@ -219,7 +294,9 @@ def _group_start(pattern: str, i: int) -> tuple[int, str]:
         if j >= n:
             raise _Unchecked("an unclosed comment")
         return j + 1, "transparent"
-    if c in ":=!>~|":
+    if c == "~":  # matches any text without its body: a repeat the scanner cannot see
+        raise _Unchecked("Oniguruma's absent operator (?~…)")
+    if c in ":=!>|":
         return j + 1, "group"
     if c == "<" and j + 1 < n and pattern[j + 1] in "=!":
         return j + 2, "group"
