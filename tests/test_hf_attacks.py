@@ -461,3 +461,31 @@ def test_a_trainer_state_beside_the_weights_gives_the_probes_the_runs_length(cop
     assert (metadata["epochs"], metadata["batch_size"]) == (2.5, 8)
     (directory / TRAINER_STATE).write_text("{not json")  # a record kddiag may use, never fatal
     assert "epochs" not in load_model(directory, role="student").metadata
+
+
+@pytest.mark.parametrize("file, key", [("special_tokens_map.json", "additional_special_tokens"),
+                                       ("tokenizer_config.json", "extra_special_tokens"),
+                                       ("added_tokens.json", None)])
+def test_tokenizers_adding_too_many_tokens_are_refused_trusted_or_not(copy_of, monkeypatch, file, key):
+    """Red-team pass 3: 3 million additional special tokens made transformers' loading run past a minute."""
+    from kddiag.loading import hf
+
+    monkeypatch.setattr(hf, "MAX_ADDED_TOKENS", 5)
+    directory = copy_of("gpt2")
+    tokens = [f"<s{i}>" for i in range(6)]
+    if key is None:
+        (directory / file).write_text(json.dumps({t: 100 + i for i, t in enumerate(tokens)}))
+    else:
+        edit(directory / file, **{key: tokens})
+    for trust in (False, True):
+        with pytest.raises(KddiagError, match=f"{file}.* 6 added tokens; kddiag reads tokenizers of at most 5"):
+            hf.vet_tokenizer_files(directory, "t", trust_remote_code=trust)
+
+
+def test_a_tokenizer_vocabulary_larger_than_any_model_reads_is_refused(copy_of, monkeypatch):
+    from kddiag.loading import hf
+
+    monkeypatch.setattr(hf, "MAX_CLASSES", 8)
+    directory = copy_of("gpt2")
+    with pytest.raises(KddiagError, match=r"tokenizer.json lists 10 vocab entries; .* at most 8"):
+        hf.vet_tokenizer_files(directory, "t")

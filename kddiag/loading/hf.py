@@ -35,7 +35,7 @@ from torch import nn
 from kddiag.errors import KddiagError, UnsafeLoadError, as_float, shown_value
 from kddiag.files import check_entries, open_regular, read_json
 from kddiag.loading._text import first, one_line
-from kddiag.types import IGNORE_INDEX, LoadedModel, TokenInputs
+from kddiag.types import IGNORE_INDEX, MAX_CLASSES, LoadedModel, TokenInputs
 
 __all__ = ["load_hf_model", "vet_hf_directory", "check_config_sizes", "SequenceClassifierAdapter",
            "CausalLMAdapter", "CAUSAL_LM", "SEQUENCE_CLASSIFIER"]
@@ -73,6 +73,15 @@ MAX_POSITIONS = 1 << 24  # rotary models store no position table; Llama 4 Scout 
 MAX_CONFIG_BYTES = 16 << 20  # an ImageNet-21k id2label is about 1 MB
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 MAX_TOKENIZER_BYTES = 64 << 20  # about twice the largest published tokenizer.json (Gemma 3's, 33 MB)
+# Tokens a tokenizer adds beside its model's vocabulary (special, reserved, user-defined): Gemma 3 lists about
+# 6,400, Llama 3 256; transformers adds them one by one, so 3 million made loading take minutes
+MAX_ADDED_TOKENS = 1 << 16
+MAX_MERGES = 1 << 20  # BPE merges in a tokenizer.json: about one per vocabulary entry (GPT-2: 50,000)
+# (file, key) where tokenizer files list added tokens; None: the file's own object is the list
+ADDED_TOKEN_LISTS = (("tokenizer_config.json", "added_tokens_decoder"),
+                     ("tokenizer_config.json", "additional_special_tokens"),
+                     ("tokenizer_config.json", "extra_special_tokens"),
+                     ("special_tokens_map.json", "additional_special_tokens"), ("added_tokens.json", None))
 # Memory the model may take once built (parameters and buffers, float32) against the weights' bytes on disk.
 # Real models' buffers are small next to their weights: on the meta device, (parameters + buffers) / stored
 # tensors in float32 is 1.000 for Llama (7B), Mistral, Qwen2, BERT-base, GPT-J and CodeGen (0.5 MiB of
@@ -275,6 +284,7 @@ def vet_tokenizer_files(path: str | Path, where: str, *, trust_remote_code: bool
     from kddiag.loading.regex_safety import backtracking_hazard, shown_pattern, tokenizer_patterns
 
     path = Path(path)
+    check_added_tokens(path, where)
     names = {"tokenizer.json"} | {p.name for p in path.glob("tokenizer.*.json")}
     names |= {p.name for p in path.glob("*tekken*.json")}
     if (path / "tokenizer_config.json").is_file():
@@ -289,23 +299,14 @@ def vet_tokenizer_files(path: str | Path, where: str, *, trust_remote_code: bool
         if not os.path.lexists(file):
             continue
         shown = f"{where}: {name}"
-        with open_regular(file, shown) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_TOKENIZER_BYTES:
-                raise KddiagError(f"{shown} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB ({size:,} bytes); "
-                                  f"published tokenizers take at most about half that")
-            if trust_remote_code:
-                continue
-            data = handle.read(MAX_TOKENIZER_BYTES + 1)
-        try:
-            content = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
-        except (ValueError, RecursionError):
+        content = _read_tokenizer_json(file, shown, trust_remote_code)
+        if not isinstance(content, dict):
             continue  # the tokenizers library cannot read it either, and says so when transformers loads it
-        except _DuplicateKey as key:  # which of the two the tokenizers library keeps is its own affair
-            raise UnsafeLoadError(f"{shown} has the key {str(key)[:80]!r} twice in one object; refused — pass "
-                                  f"--trust-remote-code to use it anyway") from None
+        _check_tokenizer_sizes(content, shown)
+        if trust_remote_code:
+            continue
         found = list(tokenizer_patterns(content))
-        if "tekken" in name and isinstance(content, dict) and isinstance(content.get("config"), dict):
+        if "tekken" in name and isinstance(content.get("config"), dict):
             pattern = content["config"].get("pattern")
             if isinstance(pattern, str):
                 found.append(("pre_tokenizer", pattern))
@@ -314,6 +315,50 @@ def vet_tokenizer_files(path: str | Path, where: str, *, trust_remote_code: bool
             if hazard:
                 raise UnsafeLoadError(f"{shown}: its {part.replace('_', '-')} pattern {shown_pattern(pattern)} "
                                       f"{hazard}; refused — pass --trust-remote-code to use it anyway")
+
+
+def _read_tokenizer_json(file: Path, shown: str, trusted: bool) -> Any:
+    """A tokenizer file's JSON (None when it is not JSON), from a regular file of at most MAX_TOKENIZER_BYTES;
+    a key given twice in one object is refused unless ``trusted`` (which of the two the tokenizers library
+    keeps is its own affair)."""
+    with open_regular(file, shown) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_TOKENIZER_BYTES:
+            raise KddiagError(f"{shown} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB ({size:,} bytes); "
+                              f"published tokenizers take at most about half that")
+        data = handle.read(MAX_TOKENIZER_BYTES + 1)
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=None if trusted else _unique_keys)
+    except (ValueError, RecursionError):
+        return None
+    except _DuplicateKey as key:
+        raise UnsafeLoadError(f"{shown} has the key {str(key)[:80]!r} twice in one object; refused — pass "
+                              f"--trust-remote-code to use it anyway") from None
+
+
+def _check_tokenizer_sizes(content: dict, shown: str) -> None:
+    """Refuse a tokenizer.json listing more vocabulary entries than any model kddiag reads has classes, more
+    merges than MAX_MERGES or more added tokens than MAX_ADDED_TOKENS: bounds on the time loading takes."""
+    model = content.get("model") if isinstance(content.get("model"), dict) else {}
+    for what, listed, most in (("vocab entries", model.get("vocab"), MAX_CLASSES),
+                               ("merges", model.get("merges"), MAX_MERGES),
+                               ("added tokens", content.get("added_tokens"), MAX_ADDED_TOKENS)):
+        if isinstance(listed, (list, dict)) and len(listed) > most:
+            raise KddiagError(f"{shown} lists {len(listed):,} {what}; kddiag reads tokenizers of at most {most:,}")
+
+
+def check_added_tokens(path: Path, where: str) -> None:
+    """Refuse tokenizer files that list more than MAX_ADDED_TOKENS added or special tokens (ADDED_TOKEN_LISTS),
+    trusted or not: a bound on the time loading takes, not on what it may run."""
+    read: dict[str, Any] = {}
+    for name, key in ADDED_TOKEN_LISTS:
+        file = path / name
+        if name not in read:
+            read[name] = read_json(file, f"{where}: {name}", MAX_TOKENIZER_BYTES) if file.is_file() else None
+        listed = read[name] if key is None else read[name].get(key) if isinstance(read[name], dict) else None
+        if isinstance(listed, (list, dict)) and len(listed) > MAX_ADDED_TOKENS:
+            raise KddiagError(f"{where}: {name}{'' if key is None else f' lists in {key}'} {len(listed):,} added "
+                              f"tokens; kddiag reads tokenizers of at most {MAX_ADDED_TOKENS:,}")
 
 
 class _DuplicateKey(Exception):
