@@ -49,6 +49,10 @@ class KddiagGroup(click.Group):
                            "nothing was written: give fewer or smaller inputs, or a smaller --batch-size",
                            err=True)
                 ctx.exit(EXIT_ERROR)
+            except OSError as error:  # a read or write the operating system refused (an I/O error, a full disk)
+                what = f"'{printable(str(error.filename))}': " if error.filename else ""
+                click.echo(f"kddiag: error: {_rank()}{what}{printable(error.strerror or str(error))[:300]}", err=True)
+                ctx.exit(EXIT_ERROR)
             except BaseException as error:
                 if not is_rust_panic(error):  # a Rust library's panic (tokenizers) past the handlers that name it
                     raise

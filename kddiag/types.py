@@ -30,6 +30,7 @@ EVAL, TRANSFER, WEIGHTS = "eval", "transfer", "weights"  # WEIGHTS: measured on 
 ROLES = ("teacher", "student", "baseline")  # the models of one inspection, in report order
 MAX_CLASSES = 1 << 19  # the most classes kddiag reads from logits files: the largest vocabularies have 262,144
 MAX_CLASS_NAME_CHARS = 256  # a class name is a label for tables and plots, not a payload
+MAX_PROBE_SEEDS = 64  # initializations a probe may train per setting: 2-3 suffice (docs/probes.md)
 MAX_PROBE_EPOCHS = 10_000  # passes over the transfer set a probe arm may train (a training recipe's length)
 DEFAULT_TEMPERATURE, DEFAULT_ALPHA = 4.0, 0.9
 # Where a distillation setting's value came from, in precedence order: the command line (or the Python
@@ -756,6 +757,9 @@ class ProbeOptions:
         if self.epochs is not None and not (_is_real(self.epochs) and math.isfinite(self.epochs)
                                             and 0 < self.epochs <= MAX_PROBE_EPOCHS):
             raise KddiagError(f"--probe-epochs must be a number in (0, {MAX_PROBE_EPOCHS:g}]; got {self.epochs!r}")
+        if self.seeds > MAX_PROBE_SEEDS:
+            raise KddiagError(f"--probe-seeds must be at most {MAX_PROBE_SEEDS} (each seed trains every setting "
+                              f"once more); got {self.seeds}")
         if self.steps is not None and self.epochs is not None:
             raise KddiagError("--probe-steps and --probe-epochs both set the probes' length: give one")
 

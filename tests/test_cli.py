@@ -467,3 +467,21 @@ def test_ema_weights_and_how_the_checkpoint_was_read_reach_the_report(tmp_path, 
     assert notes[True][0] == "weights: EMA weights from 'state_dict_ema' (asked for with --ema student)"
     text = run("inspect", TEACHER, path, *DIGITS, "--no-progress").stdout
     assert "the file also holds EMA weights in 'state_dict_ema'" in " ".join(text.split())
+
+
+def test_an_io_error_is_one_line_naming_the_file(monkeypatch):
+    """Red-team pass 3: a weights file whose read failed with EIO ended in a 44-line traceback."""
+    import errno
+
+    from click.testing import CliRunner
+
+    import kddiag.loading
+    from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
+
+    def fails(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", "model.safetensors")
+
+    monkeypatch.setattr(kddiag.loading, "load_model", fails)
+    result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == "kddiag: error: 'model.safetensors': Input/output error"

@@ -145,7 +145,8 @@ def test_an_arm_that_diverges_is_marked_and_the_others_are_scored():
                                             ({"batch_size": 1.5}, "--probe-batch-size"),
                                             ({"lr": float("nan")}, "--probe-lr"), ({"lr": -1}, "--probe-lr"),
                                             ({"epochs": 0}, "--probe-epochs"), ({"epochs": float("inf")}, "--probe-epochs"),
-                                            ({"epochs": 2, "steps": 5}, "give one")])
+                                            ({"epochs": 2, "steps": 5}, "give one"),
+                                            ({"seeds": 100_000_000}, "--probe-seeds must be at most 64")])
 def test_bad_probe_options_are_one_line_naming_the_option(kwargs, option):
     with pytest.raises(KddiagError, match=option):
         ProbeOptions(**kwargs)
