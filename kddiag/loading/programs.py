@@ -70,7 +70,7 @@ def load_torchscript(path: Path, where: str, *, trust_program: bool = False) -> 
     except Exception as error:
         raise KddiagError(f"{where}: not a readable TorchScript archive ({one_line(error)})") from None
     vetting.check_operators(vetting.torchscript_operators(module), where, trust_program=trust_program)
-    vetting.check_loop_bounds(module, where, trust_program=trust_program)
+    vetting.check_program_bounds(module, where, trust_program=trust_program)
     text = extra[METADATA_FILE]
     return LoadedModel(source=str(path), format="torchscript", module=module,
                        metadata=metadata_file(text, where))

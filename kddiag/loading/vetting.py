@@ -125,25 +125,83 @@ _LARGEST_OPS = frozenset({
 _SHAPE_ARITHMETIC = _SUM_OPS | _FIRST_OPS | _LARGEST_OPS | {"aten::mul"}
 
 
-def check_loop_bounds(module, where: str, *, trust_program: bool) -> None:
-    """Refuse a TorchScript program whose loops could hang the run, unless it is trusted: more than
-    MAX_LOOP_STEPS steps, nested loops multiplied (a ``while`` loop has 2⁶³ − 1; a loop over an input
-    dimension counts SIZED_LOOP_STEPS), or a trip count computed from anything but constants, attributes
-    and the inputs' shapes (a tensor's values, a loop-carried variable)."""
+def check_program_bounds(module, where: str, *, trust_program: bool) -> None:
+    """Refuse a TorchScript program that could hang the run or exhaust memory, unless it is trusted: loops of
+    more than MAX_LOOP_STEPS steps, nested loops multiplied (a ``while`` loop has 2⁶³ − 1; a loop over an
+    input dimension counts SIZED_LOOP_STEPS), a tensor of more than MAX_CREATED_ELEMENTS elements, or a trip
+    count or size computed from anything but constants, attributes and the inputs' shapes (a tensor's
+    values, a value carried from step to step)."""
     if trust_program:
         return
     for owner, function in _script_functions(module):
         if function is None:
             continue
         graph = function.inlined_graph
-        problem = _loop_problem(graph, _TripCounts(graph, owner))
+        problem = _bounds_problem(graph, _TripCounts(graph, owner))
         if problem:
-            raise UnsafeLoadError(f"{where}: the program's code has {problem}; kddiag cannot bound how long it "
-                                  f"runs, so it is refused — {_TRUST_HINT}")
+            raise UnsafeLoadError(f"{where}: the program's code has {problem}; kddiag cannot bound the time or "
+                                  f"memory it takes, so it is refused — {_TRUST_HINT}")
 
 
-def _loop_problem(graph, trips: "_TripCounts") -> str | None:
-    """Why a graph's loops could run too long, or None."""
+#: The most elements one tensor a program creates may hold (4 GiB of float32), an input dimension counted
+#: as SIZED_LOOP_STEPS: a batch × sequence × sequence attention mask fits, ``torch.ones(2_000_000_000)`` not.
+MAX_CREATED_ELEMENTS = 1 << 30
+#: Operators that create a tensor of a size their arguments give (lists of sizes; ``arange``'s bounds), and
+#: those that multiply their input's size (counted on an input of SIZED_LOOP_STEPS² elements).
+_CREATING = frozenset({"aten::ones", "aten::zeros", "aten::empty", "aten::full", "aten::rand", "aten::randn",
+                       "aten::randint", "aten::empty_strided", "aten::new_ones", "aten::new_zeros", "aten::new_empty",
+                       "aten::new_full", "aten::expand", "aten::broadcast_to", "aten::arange", "aten::eye",
+                       "aten::linspace", "aten::logspace"})
+_MULTIPLYING = frozenset({"aten::repeat", "aten::tile", "aten::repeat_interleave"})
+
+
+def _creation_problem(graph, trips: "_TripCounts") -> str | None:
+    """Why a tensor a graph creates could exhaust memory, or None."""
+    for node in _nodes(graph):
+        kind = node.kind()
+        if kind not in _CREATING and kind not in _MULTIPLYING:
+            continue
+        elements = SIZED_LOOP_STEPS**2 if kind in _MULTIPLYING else 1
+        for value in node.inputs():
+            if value.type().kind() == "TensorType":
+                continue
+            bound = _list_bound(value, trips) if value.type().kind() == "ListType" else trips.steps(value)
+            if bound is None:
+                return f"a tensor{_line(node)} ({kind}) whose size comes from {trips.why(value)}"
+            elements *= max(1, bound) if value.type().kind() == "ListType" or kind != "aten::new_full" else 1
+        if elements > MAX_CREATED_ELEMENTS:
+            return (f"a tensor{_line(node)} ({kind}) of up to {elements:,} elements (more than "
+                    f"{MAX_CREATED_ELEMENTS:,}; an input dimension counted as {SIZED_LOOP_STEPS:,})")
+    return None
+
+
+def _list_bound(value, trips: "_TripCounts") -> int | None:
+    """The product of the bounds of a size list's entries (a list built in the graph), SIZED_LOOP_STEPS per
+    entry of an input's shape list, None when an entry is unbounded."""
+    node = value.node()
+    if node.kind() == "prim::ListConstruct":
+        bounds = [trips.steps(v) for v in node.inputs()]
+        return None if any(b is None for b in bounds) else math.prod(max(1, b) for b in bounds)
+    if node.kind() in _SIZE_OPS:
+        return SIZED_LOOP_STEPS ** 2  # an input's own shape: its elements, about a batch of sequences
+    if node.kind() == "prim::Constant":
+        constant = value.toIValue()
+        return math.prod(abs(int(v)) or 1 for v in constant) if isinstance(constant, (list, tuple)) else 1
+    return None
+
+
+def _nodes(graph) -> Iterator[Any]:
+    for node in graph.nodes():
+        yield node
+        for block in node.blocks():
+            yield from _nodes(block)
+
+
+def _bounds_problem(graph, trips: "_TripCounts") -> str | None:
+    """Why a graph's loops could run too long or a tensor it creates exhaust memory, or None."""
+    problem = _creation_problem(graph, trips)
+    if problem:
+        return problem
     for node in _loops(graph):
         trip = node.inputsAt(0)
         if trips.steps(trip) is None:
@@ -158,11 +216,7 @@ def _loop_problem(graph, trips: "_TripCounts") -> str | None:
 
 
 def _loops(graph) -> Iterator[Any]:
-    for node in graph.nodes():
-        if node.kind() == "prim::Loop":
-            yield node
-        for block in node.blocks():
-            yield from _loops(block)
+    return (node for node in _nodes(graph) if node.kind() == "prim::Loop")
 
 
 def _line(node) -> str:

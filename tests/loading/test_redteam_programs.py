@@ -422,6 +422,36 @@ class ThreeSized(_Looping):
         return self.layer(x) + s
 
 
+class ConstantBomb(_Looping):
+    def forward(self, x):
+        return self.layer(x) + torch.ones(2_000_000_000).sum()
+
+
+class InputSizedBomb(_Looping):
+    def forward(self, x):
+        return self.layer(x) + x[:, :1].expand(x.shape[0], 100_000_000).contiguous().sum()
+
+
+class RepeatBomb(_Looping):
+    def forward(self, x):
+        return self.layer(x.repeat(1, 100_000)[:, :x.shape[1]])
+
+
+class ValueSizedBomb(_Looping):
+    def forward(self, x):
+        n = int(x.abs().sum().item() * 1e9)
+        return self.layer(x) + torch.zeros(n).sum()
+
+
+class Masked(_Looping):
+    """Tensors a real model creates: a (batch, features, features) mask, constants, a repeat by two."""
+
+    def forward(self, x):
+        mask = torch.ones(x.shape[0], x.shape[1], x.shape[1]).tril()
+        y = x + mask.sum() * 0 + torch.arange(8).float().sum() * 0 + x.repeat(1, 2)[:, :x.shape[1]] * 0
+        return self.layer(y)
+
+
 class Recurrent(_Looping):
     """Loops a recurrent model has: over time (half the features here), a few steps each, over the rows."""
 
@@ -439,15 +469,20 @@ class Recurrent(_Looping):
                                          (FromValues, "whose length comes from aten::"),
                                          (FromBuffer, "whose length comes from aten::item"),
                                          (FromAttribute, "loops of 4,000,000,000 steps"),
-                                         (ThreeSized, "a loop over an input dimension counted as 1,024")])
-def test_loops_whose_length_the_inputs_or_stored_values_set_are_refused(tmp_path, model, said):
+                                         (ThreeSized, "a loop over an input dimension counted as 1,024"),
+                                         (ConstantBomb, "(aten::ones) of up to 2,000,000,000 elements"),
+                                         (InputSizedBomb, "(aten::expand) of up to 102,400,000,000 elements"),
+                                         (RepeatBomb, "(aten::repeat) of up to"),
+                                         (ValueSizedBomb, "(aten::zeros) whose size comes from aten::")])
+def test_loops_and_tensors_whose_size_the_inputs_or_stored_values_set_are_refused(tmp_path, model, said):
     path = script(model().eval(), tmp_path / "loop.pt")
     with deadline(60):
         assert_refused(run(path), said, "--trust-program")
 
 
-def test_a_recurrent_models_loops_pass(tmp_path):
-    loaded = load_model(script(Recurrent().eval(), tmp_path / "recurrent.pt"))
+@pytest.mark.parametrize("model", [Recurrent, Masked])
+def test_a_real_models_loops_and_tensors_pass(tmp_path, model):
+    loaded = load_model(script(model().eval(), tmp_path / "model.pt"))
     assert loaded.module(torch.zeros(2, N_FEATURES)).shape == (2, N_CLASSES)
 
 
