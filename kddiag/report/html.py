@@ -23,6 +23,7 @@ from kddiag.diagnosis.wording import kd_helped_title
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import (CLIPPED_METRICS, LEVEL_CODES, W_SHOWN_MAX, clipped_value, evidence_summary, format_cell,
                                 fired_findings, format_number, headline_table, severity_word)
+from kddiag.errors import printable
 from kddiag.results import Measured, OutcomeOnSet, Report
 from kddiag.types import EVAL, LEVEL_TITLES, SECTIONS, TRANSFER
 
@@ -317,7 +318,9 @@ def _summarize_part(value: Any, *, brief: bool = False) -> str:
 
 
 def _without_scheme(value: Any) -> Any:
-    """Jinja finalize hook: text from the report never carries a URL scheme into the page."""
+    """Jinja finalize hook: text from the report never carries a URL scheme into the page, nor control or
+    bidirectional-format characters (a file named '\u202egnp.pt' would read 'tp.png'; an ESC drives a
+    terminal that prints the file): they are shown escaped, as in the terminal."""
     if isinstance(value, str) and not value.startswith("data:image/png;base64,"):
-        return _SCHEME.sub("", value)
+        return printable(_SCHEME.sub("", value))
     return value

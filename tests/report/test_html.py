@@ -144,6 +144,15 @@ def test_report_text_is_escaped_and_carries_no_urls(full):
     assert "arxiv.org/abs/2002.03532" in html and "https://" not in html
 
 
+def test_control_and_bidirectional_characters_are_shown_escaped(full):
+    """Red-team pass 3: a name '\u202egnp.pt' displayed as 'tp.png'; raw ESC bytes drove a terminal."""
+    hostile = Finding("teacher-weak", ("outcome",), 0.5, "teacher \u202egnp.pt \x1b[31mred",
+                      (Evidence("outcome.teacher_accuracy", 0.5, 0.6, "eval", "<"),), "why", "do")
+    html = render_html(dataclasses.replace(full, diagnosis=Diagnosis((hostile,))))
+    assert "\u202e" not in html and "\x1b" not in html
+    assert "teacher \\u202egnp.pt \\x1b[31mred" in html
+
+
 def test_hundred_classes_stays_under_five_megabytes():
     report = build_report(n_classes=100, n_transfer=1000, n_eval=500)
     html = render_html(report)
