@@ -26,6 +26,7 @@ import torch
 from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER
 from kddiag.errors import KddiagError
 from kddiag.loading import load_model
+from kddiag.data import load_dataset
 from kddiag.loading.logits import MAX_NPZ_INFLATED_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]  # the subprocess imports this checkout's kddiag
@@ -151,6 +152,17 @@ def test_the_inflation_limit_is_bytes_added_beyond_the_file(tmp_path, monkeypatc
                                          r"'logits\.npy': float64 \(540, 10\)\), over kddiag's limit of 1000 bytes"):
         load_model(tmp_path / "zeros.npz")
     assert MAX_NPZ_INFLATED_BYTES == 4 << 30
+
+
+def test_an_npz_that_inflates_a_thousand_fold_under_the_byte_limit_is_refused(tmp_path, monkeypatch):
+    """Red-team pass 3: 4 MB inflating to 3.9 GB sat under the 4 GiB limit and ran past a minute."""
+    np.savez_compressed(tmp_path / "zeros.npz", x=np.zeros((20_000, 64), np.float32), y=np.zeros(20_000, np.int64))
+    monkeypatch.setattr("kddiag.loading.logits.FREE_NPZ_BYTES", 1 << 20)  # the file inflates to 5.3 MB
+    with pytest.raises(KddiagError, match=r"zeros\.npz': its arrays inflate [\d,]+-fold, from .* at most 100-fold"):
+        load_dataset(str(tmp_path / "zeros.npz"))
+    np.savez_compressed(tmp_path / "real.npz", x=np.random.default_rng(0).normal(size=(20_000, 64)).astype(np.float32),
+                        y=np.zeros(20_000, np.int64))
+    assert load_dataset(str(tmp_path / "real.npz")).x.shape == (20_000, 64)
 
 
 def test_pre_tokenized_text_npz_is_bounded_the_same_way(tmp_path, monkeypatch):

@@ -29,6 +29,9 @@ _LABEL_KEYS = {"labels": EVAL, "y": EVAL, "eval_labels": EVAL, "transfer_labels"
 # what a member's header declares before reading it. Checked from the headers, before anything is inflated;
 # raise it for a file you trust (or save the arrays uncompressed, np.savez, or as .npy / .pt).
 MAX_NPZ_INFLATED_BYTES = 4 << 30
+# … and at most this many bytes per byte the file holds, beyond FREE_NPZ_BYTES: real arrays deflate a few-fold
+# (MNIST's pixels about 8×); an array of zeros, a thousand-fold
+MAX_NPZ_RATIO, FREE_NPZ_BYTES = 100, 64 << 20
 
 # A tensor from a .pt file may declare far more elements than its storage holds (a zero-stride view: a
 # 2 KB file can declare 10^10 rows). Before anything materializes one (isfinite, contiguous, numpy()), its
@@ -157,7 +160,8 @@ def check_npz_sizes(path: Path, where: str) -> None:
     """Refuse a ``.npz`` whose arrays would not fit its bounds, from the zip directory and each member's
     ``.npy`` header alone (nothing is inflated beyond the headers): each header's shape × itemsize must fit
     in the bytes its member declares, no member may appear twice, and inflating every member may add at
-    most :data:`MAX_NPZ_INFLATED_BYTES` to the bytes the file holds."""
+    most :data:`MAX_NPZ_INFLATED_BYTES` to the bytes the file holds, nor inflate them more than
+    :data:`MAX_NPZ_RATIO`-fold beyond :data:`FREE_NPZ_BYTES`."""
     inflated, compressed, largest = 0, 0, ("", 0, "")
     try:
         with zipfile.ZipFile(path) as archive:
@@ -175,6 +179,12 @@ def check_npz_sizes(path: Path, where: str) -> None:
         raise
     except Exception as error:  # a damaged zip directory or header
         raise KddiagError(f"{where}: not a readable .npz file ({_numpy_reason(error)})") from None
+    if inflated > FREE_NPZ_BYTES + MAX_NPZ_RATIO * compressed and inflated - compressed <= MAX_NPZ_INFLATED_BYTES:
+        name, size, described = largest
+        raise KddiagError(f"{where}: its arrays inflate {inflated / max(compressed, 1):,.0f}-fold, from "
+                          f"{_bytes(compressed)} to {_bytes(inflated)} (member '{_clip(name)}': "
+                          f"{described or _bytes(size)}); kddiag reads at most {MAX_NPZ_RATIO}-fold beyond "
+                          f"{_bytes(FREE_NPZ_BYTES)}: save large arrays uncompressed (np.savez) or as .npy or .pt")
     if inflated - compressed > MAX_NPZ_INFLATED_BYTES:
         name, size, described = largest
         raise KddiagError(f"{where}: its arrays inflate from {_bytes(compressed)} to {_bytes(inflated)} (member "
