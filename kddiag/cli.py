@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from importlib.resources import as_file, files
@@ -45,10 +46,12 @@ class KddiagGroup(click.Group):
             except click.UsageError as error:  # a command's arguments and options, an unknown command
                 _usage_error(error)
             except MemoryError as error:  # numpy's carries the size asked for; the report was not written
-                click.echo(f"kddiag: error: {_rank()}out of memory ({printable(' '.join(str(error).split()))[:200]}); "
-                           "nothing was written: give fewer or smaller inputs, or a smaller --batch-size",
-                           err=True)
-                ctx.exit(EXIT_ERROR)
+                _out_of_memory(ctx, str(error))
+            except RuntimeError as error:
+                if "can't allocate memory" not in str(error):  # torch's allocator says so in a RuntimeError
+                    raise
+                asked = re.search(r"allocate (\d+) bytes", str(error))
+                _out_of_memory(ctx, f"{int(asked.group(1)):,} bytes asked for" if asked else "")
             except OSError as error:  # a read or write the operating system refused (an I/O error, a full disk)
                 what = f"'{printable(str(error.filename))}': " if error.filename else ""
                 click.echo(f"kddiag: error: {_rank()}{what}{printable(error.strerror or str(error))[:300]}", err=True)
@@ -59,6 +62,13 @@ class KddiagGroup(click.Group):
                 click.echo(f"kddiag: error: {_rank()}a native library panicked "
                            f"({printable(' '.join(str(error).split()))[:300]})", err=True)
                 ctx.exit(EXIT_ERROR)
+
+
+def _out_of_memory(ctx, reason: str) -> None:
+    reason = printable(" ".join(reason.split()))[:200]
+    click.echo(f"kddiag: error: {_rank()}out of memory{f' ({reason})' if reason else ''}; nothing was written: give "
+               f"fewer or smaller inputs, or a smaller --batch-size", err=True)
+    ctx.exit(EXIT_ERROR)
 
 
 def _rank() -> str:

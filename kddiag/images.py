@@ -58,6 +58,9 @@ _GRAY_MODES = ("1", "L", "LA")
 _COLOR_MODES = ("P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")  # 8 bits per channel
 _MAX_SIDE = 4096
 MAX_RESIZE_PIXELS = _MAX_SIDE * _MAX_SIDE  # per image; 16× SAM's 1024×1024, the largest common vision input
+# Values (pixels × channels) an image folder may hold in all: it is read whole, as float32 (2 GiB here, about
+# three times that at the peak of preparing it): 10,700 RGB images of 224×224, 680,000 of MNIST's 28×28
+MAX_FOLDER_VALUES = 1 << 29
 
 
 def is_image_array(x: torch.Tensor, options: ImageOptions) -> bool:
@@ -115,9 +118,14 @@ def read_image_folder(root: Path, options: ImageOptions, where: str
     if not files:
         raise KddiagError(f"{where}: no images in its {len(classes)} class folders; expected files ending in "
                           f"{', '.join(IMAGE_EXTENSIONS)}")
-    pixels, first = [], None  # first: (path, Pillow size (width, height)) of the first image
+    if options.resize is not None and len(files) * 3 * options.resize[0] * options.resize[1] > MAX_FOLDER_VALUES:
+        _too_many_values(where, len(files), 3 * len(files) * options.resize[0] * options.resize[1])
+    pixels, first, values = [], None, 0  # first: (path, Pillow size (width, height)) of the first image
     for path, _ in files:
         image = _read_image(path, root, where)
+        values += image.size[0] * image.size[1] * len(image.getbands())
+        if values > MAX_FOLDER_VALUES and options.resize is None:
+            _too_many_values(where, len(files), values, partial=True)
         if options.resize is not None:
             height, width = options.resize
             if image.size != (width, height):
@@ -145,6 +153,12 @@ def read_image_folder(root: Path, options: ImageOptions, where: str
         notes.append("resized to {}×{} (Pillow bilinear)".format(*options.resize))
     x, notes_text = _prepare(x, options, where, notes, resize=False)
     return x, labels, tuple(classes), notes_text
+
+
+def _too_many_values(where: str, n_files: int, values: int, *, partial: bool = False) -> None:
+    raise KddiagError(f"{where}: its {n_files:,} images hold {'more than ' if partial else ''}{values:,} values "
+                      f"(pixels × channels{'' if partial else ', resized'}); kddiag reads image folders whole, of at "
+                      f"most {MAX_FOLDER_VALUES:,}: give fewer or smaller images (--resize)")
 
 
 def check_resize_pixels(resize: tuple[int, int], where: str) -> None:

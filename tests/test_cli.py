@@ -485,3 +485,21 @@ def test_an_io_error_is_one_line_naming_the_file(monkeypatch):
     result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip() == "kddiag: error: 'model.safetensors': Input/output error"
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 6480000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory (6,480,000,000 bytes asked for); nothing was written"),
+    (MemoryError(), "out of memory; nothing was written")])
+def test_running_out_of_memory_is_one_line(monkeypatch, error, said):
+    """Red-team pass 3: torch's allocator failure was a 50-line traceback; an empty MemoryError read '()'."""
+    import kddiag.loading
+    from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(kddiag.loading, "load_model", fails)
+    result = CliRunner().invoke(main, ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and said in result.output

@@ -123,6 +123,19 @@ def test_mixed_sizes_name_two_files_and_suggest_resize(tmp_path):
         load_dataset(str(tmp_path))
 
 
+def test_a_folder_holding_more_values_than_kddiag_reads_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    """Red-team pass 3: 20 gray PNGs of 9000×9000 (2 MB on disk) reached 3.5 GB and a 50-line traceback."""
+    monkeypatch.setattr("kddiag.images.MAX_FOLDER_VALUES", 50)
+    for k in range(3):
+        save(tmp_path / "a" / f"{k}.png", gray(6, 5))
+    with pytest.raises(KddiagError, match=r"its 3 images hold more than 60 values \(pixels × channels\); .* at "
+                                          r"most 50"):
+        load_dataset(str(tmp_path))
+    with pytest.raises(KddiagError, match=r"its 3 images hold 45,000 values \(pixels × channels, resized\)"):
+        load_dataset(str(tmp_path), images=ImageOptions(resize=(100, 50)))
+    assert load_dataset(str(tmp_path), images=ImageOptions(resize=(2, 2))).x.shape == (3, 1, 2, 2)
+
+
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n broken", b"plain text"])
 def test_corrupt_image_is_named(tmp_path, content):
     save(tmp_path / "a" / "good.png", gray())
