@@ -497,7 +497,8 @@ def _as_dataset(source: Any, role: str, options: InspectOptions, teacher: Loaded
         task = CAUSAL_LM_TASK if teacher.format == CAUSAL_LM else SEQUENCE_CLASSIFICATION_TASK
         return load_text_dataset(str(source), role=role, task=task, tokenizer_dir=teacher.metadata.get("tokenizer_dir"),
                                  max_length=options.max_length, trust_remote_code=options.trust_remote_code,
-                                 id2label=teacher.metadata.get("id2label"))
+                                 id2label=teacher.metadata.get("id2label"),
+                                 max_positions=teacher.metadata.get("max_positions"))
     if isinstance(source, Dataset):
         if images.given:
             raise KddiagError(f"--{role}: the image options (normalize, resize, layout) apply to data read "

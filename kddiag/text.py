@@ -56,14 +56,15 @@ MAX_DATASET_INFO_BYTES = 16 << 20  # its dataset_info.json: a few KiB, ImageNet-
 
 def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: str | Path | None = None,
                       max_length: int | None = None, trust_remote_code: bool = False,
-                      id2label: Mapping[int, str] | None = None) -> Dataset:
+                      id2label: Mapping[int, str] | None = None, max_positions: int | None = None) -> Dataset:
     """Read text or token ids for a Hugging Face model as a :class:`Dataset` whose ``x`` is TokenInputs.
 
     ``task``: 'causal-lm' (examples are target positions, labels the next tokens) or
     'sequence-classification' (examples are sequences, labels their class ids). ``tokenizer_dir``: the
     teacher's directory, whose tokenizer turns text into ids and bounds pre-tokenized ids to its
     vocabulary. ``max_length``: tokens kept per sequence; None: the tokenizer's ``model_max_length``
-    when it is at most 8192, else 512 (pre-tokenized data: not truncated). ``role`` ('data' or
+    when it is at most 8192, else 512, and at most ``max_positions`` (the models' position table; pre-tokenized
+    data: not truncated). ``role`` ('data' or
     'transfer-data') names the option in errors. A tokenizer directory that names code to run is refused
     unless ``trust_remote_code`` (:func:`kddiag.loading.hf.vet_hf_directory`). Text files are read line by
     line, at most MAX_TEXT_LINES lines of at most MAX_LINE_CHARS characters. ``id2label``: the classifier's
@@ -82,7 +83,7 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
     path = Path(path)
     if path.is_dir():
         return _load_hf_datasets(path, where, task, tokenizer_dir, max_length, trust_remote_code=trust_remote_code,
-                                 id2label=id2label)
+                                 id2label=id2label, max_positions=max_positions)
     if kind_of(path) == "missing":
         raise KddiagError(f"{where}: no such file or folder")
     check_regular(path, where)  # a FIFO, a device or a socket, named
@@ -100,7 +101,8 @@ def load_text_dataset(path: str | Path, *, role: str, task: str, tokenizer_dir: 
                                 else (_read_txt(path, where), None, None))
         return _from_texts(texts, labels, names, name=str(path), where=where, task=task,
                            tokenizer_dir=tokenizer_dir, max_length=max_length, format=suffix.lstrip("."),
-                           trust_remote_code=trust_remote_code, id2label=id2label, named_labels=names is not None)
+                           trust_remote_code=trust_remote_code, id2label=id2label, named_labels=names is not None,
+                           max_positions=max_positions)
     columns = _read_npz(path, where) if suffix == ".npz" else _read_pt(path, where)
     return _from_columns(columns, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
                          max_length=max_length, format="npz" if suffix == ".npz" else "pt",
@@ -246,7 +248,8 @@ def _read_npz(path: Path, where: str) -> dict:
 
 
 def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_length, *,
-                      trust_remote_code: bool, id2label: Mapping[int, str] | None = None) -> Dataset:
+                      trust_remote_code: bool, id2label: Mapping[int, str] | None = None,
+                      max_positions: int | None = None) -> Dataset:
     """One split saved by Hugging Face ``datasets``: text columns or token columns (ragged rows are padded)."""
     table = _read_hf_split(path, where)
     columns = list(table.column_names)
@@ -265,7 +268,7 @@ def _load_hf_datasets(path: Path, where: str, task: str, tokenizer_dir, max_leng
         labels, names, named = _hf_labels(table, columns, len(texts), where)
     return _from_texts(texts, labels, names, name=str(path), where=where, task=task, tokenizer_dir=tokenizer_dir,
                        max_length=max_length, format="hf-datasets", trust_remote_code=trust_remote_code,
-                       id2label=id2label, named_labels=named)
+                       id2label=id2label, named_labels=named, max_positions=max_positions)
 
 
 def _read_hf_split(path: Path, where: str):
@@ -444,9 +447,29 @@ def _slice(data: bytes, at: int, n: int) -> bytes:
 
 # --- from text --------------------------------------------------------------------------------------
 
+def _max_length(tokenizer, given: int | None, positions: int | None, where: str) -> tuple[int, str]:
+    """Tokens kept per sequence and a note saying why: ``given``, else the tokenizer's ``model_max_length``
+    (when at most MAX_SANE_MODEL_MAX_LENGTH), else DEFAULT_MAX_LENGTH; never more than ``positions``, the
+    models' position table (a longer sequence fails inside the model with an index error)."""
+    if given is not None:
+        if positions is not None and given > positions:
+            raise KddiagError(f"{where}: --max-length {given} is more tokens than the models have positions "
+                              f"({positions}, n_positions/max_position_embeddings in config.json)")
+        return given, f"max_length {given}"
+    stated = getattr(tokenizer, "model_max_length", None)
+    sane = isinstance(stated, numbers.Integral) and 0 < stated <= MAX_SANE_MODEL_MAX_LENGTH
+    length = int(stated) if sane else DEFAULT_MAX_LENGTH
+    if positions is not None and length > positions:
+        return positions, f"max_length {positions} (the models' positions, config.json)"
+    return length, (f"max_length {length} (the tokenizer's model_max_length)" if sane else
+                    f"max_length {length} (default: the tokenizer states no model_max_length ≤ "
+                    f"{MAX_SANE_MODEL_MAX_LENGTH})")
+
+
 def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task: str, tokenizer_dir,
                 max_length: int | None, format: str, trust_remote_code: bool,
-                id2label: Mapping[int, str] | None = None, named_labels: bool = False) -> Dataset:
+                id2label: Mapping[int, str] | None = None, named_labels: bool = False,
+                max_positions: int | None = None) -> Dataset:
     """``names``: the class names of ``labels`` (ids into them); ``named_labels``: the data gave names, not
     ids, so the ids are only their sorted order until the model's ``id2label`` places them."""
     class_note = None
@@ -456,15 +479,7 @@ def _from_texts(texts: list[str], labels, names, *, name: str, where: str, task:
         raise KddiagError(f"{where}: text must be tokenized with the teacher's tokenizer, but the teacher has none "
                           f"(no Hugging Face directory with tokenizer files); {_PRETOKENIZED_HINT}")
     tokenizer = _load_tokenizer(tokenizer_dir, where, required=True, trust_remote_code=trust_remote_code)
-    if max_length is None:
-        stated = getattr(tokenizer, "model_max_length", None)
-        sane = isinstance(stated, numbers.Integral) and 0 < stated <= MAX_SANE_MODEL_MAX_LENGTH
-        max_length = int(stated) if sane else DEFAULT_MAX_LENGTH
-        length_note = (f"max_length {max_length} (the tokenizer's model_max_length)" if sane else
-                       f"max_length {max_length} (default: the tokenizer states no model_max_length ≤ "
-                       f"{MAX_SANE_MODEL_MAX_LENGTH})")
-    else:
-        length_note = f"max_length {max_length}"
+    max_length, length_note = _max_length(tokenizer, max_length, max_positions, where)
     rows, n_truncated = _tokenize(tokenizer, texts, max_length, where)
     empty = next((i for i, row in enumerate(rows) if not row), None)
     if empty is not None:

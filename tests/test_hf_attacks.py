@@ -489,3 +489,22 @@ def test_a_tokenizer_vocabulary_larger_than_any_model_reads_is_refused(copy_of, 
     directory = copy_of("gpt2")
     with pytest.raises(KddiagError, match=r"tokenizer.json lists 10 vocab entries; .* at most 8"):
         hf.vet_tokenizer_files(directory, "t")
+
+
+def test_text_is_cut_to_the_models_positions_unless_asked_for_more(copy_of, tmp_path):
+    """Red-team pass 3: a GPT-2 of 32 positions fed 512 tokens failed with 'IndexError: index out of range'."""
+    from kddiag.loading.hf import CAUSAL_LM
+
+    directory = copy_of("gpt2")
+    teacher = load_model(directory, role="teacher")
+    assert teacher.format == CAUSAL_LM and teacher.metadata["max_positions"] == 32
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(WORDS * 20) + "\n" + " ".join(WORDS) + "\n")
+    data = load_text_dataset(text, role="data", task="causal-lm", tokenizer_dir=directory, max_positions=32)
+    assert data.x.input_ids.shape[1] == 32 and "max_length 32 (the models' positions" in data.preprocessing
+    with pytest.raises(KddiagError, match=r"--max-length 100 is more tokens than the models have positions \(32"):
+        load_text_dataset(text, role="data", task="causal-lm", tokenizer_dir=directory, max_length=100,
+                          max_positions=32)
+    result = subprocess.run([sys.executable, "-m", "kddiag", "inspect", str(directory), "--data", str(text),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr

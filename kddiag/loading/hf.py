@@ -169,6 +169,10 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
     if any((path / name).is_file() for name in _TOKENIZER_FILES):
         metadata["tokenizer_dir"] = str(path)
     metadata.update(trainer_recipe(path))
+    positions = next((config[k] for k in ("n_positions", "max_position_embeddings", "n_ctx")
+                      if isinstance(config.get(k), int) and not isinstance(config.get(k), bool) and config[k] > 0), None)
+    if positions is not None and not _rotary(config):  # a position table: a longer sequence indexes past it
+        metadata["max_positions"] = positions
     n_parameters = sum(p.numel() for p in model.parameters())
     stored = config.get("dtype") or config.get("torch_dtype") or "an unstated dtype"
     notes = [f"Hugging Face {type(model).__name__} ({config.get('model_type')}), {n_parameters:,} parameters, "
