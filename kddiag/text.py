@@ -47,7 +47,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 _HF_MARKERS = ("dataset_info.json", "state.json")  # files save_to_disk writes in one split's directory
 _HF_DICT_MARKER = "dataset_dict.json"  # ... and in a DatasetDict's directory
 _PRETOKENIZED_HINT = "give pre-tokenized data instead (.pt or .npz with 'input_ids')"
-MAX_TEXT_LINES = 10_000_000  # lines read from a .txt/.jsonl file, blank ones included
+MAX_TEXT_LINES = 1_000_000  # lines read from a .txt/.jsonl file, blank ones included (3 million short ones
+# took 5 GB to tokenize: transformers holds every line's ids as Python lists)
 MAX_LINE_CHARS = 1 << 20  # characters in one line: far more than any max_length keeps (8192 tokens)
 MAX_DATASET_BYTES = 1 << 30  # column data of a datasets folder, decompressed: far more than an evaluation set
 MAX_STATE_BYTES = 1 << 20  # a datasets folder's state.json: save_to_disk writes a few hundred bytes
