@@ -320,8 +320,9 @@ def probe_options(command):
         click.option("--probe-steps", type=int, help="Adam steps per setting and seed, instead of epochs (default: "
                                                      "ten passes over the transfer set, at least 100 steps, "
                                                      "doubled up to 2,000 while the current setting still learns)."),
-        click.option("--probe-seeds", type=int, default=2, show_default=True,
-                     help="Initializations per setting (paired: every setting starts from the same ones)."),
+        click.option("--probe-seeds", type=int,
+                     help="Initializations per setting (paired: every setting starts from the same ones; default: "
+                          "3 when the probes train as long as your student did, else 2, as validated)."),
         click.option("--probe-lr", type=float,
                      help="Adam learning rate (default: the checkpoint's, else a short check of five rates)."),
         click.option("--probe-batch-size", type=int,

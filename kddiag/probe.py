@@ -37,6 +37,9 @@ PLATEAU_GAIN_MAX = 0.01  # a control still gaining more than this over the last 
 # set (case_studies/probe_validation.py, mlp seeds 0-2) runs still learning at 10 passes called 2 of 19 arms
 # wrongly, at 20 and 40 passes none of 30
 RANKED_EPOCHS_MIN = 2 * DEFAULT_EPOCHS
+# initializations per setting when none are asked for, as validated (case_studies/probe_validation.py): three
+# for a probe as long as the student's own training, two for the default learning-curve budget
+RECIPE_SEEDS, DEFAULT_SEEDS = 3, 2
 DEFAULT_BATCH_SIZE = 64  # transfer examples a step when neither the options nor the checkpoint name one
 EVAL_MAX = 20_000  # arms are scored on a fixed-seed sample of at most this many held-out examples
 NOT_TRAINABLE = ("torch.export", "torchscript", "logits")
@@ -321,6 +324,7 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
     n_transfer = _n_examples(transfer)
     steps, batch_size, length_source = probe_length(options, student.metadata, len(transfer.x))
     grow = length_source == "default"
+    seeds = options.seeds or (RECIPE_SEEDS if length_source in RECIPE_LENGTHS else DEFAULT_SEEDS)
     teach = _teacher_fn(teacher, device)
     eval_rows = _eval_rows(held_out)
     notes = []
@@ -332,9 +336,9 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
         lr, lr_source = _check_learning_rate(student.module, teach, transfer, candidates[0], steps, batch_size,
                                              options.seed, device), "short check"
     n_arms, budget = len(candidates), steps
-    correct = np.zeros((2, n_arms, options.seeds, len(eval_rows[1])), dtype=bool)
+    correct = np.zeros((2, n_arms, seeds, len(eval_rows[1])), dtype=bool)
     failed: dict[int, str] = {}
-    for s in range(options.seeds):
+    for s in range(seeds):
         seed = options.seed + s
         init, untouched = fresh_state(student.module, seed)
         if s == 0 and untouched:
@@ -342,7 +346,7 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
         # the first seed may double the default budget while the control is still learning (its held-out
         # accuracy rose by more than PLATEAU_GAIN_MAX over the last half): the later seeds train as long
         trainer = _Arms(student.module, init, candidates, lr, device, failed)
-        with Progress(f"probing {n_arms} settings, seed {s + 1}/{options.seeds}", budget, unit="step",
+        with Progress(f"probing {n_arms} settings, seed {s + 1}/{seeds}", budget, unit="step",
                       mode=progress) as meter:
             budget, scores = trainer.run(transfer, teach, batch_size, budget, seed,
                                          grow=s == 0 and grow,
@@ -356,7 +360,7 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
         notes.append(f"the control's held-out accuracy still rose {100 * late_gain:.1f} pt over the last half of "
                      f"the budget: too short to rank settings that pay off late (raise --probe-steps)")
     arms = _arms(candidates, correct, failed, ranked=ranked)
-    design = ProbeDesign("initialization", budget, batch_size, options.seeds, lr, lr_source, n_transfer,
+    design = ProbeDesign("initialization", budget, batch_size, seeds, lr, lr_source, n_transfer,
                          len(eval_rows[1]), epochs, time.perf_counter() - started, where, tuple(notes),
                          length_source)
     return ProbeResult(arms=arms, design=design, control_late_gain=late_gain)

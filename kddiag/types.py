@@ -735,12 +735,13 @@ class ProbeOptions:
     ``epochs`` passes over the transfer set — the student's own training length, so settings are ranked
     where that training stops (None for both: the checkpoint's epochs, else ten passes, at least 100
     steps, doubled up to 2,000 while the control still learns); ``batch_size`` transfer examples a step
-    (None: the checkpoint's, else 64); ``seeds`` initializations; learning rate ``lr`` (None: the
+    (None: the checkpoint's, else 64); ``seeds`` initializations (None: 3 for a probe as long as the
+    student's training, else 2); learning rate ``lr`` (None: the
     checkpoint's, else a short check)."""
 
     steps: int | None = None
     batch_size: int | None = None
-    seeds: int = 2
+    seeds: int | None = None
     lr: float | None = None
     seed: int = 0  # the first initialization's seed; seed k is seed + k
     epochs: float | None = None
@@ -748,7 +749,7 @@ class ProbeOptions:
     def __post_init__(self) -> None:
         for name, least in (("steps", 1), ("batch_size", 1), ("seeds", 1), ("seed", 0)):
             value = getattr(self, name)
-            if value is None and name in ("steps", "batch_size"):
+            if value is None and name in ("steps", "batch_size", "seeds"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise KddiagError(f"--probe-{name.replace('_', '-')} must be an integer >= {least}; got {value!r}")
@@ -757,7 +758,7 @@ class ProbeOptions:
         if self.epochs is not None and not (_is_real(self.epochs) and math.isfinite(self.epochs)
                                             and 0 < self.epochs <= MAX_PROBE_EPOCHS):
             raise KddiagError(f"--probe-epochs must be a number in (0, {MAX_PROBE_EPOCHS:g}]; got {self.epochs!r}")
-        if self.seeds > MAX_PROBE_SEEDS:
+        if self.seeds is not None and self.seeds > MAX_PROBE_SEEDS:
             raise KddiagError(f"--probe-seeds must be at most {MAX_PROBE_SEEDS} (each seed trains every setting "
                               f"once more); got {self.seeds}")
         if self.steps is not None and self.epochs is not None:

@@ -82,8 +82,8 @@ def test_the_learning_rate_comes_from_a_short_check_when_not_given():
     teacher, student, train, test = _pair()
     result = run_probes(teacher, student, transfer=train, held_out=test,
                         candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2],
-                        options=ProbeOptions(steps=20, seeds=1))
-    assert result.ran and result.design.learning_rate_source == "short check"
+                        options=ProbeOptions(steps=20))
+    assert result.ran and result.design.learning_rate_source == "short check" and result.design.seeds == 2
 
 
 def test_fresh_state_reinitializes_every_layer_with_an_initializer():
@@ -232,9 +232,10 @@ def test_the_training_length_stored_with_the_student_is_the_probes_and_ranks_whe
     loaded = load_model(path, role="student")
     assert (loaded.metadata["epochs"], loaded.metadata["batch_size"]) == (3, 40)
     result = run_probes(teacher, loaded, transfer=train, held_out=test,
-                        candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2], options=ProbeOptions(seeds=1))
+                        candidates=candidates_for(_settings(), grid=TEMPERATURES)[:2], options=ProbeOptions())
     d = result.design
     assert (d.steps, d.batch_size, d.length_source) == (9, 40, "checkpoint")  # 3 passes over 120 examples
+    assert d.seeds == 3  # the validated design for a probe as long as the student's training
     assert d.epochs == 3 and "as its checkpoint records it" in d.length_text
     assert all(a.ranked for a in result.arms) and not result.still_learning  # short, but as long as its training
 
