@@ -197,6 +197,32 @@ def _nodes(graph) -> Iterator[Any]:
             yield from _nodes(block)
 
 
+#: What a loop may accumulate: items appended to a list, each counted as ITEM_ELEMENTS (a batch's hidden
+#: states), at most MAX_CREATED_ELEMENTS in all (4,096 steps: a few layers over a sequence); text, never
+#: (no model builds strings in a loop, and doubling one 128 times is a bomb).
+_ACCUMULATING = frozenset({"aten::append", "aten::extend", "aten::insert"})
+ITEM_ELEMENTS = 1 << 18
+
+
+def _accumulation_problem(graph, trips: "_TripCounts", outer: int = 1) -> str | None:
+    """Why what a graph's loops accumulate step by step could exhaust memory, or None."""
+    for node in graph.nodes():
+        steps = outer
+        if node.kind() == "prim::Loop":
+            steps = outer * max(1, trips.steps(node.inputsAt(0)) or 1)
+        elif outer > 1 and node.kind() in _ACCUMULATING and outer * ITEM_ELEMENTS > MAX_CREATED_ELEMENTS:
+            return (f"a list grown{_line(node)} in loops of up to {outer:,} steps (each item counted as "
+                    f"{ITEM_ELEMENTS:,} elements; at most {MAX_CREATED_ELEMENTS:,} in all)")
+        elif outer > 1 and node.kind() != "prim::Constant" and any(v.type().kind() == "StringType"
+                                                                   for v in node.outputs()):
+            return f"text built{_line(node)} in a loop ({node.kind()}), which can grow without bound"
+        for block in node.blocks():
+            found = _accumulation_problem(block, trips, steps)
+            if found:
+                return found
+    return None
+
+
 def _bounds_problem(graph, trips: "_TripCounts") -> str | None:
     """Why a graph's loops could run too long or a tensor it creates exhaust memory, or None."""
     problem = _creation_problem(graph, trips)
@@ -212,7 +238,7 @@ def _bounds_problem(graph, trips: "_TripCounts") -> str | None:
         return "a while loop" if steps >= 2**63 - 1 else (
             f"loops of {steps:,} steps (more than {MAX_LOOP_STEPS:,}; a loop over an input dimension counted as "
             f"{SIZED_LOOP_STEPS:,})")
-    return None
+    return _accumulation_problem(graph, trips)
 
 
 def _loops(graph) -> Iterator[Any]:

@@ -13,6 +13,7 @@ import json
 import pickle
 import warnings
 import zipfile
+from typing import List
 
 import pytest
 import torch
@@ -443,6 +444,22 @@ class ValueSizedBomb(_Looping):
         return self.layer(x) + torch.zeros(n).sum()
 
 
+class ListBomb(_Looping):
+    def forward(self, x):
+        kept: List[torch.Tensor] = []
+        for i in range(x.shape[0] * 1000):
+            kept.append(x.clone())
+        return self.layer(kept[-1])
+
+
+class TextBomb(_Looping):
+    def forward(self, x):
+        s = "a"
+        for i in range(x.shape[0] // 8):
+            s = s + s
+        return self.layer(x) + len(s)
+
+
 class Masked(_Looping):
     """Tensors a real model creates: a (batch, features, features) mask, constants, a repeat by two."""
 
@@ -457,12 +474,14 @@ class Recurrent(_Looping):
 
     def forward(self, x):
         h = torch.zeros_like(x)
+        states: List[torch.Tensor] = []
         for t in range(x.size(1) // 2):
             for k in range(3):
                 h = torch.tanh(h + x)
+                states.append(h[:, t])
         for row in x:
             h = h + 0
-        return self.layer(h)
+        return self.layer(h + torch.stack(states, 1).sum() * 0)
 
 
 @pytest.mark.parametrize("model, said", [(ShapeTimesHuge, "loops of 102,400,000,000 steps"),
@@ -473,7 +492,9 @@ class Recurrent(_Looping):
                                          (ConstantBomb, "(aten::ones) of up to 2,000,000,000 elements"),
                                          (InputSizedBomb, "(aten::expand) of up to 102,400,000,000 elements"),
                                          (RepeatBomb, "(aten::repeat) of up to"),
-                                         (ValueSizedBomb, "(aten::zeros) whose size comes from aten::")])
+                                         (ValueSizedBomb, "(aten::zeros) whose size comes from aten::"),
+                                         (ListBomb, "a list grown at line"),
+                                         (TextBomb, "text built at line")])
 def test_loops_and_tensors_whose_size_the_inputs_or_stored_values_set_are_refused(tmp_path, model, said):
     path = script(model().eval(), tmp_path / "loop.pt")
     with deadline(60):
