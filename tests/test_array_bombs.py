@@ -199,3 +199,20 @@ def test_deep_builtin_arch_stored_in_a_checkpoint_is_refused_before_building(tmp
                            "(600,005 characters)", "300,000 layers; a built-in MLP has at most 256")
     assert "--student-arch" not in line
     assert time.monotonic() - started < 60
+
+
+# --- a legacy (non-zip) torch.save file whose storage declares more than the file holds --------------------
+
+@pytest.mark.parametrize("elements", [10**9 // 4, 10**11])
+def test_a_legacy_storage_declaring_more_than_the_file_holds_is_one_line_under_the_cap(tmp_path, elements):
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    assert data.count(b"K\x04Nt") == 1  # the storage's persistent id: (..., 'cpu', 4 elements, None)
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(data.replace(b"K\x04Nt", b"\x8a\x05" + elements.to_bytes(5, "little") + b"Nt"))
+    assert_one_line(run_capped("inspect", str(path), "--data", "digits:test", cwd=tmp_path), "legacy.pt")
