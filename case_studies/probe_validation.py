@@ -43,6 +43,17 @@ own batch order; the change is their mean, its 95 % interval a two-level bootstr
 and examples), since one initialization's interval holds only the examples' noise; and a third family,
 `real-teachers` (``extend``: ccexam's published MNIST and USPS CNNs distilled into MLP students, as the
 real-teachers study builds them; seeds 0-2), never used to choose anything.
+
+Added after all of the above was read (``add_designs``, 2026-12-05): two designs that train every arm as
+the student's own recipe did (its epochs, batch size and learning rate, as ``--probe-epochs`` or a
+checkpoint recording them gives them; 3 seeds), whole and halved, probed on every stored pair; the idea
+came from the real-teachers misses (the probe's 40 epochs favoured KD where the students' 8-epoch recipe
+favoured the labels), so neither cnn-digits nor real-teachers is held out for them. The design rule
+(``choose_design``) was left as it was and picks among all designs on mlp seeds 0-2. A family added
+after that to hold them out, never used to choose anything: `mnist1d` (``extend``; case_studies._mnist1d:
+1-D CNN teachers on MNIST-1D signals, MLP students of 128 or 8 hidden units trained 30 epochs of
+mini-batch Adam; a healthy teacher at τ = 4, 1 and 16, a weak and a noisy teacher, the 8-unit student;
+seeds 0-2).
 """
 from __future__ import annotations
 
