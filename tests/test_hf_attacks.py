@@ -456,9 +456,11 @@ def test_a_trainer_state_beside_the_weights_gives_the_probes_the_runs_length(cop
     from kddiag.loading.hf import TRAINER_STATE
 
     directory = copy_of("gpt2")
-    edit(directory / TRAINER_STATE, epoch=2.5, global_step=40, train_batch_size=8, log_history=[])
+    edit(directory / TRAINER_STATE, epoch=2.5, global_step=40, train_batch_size=8,
+         log_history=[{"learning_rate": 1e-5, "step": 10}, {"learning_rate": 5e-5, "step": 20},
+                      {"learning_rate": 2e-5, "step": 30}, {"eval_loss": 1.2}])
     metadata = load_model(directory, role="student").metadata
-    assert (metadata["epochs"], metadata["batch_size"]) == (2.5, 8)
+    assert (metadata["epochs"], metadata["batch_size"], metadata["learning_rate"]) == (2.5, 8, 5e-5)
     (directory / TRAINER_STATE).write_text("{not json")  # a record kddiag may use, never fatal
     assert "epochs" not in load_model(directory, role="student").metadata
 

@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import os
 import re
 import warnings
@@ -744,9 +745,9 @@ MAX_TRAINER_STATE_BYTES = 64 << 20  # its log history grows with the run: a long
 
 
 def trainer_recipe(path: Path) -> dict:
-    """The epochs a Hugging Face Trainer ran and its batch size, from ``trainer_state.json`` in the model's
-    folder (for remedy probes to train as it did); {} when there is none or it holds no plain numbers.
-    (``training_args.bin``, which names the learning rate, is a pickle: never read.)"""
+    """The epochs a Hugging Face Trainer ran, its batch size and the peak learning rate it logged, from
+    ``trainer_state.json`` in the model's folder (for remedy probes to train as it did); {} when there is
+    none or it holds no plain numbers. (``training_args.bin`` is a pickle: never read.)"""
     file = path / TRAINER_STATE
     if not file.is_file():
         return {}
@@ -756,5 +757,9 @@ def trainer_recipe(path: Path) -> dict:
         return {}  # a record kddiag may use, not an input it was given: skipped, never fatal
     if not isinstance(state, dict):
         return {}
-    found = {"epochs": as_float(state.get("epoch")), "batch_size": as_float(state.get("train_batch_size"))}
+    logged = state.get("log_history") if isinstance(state.get("log_history"), list) else []
+    rates = [as_float(entry.get("learning_rate")) for entry in logged if isinstance(entry, dict)]
+    rates = [rate for rate in rates if rate is not None and math.isfinite(rate) and rate > 0]
+    found = {"epochs": as_float(state.get("epoch")), "batch_size": as_float(state.get("train_batch_size")),
+             "learning_rate": max(rates) if rates else None}  # the peak of its schedule, as logged
     return {name: value for name, value in found.items() if value is not None}
