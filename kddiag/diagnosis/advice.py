@@ -88,26 +88,32 @@ def _probed(finding: Finding, probe: ProbeResult) -> Finding:
 
 def _capacity_probed(finding: Finding, probe: ProbeResult) -> Finding:
     """capacity-gap read against the probes' control: a fresh student of the same size, trained at the same
-    settings until it levelled off. Clearly more accurate than the user's student (CAPACITY_ACCURACY_GAP_MIN),
+    settings until it levelled off (or as the student was, when the probes know its training). Clearly more accurate than the user's student (CAPACITY_ACCURACY_GAP_MIN),
     it shows that the size is not the limit, the training is; about as accurate, it confirms the size."""
     student = next((e for e in finding.evidence if e.metric == "outcome.student_accuracy"), None)
     control = probe.control
     if student is None or control is None or control.accuracy is None:
         return finding
-    reached = (f"A fresh student of this size, trained by the probes at the same settings until it levelled off "
-               f"({_design(probe)}), reached {control.accuracy:.1%} on {probe.design.n_eval:,} held-out examples "
-               f"against this student's {student.value:.1%} on the {student.dataset} set")
+    recipe = probe.design.recipe_length  # the probes trained as this student was, not until they levelled off
+    how = "as this student was trained" if recipe else "at the same settings until it levelled off"
+    reached = (f"A fresh student of this size, trained by the probes {how} ({_design(probe)}), reached "
+               f"{control.accuracy:.1%} on {probe.design.n_eval:,} held-out examples against this student's "
+               f"{student.value:.1%} on the {student.dataset} set")
     if control.accuracy - student.value < CAPACITY_ACCURACY_GAP_MIN:
         return replace(finding, explanation=f"{finding.explanation} {reached}: its size, not its training, limits it.")
     evidence = Evidence("probe.control_accuracy", float(control.accuracy),
                         round(student.value + CAPACITY_ACCURACY_GAP_MIN, 6), "eval", ">=")
-    return replace(finding, severity=severity(0.0), evidence=(*finding.evidence, evidence),
-                   title="The student does not follow its teacher, but a student of its size trained longer does",
+    if recipe:
+        title = "The student does not follow its teacher, but other runs of its own training do better"
+        advice = ("Retrain the student (another initialization and data order, or several) before choosing a larger "
+                  "student or an intermediate teacher: this run fell short of what its training usually gives.")
+    else:
+        title = "The student does not follow its teacher, but a student of its size trained longer does"
+        advice = ("Train the student longer or with a better-tuned schedule (the probes' learning rate was "
+                  f"{probe.design.learning_rate:g}) before choosing a larger student or an intermediate teacher.")
+    return replace(finding, severity=severity(0.0), evidence=(*finding.evidence, evidence), title=title,
                    explanation=f"{reached}: a student of this size can do better than this one, so the gap to the "
-                               f"teacher is not (only) its size. {finding.explanation}",
-                   advice="Train the student longer or with a better-tuned schedule (the probes' learning rate "
-                          f"was {probe.design.learning_rate:g}) before choosing a larger student or an intermediate "
-                          "teacher.")
+                               f"teacher is not (only) its size. {finding.explanation}", advice=advice)
 
 
 def _better_setting(probe: ProbeResult, settings: Settings) -> Finding:

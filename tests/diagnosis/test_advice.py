@@ -1,4 +1,5 @@
 """Advice from evidence: remedies kept only when their probe beat the control, else marked untested."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def test_capacity_gap_is_confirmed_or_withdrawn_by_the_probes_control():
     trained_short = settle_advice(Diagnosis((capacity(0.80),)), probe, SETTINGS).findings[0]
     assert trained_short.severity < 0.7 and "Train the student longer" in trained_short.advice
     assert trained_short.evidence[-1].metric == "probe.control_accuracy" and trained_short.evidence[-1].value == 0.9
+    as_trained = ProbeResult(arms=probe.arms, design=dataclasses.replace(DESIGN, length_source="checkpoint"))
+    rerun = settle_advice(Diagnosis((capacity(0.80),)), as_trained, SETTINGS).findings[0]
+    assert "trained by the probes as this student was trained" in rerun.explanation  # not "until it levelled off"
+    assert "Retrain the student (another initialization" in rerun.advice and "longer" not in rerun.title
     still = ProbeResult(arms=probe.arms, design=DESIGN, control_late_gain=0.05)
     assert still.still_learning  # a control still learning says nothing about the size
     assert settle_advice(Diagnosis((capacity(0.80),)), still, SETTINGS).findings[0].advice == "Use a larger one."
