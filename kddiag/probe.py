@@ -358,7 +358,8 @@ def _probe(teacher, student, transfer, held_out, candidates, options, device, pr
     ranked = late_gain <= PLATEAU_GAIN_MAX or epochs >= RANKED_EPOCHS_MIN or length_source in RECIPE_LENGTHS
     if not ranked:
         notes.append(f"the control's held-out accuracy still rose {100 * late_gain:.1f} pt over the last half of "
-                     f"the budget: too short to rank settings that pay off late (raise --probe-steps)")
+                     f"the budget: too short to rank settings that pay off late (give --probe-epochs, how long "
+                     f"your student trained, or raise --probe-steps)")
     arms = _arms(candidates, correct, failed, ranked=ranked)
     design = ProbeDesign("initialization", budget, batch_size, seeds, lr, lr_source, n_transfer,
                          len(eval_rows[1]), epochs, time.perf_counter() - started, where, tuple(notes),

@@ -163,7 +163,8 @@ def _too_short(probe: ProbeResult) -> Finding:
     explanation = (f"The current setting's held-out accuracy was still rising over the last half of the probes' "
                    f"budget ({_design(probe)}; it reached {control.accuracy:.3f}): short runs favour the settings "
                    f"that learn fastest, so a ranking now would mislead.")
-    advice = "Rerun with a larger --probe-steps (or leave it out: the default budget grows until the control levels off)."
+    advice = ("Rerun with --probe-epochs set to how long your student trained (the probes then rank settings where "
+              "its training stops, as validated), or with a larger --probe-steps.")
     evidence = (Evidence("probe.control_late_gain", float(probe.control_late_gain), PLATEAU_GAIN_MAX, "eval", ">"),)
     return Finding(ids.PROBES_TOO_SHORT, (OUTCOME,), severity(0.0), title, evidence, explanation, advice)
 
