@@ -337,32 +337,38 @@ class RealPairs(_Cache):
 
     def pair(self, scenario: Scenario) -> Pair:
         from case_studies import real_teachers as real
-        from case_studies._cnn import cnn_logits, train_cnn
-        from case_studies._training import teacher_targets
+        from case_studies._cnn import cnn_logits
         from case_studies.cnn_digits import ccexam_dir, ccexam_stats, mnist_task
         from kddiag.loading import load_model
-        from kddiag.models import MLP
 
         ctx, net = self.ctx, {"ccexam-mnist": ("MNISTNet", 28), "ccexam-usps": ("USPSNet", 16)}[scenario.name]
         base = self.once("task", lambda: mnist_task(ctx.seed, n_transfer=real.N_TRANSFER, n_eval=real.N_EVAL))
         task = base if scenario.name == "ccexam-mnist" else real._usps_view(base, ccexam_stats()["usps"])
         path = real._save_teacher(ctx, scenario.name, ccexam_dir() / "models.py", *net)
         teacher = load_model(path, arch=f"{ccexam_dir() / 'models.py'}:{net[0]}({net[1]})", role="teacher").module.eval()
-        z = cnn_logits(teacher, task.train.x)
         widths = (int(np.prod(task.train.x.shape[1:])), real.HIDDEN, 10)
-
-        def retrain(temperature: float, alpha: float, scale: float = 1.0, seed: int | None = None):
-            seed = ctx.seed if seed is None else seed
-            torch.manual_seed(seed + 100)
-            model = MLP(widths)
-            targets = None if alpha == 0 else teacher_targets(z / scale, temperature=temperature)
-            return train_cnn(model, task.train.x, task.train.labels, recipe=ctx.recipe(real.STUDENT), seed=seed,
-                             soft_targets=targets, temperature=temperature, alpha=alpha)
-
+        retrain = mlp_retrainer(task, cnn_logits(teacher, task.train.x), widths, ctx.recipe(real.STUDENT), ctx.seed)
         start = time.perf_counter()
         student = retrain(scenario.temperature, scenario.alpha)
         return Pair(teacher, student, task, retrain, cnn_logits, time.perf_counter() - start,
                     ctx.recipe(real.STUDENT).epochs, real.STUDENT.lr, real.STUDENT.batch_size)
+
+
+def mlp_retrainer(task, teacher_logits: np.ndarray, widths: tuple[int, ...], recipe, run_seed: int) -> Callable:
+    """(τ, α, divisor of the teacher's logits, seed=None) -> an MLP student of ``widths`` trained on the
+    transfer set with ``recipe`` (mini-batch Adam), from the initialization of ``seed`` (None: the run's)."""
+    from case_studies._cnn import train_cnn
+    from case_studies._training import teacher_targets
+    from kddiag.models import MLP
+
+    def retrain(temperature: float, alpha: float, scale: float = 1.0, seed: int | None = None):
+        seed = run_seed if seed is None else seed
+        torch.manual_seed(seed + 100)
+        model = MLP(widths)
+        targets = None if alpha == 0 else teacher_targets(teacher_logits / scale, temperature=temperature)
+        return train_cnn(model, task.train.x, task.train.labels, recipe=recipe, seed=seed, soft_targets=targets,
+                         temperature=temperature, alpha=alpha)
+    return retrain
 
 
 MNIST1D_SCENARIOS = (
@@ -404,26 +410,15 @@ class Mnist1dPairs(_Cache):
 
     def pair(self, scenario: Scenario) -> Pair:
         from case_studies import _mnist1d as m
-        from case_studies._cnn import cnn_logits, train_cnn
-        from case_studies._training import teacher_targets
-        from kddiag.models import MLP
+        from case_studies._cnn import cnn_logits
 
         ctx = self.ctx
         recipe = replace(m.STUDENT_RECIPE, epochs=max(1, m.STUDENT_RECIPE.epochs // 4)) if ctx.quick else m.STUDENT_RECIPE
         task = self.once("task", lambda: m.mnist1d_task(ctx.seed))
         teacher = self._teacher({"weak-teacher": "weak", "noisy-teacher": "noisy"}.get(scenario.name, "good"), task)
-        z = cnn_logits(teacher, task.train.x)
         hidden = m.TINY_HIDDEN if scenario.name == "tiny-student" else m.STUDENT_HIDDEN
-        widths = (task.n_features, *hidden, 10)
-
-        def retrain(temperature: float, alpha: float, scale: float = 1.0, seed: int | None = None):
-            seed = ctx.seed if seed is None else seed
-            torch.manual_seed(seed + 100)
-            model = MLP(widths)
-            targets = None if alpha == 0 else teacher_targets(z / scale, temperature=temperature)
-            return train_cnn(model, task.train.x, task.train.labels, recipe=recipe, seed=seed,
-                             soft_targets=targets, temperature=temperature, alpha=alpha)
-
+        retrain = mlp_retrainer(task, cnn_logits(teacher, task.train.x), (task.n_features, *hidden, 10), recipe,
+                                ctx.seed)
         start = time.perf_counter()
         student = retrain(scenario.temperature, scenario.alpha)
         return Pair(teacher, student, task, retrain, cnn_logits, time.perf_counter() - start,
