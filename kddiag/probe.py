@@ -40,7 +40,10 @@ RANKED_EPOCHS_MIN = 2 * DEFAULT_EPOCHS
 # initializations per setting when none are asked for, as validated (case_studies/probe_validation.py): three
 # for a probe as long as the student's own training, two for the default learning-curve budget
 RECIPE_SEEDS, DEFAULT_SEEDS = 3, 2
-DEFAULT_BATCH_SIZE = 64  # transfer examples a step when neither the options nor the checkpoint name one
+DEFAULT_BATCH_SIZE = 64
+# a training length read from a checkpoint (untrusted: it sets how long --probe runs) is used up to this
+# many epochs (the case studies' full-batch MLPs train 600); more takes --probe-epochs, up to MAX_PROBE_EPOCHS
+MAX_RECORDED_EPOCHS = 1_000  # transfer examples a step when neither the options nor the checkpoint name one
 EVAL_MAX = 20_000  # arms are scored on a fixed-seed sample of at most this many held-out examples
 NOT_TRAINABLE = ("torch.export", "torchscript", "logits")
 RECIPE_LENGTHS = ("given epochs", "checkpoint")  # a probe as long as the student's own training  # formats with no initializer to start from
@@ -308,7 +311,7 @@ def probe_length(options: ProbeOptions, stored: dict, n_rows: int) -> tuple[int,
     batch_size = min(batch_size or DEFAULT_BATCH_SIZE, n_rows)
     if options.steps is not None:
         return options.steps, batch_size, "given steps"
-    if epochs is None and _plausible(stored.get("epochs"), 0, MAX_PROBE_EPOCHS):
+    if epochs is None and _plausible(stored.get("epochs"), 0, MAX_RECORDED_EPOCHS):
         epochs, source = float(stored["epochs"]), "checkpoint"
     if epochs is None:
         return default_steps(n_rows, batch_size), batch_size, "default"

@@ -263,6 +263,8 @@ def test_a_lightning_checkpoint_gives_the_epochs_its_run_trained(tmp_path, epoch
     (ProbeOptions(steps=11), {"epochs": 7}, (11, 64, "given steps")),
     (ProbeOptions(), {"epochs": True, "batch_size": 2.5}, (100, 64, "default")),  # not plausible: ignored
     (ProbeOptions(), {"epochs": 1e9, "batch_size": 0}, (100, 64, "default")),
+    (ProbeOptions(), {"epochs": 5_000}, (100, 64, "default")),  # a checkpoint may not make --probe run for days
+    (ProbeOptions(epochs=5_000), {}, (9_375, 64, "given epochs")),  # the user may
     (ProbeOptions(batch_size=500), {}, (100, 120, "default")),  # a batch never exceeds the set
 ])
 def test_probe_length_takes_the_options_then_the_checkpoints_recipe_then_the_default(options, stored, expected):
