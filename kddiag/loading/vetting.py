@@ -153,6 +153,9 @@ _CREATING = frozenset({"aten::ones", "aten::zeros", "aten::empty", "aten::full",
                        "aten::new_full", "aten::expand", "aten::broadcast_to", "aten::arange", "aten::eye",
                        "aten::linspace", "aten::logspace"})
 _MULTIPLYING = frozenset({"aten::repeat", "aten::tile", "aten::repeat_interleave"})
+# the operators sized by scalar arguments, not by a size list: which arguments
+_SCALAR_SIZES = {"aten::arange": ("start", "end"), "aten::eye": ("n", "m"), "aten::linspace": ("steps",),
+                 "aten::logspace": ("steps",)}
 
 
 def _creation_problem(graph, trips: "_TripCounts") -> str | None:
@@ -161,18 +164,56 @@ def _creation_problem(graph, trips: "_TripCounts") -> str | None:
         kind = node.kind()
         if kind not in _CREATING and kind not in _MULTIPLYING:
             continue
-        elements = SIZED_LOOP_STEPS**2 if kind in _MULTIPLYING else 1
-        for value in node.inputs():
-            if value.type().kind() == "TensorType":
-                continue
-            bound = _list_bound(value, trips) if value.type().kind() == "ListType" else trips.steps(value)
-            if bound is None:
-                return f"a tensor{_line(node)} ({kind}) whose size comes from {trips.why(value)}"
-            elements *= max(1, bound) if value.type().kind() == "ListType" or kind != "aten::new_full" else 1
+        try:
+            elements = _created_elements(node, trips)
+        except _Unbounded as value:
+            return f"a tensor{_line(node)} ({kind}) whose size comes from {trips.why(value.args[0])}"
         if elements > MAX_CREATED_ELEMENTS:
             return (f"a tensor{_line(node)} ({kind}) of up to {elements:,} elements (more than "
                     f"{MAX_CREATED_ELEMENTS:,}; an input dimension counted as {SIZED_LOOP_STEPS:,})")
     return None
+
+
+class _Unbounded(Exception):
+    """A size argument whose bound cannot be traced (the value, as its argument)."""
+
+
+def _created_elements(node, trips: "_TripCounts") -> int:
+    """A bound of the elements a creating operator's output holds: the product of its size lists (times an
+    input's SIZED_LOOP_STEPS² elements for one that multiplies its input), or, for the operators sized by
+    scalars, their size arguments (``arange``: its end or start, over a step below 1; ``eye``: n × m, n × n
+    without m))."""
+    import torch
+
+    kind = node.kind()
+    arguments = dict(zip((a.name for a in torch._C.parse_schema(node.schema()).arguments), node.inputs()))
+    scalars = _SCALAR_SIZES.get(kind)
+    if scalars is None:
+        elements = SIZED_LOOP_STEPS**2 if kind in _MULTIPLYING else 1
+        for value in arguments.values():
+            if value.type().kind() == "ListType":
+                bound = _list_bound(value, trips)
+                if bound is None:
+                    raise _Unbounded(value)
+                elements *= max(1, bound)
+        return elements
+    bounds = []
+    for name in scalars:
+        value = arguments.get(name)
+        if value is not None and value.type().kind() != "NoneType":
+            bound = trips.steps(value)
+            if bound is None:
+                raise _Unbounded(value)
+            bounds.append(max(1, bound))
+    if kind == "aten::eye":
+        elements = bounds[0] * bounds[-1] if bounds else 1  # eye(n) is n × n
+    else:
+        elements = max(bounds, default=1)
+    step = arguments.get("step")
+    constant = step.toIValue() if step is not None and step.node().kind() == "prim::Constant" else None
+    if isinstance(constant, float) and 0 < abs(constant) < 1:
+        elements = math.ceil(elements / abs(constant))
+    return elements
 
 
 def _list_bound(value, trips: "_TripCounts") -> int | None:

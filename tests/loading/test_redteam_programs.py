@@ -460,12 +460,18 @@ class TextBomb(_Looping):
         return self.layer(x) + len(s)
 
 
+class StepBomb(_Looping):
+    def forward(self, x):
+        return self.layer(x) + torch.arange(0.0, 1.0, 1e-10).sum()
+
+
 class Masked(_Looping):
     """Tensors a real model creates: a (batch, features, features) mask, constants, a repeat by two."""
 
     def forward(self, x):
         mask = torch.ones(x.shape[0], x.shape[1], x.shape[1]).tril()
         y = x + mask.sum() * 0 + torch.arange(8).float().sum() * 0 + x.repeat(1, 2)[:, :x.shape[1]] * 0
+        y = y + torch.full([4, 4], 1e9, dtype=torch.float64).sum() * 0 + torch.eye(64).sum() * 0  # a value, a dtype
         return self.layer(y)
 
 
@@ -493,6 +499,7 @@ class Recurrent(_Looping):
                                          (InputSizedBomb, "(aten::expand) of up to 102,400,000,000 elements"),
                                          (RepeatBomb, "(aten::repeat) of up to"),
                                          (ValueSizedBomb, "(aten::zeros) whose size comes from aten::"),
+                                         (StepBomb, "(aten::arange) of up to 10,000,000,000 elements"),
                                          (ListBomb, "a list grown at line"),
                                          (TextBomb, "text built at line")])
 def test_loops_and_tensors_whose_size_the_inputs_or_stored_values_set_are_refused(tmp_path, model, said):
