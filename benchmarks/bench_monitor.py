@@ -78,7 +78,8 @@ def breakdown(monitor: Monitor, student, repeats: int) -> dict[str, float]:
     the bootstrap intervals timed by calling the same functions on the same summary."""
     from kddiag.accumulate import summarize
     from kddiag.diagnosis import diagnose
-    from kddiag.measure import KNN_MAX_SAMPLES, KNN_MAX_WORK, measure
+    from kddiag.levels.instance import KNN_MAX_SAMPLES, KNN_MAX_WORK
+    from kddiag.measure import measure
     from kddiag.metrics import domain, fidelity, instance, universe, whatif
     from kddiag.metrics._common import subsample_indices
 

@@ -5,7 +5,7 @@ arXiv 2002.03532) — knowledge of the universe, domain knowledge, instance-spec
 and turns the measurements into a ranked diagnosis.
 """
 __version__ = "0.1.0"
-SCHEMA_VERSION = "1.8"
+SCHEMA_VERSION = "1.9"
 
 __all__ = ["__version__", "SCHEMA_VERSION", "inspect", "compare", "Monitor"]
 

@@ -2,11 +2,11 @@
 
 A :class:`SetAccumulator` takes the models' outputs one :class:`~kddiag.types.Batch` at a time
 (``update``), merges with the accumulator of another shard of the same set (``merge``) and hands the
-measure stage a :class:`SetSummary` (``summary``). No (n_samples, n_classes) array of the whole set is
+measure stage a :class:`~kddiag.summary.SetSummary` (``summary``). No (n_samples, n_classes) array of the whole set is
 ever held. What it keeps:
 
 - exact, additive statistics: per-example quantities' count, sum and sum of squares
-  (:class:`Moments`), calibration bins, the target-confidence histogram, class sums
+  (:class:`~kddiag.summary.Moments`), calibration bins, the target-confidence histogram, class sums
   (:class:`~kddiag.metrics._common.ClassSums`), the prediction confusion matrix, and the hardest
   examples (the lowest teacher p¹_y, a top-k);
 - a fixed-seed :class:`~kddiag.reservoir.Reservoir` of per-example values (``EXAMPLE_SAMPLES``
@@ -22,13 +22,15 @@ the batches and whatever number of shards of whole chunks were merged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from kddiag.metrics import domain, instance, strata, universe
+from kddiag.levels import COLUMNS, Block
+from kddiag.metrics import instance, strata, universe
 from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, fused_softmax_stats
 from kddiag.reservoir import Reservoir, kept_indices
+from kddiag.summary import Moments, SetSummary
 from kddiag.types import ROLES, Batch, SetOutputs
 
 EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fixed-seed reservoir)
@@ -37,79 +39,14 @@ ROW_ELEMENTS = 1 << 23  # … and at most this many logits per model (at least M
 MIN_ROW_SAMPLES = 256
 CHUNK_ROWS = 8_192  # statistics are updated per chunk of at most this many examples (a power of two) …
 CHUNK_ELEMENTS = 1 << 23  # … and about this many logits per model; shards are whole CHUNK_ROWS
-STRATUM = "stratum:"  # pending per-example bucket ids travel with the logits under this prefix
 DENSE_CLASSES = 2_048  # class-by-class sums over every class up to this many classes …
 TOP_CLASSES = 1_024  # … beyond it over the TOP_CLASSES most frequent labels (ties: lower id)
 
 
-class Moments:
-    """Count, sum and sum of squares of named per-example quantities over their finite values, and how
-    many values were not finite. Additive: batches and shards merge by adding (sums compensated)."""
-
-    def __init__(self, columns: dict[str, np.ndarray]) -> None:
-        """The moments of one batch's ``columns`` (name -> per-example values)."""
-        self.names = tuple(sorted(columns))
-        values = [np.asarray(columns[name], dtype=np.float64) for name in self.names]
-        finite = [np.isfinite(v) for v in values]
-        self.count = np.array([f.sum() for f in finite], dtype=np.int64)
-        self.nonfinite = np.array([f.size - f.sum() for f in finite], dtype=np.int64)
-        self._total, self._total_sq = CompensatedSum(len(values)), CompensatedSum(len(values))
-        self._total.add(np.array([v[f].sum() for v, f in zip(values, finite)]))
-        self._total_sq.add(np.array([np.dot(v[f], v[f]) for v, f in zip(values, finite)]))
-
-    def merge(self, other: "Moments") -> None:
-        if other.names != self.names:
-            raise ValueError(f"cannot merge moments of {other.names} into {self.names}")
-        self.count += other.count
-        self.nonfinite += other.nonfinite
-        self._total.merge(other._total)
-        self._total_sq.merge(other._total_sq)
-
-    def sum(self, name: str) -> float:
-        """Sum of the finite values of ``name``."""
-        return float(self._total.value()[self.names.index(name)])
-
-    def mean(self, name: str) -> float | None:
-        """Mean of ``name``; None when a value was not finite or there is none."""
-        k = self.names.index(name)
-        return self.sum(name) / self.count[k] if self.count[k] and not self.nonfinite[k] else None
-
-    def std(self, name: str) -> float | None:
-        """Population standard deviation of ``name`` (as ``np.std``); None as for :meth:`mean`."""
-        mean = self.mean(name)
-        if mean is None:
-            return None
-        k = self.names.index(name)
-        return float(np.sqrt(max(self._total_sq.value()[k] / self.count[k] - mean * mean, 0.0)))
-
-
-@dataclass(frozen=True)
-class SetSummary:
-    """Everything the measure stage reads about one data set (see the module docstring)."""
-
-    name: str  # EVAL or TRANSFER
-    n_samples: int
-    n_classes: int
-    roles: tuple[str, ...]
-    temperature: float
-    alpha: float
-    label_count: np.ndarray  # (C,)
-    moments: Moments
-    calibration: dict[str, np.ndarray]  # role -> (3, N_BINS) bins at τ = 1
-    target_histogram: np.ndarray  # counts of the teacher's p_y at τ
-    class_sums: dict[str, ClassSums]  # role -> class sums at τ = 1
-    kept_classes: np.ndarray | None  # the classes of class-by-class statistics; None: all
-    confusion: np.ndarray  # (K, K) teacher prediction × student prediction counts over kept classes
-    hardest: tuple[instance.HardExample, ...]
-    examples: dict[str, np.ndarray]  # reservoir, by index ("index" included)
-    rows: dict[str, np.ndarray]  # row reservoir, by index ("index", "labels", "<role>.logits", "<role>.features")
-    weights: dict[str, np.ndarray]  # role -> logit-layer weight, where found
-    feature_roles: frozenset[str]  # roles whose features were seen
-    strata: dict = field(default_factory=dict)  # name -> (count per bucket, column -> sum per bucket)
-    # (kddiag.metrics.strata; token positions only)
-
-    def mean(self, name: str) -> float | None:
-        return self.moments.mean(name)
+MEAN_COLUMNS = tuple(name for name, column in COLUMNS.items() if column.mean)
+SAMPLED_COLUMNS = tuple(name for name, column in COLUMNS.items() if column.sample)
+STRATUM_COLUMNS = tuple(name for name, column in COLUMNS.items() if column.stratum)
+STRATUM_MEANINGS = tuple(COLUMNS[name].stratum for name in STRATUM_COLUMNS)
 
 
 def kept_classes(label_count: np.ndarray, *, dense: int | None = None, top: int | None = None) -> np.ndarray | None:
@@ -169,9 +106,9 @@ class SetAccumulator:
         self.feature_roles: set[str] = set()
         self.weights: dict[str, np.ndarray] = {}  # role -> logit-layer weight, where found (set by collection)
         self.chunk_rows = chunk_rows(n_classes)
-        self._pending: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []  # (start, labels, logits
-        # and strata buckets under STRATUM + name)
-        self.strata: dict[str, tuple[np.ndarray, dict[str, CompensatedSum]]] = {}  # name -> (count, sums)
+        self._pending: list[_Rows] = []  # consecutive rows not yet in a whole chunk
+        self.strata: dict[str, tuple[np.ndarray, dict[str, CompensatedSum]]] = {}  # name -> (count, sums by
+        # stratum meaning)
 
     def update(self, batch: Batch) -> None:
         """Add one batch of outputs (every role of this set, examples ``batch.start``, ``batch.start + 1``, …).
@@ -188,10 +125,9 @@ class SetAccumulator:
         self.rows.add(index, rows)
         if self._pending and self._pending_end() != batch.start:
             self.flush()
-        self._pending.append((batch.start, batch.labels, {**batch.logits, **{STRATUM + name: bucket for name, bucket
-                                                                              in batch.strata.items()}}))
+        self._pending.append(_Rows(batch.start, batch.labels, dict(batch.logits), dict(batch.strata)))
         end = self._pending_end()
-        start = self._pending[0][0]
+        start = self._pending[0].start
         for boundary in range(start - start % self.chunk_rows + self.chunk_rows, end + 1, self.chunk_rows):
             self._flush_until(boundary)  # one chunk at a time
 
@@ -201,35 +137,22 @@ class SetAccumulator:
             self._flush_until(self._pending_end())
 
     def _pending_end(self) -> int:
-        start, labels, _ = self._pending[-1]
-        return start + labels.size
+        return self._pending[-1].end
 
     def _flush_until(self, stop: int) -> None:
         """The statistics of the pending rows before ``stop``; the rest stays pending. Only rows of a chunk
         that straddles two batches are copied (joined); every other chunk is read in place."""
-        start = self._pending[0][0]
-        head, rest = [], []
-        for part_start, labels, values in self._pending:
-            cut = min(labels.size, max(0, stop - part_start))
-            if cut:
-                head.append((labels[:cut], {name: value[:cut] for name, value in values.items()}))
-            if cut < labels.size:
-                rest.append((part_start + cut, labels[cut:], {name: value[cut:] for name, value in values.items()}))
-        self._pending = rest
-        if len(head) == 1:
-            labels, values = head[0]
-        else:
-            labels = np.concatenate([part[0] for part in head])
-            values = {name: np.concatenate([part[1][name] for part in head]) for name in head[0][1]}
-        self._update_statistics(start, labels, values)
+        head = [part.head(stop) for part in self._pending if part.start < stop]
+        self._pending = [part.tail(stop) for part in self._pending if part.end > stop]
+        self._update_statistics(head[0] if len(head) == 1 else _Rows.joined(head))
 
-    def _update_statistics(self, start: int, y: np.ndarray, logits: dict[str, np.ndarray]) -> None:
-        strata = {key[len(STRATUM):]: logits.pop(key) for key in list(logits) if key.startswith(STRATUM)}
-        one, teacher_t, student_t = self._softmax(y, logits)
-        columns = example_columns(y, one, teacher_t, student_t, alpha=self.alpha)
-        for name, bucket in strata.items():
-            self._add_stratum(name, np.asarray(bucket, dtype=np.int64), columns)
-        moments = Moments({name: columns[name] for name in MOMENT_COLUMNS if name in columns})
+    def _update_statistics(self, rows: "_Rows") -> None:
+        start, y = rows.start, rows.labels
+        one, teacher_t, student_t = self._softmax(y, rows.logits)
+        block = Block(COLUMNS, y, rows.logits, one, teacher_t, student_t, alpha=self.alpha)
+        for name, bucket in rows.strata.items():
+            self._add_stratum(name, np.asarray(bucket, dtype=np.int64), block)
+        moments = Moments(block.columns(MEAN_COLUMNS))
         if self.moments is None:
             self.moments = moments
         else:
@@ -243,17 +166,16 @@ class SetAccumulator:
             self._add_confusion(one["teacher"].prediction, one["student"].prediction)
         index = start + np.arange(y.size)
         self._add_hardest(one["teacher"].target_log_prob, y, one["teacher"].prediction, index)
-        self.examples.add(index, {name: columns[name] for name in RESERVOIR_COLUMNS if name in columns})
+        self.examples.add(index, block.columns(SAMPLED_COLUMNS))
 
-    def _add_stratum(self, name: str, bucket: np.ndarray, columns: dict[str, np.ndarray]) -> None:
-        """Count the examples per bucket of stratum ``name`` and sum the STRATUM_COLUMNS values per bucket."""
+    def _add_stratum(self, name: str, bucket: np.ndarray, block: Block) -> None:
+        """Count the examples per bucket of stratum ``name`` and sum each stratum column's values per bucket."""
         n = strata.N_BUCKETS[name]
         count, sums = self.strata.setdefault(name, (np.zeros(n, dtype=np.int64), {}))
         count += np.bincount(bucket, minlength=n)
-        for column in strata.STRATUM_COLUMNS:
-            if column in columns:
-                sums.setdefault(column, CompensatedSum(n)).add(np.bincount(bucket, weights=columns[column],
-                                                                           minlength=n))
+        for column, values in block.columns(STRATUM_COLUMNS).items():
+            sums.setdefault(COLUMNS[column].stratum, CompensatedSum(n)).add(np.bincount(bucket, weights=values,
+                                                                                        minlength=n))
 
     def merge(self, other: "SetAccumulator") -> None:
         """Add the statistics of another shard of the same set (same classes, roles and settings)."""
@@ -302,7 +224,8 @@ class SetAccumulator:
             kept_classes=self.kept, confusion=self.confusion, hardest=hardest,
             examples={"index": index, **examples}, rows={"index": row_index, **rows},
             weights=dict(self.weights), feature_roles=frozenset(self.feature_roles),
-            strata={name: (count.copy(), {column: total.value() for column, total in sums.items()})
+            strata={name: (count.copy(), {meaning: sums[meaning].value() if meaning in sums else None
+                                          for meaning in STRATUM_MEANINGS})
                     for name, (count, sums) in self.strata.items()},
         )
 
@@ -359,64 +282,37 @@ def _positions(kept: np.ndarray, n_classes: int) -> np.ndarray:
     return position
 
 
-# ---------------------------------------------------------------- per-example quantities
+@dataclass(frozen=True)
+class _Rows:
+    """Consecutive examples ``start``, ``start + 1``, … of a set: labels, logits by role, token-position
+    buckets by stratum name."""
 
-MOMENT_COLUMNS = (
-    "teacher.correct", "student.correct", "baseline.correct", "agree", "agree_where_teacher_correct",
-    "baseline_agree", "kl", "kl_t", "kl_reverse", "kl_reverse_t", "gain",
-    "teacher.nll", "student.nll", "baseline.nll", "teacher.brier", "student.brier", "baseline.brier",
-    "smoothing_t", "saturated_t", "entropy_t",
-    "teacher.dark_knowledge", "student.dark_knowledge", "baseline.dark_knowledge", "dark_knowledge_t",
-    "alternatives_t", "w", "w_low", "w_untrained", "w_untrained_low", "tckd", "nckd", "nckd_weight",
-)
-RESERVOIR_COLUMNS = (
-    "labels", "teacher.prediction", "student.prediction", "teacher.correct", "student.correct",
-    "baseline.correct", "agree", "kl", "kl_reverse", "gain", "teacher.confidence", "student.confidence", "baseline.confidence",
-    "teacher.logit_spread", "student.logit_spread", "baseline.logit_spread", "teacher.nontarget_log_mass",
-    "target_prob_t", "w", "w_untrained", "baseline.nll",
-)
+    start: int
+    labels: np.ndarray
+    logits: dict[str, np.ndarray]
+    strata: dict[str, np.ndarray]
 
+    @property
+    def end(self) -> int:
+        return self.start + self.labels.size
 
-def example_columns(y: np.ndarray, one: dict[str, SoftmaxStats], teacher_t: SoftmaxStats,
-                    student_t: SoftmaxStats | None, *, alpha: float) -> dict[str, np.ndarray]:
-    """Every per-example quantity the measurements average or sample, named as in MOMENT_COLUMNS and
-    RESERVOIR_COLUMNS (a model's only with that model, comparisons with the student only with a student;
-    dark knowledge only with C ≥ 3)."""
-    columns: dict[str, np.ndarray] = {"labels": y}
-    for role, stats in one.items():
-        correct = (stats.prediction == y).astype(np.float64)
-        columns.update({
-            f"{role}.prediction": stats.prediction, f"{role}.correct": correct,
-            f"{role}.confidence": np.exp(stats.max_log_prob), f"{role}.nll": -stats.target_log_prob,
-            f"{role}.brier": stats.nontarget_mass**2 + stats.nontarget_sum_sq,
-            f"{role}.logit_spread": stats.logit_spread,
-        })
-        dark = domain.dark_knowledge_per_example(stats)
-        if dark is not None:
-            columns[f"{role}.dark_knowledge"] = dark
-    columns.update(smoothing_t=teacher_t.nontarget_mass,
-                   saturated_t=(teacher_t.target_log_prob > np.log(universe.SATURATION)).astype(np.float64),
-                   entropy_t=teacher_t.entropy, target_prob_t=teacher_t.target_prob,
-                   **{"teacher.nontarget_log_mass": one["teacher"].nontarget_log_mass})
-    if "baseline" in one:
-        columns["baseline_agree"] = (one["teacher"].prediction == one["baseline"].prediction).astype(np.float64)
-    dark_t = domain.dark_knowledge_per_example(teacher_t)
-    if dark_t is not None:
-        columns["dark_knowledge_t"] = dark_t
-    columns["alternatives_t"] = domain.dark_knowledge_alternatives_per_example(teacher_t)
-    untrained = instance.untrained_rescaling_weights_of(teacher_t, alpha=alpha)
-    columns.update(w_untrained=untrained, w_untrained_low=(untrained < instance.LOW_WEIGHT).astype(np.float64),
-                   nckd_weight=teacher_t.nontarget_mass)
-    if student_t is None:
-        return columns
-    agree = (one["teacher"].prediction == one["student"].prediction).astype(np.float64)
-    w = instance.rescaling_weights_of(teacher_t, student_t, one["student"], alpha=alpha)
-    decoupled = instance.decoupled_kd_of(teacher_t, student_t)
-    columns.update(agree=agree, agree_where_teacher_correct=agree * columns["teacher.correct"],
-                   kl=one["teacher"].kl_divergence(), kl_t=teacher_t.kl_divergence(),
-                   kl_reverse=one["student"].kl_divergence_to(one["teacher"]),
-                   kl_reverse_t=student_t.kl_divergence_to(teacher_t),
-                   w=w, w_low=(w < instance.LOW_WEIGHT).astype(np.float64), tckd=decoupled.tckd, nckd=decoupled.nckd)
-    if "baseline" in one:
-        columns["gain"] = columns["student.correct"] - columns["baseline.correct"]
-    return columns
+    def head(self, stop: int) -> "_Rows":
+        """The rows before example ``stop`` (views, not copies)."""
+        return self._sliced(slice(0, max(0, stop - self.start)), self.start)
+
+    def tail(self, stop: int) -> "_Rows":
+        """The rows from example ``stop`` on (views)."""
+        cut = max(0, stop - self.start)
+        return self._sliced(slice(cut, None), self.start + cut)
+
+    def _sliced(self, rows: slice, start: int) -> "_Rows":
+        return _Rows(start, self.labels[rows], {k: v[rows] for k, v in self.logits.items()},
+                     {k: v[rows] for k, v in self.strata.items()})
+
+    @staticmethod
+    def joined(parts: list["_Rows"]) -> "_Rows":
+        """Consecutive parts as one (copied)."""
+        first = parts[0]
+        return _Rows(first.start, np.concatenate([part.labels for part in parts]),
+                     {k: np.concatenate([part.logits[k] for part in parts]) for k in first.logits},
+                     {k: np.concatenate([part.strata[k] for part in parts]) for k in first.strata})

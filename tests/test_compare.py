@@ -15,7 +15,7 @@ from kddiag.loading import load_model
 from kddiag.pipeline import compare, inspect
 from kddiag.report.comparison import comparison_to_dict, render_comparison_html, render_comparison_text
 from kddiag.report.json import report_to_dict
-from kddiag.measure import NO_BASELINE
+from kddiag.levels._common import NO_BASELINE
 from kddiag.results import measured, unavailable
 from kddiag.types import InspectOptions
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kddiag import measure as measure_module
+from kddiag.levels import domain as domain_level, instance as instance_level
 from kddiag.accumulate import summarize
 from kddiag.errors import KddiagError
 from kddiag.measure import measure
@@ -194,7 +194,7 @@ def test_intervals_and_json_ready_values(full):
 
 
 def test_knn_difficulty_on_a_subsample_of_teacher_features(monkeypatch):
-    monkeypatch.setattr(measure_module, "KNN_MAX_SAMPLES", 120)
+    monkeypatch.setattr(instance_level, "KNN_MAX_SAMPLES", 120)
     sets = [make_set(EVAL, 200, 4, baseline=False)]
     measured = measure(sets, settings=SETTINGS, class_info=ClassInfo())
     difficulty = measured.instance.eval.examples.difficulty
@@ -326,7 +326,6 @@ def test_reused_teacher_only_parts_give_the_measurements_computed_afresh():
 def test_the_coverage_line_gives_each_measurement_the_rows_it_read(monkeypatch):
     """Issue 22: at 1,000 classes T*, the what-if, k-NN and CKA read different numbers of the row sample;
     the report says each, with the bounds those measurements use (here made small to keep the test fast)."""
-    from kddiag import measure as measure_module
     from kddiag.accumulate import summarize
     from kddiag.measure import coverage_of
     from kddiag.metrics import universe, whatif
@@ -340,8 +339,8 @@ def test_the_coverage_line_gives_each_measurement_the_rows_it_read(monkeypatch):
 
     monkeypatch.setattr(universe, "FIT_MAX_ELEMENTS", 2_000_000)  # T*: 2,000 rows of 1,000 classes
     monkeypatch.setattr(whatif, "MAX_ELEMENTS", 1_500_000)  # the what-if: 1,500
-    monkeypatch.setattr(measure_module, "KNN_MAX_SAMPLES", 700)
-    monkeypatch.setattr(measure_module, "CKA_MAX_SAMPLES", 1024)
+    monkeypatch.setattr(instance_level, "KNN_MAX_SAMPLES", 700)
+    monkeypatch.setattr(domain_level, "CKA_MAX_SAMPLES", 1024)
     data = summarize(SetOutputs(EVAL, labels, model(1.0), model(1.0)), temperature=4.0, alpha=0.9)
     coverage = coverage_of(data)
     read = dict(coverage.rows_read)

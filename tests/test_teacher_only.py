@@ -13,7 +13,8 @@ from kddiag.cli import DEMO_BASELINE, DEMO_STUDENT, DEMO_TEACHER, main
 from kddiag.diagnosis import diagnose
 from kddiag.diagnosis.engine import NEEDS_STUDENT, RULES
 from kddiag.diagnosis.ids import HEALTHY, TEACHER_OVERCONFIDENT, TEACHER_READY
-from kddiag.measure import NO_STUDENT, measure
+from kddiag.levels._common import NO_STUDENT
+from kddiag.measure import measure
 from kddiag.report.text import headline_table, render_text
 from kddiag.types import ClassInfo, Setting, Settings
 
@@ -22,7 +23,7 @@ from test_accumulate import make_set
 SETTINGS = Settings(temperature=Setting(3.0, "cli"), alpha=Setting(0.8, "cli"))
 DIGITS = ["--data", "digits:test", "--transfer-data", "digits:train"]
 TEACHER_COLUMNS = ("teacher.correct", "teacher.nll", "teacher.brier", "smoothing_t", "saturated_t", "entropy_t",
-                   "teacher.dark_knowledge", "dark_knowledge_t", "w_untrained", "nckd_weight")
+                   "teacher.dark_knowledge", "dark_knowledge_t", "w_untrained")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_student_values_are_unavailable_and_teacher_values_unchanged(sets):
             for value in getattr(m_pair, level).on(dataset).values():
                 alone_value = got[value.name]
                 if "student" in value.name or value.name.split(".")[1] in (
-                        "agreement", "agreement_where_teacher_correct", "kl_teacher_student",
+                        "agreement", "top_k_agreement", "agreement_where_teacher_correct", "kl_teacher_student",
                         "kl_teacher_student_at_temperature", "permuted_agreement", "permuted_agreement_chance",
                         "class_permutation", "output_similarity_transfer_score", "feature_cka",
                         "rescaling_weight_mean", "rescaling_weight_cv", "rescaling_weight_low_share",

@@ -22,29 +22,25 @@ FREQUENCY, POSITION = "frequency", "position"
 FREQUENCY_BUCKETS = 7  # ranks 1-10, 11-100, …, 100,001-1,000,000, and unseen
 POSITION_BUCKETS = 12  # 0, 1, 2-3, …, 512-1023, ≥ 1024
 N_BUCKETS = {FREQUENCY: FREQUENCY_BUCKETS, POSITION: POSITION_BUCKETS}
-# the per-example values summed per bucket (names of kddiag.accumulate's example columns) and their meaning
-STRATUM_COLUMNS = {"teacher.correct": "teacher_accuracy", "student.correct": "student_accuracy",
-                   "agree": "agreement", "kl": "kl_teacher_student",
-                   "kl_t": "kl_teacher_student_at_temperature", "smoothing_t": "teacher_smoothing_at_temperature"}
 
 
 @dataclass(frozen=True)
 class Breakdown:
-    """Means of the STRATUM_COLUMNS values per bucket of one stratification (NaN where a bucket is empty
+    """Means of a few per-example values per bucket of one stratification (NaN where a bucket is empty
     or a value was not measured, e.g. without a student); buckets with no example are left out."""
 
     by: str  # FREQUENCY or POSITION
     buckets: tuple[str, ...]  # bucket names: 'rank 1-10', …; '0', '1', '2-3', …
     count: np.ndarray  # (n_buckets,) examples per bucket
-    means: dict[str, np.ndarray]  # STRATUM_COLUMNS meaning -> (n_buckets,)
+    means: dict[str, np.ndarray]  # meaning ('teacher_accuracy', …) -> (n_buckets,)
 
     def to_dict(self) -> dict:
         return {"by": self.by, "buckets": list(self.buckets), "count": self.count, **self.means}
 
     @classmethod
     def from_dict(cls, value: dict) -> "Breakdown":
-        means = {name: np.array([np.nan if v is None else v for v in value[name]], dtype=float)
-                 for name in STRATUM_COLUMNS.values() if name in value}
+        means = {name: np.array([np.nan if v is None else v for v in means], dtype=float)
+                 for name, means in value.items() if name not in ("by", "buckets", "count")}
         return cls(value["by"], tuple(value["buckets"]), np.asarray(value["count"], dtype=np.int64), means)
 
 
@@ -78,12 +74,12 @@ def bucket_names(by: str) -> tuple[str, ...]:
     return tuple(names) + (f"≥ {2 ** (POSITION_BUCKETS - 2)}",)
 
 
-def breakdown_of(by: str, count: np.ndarray, sums: dict[str, np.ndarray]) -> Breakdown:
-    """The per-bucket means from per-bucket counts and sums (column name -> (n_buckets,)), empty buckets
-    left out."""
+def breakdown_of(by: str, count: np.ndarray, sums: dict[str, np.ndarray | None]) -> Breakdown:
+    """The per-bucket means from per-bucket counts and sums (meaning -> (n_buckets,), or None where not
+    measured: NaN), empty buckets left out."""
     keep = np.flatnonzero(count > 0)
     names = bucket_names(by)
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = {meaning: (sums[column][keep] / count[keep]) if column in sums else np.full(keep.size, np.nan)
-                 for column, meaning in STRATUM_COLUMNS.items()}
+        means = {meaning: np.full(keep.size, np.nan) if total is None else total[keep] / count[keep]
+                 for meaning, total in sums.items()}
     return Breakdown(by, tuple(names[k] for k in keep), count[keep].astype(np.int64), means)

@@ -8,16 +8,16 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kddiag import __version__
 from kddiag.errors import printable
 from kddiag.diagnosis.ids import HEALTHY, KD_HELPED, NO_VERDICT
 from kddiag.diagnosis.reading import kd_gain
 from kddiag.diagnosis.wording import kd_helped_title
-from kddiag.metrics.instance import LOW_WEIGHT
-from kddiag.metrics.universe import N_BINS, SATURATION
-from kddiag.results import NOT_MEASURED, Measured, Measurements, Report
+from kddiag.levels import Measurements, headlines
+from kddiag.levels.instance import W_SHOWN_MAX
+from kddiag.results import NOT_MEASURED, Measured, Report
 from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Remedy, Settings
 
 WIDTH = 100
@@ -25,7 +25,6 @@ ADVICE_LINES = 2  # a finding's advice in the summary, at most (the HTML report 
 SETTING_SYMBOLS = (("temperature", "τ"), ("alpha", "α"))  # the distillation settings by name, with their symbol
 LEVEL_CODES = {"outcome": "L0", "universe": "L1", "domain": "L2", "instance": "L3"}
 
-Cells = dict[str, Measured]  # column (teacher, student, baseline) -> its value
 
 # The symbols tables use and what they mean: a table is followed by one line naming those it uses
 # (TCKD/NCKD: the two parts of the KD loss in Zhao et al. 2022, Decoupled Knowledge Distillation)
@@ -39,36 +38,6 @@ GLOSSARY = (
 )
 
 
-@dataclass(frozen=True)
-class Headline:
-    """One headline row: a label, the records of a level it reads, and its cells in each record.
-
-    A column holds the value that is that model's own property, or (for comparisons) the one about
-    that model relative to the teacher. ``records`` picks the level's per-set records, its weights
-    record or the level itself (for values measured across sets); the row repeats for each record.
-    """
-
-    label: str
-    cells: Callable[[Any], Cells]
-    records: Callable[[Any], tuple] = lambda level: level.sets()
-    clip: float | None = None  # values beyond ±clip are shown as '>clip' / '<−clip' (heavy-tailed statistics)
-
-
-def _each_model(value: Callable[[Any], Measured]) -> Callable[[Any], Cells]:
-    """Cells of a value every model has: ``value`` of the record's teacher, student and baseline."""
-    return lambda record: {"teacher": value(record.teacher), "student": value(record.student),
-                           "baseline": value(record.baseline)}
-
-
-def _weights(level) -> tuple:
-    return (level.weights,)
-
-
-def _level_wide(level) -> tuple:
-    return (level,)
-
-
-W_SHOWN_MAX = 100.0  # the trained student's mean w and CV are shown within ±this (report.json keeps them)
 CLIPPED_METRICS = ("rescaling_weight_mean", "rescaling_weight_cv")  # report.json names of those two
 
 
@@ -79,66 +48,6 @@ def clipped_value(value: float, clip: float = W_SHOWN_MAX) -> str:
 
 CLIPPED_NOTE = (f"'>{W_SHOWN_MAX:g}': the trained student's mean w or CV is beyond ±{W_SHOWN_MAX:g}, where a few "
                 "examples it is saturated on dominate it (report.json keeps the value)")
-
-HEADLINES: dict[str, tuple[Headline, ...]] = {
-    "outcome": (
-        Headline("accuracy", lambda r: {"teacher": r.teacher_accuracy, "student": r.student_accuracy,
-                                        "baseline": r.baseline_accuracy}),
-        Headline("top-1 agreement with teacher", lambda r: {"student": r.agreement, "baseline": r.baseline_agreement}),
-        Headline("agreement after relabelling", lambda r: {"student": r.permuted_agreement}),
-        Headline("KL(teacher‖model), τ=1, nats", lambda r: {"student": r.kl_teacher_student}),
-        Headline("KL(teacher‖model) at τ, nats", lambda r: {"student": r.kl_teacher_student_at_temperature}),
-        Headline("KL(model‖teacher), τ=1, nats", lambda r: {"student": r.kl_student_teacher}),
-        Headline("KD gain over baseline", lambda r: {"student": r.kd_gain}),
-    ),
-    "universe": (
-        Headline(f"ECE ({N_BINS} bins)", _each_model(lambda m: m.ece)),
-        Headline("NLL, nats", _each_model(lambda m: m.nll)),
-        Headline("fitted temperature T*", _each_model(lambda m: m.fitted_temperature)),
-        Headline("effective smoothing at τ", lambda r: {"teacher": r.effective_smoothing}),
-        Headline(f"saturated share (p_y > {SATURATION:g})", lambda r: {"teacher": r.saturation_share}),
-        Headline("target entropy at τ, nats", lambda r: {"teacher": r.target_entropy}),
-        Headline("softness gap (eval − transfer)", lambda level: {"teacher": level.softness_gap}, _level_wide),
-    ),
-    "domain": (
-        Headline("dark-knowledge content, τ=1", _each_model(lambda m: m.dark_knowledge_content)),
-        Headline("dark-knowledge content at τ", lambda r: {"teacher": r.dark_knowledge_content_at_temperature}),
-        Headline("wrong classes it spreads over, at τ",
-                 lambda r: {"teacher": r.dark_knowledge_alternatives_at_temperature}),
-        Headline("top-10 share of wrong-class mass, τ",
-                 lambda r: {"teacher": r.top_k_nontarget_share_at_temperature}),
-        Headline("non-target logit spread", _each_model(lambda m: m.nontarget_logit_spread)),
-        Headline("output-sim. match (Spearman)", lambda r: {
-            "student": r.output_similarity_transfer_score,
-            "baseline": r.baseline_output_similarity_transfer_score}),
-        Headline("weight-sim. match (Spearman)", lambda r: {
-            "student": r.weight_similarity_transfer_score,
-            "baseline": r.baseline_weight_similarity_transfer_score}, _weights),
-        Headline("group recovery AUROC (output)", _each_model(lambda m: m.group_recovery)),
-        Headline("group recovery AUROC (weights)", _each_model(lambda m: m.weight_group_recovery), _weights),
-        Headline("feature CKA with teacher", lambda r: {"student": r.feature_cka, "baseline": r.baseline_feature_cka}),
-    ),
-    "instance": (
-        Headline("rescaling weight w, mean", lambda r: {"student": r.rescaling_weight_mean}, clip=W_SHOWN_MAX),
-        Headline("rescaling weight w, CV", lambda r: {"teacher": r.untrained_rescaling_weight_cv,
-                                                      "student": r.rescaling_weight_cv}, clip=W_SHOWN_MAX),
-        Headline(f"share of w < {LOW_WEIGHT:g}", lambda r: {"teacher": r.untrained_rescaling_weight_low_share,
-                                                            "student": r.rescaling_weight_low_share}),
-        Headline("Spearman(w, −difficulty)", lambda r: {"teacher": r.rescaling_difficulty_correlation}),
-        Headline("AUROC conf. → student error", lambda r: {"student": r.confidence_error_auroc}),
-        Headline("TCKD at τ", lambda r: {"student": r.tckd}),
-        Headline("NCKD at τ", lambda r: {"student": r.nckd}),
-        Headline("NCKD weight mean(1 − p_y)", lambda r: {"teacher": r.nckd_weight}),
-        Headline("teacher error rate", lambda r: {"teacher": r.teacher_error_rate}),
-    ),
-}
-HEADLINE_NOTES = {
-    "instance": ("teacher column of the w rows: w of an untrained student, the teacher's effect alone; "
-                 "the diagnosis reads these",
-                 "student column of the w rows: the trained student's w = g_y / (q¹_y − 1) is heavy-tailed "
-                 "where the student is confident (q¹_y → 1), so its mean and CV are dominated by a few "
-                 "examples"),
-}
 
 
 @dataclass(frozen=True)
@@ -173,7 +82,8 @@ def headline_table(measurements: Measurements, section: str, columns: tuple[str,
     column (a teacher-only check) a row shows only when one of its cells has a value."""
     level = {item.LEVEL: item for item in measurements.levels()}[section]
     rows, reasons, was_clipped = [], {}, False
-    for headline in HEADLINES[section]:
+    rows_of, section_notes = headlines(section)
+    for headline in rows_of:
         for record in headline.records(level):
             found = {model: metric for model, metric in headline.cells(record).items()
                      if model in columns and (metric.ok or metric.unavailable != NOT_MEASURED)}  # unmeasured: '—'
@@ -192,8 +102,8 @@ def headline_table(measurements: Measurements, section: str, columns: tuple[str,
                     cells.append(format_cell(metric))
             rows.append((headline.label, next(iter(found.values())).dataset, *cells))
     notes = [f"n/a: {reason} ({_names(names)})" for reason, names in reasons.items()]
-    if section in HEADLINE_NOTES and rows:
-        notes += HEADLINE_NOTES[section][:1 if "student" not in columns else None]
+    if section_notes and rows:
+        notes += section_notes[:1 if "student" not in columns else None]
     if was_clipped:
         notes.append(CLIPPED_NOTE)
     return HeadlineTable(section, tuple(rows), tuple(notes), columns)

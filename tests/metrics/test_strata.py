@@ -26,7 +26,7 @@ def test_position_buckets_are_powers_of_two():
 
 def test_breakdown_means_leave_out_empty_buckets_and_unmeasured_columns():
     count = np.array([2, 0, 4] + [0] * (strata.POSITION_BUCKETS - 3))
-    sums = {"teacher.correct": np.array([1.0, 0.0, 4.0] + [0.0] * (strata.POSITION_BUCKETS - 3))}
+    sums = {"teacher_accuracy": np.array([1.0, 0.0, 4.0] + [0.0] * (strata.POSITION_BUCKETS - 3)), "agreement": None}
     breakdown = strata.breakdown_of(strata.POSITION, count, sums)
     assert breakdown.buckets == ("0", "2-3")
     np.testing.assert_allclose(breakdown.means["teacher_accuracy"], [0.5, 1.0])

@@ -13,8 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from kddiag.measure import NO_BASELINE, NO_FEATURES, measure
-from kddiag.measure import NO_WEIGHTS_LOGITS_MODE as NO_WEIGHTS
+from kddiag.levels._common import NO_BASELINE
+from kddiag.levels.domain import NO_FEATURES, NO_WEIGHTS_LOGITS_MODE as NO_WEIGHTS
+from kddiag.measure import measure
 from kddiag.results import Measurements, Report, measured
 from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Evidence, Finding, InputInfo, ModelOutputs, SetOutputs,
                           Setting, Settings)
