@@ -109,7 +109,7 @@ def main(argv=None) -> None:
 
     import kddiag
     from kddiag.pipeline import write_outputs
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     programs = [torch.export.load(str(paths[r])).module() for r in ("teacher", "student")]
     eager = [MLP(w).eval() for w in (TEACHER, STUDENT)]

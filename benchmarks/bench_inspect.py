@@ -23,7 +23,9 @@ import torch
 from kddiag.measure import measure
 from kddiag.models import MLP
 from kddiag.pipeline import inspect
-from kddiag.types import ClassInfo, Dataset, InspectOptions, ModelOutputs, SetOutputs, Settings
+from kddiag.inputs import ClassInfo, Dataset
+from kddiag.options import InspectOptions, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
 
 
 def timed(fn) -> float:

@@ -35,7 +35,9 @@ from case_studies._training import Recipe, distillation_loss, teacher_targets, t
 from kddiag.data import load_dataset  # noqa: E402
 from kddiag.models import MLP  # noqa: E402
 from kddiag.monitor import Monitor, collect_model_outputs  # noqa: E402
-from kddiag.types import EVAL, LoadedModel, SetOutputs  # noqa: E402
+from kddiag.inputs import LoadedModel
+from kddiag.outputs import SetOutputs
+from kddiag.types import EVAL
 
 TEMPERATURE, ALPHA = 4.0, 0.9
 

@@ -167,7 +167,9 @@ def part_measure(repeats: int) -> None:
 
     from kddiag.accumulate import summarize
     from kddiag.measure import measure
-    from kddiag.types import ClassInfo, ModelOutputs, SetOutputs, Settings
+    from kddiag.inputs import ClassInfo
+    from kddiag.options import Settings
+    from kddiag.outputs import ModelOutputs, SetOutputs
 
     try:
         from torchmetrics.functional.classification import multiclass_calibration_error

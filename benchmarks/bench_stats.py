@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     from torchmetrics.functional.classification import multiclass_calibration_error
 
     from kddiag.accumulate import SetAccumulator, kept_classes
-    from kddiag.types import Batch
+    from kddiag.outputs import Batch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=16)

@@ -36,7 +36,7 @@ def build(vocab: int, width: int, layers: int, seed: int):
 
 
 def token_data(n_positions: int, length: int, vocab: int, seed: int):
-    from kddiag.types import IGNORE_INDEX, Dataset, TokenInputs
+    from kddiag.inputs import IGNORE_INDEX, Dataset, TokenInputs
 
     n_sequences = -(-n_positions // (length - 1))
     rng = np.random.default_rng(seed)
@@ -65,7 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     from kddiag.pipeline import inspect
-    from kddiag.types import InspectOptions, LoadedModel
+    from kddiag.inputs import LoadedModel
+    from kddiag.options import InspectOptions
 
     teacher = build(args.vocab, args.width, args.teacher_layers, 0)
     student = build(args.vocab, args.width // 2, args.student_layers, 1)

@@ -21,7 +21,7 @@ import torch
 
 from case_studies._training import (Recipe, logits_of, new_mlp, save_checkpoint, train_ce, train_kd, train_ls,
                                     use_few_threads)
-from kddiag.types import ClassInfo, Dataset
+from kddiag.inputs import ClassInfo, Dataset
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FAMILY_MLP = "mlp"  # a verdict's model family unless its study says otherwise (the benchmark scores families apart)

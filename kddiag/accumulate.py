@@ -1,6 +1,6 @@
 """Streaming, mergeable statistics of one data set: what the measure stage reads, batch after batch.
 
-A :class:`SetAccumulator` takes the models' outputs one :class:`~kddiag.types.Batch` at a time
+A :class:`SetAccumulator` takes the models' outputs one :class:`~kddiag.outputs.Batch` at a time
 (``update``), merges with the accumulator of another shard of the same set (``merge``) and hands the
 measure stage a :class:`~kddiag.summary.SetSummary` (``summary``). No (n_samples, n_classes) array of the whole set is
 ever held. What it keeps:
@@ -31,7 +31,8 @@ from kddiag.metrics import instance, strata, universe
 from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, fused_softmax_stats
 from kddiag.reservoir import Reservoir, kept_indices
 from kddiag.summary import Moments, SetSummary
-from kddiag.types import ROLES, Batch, SetOutputs
+from kddiag.outputs import Batch, SetOutputs
+from kddiag.types import ROLES
 
 EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fixed-seed reservoir)
 ROW_SAMPLES = 5_000  # logit and feature rows of at most this many examples …

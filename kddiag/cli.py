@@ -14,7 +14,7 @@ from kddiag.diagnosis.ids import FINDING_IDS, HEALTHY, KD_HELPED
 from kddiag.errors import KddiagError, is_rust_panic, printable
 
 EXIT_ERROR, EXIT_USAGE, EXIT_GATED = 1, 2, 3
-IMAGE_LAYOUTS = ("NCHW", "NHWC")  # kddiag.types.IMAGE_LAYOUTS, spelled out to keep numpy out of --help
+IMAGE_LAYOUTS = ("NCHW", "NHWC")  # kddiag.options.IMAGE_LAYOUTS, spelled out to keep numpy out of --help
 PROGRESS_MODES = ("auto", "bar", "lines", "none")  # kddiag.progress.MODES
 
 # The demo pair, package data built by ``python -m case_studies demo-pair`` in a source checkout.
@@ -129,7 +129,7 @@ def _normalize(value: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]
         raise click.BadParameter(f"expected one mean and one std per channel, all means then all stds "
                                  f"(2 numbers for 1 channel, 6 for 3); got {len(numbers)} numbers")
     half = len(numbers) // 2
-    from kddiag.types import check_normalize
+    from kddiag.options import check_normalize
 
     try:
         return check_normalize(numbers[:half], numbers[half:], "means and stds")
@@ -141,7 +141,7 @@ def _resize(value: str | None) -> tuple[int, int] | None:
     """--resize H,W → (height, width), checked."""
     if value is None:
         return None
-    from kddiag.types import check_resize
+    from kddiag.options import check_resize
 
     try:
         return check_resize(tuple(_numbers(value, int)), "the size")
@@ -334,7 +334,7 @@ def probe_options(command):
 
 def _inspect_options(options: dict):
     """The InspectOptions of a command's parsed options (popping the image and probe options)."""
-    from kddiag.types import ImageOptions, InspectOptions, ProbeOptions
+    from kddiag.options import ImageOptions, InspectOptions, ProbeOptions
 
     probe = {name: options.pop(f"probe_{name}") for name in ("steps", "epochs", "seeds", "lr", "batch_size")
              if f"probe_{name}" in options}  # the commands without --probe have none
@@ -421,7 +421,7 @@ def demo_report(*, probe=None, full_paths: bool = False, progress: str = "none")
     """Inspect the shipped demo pair on the digits eval and transfer sets (``probe``: ProbeOptions;
     ``progress``: a mode of kddiag.progress.MODES)."""
     from kddiag.pipeline import inspect as run_inspect
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     with as_file(DEMO_TEACHER) as teacher, as_file(DEMO_STUDENT) as student, as_file(DEMO_BASELINE) as baseline:
         return run_inspect(str(teacher), str(student), data=DEMO_EVAL_DATA, transfer_data=DEMO_TRANSFER_DATA,
@@ -436,7 +436,7 @@ def demo_report(*, probe=None, full_paths: bool = False, progress: str = "none")
 @output_options(default_out="kddiag-report")
 def demo(probe, full_paths, out, as_json, arrays, fail_on, **options):
     """Inspect the demo pair shipped with kddiag (digits teacher, KD student, baseline)."""
-    from kddiag.types import ProbeOptions
+    from kddiag.options import ProbeOptions
 
     _check_arrays(out, arrays)
     _finish(demo_report(probe=ProbeOptions() if probe else None, full_paths=full_paths, progress=_progress(options)),

@@ -32,7 +32,8 @@ from typing import Any
 
 from kddiag.errors import KddiagError, as_float, shown_value
 from kddiag.files import open_regular
-from kddiag.types import RunConfig, _check_temperature
+from kddiag.metrics._common import check_temperature
+from kddiag.options import RunConfig
 
 __all__ = ["MAX_CONFIG_BYTES", "load_config"]
 
@@ -285,9 +286,9 @@ def _number(value: Any, key: str, where: str) -> float:
 
 
 def _temperature(value: Any, key: str, where: str) -> float:
-    """A number within kddiag's one temperature rule (:class:`~kddiag.types.Settings`)."""
+    """A number within kddiag's one temperature rule (:class:`~kddiag.options.Settings`)."""
     value = _number(value, key, where)
-    _check_temperature(value, f"{where}: {key}")
+    check_temperature(value, f"{where}: {key}")
     return value
 
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from kddiag.errors import KddiagError, printable
 from kddiag.files import check_regular, kind_of, read_regular
-from kddiag.types import ClassInfo, Dataset, ImageOptions, check_layout, check_normalize, check_resize
+from kddiag.inputs import ClassInfo, Dataset
+from kddiag.options import ImageOptions, check_layout, check_normalize, check_resize
 
 __all__ = ["BUILTIN_DATASETS", "SPEC_KEYS", "load_dataset", "make_class_hierarchy"]
 

@@ -34,7 +34,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.live import FINDINGS_TAG, live_metrics
 from kddiag.monitor import MONITOR_DATA, Monitor, _positive_int
-from kddiag.types import Dataset, LoadedModel, TokenInputs
+from kddiag.inputs import Dataset, LoadedModel, TokenInputs
 
 try:
     import transformers
@@ -57,7 +57,7 @@ class KddiagTrainerCallback(TrainerCallback):
 
     ``teacher``: a ``transformers`` model (``…ForSequenceClassification`` or ``…ForCausalLM``), a
     ``save_pretrained`` folder (read as ``kddiag inspect`` reads it: safetensors only, no remote code), or
-    a module already taking :class:`~kddiag.types.TokenInputs`; it runs over ``data`` here, once.
+    a module already taking :class:`~kddiag.inputs.TokenInputs`; it runs over ``data`` here, once.
     ``data``: the held-out set (:func:`as_token_data`). ``trainer``: the ``transformers.Trainer`` this
     callback is added to. The other keyword arguments are :class:`~kddiag.monitor.Monitor`'s
     (``temperature``, ``alpha``, ``baseline``, ``batch_size``, ``log_to``, …). The records are in
@@ -149,7 +149,7 @@ class KddiagTrainerCallback(TrainerCallback):
 # ---------------------------------------------------------------------- the held-out set
 
 def as_token_data(data: Any) -> Dataset:
-    """The held-out set as a :class:`~kddiag.types.Dataset` of :class:`~kddiag.types.TokenInputs`.
+    """The held-out set as a :class:`~kddiag.inputs.Dataset` of :class:`~kddiag.inputs.TokenInputs`.
 
     ``data``: a ``Dataset`` read by :func:`kddiag.text.load_text_dataset`; or tokenized columns
     ``input_ids`` (n_sequences, length), optional ``attention_mask`` and ``labels`` (``label`` also read)

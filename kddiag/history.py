@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from kddiag.results import EVAL, Measured, Measurements
-from kddiag.types import Diagnosis
+from kddiag.diagnosis.findings import Diagnosis
 
 # The key measurements, each read from the monitored (eval) set: record field -> (label, where it is).
 KEY_MEASUREMENTS: dict[str, tuple[str, Callable[[Measurements], Measured]]] = {

@@ -43,7 +43,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.files import kind_of, open_regular
 from kddiag.loading._text import one_line
-from kddiag.types import ImageOptions
+from kddiag.options import ImageOptions
 
 if TYPE_CHECKING:
     import torch

@@ -27,7 +27,7 @@ import warnings
 
 from kddiag.history import KEY_MEASUREMENTS
 from kddiag.results import Measurements
-from kddiag.types import Diagnosis
+from kddiag.diagnosis.findings import Diagnosis
 
 __all__ = ["FINDINGS_TAG", "LiveMetrics", "emit", "live_metrics", "sinks_of"]
 

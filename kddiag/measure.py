@@ -2,7 +2,7 @@
 
 ``measure`` turns each data set's streaming statistics (:class:`~kddiag.accumulate.SetSummary`) into
 typed :class:`~kddiag.levels.Measurements`, one result per knowledge level, each level filled by its
-own module (:mod:`kddiag.levels`). Outputs held in memory (:class:`~kddiag.types.Collected`) are
+own module (:mod:`kddiag.levels`). Outputs held in memory (:class:`~kddiag.outputs.Collected`) are
 summarized first, in one pass. Exact statistics (means, bins, class sums) cover every example; what
 needs the examples themselves reads the fixed-seed reservoirs (see :mod:`kddiag.accumulate`). A metric
 that cannot be computed is still emitted, with value None and the reason (no baseline, no weights in
@@ -21,7 +21,10 @@ from kddiag.levels._common import Reuse, enough, not_enough
 from kddiag.metrics import universe as universe_metrics, whatif
 from kddiag.metrics._common import map_tasks
 from kddiag.summary import SetSummary
-from kddiag.types import Collected, ClassInfo, Coverage, SetOutputs, Settings
+from kddiag.inputs import ClassInfo
+from kddiag.options import Settings
+from kddiag.outputs import Collected, SetOutputs
+from kddiag.results import Coverage
 
 
 def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *, settings: Settings,
@@ -30,8 +33,8 @@ def measure(outputs: Collected | Sequence[SetOutputs] | Sequence[SetSummary], *,
 
     ``outputs``: the sets' summaries (:class:`~kddiag.accumulate.SetSummary`, from streaming
     collection; each must have been computed with ``settings``' temperature and alpha, else
-    KddiagError) or their outputs in memory (:class:`~kddiag.types.Collected`, or a sequence of
-    :class:`~kddiag.types.SetOutputs`, checked as one). Weight-based metrics are computed once (data
+    KddiagError) or their outputs in memory (:class:`~kddiag.outputs.Collected`, or a sequence of
+    :class:`~kddiag.outputs.SetOutputs`, checked as one). Weight-based metrics are computed once (data
     set "weights"); ``softness_gap`` needs both sets; the temperature what-if is measured on the
     transfer set, else on eval. ``class_info`` must match the class count.
 

@@ -27,9 +27,13 @@ import numpy as np
 from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.history import FindingSpan, MonitorRecord, finding_spans
-from kddiag.types import (EVAL, ClassInfo, Dataset, Diagnosis, InspectOptions, LoadedModel, ModelOutputs,
-                          SetOutputs, Settings, TokenInputs, _check_alpha, _check_temperature,
-                          check_class_ids)
+from kddiag.checks import check_alpha, check_class_ids
+from kddiag.diagnosis.findings import Diagnosis
+from kddiag.inputs import ClassInfo, Dataset, LoadedModel, TokenInputs
+from kddiag.metrics._common import check_temperature
+from kddiag.options import InspectOptions, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
+from kddiag.types import EVAL
 
 __all__ = ["Monitor", "as_monitor_data"]
 
@@ -44,7 +48,7 @@ class Monitor:
     ``'mlp:64-256-256-10'``). Both are run once, here, and never again.
     ``data``: the held-out set: a ``torch.utils.data.DataLoader`` yielding ``(x, y)`` batches, a
     ``TensorDataset`` of ``(x, y)``, an ``(x, y)`` pair of tensors or arrays, or a
-    :class:`kddiag.types.Dataset`; ``y`` are integer class ids (n_samples,).
+    :class:`kddiag.inputs.Dataset`; ``y`` are integer class ids (n_samples,).
     ``temperature``/``alpha``: the distillation settings; None reads them from the teacher's checkpoint,
     else guesses the defaults (τ = 4, α = 0.9). ``batch_size``: examples per forward pass.
     ``log_to``: where each call's key numbers and findings also go, live (:mod:`kddiag.live`): a
@@ -63,9 +67,9 @@ class Monitor:
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.feature_layer = feature_layer
         if temperature is not None:
-            _check_temperature(temperature, "temperature")
+            check_temperature(temperature, "temperature")
         if alpha is not None:
-            _check_alpha(alpha, "alpha")
+            check_alpha(alpha, "alpha")
         self.data = as_monitor_data(data)
         check_enough_data(self.data, "data")
         teacher_model = _as_model(teacher, "teacher", teacher_arch)
@@ -73,7 +77,7 @@ class Monitor:
         self.settings = _settings(temperature, alpha, teacher_model)
         self.class_info = class_info if class_info is not None else self.data.class_info
         if not isinstance(self.class_info, ClassInfo):
-            raise KddiagError(f"class_info must be a kddiag.types.ClassInfo; got {type(self.class_info).__name__}")
+            raise KddiagError(f"class_info must be a kddiag.inputs.ClassInfo; got {type(self.class_info).__name__}")
         self.teacher_outputs = collect_model_outputs(self.data, teacher_model, role="teacher",
                                                      batch_size=self.batch_size, feature_layer=feature_layer)
         self.n_classes = self.teacher_outputs.logits.shape[1]
@@ -245,7 +249,7 @@ def _device_of(module: Any) -> Any:
 # ---------------------------------------------------------------------- checking the inputs
 
 def as_monitor_data(data: Any) -> Dataset:
-    """The held-out set as a :class:`~kddiag.types.Dataset` with tensor inputs: from a ``DataLoader`` of
+    """The held-out set as a :class:`~kddiag.inputs.Dataset` with tensor inputs: from a ``DataLoader`` of
     ``(x, y)`` batches (read once), a ``TensorDataset`` of ``(x, y)``, an ``(x, y)`` pair of tensors or
     arrays, or a ``Dataset`` (which must hold inputs)."""
     import torch

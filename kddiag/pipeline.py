@@ -13,10 +13,9 @@ from kddiag.collect.batchnorm import first_batchnorm_fit, stored_normalization_f
 from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.results import Measurements, Report
-from kddiag.types import (
-    DEFAULT_ALPHA, DEFAULT_TEMPERATURE, EVAL, TRANSFER, ClassInfo, Dataset, InputInfo,
-    InspectOptions, LoadedModel, RunConfig, Setting, Settings, TokenInputs,
-)
+from kddiag.inputs import ClassInfo, Dataset, InputInfo, LoadedModel, TokenInputs
+from kddiag.options import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, InspectOptions, RunConfig, Setting, Settings
+from kddiag.types import EVAL, TRANSFER
 
 if TYPE_CHECKING:
     from kddiag.comparison import Comparison
@@ -211,7 +210,7 @@ def _check_options(options: Any) -> None:
     """``options`` is an InspectOptions (a dict would fail far from here, on its first attribute)."""
     if not isinstance(options, InspectOptions):
         hint = ": build one from it, InspectOptions(**options)" if isinstance(options, Mapping) else ""
-        raise KddiagError(f"options: expected a kddiag.types.InspectOptions{hint}; got {type(options).__name__}")
+        raise KddiagError(f"options: expected a kddiag.options.InspectOptions{hint}; got {type(options).__name__}")
 
 
 def _check_baseline_options(baseline: Any, options: InspectOptions) -> None:

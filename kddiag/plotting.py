@@ -19,7 +19,9 @@ import numpy as np
 
 from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample, Report,
                             UniverseOnSet, WeightStructure)
-from kddiag.types import EVAL, ROLES as MODELS, TRANSFER, ClassInfo, Settings
+from kddiag.inputs import ClassInfo
+from kddiag.options import Settings
+from kddiag.types import EVAL, ROLES as MODELS, TRANSFER
 
 MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
 SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}

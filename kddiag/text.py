@@ -1,4 +1,4 @@
-"""Text data for token-level distillation: text or token ids in, :class:`~kddiag.types.TokenInputs` out.
+"""Text data for token-level distillation: text or token ids in, :class:`~kddiag.inputs.TokenInputs` out.
 
 Formats (:func:`load_text_dataset`):
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from kddiag.errors import KddiagError, is_rust_panic, native_stderr_silenced, printable
 from kddiag.files import check_entries, check_regular, kind_of, open_regular, read_json
-from kddiag.types import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
+from kddiag.inputs import IGNORE_INDEX, ClassInfo, Dataset, TokenInputs
 
 __all__ = ["TASKS", "TEXT_FORMATS", "load_text_dataset", "next_token_targets"]
 

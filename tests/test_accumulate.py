@@ -7,7 +7,10 @@ from kddiag.accumulate import SetAccumulator, kept_classes, summarize
 from kddiag.errors import KddiagError
 from kddiag.measure import measure
 from kddiag.reservoir import Reservoir, priority
-from kddiag.types import EVAL, TRANSFER, Batch, ClassInfo, ModelOutputs, SetOutputs, Setting, Settings
+from kddiag.inputs import ClassInfo
+from kddiag.options import Setting, Settings
+from kddiag.outputs import Batch, ModelOutputs, SetOutputs
+from kddiag.types import EVAL, TRANSFER
 
 SETTINGS = Settings(temperature=Setting(3.0, "cli"), alpha=Setting(0.8, "cli"))
 GROUPS = (0, 0, 1, 1, 2, 2)

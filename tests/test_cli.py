@@ -434,7 +434,7 @@ def test_arch_with_arguments_and_baseline_arch_from_the_student(tmp_path, bare, 
 
 def test_baseline_arch_default_through_the_python_api(tmp_path, bare, demo_modules):
     from kddiag.errors import KddiagError
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     options = InspectOptions(student_arch=f"{tmp_path}/models.py:DigitsNet(8)")
     report = kddiag.inspect(str(TEACHER), str(bare["student"]), baseline=str(bare["baseline"]),

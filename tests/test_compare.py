@@ -17,7 +17,7 @@ from kddiag.report.comparison import comparison_to_dict, render_comparison_html,
 from kddiag.report.json import report_to_dict
 from kddiag.levels._common import NO_BASELINE
 from kddiag.results import measured, unavailable
-from kddiag.types import InspectOptions
+from kddiag.options import InspectOptions
 
 DATA = dict(data="digits:test", transfer_data="digits:train")
 DIGITS = ["--data", "digits:test", "--transfer-data", "digits:train"]

@@ -13,7 +13,8 @@ from kddiag.errors import KddiagError
 from kddiag.pipeline import compare, inspect, settings_of
 from kddiag.report.html import render_html
 from kddiag.report.text import render_text
-from kddiag.types import InspectOptions, LoadedModel, RunConfig
+from kddiag.inputs import LoadedModel
+from kddiag.options import InspectOptions, RunConfig
 
 # torchdistill >= 1.0, shaped as its configs/sample/*/kd/*.yaml: custom tags, anchors, KDLoss in a WeightedSumLoss
 TORCHDISTILL = """\

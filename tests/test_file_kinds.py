@@ -20,7 +20,7 @@ from kddiag.errors import KddiagError
 from kddiag.files import check_entries, kind_of, open_regular
 from kddiag.images import MAX_RESIZE_PIXELS, images_from_array
 from kddiag.text import MAX_LINE_CHARS, load_text_dataset
-from kddiag.types import ImageOptions
+from kddiag.options import ImageOptions
 from small_models import deadline
 
 RNG = np.random.default_rng(0)

@@ -305,7 +305,7 @@ def test_the_flag_reaches_every_tokenizer_an_inspection_reads(copy_of, tmp_path,
     """--trust-remote-code given to the model is given to its tokenizer too: the text data, the
     vocabulary check between teacher and student and the report's decoded examples."""
     import kddiag
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     directory = copy_of("gpt2")
     seen = []

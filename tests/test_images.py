@@ -9,7 +9,7 @@ from PIL import Image
 
 from kddiag.data import load_dataset
 from kddiag.errors import KddiagError
-from kddiag.types import ImageOptions
+from kddiag.options import ImageOptions
 
 RNG = np.random.default_rng(0)
 
@@ -435,7 +435,7 @@ def test_cli_inspect_on_an_image_folder(image_run, tmp_path):
 
 def test_python_inspect_with_a_spec_and_image_options(image_run, tmp_path):
     import kddiag
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     path = spec(tmp_path, {"path": str(image_run / "images"), "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}})
     options = InspectOptions(images=ImageOptions(resize=(8, 8)))  # for both sets; the spec's normalize for eval only

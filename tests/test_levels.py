@@ -7,7 +7,10 @@ from kddiag.accumulate import summarize
 from kddiag.levels import COLUMNS, LEVELS, Block, Column, headlines, outcome
 from kddiag.measure import measure
 from kddiag.metrics._common import softmax_stats
-from kddiag.types import EVAL, ROLES, ClassInfo, ModelOutputs, SetOutputs, Setting, Settings
+from kddiag.inputs import ClassInfo
+from kddiag.options import Setting, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
+from kddiag.types import EVAL, ROLES
 
 SETTINGS = Settings(temperature=Setting(2.0, "cli"), alpha=Setting(0.7, "cli"))
 

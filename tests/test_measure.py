@@ -13,7 +13,10 @@ from kddiag.measure import measure
 from kddiag.metrics import domain, fidelity, instance, universe, whatif
 from kddiag.report import json as report_json
 from kddiag.results import Measurements
-from kddiag.types import EVAL, SECTIONS, TRANSFER, ClassInfo, ModelOutputs, SetOutputs, Setting, Settings
+from kddiag.inputs import ClassInfo
+from kddiag.options import Setting, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
+from kddiag.types import EVAL, SECTIONS, TRANSFER
 
 N_CLASSES = 6
 GROUPS = (0, 0, 1, 1, 2, 2)
@@ -307,7 +310,9 @@ def test_reused_teacher_only_parts_give_the_measurements_computed_afresh():
     from dataclasses import replace as replaced
 
     from kddiag.report.json import _jsonable
-    from kddiag.types import ClassInfo, ModelOutputs, Setting, Settings
+    from kddiag.inputs import ClassInfo
+    from kddiag.options import Setting, Settings
+    from kddiag.outputs import ModelOutputs
     from test_accumulate import make_set
 
     settings = Settings(temperature=Setting(3.0, "cli"), alpha=Setting(0.8, "cli"))

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kddiag.errors import KddiagError
 from kddiag.history import FindingMark, MonitorRecord, finding_spans
-from kddiag.types import Dataset
+from kddiag.inputs import Dataset
 
 from small_models import distillation_module, C, D, N, fit, make_mlp, monitor_of, data, teacher  # noqa: F401 (data, teacher: fixtures)
 

@@ -18,7 +18,7 @@ import kddiag
 from kddiag.cli import DEMO_BASELINE, DEMO_STUDENT, DEMO_TEACHER, main
 from kddiag.errors import KddiagError
 from kddiag.report.json import check_writable, write_atomic, write_report_files
-from kddiag.types import InspectOptions
+from kddiag.options import InspectOptions
 
 ROOT = Path(__file__).parents[1]
 TEACHER, STUDENT, BASELINE = str(DEMO_TEACHER), str(DEMO_STUDENT), str(DEMO_BASELINE)
@@ -68,7 +68,7 @@ def _image_folder(root: Path) -> Path:
 
 def test_layout_for_an_image_folder_is_refused_from_the_option_and_from_a_spec(tmp_path):
     from kddiag.data import load_dataset
-    from kddiag.types import ImageOptions
+    from kddiag.options import ImageOptions
 
     folder = _image_folder(tmp_path / "images")
     with pytest.raises(KddiagError, match=r"^--data '.*images': --layout is the axis order of 4-D image arrays.*"
@@ -426,10 +426,10 @@ def test_a_failing_rank_prints_one_line_and_no_traceback(tmp_path):
 # --- the Python API -------------------------------------------------------------------------------------------
 
 def test_wrong_argument_types_name_the_parameter():
-    with pytest.raises(KddiagError, match=r"^options: expected a kddiag.types.InspectOptions: build one from it, "
+    with pytest.raises(KddiagError, match=r"^options: expected a kddiag.options.InspectOptions: build one from it, "
                                           r"InspectOptions\(\*\*options\); got dict"):
         kddiag.inspect(TEACHER, STUDENT, data="digits:test", options={"temperature": 4.0})
-    with pytest.raises(KddiagError, match=r"^options: expected a kddiag.types.InspectOptions; got str"):
+    with pytest.raises(KddiagError, match=r"^options: expected a kddiag.options.InspectOptions; got str"):
         kddiag.compare(TEACHER, [STUDENT, BASELINE], data="digits:test", options="fast")
     with pytest.raises(KddiagError, match=r"^temperatures: expected a list of numbers, one per student; got float"):
         kddiag.compare(TEACHER, [STUDENT, BASELINE], data="digits:test", temperatures=4.0)

@@ -20,7 +20,7 @@ from kddiag.metrics.whatif import InformativeBand  # noqa: E402
 from kddiag.results import (ClassStructure, DomainOnSet, DomainResult, InstanceOnSet, InstanceResult,  # noqa: E402
                             Measurements, PerExample, ReliabilityCalibration, UniverseOnSet, UniverseResult,
                             measured, unavailable)
-from kddiag.types import EVAL, TRANSFER  # noqa: E402
+from kddiag.types import EVAL, TRANSFER
 
 
 AXES_PLOTS = (plotting.plot_accuracy, plotting.plot_reliability, plotting.plot_target_confidence,
@@ -374,7 +374,9 @@ def test_student_panel_uses_iqr_fences_when_even_the_percentiles_explode():
 
 def test_many_classes_show_the_most_related_ones_and_say_so():
     from kddiag.measure import measure
-    from kddiag.types import ClassInfo, ModelOutputs, SetOutputs, Settings
+    from kddiag.inputs import ClassInfo
+    from kddiag.options import Settings
+    from kddiag.outputs import ModelOutputs, SetOutputs
 
     rng = np.random.default_rng(0)
     n, n_classes = 600, 60

@@ -7,7 +7,8 @@ from kddiag.errors import KddiagError
 from kddiag.metrics.whatif import TEMPERATURES
 from kddiag.models import MLP
 from kddiag.probe import Candidate, candidates_for, compare_arms, fresh_state, run_probes
-from kddiag.types import Dataset, LoadedModel, ProbeOptions, Setting, Settings
+from kddiag.inputs import Dataset, LoadedModel
+from kddiag.options import ProbeOptions, Setting, Settings
 
 
 def _settings(tau=4.0, alpha=0.9):

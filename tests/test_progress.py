@@ -14,7 +14,8 @@ from kddiag.metrics.whatif import TEMPERATURES
 from kddiag.models import MLP
 from kddiag.probe import candidates_for, run_probes
 from kddiag.progress import Progress, check_progress, resolve_progress
-from kddiag.types import Dataset, InspectOptions, LoadedModel, ProbeOptions, Setting, Settings
+from kddiag.inputs import Dataset, LoadedModel
+from kddiag.options import InspectOptions, ProbeOptions, Setting, Settings
 
 EVAL_ONLY = ["inspect", str(DEMO_TEACHER), str(DEMO_STUDENT), "--data", "digits:test", "--batch-size", "100"]
 

@@ -157,13 +157,13 @@ def test_denormal_temperature_is_refused(tmp_path, teacher, source):
 
 def test_temperature_floor_and_ceiling():
     from kddiag.errors import KddiagError
-    from kddiag.types import MIN_TEMPERATURE, _check_temperature
+    from kddiag.metrics._common import MIN_TEMPERATURE, check_temperature
 
-    _check_temperature(MIN_TEMPERATURE, "t")
-    _check_temperature(0.04, "t")  # DINO's sharpest teacher temperature
+    check_temperature(MIN_TEMPERATURE, "t")
+    check_temperature(0.04, "t")  # DINO's sharpest teacher temperature
     for value in (5e-324, 1e-320, MIN_TEMPERATURE / 2):
         with pytest.raises(KddiagError, match=r"^t must be at least 0\.001"):
-            _check_temperature(value, "t")
+            check_temperature(value, "t")
 
 
 # --- Hugging Face directories -------------------------------------------------------------------------

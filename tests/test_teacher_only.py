@@ -16,7 +16,8 @@ from kddiag.diagnosis.ids import HEALTHY, TEACHER_OVERCONFIDENT, TEACHER_READY
 from kddiag.levels._common import NO_STUDENT
 from kddiag.measure import measure
 from kddiag.report.text import headline_table, render_text
-from kddiag.types import ClassInfo, Setting, Settings
+from kddiag.inputs import ClassInfo
+from kddiag.options import Setting, Settings
 
 from test_accumulate import make_set
 

@@ -12,7 +12,7 @@ import torch
 
 from kddiag.errors import KddiagError
 from kddiag.text import load_text_dataset, next_token_targets
-from kddiag.types import IGNORE_INDEX, TokenInputs
+from kddiag.inputs import IGNORE_INDEX, TokenInputs
 
 WORDS = "the cat sat on mat a dog ran far away".split()
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
@@ -440,7 +440,7 @@ def test_a_tokenizer_that_panics_while_decoding_the_reports_examples_leaves_them
     import torch
 
     import kddiag.text as text
-    from kddiag.types import IGNORE_INDEX, Dataset, TokenInputs
+    from kddiag.inputs import IGNORE_INDEX, Dataset, TokenInputs
 
     class PanicException(BaseException):  # the name PyO3 gives a Rust panic
         pass

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from kddiag.errors import KddiagError
-from kddiag.types import (EVAL, TRANSFER, ClassInfo, Collected, Dataset, InspectOptions, ModelOutputs,
-                          SetOutputs, Setting, Settings)
+from kddiag.inputs import ClassInfo, Dataset
+from kddiag.options import InspectOptions, Setting, Settings
+from kddiag.outputs import Collected, ModelOutputs, SetOutputs
+from kddiag.types import EVAL, TRANSFER
 
 N, C = 6, 3
 LABELS = np.arange(N) % C

@@ -21,7 +21,9 @@ from kddiag.accumulate import SetAccumulator, chunk_rows, kept_classes, row_samp
 from kddiag.collect.stored import release, stored_logits
 from kddiag.errors import KddiagError
 from kddiag.progress import Progress
-from kddiag.types import EVAL, ROLES, TRANSFER, Batch, Dataset, LoadedModel, ModelOutputs, SetOutputs, TokenInputs
+from kddiag.inputs import Dataset, LoadedModel, TokenInputs
+from kddiag.outputs import Batch, ModelOutputs, SetOutputs
+from kddiag.types import EVAL, ROLES, TRANSFER
 
 if TYPE_CHECKING:
     from kddiag.collect._runner import Runner
@@ -90,11 +92,11 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
     """Logits, penultimate features and logit-layer weights of every model on ``dataset``, in memory.
 
     ``set_name`` is 'eval' or 'transfer' (it also picks the stored logits in logits mode);
-    ``batch_size`` >= 1 (:class:`~kddiag.types.InspectOptions` checks it); ``device`` None means CUDA
+    ``batch_size`` >= 1 (:class:`~kddiag.options.InspectOptions` checks it); ``device`` None means CUDA
     when available, else CPU; ``progress``: how batches are shown on stderr, a mode of
     :data:`kddiag.progress.MODES` (True: 'auto', False: 'none'). Features are kept for the rows
     the measurements read (:func:`~kddiag.accumulate.row_sample`). The returned
-    :class:`~kddiag.types.SetOutputs` checks the outputs' shapes, finiteness and the labels.
+    :class:`~kddiag.outputs.SetOutputs` checks the outputs' shapes, finiteness and the labels.
 
     >>> outputs = collect_outputs(load_dataset("digits"), teacher=t, student=s, set_name="eval")
     >>> outputs.teacher.logits.shape
@@ -132,7 +134,7 @@ def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | No
             set_name: str, rows: range | None = None, batch_size: int = 512, device: str | None = None,
             feature_layer: str | None = None,
             progress: bool | str = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
-    """One :class:`~kddiag.types.Batch` of every model's outputs per ``batch_size`` examples of ``rows``
+    """One :class:`~kddiag.outputs.Batch` of every model's outputs per ``batch_size`` examples of ``rows``
     (default: all), with the runners (their ``weight``), each model in ``eval()`` under ``torch.inference_mode()``."""
     models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
               if model is not None}

@@ -8,7 +8,7 @@ import torch
 
 from kddiag.errors import KddiagError
 from kddiag.loading import logits_of
-from kddiag.types import LoadedModel, TokenInputs, n_examples_of
+from kddiag.inputs import LoadedModel, TokenInputs, n_examples_of
 
 
 class Runner:

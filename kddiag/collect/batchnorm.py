@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kddiag.metrics.inputs import batchnorm_mismatch
-from kddiag.types import BatchNormFit, LoadedModel, NormalizationFit
+from kddiag.inputs import BatchNormFit, LoadedModel, NormalizationFit
 
 MAX_EXAMPLES = 2048  # the channel means and variances settle long before (a few hundred examples)
 SAMPLE_SEED = 0

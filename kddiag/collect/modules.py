@@ -11,7 +11,7 @@ import torch
 
 from kddiag.collect._runner import Runner, weight_array
 from kddiag.errors import KddiagError
-from kddiag.types import LoadedModel, n_examples_of
+from kddiag.inputs import LoadedModel, n_examples_of
 
 
 class HookRunner(Runner):

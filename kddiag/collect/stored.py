@@ -6,13 +6,15 @@ import mmap
 import numpy as np
 
 from kddiag.errors import KddiagError
-from kddiag.types import EVAL, LoadedModel, ModelOutputs
+from kddiag.inputs import LoadedModel
+from kddiag.outputs import ModelOutputs
+from kddiag.types import EVAL
 
 
 def stored_logits(role: str, model: LoadedModel, set_name: str, labels: np.ndarray, data_name: str) -> np.ndarray:
     """The logits a logits-mode model holds for ``set_name``, as stored (a memory-mapped ``.npy`` stays
     on disk): one row per example of the data; labels stored beside them must match the data's.
-    Values are checked batch by batch when read (:class:`~kddiag.types.Batch`)."""
+    Values are checked batch by batch when read (:class:`~kddiag.outputs.Batch`)."""
     where = f"{role} logits '{model.source}'"
     logits = (model.logits or {}).get(set_name)
     if logits is None:
@@ -34,7 +36,7 @@ def stored_logits(role: str, model: LoadedModel, set_name: str, labels: np.ndarr
 
 
 def stored_outputs(role: str, model: LoadedModel, set_name: str, labels: np.ndarray, data_name: str) -> ModelOutputs:
-    """The stored logits as :class:`~kddiag.types.ModelOutputs` (read whole, checked)."""
+    """The stored logits as :class:`~kddiag.outputs.ModelOutputs` (read whole, checked)."""
     return ModelOutputs(logits=np.asarray(stored_logits(role, model, set_name, labels, data_name)), role=role,
                         source=model.source)
 

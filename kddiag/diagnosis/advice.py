@@ -14,7 +14,9 @@ from kddiag.diagnosis.reading import grade, severity
 from kddiag.diagnosis.thresholds import CAPACITY_ACCURACY_GAP_MIN
 from kddiag.diagnosis.track_record import track_record_sentence
 from kddiag.probe import PLATEAU_GAIN_MAX, Arm, ProbeResult
-from kddiag.types import OUTCOME, Diagnosis, Evidence, Finding, Remedy, Settings
+from kddiag.diagnosis.findings import Diagnosis, Evidence, Finding, Remedy
+from kddiag.options import Settings
+from kddiag.types import OUTCOME
 
 FULL_CHANGE = 0.03  # a probe change of 3 points grades a better setting fully
 

@@ -18,7 +18,10 @@ from kddiag.diagnosis.thresholds import (CAPACITY_AGREEMENT_MAX, KD_GAIN_MIN, KD
                                          OVERCONFIDENT_SATURATION_MIN, OVERCONFIDENT_SMOOTHING_MAX,
                                          STRUCTURE_SCORE_MIN, TEACHER_TRANSFER_ERROR_MAX)
 from kddiag.results import TRANSFER, Measured, Measurements
-from kddiag.types import DOMAIN, INSTANCE, OUTCOME, UNIVERSE, Diagnosis, Evidence, Finding, InputInfo, Settings
+from kddiag.diagnosis.findings import Diagnosis, Evidence, Finding
+from kddiag.inputs import InputInfo
+from kddiag.options import Settings
+from kddiag.types import DOMAIN, INSTANCE, OUTCOME, UNIVERSE
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from typing import Any, Callable
 
 from kddiag.diagnosis.thresholds import SEVERITY_MAX, SEVERITY_MIN, SUPPORT_WEIGHT
 from kddiag.results import EVAL, TRANSFER, Measured
-from kddiag.types import Evidence, InputInfo, Settings
+from kddiag.diagnosis.findings import Evidence
+from kddiag.inputs import InputInfo
+from kddiag.options import Settings
 
 TRANSFER_FIRST = (TRANSFER, EVAL)
 EVAL_FIRST = (EVAL, TRANSFER)

@@ -16,7 +16,8 @@ from kddiag.diagnosis.reading import (EVAL_FIRST, Clear, Context, Decision, Fire
                                       evidence, fallback_notes, first, grade, missing, rounded, severity)
 from kddiag.metrics.whatif import RANGE, WhatIf
 from kddiag.results import EVAL, TRANSFER, WEIGHTS, Measured, Measurements
-from kddiag.types import Evidence, InputInfo
+from kddiag.diagnosis.findings import Evidence
+from kddiag.inputs import InputInfo
 
 
 # ---------------------------------------------------------------- shared readings

@@ -11,7 +11,7 @@ from kddiag.diagnosis import rules as r
 from kddiag.diagnosis.reading import Context
 from kddiag.diagnosis.thresholds import (DATA_BATCHNORM_MEAN_SHIFT_MIN, DATA_BATCHNORM_VARIANCE_RATIO_MIN,
                                          DATA_SHIFT_ACCURACY_DROP_MIN)
-from kddiag.types import Remedy
+from kddiag.diagnosis.findings import Remedy
 
 _MAX_LISTED_MOVES = 20
 

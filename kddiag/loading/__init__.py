@@ -44,7 +44,7 @@ from kddiag.loading import state_dicts as _state_dicts
 from kddiag.loading import unpickling as _unpickling
 from kddiag.loading._text import first, one_line
 from kddiag.loading.metadata import METADATA_FILE, checkpoint_settings, normalization_beside
-from kddiag.types import ClassInfo, LoadedModel
+from kddiag.inputs import ClassInfo, LoadedModel
 
 __all__ = ["load_model", "load_class_info", "logits_of", "METADATA_FILE"]
 
@@ -59,7 +59,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # 'gpt2', 'or
 def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False,
                trust_program: bool = False, role: str = "teacher", ema: bool = False,
                trust_remote_code: bool = False) -> LoadedModel:
-    """Load a checkpoint or a logits file as a :class:`~kddiag.types.LoadedModel`.
+    """Load a checkpoint or a logits file as a :class:`~kddiag.inputs.LoadedModel`.
 
     ``arch`` builds the model a state dict belongs to (:mod:`.archs`): a built-in name,
     ``'module:callable'``, ``'module:Class(28, hidden=64)'`` (literal arguments only) or

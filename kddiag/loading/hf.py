@@ -12,7 +12,7 @@ headers (:func:`check_config_sizes`) and the model's bytes, built on the meta de
 bytes (:func:`check_model_bytes`) before the model is built, and regular expressions in tokenizer files are
 checked before the tokenizers library compiles them (:func:`vet_tokenizer_files`).
 
-The model is wrapped in an adapter taking :class:`~kddiag.types.TokenInputs`, so that kddiag's
+The model is wrapped in an adapter taking :class:`~kddiag.inputs.TokenInputs`, so that kddiag's
 feature hook (:mod:`kddiag.collect.modules`: the last ``nn.Linear`` called whose ``out_features`` is
 the class count) finds the classification head or the LM head, called on one row per example.
 ``transformers`` is imported here, lazily: it is an optional extra (``pip install -e '.[transformers]' in the kddiag checkout``).
@@ -36,7 +36,8 @@ from torch import nn
 from kddiag.errors import KddiagError, UnsafeLoadError, as_float, shown_value
 from kddiag.files import check_entries, open_regular, read_json
 from kddiag.loading._text import first, one_line
-from kddiag.types import IGNORE_INDEX, MAX_CLASSES, LoadedModel, TokenInputs
+from kddiag.inputs import IGNORE_INDEX, LoadedModel, TokenInputs
+from kddiag.types import MAX_CLASSES
 
 __all__ = ["load_hf_model", "vet_hf_directory", "check_config_sizes", "SequenceClassifierAdapter",
            "CausalLMAdapter", "CAUSAL_LM", "SEQUENCE_CLASSIFIER"]
@@ -109,7 +110,7 @@ _ROTARY_TYPES = frozenset({"rotary", "rope", "alibi"})  # values of position_emb
 
 def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = False,
                   trust_pickle: bool = False) -> LoadedModel:
-    """Load a local ``save_pretrained`` directory as a :class:`~kddiag.types.LoadedModel`, float32 on the CPU.
+    """Load a local ``save_pretrained`` directory as a :class:`~kddiag.inputs.LoadedModel`, float32 on the CPU.
 
     ``format`` is ``'hf-causal-lm'`` or ``'hf-sequence-classifier'``; ``module`` is a
     :class:`CausalLMAdapter` or :class:`SequenceClassifierAdapter`, in eval mode. ``metadata`` holds
@@ -186,7 +187,7 @@ def load_hf_model(path: str | Path, *, role: str, trust_remote_code: bool = Fals
 
 
 class SequenceClassifierAdapter(nn.Module):
-    """A ``*ForSequenceClassification`` model on :class:`~kddiag.types.TokenInputs`: logits (n_sequences, n_labels).
+    """A ``*ForSequenceClassification`` model on :class:`~kddiag.inputs.TokenInputs`: logits (n_sequences, n_labels).
 
     The classification head (BERT's ``classifier``) is the last ``nn.Linear`` called, on (n, hidden),
     so its input is what kddiag captures as features. Decoder classifiers (GPT-2's or Llama's ``score``)
@@ -203,7 +204,7 @@ class SequenceClassifierAdapter(nn.Module):
 
 
 class CausalLMAdapter(nn.Module):
-    """A ``*ForCausalLM`` model on :class:`~kddiag.types.TokenInputs`: logits (n_targets, vocab_size) at the
+    """A ``*ForCausalLM`` model on :class:`~kddiag.inputs.TokenInputs`: logits (n_targets, vocab_size) at the
     target positions (``targets != -100``), sequence by sequence, position by position.
 
     Computed as ``lm_head(hidden[targets != -100])``, ``hidden`` being the backbone's last hidden state

@@ -3,7 +3,7 @@
 Keys: ``logits``/``eval``/``eval_logits`` for the eval set, ``transfer``/``transfer_logits`` for the
 transfer set; labels beside them under ``labels``/``y``/``eval_labels``/``transfer_labels``. A ``.npz``
 may hold top-k logits instead (:mod:`.topk`). The
-logits are kept as stored: :class:`~kddiag.types.ModelOutputs` checks their shape and values.
+logits are kept as stored: :class:`~kddiag.outputs.ModelOutputs` checks their shape and values.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
 from kddiag.loading.topk import KEYS, topk_sets
-from kddiag.types import EVAL, MAX_CLASSES, TRANSFER, LoadedModel, check_class_ids
+from kddiag.checks import check_class_ids
+from kddiag.inputs import LoadedModel
+from kddiag.types import EVAL, MAX_CLASSES, TRANSFER
 
 # logits-file keys: which set each names
 _LOGITS_KEYS = {"logits": EVAL, "eval": EVAL, "eval_logits": EVAL, "transfer": TRANSFER, "transfer_logits": TRANSFER}
@@ -123,7 +125,7 @@ def _load_logits_dict(path: Path, content: Mapping, where: str) -> LoadedModel:
 
 
 def _logits_model(path: Path, logits: dict, labels: dict, where: str) -> LoadedModel:
-    """Logits as stored; :class:`~kddiag.types.ModelOutputs` checks their shape and values when collected.
+    """Logits as stored; :class:`~kddiag.outputs.ModelOutputs` checks their shape and values when collected.
     Integer or boolean arrays are refused: logits are real-valued scores, and whole numbers stored as logits
     are more likely class ids, votes or counts than a model's outputs."""
     for set_name, array in logits.items():

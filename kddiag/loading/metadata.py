@@ -8,7 +8,7 @@ their own names are read by their own rules (:func:`checkpoint_settings`): timm'
 (``kd_T``, ``alpha``/``gamma``); torchdistill and mdistiller keep them in YAML configs, not in the
 checkpoint. torch.export and TorchScript archives (and safetensors headers) may carry settings as a
 ``kddiag.json`` extra file: ``{"temperature": 4, "alpha": 0.9}``. Values are returned as found;
-:class:`~kddiag.types.Settings` checks them.
+:class:`~kddiag.options.Settings` checks them.
 
 The input normalization a model was trained with, where a checkpoint stores it (:func:`normalization_in`:
 ``mean``/``std`` and the names timm, Hugging Face image processors and data modules use, at the top level

@@ -20,7 +20,7 @@ from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading import vetting
 from kddiag.loading._text import one_line
 from kddiag.loading.metadata import METADATA_FILE, metadata_file
-from kddiag.types import LoadedModel
+from kddiag.inputs import LoadedModel
 
 
 def load_export(path: Path, where: str, *, trust_program: bool = False) -> LoadedModel:

@@ -28,7 +28,7 @@ from kddiag.errors import KddiagError
 from kddiag.loading._text import first, one_line
 from kddiag.loading.archs import build_arch, clip_spec, stored_arch_source, stored_builtin_arch
 from kddiag.loading.metadata import header_settings
-from kddiag.types import LoadedModel
+from kddiag.inputs import LoadedModel
 
 # where training frameworks keep the weights, and which prefixes they add to names
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "student", "teacher", "net", "network",

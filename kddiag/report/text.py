@@ -18,7 +18,9 @@ from kddiag.diagnosis.wording import kd_helped_title
 from kddiag.levels import Measurements, headlines
 from kddiag.levels.instance import W_SHOWN_MAX
 from kddiag.results import NOT_MEASURED, Measured, Report
-from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS, Finding, Remedy, Settings
+from kddiag.diagnosis.findings import Finding, Remedy
+from kddiag.options import Settings
+from kddiag.types import LEVEL_TITLES, ROLES as MODELS, SECTIONS
 
 WIDTH = 100
 ADVICE_LINES = 2  # a finding's advice in the summary, at most (the HTML report and report.json hold it whole)

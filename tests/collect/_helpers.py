@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kddiag.types import Dataset, LoadedModel
+from kddiag.inputs import Dataset, LoadedModel
 
 N, D, C = 50, 8, 3
 

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from kddiag.collect.batchnorm import first_batchnorm_fit
-from kddiag.types import LoadedModel
+from kddiag.inputs import LoadedModel
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_inspect_catches_inputs_left_raw_where_the_teacher_stores_its_normalizat
     keep the (mean, std) it was trained with; the raw digits (values 0-16) are called data-pipeline-suspect
     first, naming --normalize; the same digits normalized are not."""
     import kddiag
-    from kddiag.types import InspectOptions
+    from kddiag.options import InspectOptions
 
     x, y = load_digits(return_X_y=True)
     mean, std = float(x.mean()), float(x.std())

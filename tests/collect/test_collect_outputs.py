@@ -6,7 +6,8 @@ from torch import nn
 
 from kddiag.collect import collect_outputs
 from kddiag.errors import KddiagError
-from kddiag.types import EVAL, TRANSFER, Dataset
+from kddiag.inputs import Dataset
+from kddiag.types import EVAL, TRANSFER
 
 from ._helpers import C, D, N, make_data, in_memory, manual, mlp
 

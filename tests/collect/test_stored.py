@@ -4,7 +4,8 @@ import pytest
 
 from kddiag.collect import collect_outputs
 from kddiag.errors import KddiagError
-from kddiag.types import EVAL, TRANSFER, Dataset, LoadedModel
+from kddiag.inputs import Dataset, LoadedModel
+from kddiag.types import EVAL, TRANSFER
 
 from ._helpers import C, N, make_data, in_memory, manual, mlp
 

@@ -10,8 +10,9 @@ from kddiag.accumulate import summarize
 from kddiag.collect import collect_summary, model_batches
 from kddiag.measure import measure
 from kddiag.report.json import _jsonable
-from kddiag.types import (IGNORE_INDEX, ClassInfo, Dataset, LoadedModel, ModelOutputs, SetOutputs, Setting,
-                          Settings, TokenInputs)
+from kddiag.inputs import IGNORE_INDEX, ClassInfo, Dataset, LoadedModel, TokenInputs
+from kddiag.options import Setting, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
 
 VOCAB, LENGTH = 40, 12
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from kddiag.pipeline import inspect
-from kddiag.types import InspectOptions
+from kddiag.options import InspectOptions
 
 
 def test_topk_teacher_gives_the_exact_measurements_of_its_full_logits(tmp_path):

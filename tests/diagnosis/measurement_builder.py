@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from kddiag.results import Measurements
-from kddiag.types import EVAL, TRANSFER, Setting, Settings
+from kddiag.options import Setting, Settings
+from kddiag.types import EVAL, TRANSFER
 
 N_CLASSES = 10
 WEIGHTS = "weights"

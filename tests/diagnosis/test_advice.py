@@ -7,7 +7,9 @@ from kddiag.diagnosis import ids
 from kddiag.diagnosis.advice import settle_advice
 from kddiag.diagnosis.track_record import IN_FAMILY, TRACK_RECORD, track_record_sentence
 from kddiag.probe import Arm, Candidate, ProbeDesign, ProbeResult
-from kddiag.types import OUTCOME, UNIVERSE, Diagnosis, Finding, Remedy, Setting, Settings
+from kddiag.diagnosis.findings import Diagnosis, Finding, Remedy
+from kddiag.options import Setting, Settings
+from kddiag.types import OUTCOME, UNIVERSE
 
 SETTINGS = Settings(Setting(4.0, "cli"), Setting(0.9, "cli"))
 DESIGN = ProbeDesign("initialization", 200, 64, 2, 1e-3, "short check", 1000, 500, 12.8, 3.0, "cpu")
@@ -103,7 +105,7 @@ def test_the_advised_remedy_is_the_probes_best_else_the_first_in_rank_order():
 def test_capacity_gap_is_confirmed_or_withdrawn_by_the_probes_control():
     """A fresh student of the same size trained to a plateau at the same settings: about as accurate as the
     user's student confirms the size limits it; clearly more accurate says the training does."""
-    from kddiag.types import Evidence
+    from kddiag.diagnosis.findings import Evidence
 
     def capacity(student_accuracy):
         evidence = (Evidence("outcome.agreement_where_teacher_correct", 0.7, 0.85, "transfer", "<"),

@@ -10,8 +10,11 @@ from kddiag.diagnosis.ids import FINDING_IDS
 from kddiag.errors import KddiagError
 from kddiag.measure import measure
 from kddiag.metrics.whatif import RANGE
-from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Finding, ModelOutputs, SetOutputs, Setting,
-                          Settings)
+from kddiag.diagnosis.findings import Diagnosis, Finding
+from kddiag.inputs import ClassInfo
+from kddiag.options import Setting, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
+from kddiag.types import EVAL, TRANSFER
 from measurement_builder import N_CLASSES, build
 
 SETTINGS = Settings(temperature=Setting(4.0, "cli"), alpha=Setting(0.9, "cli"))

@@ -10,7 +10,10 @@ from kddiag.diagnosis import engine as engine_module
 from kddiag.diagnosis.engine import RULES
 from kddiag.diagnosis.reading import Clear, Context, Fired
 from kddiag.results import Measurements
-from kddiag.types import EVAL, SECTIONS, TRANSFER, InputInfo, Remedy, Settings
+from kddiag.diagnosis.findings import Remedy
+from kddiag.inputs import InputInfo
+from kddiag.options import Settings
+from kddiag.types import EVAL, SECTIONS, TRANSFER
 from measurement_builder import N_CLASSES, SETTINGS, WEIGHTS, build, numbers_in, settings, whatif
 
 RULE_IDS = {rule.id for rule in RULES}
@@ -707,7 +710,7 @@ def test_the_teachers_first_batchnorm_layer_far_off_its_running_statistics_point
     """Issue 19's x/255 bug on both sets: nothing differs between the sets, but the teacher's first
     BatchNorm layer sees 0.15× the variance it kept in training; the rule fires on that alone, even with
     the teacher near chance on both sets (never 'works where it was trained'), and says which layer."""
-    from kddiag.types import BatchNormFit
+    from kddiag.inputs import BatchNormFit
 
     def info(role, ratio, shift=0.1):
         return InputInfo(role, f"{role}.pt", "pt", teacher_batchnorm=BatchNormFit("features.1", 2000, shift, ratio))
@@ -754,7 +757,7 @@ def test_inputs_far_from_the_normalization_the_teacher_stores_point_at_the_input
     """Inputs left raw where the teacher stores its normalization (MNIST: std 0.3081, variance 0.095× the
     normalized one): the rule fires on that alone and says the inputs look like they were never normalized;
     inputs normalized right (variance ≈ 1) or of another domain stay clear."""
-    from kddiag.types import NormalizationFit
+    from kddiag.inputs import NormalizationFit
 
     def info(role, ratio, shift, raw_ratio, raw_shift):
         fit = NormalizationFit((0.1307,), (0.3081,), 1000, shift, ratio, raw_shift, raw_ratio)

@@ -20,7 +20,7 @@ from kddiag.collect import _runner_for  # noqa: E402
 from kddiag.errors import KddiagError, UnsafeLoadError  # noqa: E402
 from kddiag.loading import load_model  # noqa: E402
 from kddiag.loading.hf import CausalLMAdapter, _check_causal_lm, load_hf_model  # noqa: E402
-from kddiag.types import IGNORE_INDEX, TokenInputs  # noqa: E402
+from kddiag.inputs import IGNORE_INDEX, TokenInputs
 
 ROOT = Path(__file__).resolve().parents[2]  # subprocesses import this checkout's kddiag
 VOCAB, HIDDEN, N_LABELS = 64, 16, 3

@@ -8,7 +8,7 @@ import torch
 
 from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading import load_class_info, load_model, logits_of
-from kddiag.types import ClassInfo
+from kddiag.inputs import ClassInfo
 
 from ._helpers import same_weights
 

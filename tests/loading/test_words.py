@@ -20,7 +20,7 @@ from kddiag.data import load_dataset
 from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading import load_model
 from kddiag.models import builtin_arch
-from kddiag.types import LoadedModel, TokenInputs
+from kddiag.inputs import LoadedModel, TokenInputs
 
 ARCH = "mlp:8-16-3"
 

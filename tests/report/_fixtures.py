@@ -17,8 +17,11 @@ from kddiag.levels._common import NO_BASELINE
 from kddiag.levels.domain import NO_FEATURES, NO_WEIGHTS_LOGITS_MODE as NO_WEIGHTS
 from kddiag.measure import measure
 from kddiag.results import Measurements, Report, measured
-from kddiag.types import (EVAL, TRANSFER, ClassInfo, Diagnosis, Evidence, Finding, InputInfo, ModelOutputs, SetOutputs,
-                          Setting, Settings)
+from kddiag.diagnosis.findings import Diagnosis, Evidence, Finding
+from kddiag.inputs import ClassInfo, InputInfo
+from kddiag.options import Setting, Settings
+from kddiag.outputs import ModelOutputs, SetOutputs
+from kddiag.types import EVAL, TRANSFER
 
 __all__ = ["NO_BASELINE", "NO_FEATURES", "NO_WEIGHTS", "build_report", "build_logits_only_report", "kd_helped"]
 

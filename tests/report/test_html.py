@@ -12,7 +12,7 @@ from kddiag.report.html import render_html, summarize_value
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import render_text
 from kddiag.results import Measurements
-from kddiag.types import Diagnosis, Evidence, Finding
+from kddiag.diagnosis.findings import Diagnosis, Evidence, Finding
 
 from ._fixtures import NO_WEIGHTS, build_logits_only_report, build_report, kd_helped
 
@@ -248,7 +248,8 @@ def test_image_inputs_get_thumbnails_in_the_report_and_flat_inputs_do_not(tmp_pa
 
     from kddiag.models import MLP
     from kddiag.pipeline import inspect
-    from kddiag.types import Dataset, InspectOptions
+    from kddiag.inputs import Dataset
+    from kddiag.options import InspectOptions
 
     torch.manual_seed(0)
     x = torch.rand(200, 1, 8, 8)

@@ -73,7 +73,10 @@ def _report_with(n_classes, tmp_seed=0):
     from kddiag.diagnosis import diagnose
     from kddiag.measure import measure
     from kddiag.results import Report
-    from kddiag.types import EVAL, ClassInfo, ModelOutputs, SetOutputs, Settings
+    from kddiag.inputs import ClassInfo
+    from kddiag.options import Settings
+    from kddiag.outputs import ModelOutputs, SetOutputs
+    from kddiag.types import EVAL
 
     rng = np.random.default_rng(tmp_seed)
     y = rng.integers(0, n_classes, 400)

@@ -7,7 +7,9 @@ import pytest
 
 from kddiag.report.text import WIDTH, clip, format_number, headline_table, render_text
 from kddiag.results import ClassStructure, DomainOnSet, DomainResult, Measurements, measured, unavailable
-from kddiag.types import LEVEL_TITLES, Diagnosis, Evidence, Finding, Remedy, Setting, Settings
+from kddiag.diagnosis.findings import Diagnosis, Evidence, Finding, Remedy
+from kddiag.options import Setting, Settings
+from kddiag.types import LEVEL_TITLES
 
 from ._fixtures import NO_BASELINE, NO_FEATURES, kd_helped
 
@@ -222,7 +224,8 @@ def test_clip_cuts_at_a_word_boundary():
 
 def test_a_probed_remedy_shows_the_change_its_probe_measured():
     from kddiag.report.text import remedy_summary
-    from kddiag.types import Remedy, Setting, Settings
+    from kddiag.diagnosis.findings import Remedy
+    from kddiag.options import Setting, Settings
 
     settings = Settings(Setting(4.0, "cli"), Setting(0.9, "cli"))
     probed = Remedy(alpha=0.45, probe_change=0.024, probe_ci95=(0.002, 0.044))
