@@ -203,38 +203,12 @@ def collect_model_outputs(dataset: Dataset, model: LoadedModel, *, role: str, ba
     weight on ``dataset``, run batch by batch in ``eval()`` under ``torch.inference_mode()`` on the
     device its parameters are on. Every submodule's training mode is restored afterwards, and nothing
     is moved to another device."""
-    import torch
-
-    from kddiag.accumulate import row_sample
-    from kddiag.collect import _probe, _runner_for, _spans
+    from kddiag.collect import outputs_in_memory
 
     if model.module is None:
         raise KddiagError(f"{role} '{model.source}': a monitor needs a model to run, not stored logits")
-    module = model.module
-    runner = _runner_for(role, model)
-    x, n = dataset.x, len(dataset.labels)
-    logits, features, kept = [], [], None
-    try:
-        with torch.inference_mode():
-            runner.start(_probe(x), device=str(_device_of(module)), feature_layer=feature_layer)
-            # token sequences are batched by sequence; their examples may be target positions
-            for start, stop, inputs, keep in _spans(x, range(n), batch_size, runner.n_classes):
-                batch_logits, batch_features = runner.run(inputs)
-                batch_logits = batch_logits[keep]
-                batch_features = None if batch_features is None else batch_features[keep]
-                if kept is None:
-                    kept = row_sample(n, batch_logits.shape[1])
-                logits.append(batch_logits)
-                if batch_features is not None:
-                    lo, hi = np.searchsorted(kept, (start, stop))
-                    features.append(batch_features[kept[lo:hi] - start])
-    finally:
-        runner.finish()
-    extra = {}
-    if runner.has_features and features:
-        extra = {"features": np.concatenate(features), "feature_rows": None if kept.size == n else kept}
-    return ModelOutputs(logits=np.concatenate(logits), weight=runner.weight, role=role,
-                        source=None if model.format == "module" else model.source, **extra)
+    return outputs_in_memory(dataset, {role: model}, set_name=EVAL, batch_size=batch_size,
+                             device=str(_device_of(model.module)), feature_layer=feature_layer)[role]
 
 
 def _device_of(module: Any) -> Any:

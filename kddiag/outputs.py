@@ -184,17 +184,24 @@ class Batch:
         return self.logits["teacher"].shape[1]
 
     def _check_finite(self, array: np.ndarray, name: str) -> None:
-        """Raise naming the first example with NaN or Inf."""
-        bad = non_finite_rows(array)
-        if bad.size:
-            raise KddiagError(f"{name}: NaN or Inf in example {self.start + bad[0]} ({bad.size} of the "
-                              f"{len(array)} examples from {self.start}); every value must be finite")
+        check_finite_examples(array, name, self.start)
 
     def _name(self, role: str, what: str) -> str:
-        where = [f"{self.dataset} set"] if self.dataset else []
-        if self.sources.get(role):
-            where.append(f"'{self.sources[role]}'")
-        return f"{role} {what}" + (f" ({', '.join(where)})" if where else "")
+        return output_name(role, what, self.dataset, self.sources.get(role))
+
+
+def output_name(role: str, what: str, dataset: str | None, source: str | None) -> str:
+    """How errors name a model's outputs: "teacher logits (eval set, 't.npz')"."""
+    where = ([f"{dataset} set"] if dataset else []) + ([f"'{source}'"] if source else [])
+    return f"{role} {what}" + (f" ({', '.join(where)})" if where else "")
+
+
+def check_finite_examples(array: np.ndarray, name: str, start: int) -> None:
+    """Raise naming the first example with NaN or Inf (rows are examples ``start``, ``start + 1``, …)."""
+    bad = non_finite_rows(array)
+    if bad.size:
+        raise KddiagError(f"{name}: NaN or Inf in example {start + bad[0]} ({bad.size} of the "
+                          f"{len(array)} examples from {start}); every value must be finite")
 
 
 @dataclass(frozen=True)

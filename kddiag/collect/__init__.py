@@ -22,7 +22,7 @@ from kddiag.collect.stored import release, stored_logits
 from kddiag.errors import KddiagError
 from kddiag.progress import Progress
 from kddiag.inputs import Dataset, LoadedModel, TokenInputs
-from kddiag.outputs import Batch, ModelOutputs, SetOutputs
+from kddiag.outputs import Batch, ModelOutputs, SetOutputs, check_finite_examples, output_name
 from kddiag.types import EVAL, ROLES, TRANSFER
 
 if TYPE_CHECKING:
@@ -102,32 +102,45 @@ def collect_outputs(dataset: Dataset, *, teacher: LoadedModel, student: LoadedMo
     >>> outputs.teacher.logits.shape
     (540, 10)
     """
+    models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
+              if model is not None}
+    outputs = outputs_in_memory(dataset, models, set_name=set_name, batch_size=batch_size, device=device,
+                                feature_layer=feature_layer, progress=progress)
+    return SetOutputs(dataset=set_name, labels=dataset.labels, teacher=outputs["teacher"], student=outputs.get("student"),
+                      baseline=outputs.get("baseline"), source=dataset.name)
+
+
+def outputs_in_memory(dataset: Dataset, models: dict[str, LoadedModel], *, set_name: str, batch_size: int = 512,
+                      device: str | None = None, feature_layer: str | None = None,
+                      progress: bool | str = False) -> dict[str, ModelOutputs]:
+    """Every model's outputs on the whole of ``dataset``, by key as in :func:`model_batches`: logits, the
+    penultimate features of the rows the measurements read (:func:`~kddiag.accumulate.row_sample`), the
+    logit-layer weight."""
     logits: dict[str, list] = {}
     features: dict[str, list] = {}
     kept, runners = None, {}
-    for batch, runners in batches(dataset, teacher=teacher, student=student, baseline=baseline, set_name=set_name,
-                                  batch_size=batch_size, device=device, feature_layer=feature_layer,
-                                  progress=progress):
+    for part, runners in model_batches(dataset, models, set_name=set_name, batch_size=batch_size, device=device,
+                                       feature_layer=feature_layer, progress=progress):
         if kept is None:
-            kept = row_sample(len(dataset.labels), batch.n_classes)
-        lo, hi = np.searchsorted(kept, (batch.start, batch.start + batch.labels.size))
-        for role, value in batch.logits.items():
-            logits.setdefault(role, []).append(value)
-        for role, value in batch.features.items():
-            features.setdefault(role, []).append(value[kept[lo:hi] - batch.start])
-    sources = {"teacher": teacher, "student": student, "baseline": baseline}
+            kept = row_sample(len(dataset.labels), next(iter(part.logits.values())).shape[1])
+        lo, hi = np.searchsorted(kept, (part.start, part.start + part.labels.size))
+        for key, value in part.logits.items():
+            source = None if models[key].format == "module" else models[key].source
+            check_finite_examples(value, output_name(key.split(":")[0], "logits", set_name, source), part.start)
+            logits.setdefault(key, []).append(value)
+        for key, value in part.features.items():
+            features.setdefault(key, []).append(value[kept[lo:hi] - part.start])
     outputs = {}
-    for role, parts in logits.items():
-        model = sources[role]
-        weight = runners[role].weight if role in runners else None
+    for key, parts in logits.items():
+        model, runner = models[key], runners.get(key)
         extra = {}
-        if role in features and role in runners and runners[role].has_features:
-            extra = {"features": np.concatenate(features[role]),
+        if key in features and runner is not None and runner.has_features:
+            extra = {"features": np.concatenate(features[key]),
                      "feature_rows": None if kept.size == len(dataset.labels) else kept}
-        outputs[role] = ModelOutputs(logits=np.concatenate(parts), weight=weight, role=role,
-                                     source=None if model.format == "module" else model.source, **extra)
-    return SetOutputs(dataset=set_name, labels=dataset.labels, teacher=outputs["teacher"], student=outputs.get("student"),
-                      baseline=outputs.get("baseline"), source=dataset.name)
+        outputs[key] = ModelOutputs(logits=np.concatenate(parts), weight=None if runner is None else runner.weight,
+                                    role=key.split(":")[0], source=None if model.format == "module" else model.source,
+                                    **extra)
+    return outputs
 
 
 def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None, baseline: LoadedModel | None,
