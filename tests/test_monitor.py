@@ -243,7 +243,7 @@ def test_core_modules_do_not_import_lightning(teacher, data, tmp_path):
     import sys
 
     code = ("import sys, torch, kddiag; from kddiag import Monitor; import kddiag.monitor, kddiag.history, "
-            "kddiag.report.training, kddiag.monitor_plots; print('lightning' in sys.modules)")
+            "kddiag.report.training, kddiag.plots.training; print('lightning' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from kddiag import plotting  # noqa: E402
+from kddiag.plots import report as plotting  # noqa: E402
 from kddiag.metrics.universe import Histogram, Reliability  # noqa: E402
 from kddiag.metrics.whatif import InformativeBand  # noqa: E402
 from kddiag.results import (ClassStructure, DomainOnSet, DomainResult, InstanceOnSet, InstanceResult,  # noqa: E402
@@ -421,7 +421,7 @@ def test_class_names_are_drawn_as_text_never_as_mathtext():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kddiag.plotting import _class_ticks
+    from kddiag.plots.report import _class_ticks
     from kddiag.report.html import inline_figure
 
     fig, ax = plt.subplots()

@@ -100,7 +100,7 @@ def _ranking_lines(comparison: Comparison) -> list[str]:
 
 def render_comparison_html(comparison: Comparison) -> str:
     """The comparison as one self-contained HTML document."""
-    from kddiag.compare_plots import (plot_accuracy_vs_temperature, plot_students_accuracy,
+    from kddiag.plots.compare import (plot_accuracy_vs_temperature, plot_students_accuracy,
                                       plot_students_reliability, student_colors)
     from kddiag.report.html import _environment, _finding, axes_figure
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kddiag import __version__
-from kddiag.plotting import (has_token_breakdowns, plot_accuracy, plot_class_similarity, plot_instance_rescaling,
+from kddiag.plots.report import (has_token_breakdowns, plot_accuracy, plot_class_similarity, plot_instance_rescaling,
                              plot_reliability, plot_target_confidence, plot_temperature_whatif,
                              plot_token_breakdowns, similarity_columns, similarity_rows)
 from kddiag.diagnosis.ids import HEALTHY, KD_HELPED

@@ -2,7 +2,7 @@
 
 Both are rendered to strings from a :class:`~kddiag.monitor.Monitor` (its history, findings timeline
 and last diagnosis); writing them, atomically, is :meth:`~kddiag.monitor.Monitor.write_report`'s job.
-Figures are drawn by :mod:`kddiag.monitor_plots` on Agg figures and inlined as base64 PNGs.
+Figures are drawn by :mod:`kddiag.plots.training` on Agg figures and inlined as base64 PNGs.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def render_training_html(monitor: "Monitor") -> str:
 
 
 def _context(monitor: "Monitor") -> dict:
-    from kddiag.monitor_plots import (plot_accuracy_over_steps, plot_ece_over_steps, plot_findings_timeline,
+    from kddiag.plots.training import (plot_accuracy_over_steps, plot_ece_over_steps, plot_findings_timeline,
                                       plot_kl_over_steps, plot_decoupled_kd_over_steps, plot_structure_over_steps)
 
     history = monitor.history

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from kddiag import plotting
+from kddiag.plots import report as plotting
 from kddiag.report.html import render_html, summarize_value
 from kddiag.report.json import report_to_dict
 from kddiag.report.text import render_text

@@ -17,15 +17,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kddiag.plots._common import (MIN_BIN_COUNT, MODEL_COLORS, SET_COLORS, floats, legend_below, new_axes,
+                                   new_figure, not_available)
 from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample, Report,
                             UniverseOnSet, WeightStructure)
 from kddiag.inputs import ClassInfo
 from kddiag.options import Settings
 from kddiag.types import EVAL, ROLES as MODELS, TRANSFER
 
-MODEL_COLORS = {"teacher": "#0072B2", "student": "#D55E00", "baseline": "#7F7F7F"}
-SET_COLORS = {TRANSFER: "#009E73", EVAL: "#CC79A7"}
-MIN_BIN_COUNT = 5  # reliability bins with fewer examples are marked, not joined by the line
 MAX_SCATTER_POINTS = 3000
 CLIP_PERCENTILES = (2.0, 98.0)  # y range of the trained-student w panel (its w is heavy-tailed) …
 IQR_FENCE = 10.0  # … and at most this many interquartile ranges beyond the quartiles
@@ -35,24 +34,10 @@ MAX_HEATMAP_CLASSES = 40  # beyond this many classes the heatmaps show the 40 mo
 
 # ---------------------------------------------------------------- level 0 — outcome
 
-def legend_below(ax, handles=None, labels=None, *, ncol: int = 2, fontsize: float = 7.5, **options):
-    """The axes' legend under the axes and their x label, never over the data: anchored below the axes by
-    the height their tick labels and x label take (in points, so a later tight layout keeps it clear);
-    the figure's layout makes room for it."""
-    fig = ax.figure
-    from matplotlib.transforms import ScaledTranslation
-
-    below = ax.bbox.y0 - ax.get_tightbbox().y0  # pixels the labels take under the axes
-    anchor = ax.transAxes + ScaledTranslation(0, -(below + 2) / fig.dpi, fig.dpi_scale_trans)
-    args = () if handles is None else (handles, labels)
-    return ax.legend(*args, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=anchor, ncol=ncol,
-                     fontsize=fontsize, frameon=False, **options)
-
-
 def plot_accuracy(report: Report | Measurements, *, ax=None):
     """Accuracy of teacher, student and baseline with 95% bootstrap intervals, per data set."""
     measurements, _, _ = _unpack(report)
-    ax = _new_axes(ax, figsize=(6.0, 3.2))
+    ax = new_axes(ax, figsize=(6.0, 3.2))
     ax.set_title("Accuracy (95% bootstrap interval)", loc="left")
     records = {dataset: measurements.outcome.on(dataset) for dataset in (TRANSFER, EVAL)}
     accuracy = {dataset: {"teacher": record.teacher_accuracy, "student": record.student_accuracy,
@@ -62,7 +47,7 @@ def plot_accuracy(report: Report | Measurements, *, ax=None):
               for model in MODELS for dataset in (TRANSFER, EVAL) if dataset in accuracy]
     points = [(m, d, metric) for m, d, metric in points if metric.ok]
     if not points:
-        return _not_available(ax, _reason([a["teacher"] for a in accuracy.values()], "no accuracy measured"))
+        return not_available(ax, _reason([a["teacher"] for a in accuracy.values()], "no accuracy measured"))
     models = [m for m in MODELS if any(p[0] == m for p in points)]
     offsets = {TRANSFER: -0.15, EVAL: 0.15}
     markers = {TRANSFER: "s", EVAL: "o"}  # hollow squares: transfer set; filled circles: eval set
@@ -98,22 +83,22 @@ def plot_reliability(report: Report | Measurements, *, dataset: str = EVAL, ax=N
     Marker area grows with the bin's count; bins with fewer than ``MIN_BIN_COUNT`` examples are drawn
     hollow and left out of the line (their accuracy is noise)."""
     measurements, _, _ = _unpack(report)
-    ax = _new_axes(ax, figsize=(5.0, 4.6))
+    ax = new_axes(ax, figsize=(5.0, 4.6))
     ax.set_title(f"Reliability diagram ({dataset} set)")
     record = measurements.universe.on(dataset)
     calibration = {} if record is None else {"teacher": record.teacher, "student": record.student}
     curves = {m: c for m, c in calibration.items() if c.reliability.ok}
     if not curves:
-        return _not_available(ax, _reason([c.reliability for c in calibration.values()],
+        return not_available(ax, _reason([c.reliability for c in calibration.values()],
                                           f"no reliability bins on the {dataset} set"))
     counts_ax = ax.twinx()
     max_share, width_share, any_sparse = 0.0, 0.5 / len(curves), False
     for i, (model, model_calibration) in enumerate(curves.items()):
         bins = model_calibration.reliability.value
-        edges = _floats(bins.bin_edges)
-        confidence = _floats(bins.bin_confidence)
-        accuracy = _floats(bins.bin_accuracy)
-        counts = np.nan_to_num(_floats(bins.bin_count))
+        edges = floats(bins.bin_edges)
+        confidence = floats(bins.bin_confidence)
+        accuracy = floats(bins.bin_accuracy)
+        counts = np.nan_to_num(floats(bins.bin_count))
         share = counts / max(counts.sum(), 1.0)
         max_share = max(max_share, float(share.max(initial=0.0)))
         widths = np.diff(edges)
@@ -157,13 +142,13 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
     targets of a set are saturated (the linear histogram is one bar), the wrong-class mass 1 − p_y is
     drawn instead on a log axis, from the per-example sample (:func:`_plot_wrong_class_mass`)."""
     measurements, _, settings = _unpack(report)
-    ax = _new_axes(ax, figsize=(5.6, 4.0))
+    ax = new_axes(ax, figsize=(5.6, 4.0))
     tau = "" if settings is None else f" (τ = {settings.temperature.value:g})"
     ax.set_title(f"Teacher target confidence p_y{tau}")
     records: list[UniverseOnSet] = list(measurements.universe.sets())
     drawn = [record for record in records if record.target_confidence_histogram.ok]
     if not drawn:
-        return _not_available(ax, _reason([r.target_confidence_histogram for r in records],
+        return not_available(ax, _reason([r.target_confidence_histogram for r in records],
                                           "no target confidences measured"))
     saturated_sets = [r for r in drawn if r.saturation_share.ok and r.saturation_share.value >= SATURATED_PLOT_SHARE]
     samples = {r.dataset: _target_confidence_sample(measurements, r.dataset) for r in drawn}
@@ -172,7 +157,7 @@ def plot_target_confidence(report: Report | Measurements, *, ax=None):
         return _plot_wrong_class_mass(ax, drawn, samples)
     for record in drawn:
         histogram = record.target_confidence_histogram.value
-        edges, counts = _floats(histogram.bin_edges), np.nan_to_num(_floats(histogram.counts))
+        edges, counts = floats(histogram.bin_edges), np.nan_to_num(floats(histogram.counts))
         share = counts / max(counts.sum(), 1.0)
         saturated = record.saturation_share
         label = f"{record.dataset} set (n = {int(counts.sum())}"
@@ -197,7 +182,7 @@ def _target_confidence_sample(measurements: Measurements, dataset: str) -> np.nd
     record = measurements.instance.on(dataset)
     if record is None or record.examples is None:
         return None
-    values = _floats(record.examples.teacher_target_confidence)
+    values = floats(record.examples.teacher_target_confidence)
     return values[np.isfinite(values)] if values.size else None
 
 
@@ -230,7 +215,7 @@ def plot_temperature_whatif(report: Report | Measurements, *, fig=None):
     the informative range shaded, the bounds of the what-if's informative band (``WhatIf.band``) as
     dotted lines and the distillation τ marked."""
     measurements, _, settings = _unpack(report)
-    fig = _new_figure(fig, figsize=(13.0, 3.4))
+    fig = new_figure(fig, figsize=(13.0, 3.4))
     axes = fig.subplots(1, 4)
     metric = measurements.universe.temperature_whatif
     same_set = measurements.universe.on(metric.dataset)
@@ -246,16 +231,16 @@ def plot_temperature_whatif(report: Report | Measurements, *, fig=None):
         reason = _reason([metric], "no temperature what-if measured")
         for ax, (title, *_) in zip(axes, panels):
             ax.set_title(title, fontsize=10)
-            _not_available(ax, reason)
+            not_available(ax, reason)
         return fig
     whatif = metric.value
-    temperatures = _floats(whatif.temperatures)
+    temperatures = floats(whatif.temperatures)
     informative = whatif.informative_range
     for ax, (title, curve, bounds) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
-        values = _floats(curve(whatif))
+        values = floats(curve(whatif))
         if not np.isfinite(values).any():
-            _not_available(ax, "undefined at every temperature of the grid")
+            not_available(ax, "undefined at every temperature of the grid")
             continue
         if informative:
             ax.axvspan(float(informative[0]), float(informative[1]), color="#009E73", alpha=0.12,
@@ -294,7 +279,7 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
     measurements, class_info, _ = _unpack(report)
     models = similarity_columns(report)
     rows = _similarity_rows(measurements)
-    fig = _new_figure(fig, figsize=(4.6 * len(models) + 0.8, 4.4 * len(rows)))
+    fig = new_figure(fig, figsize=(4.6 * len(models) + 0.8, 4.4 * len(rows)))
     grid = fig.add_gridspec(len(rows), len(models) + 1, width_ratios=[1.0] * len(models) + [0.05])
 
     order, n_classes = _shared_class_order(rows)
@@ -303,7 +288,7 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
     grouped = class_info.groups is not None and len(class_info.groups) == n_classes
     for row, similarity in enumerate(rows):
         matrices = similarity.matrices()
-        present = {m: _floats(metric.value) for m, metric in matrices.items() if metric.ok}
+        present = {m: floats(metric.value) for m, metric in matrices.items() if metric.ok}
         present = {m: mat[np.ix_(order, order)] for m, mat in present.items() if mat.shape == (n_classes, n_classes)}
         values = np.concatenate([_off_diagonal(mat) for mat in present.values()]) if present else np.zeros(0)
         values = np.abs(values[np.isfinite(values)])
@@ -318,7 +303,7 @@ def plot_class_similarity(report: Report | Measurements, *, fig=None):
             ax.set_title(model, fontsize=10, color=MODEL_COLORS[model], pad=16 if grouped else 6)
             if model not in present:
                 default = f"no {model} {similarity.kind} measured"
-                _not_available(ax, _reason([matrices[model]] if model in matrices else [], default))
+                not_available(ax, _reason([matrices[model]] if model in matrices else [], default))
                 continue
             mat = present[model]
             mask = np.eye(n_shown, dtype=bool) | ~np.isfinite(mat)
@@ -404,14 +389,14 @@ def plot_rescaling_vs_difficulty(report: Report | Measurements, *, dataset: str 
     examples are drawn (fixed random subsample); the title carries the
     ``instance.rescaling_difficulty_correlation`` metric (Spearman of this w with −difficulty)."""
     measurements, _, _ = _unpack(report)
-    ax = _new_axes(ax, figsize=(5.6, 4.4))
+    ax = new_axes(ax, figsize=(5.6, 4.4))
     dataset = _rescaling_set(measurements, dataset)
     record = measurements.instance.on(dataset)
     points = _RescalingPoints.build(record, _untrained_weight, max_points)
     title = f"Teacher's rescaling weight vs difficulty ({dataset} set)"
     if points is None:
         ax.set_title(title, fontsize=10)
-        return _not_available(ax, _reason([] if record is None else [record.rescaling_difficulty_correlation],
+        return not_available(ax, _reason([] if record is None else [record.rescaling_difficulty_correlation],
                                           f"no per-example difficulty or untrained-student rescaling weights "
                                           f"on the {dataset} set"))
     rho = record.rescaling_difficulty_correlation
@@ -432,14 +417,14 @@ def plot_student_rescaling_vs_difficulty(report: Report | Measurements, *, datas
     beyond the quartiles when that is tighter): w = g_y / (q¹_y − 1) is heavy-tailed where the student
     is confident (q¹_y → 1). The points beyond are drawn as triangles on the edge."""
     measurements, _, _ = _unpack(report)
-    ax = _new_axes(ax, figsize=(5.6, 3.2))
+    ax = new_axes(ax, figsize=(5.6, 3.2))
     dataset = _rescaling_set(measurements, dataset)
     record = measurements.instance.on(dataset)
     points = _RescalingPoints.build(record, _trained_weight, max_points)
     title = f"Trained student's rescaling weight ({dataset} set)"
     if points is None:
         ax.set_title(title, fontsize=10)
-        return _not_available(ax, _reason([] if record is None else [record.rescaling_weight_mean],
+        return not_available(ax, _reason([] if record is None else [record.rescaling_weight_mean],
                                           f"no per-example difficulty or trained-student rescaling weights "
                                           f"on the {dataset} set"))
     lo, hi = (float(v) for v in np.percentile(points.all_w, clip_percentiles))
@@ -470,7 +455,7 @@ def plot_instance_rescaling(report: Report | Measurements, *, dataset: str | Non
     dataset = _rescaling_set(measurements, dataset)
     record = measurements.instance.on(dataset)
     alone = record is None or record.examples is None or record.examples.rescaling_weight is None
-    fig = _new_figure(fig, figsize=(6.0, 4.8 if alone else 7.4))
+    fig = new_figure(fig, figsize=(6.0, 4.8 if alone else 7.4))
     if alone:
         plot_rescaling_vs_difficulty(report, dataset=dataset, ax=fig.add_subplot())
         fig.tight_layout()
@@ -677,23 +662,6 @@ def _unpack(report: Report | Measurements) -> tuple[Measurements, ClassInfo, Set
     raise TypeError(f"plot functions take a kddiag Report or Measurements; got {type(report).__name__}")
 
 
-def _new_axes(ax, *, figsize):
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
-def _new_figure(fig, *, figsize):
-    if fig is not None:
-        return fig
-    import matplotlib.pyplot as plt
-
-    return plt.figure(figsize=figsize)
-
-
 def _by_model(record: Any) -> dict[str, Any]:
     """A per-set record's per-model sub-records, by model."""
     return {"teacher": record.teacher, "student": record.student, "baseline": record.baseline}
@@ -715,22 +683,6 @@ def _reason(metrics: list[Measured], default: str) -> str:
     return next((metric.unavailable for metric in metrics if metric.unavailable), default)
 
 
-def _not_available(ax, reason: str):
-    """Turn ``ax`` into a panel that says why there is nothing to draw."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_color("#cccccc")
-    ax.text(0.5, 0.5, textwrap.fill(f"not available: {reason}", 36), ha="center", va="center",
-            transform=ax.transAxes, fontsize=9, color="#555555")
-    return ax
-
-
-def _floats(value: Any) -> np.ndarray:
-    """A measured array as floats (NaN where undefined)."""
-    return np.asarray(value, dtype=float)
-
-
 def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
     return matrix[~np.eye(matrix.shape[0], dtype=bool)]
 
@@ -748,7 +700,7 @@ def _shared_class_order(rows: list[_SimilarityRow]) -> tuple[np.ndarray, int]:
             metric = row.matrices().get(model)
             if metric is None or not metric.ok:
                 continue
-            similarity = np.nan_to_num(_floats(metric.value))
+            similarity = np.nan_to_num(floats(metric.value))
             if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
                 continue
             n_classes = similarity.shape[0]
@@ -815,7 +767,7 @@ def plot_token_breakdowns(report: Report | Measurements, *, fig=None):
     (right panel), on the eval set (else transfer); the share of the set's positions in each bucket under
     its name."""
     measurements, _, _ = _unpack(report)
-    fig = _new_figure(fig, figsize=(12.0, 3.8))
+    fig = new_figure(fig, figsize=(12.0, 3.8))
     axes = fig.subplots(1, 2)
     dataset = EVAL if measurements.outcome.on(EVAL) is not None else TRANSFER
     record = measurements.outcome.on(dataset)
@@ -823,7 +775,7 @@ def plot_token_breakdowns(report: Report | Measurements, *, fig=None):
                                          ("position in the sequence", record and record.by_position))):
         ax.set_title(f"{dataset.capitalize()} set, by {title}", fontsize=10)
         if value is None or not value.ok:
-            _not_available(ax, _reason([] if value is None else [value], "not token-level data"))
+            not_available(ax, _reason([] if value is None else [value], "not token-level data"))
             continue
         breakdown = value.value
         x = np.arange(len(breakdown.buckets))

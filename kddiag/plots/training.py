@@ -11,16 +11,15 @@ from typing import Sequence
 import numpy as np
 
 from kddiag.history import KEY_MEASUREMENTS, FindingSpan, MonitorRecord
-from kddiag.plotting import MODEL_COLORS
+from kddiag.plots._common import MODEL_COLORS, SECOND_COLOR, legend_below, new_axes, not_available
 
-SECOND_COLOR = "#009E73"  # a second student curve on the same axes
 SEVERITY_CMAP = "YlOrRd"
 
 
 def plot_accuracy_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     """Student accuracy and top-1 agreement with the teacher per step; the teacher's and the
     baseline's accuracy (fixed during training) as horizontal lines."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax)
     drawn = _curves(ax, history, (("student_accuracy", MODEL_COLORS["student"], "o"),
                                   ("agreement", SECOND_COLOR, "s")))
     _levels(ax, history, (("teacher_accuracy", MODEL_COLORS["teacher"], "--"),
@@ -30,7 +29,7 @@ def plot_accuracy_over_steps(history: Sequence[MonitorRecord], *, ax=None):
 
 def plot_kl_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     """KL(teacher ‖ student) at τ = 1 and at the distillation τ per step (nats)."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax)
     drawn = _curves(ax, history, (("kl_teacher_student", MODEL_COLORS["student"], "o"),
                                   ("kl_teacher_student_at_temperature", SECOND_COLOR, "s")))
     return _finish(ax, drawn, "KL(teacher ‖ student)", "nats")
@@ -38,7 +37,7 @@ def plot_kl_over_steps(history: Sequence[MonitorRecord], *, ax=None):
 
 def plot_ece_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     """Student ECE per step; the teacher's and the baseline's as horizontal lines."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax)
     drawn = _curves(ax, history, (("student_ece", MODEL_COLORS["student"], "o"),))
     _levels(ax, history, (("teacher_ece", MODEL_COLORS["teacher"], "--"),
                           ("baseline_ece", MODEL_COLORS["baseline"], ":")))
@@ -48,7 +47,7 @@ def plot_ece_over_steps(history: Sequence[MonitorRecord], *, ax=None):
 def plot_structure_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     """The class-similarity transfer score (Spearman of the student's class similarity with the
     teacher's) and the feature CKA per step; the baseline's transfer score as a horizontal line."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax)
     drawn = _curves(ax, history, (("output_similarity_transfer_score", MODEL_COLORS["student"], "o"),
                                   ("feature_cka", SECOND_COLOR, "s")))
     _levels(ax, history, (("baseline_output_similarity_transfer_score", MODEL_COLORS["baseline"], ":"),))
@@ -60,7 +59,7 @@ def plot_decoupled_kd_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     Zhao et al. 2022) per step, on a log scale: how much of what the student has not yet taken on is
     the teacher's confidence in the label, and how much its ranking of the wrong classes (the trained
     student's rescaling weight w is not drawn: it is heavy-tailed where the student is confident)."""
-    ax = _new_axes(ax)
+    ax = new_axes(ax)
     drawn = _curves(ax, history, (("tckd", MODEL_COLORS["student"], "o"), ("nckd", SECOND_COLOR, "s")))
     if drawn and all(v > 0 for r in history for v in (r.tckd, r.nckd) if v is not None):
         ax.set_yscale("log")
@@ -73,11 +72,11 @@ def plot_findings_timeline(history: Sequence[MonitorRecord], spans: Sequence[Fin
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
-    ax = _new_axes(ax)
+    ax = new_axes(ax)
     ax.set_title("Findings over training", loc="left")
     ids = list(dict.fromkeys(span.id for span in spans))
     if not ids:
-        return _not_available(ax, "no finding fired" if history else "no call yet")
+        return not_available(ax, "no finding fired" if history else "no call yet")
     cmap, norm = colormaps[SEVERITY_CMAP], Normalize(0.0, 1.0)
     row = {finding_id: k for k, finding_id in enumerate(ids)}
     for span in spans:
@@ -101,14 +100,6 @@ def plot_findings_timeline(history: Sequence[MonitorRecord], spans: Sequence[Fin
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _new_axes(ax):
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(5.6, 3.4))[1]
-
 
 def _series(history: Sequence[MonitorRecord], name: str) -> tuple[np.ndarray, np.ndarray]:
     steps = np.array([r.step for r in history], dtype=np.float64)
@@ -139,13 +130,11 @@ def _levels(ax, history: Sequence[MonitorRecord], levels) -> None:
 def _finish(ax, drawn: bool, title: str, ylabel: str, *, legend: bool = True):
     ax.set_title(title, loc="left")
     if not drawn:
-        return _not_available(ax, "not measured at any call")
+        return not_available(ax, "not measured at any call")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if legend:
-        from kddiag.plotting import legend_below
-
         legend_below(ax, fontsize=8)
     return ax
 
@@ -154,11 +143,3 @@ def _step_range(history: Sequence[MonitorRecord]) -> tuple[float, float]:
     steps = [r.step for r in history] or [0]
     pad = max(1.0, 0.03 * (max(steps) - min(steps)))
     return min(steps) - pad, max(steps) + pad
-
-
-def _not_available(ax, reason: str):
-    ax.text(0.5, 0.5, f"not available: {reason}", ha="center", va="center", transform=ax.transAxes,
-            color="#5b6474", fontsize=9, wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ax

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from kddiag.comparison import Comparison
-from kddiag.plotting import MIN_BIN_COUNT, MODEL_COLORS, _floats, _new_axes, _not_available, legend_below
+from kddiag.plots._common import MIN_BIN_COUNT, MODEL_COLORS, floats, legend_below, new_axes, not_available
 from kddiag.results import EVAL, TRANSFER
 
 STUDENT_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#F0E442", "#332288")
@@ -20,7 +20,7 @@ def student_colors(comparison: Comparison) -> list[str]:
 def plot_students_accuracy(comparison: Comparison, *, ax=None):
     """Accuracy with 95 % intervals of the teacher, each student and the baseline, on the eval and the
     transfer set; the best student's name in bold."""
-    ax = _new_axes(ax, figsize=(6.4, 0.5 * len(comparison.names) + 2.0))
+    ax = new_axes(ax, figsize=(6.4, 0.5 * len(comparison.names) + 2.0))
     ax.set_title("Accuracy (95% bootstrap interval)", loc="left")
     first = comparison.reports[0].measurements.outcome
     rows = ([("teacher", lambda o: o.teacher_accuracy, MODEL_COLORS["teacher"])]
@@ -46,7 +46,7 @@ def plot_students_accuracy(comparison: Comparison, *, ax=None):
             ax.annotate(f"{value.value:.3f}", (value.value, y + offset), xytext=(6, -3), textcoords="offset points",
                         fontsize=7)
     if not drawn:
-        return _not_available(ax, "no accuracy measured")
+        return not_available(ax, "no accuracy measured")
     ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
     best = comparison.ranking.best
     for k, tick in enumerate(ax.get_yticklabels()[1:-1]):
@@ -66,7 +66,7 @@ def plot_students_accuracy(comparison: Comparison, *, ax=None):
 def plot_students_reliability(comparison: Comparison, *, dataset: str = EVAL, ax=None):
     """Every student's reliability curve on ``dataset`` (bins of at least MIN_BIN_COUNT examples) over the
     teacher's, and the diagonal of perfect calibration; ECE in the legend."""
-    ax = _new_axes(ax, figsize=(5.2, 4.6))
+    ax = new_axes(ax, figsize=(5.2, 4.6))
     ax.set_title(f"Reliability diagram ({dataset} set)")
     curves = [("teacher", comparison.reports[0], lambda r: r.teacher, MODEL_COLORS["teacher"], "--")]
     curves += [(name, report, lambda r: r.student, color, "-")
@@ -78,15 +78,15 @@ def plot_students_reliability(comparison: Comparison, *, dataset: str = EVAL, ax
             continue
         calibration = pick(record)
         bins = calibration.reliability.value
-        confidence, accuracy = _floats(bins.bin_confidence), _floats(bins.bin_accuracy)
-        solid = np.isfinite(confidence) & np.isfinite(accuracy) & (np.nan_to_num(_floats(bins.bin_count))
+        confidence, accuracy = floats(bins.bin_confidence), floats(bins.bin_accuracy)
+        solid = np.isfinite(confidence) & np.isfinite(accuracy) & (np.nan_to_num(floats(bins.bin_count))
                                                                    >= MIN_BIN_COUNT)
         ece = f" (ECE {calibration.ece.value:.3f})" if calibration.ece.ok else ""
         ax.plot(confidence[solid], accuracy[solid], ls=style, marker="o", ms=3.5, lw=1.5, color=color,
                 label=label + ece)
         drawn = True
     if not drawn:
-        return _not_available(ax, f"no reliability bins on the {dataset} set")
+        return not_available(ax, f"no reliability bins on the {dataset} set")
     ax.plot([0, 1], [0, 1], ls=":", color="black", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -102,7 +102,7 @@ def plot_students_reliability(comparison: Comparison, *, dataset: str = EVAL, ax
 def plot_accuracy_vs_temperature(comparison: Comparison, *, ax=None):
     """Each student's accuracy on the ranking set (95 % interval) at the τ it was distilled with, over the
     range of τ where the teacher's targets on the transfer set are informative (the what-if, shaded)."""
-    ax = _new_axes(ax, figsize=(6.0, 3.6))
+    ax = new_axes(ax, figsize=(6.0, 3.6))
     dataset = comparison.ranking.dataset or EVAL
     ax.set_title(f"Accuracy at each student's τ ({dataset} set)")
     whatif = comparison.reports[0].measurements.universe.temperature_whatif
@@ -122,7 +122,7 @@ def plot_accuracy_vs_temperature(comparison: Comparison, *, ax=None):
         ax.plot([tau], [value.value], "o", ms=7, color=color, label=f"{name} (τ = {tau:g})")
         drawn = True
     if not drawn:
-        return _not_available(ax, f"no student accuracy on the {dataset} set")
+        return not_available(ax, f"no student accuracy on the {dataset} set")
     baseline = comparison.reports[0].measurements.outcome.on(dataset)
     if baseline is not None and baseline.baseline_accuracy.ok:
         ax.axhline(baseline.baseline_accuracy.value, color=MODEL_COLORS["baseline"], ls="--", lw=1,
