@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # case_studies, when run from anywhere
 
 from case_studies._training import Recipe, distillation_loss, teacher_targets, train_ce  # noqa: E402
-from kddiag.data import load_dataset  # noqa: E402
+from kddiag.readers.arrays import load_dataset  # noqa: E402
 from kddiag.models import MLP  # noqa: E402
 from kddiag.monitor import Monitor, collect_model_outputs  # noqa: E402
 from kddiag.inputs import LoadedModel

@@ -1,5 +1,5 @@
 """A small probabilistic grammar whose words fall into known groups: the token-level twin of kddiag's
-synthetic class hierarchy (:func:`kddiag.data.make_class_hierarchy`).
+synthetic class hierarchy (:func:`kddiag.readers.arrays.make_class_hierarchy`).
 
 Sentences such as ``the small dog eats a red plum .`` or ``two farmers carry some ropes near the river .``:
 a subject noun phrase (animals or people), a verb chosen by the subject's group and inflected for its

@@ -59,7 +59,7 @@ def hierarchy_task(seed: int, *, n_train_per_class: int = 30, n_test_per_class: 
 
     Few training examples per class, so the student over-fits and the teacher's soft targets matter.
     """
-    from kddiag.data import make_class_hierarchy
+    from kddiag.readers.arrays import make_class_hierarchy
 
     per_class = n_train_per_class + n_extra_per_class + n_test_per_class
     x, y, groups = make_class_hierarchy(n_groups=n_groups, classes_per_group=classes_per_group,
@@ -78,7 +78,7 @@ def hierarchy_task(seed: int, *, n_train_per_class: int = 30, n_test_per_class: 
 
 def digits_task(seed: int, *, n_train_per_class: int = 30) -> Task:
     """scikit-learn's digits: ``n_train_per_class`` images per class from ``digits:train``; eval on ``digits:test``."""
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
 
     train, test = load_dataset("digits:train"), load_dataset("digits:test")
     rng = np.random.default_rng(seed)

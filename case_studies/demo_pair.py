@@ -29,7 +29,7 @@ TEACHER_RECIPE, STUDENT_RECIPE = Recipe(epochs=300), Recipe(epochs=2000)
 
 def main(*, out_dir: Path | None = None) -> dict[str, Path]:
     """Train the three models and write ``teacher.pt``, ``student.pt``, ``baseline.pt`` to ``out_dir``."""
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
 
     use_few_threads()
     out_dir = DEMO_DIR if out_dir is None else Path(out_dir)

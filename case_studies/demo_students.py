@@ -22,7 +22,7 @@ TEMPERATURES = (1.0, 4.0, 16.0)
 
 def main(*, out_dir: Path | None = None) -> dict[float, Path]:
     """Train the students and write ``student_t1.pt``, ``student_t4.pt``, ``student_t16.pt`` to ``out_dir``."""
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
     from kddiag.loading import load_model
 
     use_few_threads()

@@ -151,19 +151,19 @@ class KddiagTrainerCallback(TrainerCallback):
 def as_token_data(data: Any) -> Dataset:
     """The held-out set as a :class:`~kddiag.inputs.Dataset` of :class:`~kddiag.inputs.TokenInputs`.
 
-    ``data``: a ``Dataset`` read by :func:`kddiag.text.load_text_dataset`; or tokenized columns
+    ``data``: a ``Dataset`` read by :func:`kddiag.readers.text.load_text_dataset`; or tokenized columns
     ``input_ids`` (n_sequences, length), optional ``attention_mask`` and ``labels`` (``label`` also read)
     as a dict or ``BatchEncoding``, a Hugging Face ``datasets.Dataset`` or a list of tokenized examples
     (dicts). Rows of different lengths are right-padded. ``labels`` of one class id per sequence make a
     sequence-classification set; ``labels`` aligned with ``input_ids`` (-100 ignored; the model shifts
     them), or none, a causal-LM set whose examples are the target tokens.
     """
-    from kddiag.text import CAUSAL_LM_TASK, SEQUENCE_CLASSIFICATION_TASK, _from_columns
+    from kddiag.readers.text import CAUSAL_LM_TASK, SEQUENCE_CLASSIFICATION_TASK, _from_columns
 
     if isinstance(data, Dataset):
         if not isinstance(data.x, TokenInputs):
             raise KddiagError(f"data: the Dataset '{data.name}' holds no token inputs (input_ids); read text with "
-                              f"kddiag.text.load_text_dataset, or give tokenized columns")
+                              f"kddiag.readers.text.load_text_dataset, or give tokenized columns")
         return data
     columns = _columns(data)
     labels = columns.pop("label", None)

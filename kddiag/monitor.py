@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kddiag.data import check_enough_data
+from kddiag.readers.arrays import check_enough_data
 from kddiag.errors import KddiagError
 from kddiag.history import FindingSpan, MonitorRecord, finding_spans
 from kddiag.checks import check_alpha, check_class_ids

@@ -117,7 +117,7 @@ class ImageOptions:
     """How image inputs are prepared, in this order: resized to ``resize`` (height, width), uint8 pixels
     scaled to [0, 1], then normalized per channel, x[c] ← (x[c] − mean[c]) / std[c].
 
-    ``layout``: the axis order of 4-D image arrays, 'NCHW' or 'NHWC'; None: detected (:mod:`kddiag.images`).
+    ``layout``: the axis order of 4-D image arrays, 'NCHW' or 'NHWC'; None: detected (:mod:`kddiag.readers.images`).
     Any option given also marks floating-point arrays of 3 or 4 dimensions as images.
     """
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from kddiag.collect.batchnorm import first_batchnorm_fit, stored_normalization_fit
-from kddiag.data import check_enough_data
 from kddiag.errors import KddiagError
-from kddiag.results import Measurements, Report
 from kddiag.inputs import ClassInfo, Dataset, InputInfo, LoadedModel, TokenInputs
 from kddiag.options import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, InspectOptions, RunConfig, Setting, Settings
+from kddiag.readers import check_enough_data, read_data
+from kddiag.results import Measurements, Report
 from kddiag.types import EVAL, TRANSFER
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def inspect(teacher: Any, student: Any = None, *, data: Any = None, transfer_dat
     baseline's defaults to the student's), e.g. ``'pkg.models:Net(28, hidden=64)'``.
     ``data`` (held-out eval set) and ``transfer_data`` (the set the student was distilled on): a file
     path, an image folder, a JSON data spec, a built-in name (``digits``, ``hierarchy:train``, ...) or
-    a ``Dataset``; at least one. ``options.images`` prepares the images of both (:mod:`kddiag.images`).
+    a ``Dataset``; at least one. ``options.images`` prepares the images of both (:mod:`kddiag.readers.images`).
 
     >>> report = inspect("teacher.pt", "student.pt", data="digits:test", transfer_data="digits:train")
     >>> report.diagnosis.findings[0].id
@@ -140,7 +140,7 @@ def _run(teacher: Any, students: tuple[Any, ...], *, data: Any, transfer_data: A
         raise KddiagError("students " + ", ".join(f"{k + 1} ('{loaded[k].source}')" for k in mismatched)
                           + " use another vocabulary than the teacher: compare them separately "
                             "(kddiag inspect says how the vocabularies differ)")
-    datasets = {name: _as_dataset(source, role, options, loaded_teacher)
+    datasets = {name: read_data(source, role=role, options=options, teacher=loaded_teacher)
                 for name, source, role in ((EVAL, data, "data"), (TRANSFER, transfer_data, "transfer-data"))
                 if source is not None}
     for name, dataset in datasets.items():
@@ -368,7 +368,7 @@ def _student_names(students: Sequence[Any] | Mapping[str, Any], *, full: bool = 
 def _listed_inputs(measurements, datasets: dict[str, Dataset], teacher: LoadedModel, *,
                    trust_remote_code: bool = False) -> dict[str, dict[int, Any]]:
     """The inputs of the examples the report lists (the teacher's hardest), per set: numpy arrays, or for
-    token positions their decoded context (:func:`kddiag.text.token_contexts`)."""
+    token positions their decoded context (:func:`kddiag.readers.text.token_contexts`)."""
     listed = {}
     for record in measurements.instance.sets():
         dataset = datasets.get(record.dataset)
@@ -376,7 +376,7 @@ def _listed_inputs(measurements, datasets: dict[str, Dataset], teacher: LoadedMo
         if dataset is None or dataset.x is None or not examples:
             continue
         if isinstance(dataset.x, TokenInputs):
-            from kddiag.text import token_contexts
+            from kddiag.readers.text import token_contexts
 
             listed[record.dataset] = token_contexts(dataset, [item.index for item in examples],
                                                     teacher.metadata.get("tokenizer_dir"),
@@ -484,31 +484,6 @@ def _mismatch_reports(teacher: LoadedModel, students, baseline, settings, mismat
                               measurements=Measurements(), diagnosis=vocabulary_mismatch(mismatched[k]),
                               n_classes=int(sizes["teacher"] or 0), models=tuple(models)))
     return reports
-
-
-def _as_dataset(source: Any, role: str, options: InspectOptions, teacher: LoadedModel | None = None) -> Dataset:
-    """A data set from a path (text data tokenized with a Hugging Face teacher's tokenizer) or as given."""
-    images = options.images
-    if isinstance(source, (str, os.PathLike)) and teacher is not None and teacher.format.startswith("hf-"):
-        from kddiag.loading.hf import CAUSAL_LM
-        from kddiag.text import CAUSAL_LM_TASK, SEQUENCE_CLASSIFICATION_TASK, load_text_dataset
-
-        task = CAUSAL_LM_TASK if teacher.format == CAUSAL_LM else SEQUENCE_CLASSIFICATION_TASK
-        return load_text_dataset(str(source), role=role, task=task, tokenizer_dir=teacher.metadata.get("tokenizer_dir"),
-                                 max_length=options.max_length, trust_remote_code=options.trust_remote_code,
-                                 id2label=teacher.metadata.get("id2label"),
-                                 max_positions=teacher.metadata.get("max_positions"))
-    if isinstance(source, Dataset):
-        if images.given:
-            raise KddiagError(f"--{role}: the image options (normalize, resize, layout) apply to data read "
-                              f"from a path; the Dataset '{source.name}' was given as it is: prepare its x first")
-        return source
-    if isinstance(source, (str, os.PathLike)):
-        from kddiag.data import load_dataset
-
-        return load_dataset(str(source), role=role, images=images)
-    raise KddiagError(f"--{role}: expected a file path, a built-in data set name or a Dataset; "
-                      f"got {type(source).__name__}")
 
 
 def _class_info(given: ClassInfo | None, path: str | None, datasets: dict[str, Dataset],

@@ -26,7 +26,7 @@ import torch
 from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER
 from kddiag.errors import KddiagError
 from kddiag.loading import load_model
-from kddiag.data import load_dataset
+from kddiag.readers.arrays import load_dataset
 from kddiag.loading.logits import MAX_NPZ_INFLATED_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]  # the subprocess imports this checkout's kddiag
@@ -167,7 +167,7 @@ def test_an_npz_that_inflates_a_thousand_fold_under_the_byte_limit_is_refused(tm
 
 def test_pre_tokenized_text_npz_is_bounded_the_same_way(tmp_path, monkeypatch):
     """Token ids given as .npz for a Hugging Face model go through the same header check."""
-    from kddiag.text import load_text_dataset
+    from kddiag.readers.text import load_text_dataset
 
     np.savez_compressed(tmp_path / "ids.npz", input_ids=np.zeros((540, 10), np.int64))
     monkeypatch.setattr("kddiag.loading.logits.MAX_NPZ_INFLATED_BYTES", 1000)

@@ -16,7 +16,7 @@ from kddiag.cli import DEMO_BASELINE as BASELINE
 from kddiag.cli import DEMO_DIR, main
 from kddiag.cli import DEMO_STUDENT as STUDENT
 from kddiag.cli import DEMO_TEACHER as TEACHER
-from kddiag.data import load_dataset
+from kddiag.readers.arrays import load_dataset
 from kddiag.loading import load_model
 
 DIGITS = ["--data", "digits:test", "--transfer-data", "digits:train"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from kddiag.data import BUILTIN_DATASETS, load_dataset, make_class_hierarchy
+from kddiag.readers.arrays import BUILTIN_DATASETS, load_dataset, make_class_hierarchy
 from kddiag.errors import KddiagError
 
 

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from kddiag.cli import DEMO_TEACHER, main
-from kddiag.data import load_dataset
+from kddiag.readers.arrays import load_dataset
 from kddiag.errors import KddiagError
 from kddiag.files import check_entries, kind_of, open_regular
-from kddiag.images import MAX_RESIZE_PIXELS, images_from_array
-from kddiag.text import MAX_LINE_CHARS, load_text_dataset
+from kddiag.readers.images import MAX_RESIZE_PIXELS, images_from_array
+from kddiag.readers.text import MAX_LINE_CHARS, load_text_dataset
 from kddiag.options import ImageOptions
 from small_models import deadline
 
@@ -210,7 +210,7 @@ def test_a_line_is_bounded_before_the_file_is_read(tmp_path):
 
 
 def test_lines_are_counted_and_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr("kddiag.text.MAX_TEXT_LINES", 3)
+    monkeypatch.setattr("kddiag.readers.text.MAX_TEXT_LINES", 3)
     (tmp_path / "three.jsonl").write_text("\n".join(json.dumps({"text": "a"}) for _ in range(3)) + "\n")
     (tmp_path / "four.jsonl").write_text("\n".join(json.dumps({"text": "a"}) for _ in range(3)) + "\n\n")
     with pytest.raises(KddiagError, match="no Hugging Face directory with tokenizer files"):

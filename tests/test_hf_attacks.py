@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from kddiag.errors import KddiagError, UnsafeLoadError  # noqa: E402
 from kddiag.loading import load_model  # noqa: E402
 from kddiag.loading.hf import MAX_CONFIG_BYTES, MAX_LAYERS, MAX_POSITIONS, check_config_sizes  # noqa: E402
-from kddiag.text import load_text_dataset  # noqa: E402
+from kddiag.readers.text import load_text_dataset  # noqa: E402
 from kddiag.vocabulary import read_vocabulary  # noqa: E402
 from small_models import deadline, one_line
 
@@ -404,7 +404,7 @@ def test_only_shared_layers_may_outnumber_the_stored_ones():
 def test_state_json_may_name_only_regular_files_beside_it(tmp_path):
     """datasets.load_from_disk reads the files state.json's _data_files names, whatever their names or
     places; kddiag sizes exactly those, so they must be plain files in the folder."""
-    from kddiag.text import _check_arrow_sizes
+    from kddiag.readers.text import _check_arrow_sizes
 
     split = tmp_path / "split"
     split.mkdir()
@@ -437,7 +437,7 @@ def test_a_data_file_not_named_arrow_is_sized_too(tmp_path, monkeypatch):
     """The red team's case: 11 million rows in 'data-00000-of-00001.bin', named in state.json, were never
     sized (the check looked at *.arrow only), and datasets loaded them. Here 100 rows against a limit of 10."""
     pa = pytest.importorskip("pyarrow")
-    import kddiag.text as text
+    import kddiag.readers.text as text
 
     split = tmp_path / "split"
     split.mkdir()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kddiag.data import load_dataset
+from kddiag.readers.arrays import load_dataset
 from kddiag.errors import KddiagError
 from kddiag.options import ImageOptions
 
@@ -125,7 +125,7 @@ def test_mixed_sizes_name_two_files_and_suggest_resize(tmp_path):
 
 def test_a_folder_holding_more_values_than_kddiag_reads_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
     """Red-team pass 3: 20 gray PNGs of 9000×9000 (2 MB on disk) reached 3.5 GB and a 50-line traceback."""
-    monkeypatch.setattr("kddiag.images.MAX_FOLDER_VALUES", 50)
+    monkeypatch.setattr("kddiag.readers.images.MAX_FOLDER_VALUES", 50)
     for k in range(3):
         save(tmp_path / "a" / f"{k}.png", gray(6, 5))
     with pytest.raises(KddiagError, match=r"its 3 images hold more than 60 values \(pixels × channels\); .* at "
@@ -270,7 +270,7 @@ def test_labels_only_files_ignore_image_options(tmp_path):
 def test_array_resize_agrees_with_pillow():
     """torch's antialiased bilinear resize of arrays and Pillow's on the same image differ by at most a grey level."""
     pixels = RNG.integers(0, 256, (17, 23, 3), dtype=np.uint8)
-    from kddiag.images import images_from_array
+    from kddiag.readers.images import images_from_array
 
     for size in ((8, 11), (5, 30), (40, 23)):  # shrink both, shrink one and enlarge one, enlarge
         x, notes = images_from_array(torch.from_numpy(pixels[None]), ImageOptions(resize=size), "x")

@@ -43,7 +43,7 @@ def one_line_error(result, *fragments):
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory):
     """The demo teacher and baseline as torch.export programs, and the teacher's logits as integers."""
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
     from kddiag.loading import load_model
 
     root = tmp_path_factory.mktemp("programs")
@@ -67,7 +67,7 @@ def _image_folder(root: Path) -> Path:
 
 
 def test_layout_for_an_image_folder_is_refused_from_the_option_and_from_a_spec(tmp_path):
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
     from kddiag.options import ImageOptions
 
     folder = _image_folder(tmp_path / "images")
@@ -168,7 +168,7 @@ def _jsonl(path: Path, records) -> Path:
 
 
 def test_label_names_map_to_the_ids_of_the_models_id2label(tmp_path, tokenizer_dir):
-    from kddiag.text import load_text_dataset
+    from kddiag.readers.text import load_text_dataset
 
     path = _jsonl(tmp_path / "val.jsonl", [{"text": "the cat sat", "label": name}
                                            for name in ("pos", "neg", "mid", "pos")])
@@ -215,7 +215,7 @@ def test_a_classifier_with_named_classes_reads_jsonl_names_by_its_id2label(tmp_p
 
 
 def test_text_with_no_known_word_is_not_enough_data(tmp_path, tokenizer_dir):
-    from kddiag.text import load_text_dataset
+    from kddiag.readers.text import load_text_dataset
 
     unknown = _jsonl(tmp_path / "alien.jsonl", [{"text": "zorp blix quab"}, {"text": "frell"}])
     with pytest.raises(KddiagError, match=r"alien.jsonl': not enough data: every word is out of the tokenizer's "
@@ -229,7 +229,7 @@ def test_text_with_no_known_word_is_not_enough_data(tmp_path, tokenizer_dir):
 # --- degenerate data --------------------------------------------------------------------------------------
 
 def test_one_class_is_not_enough_data_and_gives_no_verdict(tmp_path):
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
 
     digits = load_dataset("digits:test")
     np.savez(tmp_path / "threes.npz", x=digits.x.numpy(), y=np.full(len(digits.labels), 3))

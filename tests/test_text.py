@@ -1,4 +1,4 @@
-"""kddiag.text: text and token ids for token-level distillation, against the tokenizers library and loops."""
+"""kddiag.readers.text: text and token ids for token-level distillation, against the tokenizers library and loops."""
 import json
 import logging
 import sys
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kddiag.errors import KddiagError
-from kddiag.text import load_text_dataset, next_token_targets
+from kddiag.readers.text import load_text_dataset, next_token_targets
 from kddiag.inputs import IGNORE_INDEX, TokenInputs
 
 WORDS = "the cat sat on mat a dog ran far away".split()
@@ -400,7 +400,7 @@ def test_hf_datasets_missing_package_and_bad_folders(tmp_path, monkeypatch):
 
 
 class _FakeTable:
-    """What kddiag.text reads of a datasets.Dataset: column_names, columns by name, features."""
+    """What kddiag.readers.text reads of a datasets.Dataset: column_names, columns by name, features."""
 
     def __init__(self, columns):
         self.columns, self.column_names, self.features = columns, list(columns), {}
@@ -439,7 +439,7 @@ def test_a_tokenizer_that_panics_while_decoding_the_reports_examples_leaves_them
     PanicException, which ``except Exception`` misses) loses only that text, not the run."""
     import torch
 
-    import kddiag.text as text
+    import kddiag.readers.text as text
     from kddiag.inputs import IGNORE_INDEX, Dataset, TokenInputs
 
     class PanicException(BaseException):  # the name PyO3 gives a Rust panic

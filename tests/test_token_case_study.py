@@ -98,7 +98,7 @@ def test_train_lm_masks_padding_and_alpha_zero_is_cross_entropy():
 def test_the_classifier_examples_hide_the_subject_and_label_its_group_and_number(tmp_path):
     from case_studies.token_lm import SUBJECT_CLASSES, subject_examples, write_jsonl
     from case_studies.token_lm import encode
-    from kddiag.text import load_text_dataset
+    from kddiag.readers.text import load_text_dataset
 
     texts, labels = subject_examples(["the small dogs eat a plum .", "a teacher sees the cat ."])
     assert texts == ["the small [UNK] eat a plum .", "a [UNK] sees the cat ."]  # only the subject is hidden

@@ -112,7 +112,7 @@ def save_tokenizer(directory, pattern=None, *, normalizer=None):
 
 
 def test_the_attack_is_refused_for_the_text_and_the_vocabulary(tmp_path):
-    from kddiag.text import load_text_dataset
+    from kddiag.readers.text import load_text_dataset
     from kddiag.vocabulary import read_vocabulary
 
     directory = save_tokenizer(tmp_path / "tok", "(a+)+[bd]")

@@ -233,7 +233,7 @@ def test_zero_stride_logits_are_refused_before_they_are_materialized(tmp_path, l
 
 
 def test_contiguous_data_and_views_of_a_larger_storage_still_load(tmp_path):
-    from kddiag.data import load_dataset
+    from kddiag.readers.arrays import load_dataset
 
     storage = torch.randn(200, 64)
     torch.save({"x": storage[:100], "y": torch.arange(100) % 10}, data := tmp_path / "data.pt")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from kddiag.cli import DEMO_STUDENT, DEMO_TEACHER, main
 from kddiag.collect import _runner_for
-from kddiag.data import load_dataset
+from kddiag.readers.arrays import load_dataset
 from kddiag.errors import KddiagError, UnsafeLoadError
 from kddiag.loading import load_model
 from kddiag.models import builtin_arch

@@ -1,7 +1,7 @@
 """Data sets: tensor files (``.pt``/``.npz`` with ``x`` and ``y``), image folders, JSON data specs and
 built-in offline sets.
 
-Image folders and image arrays are read by :mod:`kddiag.images` (which arrays are images, their layout,
+Image folders and image arrays are read by :mod:`kddiag.readers.images` (which arrays are images, their layout,
 resizing and normalization). A JSON data spec names the data and how to prepare it, so a run can be
 repeated: ``{"path": "images/val", "normalize": {"mean": [0.5], "std": [0.25]}, "resize": [28, 28],
 "layout": "NHWC"}``. Only ``path`` is required; a relative path is read from the spec's folder; any
@@ -41,7 +41,7 @@ def load_dataset(spec: str, *, role: str = "data", images: ImageOptions = ImageO
 
     A ``.pt``/``.npz`` file holds ``y`` (1-D integer labels ≥ 0), ``x`` (inputs, first dimension
     ``len(y)``; may be absent in logits mode) and optionally ``class_names``. ``.pt`` files are read
-    with ``weights_only=True``. Image arrays (:mod:`kddiag.images`) become float32 (n, C, H, W);
+    with ``weights_only=True``. Image arrays (:mod:`kddiag.readers.images`) become float32 (n, C, H, W);
     other floating inputs float32 tensors as stored, other integer inputs (token ids) int64. A
     directory is an image folder; ``images`` says how images are resized and normalized.
     ``role`` ('data' or 'transfer-data') names the option in errors.
@@ -201,7 +201,7 @@ def _load_path(path: Path, role: str, images: ImageOptions, *, spec: Path | None
     name, format_prefix = (str(spec), "spec:") if spec else (str(path), "")
     if not path.is_dir():
         return _load_file(path, where, images, name=name, format_prefix=format_prefix)
-    from kddiag.images import read_image_folder
+    from kddiag.readers.images import read_image_folder
 
     if images.layout is not None:
         raise KddiagError(f"{where}: --layout is the axis order of 4-D image arrays in .pt/.npz files; an image "
@@ -258,7 +258,7 @@ def _dataset(name: str, x, y, class_info: ClassInfo, *, where: str, images: Imag
     Dataset checks labels and lengths."""
     import torch
 
-    from kddiag.images import images_from_array, is_image_array
+    from kddiag.readers.images import images_from_array, is_image_array
 
     labels = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     notes = None
