@@ -34,6 +34,14 @@ class KddiagGroup(click.Group):
         except click.UsageError as error:  # the group's own options: kddiag --nope
             _usage_error(error)
 
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as done:
+            if getattr(sys.modules.get("__main__"), "main", None) is self:  # the program itself (the console
+                _quick_exit(done.code)  # script or python -m kddiag), never a caller in the same process
+            raise
+
     def invoke(self, ctx):
         with warnings.catch_warnings():
             if not sys.warnoptions:
@@ -62,6 +70,25 @@ class KddiagGroup(click.Group):
                 click.echo(f"kddiag: error: {_rank()}a native library panicked "
                            f"({printable(' '.join(str(error).split()))[:300]})", err=True)
                 ctx.exit(EXIT_ERROR)
+
+
+def _quick_exit(code) -> None:
+    """End the process once the command is done: the exit handlers run (atexit, weakref finalizers), the
+    interpreter's teardown is skipped (freeing every module of torch and its loaded programs: 0.3-1 s here,
+    after the report is written)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken pipe: nothing more to say
+            pass
+    if code is None or isinstance(code, int):
+        os._exit(code or 0)
+    sys.stderr.write(f"{code}\n")  # as sys.exit prints a message
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _out_of_memory(ctx, reason: str) -> None:

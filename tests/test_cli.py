@@ -361,6 +361,26 @@ def test_python_dash_m_kddiag_is_the_same_command():
     assert result.returncode == 0 and result.stdout.strip() == f"kddiag, version {kddiag.__version__}"
 
 
+def test_the_program_ends_without_teardown_yet_flushes_its_output_and_keeps_its_exit_code():
+    """The command ends with os._exit once done (the interpreter's teardown of torch took up to 1 s): what it
+    printed still arrives whole through a pipe, exit handlers run, and usage errors keep exit code 2."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    helped = subprocess.run([sys.executable, "-m", "kddiag", "inspect", "--help"], capture_output=True, text=True,
+                            cwd=root)
+    assert helped.returncode == 0 and "--probe" in helped.stdout
+    assert helped.stdout.rstrip().endswith("Show this message and exit.")  # the last line arrived
+    marked = subprocess.run([sys.executable, "-c", "import atexit, sys; atexit.register(lambda: print('bye')); "
+                             "from kddiag.cli import main; import __main__; __main__.main = main; "
+                             "main(['--version'], prog_name='kddiag')"],
+                            capture_output=True, text=True, cwd=root)
+    assert marked.returncode == 0 and marked.stdout.split() == ["kddiag,", "version", kddiag.__version__, "bye"]
+    wrong = subprocess.run([sys.executable, "-m", "kddiag", "inspect", "--nope"], capture_output=True, text=True,
+                           cwd=root)
+    assert wrong.returncode == 2 and "--nope" in wrong.stderr
+
+
 RANDOM_BYTES = bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8))
 
 
