@@ -10,12 +10,16 @@ token ids in sequences of ``--length``, and times, in alternating rounds:
 2. ``kddiag.inspect`` on the same models and data (one pass: forward + streaming statistics, then every
    measurement and the diagnosis).
 
-Prints their ratio (target ≤ 1.2×) and the peak resident memory of the process, which must not grow with
-the number of positions (``--positions`` 25000 and 100000 side by side show it).
+Prints every round's ratio (the order of the two flips every round), their median and range, the load
+average, and the peak resident memory of the process, which must not grow with the number of positions
+(``--positions`` 25000 and 100000 side by side show it). ``--device cuda`` runs both on a GPU (the models,
+the inputs and kddiag's statistics there; times taken after ``torch.cuda.synchronize``); target ≤ 1.2× on
+CPU, ≤ 1.10× at 32k and ≤ 1.25× at 128k on a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -47,11 +51,17 @@ def token_data(n_positions: int, length: int, vocab: int, seed: int):
     return Dataset("random tokens", x, targets[targets != IGNORE_INDEX].numpy())
 
 
-def bare(models, data, batch: int) -> None:
+def bare(models, data, batch: int, device: str) -> None:
     with torch.inference_mode():
         for model in models:
             for start in range(0, len(data.x), batch):
-                model(data.x[start:start + batch])
+                model(data.x[start:start + batch].to(device))
+    _synchronize(device)
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main(argv=None) -> None:
@@ -62,33 +72,44 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--teacher-layers", type=int, default=4)
     parser.add_argument("--student-layers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds per size (the order flips every round)")
+    parser.add_argument("--device", default="cpu", help="where the models and kddiag's statistics run (cpu, cuda)")
     args = parser.parse_args(argv)
     from kddiag.pipeline import inspect
     from kddiag.inputs import LoadedModel
     from kddiag.options import InspectOptions
 
-    teacher = build(args.vocab, args.width, args.teacher_layers, 0)
-    student = build(args.vocab, args.width // 2, args.student_layers, 1)
+    teacher = build(args.vocab, args.width, args.teacher_layers, 0).to(args.device)
+    student = build(args.vocab, args.width // 2, args.student_layers, 1).to(args.device)
     models = [LoadedModel("<teacher>", "hf-causal-lm", teacher), LoadedModel("<student>", "hf-causal-lm", student)]
-    print(f"torch threads {torch.get_num_threads()}; vocabulary {args.vocab:,}; teacher GPT-2 {args.teacher_layers}"
+    print(f"device {args.device}; torch threads {torch.get_num_threads()}; vocabulary {args.vocab:,}; teacher GPT-2 {args.teacher_layers}"
           f"×{args.width}, student {args.student_layers}×{args.width // 2}; sequences of {args.length}")
     for n in args.positions:
         data = token_data(n, args.length, args.vocab, 0)
         batch = max(1, (1 << 25) // (args.length * args.vocab))  # what kddiag's collection uses
-        options = InspectOptions(temperature=2.0, alpha=0.5, batch_size=batch)
+        options = InspectOptions(temperature=2.0, alpha=0.5, batch_size=batch, device=args.device)
+
+        def timed(run) -> float:
+            start = time.perf_counter()
+            run()
+            _synchronize(args.device)
+            return time.perf_counter() - start
+
         rounds = []
-        for _ in range(args.repeats):
-            a = time.perf_counter()
-            bare((teacher, student), data, batch)
-            b = time.perf_counter()
-            inspect(models[0], models[1], data=data, options=options)
-            rounds.append((b - a, time.perf_counter() - b))
+        for k in range(args.repeats):
+            parts = {"bare": lambda: bare((teacher, student), data, batch, args.device),
+                     "kddiag": lambda: inspect(models[0], models[1], data=data, options=options)}
+            order = ("bare", "kddiag") if k % 2 == 0 else ("kddiag", "bare")
+            took = {name: timed(parts[name]) for name in order}
+            rounds.append((took["bare"], took["kddiag"]))
+            print(f"  round {k} ({' then '.join(order)}): bare {took['bare']:.1f} s, kddiag {took['kddiag']:.1f} s, "
+                  f"ratio {took['kddiag'] / took['bare']:.2f}x; load {os.getloadavg()[0]:.2f}")
         forward, full = (statistics.median(r[k] for r in rounds) for k in (0, 1))
-        ratio = statistics.median(r[1] / r[0] for r in rounds)
+        ratios = [r[1] / r[0] for r in rounds]
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{data.labels.size:,} positions × {args.vocab:,}: bare forward passes {forward:7.1f} s, kddiag inspect "
-              f"{full:7.1f} s, ratio {ratio:4.2f}x (target <= 1.2x); peak memory so far {peak:,.0f} MiB")
+              f"{full:7.1f} s, ratio {statistics.median(ratios):4.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x); "
+              f"peak memory so far {peak:,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ the batches and whatever number of shards of whole chunks were merged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from kddiag.levels import COLUMNS, Block
 from kddiag.metrics import instance, strata, universe
 from kddiag.metrics._common import ClassSums, CompensatedSum, SoftmaxStats, fused_softmax_stats
+from kddiag.outputs import Batch, SetOutputs, is_device_array
 from kddiag.reservoir import Reservoir, kept_indices
 from kddiag.summary import Moments, SetSummary
-from kddiag.outputs import Batch, SetOutputs
 from kddiag.types import ROLES
 
 EXAMPLE_SAMPLES = 32_768  # per-example values of at most this many examples (fixed-seed reservoir)
@@ -230,11 +231,23 @@ class SetAccumulator:
                     for name, (count, sums) in self.strata.items()},
         )
 
-    def _softmax(self, y: np.ndarray, logits: dict[str, np.ndarray]
+    def _softmax(self, y: np.ndarray, logits: dict
                  ) -> tuple[dict[str, SoftmaxStats], SoftmaxStats, SoftmaxStats | None]:
         """Each model at τ = 1 (class sums added), teacher and student at τ, the teacher with cross terms
-        against the student (no student: the teacher's alone, student at τ None), in one fused pass."""
-        return fused_softmax_stats(logits, y, temperature=self.temperature, class_sums=self.class_sums)
+        against the student (no student: the teacher's alone, student at τ None), in one fused pass: where
+        the logits are (torch, on their device) when a model's logits came as a tensor, else numpy. Stored
+        logits beside a tensor go to its device (and stay there in ``logits``, for the columns)."""
+        device = next((value.device for value in logits.values() if is_device_array(value)), None)
+        if device is None:
+            return fused_softmax_stats(logits, y, temperature=self.temperature, class_sums=self.class_sums)
+        import torch
+
+        from kddiag.metrics.fused import fused_softmax_stats_torch
+
+        for role, value in logits.items():
+            if not is_device_array(value):
+                logits[role] = torch.as_tensor(np.ascontiguousarray(value), device=device)
+        return fused_softmax_stats_torch(logits, y, temperature=self.temperature, class_sums=self.class_sums)
 
     def _add_confusion(self, teacher_pred: np.ndarray, student_pred: np.ndarray) -> None:
         if self._position is not None:
@@ -315,5 +328,14 @@ class _Rows:
         """Consecutive parts as one (copied)."""
         first = parts[0]
         return _Rows(first.start, np.concatenate([part.labels for part in parts]),
-                     {k: np.concatenate([part.logits[k] for part in parts]) for k in first.logits},
+                     {k: _concatenated([part.logits[k] for part in parts]) for k in first.logits},
                      {k: np.concatenate([part.strata[k] for part in parts]) for k in first.strata})
+
+
+def _concatenated(parts: list) -> Any:
+    """Consecutive rows as one array: numpy arrays with numpy, tensors with torch (on their device)."""
+    if is_device_array(parts[0]):
+        import torch
+
+        return torch.cat(parts)
+    return np.concatenate(parts)

@@ -68,3 +68,19 @@ def check_finite_rows(array: np.ndarray, name: str) -> None:
     bad = non_finite_rows(array).size
     if bad:
         raise KddiagError(f"{name}: NaN or Inf in {bad} of {len(array)} rows; every value must be finite")
+
+
+def check_finite_examples(array: Any, name: str, start: int) -> None:
+    """Raise naming the first example with NaN or Inf (rows are examples ``start``, ``start + 1``, …); a
+    tensor is checked where it is, by one float64 sum unless that shows a non-finite value."""
+    if hasattr(array, "detach"):  # a tensor
+        import torch
+
+        if bool(torch.isfinite(array.sum(dtype=torch.float64))):
+            return
+        bad = torch.nonzero(~torch.isfinite(array).all(dim=1))[:, 0].cpu().numpy()
+    else:
+        bad = non_finite_rows(array)
+    if bad.size:
+        raise KddiagError(f"{name}: NaN or Inf in example {start + bad[0]} ({bad.size} of the "
+                          f"{len(array)} examples from {start}); every value must be finite")

@@ -7,13 +7,12 @@ model and set; the statistics trust them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kddiag.checks import check_class_ids, check_finite_rows, real_array
+from kddiag.checks import check_class_ids, check_finite_examples, check_finite_rows, real_array
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import non_finite_rows
 from kddiag.metrics.strata import N_BUCKETS
 from kddiag.types import EVAL, ROLES, TRANSFER
 
@@ -123,7 +122,8 @@ class Batch:
     collection hands the streaming statistics (:mod:`kddiag.accumulate`), checked batch by batch.
 
     ``logits``: role -> real, finite (n, C), C ≥ 2, the same C for every role, the teacher's present
-    (no student: a teacher-only check); kept in their own float dtype (float16, float32 or float64).
+    (no student: a teacher-only check); kept in their own float dtype (float16, float32 or float64);
+    numpy arrays, or torch tensors left on the device that computed them (:func:`is_device_array`).
     ``features``: role -> (n, D) floats, NaN rows where a model kept none. ``labels``: n class ids in [0, C).
     """
 
@@ -148,9 +148,14 @@ class Batch:
             if role not in self.logits:
                 continue
             name = self._name(role, "logits")
-            array = real_array(self.logits[role], name)
-            if array.dtype.kind != "f":
-                array = array.astype(np.float64)
+            array = self.logits[role]
+            if is_device_array(array):
+                if not array.is_floating_point():
+                    raise KddiagError(f"{name} must be real numbers; got dtype {array.dtype}")
+            else:
+                array = real_array(array, name)
+                if array.dtype.kind != "f":
+                    array = array.astype(np.float64)
             if array.ndim != 2 or array.shape[0] != labels.size or array.shape[1] < 2:
                 raise KddiagError(f"{name} must be (n_samples, n_classes) with one row per example "
                                   f"({labels.size} here) and at least 2 classes; got shape {array.shape}")
@@ -196,12 +201,15 @@ def output_name(role: str, what: str, dataset: str | None, source: str | None) -
     return f"{role} {what}" + (f" ({', '.join(where)})" if where else "")
 
 
-def check_finite_examples(array: np.ndarray, name: str, start: int) -> None:
-    """Raise naming the first example with NaN or Inf (rows are examples ``start``, ``start + 1``, …)."""
-    bad = non_finite_rows(array)
-    if bad.size:
-        raise KddiagError(f"{name}: NaN or Inf in example {start + bad[0]} ({bad.size} of the "
-                          f"{len(array)} examples from {start}); every value must be finite")
+def is_device_array(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (logits left where a model computed them), not a numpy array."""
+    return hasattr(value, "detach") and hasattr(value, "device")
+
+
+def to_host(value: Any) -> np.ndarray:
+    """A numpy array of ``value``, copied from its device when it is a tensor."""
+    return value.detach().cpu().numpy() if is_device_array(value) else np.asarray(value)
+
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 from kddiag.errors import KddiagError
 from kddiag.progress import Progress
 from kddiag.inputs import IGNORE_INDEX, Dataset, LoadedModel, TokenInputs
-from kddiag.options import MAX_PROBE_EPOCHS, ProbeOptions, Settings
+from kddiag.options import ProbeOptions, Settings
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # Adam learning rates the short check chooses from
 LR_CHECK_SHARE = 0.2  # the check trains the control for this share of the budget at each rate

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kddiag.outputs import to_host
+
 _SEED = np.uint64(0x5EED_0000_0000_0001)
 
 
@@ -53,7 +55,8 @@ class Reservoir:
         self._cut: np.uint64 | None = None  # once full: rows above this priority can never be kept
 
     def add(self, index: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
-        """Offer the examples ``index`` with their ``arrays`` (first axis = examples)."""
+        """Offer the examples ``index`` with their ``arrays`` (first axis = examples; a tensor's kept rows
+        are copied to the host)."""
         index = np.asarray(index, dtype=np.int64)
         if self._known is not None:
             self._place(index, arrays)
@@ -70,7 +73,7 @@ class Reservoir:
         chosen = np.flatnonzero(keep)
         if not chosen.size:
             return
-        self._chunks.append((index[chosen], rank[chosen], {name: np.asarray(value[chosen])
+        self._chunks.append((index[chosen], rank[chosen], {name: to_host(value[chosen])
                                                            for name, value in arrays.items()}))
         self._priority = np.concatenate((self._priority, rank[chosen]))
         if self._priority.size > 2 * self.capacity:
@@ -83,10 +86,10 @@ class Reservoir:
         if not chosen.size:
             return
         if not self._placed:
-            self._placed = {name: np.empty((self._known.size, *np.shape(value)[1:]), dtype=np.asarray(value[:0]).dtype)
+            self._placed = {name: np.empty((self._known.size, *tuple(value.shape)[1:]), dtype=to_host(value[:0]).dtype)
                             for name, value in arrays.items()}
         for name, value in arrays.items():
-            self._placed[name][at[chosen]] = value[chosen]
+            self._placed[name][at[chosen]] = to_host(value[chosen])
         self._filled[at[chosen]] = True
 
     def merge(self, other: "Reservoir") -> None:

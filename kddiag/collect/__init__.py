@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 import numpy as np
 
 from kddiag.accumulate import SetAccumulator, chunk_rows, kept_classes, row_sample
+from kddiag.checks import check_finite_examples
 from kddiag.collect.stored import release, stored_logits
 from kddiag.errors import KddiagError
-from kddiag.progress import Progress
 from kddiag.inputs import Dataset, LoadedModel, TokenInputs
-from kddiag.outputs import Batch, ModelOutputs, SetOutputs, check_finite_examples, output_name
-from kddiag.types import EVAL, ROLES, TRANSFER
+from kddiag.outputs import Batch, ModelOutputs, SetOutputs, output_name
+from kddiag.progress import Progress
+from kddiag.types import EVAL, TRANSFER
 
 if TYPE_CHECKING:
     from kddiag.collect._runner import Runner
 
-__all__ = ["collect_outputs", "collect_summary", "collect_summaries", "batches", "model_batches"]
+__all__ = ["collect_outputs", "collect_summary", "collect_summaries", "model_batches", "outputs_in_memory"]
 
 
 def collect_summary(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None,
@@ -50,11 +51,12 @@ def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple
                       baseline: LoadedModel | None = None, set_name: str, settings: tuple[tuple[float, float], ...],
                       rows: range | None = None, batch_size: int = 512, device: str | None = None,
                       feature_layer: str | None = None, progress: bool | str = False,
-                      strata: dict[str, np.ndarray] | None = None) -> list[SetAccumulator | None]:
+                      strata: dict[str, np.ndarray] | None = None,
+                      logits_on_device: bool | None = None) -> list[SetAccumulator | None]:
     """One accumulator per student of one teacher (as :func:`collect_summary`), over one pass in which the
     teacher and the baseline run once per batch; ``settings``: each student's (temperature, alpha). A
     student None is a teacher-only check. ``strata``: name -> every example's bucket (token data,
-    :mod:`kddiag.metrics.strata`), summed per bucket."""
+    :mod:`kddiag.metrics.strata`), summed per bucket. ``logits_on_device``: see :func:`model_batches`."""
     strata = strata or {}
     models = {"teacher": teacher, **{f"student:{k}": s for k, s in enumerate(students) if s is not None}}
     if baseline is not None:
@@ -65,7 +67,8 @@ def collect_summaries(dataset: Dataset, *, teacher: LoadedModel, students: tuple
     accumulators: list[SetAccumulator | None] = [None] * len(students)
     runners = {}
     for part, runners in model_batches(dataset, models, set_name=set_name, rows=rows, batch_size=batch_size,
-                                       device=device, feature_layer=feature_layer, progress=progress):
+                                       device=device, feature_layer=feature_layer, progress=progress,
+                                       logits_on_device=logits_on_device):
         for k, pair in enumerate(pairs):
             batch = Batch(part.start, part.labels, {role: part.logits[key] for role, key in pair.items()},
                           {role: part.features[key] for role, key in pair.items() if key in part.features},
@@ -120,7 +123,7 @@ def outputs_in_memory(dataset: Dataset, models: dict[str, LoadedModel], *, set_n
     features: dict[str, list] = {}
     kept, runners = None, {}
     for part, runners in model_batches(dataset, models, set_name=set_name, batch_size=batch_size, device=device,
-                                       feature_layer=feature_layer, progress=progress):
+                                       feature_layer=feature_layer, progress=progress, logits_on_device=False):
         if kept is None:
             kept = row_sample(len(dataset.labels), next(iter(part.logits.values())).shape[1])
         lo, hi = np.searchsorted(kept, (part.start, part.start + part.labels.size))
@@ -143,21 +146,6 @@ def outputs_in_memory(dataset: Dataset, models: dict[str, LoadedModel], *, set_n
     return outputs
 
 
-def batches(dataset: Dataset, *, teacher: LoadedModel, student: LoadedModel | None, baseline: LoadedModel | None,
-            set_name: str, rows: range | None = None, batch_size: int = 512, device: str | None = None,
-            feature_layer: str | None = None,
-            progress: bool | str = False) -> Iterator[tuple[Batch, dict[str, "Runner"]]]:
-    """One :class:`~kddiag.outputs.Batch` of every model's outputs per ``batch_size`` examples of ``rows``
-    (default: all), with the runners (their ``weight``), each model in ``eval()`` under ``torch.inference_mode()``."""
-    models = {role: model for role, model in (("teacher", teacher), ("student", student), ("baseline", baseline))
-              if model is not None}
-    sources = {role: None if model.format == "module" else model.source for role, model in models.items()}
-    for part, runners in model_batches(dataset, models, set_name=set_name, rows=rows, batch_size=batch_size,
-                                       device=device, feature_layer=feature_layer, progress=progress):
-        yield Batch(part.start, part.labels, {role: part.logits[role] for role in ROLES if role in part.logits},
-                    part.features, sources, set_name, dataset.name), runners
-
-
 class Outputs(NamedTuple):
     """The outputs of every model on examples ``start``, ``start + 1``, … of one batch, by model key."""
 
@@ -169,9 +157,14 @@ class Outputs(NamedTuple):
 
 def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name: str, rows: range | None = None,
                   batch_size: int = 512, device: str | None = None, feature_layer: str | None = None,
-                  progress: bool | str = False) -> Iterator[tuple[Outputs, dict[str, "Runner"]]]:
+                  progress: bool | str = False,
+                  logits_on_device: bool | None = None) -> Iterator[tuple[Outputs, dict[str, "Runner"]]]:
     """Every model of ``models`` (key -> model; a key's role, named in errors, is its part before ':', e.g.
-    'student:2') over ``rows`` of ``dataset``, batch by batch, each model run once per batch."""
+    'student:2') over ``rows`` of ``dataset``, batch by batch, each model run once per batch.
+
+    ``logits_on_device``: the models' logits stay tensors where they were computed, for the statistics
+    to run there (default: on an accelerator, not on the CPU, where numpy's pass measures faster);
+    else they come as numpy arrays. Stored logits are numpy arrays either way."""
     import torch
 
     if set_name not in (EVAL, TRANSFER):
@@ -199,6 +192,7 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
         if not isinstance(x, (torch.Tensor, TokenInputs)):
             x = torch.as_tensor(np.asarray(x))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_device = torch.device(device).type != "cpu" if logits_on_device is None and runners else bool(logits_on_device)
     meter = None
     try:
         with torch.inference_mode():
@@ -210,7 +204,7 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
                 logits = {key: value[start:stop] for key, value in stored.items()}
                 features = {}
                 for key, runner in runners.items():
-                    logits[key], found = runner.run(inputs)
+                    logits[key], found = runner.run(inputs, on_device=on_device)
                     logits[key] = logits[key][keep]
                     if found is not None:
                         features[key] = found[keep]

@@ -58,12 +58,13 @@ class Runner:
         output, _ = self._call(x)
         return output
 
-    def run(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, batch: Any, *, on_device: bool = False) -> tuple[Any, np.ndarray | None]:
         """One batch's logits (float32, or float64/float16 as the model computes them) and features
-        (float32, None once the model gave none), as numpy arrays on the CPU."""
+        (float32, None once the model gave none), as numpy arrays on the CPU; ``on_device``: the logits
+        as a tensor left where the model computed them (the statistics run there)."""
         logits, features = self._call(batch)
         dtype = logits.dtype if logits.dtype in (torch.float16, torch.float64) else torch.float32
-        logits = logits.detach().to("cpu", dtype=dtype).numpy()
+        logits = logits.detach().to(dtype=dtype) if on_device else logits.detach().to("cpu", dtype=dtype).numpy()
         if features is None or not self.has_features:
             self.has_features = False
             return logits, None

@@ -10,11 +10,12 @@ read other columns (``block["teacher.correct"]``), each computed once per block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from kddiag.metrics._common import SoftmaxStats
+from kddiag.outputs import is_device_array, to_host
 from kddiag.types import ROLES
 
 
@@ -53,9 +54,9 @@ def per_model(name: str, compute: Callable[["Block", str], np.ndarray | None], *
 class Block:
     """One block of examples' softmax pass, as the columns read it: each column computed on first use.
 
-    ``logits``: each model's (n, C) logits; ``one``: each model at τ = 1; ``teacher_t``/``student_t``: at
-    the distillation temperature (the teacher's with cross terms against the student; ``student_t`` None
-    without a student).
+    ``logits``: each model's (n, C) logits (numpy, or tensors on their device); ``one``: each model at
+    τ = 1; ``teacher_t``/``student_t``: at the distillation temperature (the teacher's with cross terms
+    against the student; ``student_t`` None without a student). Every per-example value is numpy.
     """
 
     def __init__(self, catalogue: Mapping[str, Column], labels: np.ndarray, logits: Mapping[str, np.ndarray],
@@ -84,3 +85,14 @@ class Block:
         values = {name: self[name] for name in names if self._catalogue[name].needs <= present}
         return {name: value for name, value in values.items() if value is not None}
 
+
+def classes_above(logits: Any, classes: np.ndarray) -> np.ndarray:
+    """Per row of ``logits`` (numpy, or a tensor where it is), how many classes score strictly above class
+    ``classes[i]``: one comparison pass, done on the logits' device; the counts come back as numpy."""
+    if is_device_array(logits):
+        import torch
+
+        picked = logits.gather(1, torch.as_tensor(classes, device=logits.device)[:, None])
+        return to_host((logits > picked).sum(dim=1))
+    picked = logits[np.arange(logits.shape[0]), classes]
+    return np.count_nonzero(logits > picked[:, None], axis=1)

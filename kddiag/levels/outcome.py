@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from kddiag.levels._columns import Block, Column, per_model
+from kddiag.levels._columns import Block, Column, classes_above, per_model
 from kddiag.levels._common import NO_BASELINE, NO_STUDENT, absent, mean_ci
 from kddiag.levels._record import Headline, Level, Measured, OnSet, measured, missing, unavailable
 from kddiag.metrics import fidelity, strata
@@ -43,8 +43,7 @@ def _in_teacher_top_k(block: Block) -> np.ndarray | None:
     z = block.logits["teacher"]
     if z.shape[1] <= TOP_K:
         return None
-    picked = z[np.arange(z.shape[0]), block.one["student"].prediction]
-    return (np.count_nonzero(z > picked[:, None], axis=1) < TOP_K).astype(np.float64)
+    return (classes_above(z, block.one["student"].prediction) < TOP_K).astype(np.float64)
 
 
 COLUMNS = (

@@ -1,0 +1,86 @@
+"""Statistics where the logits are: logits kept as tensors on the models' device go through the torch pass
+(kddiag/metrics/fused.py) inside the streaming statistics. Checked here on CPU tensors against the numpy
+pass; on an accelerator the same code runs on its tensors."""
+import numpy as np
+import pytest
+import torch
+
+from kddiag import accumulate
+from kddiag.accumulate import SetAccumulator
+from kddiag.collect import collect_summaries
+from kddiag.errors import KddiagError
+from kddiag.inputs import ClassInfo, Dataset, LoadedModel
+from kddiag.measure import measure
+from kddiag.outputs import Batch
+from kddiag.types import EVAL
+
+from test_accumulate import SETTINGS, assert_same, make_set
+
+ROLES = ("teacher", "student", "baseline")
+
+
+def fed(data, bounds, *, tensors, stored=()):
+    """``data`` fed as the batches [bounds[k], bounds[k + 1]), each model's logits as a CPU tensor when
+    ``tensors`` (roles in ``stored`` stay numpy, as stored logits do)."""
+    acc = SetAccumulator(data.dataset, n_classes=data.n_classes, roles=ROLES, temperature=3.0, alpha=0.8,
+                         n_total=data.labels.size)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        logits = {role: getattr(data, role).logits[start:stop] for role in ROLES}
+        if tensors:
+            logits = {role: value if role in stored else torch.from_numpy(np.ascontiguousarray(value))
+                      for role, value in logits.items()}
+        acc.update(Batch(start, data.labels[start:stop], logits,
+                         {role: getattr(data, role).features[start:stop] for role in ROLES}))
+    acc.weights = {role: getattr(data, role).weight for role in ROLES}
+    return acc.summary()
+
+
+def measured(summary):
+    groups = (0, 0, 1, 1, 2, 2) if summary.n_classes == 6 else None
+    return measure([summary], settings=SETTINGS, class_info=ClassInfo(groups=groups)).to_dict()
+
+
+@pytest.mark.parametrize("n_classes", [6, 150])  # the float64 and the float32 work dtype
+def test_tensor_logits_give_the_numpy_measurements(monkeypatch, n_classes):
+    monkeypatch.setattr(accumulate, "CHUNK_ROWS", 64)
+    data = make_set(EVAL, 300, 4, n_classes=n_classes)
+    on_host = measured(fed(data, [0, 100, 300], tensors=False))
+    on_device = measured(fed(data, [0, 100, 300], tensors=True))
+    assert_same(on_device, on_host, rtol=1e-4 if n_classes > 6 else 1e-9)
+
+
+def test_the_torch_pass_gives_the_same_bits_whatever_the_batches(monkeypatch):
+    monkeypatch.setattr(accumulate, "CHUNK_ROWS", 64)
+    data = make_set(EVAL, 300, 5)
+    one = measured(fed(data, [0, 300], tensors=True))
+    assert_same(measured(fed(data, [0, 1, 8, 9, 100, 101, 300], tensors=True)), one, rtol=0)
+
+
+def test_stored_logits_beside_tensors_join_them_on_their_device():
+    data = make_set(EVAL, 200, 6)
+    assert_same(measured(fed(data, [0, 200], tensors=True, stored=("baseline",))),
+                measured(fed(data, [0, 200], tensors=False)), rtol=1e-9)
+
+
+def test_a_tensor_with_nan_names_its_first_bad_example():
+    logits = torch.zeros(5, 3)
+    logits[3, 1] = float("nan")
+    with pytest.raises(KddiagError, match=r"teacher logits: NaN or Inf in example 13 \(1 of the 5 examples from 10\)"):
+        Batch(10, np.zeros(5, dtype=np.int64), {"teacher": logits})
+
+
+def test_collection_can_keep_the_logits_on_the_models_device():
+    """A module's logits kept as tensors (on the CPU here, as on an accelerator by default) give the
+    measurements of the numpy pass."""
+    torch.manual_seed(0)
+    x = torch.randn(400, 8)
+    labels = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    teacher, student = (LoadedModel("<module>", "module", torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                                                             torch.nn.Linear(16, 4)))
+                        for _ in range(2))
+    data = Dataset("d", x, labels.numpy())
+    summaries = [collect_summaries(data, teacher=teacher, students=(student,), set_name=EVAL, settings=((3.0, 0.8),),
+                                   batch_size=64, device="cpu", logits_on_device=on_device)[0].summary()
+                 for on_device in (False, True)]
+    settings_measured = [measure([s], settings=SETTINGS, class_info=ClassInfo()).to_dict() for s in summaries]
+    assert_same(settings_measured[1], settings_measured[0], rtol=1e-4)
