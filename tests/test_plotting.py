@@ -117,6 +117,24 @@ def test_a_saturated_teacher_is_drawn_as_wrong_class_mass_on_a_log_axis():
     assert any(np.allclose(line.get_xdata(), 0.01) for line in ax.lines)
 
 
+@pytest.mark.parametrize("plot", AXES_PLOTS + FIGURE_PLOTS)
+def test_tick_labels_read_as_text_with_mathtext_off(plot, full):
+    """The reports draw with mathtext off (names from the inputs may hold '$'): a log axis must still label
+    its ticks in plain text, not show matplotlib's '$\\mathdefault{10^{-12}}$' markup."""
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure()
+        if plot in FIGURE_PLOTS:
+            plot(full, fig=fig)
+        else:
+            plot(full, ax=fig.add_subplot())
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig).draw()
+        labels = [label.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+                  for label in axis.get_ticklabels()]
+    assert labels and not [label for label in labels if "$" in label or "mathdefault" in label]
+
+
 def test_target_confidence_draws_the_record_histogram_and_saturation_cut():
     histogram = Histogram(bin_edges=np.linspace(0.0, 1.0, 5), counts=np.array([1, 2, 3, 14]))
     record = UniverseOnSet(EVAL, target_confidence_histogram=measured(histogram), saturation_share=measured(0.25),

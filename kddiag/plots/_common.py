@@ -62,3 +62,14 @@ def not_available(ax, reason: str):
 def floats(value: Any) -> np.ndarray:
     """A measured array as floats (NaN where undefined)."""
     return np.asarray(value, dtype=float)
+
+
+def log_scale(ax, axis: str = "x", base: float = 10) -> None:
+    """A log axis whose ticks read as plain text ("1e-08", "0.5", "16"): figures are drawn with mathtext
+    off (names from the inputs may hold '$'), where matplotlib's own log labels would show their markup."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=base)
+    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_formatter(NullFormatter())

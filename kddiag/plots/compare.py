@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from kddiag.comparison import Comparison
-from kddiag.plots._common import MIN_BIN_COUNT, MODEL_COLORS, floats, legend_below, new_axes, not_available
+from kddiag.plots._common import MIN_BIN_COUNT, MODEL_COLORS, floats, legend_below, log_scale, new_axes, not_available
 from kddiag.results import EVAL, TRANSFER
 
 STUDENT_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#F0E442", "#332288")
@@ -127,7 +127,7 @@ def plot_accuracy_vs_temperature(comparison: Comparison, *, ax=None):
     if baseline is not None and baseline.baseline_accuracy.ok:
         ax.axhline(baseline.baseline_accuracy.value, color=MODEL_COLORS["baseline"], ls="--", lw=1,
                    label="baseline (no KD)")
-    ax.set_xscale("log", base=2)
+    log_scale(ax, base=2)
     ax.set_xlabel("distillation temperature τ (log scale)")
     ax.set_ylabel("accuracy")
     legend_below(ax)

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kddiag.plots._common import (MIN_BIN_COUNT, MODEL_COLORS, SET_COLORS, floats, legend_below, new_axes,
-                                   new_figure, not_available)
+from kddiag.plots._common import (MIN_BIN_COUNT, MODEL_COLORS, SET_COLORS, floats, legend_below, log_scale,
+                                   new_axes, new_figure, not_available)
 from kddiag.results import (NOT_MEASURED, ClassStructure, InstanceOnSet, Measured, Measurements, PerExample, Report,
                             UniverseOnSet, WeightStructure)
 from kddiag.inputs import ClassInfo
@@ -201,7 +201,7 @@ def _plot_wrong_class_mass(ax, drawn: list, samples: dict[str, np.ndarray]):
         ax.stairs(share, edges, color=SET_COLORS[record.dataset], lw=1.5, label=label)
     for cut in dict.fromkeys(record.saturation_cut for record in drawn):
         ax.axvline(1.0 - cut, color="black", ls="--", lw=1, label=f"saturation: 1 − p_y < {1 - cut:g}")
-    ax.set_xscale("log")
+    log_scale(ax)
     ax.set_xlim(WRONG_MASS_FLOOR, 1.0)
     ax.set_xlabel(f"wrong-class mass 1 − p_y (log scale; below {WRONG_MASS_FLOOR:g} in the first bin)")
     ax.set_ylabel("share of examples")
@@ -553,7 +553,7 @@ class _RescalingPoints:
         """Axis scale and label, the count of drawn examples, the legend."""
         source = self.source
         if self.log:
-            ax.set_xscale("log")
+            log_scale(ax)
         xlabel = {"baseline_loss": "difficulty: baseline student's loss (nats, log scale)",
                   "knn_disagreement_features": "difficulty: k-NN label disagreement (teacher features)",
                   "knn_disagreement_logits": "difficulty: k-NN label disagreement (teacher logits)",

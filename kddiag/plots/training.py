@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from kddiag.history import KEY_MEASUREMENTS, FindingSpan, MonitorRecord
-from kddiag.plots._common import MODEL_COLORS, SECOND_COLOR, legend_below, new_axes, not_available
+from kddiag.plots._common import MODEL_COLORS, SECOND_COLOR, legend_below, log_scale, new_axes, not_available
 
 SEVERITY_CMAP = "YlOrRd"
 
@@ -62,7 +62,7 @@ def plot_decoupled_kd_over_steps(history: Sequence[MonitorRecord], *, ax=None):
     ax = new_axes(ax)
     drawn = _curves(ax, history, (("tckd", MODEL_COLORS["student"], "o"), ("nckd", SECOND_COLOR, "s")))
     if drawn and all(v > 0 for r in history for v in (r.tckd, r.nckd) if v is not None):
-        ax.set_yscale("log")
+        log_scale(ax, "y")
     return _finish(ax, drawn, "What the student has yet to take on (decoupled KD)", "nats")
 
 
