@@ -36,7 +36,7 @@ COLUMNS: dict[str, Column] = {column.name: column for column in
 
 def headlines(section: str) -> tuple[tuple[Headline, ...], tuple[str, ...]]:
     """The headline rows of level ``section`` ('outcome', …) and the notes under its table."""
-    module = {level.__name__.rpartition(".")[2]: level for level in LEVELS}[section]
+    module = next(level for level in LEVELS if level.NAME == section)
     return module.HEADLINES, getattr(module, "HEADLINE_NOTES", ())
 
 

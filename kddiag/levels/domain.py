@@ -21,7 +21,7 @@ from kddiag.metrics._common import subsample_indices
 from kddiag.summary import SetSummary
 from kddiag.types import DOMAIN, ROLES, TRANSFER, WEIGHTS
 
-
+NAME = DOMAIN  # the level's name in report.json and the reports
 NO_WEIGHTS_LOGITS_MODE = "logits mode: no logit-layer weights"
 NO_WEIGHTS = "no logit-layer weights found"
 NO_FEATURES = "no penultimate features found"
@@ -234,7 +234,8 @@ def _weights_record(level: DomainResult) -> tuple:
 HEADLINES = (
     Headline("dark-knowledge content, τ=1", each_model(lambda m: m.dark_knowledge_content)),
     Headline("dark-knowledge content at τ", lambda r: {"teacher": r.dark_knowledge_content_at_temperature}),
-    Headline("wrong classes it spreads over, at τ", lambda r: {"teacher": r.dark_knowledge_alternatives_at_temperature}),
+    Headline("wrong classes it spreads over, at τ",
+             lambda r: {"teacher": r.dark_knowledge_alternatives_at_temperature}),
     Headline("top-10 share of wrong-class mass, τ", lambda r: {"teacher": r.top_k_nontarget_share_at_temperature}),
     Headline("non-target logit spread", each_model(lambda m: m.nontarget_logit_spread)),
     Headline("output-sim. match (Spearman)", lambda r: {"student": r.output_similarity_transfer_score,

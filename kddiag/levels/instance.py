@@ -20,7 +20,7 @@ from kddiag.metrics.instance import LOW_WEIGHT, HardExample
 from kddiag.summary import SetSummary
 from kddiag.types import INSTANCE
 
-
+NAME = INSTANCE  # the level's name in report.json and the reports
 W_OVERFLOW = ("w overflows: the student is saturated on some examples, where its cross-entropy gradient "
               "1 − q¹_y underflows")
 W_ZERO_MEAN = "mean rescaling weight is 0"

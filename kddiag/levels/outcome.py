@@ -18,11 +18,12 @@ from kddiag.metrics.strata import Breakdown
 from kddiag.summary import SetSummary
 from kddiag.types import OUTCOME, ROLES
 
-
+NAME = OUTCOME  # the level's name in report.json and the reports
 NOT_TOKENS = "language models only (examples are token positions)"
 MIN_EXAMPLES_PER_CLASS_RELABELLING = 10  # the relabelling search needs this many examples per class on average
 TOP_K = 5  # top-k agreement: the student's prediction among the teacher's TOP_K highest logits
-FEW_CLASSES_FOR_TOP_K_AGREEMENT = f"needs more than {TOP_K} classes (with fewer every prediction is in the teacher's top {TOP_K})"
+FEW_CLASSES_FOR_TOP_K_AGREEMENT = (f"needs more than {TOP_K} classes (with fewer every prediction is in the "
+                                   f"teacher's top {TOP_K})")
 
 TEACHER_STUDENT = frozenset({"teacher", "student"})
 

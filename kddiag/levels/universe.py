@@ -22,7 +22,7 @@ from kddiag.metrics.whatif import WhatIf
 from kddiag.summary import SetSummary
 from kddiag.types import EVAL, TRANSFER, UNIVERSE
 
-
+NAME = UNIVERSE  # the level's name in report.json and the reports
 NEEDS_BOTH_SETS = "needs both eval and transfer sets"
 
 
