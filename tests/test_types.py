@@ -214,3 +214,18 @@ def test_collected_is_a_sized_iterable_of_its_sets():
 def test_collected_faults(sets, message):
     with pytest.raises(KddiagError, match=message):
         Collected(sets)
+
+
+def test_the_objects_that_moved_out_of_types_still_import_from_it():
+    import kddiag.types as types
+    from kddiag.diagnosis.findings import Diagnosis
+    from kddiag.inputs import Dataset
+    from kddiag.options import InspectOptions
+    from kddiag.outputs import Batch
+    from kddiag.results import Report
+
+    for name, home in (("InspectOptions", InspectOptions), ("Dataset", Dataset), ("Batch", Batch),
+                       ("Diagnosis", Diagnosis), ("Report", Report)):
+        assert getattr(types, name) is home
+    with pytest.raises(AttributeError):
+        types.NotAThing
