@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from kddiag.errors import KddiagError
-from kddiag.metrics._common import (Workspace, check_labels, check_logits, check_pair, check_temperature,
-                                    check_values, map_blocks, softmax_stats, subsample_indices)
+from kddiag.metrics._common import (MIN_BLOCK_ROWS, Workspace, check_labels, check_logits, check_pair,
+                                    check_temperature, check_values, map_blocks, softmax_stats, subsample_indices)
 
 N_RESAMPLES = 1000
 _MAX_CATEGORIES = 16  # values with at most this many distinct levels are resampled by category counts
 BOOTSTRAP_MAX_VALUES = 4096  # sample_bootstrap_ci resamples at most this many continuous values (see there)
+BOOTSTRAP_BLOCK_ELEMENTS = 1 << 17  # resamples per block ≈ this / n values
 
 
 def accuracy(logits, labels) -> float:
@@ -106,7 +107,9 @@ def _bootstrap_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndar
         drawn = np.take(values, index, out=space.array("v", stop - start), mode="clip")
         return {"mean": drawn.mean(axis=1)}
 
-    return np.concatenate([part["mean"] for part in map_blocks(block, n_resamples, n)])
+    rows = max(MIN_BLOCK_ROWS, BOOTSTRAP_BLOCK_ELEMENTS // n)  # each block's random stream is keyed by its
+    # start: the blocks are fixed here, apart from the statistics' tuning
+    return np.concatenate([part["mean"] for part in map_blocks(block, n_resamples, n, rows=rows)])
 
 
 def class_permutation(teacher_logits, student_logits) -> np.ndarray:
