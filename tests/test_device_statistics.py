@@ -84,3 +84,28 @@ def test_collection_can_keep_the_logits_on_the_models_device():
                  for on_device in (False, True)]
     settings_measured = [measure([s], settings=SETTINGS, class_info=ClassInfo()).to_dict() for s in summaries]
     assert_same(settings_measured[1], settings_measured[0], rtol=1e-4)
+
+
+def test_an_inspection_through_the_device_path_gives_the_numpy_report(monkeypatch):
+    """The whole pipeline on the demo pair with every model's logits left as tensors (CPU tensors taking
+    the accelerator's path): the same findings, and every measured value within float32 rounding."""
+    import kddiag
+    from kddiag import collect
+    from kddiag.cli import DEMO_BASELINE, DEMO_STUDENT, DEMO_TEACHER
+    from kddiag.options import InspectOptions
+
+    def run():
+        return kddiag.inspect(str(DEMO_TEACHER), str(DEMO_STUDENT), baseline=str(DEMO_BASELINE), data="digits:test",
+                              transfer_data="digits:train", options=InspectOptions(temperature=1, alpha=0.9))
+
+    from kddiag.metrics import fused
+
+    on_host = run()
+    calls = []
+    torch_pass = fused.fused_softmax_stats_torch
+    monkeypatch.setattr(fused, "fused_softmax_stats_torch", lambda *a, **k: calls.append(1) or torch_pass(*a, **k))
+    monkeypatch.setattr(collect, "LOGITS_ON_CPU_DEVICE", True)
+    on_device = run()
+    assert len(calls) >= 2  # both sets' statistics went through the torch pass
+    assert [f.id for f in on_device.diagnosis.findings] == [f.id for f in on_host.diagnosis.findings]
+    assert_same(on_device.measurements.to_dict(), on_host.measurements.to_dict(), rtol=1e-6)

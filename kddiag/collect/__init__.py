@@ -29,6 +29,8 @@ from kddiag.types import EVAL, TRANSFER
 if TYPE_CHECKING:
     from kddiag.collect._runner import Runner
 
+LOGITS_ON_CPU_DEVICE = False  # True: CPU tensors take the accelerator's path too (tests run it end to end)
+
 __all__ = ["collect_outputs", "collect_summary", "collect_summaries", "model_batches", "outputs_in_memory"]
 
 
@@ -192,7 +194,9 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
         if not isinstance(x, (torch.Tensor, TokenInputs)):
             x = torch.as_tensor(np.asarray(x))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_device = torch.device(device).type != "cpu" if logits_on_device is None and runners else bool(logits_on_device)
+    if logits_on_device is None:
+        logits_on_device = bool(runners) and (torch.device(device).type != "cpu" or LOGITS_ON_CPU_DEVICE)
+    on_device = bool(logits_on_device)
     meter = None
     try:
         with torch.inference_mode():
