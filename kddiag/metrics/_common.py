@@ -550,19 +550,10 @@ def fused_softmax_stats(logits: Mapping[str, np.ndarray], labels: np.ndarray, *,
     Returns (each model's stats at τ = 1, with ``logit_spread`` and its ``class_sums`` added; the teacher's at
     τ; the student's at τ or None without a student). With a student, the student's carry E_q[z_teacher/τ]
     (reverse KL) and the teacher's the cross terms against the student, at both temperatures. The same values,
-    to the last bit, as the separate :func:`softmax_stats` calls; inputs must be valid.
-
-    ``logits`` may be numpy arrays or torch tensors: tensors on an accelerator are reduced there
-    (:func:`kddiag.metrics.fused.fused_softmax_stats_torch`), CPU tensors here (numpy measured 6-11× faster
-    than torch on CPU, benchmarks/bench_stats.py).
+    to the last bit, as the separate :func:`softmax_stats` calls; inputs must be valid numpy arrays (logits
+    left as tensors on a device go to :func:`kddiag.metrics.fused.fused_softmax_stats_torch`: the
+    streaming statistics choose, :meth:`kddiag.accumulate.SetAccumulator._softmax`).
     """
-    if not isinstance(logits["teacher"], np.ndarray):
-        if logits["teacher"].device.type != "cpu":
-            from kddiag.metrics.fused import fused_softmax_stats_torch
-
-            return fused_softmax_stats_torch(logits, labels, temperature=temperature, class_sums=class_sums)
-        logits = {role: np.asarray(value) for role, value in logits.items()}
-        labels = np.asarray(labels)
     n_classes = logits["teacher"].shape[1]
     inv_t = 1.0 / temperature
     work = work_dtype(n_classes)
