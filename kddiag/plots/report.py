@@ -641,16 +641,15 @@ def _ordinal(value: float) -> str:
 
 def _plain_log_axis(ax, values: np.ndarray) -> None:
     """A log x axis labelled with plain numbers (0.5, 1, 2, 4, …) instead of powers of ten."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    ax.set_xscale("log")
+    log_scale(ax)
     finite = values[np.isfinite(values) & (values > 0)]
     if not finite.size:
         return
     candidates = [0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256]
     ticks = [t for t in candidates if finite.min() / 1.01 <= t <= finite.max() * 1.01]
     ax.xaxis.set_major_locator(FixedLocator(ticks or list(finite[[0, -1]])))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
 
 
