@@ -52,6 +52,17 @@ def test_bootstrap_ci_matches_a_plain_index_bootstrap(kind):
         assert fidelity.bootstrap_ci(values, seed=1) != (lo, hi)
 
 
+def test_bootstrap_intervals_do_not_move_when_the_statistics_blocks_are_retuned(monkeypatch):
+    """Each resample block's random stream is keyed by where the block starts: the bootstrap keeps its own
+    fixed blocks, so tuning the softmax pass's block size leaves every interval as it was."""
+    from kddiag.metrics import _common
+
+    values = np.random.default_rng(3).normal(size=900)
+    before = fidelity.bootstrap_ci(values)
+    monkeypatch.setattr(_common, "_BLOCK_ELEMENTS", _common._BLOCK_ELEMENTS // 8)
+    assert fidelity.bootstrap_ci(values) == before
+
+
 @pytest.mark.parametrize("kind", ["binary", "continuous"])
 def test_bootstrap_means_are_centred_with_the_standard_error(kind):
     """Resampled means average to the sample mean and spread as sd/√n (both samplers)."""
