@@ -109,6 +109,7 @@ class SetAccumulator:
         self.weights: dict[str, np.ndarray] = {}  # role -> logit-layer weight, where found (set by collection)
         self.chunk_rows = chunk_rows(n_classes)
         self._pending: list[_Rows] = []  # consecutive rows not yet in a whole chunk
+        self._join_space: dict[str, np.ndarray] = {}  # role -> the chunk-sized array joined rows are copied into
         self.strata: dict[str, tuple[np.ndarray, dict[str, CompensatedSum]]] = {}  # name -> (count, sums by
         # stratum meaning)
 
@@ -133,6 +134,10 @@ class SetAccumulator:
         for boundary in range(start - start % self.chunk_rows + self.chunk_rows, end + 1, self.chunk_rows):
             self._flush_until(boundary)  # one chunk at a time
 
+    def __getstate__(self) -> dict:
+        """What a rank sends (``torch.distributed.gather_object``): not the scratch arrays of joined rows."""
+        return {**self.__dict__, "_join_space": {}}
+
     def flush(self) -> None:
         """Compute the statistics of the pending rows (an incomplete chunk at the end of the data)."""
         if self._pending:
@@ -146,7 +151,7 @@ class SetAccumulator:
         that straddles two batches are copied (joined); every other chunk is read in place."""
         head = [part.head(stop) for part in self._pending if part.start < stop]
         self._pending = [part.tail(stop) for part in self._pending if part.end > stop]
-        self._update_statistics(head[0] if len(head) == 1 else _Rows.joined(head))
+        self._update_statistics(head[0] if len(head) == 1 else _Rows.joined(head, self._join_space))
 
     def _update_statistics(self, rows: "_Rows") -> None:
         start, y = rows.start, rows.labels
@@ -324,18 +329,25 @@ class _Rows:
                      {k: v[rows] for k, v in self.strata.items()})
 
     @staticmethod
-    def joined(parts: list["_Rows"]) -> "_Rows":
-        """Consecutive parts as one (copied)."""
+    def joined(parts: list["_Rows"], space: dict[str, np.ndarray]) -> "_Rows":
+        """Consecutive parts as one (copied; numpy logits into ``space``'s arrays, reused chunk after chunk:
+        fresh chunk-sized arrays cost page faults on every chunk)."""
         first = parts[0]
         return _Rows(first.start, np.concatenate([part.labels for part in parts]),
-                     {k: _concatenated([part.logits[k] for part in parts]) for k in first.logits},
+                     {k: _concatenated([part.logits[k] for part in parts], space, k) for k in first.logits},
                      {k: np.concatenate([part.strata[k] for part in parts]) for k in first.strata})
 
 
-def _concatenated(parts: list) -> Any:
-    """Consecutive rows as one array: numpy arrays with numpy, tensors with torch (on their device)."""
+def _concatenated(parts: list, space: dict[str, np.ndarray], name: str) -> Any:
+    """Consecutive rows as one array: numpy arrays with numpy, in ``space[name]`` (grown when too small),
+    tensors with torch (on their device)."""
     if is_device_array(parts[0]):
         import torch
 
         return torch.cat(parts)
-    return np.concatenate(parts)
+    n_rows = sum(len(part) for part in parts)
+    shape, dtype = (n_rows, *parts[0].shape[1:]), np.result_type(*parts)
+    buffer = space.get(name)
+    if buffer is None or buffer.shape[0] < n_rows or buffer.shape[1:] != shape[1:] or buffer.dtype != dtype:
+        buffer = space[name] = np.empty((max(n_rows, 0 if buffer is None else buffer.shape[0]), *shape[1:]), dtype)
+    return np.concatenate(parts, out=buffer[:n_rows])

@@ -114,6 +114,22 @@ def test_shards_of_whole_chunks_give_exactly_the_one_pass_measurements(monkeypat
     assert_same(measured(merged), one_pass, rtol=0)
 
 
+def test_a_pickled_shard_leaves_its_scratch_rows_behind_and_merges_to_the_same_bits(monkeypatch, sets):
+    """Ranks send their accumulators (``gather_object``): the chunk-sized array that joined rows are copied
+    into is scratch, not sent, and the shards still merge to exactly the one-pass measurements."""
+    import pickle
+
+    monkeypatch.setattr(accumulate, "CHUNK_ROWS", 64)
+    data = sets[0]
+    one_pass = measured([summarize(data, temperature=3.0, alpha=0.8)])
+    parts = [accumulate_in(data, sorted({*range(a, b, 17), b})) for a, b in ((0, 192), (192, len(data.labels)))]
+    assert parts[0]._join_space  # batches of 17 straddle the chunks: their rows were joined
+    sent = [pickle.loads(pickle.dumps(part)) for part in parts]
+    assert all(not part._join_space for part in sent)
+    sent[0].merge(sent[1])
+    assert_same(measured([sent[0].summary()]), one_pass, rtol=0)
+
+
 def test_measurements_side_by_side_equal_those_taken_in_turn(monkeypatch, sets):
     """The measurement step's parts run in the shared threads: the same bits as one after another."""
     from kddiag.metrics import _common

@@ -202,7 +202,7 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
         with torch.inference_mode():
             for runner in runners.values():
                 runner.start(_probe(x), device=device, feature_layer=feature_layer)
-            spans = _spans(x, rows, batch_size, next(iter(runners.values())).n_classes if runners else None)
+            spans = _batches(x, rows, batch_size, runners, stored)
             meter = Progress(f"{set_name} set", len(spans), unit="batch", mode=progress)
             for start, stop, inputs, keep in spans:
                 logits = {key: value[start:stop] for key, value in stored.items()}
@@ -246,6 +246,22 @@ def _spans(x, rows: range, batch_size: int, n_classes: int | None) -> list[tuple
         if stop > start:
             spans.append((start, stop, x[a:b], slice(start - int(offsets[a]), stop - int(offsets[a]))))
     return spans
+
+
+def _batches(x, rows: range, batch_size: int, runners: dict[str, "Runner"], stored: dict[str, np.ndarray]
+             ) -> list[tuple[int, int, object, slice]]:
+    """The spans of :func:`_spans`; for stored logits alone, the streaming statistics' whole chunks, which
+    they then read in place (batches that straddle a chunk are copied to be joined)."""
+    if runners or not stored:
+        return _spans(x, rows, batch_size, next(iter(runners.values())).n_classes if runners else None)
+    return _chunk_spans(rows, chunk_rows(next(iter(stored.values())).shape[1]))
+
+
+def _chunk_spans(rows: range, step: int) -> list[tuple[int, int, None, slice]]:
+    """Batches of stored logits that end where the streaming statistics' chunks of ``step`` rows end."""
+    ends = [*range(rows.start - rows.start % step + step, rows.stop, step), rows.stop]
+    starts = [rows.start, *ends[:-1]]
+    return [(start, stop, None, slice(None)) for start, stop in zip(starts, ends) if stop > start]
 
 
 def _probe(x):

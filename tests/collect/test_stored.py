@@ -49,3 +49,22 @@ def test_all_logits_mode_needs_no_inputs():
 def test_logits_mode_errors(teacher, message):
     with pytest.raises(KddiagError, match=message):
         collect_outputs(make_data(), teacher=teacher, student=in_memory(mlp(1)), set_name=EVAL)
+
+
+def test_stored_logits_alone_come_in_whole_statistics_chunks_read_in_place(monkeypatch):
+    """Without a model to run, batches end where the streaming statistics' chunks end, whatever the batch
+    size asked for, so each chunk is the stored array itself (no copy) and a shard's first batch ends at
+    the next chunk boundary."""
+    from kddiag import collect
+    from kddiag.collect import model_batches
+
+    monkeypatch.setattr(collect, "chunk_rows", lambda n_classes: 16)
+    rng = np.random.default_rng(0)
+    stored = rng.normal(size=(N, C)).astype(np.float32)
+    labels_only = Dataset(name="y.pt", x=None, labels=np.arange(N) % C)
+    teacher = _logits_model(stored, labels={EVAL: labels_only.labels})
+    bounds = []
+    for batch, _ in model_batches(labels_only, {"teacher": teacher}, set_name=EVAL, rows=range(5, N), batch_size=3):
+        bounds.append((batch.start, batch.start + batch.labels.size))
+        assert np.shares_memory(batch.logits["teacher"], stored)
+    assert bounds == [(5, 16), (16, 32), (32, 48), (48, 50)]
