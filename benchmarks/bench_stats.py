@@ -11,6 +11,10 @@ third model) at τ = 4, timed in alternating rounds (the order flips every round
   and τ: log-sum-exp, log p_y, entropy, Brier score, KL(teacher ‖ student) and KL(student ‖ teacher)
   (with ``--compile``, its block function under ``torch.compile``).
 
+With ``--inspect`` a fifth contender, ``inspect``, is the public ``kddiag.inspect`` in logits mode on the same
+pair, as a user runs it: the float32 logits saved as two ``.npy`` files (memory-mapped) and the labels as an
+``.npz``, with loading, every measurement and the diagnosis.
+
 With ``--device cuda`` the floor runs there on chunks of CHUNK_ROWS rows, and a fifth contender,
 ``device``, is kddiag's torch pass (``fused_softmax_stats_torch``, per-example quantities and class sums of
 every model, per chunk as the streaming statistics take them) on that device; ``--device cpu`` runs the
@@ -118,6 +122,7 @@ def report(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> None:
 def main(argv=None) -> None:
     from torchmetrics.functional.classification import multiclass_calibration_error
 
+    import kddiag as kddiag_module
     from kddiag.accumulate import SetAccumulator, kept_classes
     from kddiag.outputs import Batch
 
@@ -126,6 +131,7 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", action="store_true", help="a third model (at τ = 1 in kddiag and the floor)")
     parser.add_argument("--compile", action="store_true", help="the floor's block function under torch.compile")
     parser.add_argument("--float32-input", action="store_true", help="kddiag reads float32 logits (as collected)")
+    parser.add_argument("--inspect", action="store_true", help="also kddiag.inspect in logits mode from .npy files")
     parser.add_argument("--device", help="run the floor and kddiag's torch pass there (e.g. cuda)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -156,6 +162,8 @@ def main(argv=None) -> None:
         "floor32": lambda: fused_floor(z32, y_tensor, TAU, block),
         "floor64": lambda: fused_floor(z64, y_tensor, TAU, block),
     }
+    if args.inspect:
+        contenders["inspect"] = inspect_from_files(logits, y)
     if args.device:
         from kddiag.metrics._common import ClassSums
         from kddiag.metrics.fused import fused_softmax_stats_torch
@@ -173,12 +181,40 @@ def main(argv=None) -> None:
         contenders = {name: (lambda fn=fn: (fn(), torch.cuda.synchronize(device))) for name, fn in contenders.items()}
     print(f"{N:,} × {C:,} logits, {' + '.join(roles)}, τ = {TAU}, kddiag input "
           f"{'float32' if args.float32_input else 'float64'}; torch {torch.__version__} on {torch.get_num_threads()} "
-          f"threads; load average before {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+          f"threads; load average before {' '.join(f'{v:.2f}' for v in os.getloadavg())}; kddiag from "
+          f"{os.path.dirname(kddiag_module.__file__)}")
     times = rounds(contenders, args.rounds)
     print(f"{args.rounds} rounds (first dropped, order alternating); load average after "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     report(times, [("kddiag", "ece"), ("kddiag", "floor64"), ("kddiag", "floor32"), ("floor64", "ece"),
-                   ("floor32", "ece"), *([("device", "floor32"), ("device", "floor64")] if args.device else [])])
+                   ("floor32", "ece"), *([("inspect", "ece"), ("inspect", "kddiag")] if args.inspect else []),
+                   *([("device", "floor32"), ("device", "floor64")] if args.device else [])])
+
+
+def inspect_from_files(logits: dict[str, np.ndarray], y: np.ndarray):
+    """A contender: ``kddiag.inspect`` on the teacher's and student's float32 logits saved as ``.npy`` files and
+    the labels as an ``.npz`` (in a temporary folder removed at exit), warmed by one first call."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import kddiag
+    from kddiag.options import InspectOptions
+
+    folder = tempfile.mkdtemp(prefix="bench_stats_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    paths = {role: os.path.join(folder, f"{role}.npy") for role in ("teacher", "student")}
+    for role, path in paths.items():
+        np.save(path, logits[role].astype(np.float32))
+    labels = os.path.join(folder, "labels.npz")
+    np.savez(labels, y=y)
+    options = InspectOptions(temperature=TAU)
+
+    def run():
+        kddiag.inspect(paths["teacher"], paths["student"], data=labels, options=options)
+
+    run()  # imports and the first reads of the files
+    return run
 
 
 if __name__ == "__main__":

@@ -139,9 +139,11 @@ class SetAccumulator:
         return {**self.__dict__, "_join_space": {}}
 
     def flush(self) -> None:
-        """Compute the statistics of the pending rows (an incomplete chunk at the end of the data)."""
+        """Compute the statistics of the pending rows (an incomplete chunk at the end of the data), and let
+        the scratch array of joined rows go (a set's end or a gap: the next rows start a new chunk)."""
         if self._pending:
             self._flush_until(self._pending_end())
+        self._join_space.clear()
 
     def _pending_end(self) -> int:
         return self._pending[-1].end

@@ -128,6 +128,8 @@ def test_a_pickled_shard_leaves_its_scratch_rows_behind_and_merges_to_the_same_b
     assert all(not part._join_space for part in sent)
     sent[0].merge(sent[1])
     assert_same(measured([sent[0].summary()]), one_pass, rtol=0)
+    parts[0].flush()  # the set's end
+    assert not parts[0]._join_space
 
 
 def test_measurements_side_by_side_equal_those_taken_in_turn(monkeypatch, sets):
