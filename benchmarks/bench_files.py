@@ -4,8 +4,8 @@ Run: ``python benchmarks/bench_files.py [--n-samples 100000] [--rounds 8] [--dir
 
 Builds a teacher ``mlp:784-2048-2048-100`` and a student ``mlp:784-256-100`` (untrained: the cost does not
 depend on the weights), exports both with ``torch.export`` (``.pt2``, dynamic batch) and as state dicts,
-and writes N random float32 inputs and labels as an ``.npz``. Then, in alternating rounds (the order of
-the floor and of kddiag flips every round; the first round is dropped), it times:
+and writes N random float32 inputs and labels as an ``.npz``. Then, in alternating rounds
+(``_rounds.alternating``: the order flips every round; the first round is dropped), it times:
 
 - ``floor``: the bare forward passes of both loaded ``.pt2`` programs over the same data in memory, in
   batches of 512 (kddiag's default), under ``torch.inference_mode()``;
@@ -30,11 +30,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _rounds import alternating
 
 from kddiag.models import MLP
 
@@ -79,12 +79,6 @@ def bare_forward(models, x: torch.Tensor) -> None:
                 model(x[start:start + BATCH]).numpy()
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def run_cli(args: list[str]) -> None:
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
 
@@ -92,7 +86,7 @@ def run_cli(args: list[str]) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=8, help="rounds timed, the first dropped (at least 8)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds kept (one more runs first, dropped)")
     parser.add_argument("--dir", default=None, help="where the models and data are kept (default: a temp dir)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "bare-cli", "api", "eager"])
     parser.add_argument("--other-tree", default=None,
@@ -133,33 +127,27 @@ def main(argv=None) -> None:
         jobs["cli-other"] = lambda: subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, env=other_env)
     for name in args.skip:
         jobs.pop(name)
-    rounds = []
-    for k in range(max(args.rounds, 2)):
-        order = list(jobs) if k % 2 == 0 else list(jobs)[::-1]
-        times = {name: timed(jobs[name]) for name in order}
-        rounds.append(times)
-        ratios = {name: times[name] / times["floor"] for name in times if name not in ("floor", "eager")}
-        if "cli" in times and "bare-cli" in times:
-            ratios["cli/bare-cli"] = times["cli"] / times["bare-cli"]
-        if "cli" in times and "cli-other" in times:
-            ratios["cli/cli-other"] = times["cli"] / times["cli-other"]
-        shown = "  ".join(f"{n} {t:6.2f}s" for n, t in times.items())
-        shown_r = "  ".join(f"{n} {r:4.2f}x" for n, r in ratios.items())
+    def round_ratios(seconds: dict[str, float]) -> dict[str, float]:
+        ratios = {f"{name}/floor": seconds[name] / seconds["floor"] for name in seconds if name not in ("floor", "eager")}
+        for other in ("bare-cli", "cli-other"):
+            if "cli" in seconds and other in seconds:
+                ratios[f"cli/{other}"] = seconds["cli"] / seconds[other]
+        return ratios
+
+    def show(k: int, seconds: dict[str, float]) -> None:
+        shown = "  ".join(f"{n} {t:6.2f}s" for n, t in seconds.items())
+        shown_r = "  ".join(f"{n} {r:4.2f}x" for n, r in round_ratios(seconds).items())
         print(f"round {k}{' (dropped)' if k == 0 else ''} load {os.getloadavg()[0]:.2f}: {shown} | {shown_r}",
               flush=True)
-    kept = rounds[1:]
-    print("\nmedian (range) over rounds 1-%d:" % (len(rounds) - 1))
-    for name in kept[0]:
-        ts = [r[name] for r in kept]
+
+    times = alternating(jobs, max(args.rounds, 1), after_round=show)
+    print(f"\nmedian (range) over the {max(args.rounds, 1)} rounds kept:")
+    for name, ts in times.items():
         print(f"  {name:9s} {statistics.median(ts):7.2f} s  ({min(ts):.2f}-{max(ts):.2f})")
-    series = {name: [r[name] / r["floor"] for r in kept] for name in kept[0] if name not in ("floor", "eager")}
-    if "cli" in kept[0] and "bare-cli" in kept[0]:
-        series["cli/bare-cli"] = [r["cli"] / r["bare-cli"] for r in kept]
-    if "cli" in kept[0] and "cli-other" in kept[0]:
-        series["cli/cli-other"] = [r["cli"] / r["cli-other"] for r in kept]
+    kept = [dict(zip(times, values)) for values in zip(*times.values())]
+    series = {name: [round_ratios(seconds)[name] for seconds in kept] for name in round_ratios(kept[0])}
     for name, values in series.items():
-        label = name if "/" in name else f"{name}/floor"
-        print(f"  ratio {label:13s} median {statistics.median(values):4.2f}x  range {min(values):4.2f}-"
+        print(f"  ratio {name:13s} median {statistics.median(values):4.2f}x  range {min(values):4.2f}-"
               f"{max(values):4.2f}x  (target <= 1.10x)")
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "

@@ -10,7 +10,8 @@ Run: ``python benchmarks/bench_monitor.py``. Prints, for two set-ups, measured s
    64 (938 steps per epoch).
 
 For each: the time of an epoch without the monitor and with it (every ``--every`` steps), in
-alternating rounds (A, B, A, B, …), the overhead as a share of an epoch, the median time of one
+alternating rounds (``_rounds.alternating``: the order flips every round, the first round is dropped,
+every round's ratio printed), the overhead as a share of an epoch, the median time of one
 monitor call and its breakdown (student forward pass, summary, measurements, diagnosis), and within
 the measurements the parts that depend on the teacher alone (k-NN difficulty, the temperature
 what-if, the teacher's T* and class similarity) and the bootstrap intervals, timed by calling the same
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _rounds import MIN_ROUNDS, alternating, ratios
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # case_studies, when run from anywhere
 
@@ -162,18 +164,20 @@ def bench(name: str, setup, *, every: int | None, rounds: int, seed: int) -> Non
         run.epoch()
         run.epoch(monitor)
     epochs_per_round = max(1, every // steps_per_epoch)  # so that each monitored round holds one call
-    plain, monitored = [], []
-    for _ in range(rounds):
-        plain.append(timed(lambda: [run.epoch() for _ in range(epochs_per_round)]) / epochs_per_round)
-        monitored.append(timed(lambda: [run.epoch(monitor) for _ in range(epochs_per_round)]) / epochs_per_round)
+    times = alternating({"plain": lambda: [run.epoch() for _ in range(epochs_per_round)],
+                         "monitored": lambda: [run.epoch(monitor) for _ in range(epochs_per_round)]}, rounds)
+    plain, monitored = ([t / epochs_per_round for t in times[name]] for name in ("plain", "monitored"))
     calls = [r.seconds for r in monitor.history]
-    ratio = statistics.median(b / a for a, b in zip(plain, monitored))
+    per_round = ratios(times, "monitored", "plain")
+    ratio = statistics.median(per_round)
     print(f"\n== {name}: {len(held_out[1]):,} held-out examples, {steps_per_epoch} step(s) per epoch, "
           f"monitor every {every} steps ==")
     print(f"monitor built (teacher run once): {built:7.3f} s")
     print(f"epoch without monitor:            {statistics.median(plain):7.4f} s")
     print(f"epoch with monitor:               {statistics.median(monitored):7.4f} s  "
           f"(overhead {100 * (ratio - 1):+.1f}% of an epoch; target < 5%)")
+    print(f"with ÷ without, every round ({rounds} kept, alternating, one before them dropped): "
+          f"{' '.join(f'{r:.3f}' for r in per_round)}")
     one_call = statistics.median(calls)
     print(f"one monitor call (median of {len(calls)}): {one_call:7.4f} s = {one_call / statistics.median(plain):.2f} "
           f"epochs; every >= {int(np.ceil(one_call / (0.05 * statistics.median(plain) / steps_per_epoch)))} steps "
@@ -189,7 +193,7 @@ def main(argv=None) -> None:
                         choices=["case-study", "mnist-like"])
     parser.add_argument("--every", type=int, default=None,
                         help="monitor every this many steps (default: case-study 100, mnist-like one epoch)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="rounds kept (one more runs first, dropped)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the case studies use 2)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """Benchmark: kddiag's streaming statistics against their floor and against torchmetrics' ECE.
 
-Run: ``python benchmarks/bench_stats.py [--rounds 16] [--compile] [--baseline]`` (needs ``pip install
+Run: ``python benchmarks/bench_stats.py [--rounds 15] [--compile] [--baseline] [--inspect]`` (needs ``pip install
 torchmetrics``). On 50,000 × 1,000 teacher and student logits (normal, σ = 3, float64; ``--baseline`` adds a
-third model) at τ = 4, timed in alternating rounds (the order flips every round, the first round is dropped):
+third model) at τ = 4, timed in alternating rounds (``_rounds.alternating``):
 
 - ``kddiag``: the streaming statistics, ``SetAccumulator.update`` + ``summary`` on the whole set;
 - ``ece``: torchmetrics' ``multiclass_calibration_error`` of the teacher alone (float64, 15 bins);
@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from _rounds import MIN_ROUNDS, alternating, load_average, report
 
 N, C, TAU = 50_000, 1_000, 4.0
 FLOOR_ROWS = 128  # rows per block of the floor (measured at C = 1,000: 64-256 best; 512 and more rows, 2-10× slower)
@@ -95,30 +95,6 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def rounds(contenders: dict, n_rounds: int) -> dict[str, list[float]]:
-    """Seconds of each contender per round, the order reversed every other round, the first round dropped."""
-    names = list(contenders)
-    times = {name: [] for name in names}
-    for k in range(n_rounds + 1):
-        for name in (names if k % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            contenders[name]()
-            if k:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-def report(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> None:
-    for name, values in times.items():
-        print(f"  {name:>8}: median {statistics.median(values):6.3f} s, "
-              f"range {min(values):6.3f}–{max(values):6.3f} s")
-    for a, b in pairs:
-        ratios = [x / y for x, y in zip(times[a], times[b])]
-        print(f"  {a} ÷ {b}: median {statistics.median(ratios):5.2f}×, "
-              f"range {min(ratios):5.2f}–{max(ratios):5.2f}×; "
-              f"rounds: {' '.join(f'{r:.2f}' for r in ratios)}")
-
-
 def main(argv=None) -> None:
     from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -127,7 +103,7 @@ def main(argv=None) -> None:
     from kddiag.outputs import Batch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="rounds kept (one more runs first, dropped)")
     parser.add_argument("--baseline", action="store_true", help="a third model (at τ = 1 in kddiag and the floor)")
     parser.add_argument("--compile", action="store_true", help="the floor's block function under torch.compile")
     parser.add_argument("--float32-input", action="store_true", help="kddiag reads float32 logits (as collected)")
@@ -181,11 +157,10 @@ def main(argv=None) -> None:
         contenders = {name: (lambda fn=fn: (fn(), torch.cuda.synchronize(device))) for name, fn in contenders.items()}
     print(f"{N:,} × {C:,} logits, {' + '.join(roles)}, τ = {TAU}, kddiag input "
           f"{'float32' if args.float32_input else 'float64'}; torch {torch.__version__} on {torch.get_num_threads()} "
-          f"threads; load average before {' '.join(f'{v:.2f}' for v in os.getloadavg())}; kddiag from "
+          f"threads; load average before {load_average()}; kddiag from "
           f"{os.path.dirname(kddiag_module.__file__)}")
-    times = rounds(contenders, args.rounds)
-    print(f"{args.rounds} rounds (first dropped, order alternating); load average after "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    times = alternating(contenders, args.rounds)
+    print(f"{args.rounds} rounds kept (one before them dropped, order alternating); load average after {load_average()}")
     report(times, [("kddiag", "ece"), ("kddiag", "floor64"), ("kddiag", "floor32"), ("floor64", "ece"),
                    ("floor32", "ece"), *([("inspect", "ece"), ("inspect", "kddiag")] if args.inspect else []),
                    *([("device", "floor32"), ("device", "floor64")] if args.device else [])])

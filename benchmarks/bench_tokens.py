@@ -10,11 +10,11 @@ token ids in sequences of ``--length``, and times, in alternating rounds:
 2. ``kddiag.inspect`` on the same models and data (one pass: forward + streaming statistics, then every
    measurement and the diagnosis).
 
-Prints every round's ratio (the order of the two flips every round), their median and range, the load
-average, and the peak resident memory of the process, which must not grow with the number of positions
-(``--positions`` 25000 and 100000 side by side show it). ``--device cuda`` runs both on a GPU (the models,
-the inputs and kddiag's statistics there; times taken after ``torch.cuda.synchronize``); target ≤ 1.2× on
-CPU, ≤ 1.10× at 32k and ≤ 1.25× at 128k on a GPU.
+Prints every round's ratio (``_rounds.alternating``: the order flips every round, the first round is
+dropped), their median and range, the load average, and the peak resident memory of the process, which
+must not grow with the number of positions (``--positions`` 25000 and 100000 side by side show it).
+``--device cuda`` runs both on a GPU (the models, the inputs and kddiag's statistics there; times taken
+after ``torch.cuda.synchronize``); target ≤ 1.2× on CPU, ≤ 1.10× at 32k and ≤ 1.25× at 128k on a GPU.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import argparse
 import os
 import resource
 import statistics
-import time
 
 import numpy as np
 import torch
+from _rounds import alternating
 
 
 def build(vocab: int, width: int, layers: int, seed: int):
@@ -72,7 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--teacher-layers", type=int, default=4)
     parser.add_argument("--student-layers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="rounds per size (the order flips every round)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds kept per size (one more runs first, dropped; "
+                        "the order flips every round)")
     parser.add_argument("--device", default="cpu", help="where the models and kddiag's statistics run (cpu, cuda)")
     args = parser.parse_args(argv)
     from kddiag.pipeline import inspect
@@ -89,21 +90,15 @@ def main(argv=None) -> None:
         batch = max(1, (1 << 25) // (args.length * args.vocab))  # what kddiag's collection uses
         options = InspectOptions(temperature=2.0, alpha=0.5, batch_size=batch, device=args.device)
 
-        def timed(run) -> float:
-            start = time.perf_counter()
-            run()
-            _synchronize(args.device)
-            return time.perf_counter() - start
+        def show(k: int, seconds: dict[str, float]) -> None:
+            print(f"  round {k}{' (dropped)' if k == 0 else ''} ({' then '.join(seconds)}): bare {seconds['bare']:.1f} s, "
+                  f"kddiag {seconds['kddiag']:.1f} s, ratio {seconds['kddiag'] / seconds['bare']:.2f}x; "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
 
-        rounds = []
-        for k in range(args.repeats):
-            parts = {"bare": lambda: bare((teacher, student), data, batch, args.device),
-                     "kddiag": lambda: inspect(models[0], models[1], data=data, options=options)}
-            order = ("bare", "kddiag") if k % 2 == 0 else ("kddiag", "bare")
-            took = {name: timed(parts[name]) for name in order}
-            rounds.append((took["bare"], took["kddiag"]))
-            print(f"  round {k} ({' then '.join(order)}): bare {took['bare']:.1f} s, kddiag {took['kddiag']:.1f} s, "
-                  f"ratio {took['kddiag'] / took['bare']:.2f}x; load {os.getloadavg()[0]:.2f}")
+        times = alternating({"bare": lambda: bare((teacher, student), data, batch, args.device),
+                             "kddiag": lambda: (inspect(models[0], models[1], data=data, options=options),
+                                                _synchronize(args.device))}, args.rounds, after_round=show)
+        rounds = list(zip(times["bare"], times["kddiag"]))
         forward, full = (statistics.median(r[k] for r in rounds) for k in (0, 1))
         ratios = [r[1] / r[0] for r in rounds]
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
