@@ -629,6 +629,22 @@ def _softmax_block(t: np.ndarray, y: np.ndarray, pred: np.ndarray, shift: np.nda
     (log_norm, nontarget_log_norm) at the same τ (cross terms); with ``class_sums`` the rows are label-sorted
     and the block's class sums are added to the result. Scratch arrays "e", "d" (and the class sums') of
     ``space`` are overwritten."""
+    sums, e = _row_sums(t, y, space, other=other, logit_spread=logit_spread)
+    out = softmax_fields(sums, pred, shift, inv_t, t.shape[1], other_norms=other_norms)
+    if class_sums is not None:
+        out.update(_class_sums_block(e, sums["s_nt"], *probability_scales(sums), y, class_sums))
+    return out
+
+
+def _row_sums(t: np.ndarray, y: np.ndarray, space: Workspace, *, other: np.ndarray | None = None,
+              logit_spread: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The part of a block that reads every logit: (the per-row float64 sums :func:`softmax_fields` turns into
+    fields, the non-target exponentials e in scratch "e"). ``t``, ``y``, ``other`` as in :func:`_softmax_block`.
+
+    e_k = exp(t_k − nt_off) for k ≠ y and 0 at the label, where nt_off is 0, or the non-target maximum in rows
+    whose non-target sum would underflow; s_nt = Σ_k e_k, t_y and e_y = exp(t_y), and Σ_k e_k·t_k (``e_t``),
+    Σ_k e_k² (``e_e``); with ``other`` its value at the label (``b_y``, unscaled) and Σ_k e_k·b_k (``e_b``);
+    with ``logit_spread`` Σ_k t_k (``t_sum``) and Σ_{k≠y} (t_k − mean_{k≠y} t)² (``d_d``)."""
     n_rows, n_classes = t.shape
     work = t.dtype
     row = np.arange(n_rows)
@@ -645,10 +661,36 @@ def _softmax_block(t: np.ndarray, y: np.ndarray, pred: np.ndarray, shift: np.nda
         nt_off[bad] = tb.max(axis=1)
         e[bad] = np.exp(tb - nt_off[bad, None].astype(work))
         s_nt[bad] = e[bad].sum(axis=1, dtype=np.float64)
+    sums = {"t_y": t_y, "e_y": e_y, "s_nt": s_nt, "nt_off": nt_off, "e_t": _row_dot(e, t), "e_e": _row_dot(e, e)}
+    if logit_spread:
+        sums["t_sum"] = t.sum(axis=1, dtype=np.float64)
+        mean = (sums["t_sum"] - t_y) / (n_classes - 1)
+        d = np.subtract(t, mean[:, None].astype(work), out=space.array("d", n_rows, work))
+        d[row, y] = 0.0
+        sums["d_d"] = _row_dot(d, d)
+    if other is not None:
+        sums["b_y"] = other[row, y].astype(np.float64)
+        sums["e_b"] = _row_dot(e, other)
+    return sums, e
+
+
+def probability_scales(sums: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(p_k / e_k for k ≠ y, p_y) per row, from :func:`_row_sums`' sums: p_k = e_k·exp(nt_off) / s, where
+    s = e_y + s_nt·exp(nt_off) is the full sum of exp(t)."""
+    nt_scale = np.exp(sums["nt_off"])
+    s_full = sums["e_y"] + sums["s_nt"] * nt_scale
+    return nt_scale / s_full, sums["e_y"] / s_full
+
+
+def softmax_fields(sums: Mapping[str, np.ndarray], pred: np.ndarray, shift: np.ndarray, inv_t: float,
+                   n_classes: int, *, other_norms: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """The :class:`SoftmaxStats` fields of rows from their sums (:func:`_row_sums`, or the same sums computed
+    where the logits are: :mod:`kddiag.metrics.fused`), their argmax ``pred`` and max ``shift``."""
+    t_y, e_y, s_nt, nt_off = sums["t_y"], sums["e_y"], sums["s_nt"], sums["nt_off"]
     nt_scale = np.exp(nt_off)  # e_k · nt_scale = exp(t_k) for k ≠ y
     s_full = e_y + s_nt * nt_scale
     log_s, log_s_nt = np.log(s_full), np.log(s_nt)
-    r_mean_t = _row_dot(e, t) / s_nt  # E_r[t]
+    r_mean_t = sums["e_t"] / s_nt  # E_r[t]
     p_mean_t = (s_nt * nt_scale * r_mean_t + e_y * t_y) / s_full  # E_p[t]
     shift = shift.astype(np.float64)
     out = {
@@ -660,26 +702,22 @@ def _softmax_block(t: np.ndarray, y: np.ndarray, pred: np.ndarray, shift: np.nda
         "max_log_prob": -log_s,
         "entropy": log_s - p_mean_t,
         "nontarget_entropy": nt_off + log_s_nt - r_mean_t,
-        "nontarget_sum_sq": _row_dot(e, e) * (nt_scale / s_full) ** 2,
+        "nontarget_sum_sq": sums["e_e"] * (nt_scale / s_full) ** 2,
     }
-    if logit_spread:  # std and margin are ratios of differences of t = (z − max z)/τ: same as on z
-        mean = (t.sum(axis=1, dtype=np.float64) - t_y) / (n_classes - 1)
-        d = np.subtract(t, mean[:, None].astype(work), out=space.array("d", n_rows, work))
-        d[row, y] = 0.0
+    if "d_d" in sums:  # std and margin are ratios of differences of t = (z − max z)/τ: same as on z
+        mean = (sums["t_sum"] - t_y) / (n_classes - 1)
         margin = t_y - mean
-        std = np.sqrt(_row_dot(d, d) / (n_classes - 1))
+        std = np.sqrt(sums["d_d"] / (n_classes - 1))
         with np.errstate(divide="ignore", invalid="ignore"):
             out["logit_spread"] = np.where(margin > 0, std / margin, np.nan)
-    if other is not None:
-        b_y = other[row, y].astype(np.float64) * inv_t
-        r_mean_b = _row_dot(e, other) * inv_t / s_nt
+    if "e_b" in sums:
+        b_y = sums["b_y"] * inv_t
+        r_mean_b = sums["e_b"] * inv_t / s_nt
         p_mean_b = (s_nt * nt_scale * r_mean_b + e_y * b_y) / s_full
         out["other_mean"] = p_mean_b
         if other_norms is not None:
             out["cross_entropy"] = other_norms[0] - p_mean_b
             out["nontarget_cross_entropy"] = other_norms[1] - r_mean_b
-    if class_sums is not None:
-        out.update(_class_sums_block(e, s_nt, nt_scale / s_full, e_y / s_full, y, class_sums))
     return out
 
 
