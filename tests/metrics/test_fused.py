@@ -132,3 +132,22 @@ def test_the_torch_pass_gives_the_numpy_pass(n_classes, dtype, rtol, roles):
                                        rtol=rtol, atol=1e-9 if dtype == np.float64 else 1e-6, err_msg=name)
         np.testing.assert_array_equal(sums[1][role].binned_hit, sums[0][role].binned_hit)
         np.testing.assert_array_equal(sums[1][role].label_count, sums[0][role].label_count)
+
+
+def test_the_torch_pass_waits_for_the_device_once_per_model():
+    """On an accelerator every operation whose result size depends on the data (``nonzero``, ``unique``,
+    ``item``) makes the host wait for the device: the pass has one per model (the listing of probabilities
+    above the first bin edge), also with targets that dominate, whose rows once took a second pass."""
+    torch = pytest.importorskip("torch")
+    from torch.profiler import ProfilerActivity, profile
+
+    from kddiag.metrics.fused import fused_softmax_stats_torch
+
+    labels, logits, sums = _case(300, np.float32, ("teacher", "student"), seed=1, n=64, dominated=10)
+    tensors = {role: torch.from_numpy(v) for role, v in logits.items()}
+    with profile(activities=[ProfilerActivity.CPU]) as run:
+        fused_softmax_stats_torch(tensors, labels, temperature=2.5, class_sums=sums[0])
+    waits = [event.name for event in run.events()
+             if event.name in ("aten::nonzero", "aten::_unique2", "aten::unique_dim", "aten::item",
+                               "aten::_local_scalar_dense")]
+    assert waits == ["aten::nonzero", "aten::nonzero"]
