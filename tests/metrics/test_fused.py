@@ -105,17 +105,20 @@ def test_the_float32_fused_pass_matches_float64_at_hundreds_of_classes(monkeypat
 @pytest.mark.parametrize("n_classes, dtype, rtol", [(6, np.float64, 1e-10), (300, np.float32, 1e-4),
                                                     (5_000, np.float32, 1e-4)])
 @pytest.mark.parametrize("roles", [("teacher",), ("teacher", "student", "baseline")])
-def test_the_torch_pass_gives_the_numpy_pass(n_classes, dtype, rtol, roles):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_torch_pass_gives_the_numpy_pass(n_classes, dtype, rtol, roles, device):
     """On the models' device (tested here on CPU tensors) the torch pass gives the numpy pass's statistics
     within the work dtype's rounding, and the same predictions, label counts and binned hits."""
     torch = pytest.importorskip("torch")
     from kddiag.metrics.fused import fused_softmax_stats_torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
     labels, logits, sums = _case(n_classes, dtype, roles, seed=n_classes + len(roles),
                                  n=300 if n_classes < 5_000 else 60, dominated=10)
     ours = fused_softmax_stats(logits, labels, temperature=2.5, class_sums=sums[0])
-    theirs = fused_softmax_stats_torch({role: torch.from_numpy(v) for role, v in logits.items()},
-                                       torch.from_numpy(labels), temperature=2.5, class_sums=sums[1])
+    theirs = fused_softmax_stats_torch({role: torch.from_numpy(v).to(device) for role, v in logits.items()},
+                                       torch.from_numpy(labels).to(device), temperature=2.5, class_sums=sums[1])
     pairs = [*((ours[0][role], theirs[0][role]) for role in roles), (ours[1], theirs[1])]
     assert (ours[2] is None) == (theirs[2] is None)
     for a, b in pairs + ([(ours[2], theirs[2])] if ours[2] is not None else []):
