@@ -202,7 +202,7 @@ def model_batches(dataset: Dataset, models: dict[str, LoadedModel], *, set_name:
         with torch.inference_mode():
             for runner in runners.values():
                 runner.start(_probe(x), device=device, feature_layer=feature_layer)
-            spans = _batches(x, rows, batch_size, runners, stored)
+            spans = _batch_spans(x, rows, batch_size, runners, stored)
             meter = Progress(f"{set_name} set", len(spans), unit="batch", mode=progress)
             for start, stop, inputs, keep in spans:
                 logits = {key: value[start:stop] for key, value in stored.items()}
@@ -248,8 +248,8 @@ def _spans(x, rows: range, batch_size: int, n_classes: int | None) -> list[tuple
     return spans
 
 
-def _batches(x, rows: range, batch_size: int, runners: dict[str, "Runner"], stored: dict[str, np.ndarray]
-             ) -> list[tuple[int, int, object, slice]]:
+def _batch_spans(x, rows: range, batch_size: int, runners: dict[str, "Runner"], stored: dict[str, np.ndarray]
+                 ) -> list[tuple[int, int, object, slice]]:
     """The spans of :func:`_spans`; for stored logits alone, the streaming statistics' whole chunks, which
     they then read in place (batches that straddle a chunk are copied to be joined)."""
     if runners or not stored:

@@ -58,14 +58,15 @@ def fused_softmax_stats_torch(logits: Mapping[str, torch.Tensor], labels, *, tem
     for key, role, inv in sorted(passes, key=lambda p: p[1] == "teacher"):  # the student's norms first
         other = versus.get(role)
         norms = None
-        if role == "teacher" and other is not None:
-            norms = (fields[other + key[len(role):]]["log_norm"], fields[other + key[len(role):]]["nontarget_log_norm"])
+        if role == "teacher" and other is not None:  # the student's at the same τ (key suffix "" or "_t")
+            theirs = fields[other + key[len(role):]]
+            norms = (theirs["log_norm"], theirs["nontarget_log_norm"])
         rows = _shifted_sums(host, key, role, inv, other, n_classes)
         fields[key] = softmax_fields(rows, host[role]["prediction"], host[role]["max"], inv, n_classes,
                                      other_norms=norms)
         if key in exponentials:
             class_sums[role].add_block(_class_sums(exponentials[key], sums[key]["s_nt"], probability_scales(rows),
-                                                   y, y_host, class_sums[role]))
+                                                   y_host, class_sums[role]))
     stats = {key: SoftmaxStats(temperature=1.0 if key in z else temperature, n_classes=n_classes, **values)
              for key, values in fields.items()}
     one = {role: stats[role] for role in z}
@@ -144,15 +145,15 @@ def _shifted_sums(host: dict[str, dict[str, np.ndarray]], key: str, role: str, i
     return rows
 
 
-def _class_sums(e: torch.Tensor, s_nt: torch.Tensor, scales: tuple[np.ndarray, np.ndarray], y: torch.Tensor,
-                y_host: np.ndarray, sums: ClassSums) -> dict:
+def _class_sums(e: torch.Tensor, s_nt: torch.Tensor, scales: tuple[np.ndarray, np.ndarray], y_host: np.ndarray,
+                sums: ClassSums) -> dict:
     """The class sums of these rows as ``_common._class_sums_block`` gives them (numpy, on the host), from the
     non-target exponentials ``e`` and (p_k / e_k, p_y) per row (``_common.probability_scales``): the sums by
     label are products with the (classes × rows) indicator matrix, so no atomic adds (order-free bits)."""
     n_rows, n_classes = e.shape
     device = e.device
     nontarget_scale, target_prob = scales
-    classes, where, count = np.unique(y_host, return_inverse=True, return_counts=True)
+    classes, where = np.unique(y_host, return_inverse=True)
     indicator = torch.zeros(classes.size, n_rows, dtype=_F64, device=device)
     indicator[torch.as_tensor(where, device=device), torch.arange(n_rows, device=device)] = 1.0
     # Σ_{i: y_i = c} r_i = Σ e_i/s_nt_i over the kept classes, in the kept columns; Σ_i p_ik
@@ -176,9 +177,7 @@ def _class_sums(e: torch.Tensor, s_nt: torch.Tensor, scales: tuple[np.ndarray, n
     high_prob = np.concatenate((high[2] * nontarget_scale[high_row], target_prob[target_high]))
     bins = bin_index(high_prob, sums.n_bins)
     keep = bins > 0  # bin 0 is what is left of each class total
-    label_count = np.zeros(n_classes, dtype=np.int64)
-    label_count[classes] = count
     return {"classes": classes[kept], "nontarget_sum": nontarget_rows.cpu().numpy(),
-            "prob_sum": prob_sum.cpu().numpy(), "label_count": label_count,
+            "prob_sum": prob_sum.cpu().numpy(), "label_count": np.bincount(y_host, minlength=n_classes),
             "cells": col_of[keep] * sums.n_bins + bins[keep], "high_prob": high_prob[keep],
             "hits": (col_of[keep] == y_host[row_of[keep]]).astype(np.int64)}
