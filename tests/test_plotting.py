@@ -448,3 +448,18 @@ def test_class_names_are_drawn_as_text_never_as_mathtext():
     plt.close(fig)
     drawn = inline_figure("t", lambda f: f.add_subplot().set_title("$\\undefinedcommand$"), (2, 2))
     assert drawn["error"] is None and drawn["uri"].startswith("data:image/png")
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 0.001, 0.5, 1.0])
+def test_accuracy_labels_stay_inside_the_axes(accuracy):
+    """A teacher right on almost no example once had its label drawn across the axis, over its name."""
+    from kddiag.results import OutcomeOnSet, OutcomeResult
+
+    record = OutcomeOnSet(EVAL, teacher_accuracy=measured(accuracy, ci=(accuracy, accuracy)),
+                          student_accuracy=measured(accuracy, ci=(accuracy, accuracy)))
+    ax = plotting.plot_accuracy(Measurements(outcome=OutcomeResult(eval=record)))
+    ax.figure.canvas.draw()
+    box = ax.get_window_extent()
+    labels = [text.get_window_extent() for text in ax.texts]
+    assert len(labels) == 2
+    assert all(box.x0 <= label.x0 and label.x1 <= box.x1 for label in labels)

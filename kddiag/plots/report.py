@@ -49,6 +49,8 @@ def plot_accuracy(report: Report | Measurements, *, ax=None):
     if not points:
         return not_available(ax, _reason([a["teacher"] for a in accuracy.values()], "no accuracy measured"))
     models = [m for m in MODELS if any(p[0] == m for p in points)]
+    lo = min(min(float(m.value), m.ci[0] if m.ci else 1.0) for *_, m in points)
+    left = max(0.0, lo - 0.05)
     offsets = {TRANSFER: -0.15, EVAL: 0.15}
     markers = {TRANSFER: "s", EVAL: "o"}  # hollow squares: transfer set; filled circles: eval set
     for model, dataset, metric in points:
@@ -58,15 +60,15 @@ def plot_accuracy(report: Report | Measurements, *, ax=None):
             ax.plot(metric.ci, [y, y], color=MODEL_COLORS[model], lw=2, alpha=0.6)
         ax.plot([value], [y], marker=markers[dataset], ms=7, color=MODEL_COLORS[model], ls="none",
                 mfc="white" if dataset == TRANSFER else MODEL_COLORS[model])
-        ax.annotate(f"{value:.3f}", (value, y), xytext=(0, 6), textcoords="offset points", fontsize=8, ha="center")
+        near_left = value - left < 0.03 * (1.0 - left)  # a centred label would cross the axis and the model's name
+        ax.annotate(f"{value:.3f}", (value, y), xytext=(0, 6), textcoords="offset points", fontsize=8,
+                    ha="left" if near_left else "center")
     for dataset in (TRANSFER, EVAL):
         if any(d == dataset for _, d, _ in points):
             ax.plot([], [], marker=markers[dataset], ls="none", color="black",
                     mfc="white" if dataset == TRANSFER else "black", label=f"{dataset} set")
     ax.set_yticks(range(len(models)), models)
     ax.set_ylim(len(models) - 0.5, -0.5)
-    lo = min(min(float(m.value), m.ci[0] if m.ci else 1.0) for *_, m in points)
-    left = max(0.0, lo - 0.05)
     ax.set_xlim(left, 1.0 + 0.04 * (1.0 - left))  # room for the label of a perfect score
     ax.set_xlabel("accuracy")
     ax.grid(axis="x", alpha=0.3)
